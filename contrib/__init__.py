@@ -1,0 +1,1 @@
+"""Integrations: one package per library, each with a patch.py."""

@@ -1,0 +1,103 @@
+"""Fixtures shared by the whole suite.
+
+- ``internal_errors`` (autouse): a test fails if tracer code swallowed an
+  exception during it (instrumentation errors are logged in production and
+  must never be silent in tests).
+- ``test_spans``: an in-memory chunk sink on the global tracer, for unit tests
+  of the core only; integrations are tested against a real receiver.
+- ``receiver``: a real agent_sim HTTP server in a thread on a free port.
+- ``traced``: the global tracer pointed at ``receiver``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import pytest
+
+from tracer import _errors
+from tracer import tracer as global_tracer
+from tracer.config import config
+
+
+@pytest.fixture(autouse=True)
+def internal_errors() -> Iterator[None]:
+    del _errors.swallowed[:]
+    yield
+    swallowed = list(_errors.swallowed)
+    del _errors.swallowed[:]
+    if swallowed:
+        where, exc = swallowed[0]
+        raise AssertionError(f"tracer swallowed {len(swallowed)} internal error(s); first in {where}") from exc
+
+
+class SpanSink:
+    """Collects finished chunks in memory, processed as the writer would."""
+
+    def __init__(self) -> None:
+        self.chunks: list[list[Any]] = []
+
+    def write(self, chunk: list[Any]) -> None:
+        self.chunks.append(chunk)
+
+    def flush(self, timeout: float = 0) -> bool:
+        return True
+
+    def stop(self, timeout: float = 0) -> None:
+        pass
+
+    def stats(self) -> dict[str, int]:
+        return {}
+
+    @property
+    def spans(self) -> list[Any]:
+        return [span for chunk in self.chunks for span in chunk]
+
+    def processed(self) -> list[list[Any]]:
+        from tracer.processor import process_chunk
+
+        out = []
+        for chunk in self.chunks:
+            if process_chunk(chunk, global_tracer.sampler):
+                out.append(chunk)
+        return out
+
+    def reset(self) -> None:
+        self.chunks = []
+
+
+@pytest.fixture
+def test_spans() -> Iterator[SpanSink]:
+    sink = SpanSink()
+    previous = global_tracer._writer
+    global_tracer._writer = sink
+    try:
+        yield sink
+    finally:
+        global_tracer._writer = previous
+
+
+@pytest.fixture
+def receiver() -> Iterator[Any]:
+    """A real agent_sim server on 127.0.0.1:<free port>, in-memory store."""
+    from tests.receiver import RunningReceiver
+
+    with RunningReceiver() as running:
+        yield running
+
+
+@pytest.fixture
+def traced(receiver: Any) -> Iterator[Any]:
+    """The global tracer sending to ``receiver``; yields the receiver."""
+    previous_url = config.agent_url
+    previous_interval = config.writer_interval
+    config.agent_url = receiver.url
+    config.writer_interval = 0.1
+    global_tracer._reset_writer()
+    try:
+        yield receiver
+    finally:
+        global_tracer.flush(5)
+        global_tracer._reset_writer()
+        config.agent_url = previous_url
+        config.writer_interval = previous_interval

@@ -1,0 +1,109 @@
+"""Shared test helpers: free ports, real parts, span trees rendered as text."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from typing import Any, Iterable
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s") from None
+            time.sleep(0.02)
+
+
+def real_part(env_var: str, default_names: Iterable[str], what: str) -> str:
+    """Path of a real external part (MariaDB, Chromium, the test agent).
+
+    ``.ci/run`` exports the variable; by hand the default names are looked up
+    on PATH. Missing: skip with a loud reason, or fail when CI=true (a green
+    CI run must mean the real parts ran)."""
+    path = os.environ.get(env_var)
+    if path and (os.path.exists(path) or shutil.which(path)):
+        return shutil.which(path) or path
+    for name in default_names:
+        found = shutil.which(name) or (name if os.path.isabs(name) and os.path.exists(name) else None)
+        if found:
+            return found
+    reason = f"{what} not found (set {env_var} or install it; scripts/run-tests.sh does)"
+    if IN_CI:
+        pytest.fail(f"CI=true and {reason}")
+    pytest.skip(reason)
+
+
+def span_key(span: dict[str, Any]) -> tuple:
+    return (span.get("start_ns", span.get("start", 0)), span.get("name", ""))
+
+
+def render_tree(spans: list[dict[str, Any]], tags: Iterable[str] = (), show_service: bool = True) -> str:
+    """Render spans (agent_sim JSON shape or v0.4 dicts) as an indented tree.
+
+    One line per span: ``name service resource [error] tag=value ...`` with
+    children indented under their parent, siblings ordered by start time. Ids
+    and timings are left out so the text can be asserted whole."""
+    def sid(s: dict[str, Any], key: str) -> Any:
+        return s.get(key)
+
+    by_parent: dict[Any, list[dict[str, Any]]] = {}
+    ids = {sid(s, "span_id") for s in spans}
+    roots = []
+    for s in spans:
+        parent = sid(s, "parent_id")
+        if parent in (None, 0, "0", "0000000000000000") or parent not in ids:
+            roots.append(s)
+        else:
+            by_parent.setdefault(parent, []).append(s)
+    lines: list[str] = []
+
+    def emit(s: dict[str, Any], depth: int) -> None:
+        parts = [s["name"]]
+        if show_service:
+            parts.append(s.get("service") or "-")
+        parts.append(repr(s.get("resource", "")))
+        if s.get("error"):
+            parts.append("[error]")
+        meta = {**(s.get("meta") or {}), **{k: v for k, v in (s.get("metrics") or {}).items()}}
+        for tag in tags:
+            if tag in meta:
+                parts.append(f"{tag}={meta[tag]}")
+        lines.append("  " * depth + " ".join(str(p) for p in parts))
+        for child in sorted(by_parent.get(sid(s, "span_id"), []), key=span_key):
+            emit(child, depth + 1)
+
+    for root in sorted(roots, key=span_key):
+        emit(root, 0)
+    return "\n".join(lines)
+
+
+def run_python(code: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter (for patch-before/after-import
+    contracts and fork tests); fails the test with its output if it fails."""
+    full_env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    if env:
+        full_env.update(env)
+    proc = subprocess.run([sys.executable, "-c", code], env=full_env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        pytest.fail(f"subprocess failed ({proc.returncode}):\nSTDOUT:\n{proc.stdout}\nSTDERR:\n{proc.stderr}")
+    return proc

@@ -1,0 +1,376 @@
+"""The Tracer: starts spans, tracks the active one, owns buffer, sampler and writer.
+
+Hot path: ``trace()`` / ``start_span()`` and ``Span.finish()``. Per-trace
+work (ids, clocks, the trace object) happens once, on the trace's first span;
+a child span costs one clock read, one random id, one lock round trip and the
+slot writes. Trace-level tags, top-level marks and sampling are applied by the
+writer thread (``tracer.processor``), off the app's threads.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import inspect
+import logging
+import os
+import sys
+import threading
+import time
+from random import getrandbits
+from time import perf_counter_ns
+from typing import Any, Callable, TypeVar
+
+from tracer.config import config as _config
+from tracer.buffer import TraceBuffer, _Trace
+from tracer.context import Context, _active
+from tracer.span import _NOT_ACTIVATED, Span
+
+log = logging.getLogger("tracer")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Launchers and interpreters whose name is never a service name.
+_LAUNCHERS = frozenset(("gunicorn", "flask", "uwsgi", "uvicorn", "python", "python3", "tracer-run", "pytest", "-c", ""))
+
+
+def default_service() -> str:
+    """``TRACER_SERVICE``/``DD_SERVICE``, else the script or module name."""
+    configured = _config.service
+    if configured:
+        return configured
+    argv0 = sys.argv[0] if sys.argv else ""
+    base = os.path.basename(argv0)
+    if base in ("__main__.py", "__init__.py"):  # python -m pkg
+        base = os.path.basename(os.path.dirname(argv0))
+    if base.endswith(".py"):
+        base = base[:-3]
+    if base in _LAUNCHERS or base.startswith("python"):
+        main = sys.modules.get("__main__")
+        spec = getattr(main, "__spec__", None)
+        name = getattr(spec, "name", None)
+        if name and name.split(".")[0] not in _LAUNCHERS:
+            return name.split(".")[0] if not name.endswith("__main__") else name.rsplit(".", 1)[0]
+        return "python"
+    return base
+
+
+def _new_trace_id() -> int:
+    # As ddtrace: upper 32 bits unix seconds, 32 zero bits, 64 random bits.
+    return (int(time.time()) << 96) | (getrandbits(64) or 1)
+
+
+class Tracer:
+    """Creates spans. Thread-safe; one global instance is ``tracer.tracer``."""
+
+    def __init__(self, writer: Any = None) -> None:
+        cfg = _config
+        self.enabled = cfg.enabled
+        self._service: str | None = None
+        self._writer = writer
+        self._writer_lock = threading.Lock()
+        self._sampler: Any = None
+        self._buffer = TraceBuffer(self, cfg.partial_flush_min_spans)
+        self._pid = os.getpid()
+        self._shutdown = False
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._after_fork_in_child)
+        atexit.register(self._atexit)
+
+    # -- services & components, created lazily -------------------------------
+    @property
+    def service(self) -> str:
+        if self._service is None:
+            self._service = default_service()
+        return self._service
+
+    @service.setter
+    def service(self, value: str) -> None:
+        self._service = value
+
+    @property
+    def sampler(self) -> Any:
+        if self._sampler is None:
+            from tracer.sampler import Sampler
+
+            self._sampler = Sampler(_config)
+        return self._sampler
+
+    @property
+    def writer(self) -> Any:
+        """The writer; created (not started) on first use. Its thread starts
+        on the first write."""
+        if self._writer is None:
+            with self._writer_lock:
+                if self._writer is None:
+                    from tracer.writer import AgentWriter
+
+                    self._writer = AgentWriter(_config, self)
+        return self._writer
+
+    # ChunkSink for the buffer: hand finished chunks to the writer.
+    def write(self, chunk: list[Span]) -> None:
+        if not self.enabled:
+            return
+        try:
+            self.writer.write(chunk)
+        except Exception:
+            from tracer._errors import internal_error
+
+            internal_error("writer.write")
+
+    # -- spans -----------------------------------------------------------------
+    def start_span(
+        self,
+        name: str,
+        child_of: Span | Context | None = None,
+        service: str | None = None,
+        resource: str | None = None,
+        span_type: str | None = None,
+        activate: bool = False,
+    ) -> Span:
+        """Start a span whose parent is ``child_of`` (a Span or a propagated
+        Context); without it the span starts a new trace (as ddtrace's
+        ``start_span``: only ``trace()`` reads the active span). With
+        ``activate=True`` it becomes the active span until it finishes. The
+        caller must ``finish()`` it."""
+        mono = perf_counter_ns()
+        parent = child_of
+        if type(parent) is Span and not parent._trace.foreign:
+            trace = parent._trace
+            span = Span(
+                trace,
+                parent.trace_id,
+                getrandbits(64) or 1,
+                parent.span_id,
+                parent,
+                name,
+                service or parent.service,
+                resource,
+                span_type,
+                mono,
+                trace.wall_base + (mono - trace.mono_base),
+            )
+        else:
+            span = self._start_trace(parent, name, service, resource, span_type, mono)
+        span._trace.start_span()
+        if activate:
+            span._prev = _active.get()
+            _active.set(span)
+        return span
+
+    def _start_trace(
+        self,
+        parent: Span | Context | None,
+        name: str,
+        service: str | None,
+        resource: str | None,
+        span_type: str | None,
+        mono: int,
+    ) -> Span:
+        wall = time.time_ns()
+        if parent is None:
+            trace = self._buffer.new_trace(_new_trace_id(), wall, mono)
+            parent_id = 0
+        elif type(parent) is Span:
+            # A span inherited across fork(): continue its trace as a remote parent.
+            trace = self._buffer.new_trace(parent.trace_id, wall, mono)
+            trace.priority = parent._trace.priority
+            trace.mechanism = parent._trace.mechanism
+            trace.origin = parent._trace.origin
+            trace.dd_tags = dict(parent._trace.dd_tags)
+            trace.remote_parent = True
+            parent_id = parent.span_id
+            if service is None:
+                service = parent.service
+        else:
+            ctx: Context = parent  # type: ignore[assignment]
+            trace = self._buffer.new_trace(ctx.trace_id, wall, mono)
+            trace.priority = ctx.sampling_priority
+            trace.origin = ctx.origin
+            trace.dd_tags = {k: v for k, v in ctx.dd_tags.items() if k != "_dd.p.tid"}
+            trace.tracestate = ctx.tracestate
+            trace.remote_parent = True
+            parent_id = ctx.span_id
+        span = Span(
+            trace,
+            trace.trace_id,
+            getrandbits(64) or 1,
+            parent_id,
+            None,
+            name,
+            service or self.service,
+            resource,
+            span_type,
+            mono,
+            wall,
+        )
+        trace.root = span
+        return span
+
+    def trace(
+        self,
+        name: str,
+        service: str | None = None,
+        resource: str | None = None,
+        span_type: str | None = None,
+    ) -> Span:
+        """Start a span as a child of the active one and activate it. Use as a
+        context manager: ``with tracer.trace("work") as span: ...``; an
+        exception leaving the block marks the span and propagates unchanged."""
+        mono = perf_counter_ns()
+        parent = _active.get()
+        if parent is not None and not parent._trace.foreign:
+            trace = parent._trace
+            span = Span(
+                trace,
+                parent.trace_id,
+                getrandbits(64) or 1,
+                parent.span_id,
+                parent,
+                name,
+                service or parent.service,
+                resource,
+                span_type,
+                mono,
+                trace.wall_base + (mono - trace.mono_base),
+            )
+        else:
+            span = self._start_trace(parent, name, service, resource, span_type, mono)
+        span._trace.start_span()
+        span._prev = parent
+        _active.set(span)
+        return span
+
+    def current_span(self) -> Span | None:
+        return _active.get()
+
+    def current_root_span(self) -> Span | None:
+        span = _active.get()
+        if span is None:
+            return None
+        return span._trace.root
+
+    def activate(self, span: Span | None) -> None:
+        """Make ``span`` the active span of the current context."""
+        if span is not None and span._prev is _NOT_ACTIVATED:
+            span._prev = _active.get()
+        _active.set(span)
+
+    # -- decorator -------------------------------------------------------------
+    def wrap(
+        self,
+        name: str | None = None,
+        service: str | None = None,
+        resource: str | None = None,
+        span_type: str | None = None,
+    ) -> Callable[[F], F]:
+        """Decorate a function (sync or async, generator or async generator)
+        so that each call runs in a span named ``name`` (default: module.qualname)."""
+
+        def decorator(fn: F) -> F:
+            span_name = name or f"{fn.__module__}.{fn.__qualname__}"
+            trace = self.trace
+
+            if inspect.isasyncgenfunction(fn):
+
+                @functools.wraps(fn)
+                async def async_gen_wrapper(*args: Any, **kwargs: Any) -> Any:
+                    with trace(span_name, service, resource, span_type):
+                        async for item in fn(*args, **kwargs):
+                            yield item
+
+                return async_gen_wrapper  # type: ignore[return-value]
+
+            if inspect.iscoroutinefunction(fn):
+
+                @functools.wraps(fn)
+                async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                    with trace(span_name, service, resource, span_type):
+                        return await fn(*args, **kwargs)
+
+                return async_wrapper  # type: ignore[return-value]
+
+            if inspect.isgeneratorfunction(fn):
+
+                @functools.wraps(fn)
+                def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
+                    with trace(span_name, service, resource, span_type):
+                        return (yield from fn(*args, **kwargs))
+
+                return gen_wrapper  # type: ignore[return-value]
+
+            @functools.wraps(fn)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                with trace(span_name, service, resource, span_type):
+                    return fn(*args, **kwargs)
+
+            return wrapper  # type: ignore[return-value]
+
+        return decorator
+
+    # -- flushing --------------------------------------------------------------
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Block until every chunk finished before the call is sent (or
+        dropped and counted), or ``timeout`` seconds pass. True if done."""
+        if self._writer is None:
+            return True
+        try:
+            return bool(self._writer.flush(timeout))
+        except Exception:
+            from tracer._errors import internal_error
+
+            internal_error("tracer.flush")
+            return False
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Count still-open spans as lost, send what is finished, stop the writer."""
+        if self._shutdown:
+            return
+        self._shutdown = True
+        lost = self._buffer.count_lost()
+        if lost:
+            log.info("tracer: %d span(s) still open at shutdown were not sent", lost)
+        if self._writer is not None:
+            try:
+                self._writer.stop(timeout)
+            except Exception:
+                from tracer._errors import internal_error
+
+                internal_error("tracer.shutdown")
+
+    def _atexit(self) -> None:
+        if os.getpid() == self._pid:
+            self.shutdown(timeout=2.0)
+
+    def _after_fork_in_child(self) -> None:
+        # The parent keeps sending what it had; the child starts empty.
+        self._pid = os.getpid()
+        self._buffer.after_fork_in_child()
+        self._writer_lock = threading.Lock()
+        writer, self._writer = self._writer, None
+        if writer is not None and hasattr(writer, "after_fork_in_child"):
+            try:
+                writer.after_fork_in_child()
+            except Exception:
+                pass
+        if self._sampler is not None and hasattr(self._sampler, "after_fork_in_child"):
+            self._sampler.after_fork_in_child()
+
+    def _reset_writer(self) -> None:
+        """Stop and forget the writer; the next chunk builds one from the
+        current configuration (tests and ``tracer-run`` use this)."""
+        writer, self._writer = self._writer, None
+        self._sampler = None
+        if writer is not None:
+            try:
+                writer.stop(1.0)
+            except Exception:
+                pass
+
+    def stats(self) -> dict[str, int]:
+        """Counters: spans lost at shutdown, and the writer's drops by reason."""
+        out = {"spans_lost_open_at_shutdown": self._buffer.lost_spans}
+        if self._writer is not None and hasattr(self._writer, "stats"):
+            out.update(self._writer.stats())
+        return out

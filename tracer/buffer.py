@@ -1,0 +1,128 @@
+"""Per-trace buffer: spans grouped by trace until their chunk can leave.
+
+A ``_Trace`` is shared by every span of one trace *in this process*. Its
+chunk (the finished spans not yet sent) goes to the writer when
+
+- the local root finishes (what is finished by then; spans that finish later
+  leave as another chunk once nothing of the trace is open), or
+- ``partial_flush_min_spans`` finished spans pile up in a trace still open.
+
+Spans still open when the process shuts down are counted as lost, never sent
+half-built. After ``fork()`` the child marks every inherited trace foreign:
+the parent sends those, the child drops them (no span is delivered twice).
+
+Threading: spans of one trace may start and finish in different threads; the
+per-trace lock guards the open count and the chunk. All of it runs on the
+app's threads, so it does per-trace work once and per-span work minimal.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from tracer.span import Span
+
+
+class ChunkSink(Protocol):
+    """Where finished chunks go (the writer). ``write`` is called on app
+    threads, must not block or raise."""
+
+    def write(self, chunk: list[Span]) -> None: ...
+
+
+class _Trace:
+    __slots__ = (
+        "trace_id",
+        "buffer",
+        "lock",
+        "open",
+        "finished",
+        "root",
+        "root_done",
+        "priority",
+        "mechanism",
+        "origin",
+        "dd_tags",
+        "tracestate",
+        "wall_base",
+        "mono_base",
+        "foreign",
+        "remote_parent",
+    )
+
+    def __init__(self, buffer: TraceBuffer, trace_id: int, wall_base: int, mono_base: int) -> None:
+        self.trace_id = trace_id
+        self.buffer = buffer
+        self.lock = threading.Lock()
+        self.open = 0
+        self.finished: list[Span] = []
+        self.root: Span | None = None  # local root: first span of the trace in this process
+        self.root_done = False
+        self.priority: int | None = None  # sampling priority, decided once (see sampler)
+        self.mechanism: int | None = None  # sampling mechanism for _dd.p.dm
+        self.origin: str | None = None
+        self.dd_tags: dict[str, str] = {}  # propagated _dd.p.* tags (without _dd.p.tid)
+        self.tracestate: str | None = None  # other vendors' W3C tracestate members
+        self.wall_base = wall_base  # epoch ns at mono_base: start_ns = wall_base + (mono - mono_base)
+        self.mono_base = mono_base
+        self.foreign = False
+        self.remote_parent = False  # continued from propagated headers
+
+    def start_span(self) -> None:
+        with self.lock:
+            self.open += 1
+            if self.open == 1:
+                self.buffer._live.add(self)
+
+    def finish_span(self, span: Span) -> None:
+        if self.foreign:
+            return
+        with self.lock:
+            self.finished.append(span)
+            self.open -= 1
+            if span is self.root:
+                self.root_done = True
+            elif not ((self.root_done and self.open == 0) or len(self.finished) >= self.buffer.partial_flush_min_spans):
+                return
+            chunk = self.finished
+            self.finished = []
+            if self.open == 0:
+                self.buffer._live.discard(self)
+        self.buffer.sink.write(chunk)
+
+
+class TraceBuffer:
+    """Owns the live traces and the sink their chunks go to."""
+
+    def __init__(self, sink: ChunkSink, partial_flush_min_spans: int = 300) -> None:
+        self.sink = sink
+        self.partial_flush_min_spans = partial_flush_min_spans
+        self._live: set[_Trace] = set()
+        self.lost_spans = 0  # open at shutdown: counted, not sent
+
+    def new_trace(self, trace_id: int, wall_base: int, mono_base: int) -> _Trace:
+        return _Trace(self, trace_id, wall_base, mono_base)
+
+    def open_span_count(self) -> int:
+        return sum(t.open for t in list(self._live))
+
+    def count_lost(self) -> int:
+        """At shutdown: count the spans still open (and drop their finished
+        siblings' pending chunks with them, counted as lost too)."""
+        lost = 0
+        for trace in list(self._live):
+            with trace.lock:
+                lost += trace.open + len(trace.finished)
+                trace.finished = []
+                trace.foreign = True
+        self._live.clear()
+        self.lost_spans += lost
+        return lost
+
+    def after_fork_in_child(self) -> None:
+        for trace in list(self._live):
+            trace.foreign = True
+            trace.lock = threading.Lock()  # the parent's may have been held at fork time
+        self._live.clear()

@@ -1,0 +1,79 @@
+"""Trace-level processing of a chunk, on the writer thread (not the app's).
+
+Decides sampling once per trace, marks top-level spans, and puts trace-level
+tags on the chunk's first span and the local root, as the Datadog intake
+expects them.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from tracer.config import config as _config
+from tracer.version import __version__  # noqa: F401  (kept importable for the writer's headers)
+
+if TYPE_CHECKING:
+    from tracer.span import Span
+
+_runtime_id = uuid.uuid4().hex
+_pid = os.getpid()
+
+
+def _reset_after_fork() -> None:
+    global _runtime_id, _pid
+    _runtime_id = uuid.uuid4().hex
+    _pid = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def runtime_id() -> str:
+    return _runtime_id
+
+
+def process_chunk(chunk: list[Span], sampler: Any) -> bool:
+    """Tag the chunk in place; return False when it must not be sent
+    (dropped by sampling and TRACER_WRITER_SEND_DROPPED=false)."""
+    cfg = _config
+    first = chunk[0]
+    trace = first._trace
+    if trace.priority is None:
+        sampler.decide(trace, trace.root or first)
+    priority = trace.priority if trace.priority is not None else 1
+    if priority <= 0 and not cfg.send_dropped:
+        return False
+    root = trace.root
+    env = cfg.env
+    for span in chunk:
+        parent = span._parent
+        if parent is None or parent.service != span.service:
+            span.metrics["_dd.top_level"] = 1
+        if span is root:
+            meta = span.meta
+            if env:
+                meta.setdefault("env", env)
+            if cfg.version:
+                meta.setdefault("version", cfg.version)
+            for key, value in cfg.tags.items():
+                meta.setdefault(key, value)
+            meta["language"] = "python"
+            meta["runtime-id"] = _runtime_id
+            span.metrics["process_id"] = _pid
+    meta = first.meta
+    first.metrics["_sampling_priority_v1"] = priority
+    if trace.mechanism is not None and priority > 0:
+        meta["_dd.p.dm"] = f"-{trace.mechanism}"
+    high = trace.trace_id >> 64
+    if high:
+        meta["_dd.p.tid"] = f"{high:016x}"
+    if trace.origin:
+        meta["_dd.origin"] = trace.origin
+    for key, value in trace.dd_tags.items():
+        meta.setdefault(key, value)
+    if env and first is not root:
+        meta.setdefault("env", env)
+    return True

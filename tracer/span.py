@@ -1,0 +1,222 @@
+"""The span: one timed operation, with string tags (meta) and numeric tags (metrics).
+
+Spans are created by :class:`tracer._tracer.Tracer`, never directly. A span is
+owned by the thread that created it until ``finish()``; after that the writer
+thread reads it, so code must not mutate a finished span.
+"""
+
+from __future__ import annotations
+
+import traceback
+from time import perf_counter_ns
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from tracer.context import _active
+
+if TYPE_CHECKING:
+    from tracer.buffer import _Trace
+
+# Limits of the Datadog intake (the receiver truncates beyond them too).
+MAX_KEY_LEN = 200
+MAX_VALUE_LEN = 25000
+MAX_STACK_LEN = 5000
+MAX_STACK_FRAMES = 30
+
+_NOT_ACTIVATED = object()
+# Numeric tags that Datadog expects as strings in meta.
+_STRING_TAGS = frozenset(("http.status_code",))
+
+
+def _truncate_key(key: str) -> str:
+    return key[:MAX_KEY_LEN]
+
+
+class Span:
+    __slots__ = (
+        "trace_id",
+        "span_id",
+        "parent_id",
+        "name",
+        "service",
+        "resource",
+        "span_type",
+        "start_ns",
+        "duration_ns",
+        "error",
+        "meta",
+        "metrics",
+        "_trace",
+        "_parent",
+        "_prev",
+        "_mono",
+    )
+
+    trace_id: int  # 128 bits; the low 64 go on the wire, the high half in meta _dd.p.tid
+    span_id: int
+    parent_id: int  # 0 for a root
+    name: str
+    service: str | None
+    resource: str
+    span_type: str | None
+    start_ns: int  # epoch ns
+    duration_ns: int | None  # None until finished
+    error: int
+    meta: dict[str, str]
+    metrics: dict[str, float]
+
+    def __init__(
+        self,
+        trace: _Trace,
+        trace_id: int,
+        span_id: int,
+        parent_id: int,
+        parent: Span | None,
+        name: str,
+        service: str | None,
+        resource: str | None,
+        span_type: str | None,
+        mono: int,
+        start_ns: int,
+    ) -> None:
+        self._trace = trace
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.parent_id = parent_id
+        self._parent = parent
+        self.name = name
+        self.service = service
+        self.resource = resource or name
+        self.span_type = span_type
+        self._mono = mono
+        self.start_ns = start_ns
+        self.duration_ns = None
+        self.error = 0
+        self.meta = {}
+        self.metrics = {}
+        self._prev = _NOT_ACTIVATED
+
+    # -- tags -----------------------------------------------------------------
+    def set_tag(self, key: str, value: Any) -> None:
+        """Set a tag. Strings go to ``meta``; numbers to ``metrics`` (as ddtrace
+        does), except a few keys Datadog reads as strings; other values are
+        stored as ``str(value)``. ``None`` removes the tag."""
+        if len(key) > MAX_KEY_LEN:
+            key = key[:MAX_KEY_LEN]
+        cls = type(value)
+        if cls is str:
+            if len(value) > MAX_VALUE_LEN:
+                value = value[:MAX_VALUE_LEN]
+            self.meta[key] = value
+        elif (cls is int or cls is float) and key not in _STRING_TAGS:
+            self.metrics[key] = value
+        elif value is None:
+            self.meta.pop(key, None)
+            self.metrics.pop(key, None)
+        elif cls is bool:
+            self.meta[key] = "true" if value else "false"
+        else:
+            try:
+                text = str(value)
+            except Exception:
+                return
+            self.meta[key] = text[:MAX_VALUE_LEN]
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        for key, value in tags.items():
+            self.set_tag(key, value)
+
+    def set_metric(self, key: str, value: float) -> None:
+        if len(key) > MAX_KEY_LEN:
+            key = key[:MAX_KEY_LEN]
+        cls = type(value)
+        if cls is not int and cls is not float:
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                return
+        self.metrics[key] = value
+
+    def get_tag(self, key: str) -> str | None:
+        return self.meta.get(key)
+
+    def get_metric(self, key: str) -> float | None:
+        return self.metrics.get(key)
+
+    def set_exc_info(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Mark the span as an error: error.type (module.Class), error.message and a
+        bounded error.stack (the innermost frames)."""
+        if exc_type is None:
+            return
+        self.error = 1
+        module = exc_type.__module__
+        qualname = exc_type.__qualname__
+        self.meta["error.type"] = qualname if module == "builtins" else f"{module}.{qualname}"
+        try:
+            message = str(exc_value) if exc_value is not None else ""
+        except Exception:
+            message = "<unprintable exception>"
+        self.meta["error.message"] = message[:MAX_VALUE_LEN]
+        try:
+            stack = "".join(traceback.format_exception(exc_type, exc_value, tb, limit=-MAX_STACK_FRAMES))
+        except Exception:
+            stack = ""
+        if len(stack) > MAX_STACK_LEN:
+            stack = "..." + stack[-MAX_STACK_LEN:]
+        self.meta["error.stack"] = stack
+
+    # -- life cycle -----------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        return self.duration_ns is not None
+
+    def finish(self, finish_time_ns: int | None = None) -> None:
+        """End the span (idempotent). If it is the active span, its previous
+        active span becomes active again. Hands the span to its trace buffer."""
+        if self.duration_ns is not None:
+            return
+        if finish_time_ns is None:
+            self.duration_ns = perf_counter_ns() - self._mono
+        else:
+            self.duration_ns = max(0, finish_time_ns - self.start_ns)
+        prev = self._prev
+        if prev is not _NOT_ACTIVATED and _active.get() is self:
+            _active.set(prev)  # type: ignore[arg-type]
+        self._trace.finish_span(self)
+
+    def __enter__(self) -> Span:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            try:
+                self.set_exc_info(exc_type, exc_value, tb)
+            except Exception:  # never mask the user's exception
+                pass
+        self.finish()
+
+    # -- helpers --------------------------------------------------------------
+    @property
+    def context(self) -> Span:
+        """What ``propagation.inject`` and ``child_of`` accept; the span itself."""
+        return self
+
+    @property
+    def sampling_priority(self) -> int | None:
+        return self._trace.priority
+
+    def __repr__(self) -> str:
+        return (
+            f"Span(name={self.name!r}, service={self.service!r}, resource={self.resource!r}, "
+            f"trace_id={self.trace_id:032x}, span_id={self.span_id:016x}, parent_id={self.parent_id:016x})"
+        )
