@@ -151,9 +151,11 @@ class Tracer:
                 mono,
                 trace.wall_base + (mono - trace.mono_base),
             )
+            next(trace.starts)
+            if trace.root_done:
+                trace.start_span_late()
         else:
             span = self._start_trace(parent, name, service, resource, span_type, mono)
-        span._trace.start_span()
         if activate:
             span._prev = _active.get()
             _active.set(span)
@@ -206,6 +208,7 @@ class Tracer:
             wall,
         )
         trace.root = span
+        next(trace.starts)
         return span
 
     def trace(
@@ -235,9 +238,11 @@ class Tracer:
                 mono,
                 trace.wall_base + (mono - trace.mono_base),
             )
+            next(trace.starts)
+            if trace.root_done:
+                trace.start_span_late()
         else:
             span = self._start_trace(parent, name, service, resource, span_type, mono)
-        span._trace.start_span()
         span._prev = parent
         _active.set(span)
         return span

@@ -18,6 +18,7 @@ app's threads, so it does per-trace work once and per-span work minimal.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from typing import TYPE_CHECKING, Protocol
 
@@ -37,7 +38,8 @@ class _Trace:
         "trace_id",
         "buffer",
         "lock",
-        "open",
+        "starts",
+        "finishes",
         "finished",
         "root",
         "root_done",
@@ -56,7 +58,12 @@ class _Trace:
         self.trace_id = trace_id
         self.buffer = buffer
         self.lock = threading.Lock()
-        self.open = 0
+        # Lock-free counting on the hot path: under the GIL, next() on a count
+        # and list.append are atomic. A span is appended to `finished` *before*
+        # it takes its finish ordinal, so whoever takes the ordinal equal to the
+        # number of starts knows every span of the trace is in the list.
+        self.starts = itertools.count(1)
+        self.finishes = itertools.count(1)
         self.finished: list[Span] = []
         self.root: Span | None = None  # local root: first span of the trace in this process
         self.root_done = False
@@ -69,28 +76,44 @@ class _Trace:
         self.mono_base = mono_base
         self.foreign = False
         self.remote_parent = False  # continued from propagated headers
+        buffer._live.add(self)
 
-    def start_span(self) -> None:
-        with self.lock:
-            self.open += 1
-            if self.open == 1:
-                self.buffer._live.add(self)
+    def started_count(self) -> int:
+        # The count's next value minus one, read without advancing it.
+        return self.starts.__reduce__()[1][0] - 1  # type: ignore[index]
+
+    def start_span_late(self) -> None:
+        """A child started after the local root finished: the trace is live again."""
+        self.buffer._live.add(self)
 
     def finish_span(self, span: Span) -> None:
-        if self.foreign:
-            return
+        finished = self.finished
+        finished.append(span)
+        ordinal = next(self.finishes)
+        if span is self.root:
+            self.root_done = True
+            self._flush(ordinal, True)
+        elif self.root_done or len(finished) >= self.buffer.partial_flush_min_spans:
+            self._flush(ordinal, False)
+
+    def _flush(self, ordinal: int, root_finished: bool) -> None:
+        """Rare path: the root just finished, a late span finished after it,
+        or enough finished spans piled up for a partial flush."""
         with self.lock:
-            self.finished.append(span)
-            self.open -= 1
-            if span is self.root:
-                self.root_done = True
-            elif not ((self.root_done and self.open == 0) or len(self.finished) >= self.buffer.partial_flush_min_spans):
+            if self.foreign:  # inherited across fork(): the parent sends it
+                del self.finished[:]
                 return
-            chunk = self.finished
-            self.finished = []
-            if self.open == 0:
+            complete = ordinal >= self.started_count()
+            if not (root_finished or complete or len(self.finished) >= self.buffer.partial_flush_min_spans):
+                return
+            # Slice then delete: an append racing with us lands past `n` and stays.
+            n = len(self.finished)
+            chunk = self.finished[:n]
+            del self.finished[:n]
+            if complete:
                 self.buffer._live.discard(self)
-        self.buffer.sink.write(chunk)
+        if chunk:
+            self.buffer.sink.write(chunk)
 
 
 class TraceBuffer:
@@ -106,7 +129,7 @@ class TraceBuffer:
         return _Trace(self, trace_id, wall_base, mono_base)
 
     def open_span_count(self) -> int:
-        return sum(t.open for t in list(self._live))
+        return sum(t.started_count() - len(t.finished) for t in list(self._live))
 
     def count_lost(self) -> int:
         """At shutdown: count the spans still open (and drop their finished
@@ -114,9 +137,11 @@ class TraceBuffer:
         lost = 0
         for trace in list(self._live):
             with trace.lock:
-                lost += trace.open + len(trace.finished)
-                trace.finished = []
                 trace.foreign = True
+                finished = len(trace.finished)
+                sent = trace.finishes.__reduce__()[1][0] - 1 - finished  # type: ignore[index]
+                lost += trace.started_count() - sent
+                del trace.finished[:]
         self._live.clear()
         self.lost_spans += lost
         return lost

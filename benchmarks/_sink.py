@@ -1,0 +1,151 @@
+"""A live local sink for benchmarks: accepts every tracer's payloads and counts spans.
+
+Run in its own process (``python benchmarks/_sink.py PORT``) so that counting
+costs the measured process nothing. It answers:
+
+- ``PUT|POST /v0.4/traces``, ``/v0.5/traces`` (Datadog msgpack): 200
+  ``{"rate_by_service": {}}``; spans are counted by decoding the body.
+- ``POST /v1/traces`` (OTLP/HTTP protobuf): 200; spans counted with
+  opentelemetry-proto when it is installed.
+- ``GET /count``: ``{"spans": N, "traces": N, "payloads": N}``; ``GET /reset`` zeroes it.
+
+Every benchmark checks that what it produced was delivered, so a tracer that
+drops work cannot look fast for it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import msgpack
+
+_lock = threading.Lock()
+_counts = {"spans": 0, "traces": 0, "payloads": 0}
+
+
+def _count_datadog(path: str, body: bytes) -> tuple[int, int]:
+    data = msgpack.unpackb(body, raw=True, strict_map_key=False)
+    traces = data[1] if path.startswith("/v0.5") else data
+    return len(traces), sum(len(t) for t in traces)
+
+
+def _count_otlp(body: bytes) -> tuple[int, int]:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    req = ExportTraceServiceRequest()
+    req.ParseFromString(body)
+    spans = sum(len(ss.spans) for rs in req.resource_spans for ss in rs.scope_spans)
+    return 0, spans
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _reply(self, body: bytes, ctype: str = "application/json") -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_PUT(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length)
+        path = self.path.split("?")[0]
+        if path.endswith("/traces") and path.startswith("/v0."):
+            traces, spans = _count_datadog(path, body)
+            reply = b'{"rate_by_service": {}}'
+        elif path == "/v1/traces":
+            traces, spans = _count_otlp(body)
+            reply = b""
+        else:
+            traces = spans = 0
+            reply = b"{}"
+        with _lock:
+            _counts["spans"] += spans
+            _counts["traces"] += traces
+            _counts["payloads"] += 1
+        self._reply(reply, "application/x-protobuf" if path == "/v1/traces" else "application/json")
+
+    do_POST = do_PUT
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/reset"):
+            with _lock:
+                for key in _counts:
+                    _counts[key] = 0
+        with _lock:
+            body = json.dumps(_counts).encode()
+        self._reply(body)
+
+
+def serve(port: int) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
+    server.daemon_threads = True
+    server.serve_forever()
+
+
+class Sink:
+    """Start the sink in a subprocess; ``count()`` / ``reset()`` / ``wait_spans(n)``."""
+
+    def __init__(self) -> None:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([sys.executable, __file__, str(self.port)])
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.count()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def count(self) -> dict[str, int]:
+        with urllib.request.urlopen(self.url + "/count", timeout=5) as resp:
+            return json.loads(resp.read())
+
+    def reset(self) -> None:
+        urllib.request.urlopen(self.url + "/reset", timeout=5).read()
+
+    def wait_spans(self, n: int, timeout: float = 30.0) -> int:
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self.count()["spans"]
+            if got >= n or time.monotonic() > deadline:
+                return got
+            time.sleep(0.005)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(5)
+
+    def __enter__(self) -> Sink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+if __name__ == "__main__":
+    serve(int(sys.argv[1]))

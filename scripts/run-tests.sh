@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh Linux (Debian/Ubuntu) machine: installs the
+# real parts the tests use (MariaDB, Chromium, build deps for mysqlclient) with
+# apt-get when missing, the package and its test extras in a virtual environment
+# (.venv, unless one is active), Datadog's test agent in its own venv, then pytest.
+# Extra arguments go to pytest (e.g. `bash scripts/run-tests.sh tests/tracer -x`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n== %s\n' "$*"; }
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+missing=()
+command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+dpkg -s libmariadb-dev >/dev/null 2>&1 || missing+=(libmariadb-dev)
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+command -v gcc >/dev/null 2>&1 || missing+=(gcc)
+if [ ${#missing[@]} -gt 0 ]; then
+  log "apt-get install ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if [ -z "${VIRTUAL_ENV:-}" ]; then
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  # shellcheck disable=SC1091
+  . .venv/bin/activate
+fi
+log "pip install -e '.[agent,mysql,test]' into $(dirname "$(dirname "$(command -v python)")")"
+python -m pip install -q --disable-pip-version-check -e '.[agent,mysql,test]'
+
+if [ ! -x .venv-testagent/bin/ddapm-test-agent ]; then
+  log "installing ddapm-test-agent into .venv-testagent"
+  python3 -m venv .venv-testagent
+  .venv-testagent/bin/pip install -q --disable-pip-version-check ddapm-test-agent
+fi
+
+export DDAPM_TEST_AGENT="$PWD/.venv-testagent/bin/ddapm-test-agent"
+export MARIADBD="$(command -v mariadbd || echo /usr/sbin/mariadbd)"
+export CHROMIUM="$(command -v chromium)"
+
+log "ruff"
+python -m ruff check tracer contrib agent_sim tests benchmarks examples
+
+log "pytest"
+set +e
+python -m pytest -p no:cacheprovider --durations=15 "$@"
+status=$?
+set -e
+if [ "$status" -eq 5 ]; then
+  echo "pytest collected no tests"; exit 1
+fi
+exit "$status"

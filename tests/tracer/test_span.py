@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import pytest
+
+from tracer import tracer
+from tracer.span import MAX_KEY_LEN, MAX_STACK_LEN, MAX_VALUE_LEN
+
+
+def test_set_tag_routes_by_type(test_spans):
+    with tracer.trace("op") as span:
+        span.set_tag("s", "v")
+        span.set_tag("n", 3)
+        span.set_tag("f", 1.5)
+        span.set_tag("b", True)
+        span.set_tag("http.status_code", 200)
+        span.set_tag("o", object.__new__(type("Thing", (), {"__str__": lambda self: "thing"})))
+        span.set_tags({"k1": "a", "k2": 2})
+        span.set_metric("m", 4)
+        span.set_metric("bad", "not a number")
+    assert span.meta == {"s": "v", "b": "true", "http.status_code": "200", "o": "thing", "k1": "a"}
+    assert span.metrics == {"n": 3, "f": 1.5, "k2": 2, "m": 4}
+    span.set_tag("s", None)
+    assert "s" not in span.meta
+
+
+def test_limits_truncate(test_spans):
+    with tracer.trace("op") as span:
+        span.set_tag("k" * 500, "v" * (MAX_VALUE_LEN + 10))
+        span.set_metric("m" * 500, 1)
+    ((key, value),) = span.meta.items()
+    assert len(key) == MAX_KEY_LEN and len(value) == MAX_VALUE_LEN
+    assert list(span.metrics) == ["m" * MAX_KEY_LEN]
+
+
+def test_resource_defaults_to_name_and_ids(test_spans):
+    with tracer.trace("op", service="svc", span_type="web") as span:
+        pass
+    assert (span.name, span.resource, span.service, span.span_type) == ("op", "op", "svc", "web")
+    assert span.trace_id >> 96 > 0, "upper 32 bits carry unix seconds"
+    assert (span.trace_id >> 64) & 0xFFFFFFFF == 0
+    assert 0 < span.span_id < 2**64 and span.parent_id == 0
+
+
+def test_finish_is_idempotent_and_duration_monotonic(test_spans):
+    span = tracer.start_span("op")
+    span.finish()
+    duration = span.duration_ns
+    span.finish()
+    assert span.duration_ns == duration >= 0
+    assert [s.name for s in test_spans.spans] == ["op"]
+
+
+def test_finish_with_explicit_time(test_spans):
+    span = tracer.start_span("op")
+    span.finish(finish_time_ns=span.start_ns + 1234)
+    assert span.duration_ns == 1234
+
+
+def test_exception_marks_span_and_propagates_unchanged(test_spans):
+    error = KeyError("missing")
+    with pytest.raises(KeyError) as info, tracer.trace("op") as span:
+        raise error
+    assert info.value is error
+    assert span.error == 1
+    assert span.meta["error.type"] == "KeyError"
+    assert span.meta["error.message"] == "'missing'"
+    assert "raise error" in span.meta["error.stack"]
+
+
+def test_error_type_is_module_qualified_and_stack_bounded(test_spans):
+    class Boom(Exception):
+        pass
+
+    def recurse(n):
+        if n == 0:
+            raise Boom("x" * 10000)
+        recurse(n - 1)
+
+    with pytest.raises(Boom), tracer.trace("op") as span:
+        recurse(200)
+    assert span.meta["error.type"] == f"{__name__}.test_error_type_is_module_qualified_and_stack_bounded.<locals>.Boom"
+    assert len(span.meta["error.stack"]) <= MAX_STACK_LEN + 3
+
+
+def test_unprintable_exception_still_recorded(test_spans):
+    class Weird(Exception):
+        def __str__(self):
+            raise RuntimeError("no")
+
+    with pytest.raises(Weird), tracer.trace("op") as span:
+        raise Weird()
+    assert span.meta["error.message"] == "<unprintable exception>"
