@@ -26,6 +26,12 @@ if TYPE_CHECKING:
     from tracer.span import Span
 
 
+def _taken(counter: itertools.count) -> int:
+    """How many values ``counter`` (started at 1) has given, without advancing it."""
+    next_value: int = counter.__reduce__()[1][0]  # type: ignore[index,assignment]
+    return next_value - 1
+
+
 class ChunkSink(Protocol):
     """Where finished chunks go (the writer). ``write`` is called on app
     threads, must not block or raise."""
@@ -79,8 +85,7 @@ class _Trace:
         buffer._live.add(self)
 
     def started_count(self) -> int:
-        # The count's next value minus one, read without advancing it.
-        return self.starts.__reduce__()[1][0] - 1  # type: ignore[index]
+        return _taken(self.starts)
 
     def start_span_late(self) -> None:
         """A child started after the local root finished: the trace is live again."""
@@ -139,7 +144,7 @@ class TraceBuffer:
             with trace.lock:
                 trace.foreign = True
                 finished = len(trace.finished)
-                sent = trace.finishes.__reduce__()[1][0] - 1 - finished  # type: ignore[index]
+                sent = _taken(trace.finishes) - finished
                 lost += trace.started_count() - sent
                 del trace.finished[:]
         self._live.clear()

@@ -1,0 +1,38 @@
+"""The packages import from an installed (non-editable) copy, not only from
+the source tree: packaging mistakes (a missing package, package data, an
+entry point) show up here."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.utils import REPO
+
+
+@pytest.mark.slow
+def test_installed_copy_imports_every_package(tmp_path):
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), REPO],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
+    )
+    code = (
+        "import importlib, pkgutil, contrib, tracer, agent_sim\n"
+        "for pkg in (tracer, contrib, agent_sim):\n"
+        f"    assert pkg.__file__.startswith({str(target)!r}), pkg.__file__\n"
+        "import contrib.flask, tracer.run\n"
+        "print('ok')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(target)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert (target / "agent_sim" / "static").is_dir() or not (os.path.isdir(os.path.join(REPO, "agent_sim", "static")))
+    entry_points = (next(target.glob("tracer_apm-*.dist-info")) / "entry_points.txt").read_text()
+    assert "tracer-run = tracer.run:main" in entry_points and "agent-sim = agent_sim.cli:main" in entry_points
