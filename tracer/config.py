@@ -97,12 +97,11 @@ _STYLES = ("datadog", "tracecontext", "b3multi", "b3", "none")
 
 def _styles(raw: str) -> tuple[str, ...]:
     styles = []
+    raw = re.sub(r"(?i)b3 single header", "b3", raw)  # ddtrace's legacy spelling
     for part in raw.replace(" ", ",").split(","):
         part = part.strip().lower()
         if not part:
             continue
-        if part == "b3 single header":  # ddtrace's legacy spelling
-            part = "b3"
         if part not in _STYLES:
             raise ConfigError("expected a list of " + ", ".join(_STYLES))
         if part != "none" and part not in styles:

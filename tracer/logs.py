@@ -1,0 +1,85 @@
+"""Log correlation (``TRACER_LOGS_INJECTION``): trace ids on ``logging`` records.
+
+``install()`` wraps the ``logging`` record factory so every record gets
+``trace_id`` (32 lowercase hex), ``span_id`` (16 hex), ``service``, ``env``
+and ``version`` from the span active where the record is created, and empty
+strings for all five outside a span (DESIGN "Ids"), so a format string such
+as ``"%(message)s trace_id=%(trace_id)s"`` never fails.
+
+Runs on whichever thread logs: one ContextVar read when no span is active.
+``install()`` / ``uninstall()`` are idempotent; uninstalling after another
+library wrapped the factory on top of ours leaves its wrapper in place and
+turns ours into a pass-through.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from tracer.config import config as _config
+from tracer.context import _active
+
+_lock = threading.Lock()
+_factory: Callable[..., logging.LogRecord] | None = None  # ours, while installed
+_enabled = False
+
+
+def _make_factory(original: Callable[..., logging.LogRecord]) -> Callable[..., logging.LogRecord]:
+    cfg = _config
+
+    def record_with_trace_ids(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = original(*args, **kwargs)
+        if not _enabled:
+            return record
+        span = _active.get()
+        if span is None:
+            record.trace_id = record.span_id = record.service = record.env = record.version = ""
+        else:
+            record.trace_id = f"{span.trace_id:032x}"
+            record.span_id = f"{span.span_id:016x}"
+            record.service = span.service or ""
+            record.env = cfg.env or ""
+            record.version = cfg.version or ""
+        return record
+
+    record_with_trace_ids.__wrapped__ = original  # type: ignore[attr-defined]
+    return record_with_trace_ids
+
+
+def install() -> None:
+    """Start adding trace ids to new log records (any thread; idempotent)."""
+    global _factory, _enabled
+    with _lock:
+        _enabled = True
+        if _factory is not None:
+            return
+        _factory = _make_factory(logging.getLogRecordFactory())
+        logging.setLogRecordFactory(_factory)
+
+
+def uninstall() -> None:
+    """Stop adding trace ids (any thread; idempotent)."""
+    global _factory, _enabled
+    with _lock:
+        _enabled = False
+        if _factory is None:
+            return
+        if logging.getLogRecordFactory() is _factory:
+            logging.setLogRecordFactory(_factory.__wrapped__)  # type: ignore[attr-defined]
+            _factory = None
+        # else: someone wrapped ours; keep it as a pass-through and reuse it on install().
+
+
+def installed() -> bool:
+    return _enabled
+
+
+def install_if_configured() -> bool:
+    """``install()`` when ``TRACER_LOGS_INJECTION`` is on; returns whether it did."""
+    if _config.logs_injection:
+        install()
+        return True
+    return False
