@@ -1,21 +1,436 @@
-"""STUB (to be replaced): patch_all / patch / unpatch."""
+"""Integration registry: ``patch_all()``, ``patch()``, ``unpatch()``, ``status()``.
+
+How an integration plugs in (every ``contrib/<name>/`` follows this shape)
+--------------------------------------------------------------------------
+``contrib/<name>/patch.py`` defines, at module level:
+
+- ``TARGETS``: a tuple of :class:`Target` ``(module, attribute path, wrapper)``,
+  e.g. ``Target("requests.sessions", "Session.send", _traced_send)``. The
+  wrapper has wrapt's signature ``wrapper(wrapped, instance, args, kwargs)``.
+  This one table drives both directions, so unpatch can never drift from patch.
+  (Any table works if each entry starts with ``(module, attribute path)``; the
+  contract suite reads ``TARGETS`` or ``_TARGETS`` to check originals.)
+- ``patch()``: ``patch_targets("<hooks module>", TARGETS)`` (plus any extra
+  set-up); ``unpatch()``: ``unpatch_targets("<hooks module>", TARGETS)``.
+  Both MUST be idempotent (the registry calls ``patch()`` whenever asked and
+  relies on it): ``patch_targets`` keeps a marker attribute (``MARKER``) on
+  the hooks module, so patching twice wraps nothing twice, and unpatch
+  restores the exact original objects (identity-equal). The contract suite
+  (``tests/contrib/contract.py``) checks all of this for every integration.
+- ``get_version() -> str``: the installed library version (``dist_version(dist)``
+  or the library's ``__version__``; stdlib integrations return Python's).
+- ``SUPPORTED = ">=2.2,<4"`` (comma-separated ``>= > <= < == !=`` clauses) or a
+  function ``supported(version: str) -> bool``. Neither: every version is
+  supported. Outside the range the registry logs one line and skips.
+- Wrappers follow the one shape: guarded pre-work (``except Exception:
+  internal_error("place")``), the original call unguarded, guarded post-work.
+
+The module may import its library at top level: the registry imports
+``contrib.<name>.patch`` only once the library itself has been imported by
+the app (from a ``wrapt.when_imported`` hook), or from :func:`status` (which
+``tracer-run --info`` calls in its own short-lived process).
+
+The registry
+------------
+``REGISTRY`` maps the keyword (``patch(flask=True)``, ``TRACER_PATCH_FLASK``)
+to the hooks module, the contrib module and the distribution name used to
+read the installed version without importing the library. A contrib module
+that does not exist or a library that is not installed is skipped silently
+(debug log); an integration that raises while patching is logged once and the
+others proceed. Everything here runs on the caller's thread, or on whichever
+thread imports the library (the hook); nothing here ever raises into the app.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+import inspect
+import logging
+import re
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import wrapt
+
+from tracer._errors import internal_error
+from tracer.config import config
+
+log = logging.getLogger("tracer")
+
+#: Attribute set on a hooks module while its integration is applied.
+MARKER = "_tracer_patched"
 
 
+class Integration(NamedTuple):
+    hooks_module: str  # patched when this module is imported
+    contrib_module: str  # holds patch(), unpatch(), get_version(), TARGETS
+    dist: str | None  # distribution name for importlib.metadata; None = stdlib
+
+
+REGISTRY: dict[str, Integration] = {
+    "flask": Integration("flask", "contrib.flask.patch", "Flask"),
+    "requests": Integration("requests", "contrib.requests.patch", "requests"),
+    "futures": Integration("concurrent.futures", "contrib.futures.patch", None),
+    "mysql": Integration("mysql.connector", "contrib.mysql.patch", "mysql-connector-python"),
+    "pymysql": Integration("pymysql", "contrib.pymysql.patch", "PyMySQL"),
+    "mysqldb": Integration("MySQLdb", "contrib.mysqldb.patch", "mysqlclient"),
+    "sqlite3": Integration("sqlite3", "contrib.sqlite3.patch", None),
+}
+
+
+# -- helpers for contrib modules ------------------------------------------------
+class Target(NamedTuple):
+    """One patched callable: ``module`` (dotted, imported by patch_targets),
+    ``name`` (attribute path inside it, e.g. ``"Session.send"``) and the wrapt
+    wrapper ``wrapper(wrapped, instance, args, kwargs)``."""
+
+    module: str
+    name: str
+    wrapper: Callable[..., Any]
+
+
+def _owner(target: Target) -> tuple[Any, str]:
+    obj: Any = importlib.import_module(target.module)
+    *parents, attr = target.name.split(".")
+    for part in parents:
+        obj = getattr(obj, part)
+    return obj, attr
+
+
+def patch_targets(hooks_module: str, targets: tuple[Target, ...] | list[Target]) -> bool:
+    """Wrap every target once; set the marker on ``hooks_module``.
+
+    Returns False (and changes nothing) if already patched. Called by a
+    contrib ``patch()``; raises if a target is missing (the registry logs it),
+    after undoing the targets it already wrapped."""
+    marker_module = importlib.import_module(hooks_module)
+    if getattr(marker_module, MARKER, False):
+        return False
+    done: list[Target] = []
+    try:
+        for target in targets:
+            owner, attr = _owner(target)
+            wrapt.wrap_function_wrapper(owner, attr, target.wrapper)
+            done.append(target)
+    except Exception:
+        _unwrap_all(done)
+        raise
+    setattr(marker_module, MARKER, True)
+    return True
+
+
+def unpatch_targets(hooks_module: str, targets: tuple[Target, ...] | list[Target]) -> bool:
+    """Put back the exact original of every target; clear the marker.
+    Returns False if it was not patched."""
+    marker_module = sys.modules.get(hooks_module)
+    if marker_module is None or not getattr(marker_module, MARKER, False):
+        return False
+    _unwrap_all(list(targets))
+    try:
+        delattr(marker_module, MARKER)
+    except AttributeError:
+        pass
+    return True
+
+
+def _unwrap_all(targets: list[Target]) -> None:
+    for target in reversed(targets):
+        owner, attr = _owner(target)
+        # The raw attribute (a class's __dict__ entry), not a bound wrapper.
+        current = inspect.getattr_static(owner, attr, None)
+        # Only our own wrapper: one another tool put on top of ours stays.
+        if not isinstance(current, wrapt.FunctionWrapper) or getattr(current, "_self_wrapper", None) is not target.wrapper:
+            log.debug("tracer: %s.%s is not our wrapper; left in place", target.module, target.name)
+            continue
+        original = current.__wrapped__
+        # A method inherited from a base class was not in the owner's own
+        # __dict__ before: dropping the wrapper exposes the original again.
+        delattr(owner, attr)
+        if inspect.getattr_static(owner, attr, None) is not original:
+            setattr(owner, attr, original)
+
+
+def is_patched(name: str) -> bool:
+    """True while integration ``name`` is applied in this process (applied by
+    the registry, or the hooks module carries ``MARKER``)."""
+    entry = REGISTRY.get(name)
+    if entry is None:
+        return False
+    if name in _applied:
+        return True
+    module = sys.modules.get(entry.hooks_module)
+    return bool(module is not None and getattr(module, MARKER, False))
+
+
+def dist_version(dist: str) -> str:
+    """Installed version of distribution ``dist`` without importing it ('' if unknown)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except Exception:
+        return ""
+
+
+def python_version() -> str:
+    return ".".join(str(part) for part in sys.version_info[:3])
+
+
+# -- version ranges --------------------------------------------------------------
+def _vtuple(version: str) -> tuple[int, ...]:
+    parts = []
+    for piece in version.strip().split("."):
+        digits = re.match(r"\d*", piece).group()  # type: ignore[union-attr]
+        if not digits:
+            break
+        parts.append(int(digits))
+        if len(digits) != len(piece):  # "0rc1": the numeric prefix ends the release
+            break
+    return tuple(parts)
+
+
+def _cmp(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    width = max(len(a), len(b))
+    a = a + (0,) * (width - len(a))
+    b = b + (0,) * (width - len(b))
+    return (a > b) - (a < b)
+
+
+_OPS: dict[str, Callable[[int], bool]] = {
+    ">=": lambda c: c >= 0,
+    "<=": lambda c: c <= 0,
+    "==": lambda c: c == 0,
+    "!=": lambda c: c != 0,
+    ">": lambda c: c > 0,
+    "<": lambda c: c < 0,
+}
+
+
+def version_in_range(version: str, spec: str) -> bool:
+    """``version_in_range("3.1.0", ">=2.2,<4")``. Unparseable version: False."""
+    have = _vtuple(version)
+    if not have:
+        return False
+    for clause in spec.split(","):
+        clause = clause.strip()
+        if not clause:
+            continue
+        m = re.match(r"(>=|<=|==|!=|>|<)\s*(\S+)$", clause)
+        if m is None:
+            raise ValueError(f"bad version range clause {clause!r} in {spec!r}")
+        if not _OPS[m.group(1)](_cmp(have, _vtuple(m.group(2)))):
+            return False
+    return True
+
+
+def check_supported(module: Any, version: str) -> bool:
+    """Apply the contrib module's ``supported(version)`` or ``SUPPORTED`` range."""
+    fn = getattr(module, "supported", None)
+    if callable(fn):
+        return bool(fn(version))
+    spec = getattr(module, "SUPPORTED", None)
+    if not spec:
+        return True
+    return version_in_range(version, spec)
+
+
+# -- registry state ----------------------------------------------------------------
+_lock = threading.Lock()
+_wanted: dict[str, bool] = {}  # last decision per integration (patch_all / patch / unpatch)
+_hooked: set[str] = set()  # post-import hook registered and not fired yet
+_reasons: dict[str, str] = {}  # why an integration is not applied
+_applied: set[str] = set()  # patch() returned and no unpatch() since
+_warned_versions: set[tuple[str, str]] = set()  # unsupported versions already logged
+
+
+def _is_missing(exc: ImportError, module_path: str) -> bool:
+    """The contrib module itself (or its package) does not exist."""
+    missing = getattr(exc, "name", None)
+    if not missing:
+        return False
+    return module_path == missing or module_path.startswith(missing + ".")
+
+
+def _load_contrib(name: str) -> Any | None:
+    entry = REGISTRY[name]
+    try:
+        return importlib.import_module(entry.contrib_module)
+    except ImportError as exc:
+        if _is_missing(exc, entry.contrib_module):
+            _reasons[name] = f"integration module {entry.contrib_module} not available"
+            log.debug("tracer: %s: %s", name, _reasons[name])
+            return None
+        raise
+
+
+def _apply(name: str) -> None:
+    """Patch ``name`` now (its library is imported). Never raises."""
+    if not _wanted.get(name):
+        return
+    try:
+        module = _load_contrib(name)
+        if module is None:
+            return
+        version = str(module.get_version())
+        if not check_supported(module, version):
+            spec = getattr(module, "SUPPORTED", "its supported range")
+            _reasons[name] = f"version {version} not supported (supported: {spec})"
+            if (name, version) not in _warned_versions:
+                _warned_versions.add((name, version))
+                log.warning("tracer: not patching %s: %s", name, _reasons[name])
+            return
+        module.patch()  # idempotent by contract
+        _applied.add(name)
+        _reasons.pop(name, None)
+        log.debug("tracer: patched %s %s", name, version)
+    except Exception as exc:
+        _reasons[name] = f"failed: {exc!r}"
+        internal_error(f"patch.{name}", exc)
+
+
+def _on_import(name: str) -> Callable[[Any], None]:
+    def hook(_module: Any) -> None:
+        with _lock:
+            _hooked.discard(name)
+        _apply(name)
+
+    return hook
+
+
+def _install(name: str) -> None:
+    entry = REGISTRY[name]
+    if entry.hooks_module in sys.modules:
+        _apply(name)
+        return
+    with _lock:
+        if name in _hooked:
+            return  # the pending hook reads _wanted when it fires
+        _hooked.add(name)
+    # Fires at once if the module got imported meanwhile; never imports it.
+    wrapt.register_post_import_hook(_on_import(name), entry.hooks_module)
+
+
+def _check_names(names: dict[str, bool]) -> dict[str, bool]:
+    known = {}
+    for key, value in names.items():
+        if key in REGISTRY:
+            known[key] = bool(value)
+        else:
+            log.warning("tracer: unknown integration %r ignored (known: %s)", key, ", ".join(REGISTRY))
+    return known
+
+
+# -- public API ------------------------------------------------------------------
 def patch_all(**overrides: bool) -> None:
-    pass
+    """Enable every integration that is on by default or by ``TRACER_PATCH_<X>``;
+    an explicit keyword (``patch_all(flask=False)``) beats the environment.
+
+    Libraries already imported are patched now; the others when (and if) the
+    app imports them. Imports no integrated library. No-op when
+    ``TRACER_ENABLED=false``. Never raises."""
+    if not config.enabled:
+        log.debug("tracer: TRACER_ENABLED=false, patch_all() does nothing")
+        return
+    chosen = _check_names(overrides)
+    for name in REGISTRY:
+        enabled = chosen[name] if name in chosen else config.patch_enabled(name)
+        _wanted[name] = enabled
+        if enabled:
+            _install(name)
+        else:
+            _reasons[name] = "disabled"
 
 
 def patch(**integrations: bool) -> None:
-    pass
+    """``patch(flask=True, requests=True)``: enable exactly the named
+    integrations (a ``False`` value is ignored), whatever the environment says."""
+    if not config.enabled:
+        log.debug("tracer: TRACER_ENABLED=false, patch() does nothing")
+        return
+    for name, enabled in _check_names(integrations).items():
+        if enabled:
+            _wanted[name] = True
+            _install(name)
 
 
 def unpatch(**integrations: bool) -> None:
-    pass
+    """Restore the originals of the named integrations (``unpatch(flask=True)``),
+    or of every integration when none is named. A pending hook for a library
+    not imported yet no longer patches it. Never raises."""
+    chosen = _check_names(integrations)
+    names = [n for n, v in chosen.items() if v] if chosen else list(REGISTRY)
+    for name in names:
+        _wanted[name] = False
+        _reasons[name] = "unpatched"
+        # Only a loaded contrib module can have patched anything.
+        module = sys.modules.get(REGISTRY[name].contrib_module)
+        _applied.discard(name)
+        if module is None:
+            continue
+        try:
+            module.unpatch()  # idempotent by contract
+        except Exception as exc:
+            internal_error(f"unpatch.{name}", exc)
 
 
-def _unused(*a: Any) -> None:
-    pass
+def installed_version(name: str) -> str | None:
+    """Version of the library behind ``name`` without importing it; None if
+    not installed. Stdlib integrations report Python's version."""
+    entry = REGISTRY[name]
+    if entry.dist is None:
+        return python_version()
+    return dist_version(entry.dist) or None
+
+
+def status() -> dict[str, dict[str, Any]]:
+    """Per integration: ``enabled`` (this process's decision, else the
+    environment's), ``installed_version`` (None: not installed), ``supported``
+    (None: unknown), ``patched`` and a human ``reason`` when it is not applied.
+
+    Imports contrib modules (which may import their library): meant for
+    ``tracer-run --info`` and debugging, not for hot paths."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, entry in REGISTRY.items():
+        enabled = _wanted.get(name, config.enabled and config.patch_enabled(name))
+        version = installed_version(name)
+        supported: bool | None = None
+        reason = ""
+        if version is None:
+            reason = f"not installed ({entry.dist})"
+        else:
+            try:
+                module = importlib.import_module(entry.contrib_module)
+            except ImportError as exc:
+                if _is_missing(exc, entry.contrib_module):
+                    reason = f"integration module {entry.contrib_module} not available"
+                else:
+                    reason = f"integration fails to import: {exc!r}"
+            except Exception as exc:
+                reason = f"integration fails to import: {exc!r}"
+            else:
+                try:
+                    supported = check_supported(module, version)
+                except Exception as exc:
+                    reason = f"cannot check the version: {exc!r}"
+                if supported is False:
+                    reason = f"version {version} not supported (supported: {getattr(module, 'SUPPORTED', '?')})"
+        patched = is_patched(name)
+        if not reason and not patched:
+            if not config.enabled:
+                reason = "tracing disabled (TRACER_ENABLED=false)"
+            elif not enabled:
+                reason = _reasons.get(name) or f"disabled (TRACER_PATCH_{name.upper()}=false)"
+            elif name in _hooked:
+                reason = f"waiting for the app to import {entry.hooks_module}"
+            else:
+                reason = _reasons.get(name, "")
+        out[name] = {
+            "enabled": bool(enabled),
+            "installed_version": version,
+            "supported": supported,
+            "patched": patched,
+            "reason": "" if patched else reason,
+        }
+    return out

@@ -1,0 +1,40 @@
+"""Carry the caller's context into ``ThreadPoolExecutor`` workers.
+
+``submit(fn, ...)`` (which ``map`` uses too) wraps ``fn`` with
+``tracer.context.wrap_context``: the span active at submit time is the parent
+of spans started by ``fn`` in the worker thread. No span is created; with no
+active span ``fn`` is submitted untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tracer._errors import internal_error
+from tracer._patching import Target, patch_targets, python_version, unpatch_targets
+from tracer.context import wrap_context
+
+
+def get_version() -> str:
+    return python_version()
+
+
+def _submit(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    try:
+        if args:
+            args = (wrap_context(args[0]), *args[1:])
+    except Exception:
+        internal_error("futures.submit")
+    return wrapped(*args, **kwargs)
+
+
+# concurrent.futures exposes ThreadPoolExecutor lazily; the class lives here.
+TARGETS = (Target("concurrent.futures.thread", "ThreadPoolExecutor.submit", _submit),)
+
+
+def patch() -> None:
+    patch_targets("concurrent.futures", TARGETS)
+
+
+def unpatch() -> None:
+    unpatch_targets("concurrent.futures", TARGETS)

@@ -1,0 +1,121 @@
+"""Trace ``requests.Session.send`` (every requests call goes through it).
+
+One ``requests.request`` span per send (redirects followed by requests
+are nested sends, so each hop gets its own child span): type ``http``,
+``span.kind=client``, resource ``"<METHOD> <path>"``, the caller's service
+(else the process service), propagation headers injected in the configured
+styles. A 5xx response marks the span as an error; an exception marks it and
+propagates unchanged. Calls to the configured receiver and calls made inside
+``contrib._http.untraced()`` are never traced.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from contrib._http import is_untraced, redact_url, set_header_tags
+from tracer import propagation
+from tracer import tracer as _tracer
+from tracer._errors import internal_error
+from tracer._patching import Target, dist_version, patch_targets, unpatch_targets
+from tracer.config import config
+
+SUPPORTED = ">=2.20,<3"
+
+
+def get_version() -> str:
+    return dist_version("requests")
+
+
+def _split(url: str) -> tuple[str, int, str]:
+    """(host, port, path) of an absolute http(s) URL, cheaply."""
+    scheme, _, rest = url.partition("://")
+    authority, slash, tail = rest.partition("/")
+    authority = authority.partition("?")[0].rpartition("@")[2]
+    path = "/" + tail.partition("?")[0].partition("#")[0] if slash else "/"
+    host, port = authority, None  # type: tuple[str, int | None]
+    if authority.startswith("["):  # [::1]:8080
+        close = authority.find("]")
+        host = authority[1:close]
+        if authority[close + 1 : close + 2] == ":":
+            port = int(authority[close + 2 :])
+    elif ":" in authority:
+        host, _, p = authority.rpartition(":")
+        port = int(p) if p.isdigit() else None
+    if port is None:
+        port = 443 if scheme.lower() == "https" else 80
+    return host, port, path
+
+
+def _to_receiver(url: str) -> bool:
+    agent = config.agent_url
+    return url.startswith(agent) and url[len(agent) : len(agent) + 1] in ("", "/", "?")
+
+
+def _start_span(request: Any) -> Any:
+    url = request.url or ""
+    if not _tracer.enabled or is_untraced() or _to_receiver(url):
+        return None
+    method = (request.method or "GET").upper()
+    host, port, path = _split(url)
+    span = _tracer.trace("requests.request", resource=f"{method} {path}", span_type="http")
+    meta = span.meta
+    meta["span.kind"] = "client"
+    meta["component"] = "requests"
+    meta["http.method"] = method
+    meta["http.url"] = redact_url(url)
+    meta["out.host"] = host
+    span.metrics["network.destination.port"] = port
+    span.metrics["_dd.measured"] = 1
+    headers = request.headers
+    if headers is not None:
+        propagation.inject(span, headers)
+        set_header_tags(span, headers, "request")
+    return span
+
+
+def _finish_span(span: Any, response: Any) -> None:
+    status = getattr(response, "status_code", None)
+    if status is not None:
+        span.meta["http.status_code"] = str(status)
+        if status >= 500:
+            span.error = 1
+    set_header_tags(span, getattr(response, "headers", None), "response")
+    span.finish()
+
+
+def _traced_send(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    span = None
+    try:
+        request = args[0] if args else kwargs.get("request")
+        span = _start_span(request)
+    except Exception:
+        internal_error("requests.send.start")
+    if span is None:
+        return wrapped(*args, **kwargs)
+    try:
+        response = wrapped(*args, **kwargs)
+    except BaseException:
+        try:
+            span.set_exc_info(*sys.exc_info())
+            span.finish()
+        except Exception:
+            internal_error("requests.send.error")
+        raise
+    try:
+        _finish_span(span, response)
+    except Exception:
+        internal_error("requests.send.finish")
+    return response
+
+
+TARGETS = (Target("requests.sessions", "Session.send", _traced_send),)
+
+
+def patch() -> None:
+    patch_targets("requests", TARGETS)
+
+
+def unpatch() -> None:
+    unpatch_targets("requests", TARGETS)

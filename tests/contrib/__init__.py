@@ -1,0 +1,1 @@
+"""Integration tests: one module per contrib package, plus the shared contract."""
