@@ -164,7 +164,7 @@ def main() -> None:
             if peer == "ours":
                 continue
             for key, label in (("app_us", "app thread"), ("e2e_us", "end to end")):
-                ratios = [o[key] / p[key] for o, p in zip(results["ours"], results[peer])]
+                ratios = [o[key] / p[key] for o, p in zip(results["ours"], results[peer], strict=True)]
                 print(f"ours / {peer:8s} {label:11s}: median ratio {median(ratios):.3f} "
                       f"(min {min(ratios):.3f}, max {max(ratios):.3f})")
 

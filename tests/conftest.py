@@ -15,6 +15,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from tests.mariadb import mariadb  # noqa: F401  (session fixture: one real MariaDB for the suite)
 from tracer import _errors
 from tracer import tracer as global_tracer
 from tracer.config import config

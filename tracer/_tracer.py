@@ -21,8 +21,8 @@ from random import getrandbits
 from time import perf_counter_ns
 from typing import Any, Callable, TypeVar
 
+from tracer.buffer import TraceBuffer
 from tracer.config import config as _config
-from tracer.buffer import TraceBuffer, _Trace
 from tracer.context import Context, _active
 from tracer.span import _NOT_ACTIVATED, Span
 

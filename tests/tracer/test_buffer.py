@@ -79,7 +79,7 @@ def test_root_finishing_while_threads_finish_children(test_spans):
         children = [tracer.start_span("c", child_of=root) for _ in range(200)]
         start = threading.Barrier(3)
 
-        def finish(part):
+        def finish(part, start=start):
             start.wait()
             for c in part:
                 c.finish()

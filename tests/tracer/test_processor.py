@@ -11,10 +11,8 @@ def test_trace_level_tags_on_root_and_top_level_marks(test_spans, monkeypatch):
     monkeypatch.setattr(config, "env", "prod")
     monkeypatch.setattr(config, "version", "1.2")
     monkeypatch.setattr(config, "tags", {"team": "core"})
-    with tracer.trace("web", service="web") as root:
-        with tracer.trace("inner"):
-            with tracer.trace("db", service="mysql"):
-                pass
+    with tracer.trace("web", service="web") as root, tracer.trace("inner"), tracer.trace("db", service="mysql"):
+        pass
     (chunk,) = test_spans.processed()
     by_name = {s.name: s for s in chunk}
     assert root.meta["env"] == "prod" and root.meta["version"] == "1.2" and root.meta["team"] == "core"

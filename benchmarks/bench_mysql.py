@@ -1,0 +1,182 @@
+"""Added cost per ``cursor.execute("SELECT 1")`` round trip: plain vs ours vs ddtrace.
+
+    python benchmarks/bench_mysql.py [--rounds 5] [--batches 30] [--batch 100] [--drivers pymysql,mysqldb,mysql]
+
+Starts a private MariaDB (tests/mariadb.py) and a live trace sink (answers
+200 ``{"rate_by_service": {}}``, counts ``X-Datadog-Trace-Count``). For each
+round, each driver, each variant runs in its own fresh process, the variant
+order rotating per round (A B C, B C A, ...). A process connects over TCP to
+127.0.0.1, warms up, then times ``batches`` batches of ``batch`` iterations
+of ``cur.execute("SELECT 1"); cur.fetchall()`` (each query its own trace, as
+an untraced caller's query is) and reports the median batch as ns per query.
+Then it flushes its tracer and the parent checks that the sink received every
+trace: a tracer that drops spans must not look fast for it.
+
+Reported per driver: the median ns per query of each variant, the median of
+per-round added costs (variant − plain of the same round), and the median of
+per-round ratios ours_added / ddtrace_added (target ≤ 0.25).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from tests.mariadb import MariaDB  # noqa: E402
+
+CHILD = r"""
+import json, os, sys, time
+variant, driver = sys.argv[1], sys.argv[2]
+batches, batch = int(sys.argv[3]), int(sys.argv[4])
+if variant == "ours":
+    import tracer
+    tracer.patch(**{driver: True})
+elif variant == "ddtrace":
+    from ddtrace import patch
+    patch(**{driver: True})
+kw = dict(host="127.0.0.1", port=int(os.environ["B_PORT"]), user=os.environ["B_USER"],
+          password=os.environ["B_PASSWORD"], database=os.environ["B_DB"])
+if driver == "pymysql":
+    import pymysql
+    conn = pymysql.connect(**kw)
+elif driver == "mysqldb":
+    import MySQLdb
+    conn = MySQLdb.connect(**kw)
+else:
+    import mysql.connector
+    conn = mysql.connector.connect(**kw)
+if variant != "plain":
+    assert type(conn).__module__ != type(conn.__wrapped__).__module__, "not traced"
+cur = conn.cursor()
+for _ in range(200):
+    cur.execute("SELECT 1"); cur.fetchall()
+times = []
+clock = time.perf_counter_ns
+for _ in range(batches):
+    t0 = clock()
+    for _ in range(batch):
+        cur.execute("SELECT 1"); cur.fetchall()
+    times.append((clock() - t0) / batch)
+times.sort()
+queries = 200 + batches * batch
+if variant == "ours":
+    from tracer import tracer as t
+    assert t.flush(30), "flush timed out"
+elif variant == "ddtrace":
+    from ddtrace.trace import tracer as t
+    t.flush()
+    t.shutdown(timeout=30)
+print(json.dumps({"ns": times[len(times) // 2], "queries": queries}))
+"""
+
+
+class Sink(BaseHTTPRequestHandler):
+    traces = 0
+    lock = threading.Lock()
+
+    def do_PUT(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(length)
+        if "/traces" in self.path:
+            with Sink.lock:
+                Sink.traces += int(self.headers.get("X-Datadog-Trace-Count") or 0)
+        body = b'{"rate_by_service": {}}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_POST = do_PUT
+
+    def do_GET(self) -> None:
+        self.do_PUT()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batches", type=int, default=30)
+    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--drivers", default="pymysql,mysqldb,mysql")
+    parser.add_argument("--mariadbd", default=os.environ.get("MARIADBD", "/usr/sbin/mariadbd"))
+    args = parser.parse_args()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    sink_url = f"http://127.0.0.1:{server.server_address[1]}"
+    db = MariaDB(args.mariadbd)
+    info = db.start()
+    env = {
+        **os.environ,
+        "PYTHONPATH": REPO,
+        "B_PORT": str(info.port),
+        "B_USER": info.user,
+        "B_PASSWORD": info.password,
+        "B_DB": info.db,
+        "TRACER_AGENT_URL": sink_url,
+        "DD_TRACE_AGENT_URL": sink_url,
+        "TRACER_SERVICE": "bench",
+        "DD_SERVICE": "bench",
+        "DD_INSTRUMENTATION_TELEMETRY_ENABLED": "false",
+        "DD_REMOTE_CONFIGURATION_ENABLED": "false",
+        "DD_TRACE_STATS_COMPUTATION_ENABLED": "false",
+        "DD_DATA_STREAMS_ENABLED": "false",
+    }
+    variants = ["plain", "ours", "ddtrace"]
+    drivers = args.drivers.split(",")
+    results: dict[tuple[str, str], list[float]] = {}
+    try:
+        for rnd in range(args.rounds):
+            order = variants[rnd % 3 :] + variants[: rnd % 3]
+            for driver in drivers:
+                for variant in order:
+                    before = Sink.traces
+                    proc = subprocess.run(
+                        [sys.executable, "-c", CHILD, variant, driver, str(args.batches), str(args.batch)],
+                        env=env,
+                        capture_output=True,
+                        text=True,
+                        timeout=300,
+                    )
+                    if proc.returncode != 0:
+                        raise SystemExit(f"{driver}/{variant} failed:\n{proc.stderr}")
+                    out = json.loads(proc.stdout.strip().splitlines()[-1])
+                    delivered = Sink.traces - before
+                    if variant != "plain" and delivered < out["queries"]:
+                        raise SystemExit(f"{driver}/{variant}: sink got {delivered} traces of {out['queries']}")
+                    results.setdefault((driver, variant), []).append(out["ns"])
+            print(f"round {rnd + 1}/{args.rounds} done", file=sys.stderr)
+    finally:
+        db.stop()
+        server.shutdown()
+
+    print(f"ns per cursor.execute('SELECT 1') + fetchall(), TCP 127.0.0.1, {args.rounds} rounds, "
+          f"median of {args.batches} batches x {args.batch} per process")
+    print(f"{'driver':10} {'plain':>9} {'ours':>9} {'ddtrace':>9} {'+ours':>8} {'+ddtrace':>9} {'ours/dd':>8}")
+    for driver in drivers:
+        plain, ours, dd = (results[(driver, v)] for v in variants)
+        added_ours = [o - p for o, p in zip(ours, plain, strict=True)]
+        added_dd = [d - p for d, p in zip(dd, plain, strict=True)]
+        ratios = [o / d for o, d in zip(added_ours, added_dd, strict=True) if d > 0]
+        print(
+            f"{driver:10} {statistics.median(plain):9.0f} {statistics.median(ours):9.0f} {statistics.median(dd):9.0f} "
+            f"{statistics.median(added_ours):8.0f} {statistics.median(added_dd):9.0f} "
+            f"{statistics.median(ratios) if ratios else float('nan'):8.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,447 @@
+"""Shared DB-API 2.0 tracing: connection and cursor proxies for SQL drivers.
+
+A driver integration (``contrib/mysql``, ``contrib/pymysql``,
+``contrib/mysqldb``, ``contrib/sqlite3``) wraps its ``connect()`` functions
+with :func:`patch_targets`; each call returns a :class:`TracedConnection`
+(a ``wrapt.ObjectProxy``) whose ``cursor()`` returns a :class:`TracedCursor`.
+Everything not traced here is forwarded by the proxy to the driver's object,
+and ``isinstance(proxy, DriverClass)`` passes because the proxy forwards
+``__class__``. What cannot be made transparent: ``type(proxy)`` is the proxy
+type, and C code that type-checks its argument (``sqlite3.Cursor(conn)``)
+needs the real object, which is ``proxy.__wrapped__``. ``cursor.connection``
+is the driver's own (untraced) connection.
+
+Per connection, :class:`DBInfo` holds everything that is the same for all of
+its spans (names, service, tags), built once at ``connect()`` time; the
+per-query work is one span, two ``dict.update`` calls and a ``rowcount``
+read. Configuration read at ``connect()``: the service (``mysql_service`` /
+``sqlite_service``) and ``db_trace_fetch`` (at ``cursor()``); read per query:
+``dbm_propagation`` and ``db_obfuscate``.
+
+Threading: proxies are used on the application's threads, exactly as the
+driver objects are; they add no locking. Wrappers follow the project's
+shape: guarded pre-work, the driver call unguarded (its return value and
+exceptions pass through untouched), guarded post-work.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote
+
+import wrapt
+
+from tracer import tracer as _tracer
+from tracer._errors import internal_error
+from tracer.config import config
+from tracer.context import _active
+
+log = logging.getLogger("tracer")
+
+# rowcount beyond this is a C driver's (my_ulonglong)-1 meaning "unknown".
+_MAX_ROWS = 1 << 63
+
+
+class DBInfo:
+    """What every span of one connection shares; built once per connection.
+
+    ``meta`` / ``metrics`` are copied onto each span; never mutate them after
+    the connection is created (spans of other threads copy them too)."""
+
+    __slots__ = (
+        "query_name",
+        "commit_name",
+        "rollback_name",
+        "service",
+        "meta",
+        "metrics",
+        "sql_kwarg",
+        "dbm",
+    )
+
+    def __init__(
+        self,
+        prefix: str,
+        service: str,
+        meta: dict[str, str],
+        metrics: dict[str, float],
+        sql_kwarg: str | None,
+        dbm: bool,
+    ) -> None:
+        self.query_name = prefix + ".query"
+        self.commit_name = prefix + ".connection.commit"
+        self.rollback_name = prefix + ".connection.rollback"
+        self.service = service
+        self.meta = meta
+        self.metrics = metrics
+        self.sql_kwarg = sql_kwarg  # the keyword name of the SQL argument, for execute(query=...)
+        self.dbm = dbm  # whether SQL comment propagation applies (a server-side database)
+
+
+def make_info(
+    *,
+    prefix: str,
+    system: str,
+    component: str,
+    service: str,
+    db: Any = None,
+    user: Any = None,
+    host: Any = None,
+    port: Any = None,
+    sql_kwarg: str | None = None,
+    dbm: bool = False,
+) -> DBInfo:
+    """Build the per-connection tags; empty values are left out."""
+    meta = {"component": component, "span.kind": "client", "db.system": system}
+    db_name = _text(db) if db else None
+    if db_name:
+        meta["db.name"] = db_name
+        meta["peer.service"] = db_name
+    if user:
+        meta["db.user"] = _text(user)
+    if host:
+        meta["out.host"] = _text(host)
+    metrics: dict[str, float] = {"_dd.measured": 1}
+    if port:
+        try:
+            metrics["network.destination.port"] = int(port)
+        except (TypeError, ValueError):
+            pass
+    return DBInfo(prefix, service, meta, metrics, sql_kwarg, dbm)
+
+
+def _text(value: Any) -> str:
+    if type(value) is str:
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "replace")
+    return str(value)
+
+
+# -- span helpers (hot path) --------------------------------------------------
+def _start(info: DBInfo, name: str, sql: Any) -> Any:
+    if type(sql) is not str:
+        sql = _text(sql) if sql is not None else name
+    resource = obfuscate(sql) if config.db_obfuscate else sql
+    span = _tracer.start_span(name, _active.get(), info.service, resource, "sql")
+    span.meta.update(info.meta)
+    span.metrics.update(info.metrics)
+    return span
+
+
+def _finish(span: Any, cursor: Any) -> None:
+    try:
+        rowcount = cursor.rowcount
+        if type(rowcount) is int and 0 <= rowcount < _MAX_ROWS:
+            span.metrics["db.row_count"] = rowcount
+    except Exception:
+        internal_error("dbapi.rowcount")
+    try:
+        span.finish()  # even without a row count: an unfinished span loses its trace
+    except Exception:
+        internal_error("dbapi.finish")
+
+
+def _finish_error(span: Any) -> None:
+    try:
+        span.set_exc_info(*sys.exc_info())
+        span.finish()
+    except Exception:
+        internal_error("dbapi.finish_error")
+
+
+def _sql_arg(info: DBInfo, args: tuple, kwargs: dict) -> Any:
+    if args:
+        return args[0]
+    return kwargs.get(info.sql_kwarg) if info.sql_kwarg else None
+
+
+# -- DBM comments (sqlcommenter format) -----------------------------------------
+_dbm_base_cache: dict[tuple, str] = {}
+
+
+def _quote(value: str) -> str:
+    # sqlcommenter URL-encodes values; with safe="" that also encodes "'" and
+    # "*/", so a value can never end the comment early.
+    return quote(value, safe="")
+
+
+def dbm_comment(span: Any, db_service: str, mode: str) -> str:
+    """``/*dddbs='…',dde='…',ddps='…',ddpv='…'[,traceparent='…']*/`` for
+    ``mode`` ``service`` or ``full``; keys sorted as sqlcommenter does. In
+    ``full`` mode the trace's sampling decision is made now (as for any
+    propagation) so the ``traceparent`` flags are final."""
+    key = (db_service, config.env, _tracer.service, config.version)
+    base = _dbm_base_cache.get(key)
+    if base is None:
+        pairs = [("dddbs", db_service), ("dde", config.env), ("ddps", _tracer.service), ("ddpv", config.version)]
+        base = ",".join(f"{k}='{_quote(v)}'" for k, v in pairs if v)
+        if len(_dbm_base_cache) > 64:
+            _dbm_base_cache.clear()
+        _dbm_base_cache[key] = base
+    if mode != "full":
+        return f"/*{base}*/ "
+    trace = span._trace
+    if trace.priority is None:
+        _tracer.sampler.decide(trace, trace.root or span)
+    flags = "01" if (trace.priority or 0) > 0 else "00"
+    span.meta["_dd.dbm_trace_injected"] = "true"
+    traceparent = f"00-{span.trace_id:032x}-{span.span_id:016x}-{flags}"
+    sep = "," if base else ""
+    return f"/*{base}{sep}traceparent='{traceparent}'*/ "
+
+
+def _with_comment(info: DBInfo, span: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    mode = config.dbm_propagation
+    if mode == "disabled" or not info.dbm:
+        return args, kwargs
+    if args:
+        sql = args[0]
+        if type(sql) is str:
+            return (dbm_comment(span, info.service, mode) + sql,) + args[1:], kwargs
+    elif info.sql_kwarg and type(kwargs.get(info.sql_kwarg)) is str:
+        kwargs = dict(kwargs)
+        kwargs[info.sql_kwarg] = dbm_comment(span, info.service, mode) + kwargs[info.sql_kwarg]
+    return args, kwargs
+
+
+# -- tracer-side obfuscation (opt-in) -----------------------------------------------
+# The receiver's obfuscator (agent_sim.obfuscate: stdlib only, shipped in the
+# same distribution) is used when importable, so both sides agree; the minimal
+# one below stands in if it is not.
+_LITERALS = re.compile(
+    r"""'(?:[^'\\]|\\.|'')*'"""  # single-quoted strings, with '' and backslash escapes
+    r"""|"(?:[^"\\]|\\.|"")*\""""  # MySQL's default: double quotes are strings too
+    r"|\b0x[0-9a-fA-F]+\b"
+    r"|(?<![\w.])[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?\b"  # numbers, not digits inside identifiers
+    r"|%\([^)]*\)s|%s"  # bind parameters
+)
+_LISTS = re.compile(r"\(\s*\?(?:\s*,\s*\?)+\s*\)")
+_obfuscated: dict[str, str] = {}
+_OBFUSCATED_MAX = 2048
+_impl: Callable[[str], str] | None = None
+
+
+def minimal_obfuscate(sql: str) -> str:
+    """Literals and bind parameters → ``?``; ``(?, ?, …)`` → ``( ? )``."""
+    return _LISTS.sub("( ? )", _LITERALS.sub("?", sql))
+
+
+def obfuscate(sql: str) -> str:
+    """The SQL with literals replaced by ``?``, cached per statement (apps
+    send the same few statements over and over). Only called when
+    ``db_obfuscate`` is on: for users whose receiver does not obfuscate."""
+    global _impl
+    found = _obfuscated.get(sql)
+    if found is not None:
+        return found
+    if _impl is None:
+        try:
+            from agent_sim.obfuscate import obfuscate_sql
+
+            _impl = obfuscate_sql
+        except ImportError:
+            _impl = minimal_obfuscate
+    out = _impl(sql)
+    if len(_obfuscated) >= _OBFUSCATED_MAX:
+        _obfuscated.clear()
+    _obfuscated[sql] = out
+    return out
+
+
+# -- proxies ----------------------------------------------------------------------
+class TracedCursor(wrapt.ObjectProxy):
+    """A driver cursor whose ``execute``/``executemany`` make query spans."""
+
+    def __init__(self, cursor: Any, info: DBInfo) -> None:
+        super().__init__(cursor)
+        self._self_info = info
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        wrapped = self.__wrapped__
+        info = self._self_info
+        call_args, call_kwargs = args, kwargs
+        try:
+            span = _start(info, info.query_name, args[0] if args else _sql_arg(info, args, kwargs))
+            if info.dbm and config.dbm_propagation != "disabled":
+                call_args, call_kwargs = _with_comment(info, span, args, kwargs)
+        except Exception:
+            internal_error("dbapi.execute")
+            result = wrapped.execute(*args, **kwargs)
+            return self if result is wrapped else result
+        try:
+            result = wrapped.execute(*call_args, **call_kwargs)
+        except BaseException:
+            _finish_error(span)
+            raise
+        _finish(span, wrapped)
+        # Drivers that return the cursor itself (sqlite3) must get the proxy back.
+        return self if result is wrapped else result
+
+    def executemany(self, *args: Any, **kwargs: Any) -> Any:
+        # No DBM comment: it would defeat the drivers' multi-row INSERT rewrite.
+        wrapped = self.__wrapped__
+        info = self._self_info
+        try:
+            span = _start(info, info.query_name, _sql_arg(info, args, kwargs))
+            span.meta["sql.executemany"] = "true"
+        except Exception:
+            internal_error("dbapi.executemany")
+            result = wrapped.executemany(*args, **kwargs)
+            return self if result is wrapped else result
+        try:
+            result = wrapped.executemany(*args, **kwargs)
+        except BaseException:
+            _finish_error(span)
+            raise
+        _finish(span, wrapped)
+        return self if result is wrapped else result
+
+    def __enter__(self) -> Any:
+        result = self.__wrapped__.__enter__()
+        return self if result is self.__wrapped__ else result
+
+
+class _FetchTracing:
+    """Mixin for cursors created while ``db_trace_fetch`` is on: ``fetch*``
+    calls get spans named ``<query name>.<method>``, resource the last SQL."""
+
+    _self_info: DBInfo
+    __wrapped__: Any
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        self._self_last_sql = _sql_arg(self._self_info, args, kwargs)
+        return super().execute(*args, **kwargs)  # type: ignore[misc]
+
+    def executemany(self, *args: Any, **kwargs: Any) -> Any:
+        self._self_last_sql = _sql_arg(self._self_info, args, kwargs)
+        return super().executemany(*args, **kwargs)  # type: ignore[misc]
+
+    def _fetch(self, method: str, args: tuple, kwargs: dict) -> Any:
+        wrapped = self.__wrapped__
+        fn = getattr(wrapped, method)
+        info = self._self_info
+        try:
+            span = _start(info, f"{info.query_name}.{method}", getattr(self, "_self_last_sql", None))
+        except Exception:
+            internal_error("dbapi.fetch")
+            return fn(*args, **kwargs)
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException:
+            _finish_error(span)
+            raise
+        _finish(span, wrapped)
+        return result
+
+    def fetchone(self, *args: Any, **kwargs: Any) -> Any:
+        return self._fetch("fetchone", args, kwargs)
+
+    def fetchmany(self, *args: Any, **kwargs: Any) -> Any:
+        return self._fetch("fetchmany", args, kwargs)
+
+    def fetchall(self, *args: Any, **kwargs: Any) -> Any:
+        return self._fetch("fetchall", args, kwargs)
+
+
+def fetch_variant(cursor_type: type) -> type:
+    """The ``fetch*``-tracing variant of a cursor proxy type."""
+    return type("Fetch" + cursor_type.__name__, (_FetchTracing, cursor_type), {})
+
+
+class TracedConnection(wrapt.ObjectProxy):
+    """A driver connection whose ``cursor()`` returns traced cursors and whose
+    ``commit``/``rollback`` make spans. Subclasses name their cursor proxy
+    types in ``cursor_types = (plain, with fetch spans)``."""
+
+    cursor_types: tuple[type, type]
+
+    def __init__(self, conn: Any, info: DBInfo) -> None:
+        super().__init__(conn)
+        self._self_info = info
+
+    def cursor(self, *args: Any, **kwargs: Any) -> Any:
+        cursor = self.__wrapped__.cursor(*args, **kwargs)
+        try:
+            return self.cursor_types[1 if config.db_trace_fetch else 0](cursor, self._self_info)
+        except Exception:
+            internal_error("dbapi.cursor")
+            return cursor
+
+    def _end_transaction(self, name: str, method: str, args: tuple, kwargs: dict) -> Any:
+        fn = getattr(self.__wrapped__, method)
+        try:
+            span = _start(self._self_info, name, name)
+        except Exception:
+            internal_error("dbapi." + method)
+            return fn(*args, **kwargs)
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException:
+            _finish_error(span)
+            raise
+        try:
+            span.finish()
+        except Exception:
+            internal_error("dbapi." + method)
+        return result
+
+    def commit(self, *args: Any, **kwargs: Any) -> Any:
+        return self._end_transaction(self._self_info.commit_name, "commit", args, kwargs)
+
+    def rollback(self, *args: Any, **kwargs: Any) -> Any:
+        return self._end_transaction(self._self_info.rollback_name, "rollback", args, kwargs)
+
+    def __enter__(self) -> Any:
+        result = self.__wrapped__.__enter__()
+        return self if result is self.__wrapped__ else result
+
+
+TracedConnection.cursor_types = (TracedCursor, fetch_variant(TracedCursor))
+
+
+class TracedMySQLCursor(TracedCursor):
+    """MySQL drivers' cursors also have ``callproc`` (resource: the procedure name)."""
+
+    def callproc(self, *args: Any, **kwargs: Any) -> Any:
+        wrapped = self.__wrapped__
+        info = self._self_info
+        try:
+            span = _start(info, info.query_name, args[0] if args else kwargs.get("procname"))
+        except Exception:
+            internal_error("dbapi.callproc")
+            result = wrapped.callproc(*args, **kwargs)
+            return self if result is wrapped else result
+        try:
+            result = wrapped.callproc(*args, **kwargs)
+        except BaseException:
+            _finish_error(span)
+            raise
+        _finish(span, wrapped)
+        return self if result is wrapped else result
+
+
+class TracedMySQLConnection(TracedConnection):
+    cursor_types = (TracedMySQLCursor, fetch_variant(TracedMySQLCursor))
+
+
+# -- patching ---------------------------------------------------------------------
+def connect_wrapper(make_proxy: Callable[[Any, tuple, dict], Any]) -> Callable[..., Any]:
+    """A wrapt wrapper for a driver's ``connect``: the driver connects
+    (unguarded), then ``make_proxy(conn, args, kwargs)`` wraps the result."""
+
+    def traced_connect(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
+        conn = wrapped(*args, **kwargs)
+        if issubclass(type(conn), TracedConnection):
+            return conn  # already traced (an alias wrapping another alias)
+        try:
+            return make_proxy(conn, args, kwargs)
+        except Exception:
+            internal_error("dbapi.connect")
+            return conn
+
+    return traced_connect

@@ -1,0 +1,8 @@
+"""Tracing for mysql-connector-python (``patch(mysql=True)``):
+``mysql.connector.connect`` and its alias ``mysql.connector.Connect`` return
+traced connections (``contrib._dbapi``), for both the pure-Python connection
+and the C extension's ``CMySQLConnection``. Connections built from the
+classes directly (``MySQLConnection(...)``) or taken from a
+``MySQLConnectionPool`` object are not traced; ``connect(pool_name=...)`` is.
+Nothing is re-exported here, so ``contrib.mysql.patch`` stays the module.
+"""

@@ -1,0 +1,65 @@
+"""mysqlclient ≥ 2.0 (``MySQLdb``): ``connect`` / ``Connect`` / ``Connection`` → traced connections."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from contrib import _dbapi
+from tracer._patching import Target, check_supported, patch_targets, unpatch_targets
+from tracer.config import config
+
+log = logging.getLogger("tracer")
+
+SUPPORTED = ">=2.0"
+NAME = "mysqldb"
+# MySQLdb.connect(host, user, passwd, db, port, ...): the positional order.
+_POSITIONAL = ("host", "user", "passwd", "db", "port")
+
+
+def get_version() -> str:
+    import MySQLdb
+
+    return ".".join(str(p) for p in MySQLdb.version_info[:3])
+
+
+def _proxy(conn: Any, args: tuple, kwargs: dict) -> Any:
+    params = dict(zip(_POSITIONAL, args, strict=False))
+    params.update(kwargs)
+    # mysqlclient ≥ 2.2 keeps host/user/database/port on the connection; older
+    # versions only have what connect() was given.
+    info = _dbapi.make_info(
+        prefix="mysql",
+        system="mysql",
+        component="mysqldb",
+        service=config.mysql_service,
+        db=getattr(conn, "database", None) or params.get("database") or params.get("db"),
+        user=getattr(conn, "user", None) or params.get("user"),
+        host=getattr(conn, "host", None) or params.get("host") or "localhost",
+        port=getattr(conn, "port", None) or params.get("port") or 3306,
+        sql_kwarg="query",
+        dbm=True,
+    )
+    return _dbapi.TracedMySQLConnection(conn, info)
+
+
+_wrapper = _dbapi.connect_wrapper(_proxy)
+TARGETS = (
+    Target("MySQLdb", "connect", _wrapper),
+    Target("MySQLdb", "Connect", _wrapper),
+    Target("MySQLdb", "Connection", _wrapper),
+)
+
+
+def patch() -> bool:
+    """Wrap the targets (idempotent); False if the version is unsupported or
+    nothing changed. Imports ``MySQLdb``."""
+    if not check_supported(sys.modules[__name__], get_version()):
+        log.warning("tracer: not patching %s %s: supported versions are %s", NAME, get_version(), SUPPORTED)
+        return False
+    return patch_targets("MySQLdb", TARGETS)
+
+
+def unpatch() -> bool:
+    return unpatch_targets("MySQLdb", TARGETS)

@@ -1,0 +1,140 @@
+"""The shared DB-API layer: obfuscation, DBM comments, and the never-break-the-app guards.
+
+Driver behaviour is tested per driver (test_mysql_drivers.py, test_sqlite3.py);
+the guard tests here use sqlite3 as a real driver and sabotage our own code.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import tracer
+from contrib import _dbapi
+from tracer import _errors
+from tracer import tracer as global_tracer
+from tracer.config import config
+
+
+@pytest.fixture(autouse=True)
+def _spans_in_memory(test_spans: Any) -> None:
+    """Nothing leaves the process unless a test asks for the receiver (``traced``)."""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def patched() -> Iterator[None]:
+    tracer.patch(sqlite3=True)
+    yield
+    tracer.unpatch(sqlite3=True)
+
+
+OBFUSCATION_CASES = [
+    ("SELECT * FROM users WHERE id = 42", "SELECT * FROM users WHERE id = ?"),
+    ("SELECT * FROM users WHERE id = %s", "SELECT * FROM users WHERE id = ?"),
+    ("SELECT * FROM t1 WHERE name = 'it''s' AND x = -3.5e2", "SELECT * FROM t1 WHERE name = ? AND x = ?"),
+    ("SELECT a FROM b WHERE c IN (1, 2, 3) AND d = \"q\\\"x\"", "SELECT a FROM b WHERE c IN ( ? ) AND d = ?"),
+    ("UPDATE t SET blob = 0xDEADbeef WHERE id = %(id)s", "UPDATE t SET blob = ? WHERE id = ?"),
+    ("SELECT col2, t.x3 FROM tbl9", "SELECT col2, t.x3 FROM tbl9"),
+]
+
+
+@pytest.mark.parametrize("sql, expected", OBFUSCATION_CASES)
+def test_minimal_obfuscator(sql: str, expected: str) -> None:
+    assert _dbapi.minimal_obfuscate(sql) == expected
+
+
+@pytest.mark.parametrize("sql, expected", OBFUSCATION_CASES)
+def test_obfuscate_agrees_with_the_receiver_and_caches(sql: str, expected: str) -> None:
+    from agent_sim.obfuscate import obfuscate_sql
+
+    assert _dbapi.obfuscate(sql) == obfuscate_sql(sql)
+    assert _dbapi.obfuscate(sql) is _dbapi.obfuscate(sql)  # cached per statement
+
+
+def test_dbm_comment_quotes_values_as_sqlcommenter(monkeypatch: pytest.MonkeyPatch, test_spans: Any) -> None:
+    monkeypatch.setattr(config, "env", "it's prod")
+    monkeypatch.setattr(config, "version", "1.0/2")
+    monkeypatch.setattr(global_tracer, "_service", "web app")
+    with global_tracer.trace("q") as span:
+        service = _dbapi.dbm_comment(span, "my db", "service")
+        full = _dbapi.dbm_comment(span, "my db", "full")
+    assert service == "/*dddbs='my%20db',dde='it%27s%20prod',ddps='web%20app',ddpv='1.0%2F2'*/ "
+    assert full == service[:-3] + f",traceparent='00-{span.trace_id:032x}-{span.span_id:016x}-01'*/ "
+    monkeypatch.setattr(config, "env", None)
+    monkeypatch.setattr(config, "version", None)
+    assert _dbapi.dbm_comment(span, "db", "service") == "/*dddbs='db',ddps='web%20app'*/ "
+
+
+def test_make_info_leaves_out_unknown_values() -> None:
+    info = _dbapi.make_info(prefix="mysql", system="mysql", component="x", service="mysql", db=b"shop", user=None, host="h", port="3307")
+    assert info.meta == {"component": "x", "span.kind": "client", "db.system": "mysql", "db.name": "shop", "peer.service": "shop", "out.host": "h"}
+    assert info.metrics == {"_dd.measured": 1, "network.destination.port": 3307}
+    assert (info.query_name, info.commit_name, info.rollback_name) == ("mysql.query", "mysql.connection.commit", "mysql.connection.rollback")
+
+
+def _take_swallowed() -> list[str]:
+    places = [where for where, _ in _errors.swallowed]
+    del _errors.swallowed[:]
+    return places
+
+
+def test_a_broken_tracer_never_breaks_the_query(monkeypatch: pytest.MonkeyPatch, test_spans: Any) -> None:
+    conn = sqlite3.connect(":memory:")
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("tracer bug")
+
+    monkeypatch.setattr(global_tracer, "start_span", broken)
+    cur = conn.cursor()
+    assert cur.execute("SELECT 1") is cur
+    assert cur.fetchall() == [(1,)]
+    assert conn.execute("SELECT 2").fetchall() == [(2,)]
+    conn.execute("CREATE TABLE t (x)")
+    conn.executemany("INSERT INTO t VALUES (?)", [(1,), (2,)])
+    conn.commit()
+    conn.rollback()
+    with pytest.raises(sqlite3.OperationalError):
+        conn.execute("SELEC 1")
+    assert test_spans.spans == []
+    assert set(_take_swallowed()) == {"dbapi.execute", "dbapi.executemany", "dbapi.commit", "dbapi.rollback"}
+    conn.close()
+
+
+def test_a_broken_post_step_keeps_the_result(monkeypatch: pytest.MonkeyPatch, test_spans: Any) -> None:
+    conn = sqlite3.connect(":memory:")
+    cur = conn.cursor()
+    monkeypatch.setattr(_dbapi, "_MAX_ROWS", None)  # makes the rowcount comparison raise
+    assert cur.execute("CREATE TABLE t (x)") is cur
+    cur.execute("INSERT INTO t VALUES (1)")
+    assert conn.execute("SELECT x FROM t").fetchall() == [(1,)]
+    assert set(_take_swallowed()) == {"dbapi.rowcount"}
+    # The spans still finished (without a row count).
+    assert [s.resource for s in test_spans.spans] == ["CREATE TABLE t (x)", "INSERT INTO t VALUES (1)", "SELECT x FROM t"]
+    assert all("db.row_count" not in s.metrics for s in test_spans.spans)
+    conn.close()
+
+
+def test_connect_failure_is_the_drivers(tmp_path: Any, test_spans: Any) -> None:
+    missing = tmp_path / "no" / "such" / "dir" / "x.db"
+    with pytest.raises(sqlite3.OperationalError):
+        sqlite3.connect(missing)
+    assert test_spans.spans == []
+
+
+def test_supported_ranges_and_version_strings() -> None:
+    from contrib.mysql import patch as mysql_patch
+    from contrib.mysqldb import patch as mysqldb_patch
+    from contrib.pymysql import patch as pymysql_patch
+    from tracer._patching import version_in_range
+
+    assert version_in_range("8.0.33", mysql_patch.SUPPORTED)
+    assert not version_in_range("2.1.7", mysql_patch.SUPPORTED)
+    assert version_in_range("1.0.2", pymysql_patch.SUPPORTED)
+    assert not version_in_range("0.10.1", pymysql_patch.SUPPORTED)
+    assert version_in_range("2.0.0", mysqldb_patch.SUPPORTED)
+    assert not version_in_range("1.4.6", mysqldb_patch.SUPPORTED)
+    for module in (mysql_patch, pymysql_patch, mysqldb_patch):
+        assert version_in_range(module.get_version(), module.SUPPORTED)

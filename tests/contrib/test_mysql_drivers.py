@@ -1,0 +1,665 @@
+"""The three MySQL drivers against a real MariaDB server, one parametrized suite.
+
+Spans are read from the in-memory sink (``test_spans``) for exact tag
+assertions; ``TestReceiver`` checks the same spans after a round trip through
+a real agent_sim receiver. ``Test*Contract`` run the shared integration
+contract (patch before/after import, twice, unpatch…) for each driver.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+import tracer
+from tests.contrib.contract import IntegrationContract
+from tests.mariadb import MariaDBInfo
+from tests.utils import REPO, free_port, render_tree, wait_for_port
+from tracer import tracer as global_tracer
+from tracer.config import config
+
+pytestmark = pytest.mark.mariadb
+
+
+@dataclass
+class Driver:
+    keyword: str  # tracer.patch(<keyword>=True)
+    component: str
+    module: Any
+    connect: Callable[..., Any]  # (info, **extra) -> traced connection
+    conn_class: type
+    cursor_class: type
+    cursors: dict[str, Callable[[Any], Any]]  # name -> conn -> cursor (server-side, dict, ...)
+    sql_kwarg: str
+
+    def __str__(self) -> str:
+        return self.keyword
+
+    def callproc_out(self, cur: Any, proc: str, args: tuple) -> Any:
+        """Call ``proc(IN a, OUT b)`` and return b as the driver exposes it."""
+        result = cur.callproc(proc, args)
+        if self.keyword == "mysql":
+            return result[1]  # mysql.connector returns the OUT values
+        cur.execute(f"SELECT @_{proc}_1")  # the DB-API convention of PyMySQL and MySQLdb
+        return cur.fetchone()[0]
+
+
+def _pymysql() -> Driver:
+    import pymysql
+    import pymysql.cursors
+
+    def connect(info: MariaDBInfo, **extra: Any) -> Any:
+        return pymysql.connect(
+            host=info.host, port=info.port, user=info.user, password=info.password, database=info.db, **extra
+        )
+
+    return Driver(
+        "pymysql",
+        "pymysql",
+        pymysql,
+        connect,
+        pymysql.connections.Connection,
+        pymysql.cursors.Cursor,
+        {
+            "SSCursor": lambda c: c.cursor(pymysql.cursors.SSCursor),
+            "DictCursor": lambda c: c.cursor(pymysql.cursors.DictCursor),
+            "SSDictCursor": lambda c: c.cursor(pymysql.cursors.SSDictCursor),
+        },
+        "query",
+    )
+
+
+def _mysqldb() -> Driver:
+    import MySQLdb
+    import MySQLdb.connections
+    import MySQLdb.cursors
+
+    def connect(info: MariaDBInfo, **extra: Any) -> Any:
+        return MySQLdb.connect(
+            host=info.host, port=info.port, user=info.user, password=info.password, database=info.db, **extra
+        )
+
+    return Driver(
+        "mysqldb",
+        "mysqldb",
+        MySQLdb,
+        connect,
+        MySQLdb.connections.Connection,
+        MySQLdb.cursors.Cursor,
+        {
+            "SSCursor": lambda c: c.cursor(MySQLdb.cursors.SSCursor),
+            "DictCursor": lambda c: c.cursor(MySQLdb.cursors.DictCursor),
+            "SSDictCursor": lambda c: c.cursor(MySQLdb.cursors.SSDictCursor),
+        },
+        "query",
+    )
+
+
+def _mysql_connector() -> Driver:
+    import mysql.connector
+    import mysql.connector.abstracts
+    import mysql.connector.cursor
+
+    def connect(info: MariaDBInfo, **extra: Any) -> Any:
+        return mysql.connector.connect(
+            host=info.host, port=info.port, user=info.user, password=info.password, database=info.db, **extra
+        )
+
+    return Driver(
+        "mysql",
+        "mysql-connector",
+        mysql.connector,
+        connect,
+        mysql.connector.abstracts.MySQLConnectionAbstract,
+        mysql.connector.abstracts.MySQLCursorAbstract,
+        {
+            "unbuffered": lambda c: c.cursor(buffered=False),
+            "buffered": lambda c: c.cursor(buffered=True),
+            "raw": lambda c: c.cursor(raw=True),
+            "dictionary": lambda c: c.cursor(dictionary=True),
+        },
+        "operation",
+    )
+
+
+DRIVERS = {"pymysql": _pymysql, "mysqldb": _mysqldb, "mysql": _mysql_connector}
+
+
+@pytest.fixture(autouse=True)
+def _spans_in_memory(test_spans: Any) -> None:
+    """Nothing leaves the process unless a test asks for the receiver (``traced``)."""
+
+
+@pytest.fixture(scope="module")
+def patched() -> Iterator[None]:
+    tracer.patch(mysql=True, pymysql=True, mysqldb=True)
+    yield
+    tracer.unpatch(mysql=True, pymysql=True, mysqldb=True)
+
+
+@pytest.fixture(params=list(DRIVERS))
+def driver(request: pytest.FixtureRequest, patched: None) -> Driver:
+    return DRIVERS[request.param]()
+
+
+@pytest.fixture
+def conn(driver: Driver, mariadb: MariaDBInfo) -> Iterator[Any]:
+    c = driver.connect(mariadb)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+@pytest.fixture
+def table(conn: Any, driver: Driver, request: pytest.FixtureRequest) -> str:
+    name = re.sub(r"\W", "_", f"t_{driver.keyword}_{request.node.originalname}")[:60]
+    cur = conn.cursor()
+    cur.execute(f"DROP TABLE IF EXISTS {name}")
+    cur.execute(f"CREATE TABLE {name} (id INT PRIMARY KEY, name VARCHAR(64)) ENGINE=InnoDB")
+    cur.close()
+    conn.commit()
+    return name
+
+
+def expected_meta(driver: Driver, info: MariaDBInfo) -> dict[str, str]:
+    return {
+        "component": driver.component,
+        "span.kind": "client",
+        "db.system": "mysql",
+        "db.name": info.db,
+        "db.user": info.user,
+        "out.host": info.host,
+        "peer.service": info.db,
+    }
+
+
+def spans_named(sink: Any, name: str = "mysql.query") -> list[Any]:
+    return [s for s in sink.spans if s.name == name]
+
+
+# -- the proxies are transparent -------------------------------------------------------
+def test_connect_returns_traced_connection_that_passes_isinstance(driver: Driver, conn: Any) -> None:
+    assert type(conn).__name__ == "TracedMySQLConnection"
+    assert isinstance(conn, driver.conn_class)
+    cur = conn.cursor()
+    assert type(cur).__name__ == "TracedMySQLCursor"
+    assert isinstance(cur, driver.cursor_class)
+    cur.close()
+
+
+def test_create_insert_select_spans_with_every_tag(driver: Driver, conn: Any, table: str, mariadb: MariaDBInfo, test_spans: Any) -> None:
+    test_spans.reset()
+    cur = conn.cursor()
+    cur.execute(f"INSERT INTO {table} (id, name) VALUES (%s, %s)", (1, "secret-param-alice"))
+    cur.execute(f"INSERT INTO {table} (id, name) VALUES (%s, %s)", (2, "secret-param-bob"))
+    cur.execute(f"SELECT id, name FROM {table} WHERE id >= %s ORDER BY id", (1,))
+    assert list(cur.fetchall()) == [(1, "secret-param-alice"), (2, "secret-param-bob")]
+    assert cur.lastrowid == cur.__wrapped__.lastrowid
+    conn.commit()
+
+    spans = spans_named(test_spans)
+    assert [s.resource for s in spans] == [
+        f"INSERT INTO {table} (id, name) VALUES (%s, %s)",
+        f"INSERT INTO {table} (id, name) VALUES (%s, %s)",
+        f"SELECT id, name FROM {table} WHERE id >= %s ORDER BY id",
+    ]
+    for span in spans:
+        assert span.service == "mysql"
+        assert span.span_type == "sql"
+        assert span.error == 0
+        assert span.meta == expected_meta(driver, mariadb)
+        assert span.parent_id == 0
+    # mysql.connector's default cursor is unbuffered: a SELECT's row count is
+    # unknown when execute() returns, so the tag is left out.
+    select_rows = None if driver.keyword == "mysql" else 2
+    assert [s.metrics for s in spans] == [
+        {"_dd.measured": 1, "network.destination.port": mariadb.port, "db.row_count": n}
+        if n is not None
+        else {"_dd.measured": 1, "network.destination.port": mariadb.port}
+        for n in (1, 1, select_rows)
+    ]
+    # Parameters are never recorded, anywhere.
+    for span in test_spans.spans:
+        assert "secret-param" not in repr(span.meta) + span.resource
+    (commit,) = spans_named(test_spans, "mysql.connection.commit")
+    assert (commit.resource, commit.service, commit.span_type) == ("mysql.connection.commit", "mysql", "sql")
+    assert commit.meta == expected_meta(driver, mariadb)
+
+
+def test_execute_with_keyword_sql_and_return_value_untouched(driver: Driver, conn: Any, test_spans: Any) -> None:
+    raw = conn.__wrapped__.cursor()
+    expected = raw.execute("SELECT 1")
+    raw.fetchall()
+    cur = conn.cursor()
+    test_spans.reset()
+    assert cur.execute(**{driver.sql_kwarg: "SELECT 1"}) == expected
+    assert list(cur.fetchall()) == [(1,)]
+    (span,) = spans_named(test_spans)
+    assert span.resource == "SELECT 1"
+
+
+def test_executemany_1000_rows(driver: Driver, conn: Any, table: str, test_spans: Any) -> None:
+    rows = [(i, f"name-{i}") for i in range(1000)]
+    cur = conn.cursor()
+    test_spans.reset()
+    cur.executemany(f"INSERT INTO {table} (id, name) VALUES (%s, %s)", rows)
+    conn.commit()
+    (span,) = spans_named(test_spans)
+    assert span.resource == f"INSERT INTO {table} (id, name) VALUES (%s, %s)"
+    assert span.meta["sql.executemany"] == "true"
+    assert span.metrics["db.row_count"] == 1000
+    cur.execute(f"SELECT COUNT(*), MAX(id) FROM {table}")
+    assert tuple(cur.fetchone()) == (1000, 999)
+
+
+def test_callproc(driver: Driver, conn: Any, test_spans: Any) -> None:
+    proc = f"double_{driver.keyword}"
+    cur = conn.cursor()
+    cur.execute(f"DROP PROCEDURE IF EXISTS {proc}")
+    cur.execute(f"CREATE PROCEDURE {proc}(IN a INT, OUT b INT) BEGIN SET b = a * 2; END")
+    test_spans.reset()
+    assert driver.callproc_out(cur, proc, (21, 0)) == 42
+    span = spans_named(test_spans)[0]
+    assert span.resource == proc
+    assert span.error == 0
+
+
+@pytest.mark.parametrize(
+    "sql, error",
+    [("SELEC 1 FROM nowhere", "ProgrammingError"), ("INSERT INTO {table} (id, name) VALUES (1, 'x')", "IntegrityError")],
+    ids=["syntax", "duplicate-key"],
+)
+def test_failing_query_raises_the_drivers_exception_unchanged(
+    driver: Driver, conn: Any, table: str, test_spans: Any, sql: str, error: str
+) -> None:
+    sql = sql.format(table=table)
+    cur = conn.cursor()
+    cur.execute(f"INSERT INTO {table} (id, name) VALUES (1, 'x')")
+    raw = conn.__wrapped__.cursor()
+    with pytest.raises(Exception) as untraced:
+        raw.execute(sql)
+    test_spans.reset()
+    with pytest.raises(Exception) as traced:
+        cur.execute(sql)
+    assert type(traced.value) is type(untraced.value)
+    assert isinstance(traced.value, getattr(driver.module, error))
+    assert traced.value.args == untraced.value.args
+    # The driver's frame is still where the exception came from.
+    tb = traced.value.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    assert tb is not None and "contrib" not in tb.tb_frame.f_code.co_filename
+    (span,) = spans_named(test_spans)
+    exc_type = type(traced.value)
+    assert span.error == 1
+    assert span.meta["error.type"] == f"{exc_type.__module__}.{exc_type.__qualname__}"
+    assert span.meta["error.message"] == str(traced.value)
+    assert exc_type.__qualname__ in span.meta["error.stack"]
+    assert span.resource == sql
+    conn.rollback()
+
+
+def test_commit_and_rollback(driver: Driver, conn: Any, table: str, mariadb: MariaDBInfo, test_spans: Any) -> None:
+    cur = conn.cursor()
+    test_spans.reset()
+    cur.execute(f"INSERT INTO {table} (id, name) VALUES (1, 'rolled back')")
+    conn.rollback()
+    cur.execute(f"INSERT INTO {table} (id, name) VALUES (2, 'committed')")
+    conn.commit()
+    other = driver.connect(mariadb)
+    try:
+        ocur = other.cursor()
+        ocur.execute(f"SELECT id FROM {table}")
+        assert [tuple(r) for r in ocur.fetchall()] == [(2,)]
+    finally:
+        other.close()
+    names = [s.name for s in test_spans.spans if s.name != "mysql.query" or "INSERT" in s.resource]
+    assert names == ["mysql.query", "mysql.connection.rollback", "mysql.query", "mysql.connection.commit"]
+    rollback = spans_named(test_spans, "mysql.connection.rollback")[0]
+    assert rollback.meta == expected_meta(driver, mariadb)
+    assert rollback.metrics["_dd.measured"] == 1
+
+
+def test_special_cursors(driver: Driver, conn: Any, table: str, test_spans: Any) -> None:
+    setup = conn.cursor()
+    setup.executemany(f"INSERT INTO {table} (id, name) VALUES (%s, %s)", [(1, "a"), (2, "b"), (3, "c")])
+    conn.commit()
+    for kind, make in driver.cursors.items():
+        raw_type = type(make(conn.__wrapped__))
+        cur = make(conn)
+        assert isinstance(cur, raw_type), kind
+        assert type(cur.__wrapped__) is raw_type, kind
+        test_spans.reset()
+        cur.execute(f"SELECT id, name FROM {table} ORDER BY id")
+        rows = list(cur.fetchall())
+        assert len(rows) == 3, kind
+        first = rows[0]
+        if "ict" in kind:
+            assert dict(first) == {"id": 1, "name": "a"}, kind
+        elif kind == "raw":
+            assert tuple(first) == (b"1", b"a")
+        else:
+            assert tuple(first) == (1, "a"), kind
+        (span,) = spans_named(test_spans)
+        assert span.resource == f"SELECT id, name FROM {table} ORDER BY id", kind
+        rowcount = span.metrics.get("db.row_count")
+        assert rowcount in (None, 3), kind  # unbuffered cursors do not know it yet
+        cur.close()
+
+
+def test_cursor_context_manager_and_iteration(driver: Driver, conn: Any, table: str, test_spans: Any) -> None:
+    with conn.cursor() as cur:
+        assert type(cur).__name__ == "TracedMySQLCursor"
+        cur.executemany(f"INSERT INTO {table} (id, name) VALUES (%s, %s)", [(1, "a"), (2, "b")])
+        test_spans.reset()
+        cur.execute(f"SELECT id FROM {table} ORDER BY id")
+        assert [tuple(row) for row in cur] == [(1,), (2,)]
+        assert cur.rowcount == 2
+        assert cur.description[0][0] == "id"
+        assert spans_named(test_spans)[0].resource == f"SELECT id FROM {table} ORDER BY id"
+    # Leaving the block closed the driver's cursor.
+    with pytest.raises(driver.module.Error):
+        cur.execute("SELECT 1")
+    conn.rollback()
+
+
+def test_connection_context_manager(driver: Driver, mariadb: MariaDBInfo, test_spans: Any) -> None:
+    with driver.connect(mariadb) as c:
+        assert type(c).__name__ == "TracedMySQLConnection"
+        cur = c.cursor()
+        cur.execute("SELECT 1")
+        cur.fetchall()
+        cur.close()
+    assert [s.resource for s in spans_named(test_spans)] == ["SELECT 1"]
+
+
+def test_queries_are_children_of_the_active_span(driver: Driver, conn: Any, test_spans: Any) -> None:
+    cur = conn.cursor()
+    test_spans.reset()
+    with global_tracer.trace("web.request", service="web"):
+        cur.execute("SELECT 1")
+        cur.fetchall()
+        cur.execute("SELECT 2")
+        cur.fetchall()
+    spans = [
+        {"span_id": s.span_id, "parent_id": s.parent_id, "name": s.name, "service": s.service, "resource": s.resource, "start_ns": s.start_ns}
+        for s in test_spans.spans
+    ]
+    assert render_tree(spans) == "\n".join(
+        [
+            "web.request web 'web.request'",
+            "  mysql.query mysql 'SELECT 1'",
+            "  mysql.query mysql 'SELECT 2'",
+        ]
+    )
+    assert len({s.trace_id for s in test_spans.spans}) == 1
+
+
+# -- configuration -------------------------------------------------------------------
+def test_service_from_config(driver: Driver, mariadb: MariaDBInfo, test_spans: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(config, "mysql_service", "orders-db")
+    c = driver.connect(mariadb)
+    try:
+        cur = c.cursor()
+        cur.execute("SELECT 1")
+        cur.fetchall()
+    finally:
+        c.close()
+    (span,) = spans_named(test_spans)
+    assert span.service == "orders-db"
+    assert span.meta["peer.service"] == mariadb.db
+
+
+def test_fetch_spans_when_configured(driver: Driver, conn: Any, test_spans: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    cur = conn.cursor()
+    cur.execute("SELECT 1")
+    cur.fetchall()
+    assert [s.name for s in test_spans.spans] == ["mysql.query"]
+    monkeypatch.setattr(config, "db_trace_fetch", True)
+    test_spans.reset()
+    cur = conn.cursor()
+    cur.execute("SELECT 1 UNION SELECT 2")
+    assert tuple(cur.fetchone()) == (1,)
+    assert [tuple(r) for r in cur.fetchall()] == [(2,)]
+    assert [(s.name, s.resource) for s in test_spans.spans] == [
+        ("mysql.query", "SELECT 1 UNION SELECT 2"),
+        ("mysql.query.fetchone", "SELECT 1 UNION SELECT 2"),
+        ("mysql.query.fetchall", "SELECT 1 UNION SELECT 2"),
+    ]
+
+
+@pytest.mark.parametrize("mode", ["service", "full"])
+def test_dbm_comment_reaches_the_server(driver: Driver, conn: Any, test_spans: Any, monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    monkeypatch.setattr(config, "dbm_propagation", mode)
+    monkeypatch.setattr(config, "env", "prod")
+    monkeypatch.setattr(config, "version", "1.2 beta")
+    sql = "SELECT INFO FROM information_schema.PROCESSLIST WHERE ID = CONNECTION_ID()"
+    cur = conn.cursor()
+    test_spans.reset()
+    cur.execute(sql)
+    seen = cur.fetchone()[0]
+    if isinstance(seen, bytes):
+        seen = seen.decode()
+    (span,) = spans_named(test_spans)
+    assert span.resource == sql
+    base = f"dddbs='mysql',dde='prod',ddps='{global_tracer.service}',ddpv='1.2%20beta'"
+    if mode == "service":
+        assert seen == f"/*{base}*/ {sql}"
+    else:
+        flags = "01" if span._trace.priority > 0 else "00"
+        assert seen == f"/*{base},traceparent='00-{span.trace_id:032x}-{span.span_id:016x}-{flags}'*/ {sql}"
+        assert span.meta["_dd.dbm_trace_injected"] == "true"
+
+
+def test_tracer_side_obfuscation(driver: Driver, conn: Any, table: str, test_spans: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(config, "db_obfuscate", True)
+    cur = conn.cursor()
+    test_spans.reset()
+    cur.execute(f"SELECT id FROM {table} WHERE id = 42 AND name = 'o''brien' OR id IN (1, 2, 3)")
+    cur.fetchall()
+    (span,) = spans_named(test_spans)
+    assert span.resource == f"SELECT id FROM {table} WHERE id = ? AND name = ? OR id IN ( ? )"
+
+
+# -- through a real receiver ------------------------------------------------------------
+def test_spans_survive_the_wire(driver: Driver, conn: Any, mariadb: MariaDBInfo, traced: Any) -> None:
+    cur = conn.cursor()
+    with global_tracer.trace("web.request", service="web", resource="GET /users"):
+        cur.execute("SELECT 1")
+        cur.fetchall()
+        cur.execute("SELECT %s AS v", ("secret-param",))
+        cur.fetchall()
+    assert global_tracer.flush(10)
+    (row,) = traced.wait_traces(1, service="web")
+    spans = traced.spans(row["trace_id"])
+    tags = ("component", "span.kind", "db.system", "db.name", "db.user", "out.host", "network.destination.port", "peer.service", "_dd.measured")
+    # Metrics come back as JSON numbers; whole floats print as ints here.
+    text = re.sub(r"(port|measured)=(\d+)\.0\b", r"\1=\2", render_tree(spans, tags=tags))
+    common = (
+        f"component={driver.component} span.kind=client db.system=mysql db.name=testdb db.user=test "
+        f"out.host=127.0.0.1 network.destination.port={mariadb.port} peer.service=testdb _dd.measured=1"
+    )
+    assert text == "\n".join(
+        [
+            "web.request web 'GET /users'",
+            f"  mysql.query mysql 'SELECT ?' {common}",
+            f"  mysql.query mysql 'SELECT ? AS v' {common}",
+        ]
+    )
+    for span in spans:
+        assert "secret-param" not in repr(span)
+        if span["name"] == "mysql.query":
+            assert span["type"] == "sql"
+
+
+_FLASK_APP = """
+import os
+from flask import Flask
+import {module}
+
+app = Flask("users_app")
+KW = dict(host="127.0.0.1", port=int(os.environ["T_PORT"]), user=os.environ["T_USER"],
+          password=os.environ["T_PASSWORD"], database=os.environ["T_DB"])
+
+
+@app.route("/users/<int:user_id>")
+def get_user(user_id):
+    conn = {connect}(**KW)
+    try:
+        cur = conn.cursor()
+        cur.execute("SELECT * FROM users WHERE id = %s", (user_id,))
+        row = cur.fetchone()
+        cur.execute("SELECT COUNT(*) FROM users")
+        total = cur.fetchone()[0]
+        cur.close()
+    finally:
+        conn.close()
+    return {{"user": list(row) if row else None, "total": total}}
+
+
+if __name__ == "__main__":
+    app.run(host="127.0.0.1", port=int(os.environ["APP_PORT"]))
+"""
+
+
+@pytest.mark.slow
+def test_flask_app_under_tracer_run_shows_obfuscated_sql_stats(
+    driver: Driver, mariadb: MariaDBInfo, receiver: Any, tmp_path: Any
+) -> None:
+    setup = driver.connect(mariadb)
+    cur = setup.cursor()
+    cur.execute("DROP TABLE IF EXISTS users")
+    cur.execute("CREATE TABLE users (id INT PRIMARY KEY, name VARCHAR(32))")
+    cur.executemany("INSERT INTO users VALUES (%s, %s)", [(1, "ada"), (2, "bob"), (3, "cy")])
+    setup.commit()
+    setup.close()
+    connect = {"pymysql": "pymysql.connect", "mysqldb": "MySQLdb.connect", "mysql": "mysql.connector.connect"}[driver.keyword]
+    module = {"pymysql": "pymysql", "mysqldb": "MySQLdb", "mysql": "mysql.connector"}[driver.keyword]
+    (tmp_path / "users_app.py").write_text(textwrap.dedent(_FLASK_APP.format(module=module, connect=connect)))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRACER_", "DD_"))}
+    env.update(
+        PYTHONPATH=REPO,
+        PYTHONUNBUFFERED="1",
+        TRACER_AGENT_URL=receiver.url,
+        TRACER_WRITER_INTERVAL="0.1",
+        APP_PORT=str(port),
+        T_PORT=str(mariadb.port),
+        T_USER=mariadb.user,
+        T_PASSWORD=mariadb.password,
+        T_DB=mariadb.db,
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tracer.run", sys.executable, "users_app.py"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_for_port(port, timeout=20)
+        for user_id in (1, 2, 3, 2):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/users/{user_id}", timeout=10) as resp:
+                assert resp.status == 200
+                assert b'"total":3' in resp.read().replace(b" ", b"")
+        rows = receiver.wait_traces(4, timeout=15, service="users_app")
+        spans = receiver.spans(rows[0]["trace_id"])
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+        output = proc.communicate(timeout=10)[0]
+    assert "Traceback" not in output, output
+    # One request span; the view's two queries are its descendants.
+    queries = [s for s in spans if s["name"] == "mysql.query"]
+    (request,) = [s for s in spans if s["name"] == "flask.request"]
+    assert request["resource"] == "GET /users/<int:user_id>"
+    by_id = {s["span_id"]: s for s in spans}
+
+    def ancestors(span: dict[str, Any]) -> list[str]:
+        out = []
+        while span["parent_id"] in by_id:
+            span = by_id[span["parent_id"]]
+            out.append(span["name"])
+        return out
+
+    assert [q["resource"] for q in sorted(queries, key=lambda q: q["start_ns"])] == [
+        "SELECT * FROM users WHERE id = ?",
+        "SELECT COUNT(*) FROM users",
+    ]
+    for q in queries:
+        assert ancestors(q)[-1] == "flask.request"
+        assert q["service"] == "mysql"
+        assert q["meta"]["component"] == driver.component
+    stats = {(r["service"], r["resource"]): r for r in receiver.stats()}
+    by_user = stats[("mysql", "SELECT * FROM users WHERE id = ?")]
+    assert by_user["hits"] == 4
+    assert by_user["name"] == "mysql.query"
+    assert 0 < by_user["p50_ns"] <= by_user["max_ns"]
+    assert stats[("mysql", "SELECT COUNT(*) FROM users")]["hits"] == 4
+    assert stats[("users_app", "GET /users/<int:user_id>")]["hits"] == 4
+
+
+# -- the shared integration contract ------------------------------------------------------
+_CONTRACT_CODE = '''
+import os
+def exercise():
+    import {module}
+    kw = dict(host="127.0.0.1", port=int(os.environ["T_PORT"]), user=os.environ["T_USER"],
+              password=os.environ["T_PASSWORD"], database=os.environ["T_DB"])
+    conn = {connect}(**kw)
+    cur = conn.cursor()
+    out = []
+    cur.execute("SELECT 1 + 1")
+    out.append([list(r) for r in cur.fetchall()])
+    try:
+        cur.execute("SELEC nothing")
+    except Exception as exc:
+        out.append([type(exc).__name__, exc.args[0]])
+    conn.commit()
+    conn.close()
+    return out
+'''
+
+
+class _MySQLContract(IntegrationContract):
+    span_name = "mysql.query"
+    spans_per_exercise = 2
+    connect = ""
+
+    @pytest.fixture(autouse=True)
+    def _server(self, mariadb: MariaDBInfo) -> None:
+        self._info = mariadb
+
+    def subprocess_env(self) -> dict[str, str]:
+        info = self._info
+        return {"T_PORT": str(info.port), "T_USER": info.user, "T_PASSWORD": info.password, "T_DB": info.db}
+
+
+class TestPyMySQLContract(_MySQLContract):
+    integration = "pymysql"
+    module = "pymysql"
+    exercise_code = _CONTRACT_CODE.format(module="pymysql", connect="pymysql.connect")
+
+
+class TestMySQLdbContract(_MySQLContract):
+    integration = "mysqldb"
+    module = "MySQLdb"
+    exercise_code = _CONTRACT_CODE.format(module="MySQLdb", connect="MySQLdb.connect")
+
+
+class TestMySQLConnectorContract(_MySQLContract):
+    integration = "mysql"
+    module = "mysql.connector"
+    exercise_code = _CONTRACT_CODE.format(module="mysql.connector", connect="mysql.connector.connect")
