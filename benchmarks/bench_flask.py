@@ -1,0 +1,277 @@
+"""Added latency per Flask request: plain vs ours vs ddtrace vs OpenTelemetry.
+
+    python benchmarks/bench_flask.py [--rounds 5] [--requests 3000]
+
+Each variant runs in its own process, the variants interleaved round by round
+(the order rotates each round), on the same one-route app with a path
+parameter plus one before_request and one after_request hook, driven by
+Flask's test client. Every response is closed (``response.close()``), as a
+WSGI server does: tracers that time the body finish their request span there.
+
+Every tracer sends to a live local sink in this process (a threaded HTTP
+server): Datadog-format tracers (ours, ddtrace) get ``200 {"rate_by_service":
+{}}`` and the sink counts ``X-Datadog-Trace-Count``; OpenTelemetry uses its
+``BatchSpanProcessor`` with the OTLP/HTTP protobuf exporter, and the sink
+decodes each ``POST /v1/traces`` and counts the spans (one per request for the
+FlaskInstrumentor). After each run the sink must have received one trace per
+request made, or the run is reported as failed: a tracer that drops its
+output must not look fast for it.
+
+The figure per run is the mean time per request over the whole run (so the
+background export work of each tracer, which competes for the GIL, is paid
+inside it); a variant's figure is the median over rounds; "added" is a
+variant's run minus the plain run of the same round, and ratios are taken
+per round, then the median.
+
+Ours runs with the request, view and both hook spans, ``flask.view_args.*``
+tags and one request-header tag on (``TRACER_FLASK_VIEW_ARGS=true``,
+``TRACER_HEADER_TAGS=x-request-id``); ddtrace with the same header tag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VARIANTS = ("plain", "ours", "ddtrace", "otel")
+WARMUP = 300
+
+
+# -- the sink (parent process) ------------------------------------------------------
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.traces = 0
+        self.spans = 0
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _body(self) -> bytes:
+                length = int(self.headers.get("Content-Length") or 0)
+                return self.rfile.read(length) if length else b""
+
+            def _reply(self, code: int, body: bytes, ctype: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_PUT(self) -> None:
+                body = self._body()
+                if self.path.endswith("/traces") and self.path.startswith("/v0."):
+                    with sink.lock:
+                        sink.traces += int(self.headers.get("X-Datadog-Trace-Count") or 0)
+                    self._reply(200, b'{"rate_by_service": {}}', "application/json")
+                elif self.path == "/v1/traces":
+                    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+                    request = ExportTraceServiceRequest.FromString(body)
+                    count = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+                    with sink.lock:
+                        sink.traces += count
+                    self._reply(200, b"", "application/x-protobuf")
+                else:
+                    self._reply(404, b"{}", "application/json")
+
+            do_POST = do_PUT
+
+            def do_GET(self) -> None:
+                if self.path == "/info":
+                    self._reply(200, b'{"endpoints": ["/v0.4/traces", "/v0.5/traces"]}', "application/json")
+                else:
+                    self._reply(404, b"{}", "application/json")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def take(self) -> int:
+        with self.lock:
+            count, self.traces = self.traces, 0
+        return count
+
+
+# -- one variant (child process) ------------------------------------------------------
+
+
+def run_variant(variant: str, port: int, requests: int) -> dict[str, Any]:
+    url = f"http://127.0.0.1:{port}"
+    flush: Any = None
+    if variant == "ours":
+        os.environ.update(TRACER_AGENT_URL=url, TRACER_FLASK_VIEW_ARGS="true", TRACER_HEADER_TAGS="x-request-id")
+        import tracer
+
+        tracer.config.reload()
+        tracer.patch(flask=True)
+
+        def flush() -> None:
+            tracer.tracer.flush(10)
+
+    elif variant == "ddtrace":
+        os.environ.update(
+            DD_TRACE_AGENT_URL=url,
+            DD_TRACE_HEADER_TAGS="x-request-id",
+            DD_INSTRUMENTATION_TELEMETRY_ENABLED="false",
+            DD_REMOTE_CONFIGURATION_ENABLED="false",
+            DD_TRACE_STATS_COMPUTATION_ENABLED="false",
+            DD_DATA_STREAMS_ENABLED="false",
+        )
+        import ddtrace
+
+        ddtrace.patch(flask=True)
+
+        def flush() -> None:
+            ddtrace.tracer.flush()
+            ddtrace.tracer.shutdown(timeout=10)
+
+    elif variant == "otel":
+        from opentelemetry import trace
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.instrumentation.flask import FlaskInstrumentor
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        provider = TracerProvider()
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=url + "/v1/traces")))
+        trace.set_tracer_provider(provider)
+        FlaskInstrumentor().instrument()
+
+        def flush() -> None:
+            provider.force_flush(10_000)
+            provider.shutdown()
+
+    from flask import Flask
+
+    app = Flask("bench_app")
+
+    @app.before_request
+    def before() -> None:
+        pass
+
+    @app.after_request
+    def after(response: Any) -> Any:
+        return response
+
+    @app.route("/users/<int:user_id>")
+    def user(user_id: int) -> str:
+        return "ok"
+
+    client = app.test_client()
+    headers = {"X-Request-Id": "abc123"}
+
+    def batch(n: int) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            response = client.get("/users/42", headers=headers)
+            response.close()
+        return time.perf_counter() - start
+
+    batch(WARMUP)
+    cpu_start = time.process_time()
+    elapsed = batch(requests)
+    if flush is not None:
+        flush()
+    # CPU of the whole process (app and exporter threads) for the measured
+    # requests, including the final flush: robust to other load on the machine.
+    cpu = time.process_time() - cpu_start
+    return {"us_per_request": elapsed / requests * 1e6, "cpu_us_per_request": cpu / requests * 1e6, "made": WARMUP + requests}
+
+
+def report(label: str, variants: list[str], results: dict[str, list[float]]) -> None:
+    print(f"\n== {label} ==")
+    print(f"{'variant':10s} {'median us/req':>14s} {'added us (median of per-round)':>32s}")
+    added: dict[str, list[float]] = {}
+    rounds = min(len(r) for r in results.values())
+    for variant in variants:
+        row = results[variant]
+        if "plain" in results and variant != "plain":
+            added[variant] = [row[i] - results["plain"][i] for i in range(rounds)]
+            extra = f"{statistics.median(added[variant]):32.1f}"
+        else:
+            extra = f"{'-':>32s}"
+        print(f"{variant:10s} {statistics.median(row):14.1f} {extra}")
+    for a, b in (("ours", "ddtrace"), ("ours", "otel"), ("otel", "ddtrace")):
+        if a in added and b in added:
+            ratios = [added[a][i] / added[b][i] for i in range(rounds) if added[b][i] > 0]
+            if ratios:
+                per_round = ", ".join(f"{r:.3f}" for r in ratios)
+                print(f"added {a} / added {b}: median {statistics.median(ratios):.3f}  (per round: {per_round})")
+
+
+# -- the driver ------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(run_variant(args.child, args.port, args.requests)))
+        return 0
+
+    variants = [v for v in args.variants.split(",") if v]
+    sink = Sink()
+    env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    for key in list(env):
+        if key.startswith(("TRACER_", "DD_", "OTEL_")):
+            del env[key]
+    results: dict[str, list[float]] = {v: [] for v in variants}
+    cpu_results: dict[str, list[float]] = {v: [] for v in variants}
+    failures: list[str] = []
+    for round_no in range(args.rounds):
+        shift = round_no % len(variants)
+        for variant in variants[shift:] + variants[:shift]:
+            sink.take()
+            proc = subprocess.run(
+                [sys.executable, __file__, "--child", variant, "--port", str(sink.port), "--requests", str(args.requests)],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            if proc.returncode != 0:
+                failures.append(f"{variant} round {round_no}: exit {proc.returncode}: {proc.stderr[-2000:]}")
+                continue
+            out = json.loads(proc.stdout.strip().splitlines()[-1])
+            time.sleep(0.2)  # the sink's handler threads finish counting
+            delivered = sink.take()
+            expected = out["made"] if variant != "plain" else 0
+            if delivered != expected:
+                failures.append(f"{variant} round {round_no}: {delivered} traces delivered, {expected} expected")
+            results[variant].append(out["us_per_request"])
+            cpu_results[variant].append(out["cpu_us_per_request"])
+            print(f"round {round_no} {variant:8s} {out['us_per_request']:8.1f} us/request wall"
+                f" {out['cpu_us_per_request']:8.1f} us/request cpu  delivered {delivered}/{expected}", flush=True)
+
+    for label, table in (("wall time", results), ("process CPU time", cpu_results)):
+        report(label, variants, table)
+    if failures:
+        print("\nFAILED:\n" + "\n".join(failures))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

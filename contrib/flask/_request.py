@@ -1,0 +1,363 @@
+"""The ``flask.request`` root span: what happens once per WSGI call.
+
+Called from the ``Flask.wsgi_app`` wrapper (see ``patch.py``) on the thread
+that serves the request. The span starts before Flask builds its request
+context and finishes when the server closes the response iterable, so its
+duration covers a streamed body too. Per-request work is kept to dict
+look-ups and slot writes: anything derivable per app is cached on the app
+(``app.extensions``), the URL is only parsed for redaction when a query string
+is present, and the propagation headers are only parsed when one is present.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+from urllib.parse import quote
+
+import tracer as _pkg
+from contrib._http import header_tag_name, redact_url
+from contrib.flask._hooks import Phase, build_plan
+from tracer import propagation
+from tracer._errors import internal_error
+from tracer.config import config
+from tracer.context import _active
+from tracer.span import MAX_VALUE_LEN, Span
+
+_tracer = _pkg.tracer
+
+# Environ keys of the headers that can carry a trace (datadog, tracecontext,
+# b3multi, b3): without one of them extract() is not called at all.
+_PROPAGATION_KEYS = ("HTTP_X_DATADOG_TRACE_ID", "HTTP_TRACEPARENT", "HTTP_X_B3_TRACEID", "HTTP_B3")
+_EXTENSION_KEY = "tracer.flask"
+
+
+class _EnvironHeaders(Mapping[str, str]):
+    """Request headers of a WSGI environ, looked up case-insensitively by
+    header name, without copying the environ."""
+
+    __slots__ = ("_environ",)
+
+    def __init__(self, environ: Mapping[str, Any]) -> None:
+        self._environ = environ
+
+    @staticmethod
+    def _key(name: str) -> str:
+        key = name.upper().replace("-", "_")
+        if key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            return key
+        return "HTTP_" + key
+
+    def __getitem__(self, name: str) -> str:
+        value = self._environ.get(self._key(name))
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        return self._environ.get(self._key(name), default)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self._key(name) in self._environ
+
+    def __iter__(self) -> Iterator[str]:
+        for key in self._environ:
+            if key.startswith("HTTP_"):
+                yield key[5:].replace("_", "-").lower()
+            elif key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+                yield key.replace("_", "-").lower()
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+class _HeaderPlan:
+    """``TRACER_HEADER_TAGS`` resolved once per configured mapping: the
+    environ key and tag of each request header, the tag of each response
+    header by lowercased name."""
+
+    __slots__ = ("source", "request", "response")
+
+    def __init__(self, wanted: dict[str, str | None]) -> None:
+        self.source = wanted
+        self.request = [
+            (_EnvironHeaders._key(header), tag or header_tag_name(header, "request")) for header, tag in wanted.items()
+        ]
+        self.response = {header: tag or header_tag_name(header, "response") for header, tag in wanted.items()}
+
+
+_plan: _HeaderPlan | None = None
+
+
+def _header_plan(wanted: dict[str, str | None]) -> _HeaderPlan:
+    global _plan
+    plan = _plan
+    if plan is None or plan.source is not wanted:
+        plan = _plan = _HeaderPlan(wanted)
+    return plan
+
+
+def _tag_request_headers(span: Span, environ: Mapping[str, Any], wanted: dict[str, str | None]) -> None:
+    meta = span.meta
+    for key, tag in _header_plan(wanted).request:
+        value = environ.get(key)
+        if value is not None:
+            meta[tag] = value[:MAX_VALUE_LEN]
+
+
+def _tag_response_headers(span: Span, headers: list[tuple[str, str]], wanted: dict[str, str | None]) -> None:
+    tags = _header_plan(wanted).response
+    meta = span.meta
+    for key, value in headers:
+        tag = tags.get(key.lower())
+        if tag is not None:
+            meta[tag] = str(value)[:MAX_VALUE_LEN]
+
+
+class _AppInfo:
+    """Per-app data computed on the app's first traced request: its service
+    and the hook plan of each endpoint seen (see ``_hooks``)."""
+
+    __slots__ = ("service", "plans")
+
+    def __init__(self, app: Any) -> None:
+        self.service = _app_service(app)
+        self.plans: dict[str | None, dict[Any, Phase]] = {}
+
+
+def _app_service(app: Any) -> str:
+    # The app's import name says what the app is; a launcher (gunicorn,
+    # flask, uwsgi) never does. "__main__" means a script: the tracer's
+    # process service knows the script or module name.
+    name = (getattr(app, "import_name", None) or "").split(".")[0]
+    if not name or name == "__main__":
+        return _tracer.service
+    return name
+
+
+def app_info(app: Any) -> _AppInfo:
+    extensions = app.extensions
+    info = extensions.get(_EXTENSION_KEY)
+    if info is None:
+        info = extensions[_EXTENSION_KEY] = _AppInfo(app)
+    return info
+
+
+def request_url(environ: Mapping[str, Any]) -> str:
+    """``http.url``: scheme, host, path and (redacted) query; never credentials."""
+    host = environ.get("HTTP_HOST")
+    scheme = environ.get("wsgi.url_scheme", "http")
+    if not host:
+        host = environ.get("SERVER_NAME", "")
+        port = environ.get("SERVER_PORT", "")
+        if port and not ((scheme == "http" and port == "80") or (scheme == "https" and port == "443")):
+            host = f"{host}:{port}"
+    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+    if not path.isascii():
+        # PEP 3333: the path is latin-1-decoded bytes; show it percent-encoded.
+        path = quote(path.encode("latin-1", "replace"), safe="/%:@!$&'()*+,;=-._~")
+    url = f"{scheme}://{host}{path}"
+    query = environ.get("QUERY_STRING")
+    if query:
+        url = redact_url(f"{url}?{query}")
+    if len(url) > MAX_VALUE_LEN:
+        url = url[:MAX_VALUE_LEN]
+    return url
+
+
+class RequestState:
+    """One traced request: its root span and what the wrappers learn.
+
+    ``plan`` maps the user functions of the matched endpoint to their phase
+    (filled by ``match_rule``); ``exc`` is the exception that made the
+    response a 5xx, if one was seen."""
+
+    __slots__ = ("span", "environ", "app", "info", "plan", "exc", "matched")
+
+    def __init__(self, span: Span, environ: Any, app: Any, info: _AppInfo) -> None:
+        self.span = span
+        self.environ = environ
+        self.app = app
+        self.info = info
+        self.plan: dict[Any, Phase] = {}
+        self.exc: BaseException | None = None
+        self.matched = False
+
+    def match_rule(self) -> None:
+        """Once Flask has matched the URL (its request context is pushed, no
+        user function has run yet): resource, route tags and the hook plan."""
+        self.matched = True
+        request = self.environ.get("werkzeug.request")
+        rule = getattr(request, "url_rule", None)
+        endpoint = None
+        if rule is not None:
+            span = self.span
+            route = rule.rule
+            endpoint = rule.endpoint
+            meta = span.meta
+            span.resource = f"{meta['http.method']} {route}"
+            meta["http.route"] = route
+            meta["flask.endpoint"] = endpoint
+            if config.flask_view_args:
+                view_args = request.view_args
+                if view_args:
+                    for key, value in view_args.items():
+                        span.set_tag(f"flask.view_args.{key}", value if type(value) is str else str(value))
+        plans = self.info.plans
+        plan = plans.get(endpoint)
+        if plan is None:
+            plan = plans[endpoint] = build_plan(self.app, endpoint)
+        self.plan = plan
+
+
+def start_request(app: Any, environ: dict[str, Any]) -> RequestState:
+    """Start and activate the root span of a request; record its request tags."""
+    parent: Any = None
+    if config.distributed_tracing:
+        for key in _PROPAGATION_KEYS:
+            if key in environ:
+                parent = propagation.extract(_EnvironHeaders(environ))
+                break
+    if parent is None:
+        parent = _active.get()
+    info = app_info(app)
+    service = config.flask_service or config.service or info.service
+    method = environ.get("REQUEST_METHOD", "GET")
+    span = _tracer.start_span("flask.request", parent, service, None, "web", True)
+    meta = span.meta
+    meta["component"] = "flask"
+    meta["span.kind"] = "server"
+    meta["http.method"] = method
+    meta["http.url"] = request_url(environ)
+    useragent = environ.get("HTTP_USER_AGENT")
+    if useragent:
+        meta["http.useragent"] = useragent[:MAX_VALUE_LEN]
+    span.metrics["_dd.measured"] = 1
+    wanted = config.header_tags
+    if wanted:
+        _tag_request_headers(span, environ, wanted)
+    return RequestState(span, environ, app, info)
+
+
+def wrap_start_response(state: RequestState, start_response: Callable[..., Any]) -> Callable[..., Any]:
+    """A ``start_response`` that records the status (and header tags) on the
+    root span before calling the server's."""
+
+    def traced_start_response(status: str, headers: list[tuple[str, str]], *args: Any) -> Any:
+        try:
+            span = state.span
+            code = status[:3]
+            span.meta["http.status_code"] = code
+            if not state.matched:
+                state.match_rule()
+            if "http.route" not in span.meta:
+                # No rule matched: "GET 404" keeps the resource count bounded.
+                # A wrong method (405) or Werkzeug's slash redirect (308) did
+                # match a path, and says so.
+                span.resource = f"{span.meta['http.method']} {code if code in ('405', '308') else '404'}"
+            if code[0] == "5":
+                exc = state.exc
+                if exc is not None:
+                    span.set_exc_info(type(exc), exc, exc.__traceback__)
+                else:
+                    span.error = 1
+            wanted = config.header_tags
+            if wanted:
+                _tag_response_headers(span, headers, wanted)
+        except Exception:
+            internal_error("flask.start_response")
+        return start_response(status, headers, *args)
+
+    return traced_start_response
+
+
+def escaped(state: RequestState, exc: BaseException) -> None:
+    """An exception left the WSGI app: the root span records it and ends."""
+    span = state.span
+    if not state.matched:
+        state.match_rule()
+    if "http.route" not in span.meta:
+        span.resource = f"{span.meta['http.method']} 404"
+    span.set_exc_info(type(exc), exc, exc.__traceback__)
+    _deactivate(span)
+    span.finish()
+
+
+def _deactivate(span: Span) -> None:
+    # Between the app's return and the body's iteration the server's own code
+    # runs: not the request's work. And a server that never iterates nor
+    # closes must not leave later work on this thread inside the request.
+    if _active.get() is span:
+        _active.set(span._prev)  # type: ignore[arg-type]
+
+
+def finish_on_close(state: RequestState, body: Iterable[bytes]) -> Iterable[bytes]:
+    """Return the response body wrapped so that closing it ends the span.
+
+    A ``wsgi.file_wrapper`` body is returned as a new file wrapper of the
+    server's type around the same file, so servers that send files with
+    ``sendfile()`` still recognize it."""
+    _deactivate(state.span)
+    file_wrapper = state.environ.get("wsgi.file_wrapper")
+    if file_wrapper is not None and type(file_wrapper) is type and isinstance(body, file_wrapper):
+        filelike = getattr(body, "filelike", None)
+        if filelike is not None:
+            return file_wrapper(_ClosingFile(filelike, state.span), getattr(body, "blksize", 8192))
+    return _ClosingBody(body, state.span)
+
+
+class _ClosingBody:
+    """The response iterable, as the server sees it: iterating it iterates
+    Flask's body unchanged; ``close()`` closes it, then ends the span.
+
+    From ``__iter__`` to ``close()`` the request span is active again, so
+    work done while a streamed body is generated (``stream_with_context``
+    generators, templates, queries) joins the request's trace; ``finish()``
+    gives the thread its previous active span back."""
+
+    __slots__ = ("_body", "_span")
+
+    def __init__(self, body: Iterable[bytes], span: Span) -> None:
+        self._body = body
+        self._span = span
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self._span.duration_ns is None:
+            _active.set(self._span)
+        return iter(self._body)
+
+    def close(self) -> None:
+        close = getattr(self._body, "close", None)
+        try:
+            if close is not None:
+                close()
+        finally:
+            try:
+                self._span.finish()
+            except Exception:
+                internal_error("flask.response.close")
+
+
+class _ClosingFile:
+    """A file object for ``wsgi.file_wrapper`` whose ``close()`` ends the span."""
+
+    def __init__(self, filelike: Any, span: Span) -> None:
+        self._filelike = filelike
+        self._span = span
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._filelike, name)
+
+    def read(self, *args: Any) -> Any:
+        return self._filelike.read(*args)
+
+    def close(self) -> None:
+        close = getattr(self._filelike, "close", None)
+        try:
+            if close is not None:
+                close()
+        finally:
+            try:
+                self._span.finish()
+            except Exception:
+                internal_error("flask.response.close")
