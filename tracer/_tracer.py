@@ -21,7 +21,7 @@ from random import getrandbits
 from time import perf_counter_ns
 from typing import Any, Callable, TypeVar
 
-from tracer.buffer import TraceBuffer
+from tracer.buffer import TraceBuffer, _Trace
 from tracer.config import config as _config
 from tracer.context import Context, _active
 from tracer.span import _NOT_ACTIVATED, Span
@@ -53,11 +53,6 @@ def default_service() -> str:
             return name.split(".")[0] if not name.endswith("__main__") else name.rsplit(".", 1)[0]
         return "python"
     return base
-
-
-def _new_trace_id() -> int:
-    # As ddtrace: upper 32 bits unix seconds, 32 zero bits, 64 random bits.
-    return (int(time.time()) << 96) | (getrandbits(64) or 1)
 
 
 class Tracer:
@@ -113,7 +108,7 @@ class Tracer:
         if not self.enabled:
             return
         try:
-            self.writer.write(chunk)
+            (self._writer or self.writer).write(chunk)
         except Exception:
             from tracer._errors import internal_error
 
@@ -172,11 +167,12 @@ class Tracer:
     ) -> Span:
         wall = time.time_ns()
         if parent is None:
-            trace = self._buffer.new_trace(_new_trace_id(), wall, mono)
+            # As ddtrace: upper 32 bits unix seconds, 32 zero bits, 64 random bits.
+            trace = _Trace(self._buffer, ((wall // 1_000_000_000) << 96) | (getrandbits(64) or 1), wall, mono)
             parent_id = 0
         elif type(parent) is Span:
             # A span inherited across fork(): continue its trace as a remote parent.
-            trace = self._buffer.new_trace(parent.trace_id, wall, mono)
+            trace = _Trace(self._buffer, parent.trace_id, wall, mono)
             trace.priority = parent._trace.priority
             trace.mechanism = parent._trace.mechanism
             trace.origin = parent._trace.origin
@@ -187,7 +183,7 @@ class Tracer:
                 service = parent.service
         else:
             ctx: Context = parent  # type: ignore[assignment]
-            trace = self._buffer.new_trace(ctx.trace_id, wall, mono)
+            trace = _Trace(self._buffer, ctx.trace_id, wall, mono)
             trace.priority = ctx.sampling_priority
             trace.origin = ctx.origin
             trace.dd_tags = {k: v for k, v in ctx.dd_tags.items() if k != "_dd.p.tid"}

@@ -11,8 +11,9 @@ Spans still open when the process shuts down are counted as lost, never sent
 half-built. After ``fork()`` the child marks every inherited trace foreign:
 the parent sends those, the child drops them (no span is delivered twice).
 
-Threading: spans of one trace may start and finish in different threads; the
-per-trace lock guards the open count and the chunk. All of it runs on the
+Threading: spans of one trace may start and finish in different threads.
+Starting and finishing are lock-free (atomic counts and appends under the
+GIL); a chunk leaving takes one module lock. All of it runs on the
 app's threads, so it does per-trace work once and per-span work minimal.
 """
 
@@ -24,6 +25,12 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from tracer.span import Span
+
+
+# Guards the rare path (a chunk leaving, shutdown). One lock for all traces:
+# it is taken once per chunk, never per span, and creating a lock per trace
+# cost more than the contention it would avoid.
+_flush_lock = threading.Lock()
 
 
 def _taken(counter: itertools.count) -> int:
@@ -43,7 +50,6 @@ class _Trace:
     __slots__ = (
         "trace_id",
         "buffer",
-        "lock",
         "starts",
         "finishes",
         "finished",
@@ -63,7 +69,6 @@ class _Trace:
     def __init__(self, buffer: TraceBuffer, trace_id: int, wall_base: int, mono_base: int) -> None:
         self.trace_id = trace_id
         self.buffer = buffer
-        self.lock = threading.Lock()
         # Lock-free counting on the hot path: under the GIL, next() on a count
         # and list.append are atomic. A span is appended to `finished` *before*
         # it takes its finish ordinal, so whoever takes the ordinal equal to the
@@ -104,7 +109,7 @@ class _Trace:
     def _flush(self, ordinal: int, root_finished: bool) -> None:
         """Rare path: the root just finished, a late span finished after it,
         or enough finished spans piled up for a partial flush."""
-        with self.lock:
+        with _flush_lock:
             if self.foreign:  # inherited across fork(): the parent sends it
                 del self.finished[:]
                 return
@@ -130,9 +135,6 @@ class TraceBuffer:
         self._live: set[_Trace] = set()
         self.lost_spans = 0  # open at shutdown: counted, not sent
 
-    def new_trace(self, trace_id: int, wall_base: int, mono_base: int) -> _Trace:
-        return _Trace(self, trace_id, wall_base, mono_base)
-
     def open_span_count(self) -> int:
         return sum(t.started_count() - len(t.finished) for t in list(self._live))
 
@@ -141,7 +143,7 @@ class TraceBuffer:
         siblings' pending chunks with them, counted as lost too)."""
         lost = 0
         for trace in list(self._live):
-            with trace.lock:
+            with _flush_lock:
                 trace.foreign = True
                 finished = len(trace.finished)
                 sent = _taken(trace.finishes) - finished
@@ -152,7 +154,8 @@ class TraceBuffer:
         return lost
 
     def after_fork_in_child(self) -> None:
+        global _flush_lock
+        _flush_lock = threading.Lock()  # the parent's may have been held at fork time
         for trace in list(self._live):
             trace.foreign = True
-            trace.lock = threading.Lock()  # the parent's may have been held at fork time
         self._live.clear()

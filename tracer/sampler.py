@@ -188,15 +188,16 @@ class Sampler:
         self.limiter = RateLimiter(float(getattr(config, "rate_limit", 100.0)), clock)
         # key -> (rate, bound); replaced whole by update_rates, read without a lock.
         self._agent_rates: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
 
     def decide(self, trace: _Trace, root: Span) -> None:
         """Set ``trace.priority`` and ``trace.mechanism`` unless already set
         (by propagated headers or an earlier call). Exactly once per trace:
-        the trace lock makes concurrent callers agree and the rate limiter
+        the sampler's lock makes concurrent callers agree and the rate limiter
         sees each trace once. Sampling metrics go on ``root.metrics``."""
         if trace.priority is not None:
             return
-        with trace.lock:
+        with self._lock:
             if trace.priority is not None:
                 return
             priority, mechanism = self._decide(trace.trace_id, root)
@@ -245,6 +246,7 @@ class Sampler:
         self._agent_rates = rates
 
     def after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()  # the parent's may have been held at fork time
         self.limiter.after_fork_in_child()
 
     def __repr__(self) -> str:
