@@ -1,11 +1,31 @@
-"""STUB (to be replaced by the fast encoders). Contract:
-    encode_v04(chunks: list[list[Span]]) -> bytes
-    encode_v05(chunks: list[list[Span]]) -> bytes
+"""msgpack encoders for the Datadog trace intake: v0.4 (maps) and v0.5 (string table).
+
+Shapes (DESIGN, "Wire compatibility"):
+
+- v0.4: ``[[{trace_id, span_id, parent_id, service, name, resource, type, start,
+  duration, error, meta, metrics}, ...], ...]`` — one array of span maps per trace.
+- v0.5: ``[string_table, traces]``; each span an array of exactly 12: service,
+  name, resource (string indices), trace_id, span_id, parent_id, start,
+  duration, error, meta (index→index), metrics (index→number), type (index).
+
+``trace_id`` on the wire is the low 64 bits; the high half is already in meta
+``_dd.p.tid`` (put there by ``tracer.processor``). ``None`` service/type become
+``""``; an unfinished duration becomes 0.
+
+Speed (see docs/performance.md): pure Python on msgpack's C packer. Each trace
+is packed on its own and its span dicts/lists die right away; building every
+span's dict for a whole payload first and packing once keeps ~100k tracked
+containers alive and lets the cyclic GC's full collections dominate (measured
+2× slower). v0.5 looks strings up in a plain ``dict`` (CPython's specialised
+path) and adds the missing ones of a span when a ``KeyError`` comes up.
+
+Called on the writer thread only (or by benchmarks/tests); not thread-safe.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import struct
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 
@@ -13,28 +33,321 @@ if TYPE_CHECKING:
     from tracer.span import Span
 
 _MASK64 = (1 << 64) - 1
+_ENCODE_ERRORS = (TypeError, ValueError, OverflowError, UnicodeEncodeError)
 
 
-def _span_v04(s: Span) -> dict:
-    return {
-        "trace_id": s.trace_id & _MASK64,
-        "span_id": s.span_id,
-        "parent_id": s.parent_id,
-        "service": s.service or "",
-        "name": s.name,
-        "resource": s.resource,
-        "type": s.span_type or "",
-        "start": s.start_ns,
-        "duration": s.duration_ns or 0,
-        "error": s.error,
-        "meta": s.meta,
-        "metrics": s.metrics,
-    }
+class TraceTooBig(Exception):
+    """One trace alone is larger than the payload limit."""
+
+
+def _array_header(n: int) -> bytes:
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 0x10000:
+        return struct.pack(">BH", 0xDC, n)
+    return struct.pack(">BI", 0xDD, n)
+
+
+def _safe_str(value: Any) -> str:
+    if type(value) is not str:
+        try:
+            value = str(value)
+        except Exception:
+            value = ""
+    # msgpack refuses lone surrogates; replace them rather than lose the trace.
+    return value.encode("utf-8", "replace").decode("utf-8")
+
+
+def _safe_number(value: Any) -> float | int:
+    if type(value) is int and -(1 << 63) <= value <= _MASK64:
+        return value
+    try:
+        return float(value)
+    except Exception:
+        return 0.0
+
+
+def _sanitized(chunk: list[Span]) -> list[Any]:
+    """Plain copies of the chunk's spans with every field coerced to its wire type
+    (the slow path, taken only when packing the real spans raised)."""
+    from types import SimpleNamespace
+
+    out = []
+    for s in chunk:
+        out.append(
+            SimpleNamespace(
+                trace_id=int(s.trace_id or 0),
+                span_id=int(s.span_id or 0) & _MASK64,
+                parent_id=int(s.parent_id or 0) & _MASK64,
+                service=_safe_str(s.service or ""),
+                name=_safe_str(s.name or ""),
+                resource=_safe_str(s.resource or ""),
+                span_type=_safe_str(s.span_type or ""),
+                start_ns=max(0, int(s.start_ns or 0)),
+                duration_ns=max(0, int(s.duration_ns or 0)),
+                error=1 if s.error else 0,
+                meta={_safe_str(k): _safe_str(v) for k, v in (s.meta or {}).items()},
+                metrics={_safe_str(k): _safe_number(v) for k, v in (s.metrics or {}).items()},
+            )
+        )
+    return out
+
+
+class PayloadV04:
+    """Builds one v0.4 payload trace by trace, bounded by ``limit`` bytes."""
+
+    version = "v0.4"
+
+    __slots__ = ("limit", "size", "traces", "spans", "_parts", "_pack")
+
+    def __init__(self, limit: int = 1 << 62) -> None:
+        self.limit = limit
+        self.size = 5  # room for the outer array header
+        self.traces = 0
+        self.spans = 0
+        self._parts: list[bytes] = [b""]  # [0]: the array header, set by finish()
+        self._pack = msgpack.Packer().pack
+
+    def _encode(self, chunk: list[Any]) -> bytes:
+        tid = chunk[0].trace_id & _MASK64
+        spans: list[dict[str, Any]] = []
+        append = spans.append
+        # A plain loop: measured ~15 % faster than a list comprehension here (3.11).
+        for s in chunk:
+            append(
+                {
+                    "trace_id": tid,
+                    "span_id": s.span_id,
+                    "parent_id": s.parent_id,
+                    "service": s.service or "",
+                    "name": s.name,
+                    "resource": s.resource,
+                    "type": s.span_type or "",
+                    "start": s.start_ns,
+                    "duration": s.duration_ns or 0,
+                    "error": s.error,
+                    "meta": s.meta,
+                    "metrics": s.metrics,
+                }
+            )
+        return self._pack(spans)
+
+    def put(self, chunk: list[Span]) -> bool:
+        """Add one trace chunk. False (nothing added) when it would push a
+        non-empty payload past ``limit``; raises ``TraceTooBig`` when the
+        chunk alone does not fit."""
+        try:
+            body = self._encode(chunk)
+        except _ENCODE_ERRORS:
+            body = self._encode(_sanitized(chunk))
+        size = self.size + len(body)
+        if size > self.limit:
+            if self.traces:
+                return False
+            raise TraceTooBig(len(body))
+        self._parts.append(body)
+        self.size = size
+        self.traces += 1
+        self.spans += len(chunk)
+        return True
+
+    def finish(self) -> bytes:
+        """The body (one copy of the parts). Call once."""
+        self._parts[0] = _array_header(self.traces)
+        return b"".join(self._parts)
+
+
+class _StringTable:
+    """The v0.5 string table: ``index`` maps str → position in ``strings``.
+
+    ``index`` is an exact ``dict`` so lookups take CPython's specialised
+    dict-subscript path (≈ 10 % faster than a ``__missing__`` subclass); the
+    encoder catches the rare ``KeyError`` and calls :meth:`add_span`."""
+
+    __slots__ = ("index", "strings", "nbytes", "added")
+
+    def __init__(self) -> None:
+        self.index: dict[Any, int] = {"": 0}
+        self.strings: list[str] = [""]
+        self.nbytes = 0
+        self.added: list[Any] = []  # keys inserted since the last mark, for rollback
+
+    def add(self, value: Any) -> None:
+        index = self.index
+        if value in index:
+            return
+        text = value if type(value) is str else _safe_str(value)
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError:  # lone surrogates: msgpack would refuse the whole table
+            text = _safe_str(text)
+            size = len(text.encode("utf-8"))
+        position = index.get(text)
+        if position is None:
+            position = index[text] = len(self.strings)
+            self.strings.append(text)
+            self.nbytes += size + 5
+            self.added.append(text)
+        if text is not value:
+            index[value] = position  # the original maps to its cleaned text
+            self.added.append(value)
+
+    def add_span(self, s: Any) -> None:
+        add = self.add
+        for value in (s.service or "", s.name, s.resource, s.span_type or ""):
+            add(value)
+        for key, value in s.meta.items():
+            add(key)
+            add(value)
+        for key in s.metrics:
+            add(key)
+
+    def mark(self) -> tuple[int, int]:
+        self.added = []
+        return len(self.strings), self.nbytes
+
+    def rollback(self, mark: tuple[int, int]) -> None:
+        """Forget the strings added since ``mark`` (a chunk that did not fit)."""
+        for key in self.added:
+            self.index.pop(key, None)
+        self.added = []
+        del self.strings[mark[0] :]
+        self.nbytes = mark[1]
+
+
+class PayloadV05:
+    """Builds one v0.5 payload (its own string table), bounded by ``limit`` bytes."""
+
+    version = "v0.5"
+
+    __slots__ = ("limit", "traces", "spans", "_traces_size", "_parts", "_table", "_pack")
+
+    def __init__(self, limit: int = 1 << 62) -> None:
+        self.limit = limit
+        self.traces = 0
+        self.spans = 0
+        self._traces_size = 0
+        self._parts: list[bytes] = [b"", b""]  # [0]: "[", the string table; [1]: array header
+        self._table = _StringTable()
+        self._pack = msgpack.Packer().pack
+
+    @property
+    def size(self) -> int:
+        return 16 + self._table.nbytes + self._traces_size
+
+    def _encode(self, chunk: list[Any]) -> bytes:
+        table = self._table
+        st = table.index
+        tid = chunk[0].trace_id & _MASK64
+        spans: list[list[Any]] = []
+        append = spans.append
+        for s in chunk:
+            retried = False
+            while True:
+                try:
+                    # Plain loops: a comprehension per span costs a function call in 3.10/3.11.
+                    meta = {}
+                    for k, v in s.meta.items():
+                        meta[st[k]] = st[v]
+                    metrics = {}
+                    for k, v in s.metrics.items():
+                        metrics[st[k]] = v
+                    append(
+                        [
+                            st[s.service or ""],
+                            st[s.name],
+                            st[s.resource],
+                            tid,
+                            s.span_id,
+                            s.parent_id,
+                            s.start_ns,
+                            s.duration_ns or 0,
+                            s.error,
+                            meta,
+                            metrics,
+                            st[s.span_type or ""],
+                        ]
+                    )
+                    break
+                except KeyError:  # a string not in the table yet: rare after the first traces
+                    if retried:
+                        raise ValueError("string table out of sync") from None
+                    retried = True
+                    table.add_span(s)
+        return self._pack(spans)
+
+    def put(self, chunk: list[Span]) -> bool:
+        """As ``PayloadV04.put``; a refused chunk leaves the string table as it was."""
+        table = self._table
+        mark = table.mark()
+        try:
+            body = self._encode(chunk)
+        except _ENCODE_ERRORS:
+            body = self._encode(_sanitized(chunk))
+        if 16 + table.nbytes + self._traces_size + len(body) > self.limit:
+            grown = table.nbytes - mark[1]
+            table.rollback(mark)
+            if self.traces:
+                return False
+            raise TraceTooBig(len(body) + grown)
+        self._parts.append(body)
+        self._traces_size += len(body)
+        self.traces += 1
+        self.spans += len(chunk)
+        return True
+
+    def finish(self) -> bytes:
+        """The body (one copy of the parts). Call once."""
+        self._parts[0] = b"\x92" + self._pack(self._table.strings)
+        self._parts[1] = _array_header(self.traces)
+        return b"".join(self._parts)
+
+
+PAYLOADS: dict[str, type[PayloadV04] | type[PayloadV05]] = {"v0.4": PayloadV04, "v0.5": PayloadV05}
 
 
 def encode_v04(chunks: list[list[Span]]) -> bytes:
-    return msgpack.packb([[_span_v04(s) for s in chunk] for chunk in chunks])
+    """Encode finished, processed chunks (one trace chunk each) as a v0.4 body."""
+    payload = PayloadV04()
+    for chunk in chunks:
+        payload.put(chunk)
+    return payload.finish()
 
 
 def encode_v05(chunks: list[list[Span]]) -> bytes:
-    raise NotImplementedError
+    """Encode finished, processed chunks as a v0.5 body."""
+    payload = PayloadV05()
+    for chunk in chunks:
+        payload.put(chunk)
+    return payload.finish()
+
+
+def v05_to_v04(body: bytes) -> bytes:
+    """Re-encode a v0.5 body as v0.4 (used once, when a receiver refuses v0.5)."""
+    strings, traces = msgpack.unpackb(body, strict_map_key=False, raw=False)
+
+    def text(index: int) -> str:
+        return strings[index]
+
+    out = []
+    for trace in traces:
+        spans = []
+        for s in trace:
+            spans.append(
+                {
+                    "trace_id": s[3],
+                    "span_id": s[4],
+                    "parent_id": s[5],
+                    "service": text(s[0]),
+                    "name": text(s[1]),
+                    "resource": text(s[2]),
+                    "type": text(s[11]),
+                    "start": s[6],
+                    "duration": s[7],
+                    "error": s[8],
+                    "meta": {text(k): text(v) for k, v in s[9].items()},
+                    "metrics": {text(k): v for k, v in s[10].items()},
+                }
+            )
+        out.append(spans)
+    return msgpack.packb(out)

@@ -1,83 +1,452 @@
-"""STUB (to be replaced by the full writer): sends synchronously from a thread.
+"""The agent writer: hands finished trace chunks to the receiver over HTTP.
 
-Contract:
-    AgentWriter(config, tracer)
-    .write(chunk: list[Span]) -> None      # app threads; never blocks, never raises
-    .flush(timeout: float) -> bool
-    .stop(timeout: float) -> None
-    .stats() -> dict[str, int]
-    .after_fork_in_child() -> None
+App threads call :meth:`AgentWriter.write` (O(1), never blocks, never raises):
+the chunk joins a bounded pending list (bounded in spans) or is dropped and
+counted. One daemon thread, started on the first write, wakes every
+``TRACER_WRITER_INTERVAL`` seconds or when a batch fills, runs
+``tracer.processor.process_chunk`` on each chunk, encodes them (v0.4 or v0.5)
+into payloads below the receiver's 25 MiB limit, and PUTs them on one
+keep-alive ``http.client`` connection (stdlib on purpose: the writer's own
+traffic must never be traced by the ``requests`` integration).
+
+While the receiver is slow or down, encoded payloads wait in a backlog bounded
+by ``TRACER_WRITER_BUFFER_BYTES``; beyond that, or after a few failed cycles,
+they are dropped and counted. While the receiver is known to be down the
+thread only wakes once per interval, so the application pays for nothing but
+O(1) drops. Every dropped span is counted by reason (:meth:`stats`), and drops
+are logged at most once a minute.
 """
 
 from __future__ import annotations
 
 import http.client
-import queue
+import json
+import logging
+import platform
+import random
 import threading
+import time
 import urllib.parse
+from collections import deque
 from typing import Any
 
-from tracer.encoding import encode_v04
+from tracer._errors import internal_error
+from tracer.encoding import PAYLOADS, TraceTooBig, v05_to_v04
 from tracer.processor import process_chunk
+from tracer.version import __version__
+
+log = logging.getLogger("tracer")
+
+#: The receiver refuses bodies above 25 MiB (413); stay clearly below.
+MAX_PAYLOAD_BYTES = 25 * 1024 * 1024 - 512 * 1024
+#: Budget per queued span when sizing the pending bound from TRACER_WRITER_BUFFER_BYTES
+#: (a span with a few tags is ~600 B; the default allows ~42k spans, ~25 MB, which
+#: gives the writer thread ~100 ms of headroom against a fast app on a busy machine).
+_SPAN_BYTES_ESTIMATE = 200
+_RETRIES = 2  # extra attempts on connection errors, within one cycle
+_MAX_CYCLES = 3  # cycles a payload may wait in the backlog while the receiver is unreachable
+_LOG_EVERY = 60.0
+
+_CONNECTION_ERRORS = (OSError, http.client.HTTPException)
+
+_REASONS = ("queue_full", "send_failed", "too_big", "encode_failed", "stopped")
+
+
+class _Payload:
+    __slots__ = ("body", "version", "traces", "spans", "first_seq", "last_seq", "cycles")
+
+    def __init__(self, body: bytes, version: str, traces: int, spans: int, first_seq: int, last_seq: int) -> None:
+        self.body = body
+        self.version = version
+        self.traces = traces
+        self.spans = spans
+        self.first_seq = first_seq
+        self.last_seq = last_seq
+        self.cycles = 0
 
 
 class AgentWriter:
+    """Sends trace chunks to ``config.agent_url``; see the module docstring.
+
+    Settings are read from ``config`` once, at construction (``Tracer._reset_writer``
+    builds a new writer after a configuration change).
+    """
+
     def __init__(self, config: Any, tracer: Any) -> None:
-        self.config = config
-        self.tracer = tracer
-        self.queue: queue.Queue = queue.Queue(maxsize=10000)
-        self.thread: threading.Thread | None = None
+        self._tracer = tracer
+        self._url = config.agent_url
+        split = urllib.parse.urlsplit(self._url)
+        self._host = split.hostname or "127.0.0.1"
+        self._port = split.port or (443 if split.scheme == "https" else 80)
+        self._https = split.scheme == "https"
+        self._version = config.api_version
+        self._interval = float(config.writer_interval)
+        self._timeout = float(config.writer_timeout)
+        self._buffer_bytes = int(config.writer_buffer_bytes)
+        self._payload_limit = min(MAX_PAYLOAD_BYTES, self._buffer_bytes)
+        self._max_pending_spans = max(100, self._buffer_bytes // _SPAN_BYTES_ESTIMATE)
+        self._batch_spans = max(50, self._max_pending_spans // 8)
+        self._headers = {
+            "Datadog-Meta-Lang": "python",
+            "Datadog-Meta-Lang-Version": platform.python_version(),
+            "Datadog-Meta-Lang-Interpreter": platform.python_implementation(),
+            "Datadog-Meta-Tracer-Version": __version__,
+            "Datadog-Client-Computed-Top-Level": "yes",
+            "Content-Type": "application/msgpack",
+        }
+        self._init_state()
 
-    def write(self, chunk: list) -> None:
-        if self.thread is None:
-            self.thread = threading.Thread(target=self._run, daemon=True, name="tracer-writer")
-            self.thread.start()
+    def _init_state(self) -> None:
+        self._lock = threading.Lock()  # guards _pending* and _seq (app threads vs writer thread)
+        self._start_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._done = threading.Condition(threading.Lock())
+        self._thread: threading.Thread | None = None
+        self._pending: list[list[Any]] = []
+        self._pending_spans = 0
+        self._seq = 0  # chunks accepted so far
+        self._done_seq = 0  # every chunk up to here is sent or dropped
+        self._last_drop_seq = 0
+        self._urgent = 0  # flush() callers waiting
+        self._stopping = False
+        self._stopped = False
+        self._backlog: deque[_Payload] = deque()
+        self._backlog_bytes = 0
+        self._conn: http.client.HTTPConnection | None = None
+        self._down = False
+        self._warned_down = False
+        self._last_drop_log = 0.0
+        self._last_problem_log = 0.0
+        self._logged_drops = 0
+        self._counts = {
+            "spans_sent": 0,
+            "traces_sent": 0,
+            "payloads_sent": 0,
+            "spans_not_sent_sampling": 0,
+        }
+        for reason in _REASONS:
+            self._counts["spans_dropped_" + reason] = 0
+
+    # -- app threads ------------------------------------------------------------
+    def write(self, chunk: list[Any]) -> None:
+        """Queue a finished chunk. Called on app threads: O(1), never blocks
+        on I/O, never raises; when the queue is full the chunk is dropped and
+        counted (``spans_dropped_queue_full``)."""
         try:
-            self.queue.put_nowait(chunk)
-        except queue.Full:
-            pass
+            if self._thread is None:
+                self._start()
+            n = len(chunk)
+            with self._lock:
+                if self._stopped:
+                    self._counts["spans_dropped_stopped"] += n
+                    return
+                # While the receiver is down, hold a quarter: the writer thread
+                # also holds a drained batch and the encoded backlog then.
+                limit = self._max_pending_spans >> 2 if self._down else self._max_pending_spans
+                if self._pending_spans + n > limit:
+                    self._counts["spans_dropped_queue_full"] += n
+                    return
+                self._pending.append(chunk)
+                self._pending_spans += n
+                self._seq += 1
+                wake = self._pending_spans >= self._batch_spans and not self._down
+            if wake:
+                self._wake.set()
+        except Exception:
+            internal_error("writer.write")
 
-    def _send(self, chunks: list) -> None:
-        chunks = [c for c in chunks if process_chunk(c, self.tracer.sampler)]
-        if not chunks:
-            return
-        body = encode_v04(chunks)
-        u = urllib.parse.urlsplit(self.config.agent_url)
-        conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=self.config.writer_timeout)
-        try:
-            conn.request("PUT", "/v0.4/traces", body, {"Content-Type": "application/msgpack", "X-Datadog-Trace-Count": str(len(chunks))})
-            conn.getresponse().read()
-        except OSError:
-            pass
-        finally:
-            conn.close()
-
-    def _run(self) -> None:
-        while True:
-            chunk = self.queue.get()
-            if chunk is None:
-                self.queue.task_done()
-                return
-            chunks = [chunk]
-            while True:
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._thread is None and not self._stopped:
+                thread = threading.Thread(target=self._run, name="tracer-writer", daemon=True)
                 try:
-                    nxt = self.queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self.queue.task_done()
-                    break
-                chunks.append(nxt)
-            self._send(chunks)
-            for _ in chunks:
-                self.queue.task_done()
+                    thread.start()
+                except RuntimeError:  # interpreter shutting down: nothing can be sent any more
+                    self._stopped = True
+                    return
+                self._thread = thread
 
     def flush(self, timeout: float) -> bool:
-        self.queue.join()
-        return True
+        """Block until every chunk written before the call is sent or dropped
+        (and counted), or ``timeout`` seconds pass. True when all of it was
+        delivered; False on timeout or when some of it was dropped. Chunks
+        refused by ``write()`` (queue full) are counted but not part of it.
+        Any thread but the writer's own."""
+        if self._thread is None:
+            return True
+        with self._lock:
+            target = self._seq
+        with self._done:
+            start_done = self._done_seq
+            if start_done >= target:
+                return True
+            self._urgent += 1
+        try:
+            self._wake.set()
+            with self._done:
+                finished = self._done.wait_for(lambda: self._done_seq >= target, max(0.0, timeout))
+                return finished and self._last_drop_seq <= start_done
+        finally:
+            with self._done:
+                self._urgent -= 1
 
     def stop(self, timeout: float) -> None:
-        self.flush(timeout)
+        """Send what is queued (bounded by ``timeout``), then end the thread.
+        Whatever could not be sent is counted as dropped. Later writes are
+        dropped (``spans_dropped_stopped``). Never blocks past ``timeout`` much:
+        an HTTP request in flight is abandoned (the thread is a daemon)."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        thread = self._thread
+        if thread is not None:
+            self.flush(timeout)
+        with self._lock:
+            self._stopped = True
+            self._stopping = True
+        self._wake.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if thread is None or not thread.is_alive():
+            self._drop_everything()
 
     def stats(self) -> dict[str, int]:
-        return {}
+        """Counters (spans unless named otherwise): sent, dropped by reason,
+        not sent because sampling dropped them, and what is still queued."""
+        out = dict(self._counts)
+        out["spans_pending"] = self._pending_spans + sum(p.spans for p in list(self._backlog))
+        return out
+
+    def after_fork_in_child(self) -> None:
+        """In a forked child: forget the parent's thread, queue, backlog and
+        connection (the parent sends those); the child starts empty."""
+        self._init_state()
+
+    # -- writer thread ------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            # While the receiver is down, batches filling up do not wake us:
+            # only the interval, flush() and stop() do.
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            stopping = self._stopping
+            try:
+                self._cycle()
+            except Exception:
+                internal_error("writer.cycle")
+            if stopping:
+                self._drop_everything()
+                self._close()
+                return
+
+    def _take_pending(self) -> tuple[list[list[Any]], int]:
+        with self._lock:
+            chunks, self._pending = self._pending, []
+            self._pending_spans = 0
+            return chunks, self._seq - len(chunks)
+
+    def _cycle(self) -> None:
+        chunks, seq = self._take_pending()
+        payload = None
+        sampler = self._tracer.sampler
+        first_seq = seq + 1
+        for chunk in chunks:
+            seq += 1
+            if not chunk:
+                continue
+            try:
+                if not process_chunk(chunk, sampler):
+                    self._counts["spans_not_sent_sampling"] += len(chunk)
+                    continue
+                if payload is None:
+                    payload = PAYLOADS[self._version](self._payload_limit)
+                    first_seq = seq
+                if not payload.put(chunk):
+                    self._queue_payload(payload, first_seq, seq - 1)
+                    payload = PAYLOADS[self._version](self._payload_limit)
+                    first_seq = seq
+                    payload.put(chunk)
+            except TraceTooBig:
+                self._drop(len(chunk), "too_big", seq)
+            except Exception:
+                internal_error("writer.encode")
+                self._drop(len(chunk), "encode_failed", seq)
+        if payload is not None and payload.traces:
+            self._queue_payload(payload, first_seq, seq)
+        self._send_backlog()
+        self._mark_done(seq)
+        self._log_drops()
+
+    def _queue_payload(self, payload: Any, first_seq: int, last_seq: int) -> None:
+        body = payload.finish()
+        item = _Payload(body, payload.version, payload.traces, payload.spans, first_seq, last_seq)
+        self._backlog.append(item)
+        self._backlog_bytes += len(body)
+        # Bounded memory while the receiver is slow or down: the oldest go first.
+        while self._backlog_bytes > self._buffer_bytes and len(self._backlog) > 1:
+            self._drop_payload(self._backlog.popleft(), "send_failed")
+        if not self._down:
+            # Send as soon as a payload is full: a cycle may encode more than the backlog holds.
+            self._send_backlog()
+
+    def _mark_done(self, seq: int) -> None:
+        done = self._backlog[0].first_seq - 1 if self._backlog else seq
+        with self._done:
+            if done > self._done_seq:
+                self._done_seq = done
+            self._done.notify_all()
+
+    def _drop(self, spans: int, reason: str, seq: int) -> None:
+        self._counts["spans_dropped_" + reason] += spans
+        if seq > self._last_drop_seq:
+            self._last_drop_seq = seq
+
+    def _drop_payload(self, payload: _Payload, reason: str) -> None:
+        self._backlog_bytes -= len(payload.body)
+        self._drop(payload.spans, reason, payload.last_seq)
+
+    def _drop_everything(self) -> None:
+        """Count what is left (stop, or a cycle after stop) as dropped."""
+        chunks, seq = self._take_pending()
+        for chunk in chunks:
+            seq += 1
+            self._drop(len(chunk), "send_failed", seq)
+        while self._backlog:
+            self._drop_payload(self._backlog.popleft(), "send_failed")
+        self._mark_done(seq)
+
+    def _send_backlog(self) -> None:
+        # When someone waits (flush/stop), an unreachable receiver means drop
+        # now rather than hold: the caller wants an answer, not a wait.
+        urgent = self._urgent > 0 or self._stopping
+        while self._backlog:
+            payload = self._backlog[0]
+            outcome = self._send(payload, retry=not self._down)
+            if outcome == "unreachable":
+                payload.cycles += 1
+                if urgent or payload.cycles >= _MAX_CYCLES:
+                    self._drop_payload(self._backlog.popleft(), "send_failed")
+                    continue
+                return
+            self._backlog.popleft()
+            self._backlog_bytes -= len(payload.body)
+            if outcome == "sent":
+                self._counts["spans_sent"] += payload.spans
+                self._counts["traces_sent"] += payload.traces
+                self._counts["payloads_sent"] += 1
+            else:
+                self._drop(payload.spans, outcome, payload.last_seq)
+
+    # -- HTTP -------------------------------------------------------------------
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._conn is None:
+            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            self._conn = cls(self._host, self._port, timeout=self._timeout)
+        return self._conn
+
+    def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+    def _send(self, payload: _Payload, retry: bool) -> str:
+        """PUT one payload. Returns "sent", "send_failed", "too_big" or
+        "unreachable" (connection errors, after bounded retries)."""
+        attempt = 0
+        while True:
+            if payload.version == "v0.5" and self._version == "v0.4":
+                payload.body = v05_to_v04(payload.body)
+                payload.version = "v0.4"
+            headers = dict(self._headers)
+            headers["X-Datadog-Trace-Count"] = str(payload.traces)
+            headers["Content-Length"] = str(len(payload.body))
+            try:
+                conn = self._connection()
+                conn.request("PUT", f"/{payload.version}/traces", payload.body, headers)
+                response = conn.getresponse()
+                status = response.status
+                reply = response.read()
+            except TimeoutError:
+                # The receiver is there but slow: do not resend what it may have taken.
+                self._close()
+                self._log_once_a_minute(f"{self._url} did not answer within {self._timeout}s (TRACER_WRITER_TIMEOUT)")
+                return "send_failed"
+            except _CONNECTION_ERRORS as exc:
+                self._close()
+                attempt += 1
+                if retry and attempt <= _RETRIES and not self._stopping:
+                    # The first retry is immediate (a kept-alive connection the
+                    # receiver closed); later ones back off with jitter.
+                    if attempt > 1:
+                        self._backoff(attempt)
+                    continue
+                self._note_unreachable(exc)
+                return "unreachable"
+            self._note_reachable()
+            if 200 <= status < 300:
+                self._read_rates(reply)
+                return "sent"
+            if status in (404, 415) and payload.version == "v0.5":
+                log.info("tracer: %s refused v0.5 (HTTP %d); sending v0.4 from now on", self._url, status)
+                self._version = "v0.4"
+                continue
+            if status == 413:
+                return "too_big"
+            self._log_once_a_minute(f"{self._url} answered HTTP {status}: {reply[:200].decode('utf-8', 'replace')}")
+            return "send_failed"
+
+    def _backoff(self, attempt: int) -> None:
+        if not self._stopping:
+            time.sleep(min(self._timeout, 0.05 * (2 ** (attempt - 2))) * random.uniform(0.5, 1.5))
+
+    def _read_rates(self, reply: bytes) -> None:
+        if not reply:
+            return
+        try:
+            rates = json.loads(reply).get("rate_by_service")
+        except (ValueError, AttributeError, UnicodeDecodeError):
+            return
+        if isinstance(rates, dict):
+            self._tracer.sampler.update_rates(rates)
+
+    # -- logging ------------------------------------------------------------------
+    def _note_unreachable(self, exc: BaseException) -> None:
+        if self._down:
+            return
+        self._down = True
+        if not self._warned_down:
+            # One clear warning per writer; later outages only show in the drop counts.
+            self._warned_down = True
+            log.warning(
+                "tracer: no trace receiver at %s: %s. Start one with `agent-sim serve`, or set TRACER_AGENT_URL",
+                self._url,
+                str(exc) or type(exc).__name__,
+            )
+
+    def _note_reachable(self) -> None:
+        if self._down:
+            self._down = False
+            log.info("tracer: trace receiver at %s is reachable again; sending traces", self._url)
+
+    def _log_once_a_minute(self, message: str) -> None:
+        now = time.monotonic()
+        if not self._last_problem_log or now - self._last_problem_log >= _LOG_EVERY:
+            self._last_problem_log = now
+            log.warning("tracer: %s", message)
+
+    def _log_drops(self) -> None:
+        dropped = sum(self._counts["spans_dropped_" + reason] for reason in _REASONS)
+        if dropped == self._logged_drops:
+            return
+        now = time.monotonic()
+        if self._last_drop_log and now - self._last_drop_log < _LOG_EVERY:
+            return
+        self._last_drop_log = now
+        self._logged_drops = dropped
+        detail = ", ".join(
+            f"{reason} {self._counts['spans_dropped_' + reason]}"
+            for reason in _REASONS
+            if self._counts["spans_dropped_" + reason]
+        )
+        log.warning("tracer: dropped %d span(s) so far (%s); see tracer.stats()", dropped, detail)
