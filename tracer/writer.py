@@ -9,9 +9,9 @@ into payloads below the receiver's 25 MiB limit, and PUTs them on one
 keep-alive ``http.client`` connection (stdlib on purpose: the writer's own
 traffic must never be traced by the ``requests`` integration).
 
-While the receiver is slow or down, encoded payloads wait in a backlog bounded
-by ``TRACER_WRITER_BUFFER_BYTES``; beyond that, or after a few failed cycles,
-they are dropped and counted. While the receiver is known to be down the
+While the receiver is slow or down, encoded payloads wait in a backlog until
+it answers again, bounded by ``TRACER_WRITER_BUFFER_BYTES``: beyond that the
+oldest are dropped and counted. While the receiver is known to be down the
 thread only wakes once per interval, so the application pays for nothing but
 O(1) drops. Every dropped span is counted by reason (:meth:`stats`), and drops
 are logged at most once a minute.
@@ -44,7 +44,6 @@ MAX_PAYLOAD_BYTES = 25 * 1024 * 1024 - 512 * 1024
 #: gives the writer thread ~100 ms of headroom against a fast app on a busy machine).
 _SPAN_BYTES_ESTIMATE = 200
 _RETRIES = 2  # extra attempts on connection errors, within one cycle
-_MAX_CYCLES = 3  # cycles a payload may wait in the backlog while the receiver is unreachable
 _LOG_EVERY = 60.0
 
 _CONNECTION_ERRORS = (OSError, http.client.HTTPException)
@@ -53,7 +52,7 @@ _REASONS = ("queue_full", "send_failed", "too_big", "encode_failed", "stopped")
 
 
 class _Payload:
-    __slots__ = ("body", "version", "traces", "spans", "first_seq", "last_seq", "cycles")
+    __slots__ = ("body", "version", "traces", "spans", "first_seq", "last_seq")
 
     def __init__(self, body: bytes, version: str, traces: int, spans: int, first_seq: int, last_seq: int) -> None:
         self.body = body
@@ -62,7 +61,6 @@ class _Payload:
         self.spans = spans
         self.first_seq = first_seq
         self.last_seq = last_seq
-        self.cycles = 0
 
 
 class AgentWriter:
@@ -321,8 +319,9 @@ class AgentWriter:
             payload = self._backlog[0]
             outcome = self._send(payload, retry=not self._down)
             if outcome == "unreachable":
-                payload.cycles += 1
-                if urgent or payload.cycles >= _MAX_CYCLES:
+                # Held (bounded by TRACER_WRITER_BUFFER_BYTES, oldest dropped
+                # first) until the receiver is back, unless someone waits.
+                if urgent:
                     self._drop_payload(self._backlog.popleft(), "send_failed")
                     continue
                 return

@@ -255,6 +255,24 @@ def test_receiver_down_then_back(settings: Any, caplog: Any) -> None:
     assert writer.stats()["spans_sent"] == 6
 
 
+def test_outage_of_many_cycles_loses_nothing_that_fits_the_buffer(settings: Any) -> None:
+    """Without a flush() waiting, what finished during an outage is held (within
+    TRACER_WRITER_BUFFER_BYTES) and delivered once the receiver is back."""
+    port = free_port()
+    writer = settings(agent_url=f"http://127.0.0.1:{port}", writer_interval=0.02)
+    for _ in range(10):
+        make_traces(2)
+        time.sleep(0.03)  # > 10 writer cycles with nothing listening
+    assert writer.stats()["spans_sent"] == 0
+    server = Intake(port)
+    try:
+        assert tracer.flush(5)
+        assert len(server.spans()) == 60
+    finally:
+        server.close()
+    assert total_dropped(writer.stats()) == 0
+
+
 def test_slow_receiver_never_blocks_the_app(intake: Intake, settings: Any) -> None:
     intake.mode, intake.delay = "slow", 1.0
     writer = settings(agent_url=intake.url, writer_timeout=0.2)
