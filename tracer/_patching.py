@@ -121,6 +121,23 @@ def patch_targets(hooks_module: str, targets: tuple[Target, ...] | list[Target])
     return True
 
 
+def patch_supported(contrib_module: str, hooks_module: str, targets: tuple[Target, ...] | list[Target]) -> bool:
+    """``patch_targets`` after checking the installed version against the
+    contrib module's range (so a direct ``contrib.x.patch.patch()`` call is as
+    safe as the registry's); outside it, one warning and nothing patched."""
+    contrib = sys.modules[contrib_module]
+    version = contrib.get_version()
+    if not check_supported(contrib, version):
+        log.warning(
+            "tracer: not patching %s %s: supported versions are %s",
+            getattr(contrib, "NAME", hooks_module),
+            version,
+            getattr(contrib, "SUPPORTED", "?"),
+        )
+        return False
+    return patch_targets(hooks_module, targets)
+
+
 def unpatch_targets(hooks_module: str, targets: tuple[Target, ...] | list[Target]) -> bool:
     """Put back the exact original of every target; clear the marker.
     Returns False if it was not patched."""

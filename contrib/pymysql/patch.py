@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import logging
-import sys
 from typing import Any
 
 from contrib import _dbapi
-from tracer._patching import Target, check_supported, patch_targets, unpatch_targets
+from tracer._patching import Target, patch_supported, unpatch_targets
 from tracer.config import config
-
-log = logging.getLogger("tracer")
 
 SUPPORTED = ">=1.0"
 NAME = "pymysql"
@@ -51,10 +47,7 @@ TARGETS = (
 def patch() -> bool:
     """Wrap the targets (idempotent); False if the version is unsupported or
     nothing changed. Imports ``pymysql``."""
-    if not check_supported(sys.modules[__name__], get_version()):
-        log.warning("tracer: not patching %s %s: supported versions are %s", NAME, get_version(), SUPPORTED)
-        return False
-    return patch_targets("pymysql", TARGETS)
+    return patch_supported(__name__, "pymysql", TARGETS)
 
 
 def unpatch() -> bool:

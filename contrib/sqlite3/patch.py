@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
 from typing import Any
 
 from contrib import _dbapi
 from tracer._errors import internal_error
-from tracer._patching import Target, check_supported, patch_targets, python_version, unpatch_targets
+from tracer._patching import Target, patch_supported, python_version, unpatch_targets
 from tracer.config import config
-
-log = logging.getLogger("tracer")
 
 SUPPORTED = ">=3.8"  # Python's version: sqlite3 is part of the standard library
 NAME = "sqlite3"
@@ -104,10 +100,7 @@ TARGETS = (
 
 def patch() -> bool:
     """Wrap the targets (idempotent); False if nothing changed."""
-    if not check_supported(sys.modules[__name__], get_version()):
-        log.warning("tracer: not patching %s %s: supported versions are %s", NAME, get_version(), SUPPORTED)
-        return False
-    return patch_targets("sqlite3", TARGETS)
+    return patch_supported(__name__, "sqlite3", TARGETS)
 
 
 def unpatch() -> bool:
