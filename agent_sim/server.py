@@ -1,0 +1,448 @@
+"""The receiver's HTTP side (one route table), ``ReceiverServer`` and
+``agent-sim serve``; ingest itself lives in ``agent_sim.ingest.Receiver``.
+
+Threads: ``ThreadingHTTPServer`` runs one handler thread per connection;
+one maintenance thread flushes stats buckets, checkpoints the WAL, rolls
+stats up and evicts old traces. A trace payload is answered only after its
+SQLite transaction committed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import mimetypes
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import msgpack
+
+from agent_sim import views
+from agent_sim.decode import PayloadError, decode_json, decode_v04, decode_v05
+from agent_sim.ingest import KEEP_1H_NS, KEEP_10S_NS, Receiver
+
+__all__ = ["KEEP_10S_NS", "KEEP_1H_NS", "Receiver", "ReceiverServer", "build_parser", "serve_main"]
+
+MAX_BODY = 25 * 1024 * 1024
+STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+FLUSH_INTERVAL_S = 1.0
+
+
+# -- HTTP ---------------------------------------------------------------------
+Handler = Callable[["RequestHandler", str], None]
+
+
+class RequestHandler(BaseHTTPRequestHandler):
+    """One connection; routes through ``ROUTES`` / ``PREFIX_ROUTES``."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "agent_sim"
+    server: _HTTPServer
+
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body leave in two writes; with Nagle on, the second waits
+        # for the client's delayed ACK (40 ms per request on Linux).
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    _linger = False
+
+    def finish(self) -> None:
+        super().finish()
+        if self._linger:
+            self._lingering_close()
+
+    def _lingering_close(self) -> None:
+        """After refusing an unread body: send FIN, then discard (never buffer)
+        what the client still sends, briefly. Closing with unread input makes
+        the kernel send RST, which can destroy the 413 before the client reads it."""
+        sock = self.connection
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(0.5)
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline and sock.recv(1 << 16):
+                pass
+        except OSError:
+            pass
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass  # one line per request would cost more than the request at load
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_HEAD(self) -> None:
+        self._dispatch("GET")
+
+    def _dispatch(self, method: str) -> None:
+        parts = urlsplit(self.path)
+        path = parts.path
+        self.query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        handler = ROUTES.get((method, path))
+        arg = ""
+        if handler is None:
+            for (m, prefix), h in PREFIX_ROUTES:
+                if m == method and path.startswith(prefix) and len(path) > len(prefix):
+                    handler, arg = h, path[len(prefix):]
+                    break
+        if handler is None:
+            known = any(p == path for (_m, p) in ROUTES)
+            if known:
+                self.send_json(405, {"error": f"method {method} not allowed on {path}"})
+            else:
+                self.send_json(404, {"error": f"no route for {method} {path}"})
+            self._drain()
+            return
+        try:
+            handler(self, arg)
+        except views.BadQuery as exc:
+            self.send_json(400, {"error": str(exc)})
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+        except Exception as exc:
+            # A bug, not bad input: answer 500 (once) and keep serving.
+            import traceback
+
+            traceback.print_exc(file=sys.stderr)
+            self.close_connection = True
+            try:
+                self.send_error_text(500, f"internal error: {type(exc).__name__}: {exc}")
+            except OSError:
+                pass
+
+    def _drain(self) -> None:
+        """Discard an unread request body so keep-alive stays in sync."""
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = 0
+        if 0 < length <= MAX_BODY:
+            self.rfile.read(length)
+        elif length:
+            self.close_connection = True
+
+    # -- responses ---------------------------------------------------------
+    def send_bytes(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def send_json(self, status: int, obj: Any) -> None:
+        self.send_bytes(status, json.dumps(obj).encode(), "application/json")
+
+    def send_error_text(self, status: int, reason: str) -> None:
+        self.send_bytes(status, reason.encode() + b"\n", "text/plain; charset=utf-8")
+
+    def read_body(self) -> bytes | None:
+        """The request body, or None after answering 411/413/400 itself."""
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            return self._read_chunked()
+        raw = self.headers.get("Content-Length")
+        if raw is None:
+            self.close_connection = True
+            self.send_error_text(411, "Content-Length required")
+            return None
+        try:
+            length = int(raw)
+            if length < 0:
+                raise ValueError
+        except ValueError:
+            self.close_connection = True
+            self.send_error_text(400, f"bad Content-Length: {raw!r}")
+            return None
+        if length > MAX_BODY:
+            # Answer without reading 25+ MiB; the connection cannot be reused.
+            self.close_connection = True
+            self._linger = True
+            self.send_error_text(413, f"payload too large: {length} bytes (limit {MAX_BODY})")
+            return None
+        body = self.rfile.read(length)
+        if len(body) != length:
+            self.close_connection = True
+            self.send_error_text(400, f"body truncated: {len(body)} of {length} bytes")
+            return None
+        return body
+
+    def _read_chunked(self) -> bytes | None:
+        parts: list[bytes] = []
+        total = 0
+        while True:
+            line = self.rfile.readline(100)
+            try:
+                size = int(line.split(b";")[0].strip(), 16)
+            except ValueError:
+                self.close_connection = True
+                self.send_error_text(400, "bad chunked encoding")
+                return None
+            if size == 0:
+                while self.rfile.readline(1000) not in (b"\r\n", b"\n", b""):
+                    pass
+                return b"".join(parts)
+            total += size
+            if total > MAX_BODY:
+                self.close_connection = True
+                self._linger = True
+                self.send_error_text(413, f"payload too large (limit {MAX_BODY})")
+                return None
+            parts.append(self.rfile.read(size))
+            self.rfile.readline(10)
+
+
+def _traces_handler(version: str) -> Handler:
+    def handle(h: RequestHandler, _arg: str) -> None:
+        body = h.read_body()
+        if body is None:
+            return
+        rx = h.server.receiver
+        content_type = (h.headers.get("Content-Type") or "").lower()
+        try:
+            if version == "v0.5":
+                traces = decode_v05(body)
+            elif "application/json" in content_type:
+                traces = decode_json(body)
+            else:
+                traces = decode_v04(body)
+        except PayloadError as exc:
+            rx.count("payloads_rejected")
+            h.send_error_text(400, f"{version}: {exc}")
+            return
+        client_stats = _truthy(h.headers.get("Datadog-Client-Computed-Stats"))
+        client_top_level = _truthy(h.headers.get("Datadog-Client-Computed-Top-Level"))
+        rx.ingest(traces, client_stats, client_top_level)
+        h.send_bytes(200, rx.rates_body, "application/json")
+
+    return handle
+
+
+def _truthy(value: str | None) -> bool:
+    return value is not None and value.strip().lower() not in ("", "0", "false", "no")
+
+
+def _v03(h: RequestHandler, _arg: str) -> None:
+    if h.read_body() is not None:
+        h.send_bytes(200, b"OK", "text/plain")
+
+
+def _v06_stats(h: RequestHandler, _arg: str) -> None:
+    body = h.read_body()
+    if body is None:
+        return
+    rx = h.server.receiver
+    try:
+        payload = msgpack.unpackb(body, raw=False, unicode_errors="replace", strict_map_key=False)
+        rx.ingest_client_stats(payload)
+    except (PayloadError, ValueError, TypeError, msgpack.UnpackException) as exc:
+        rx.count("payloads_rejected")
+        h.send_error_text(400, f"v0.6 stats: {exc}")
+        return
+    h.send_bytes(200, b"OK", "text/plain")
+
+
+def _view(fn: Callable[[Receiver, dict[str, str]], tuple[int, Any]]) -> Handler:
+    def handle(h: RequestHandler, _arg: str) -> None:
+        status, body = fn(h.server.receiver, h.query)
+        if isinstance(body, bytes):
+            h.send_bytes(status, body, "application/openmetrics-text; version=1.0.0; charset=utf-8")
+        else:
+            h.send_json(status, body)
+
+    return handle
+
+
+def _trace_by_id(h: RequestHandler, arg: str) -> None:
+    status, body = views.api_trace(h.server.receiver, arg)
+    h.send_json(status, body)
+
+
+def _static(h: RequestHandler, arg: str) -> None:
+    name = arg or "index.html"
+    path = os.path.realpath(os.path.join(STATIC_DIR, name))
+    if not path.startswith(STATIC_DIR + os.sep) or not os.path.isfile(path):
+        h.send_json(404, {"error": f"no static file {name!r}"})
+        return
+    with open(path, "rb") as f:
+        data = f.read()
+    h.send_bytes(200, data, mimetypes.guess_type(path)[0] or "application/octet-stream")
+
+
+ROUTES: dict[tuple[str, str], Handler] = {}
+for _m in ("PUT", "POST"):
+    ROUTES[(_m, "/v0.4/traces")] = _traces_handler("v0.4")
+    ROUTES[(_m, "/v0.5/traces")] = _traces_handler("v0.5")
+    ROUTES[(_m, "/v0.3/traces")] = _v03
+    ROUTES[(_m, "/v0.6/stats")] = _v06_stats
+ROUTES.update({
+    ("GET", "/info"): _view(views.info),
+    ("GET", "/api/stats"): _view(views.api_stats),
+    ("GET", "/api/services"): _view(views.api_services),
+    ("GET", "/api/traces"): _view(views.api_traces),
+    ("GET", "/metrics"): _view(views.metrics),
+    ("GET", "/"): lambda h, _a: _static(h, "index.html"),
+})
+PREFIX_ROUTES: list[tuple[tuple[str, str], Handler]] = [
+    (("GET", "/api/traces/"), _trace_by_id),
+    (("GET", "/static/"), _static),
+]
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128
+    receiver: Receiver
+
+
+class ReceiverServer:
+    """agent_sim's HTTP server around a ``Receiver``.
+
+    ``start()`` serves on a background thread and returns once listening;
+    ``serve_forever()`` blocks the caller; ``stop()`` stops serving, flushes
+    stats and closes the database. ``port=0`` takes a free port (see ``.port``)."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, db: str = ":memory:",
+                 retention_traces: int = 100_000, retention_hours: float = 24,
+                 sample_rates: dict[str, float] | None = None) -> None:
+        self.receiver = Receiver(db, retention_traces, retention_hours, sample_rates)
+        self.httpd = _HTTPServer((host, port), RequestHandler)
+        self.httpd.receiver = self.receiver
+        self.host = host
+        self.port: int = self.httpd.server_address[1]
+        self.url = f"http://{host}:{self.port}"
+        self._thread: threading.Thread | None = None
+        self._maint: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._stopped = False
+
+    def start(self) -> ReceiverServer:
+        self._start_maintenance()
+        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1},
+                                        name="agent_sim-http", daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self._start_maintenance()
+        try:
+            self.httpd.serve_forever(poll_interval=0.1)
+        finally:
+            self.stop()
+
+    def _start_maintenance(self) -> None:
+        if self._maint is None:
+            self._maint = threading.Thread(target=self._maintenance_loop, name="agent_sim-maint", daemon=True)
+            self._maint.start()
+
+    def _maintenance_loop(self) -> None:
+        last_full = 0.0
+        while not self._stop.wait(FLUSH_INTERVAL_S):
+            try:
+                now = time.monotonic()
+                full = now - last_full > 60
+                self.receiver.maintain(full=full)
+                if full:
+                    last_full = now
+            except Exception as exc:  # keep serving; report once per failure
+                print(f"agent_sim: maintenance failed: {exc!r}", file=sys.stderr)
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self._stop.set()
+        self.receiver.stopping = True
+        if self._thread is not None:
+            self.httpd.shutdown()
+            self._thread.join(5)
+        self.httpd.server_close()
+        if self._maint is not None and self._maint is not threading.current_thread():
+            self._maint.join(5)
+        self.receiver.close()
+
+    def __enter__(self) -> ReceiverServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def _parse_rates(values: list[str]) -> dict[str, float]:
+    rates: dict[str, float] = {}
+    for value in values:
+        service, _, rate = value.rpartition("=")
+        try:
+            r = float(rate)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--sample-rate {value!r}: expected RATE or service=RATE")
+        if not 0.0 <= r <= 1.0:
+            raise argparse.ArgumentTypeError(f"--sample-rate {value!r}: rate must be within 0..1")
+        rates[service] = r
+    return rates
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """Add ``serve``'s flags to ``parser`` (the CLI reuses this)."""
+    p = parser or argparse.ArgumentParser(prog="agent-sim serve", description="Run the local trace receiver.")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: loopback only)")
+    p.add_argument("--port", type=int, default=8126)
+    p.add_argument("--db", default="./agent_sim.db", help="SQLite file, or :memory:")
+    p.add_argument("--retention-traces", type=int, default=100_000)
+    p.add_argument("--retention-hours", type=float, default=24)
+    p.add_argument("--sample-rate", action="append", default=[], metavar="RATE|SERVICE=RATE",
+                   help="rate_by_service answered to tracers (repeatable; default 1.0)")
+    return p
+
+
+def serve_main(argv: list[str]) -> int:
+    """``agent-sim serve``: block until SIGINT/SIGTERM, then shut down cleanly. Returns the exit code."""
+    try:
+        import ddsketch  # noqa: F401
+    except ImportError:
+        print("agent-sim needs its extra: pip install 'tracer-apm[agent]'", file=sys.stderr)
+        return 2
+    args = build_parser().parse_args(argv)
+    try:
+        rates = _parse_rates(args.sample_rate)
+    except argparse.ArgumentTypeError as exc:
+        print(f"agent-sim: {exc}", file=sys.stderr)
+        return 2
+    try:
+        server = ReceiverServer(args.host, args.port, args.db, args.retention_traces, args.retention_hours, rates)
+    except OSError as exc:
+        print(f"agent-sim: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 2
+    done = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        done.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.start()
+        print(f"agent-sim listening on {server.url} (db {args.db})", flush=True)
+        while not done.wait(0.5):
+            pass
+    finally:
+        server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print("agent-sim stopped", flush=True)
+    return 0

@@ -1,0 +1,345 @@
+"""SQLite persistence: traces (index row + appended msgpack chunks), stats
+buckets and the stats journal.
+
+Thread model: one connection, guarded by ``Store.lock``; the receiver calls
+``ingest`` from handler threads and the maintenance methods from its
+background thread. Every public method takes the lock itself and may block
+on it; SQLite errors propagate.
+
+Writes are appends: a trace that arrives in several chunks gets one chunk row
+per chunk plus an upsert of its index row (done inside SQLite, no Python
+read-modify-write). Chunk rows are numbered by arrival and the trace row
+lists its chunk numbers, so chunks need no index of their own: inserts append
+to one B-tree and eviction (oldest first) deletes from its beginning. The index row describes the root span (parent 0), or the
+earliest span seen while no root has arrived.
+
+Stats durability: each ingest appends the payload's stats groups to the
+``journal`` table in the same transaction as its traces, so an acknowledged
+payload's stats survive SIGKILL. The flusher folds live buckets into
+``stats`` rows and deletes the journal rows it covered, in one transaction.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import msgpack
+
+from agent_sim.model import Span, to_signed
+from agent_sim.stats import HOUR_NS, Entry, Key
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS traces (
+    seq INTEGER PRIMARY KEY,
+    tid INTEGER NOT NULL UNIQUE,
+    high TEXT,
+    service TEXT NOT NULL,
+    resource TEXT NOT NULL,
+    name TEXT NOT NULL,
+    start INTEGER NOT NULL,
+    duration INTEGER NOT NULL,
+    error INTEGER NOT NULL,
+    span_count INTEGER NOT NULL,
+    has_root INTEGER NOT NULL,
+    received INTEGER NOT NULL,
+    chunk_ids TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS traces_start ON traces(start);
+CREATE TABLE IF NOT EXISTS chunks (id INTEGER PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS stats (
+    width INTEGER NOT NULL, bucket INTEGER NOT NULL,
+    service TEXT NOT NULL, name TEXT NOT NULL, resource TEXT NOT NULL, type TEXT NOT NULL,
+    span_kind TEXT NOT NULL, http_status INTEGER NOT NULL, is_root INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (width, bucket, service, name, resource, type, span_kind, http_status, is_root)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS journal (id INTEGER PRIMARY KEY, kind INTEGER NOT NULL, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+_UPSERT = """
+INSERT INTO traces (tid, high, service, resource, name, start, duration, error, span_count, has_root, received,
+                    chunk_ids)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT(tid) DO UPDATE SET
+    span_count = span_count + excluded.span_count,
+    chunk_ids = chunk_ids || ',' || excluded.chunk_ids,
+    high = coalesce(high, excluded.high),
+    service = CASE WHEN {r} THEN excluded.service ELSE service END,
+    resource = CASE WHEN {r} THEN excluded.resource ELSE resource END,
+    name = CASE WHEN {r} THEN excluded.name ELSE name END,
+    duration = CASE WHEN {r} THEN excluded.duration ELSE duration END,
+    error = CASE WHEN {r} THEN excluded.error ELSE error END,
+    start = CASE WHEN {r} THEN excluded.start ELSE start END,
+    has_root = max(has_root, excluded.has_root)
+""".format(r="(excluded.has_root > has_root OR (has_root = 0 AND excluded.has_root = 0 AND excluded.start < start))")
+
+JOURNAL_GROUPS = 1
+JOURNAL_CLIENT_STATS = 2
+
+
+def trace_row(spans: list[Span]) -> tuple:
+    """The index-row values of one chunk: its root span, else its earliest span."""
+    root = None
+    for s in spans:
+        if s["parent_id"] == 0:
+            root = s
+            break
+    has_root = 1
+    if root is None:
+        has_root = 0
+        root = min(spans, key=lambda s: s["start"])
+    high = None
+    meta = spans[0]["meta"]
+    if meta:
+        high = meta.get("_dd.p.tid")
+    return (to_signed(root["trace_id"]), high, root["service"], root["resource"], root["name"],
+            root["start"], root["duration"], root["error"], len(spans), has_root)
+
+
+class Store:
+    """The receiver's SQLite database (a file path, or ``":memory:"``)."""
+
+    def __init__(self, path: str = ":memory:") -> None:
+        import sqlite3
+
+        self.path = path
+        self.lock = threading.Lock()
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db = self.db
+        if path != ":memory:":
+            db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL: a commit is in the OS before we answer 200, so a
+            # killed process loses nothing; only a power cut could.
+            db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA cache_size=-16000")
+        db.executescript(_SCHEMA)
+        self._checkpointer = None
+        if path != ":memory:":
+            # Checkpoints copy the WAL into the database and fsync: done by
+            # ``checkpoint()`` on the maintenance thread's own connection,
+            # outside the ingest path (sqlite3 releases the GIL meanwhile).
+            db.execute("PRAGMA wal_autocheckpoint=0")
+            db.execute("PRAGMA journal_size_limit=67108864")  # the WAL file shrinks back after bursts
+            self._checkpointer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.trace_count = db.execute("SELECT count(*) FROM traces").fetchone()[0]
+        self._next_chunk = db.execute("SELECT coalesce(max(id), 0) FROM chunks").fetchone()[0] + 1
+
+    def close(self) -> None:
+        with self.lock:
+            if self._checkpointer is not None:
+                self._checkpointer.close()
+            if self.path != ":memory:":
+                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # leave a compact file behind
+            self.db.close()
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database and let it start over (maintenance thread).
+
+        The PASSIVE pass copies the bulk beside ingest, without the lock. It
+        can never finish under steady writes, and a WAL that is never fully
+        copied is never reused: it grew by ~100 MB/s and ingest slowed as it
+        did. So a RESTART pass follows under the lock, which only has the
+        frames written meanwhile left to copy; the next commit then writes
+        from the start of the WAL again."""
+        if self._checkpointer is None:
+            return
+        self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        with self.lock:
+            self._checkpointer.execute("PRAGMA wal_checkpoint(RESTART)")
+
+    # -- ingest ------------------------------------------------------------
+    def ingest(self, traces: list[list[Span]], journal: list[tuple[int, bytes]], counters: dict[str, int]) -> None:
+        """Commit traces (already normalized, priority > 0), journal rows and
+        counter increments in one transaction. Returns once committed."""
+        now = int(time.time())
+        packb = msgpack.packb
+        index = [trace_row(spans) for spans in traces]
+        data = [packb(spans) for spans in traces]
+        with self.lock:
+            db = self.db
+            first = self._next_chunk
+            ids = range(first, first + len(index))
+            rows = [(*row, now, str(cid)) for row, cid in zip(index, ids, strict=True)]
+            blobs = list(zip(ids, data, strict=True))
+            db.execute("BEGIN")
+            try:
+                if rows:
+                    db.executemany(_UPSERT, rows)
+                    db.executemany("INSERT INTO chunks (id, data) VALUES (?, ?)", blobs)
+                if journal:
+                    db.executemany("INSERT INTO journal (kind, data) VALUES (?, ?)", journal)
+                for name, value in counters.items():
+                    db.execute("INSERT INTO counters (name, value) VALUES (?, ?) "
+                               "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value", (name, value))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            self._next_chunk = first + len(rows)
+            self.trace_count += len(rows)
+
+    # -- retention ---------------------------------------------------------
+    def evict(self, max_traces: int, max_age_s: float) -> int:
+        """Delete the oldest traces beyond ``max_traces`` or older than ``max_age_s``."""
+        deleted = 0
+        with self.lock:
+            db = self.db
+            cutoff = int(time.time() - max_age_s)
+            db.execute("BEGIN")
+            try:
+                count = db.execute("SELECT count(*) FROM traces").fetchone()[0]
+                limit_seq = None
+                if count > max_traces:
+                    row = db.execute("SELECT seq FROM traces ORDER BY seq DESC LIMIT 1 OFFSET ?",
+                                     (max_traces,)).fetchone()
+                    limit_seq = row[0] if row else None
+                # received grows with seq (both assigned under the lock): the
+                # newest old row is found from the end of the rowid order.
+                row = db.execute("SELECT seq FROM traces WHERE received < ? ORDER BY seq DESC LIMIT 1",
+                                 (cutoff,)).fetchone()
+                old = row[0] if row else None
+                if old is not None and (limit_seq is None or old > limit_seq):
+                    limit_seq = old
+                if limit_seq is not None:
+                    chunk_ids = db.execute("SELECT chunk_ids FROM traces WHERE seq <= ?", (limit_seq,)).fetchall()
+                    db.executemany("DELETE FROM chunks WHERE id = ?",
+                                   ((int(c),) for (ids,) in chunk_ids for c in ids.split(",")))
+                    deleted = db.execute("DELETE FROM traces WHERE seq <= ?", (limit_seq,)).rowcount
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            self.trace_count = count - deleted
+        return deleted
+
+    # -- trace queries -----------------------------------------------------
+    def list_traces(self, service: str | None = None, resource: str | None = None, error: int | None = None,
+                    min_duration: int | None = None, limit: int = 50) -> list[tuple]:
+        where: list[str] = []
+        args: list[Any] = []
+        if service:
+            where.append("service = ?")
+            args.append(service)
+        if resource:
+            where.append("resource = ?")
+            args.append(resource)
+        if error is not None:
+            where.append("error = ?" if error else "error = 0")
+            if error:
+                args.append(1)
+        if min_duration:
+            where.append("duration >= ?")
+            args.append(min_duration)
+        sql = "SELECT tid, high, service, resource, name, start, duration, error, span_count FROM traces"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY start DESC, seq DESC LIMIT ?"
+        args.append(limit)
+        with self.lock:
+            return self.db.execute(sql, args).fetchall()
+
+    def get_trace(self, low_signed: int) -> tuple[str | None, list[Span]] | None:
+        with self.lock:
+            row = self.db.execute("SELECT high, chunk_ids FROM traces WHERE tid = ?", (low_signed,)).fetchone()
+            if row is None:
+                return None
+            ids = [int(c) for c in row[1].split(",")]
+            marks = ",".join("?" * len(ids))
+            blobs = self.db.execute(f"SELECT data FROM chunks WHERE id IN ({marks}) ORDER BY id", ids).fetchall()
+        spans: list[Span] = []
+        for (blob,) in blobs:
+            spans.extend(msgpack.unpackb(blob, raw=False, strict_map_key=False))
+        return row[0], spans
+
+    def counters(self) -> dict[str, int]:
+        with self.lock:
+            return dict(self.db.execute("SELECT name, value FROM counters").fetchall())
+
+    # -- stats -------------------------------------------------------------
+    def journal_rows(self) -> list[tuple[int, int, bytes]]:
+        with self.lock:
+            return self.db.execute("SELECT id, kind, data FROM journal ORDER BY id").fetchall()
+
+    def journal_max(self) -> int:
+        with self.lock:
+            return self.db.execute("SELECT coalesce(max(id), 0) FROM journal").fetchone()[0]
+
+    def flush_stats(self, live: dict[int, dict[Key, Entry]], journal_upto: int, width: int = 10) -> None:
+        """Merge live buckets into ``stats`` rows and drop the journal rows ≤ ``journal_upto``."""
+        with self.lock:
+            db = self.db
+            db.execute("BEGIN")
+            try:
+                self._merge_rows(((width, b, k, e) for b, entries in live.items() for k, e in entries.items()))
+                db.execute("DELETE FROM journal WHERE id <= ?", (journal_upto,))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def _merge_rows(self, items: Iterable[tuple[int, int, Key, Entry]]) -> None:
+        db = self.db
+        for width, bucket, key, entry in items:
+            args = (width, bucket, *key)
+            row = db.execute("SELECT data FROM stats WHERE width = ? AND bucket = ? AND service = ? AND name = ? "
+                             "AND resource = ? AND type = ? AND span_kind = ? AND http_status = ? AND is_root = ?",
+                             args).fetchone()
+            if row is not None:
+                merged = Entry.unpack(row[0])
+                merged.merge(entry)
+                entry = merged
+            db.execute("INSERT OR REPLACE INTO stats VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (*args, entry.pack()))
+
+    def stats_rows(self, since_ns: int | None = None, until_ns: int | None = None,
+                   service: str | None = None) -> list[tuple]:
+        """``(width, bucket, key..., data)`` rows whose bucket overlaps the window."""
+        where: list[str] = []
+        args: list[Any] = []
+        if since_ns is not None:
+            where.append("bucket + width * 1000000000 > ?")
+            args.append(since_ns)
+        if until_ns is not None:
+            where.append("bucket < ?")
+            args.append(until_ns)
+        if service:
+            where.append("service = ?")
+            args.append(service)
+        sql = "SELECT * FROM stats" + (" WHERE " + " AND ".join(where) if where else "")
+        with self.lock:
+            return self.db.execute(sql, args).fetchall()
+
+    def rollup(self, now_ns: int, keep_10s_ns: int, keep_1h_ns: int) -> bool:
+        """Fold 10 s rows older than ``keep_10s_ns`` into 1 h rows; delete 1 h rows
+        older than ``keep_1h_ns``. Returns True when rows were deleted for good."""
+        with self.lock:
+            db = self.db
+            old = db.execute("SELECT * FROM stats WHERE width = 10 AND bucket < ?",
+                             (now_ns - keep_10s_ns,)).fetchall()
+            db.execute("BEGIN")
+            try:
+                hourly: dict[tuple, Entry] = {}
+                for row in old:
+                    hour = row[1] - row[1] % HOUR_NS
+                    k = (hour, tuple(row[2:9]))
+                    e = Entry.unpack(row[9])
+                    if k in hourly:
+                        hourly[k].merge(e)
+                    else:
+                        hourly[k] = e
+                self._merge_rows(((3600, h, key, e) for (h, key), e in hourly.items()))
+                db.execute("DELETE FROM stats WHERE width = 10 AND bucket < ?", (now_ns - keep_10s_ns,))
+                gone = db.execute("DELETE FROM stats WHERE bucket < ?", (now_ns - keep_1h_ns,)).rowcount
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return gone > 0
+
+    def execute(self, sql: str, args: Any = ()) -> list[tuple]:
+        """A read-only query for views and tests."""
+        with self.lock:
+            return self.db.execute(sql, args).fetchall()

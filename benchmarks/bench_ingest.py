@@ -1,0 +1,229 @@
+"""Receiver ingest throughput: agent_sim (stats + SQLite persistence on) vs
+Datadog's ddapm-test-agent (which only stores), in the same run.
+
+A load process sends v0.4 msgpack payloads of 1,000 spans (100 traces × 10
+spans, unique ids, realistic tags, SQL spans among them) over one keep-alive
+connection for ``--seconds`` per run, and counts spans acknowledged with 200.
+Runs are interleaved (ours, test agent, ours, test agent, ...); medians and
+per-pair ratios are printed, with each receiver's peak RSS (VmHWM).
+
+    python benchmarks/bench_ingest.py [--seconds 20] [--rounds 2] [--concurrency 1]
+
+The load process is started with this file's ``load`` sub-command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import queue
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPANS_PER_TRACE = 10
+TRACES_PER_PAYLOAD = 100
+SQL = [
+    "SELECT * FROM users WHERE id = %s",
+    "SELECT id, name FROM items WHERE owner = %s AND state IN (%s, %s, %s)",
+    "UPDATE carts SET updated = %s WHERE id = %s",
+    "INSERT INTO events (kind, payload) VALUES (%s, %s)",
+]
+
+
+def make_payload(rng: random.Random) -> bytes:
+    import msgpack
+
+    now = time.time_ns()
+    traces = []
+    for t in range(TRACES_PER_PAYLOAD):
+        # >= 2**63 so msgpack writes it as a fixed 8-byte uint64; the low 16
+        # bits are patched per send (see load) so every trace id is unique.
+        tid = (1 << 63) | (rng.getrandbits(47) << 16)
+        root = rng.getrandbits(64) | 1
+        spans = [{
+            "trace_id": tid, "span_id": root, "parent_id": 0, "service": "web-store", "name": "flask.request",
+            "resource": f"GET /users/<int:id>/{t % 8}", "type": "web", "start": now, "duration": 5_000_000 + t,
+            "error": int(t % 50 == 0),
+            "meta": {"component": "flask", "span.kind": "server", "http.method": "GET",
+                     "http.status_code": "500" if t % 50 == 0 else "200", "http.url": "http://localhost/users/1",
+                     "http.route": "/users/<int:id>", "_dd.p.tid": "6560000000000000", "_dd.p.dm": "-0",
+                     "language": "python", "runtime-id": "8f1e2d3c4b5a69788f1e2d3c4b5a6978", "env": "bench"},
+            "metrics": {"_dd.top_level": 1, "_dd.measured": 1, "_sampling_priority_v1": 1, "process_id": 4242},
+        }]
+        for i in range(SPANS_PER_TRACE - 1):
+            sql = i % 3 == 0
+            spans.append({
+                "trace_id": tid, "span_id": rng.getrandbits(64) | 1, "parent_id": root,
+                "service": "mysql" if sql else "web-store", "name": "mysql.query" if sql else "flask.view",
+                "resource": SQL[i % 4] if sql else f"view_{i}", "type": "sql" if sql else "web",
+                "start": now + i * 1000, "duration": 200_000 + i, "error": 0,
+                "meta": {"component": "pymysql", "span.kind": "client", "db.system": "mysql", "db.name": "shop",
+                         "out.host": "127.0.0.1"} if sql else {"component": "flask"},
+                "metrics": {"_dd.measured": 1, "_dd.top_level": 1, "db.row_count": 1} if sql else {},
+            })
+        traces.append(spans)
+    return msgpack.packb(traces)
+
+
+def load(url: str, seconds: float) -> None:
+    """Send payloads to ``url`` for ``seconds``; print JSON {spans, seconds, errors}."""
+    rng = random.Random(7)
+    host, port = url.split("//")[1].split(":")
+    payloads = [make_payload(rng) for _ in range(30)]
+    marker = b"\xa8trace_id\xcf"
+    offsets = []
+    for body in payloads:
+        found, pos = [], body.find(marker)
+        while pos >= 0:
+            found.append(pos + len(marker) + 6)
+            pos = body.find(marker, pos + 1)
+        offsets.append(found)
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    headers = {"Content-Type": "application/msgpack", "X-Datadog-Trace-Count": str(TRACES_PER_PAYLOAD),
+               "Datadog-Meta-Lang": "python", "Datadog-Meta-Tracer-Version": "bench",
+               "Datadog-Client-Computed-Top-Level": "yes"}
+    ready: queue.Queue = queue.Queue(maxsize=4)
+    stop = threading.Event()
+
+    def produce() -> None:
+        # Patching a template keeps the load process cheap (generating fresh
+        # payloads would cost as much CPU as the receiver spends on them), and
+        # doing it on a thread overlaps it with the wait for the reply.
+        i = 0
+        while not stop.is_set():
+            k = i % len(payloads)
+            buf = bytearray(payloads[k])
+            stamp = (i // len(payloads) + 1).to_bytes(2, "big")
+            for off in offsets[k]:
+                buf[off:off + 2] = stamp
+            i += 1
+            while not stop.is_set():
+                try:
+                    ready.put(bytes(buf), timeout=0.1)
+                    break
+                except queue.Full:
+                    pass
+
+    producer = threading.Thread(target=produce, daemon=True)
+    producer.start()
+    sent = errors = 0
+    start = time.perf_counter()
+    deadline = start + seconds
+    while time.perf_counter() < deadline:
+        body = ready.get()
+        conn.request("PUT", "/v0.4/traces", body, headers)
+        resp = conn.getresponse()
+        resp.read()
+        if resp.status == 200:
+            sent += TRACES_PER_PAYLOAD * SPANS_PER_TRACE
+        else:
+            errors += 1
+    stop.set()
+    elapsed = time.perf_counter() - start
+    print(json.dumps({"spans": sent, "seconds": elapsed, "errors": errors}))
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"receiver exited early: {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/info", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} not ready after {timeout}s")
+
+
+def peak_rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run_one(kind: str, seconds: float, tmp: str, test_agent: str) -> dict:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    if kind == "agent_sim":
+        db = os.path.join(tmp, f"bench-{port}.db")
+        cmd = [sys.executable, "-m", "agent_sim", "serve", "--port", str(port), "--db", db]
+    else:
+        cmd = [test_agent, f"--port={port}"]
+    env = {**os.environ, "PYTHONPATH": REPO}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp)
+    try:
+        wait_ready(url, proc)
+        out = subprocess.run([sys.executable, os.path.abspath(__file__), "load", url, str(seconds)],
+                             capture_output=True, text=True, check=True, env=env)
+        result = json.loads(out.stdout)
+        result["rss_mib"] = peak_rss_mib(proc.pid)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    result["rate"] = result["spans"] / result["seconds"]
+    return result
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["load"]:
+        load(argv[1], float(argv[2]))
+        return 0
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seconds", type=float, default=20, help="load duration per run (default 20)")
+    p.add_argument("--rounds", type=int, default=2, help="interleaved pairs (default 2)")
+    p.add_argument("--test-agent", default=os.environ.get("DDAPM_TEST_AGENT")
+                   or shutil.which("ddapm-test-agent") or "/opt/ddapm-venv/bin/ddapm-test-agent")
+    args = p.parse_args(argv)
+    have_peer = os.path.exists(args.test_agent) or shutil.which(args.test_agent)
+    ours, peer, ratios = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.rounds):
+            a = run_one("agent_sim", args.seconds, tmp, args.test_agent)
+            ours.append(a)
+            print(f"round {r + 1}: agent_sim        {a['rate']:>9,.0f} spans/s  peak RSS {a['rss_mib']:.0f} MiB"
+                  f"  errors {a['errors']}", flush=True)
+            if have_peer:
+                b = run_one("test-agent", args.seconds, tmp, args.test_agent)
+                peer.append(b)
+                ratios.append(a["rate"] / b["rate"])
+                print(f"round {r + 1}: ddapm-test-agent {b['rate']:>9,.0f} spans/s  peak RSS {b['rss_mib']:.0f} MiB"
+                      f"  errors {b['errors']}  ratio {ratios[-1]:.2f}", flush=True)
+    print(f"agent_sim median: {statistics.median(x['rate'] for x in ours):,.0f} spans/s, "
+          f"peak RSS max {max(x['rss_mib'] for x in ours):.0f} MiB")
+    if peer:
+        print(f"ddapm-test-agent median: {statistics.median(x['rate'] for x in peer):,.0f} spans/s, "
+              f"peak RSS max {max(x['rss_mib'] for x in peer):.0f} MiB")
+        print(f"ratio agent_sim / test agent: median {statistics.median(ratios):.2f} "
+              f"(per pair: {', '.join(f'{x:.2f}' for x in ratios)})")
+    else:
+        print(f"ddapm-test-agent not found at {args.test_agent}: no comparison")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
