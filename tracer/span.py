@@ -203,7 +203,14 @@ class Span:
                 self.set_exc_info(exc_type, exc_value, tb)
             except Exception:  # never mask the user's exception
                 pass
-        self.finish()
+        # finish(), inlined: this is the end of every `with tracer.trace(...)`.
+        if self.duration_ns is not None:
+            return
+        self.duration_ns = perf_counter_ns() - self._mono
+        prev = self._prev
+        if prev is not _NOT_ACTIVATED and _active.get() is self:
+            _active.set(prev)  # type: ignore[arg-type]
+        self._trace.finish_span(self)
 
     # -- helpers --------------------------------------------------------------
     @property

@@ -210,8 +210,11 @@ def test_patch_all_imports_no_library() -> None:
         "print(json.dumps([before, after]))\n"
     )
     before, after = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert before == after
-    assert not any(after.values()), after
+    assert before == after, "patch_all() imported a library"
+    # `import tracer` loads none of the third-party libraries; stdlib modules
+    # may already be there (wrapt >= 2.5 imports asyncio, hence concurrent.futures).
+    third_party = ("flask", "requests", "mysql.connector", "pymysql", "MySQLdb")
+    assert not any(after[m] for m in third_party), after
 
 
 def test_env_switch_and_explicit_keyword() -> None:
