@@ -141,7 +141,12 @@ def main() -> None:
     print(f"{args.traces} traces x {n_spans // max(1, len(chunks))} spans = {n_spans} spans, {args.rounds} interleaved rounds (best of {args.repeat} each), python {sys.version.split()[0]}, msgpack {msgpack.version}")
     for name, ts in times.items():
         print(f"  {name:28s} median {n_spans / statistics.median(ts) / 1e3:7.0f} k spans/s   ({statistics.median(ts) * 1e3:6.1f} ms)")
-    pairs = [("ours v0.4", "ddtrace v0.4"), ("ours v0.5", "ddtrace v0.5"), ("ours v0.4", "msgpack.packb(ready dicts)")]
+    pairs = [
+        ("ours v0.4", "ddtrace v0.4"),
+        ("ours v0.5", "ddtrace v0.5"),
+        ("ours v0.4", "msgpack.packb(ready dicts)"),
+        ("ours v0.5", "msgpack.packb(ready dicts)"),
+    ]
     for ours, other in pairs:
         if other in times:
             ratios = [b / a for a, b in zip(times[ours], times[other], strict=True)]

@@ -47,22 +47,29 @@ def process_chunk(chunk: list[Span], sampler: Any) -> bool:
     if priority <= 0 and not cfg.send_dropped:
         return False
     root = trace.root
-    env = cfg.env
+    root_here = False
+    # The per-span loop only marks top-level spans: a span whose parent is in
+    # the same service (most of them) costs one attribute compare. The local
+    # root always has ``_parent is None`` (see Tracer._start_trace), so it is
+    # looked for only among top-level spans and tagged once, after the loop.
     for span in chunk:
         parent = span._parent
         if parent is None or parent.service != span.service:
             span.metrics["_dd.top_level"] = 1
-        if span is root:
-            meta = span.meta
-            if env:
-                meta.setdefault("env", env)
-            if cfg.version:
-                meta.setdefault("version", cfg.version)
-            for key, value in cfg.tags.items():
-                meta.setdefault(key, value)
-            meta["language"] = "python"
-            meta["runtime-id"] = _runtime_id
-            span.metrics["process_id"] = _pid
+            if span is root:
+                root_here = True
+    env = cfg.env
+    if root_here and root is not None:
+        meta = root.meta
+        if env:
+            meta.setdefault("env", env)
+        if cfg.version:
+            meta.setdefault("version", cfg.version)
+        for key, value in cfg.tags.items():
+            meta.setdefault(key, value)
+        meta["language"] = "python"
+        meta["runtime-id"] = _runtime_id
+        root.metrics["process_id"] = _pid
     meta = first.meta
     first.metrics["_sampling_priority_v1"] = priority
     if trace.mechanism is not None and priority > 0:
