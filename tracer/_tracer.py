@@ -233,13 +233,14 @@ class Tracer:
                 span_type,
                 mono,
                 trace.wall_base + (mono - trace.mono_base),
+                parent,
             )
             next(trace.starts)
             if trace.root_done:
                 trace.start_span_late()
         else:
             span = self._start_trace(parent, name, service, resource, span_type, mono)
-        span._prev = parent
+            span._prev = parent
         _active.set(span)
         return span
 
@@ -250,7 +251,11 @@ class Tracer:
         span = _active.get()
         if span is None:
             return None
-        return span._trace.root
+        # Walk up rather than read trace.root: the writer drops that reference
+        # once the root is sent (see processor), and late children still ask.
+        while span._parent is not None:
+            span = span._parent
+        return span
 
     def activate(self, span: Span | None) -> None:
         """Make ``span`` the active span of the current context."""

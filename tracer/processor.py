@@ -45,21 +45,23 @@ def process_chunk(chunk: list[Span], sampler: Any) -> bool:
         sampler.decide(trace, trace.root or first)
     priority = trace.priority if trace.priority is not None else 1
     if priority <= 0 and not cfg.send_dropped:
+        if any(span._parent is None for span in chunk):
+            trace.root = None  # see below
         return False
-    root = trace.root
-    root_here = False
     # The per-span loop only marks top-level spans: a span whose parent is in
     # the same service (most of them) costs one attribute compare. The local
-    # root always has ``_parent is None`` (see Tracer._start_trace), so it is
-    # looked for only among top-level spans and tagged once, after the loop.
+    # root is the one span of the trace without a parent (see
+    # Tracer._start_trace); it is tagged once, after the loop.
+    root = None
     for span in chunk:
         parent = span._parent
-        if parent is None or parent.service != span.service:
+        if parent is None:
             span.metrics["_dd.top_level"] = 1
-            if span is root:
-                root_here = True
+            root = span
+        elif parent.service != span.service:
+            span.metrics["_dd.top_level"] = 1
     env = cfg.env
-    if root_here and root is not None:
+    if root is not None:
         meta = root.meta
         if env:
             meta.setdefault("env", env)
@@ -70,6 +72,11 @@ def process_chunk(chunk: list[Span], sampler: Any) -> bool:
         meta["language"] = "python"
         meta["runtime-id"] = _runtime_id
         root.metrics["process_id"] = _pid
+        # The sampling decision is made, so nothing needs trace.root any more:
+        # dropping it breaks the trace <-> root reference cycle, and the
+        # spans are freed by reference counting as soon as they are sent,
+        # instead of waiting for (and lengthening) cyclic garbage collections.
+        trace.root = None
     meta = first.meta
     first.metrics["_sampling_priority_v1"] = priority
     if trace.mechanism is not None and priority > 0:

@@ -78,6 +78,7 @@ class Span:
         span_type: str | None,
         mono: int,
         start_ns: int,
+        prev: object = _NOT_ACTIVATED,
     ) -> None:
         self._trace = trace
         self.trace_id = trace_id
@@ -94,7 +95,7 @@ class Span:
         self.error = 0
         self.meta = {}
         self.metrics = {}
-        self._prev = _NOT_ACTIVATED
+        self._prev = prev  # the span active before this one, if activated
 
     # -- tags -----------------------------------------------------------------
     def set_tag(self, key: str, value: Any) -> None:
@@ -207,8 +208,11 @@ class Span:
         if self.duration_ns is not None:
             return
         self.duration_ns = perf_counter_ns() - self._mono
+        # A `with` block ends in the context it began in, where this span is
+        # still the active one (unless the block itself activated another):
+        # restore the previous one without reading the variable first.
         prev = self._prev
-        if prev is not _NOT_ACTIVATED and _active.get() is self:
+        if prev is not _NOT_ACTIVATED:
             _active.set(prev)  # type: ignore[arg-type]
         self._trace.finish_span(self)
 
