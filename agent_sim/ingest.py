@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import threading
 import time
+from array import array
+from collections import deque
 from typing import Any
 
 import msgpack
@@ -23,7 +25,14 @@ from agent_sim.store import JOURNAL_CLIENT_STATS, JOURNAL_GROUPS, Store
 
 KEEP_10S_NS = 24 * HOUR_NS
 KEEP_1H_NS = 30 * 24 * HOUR_NS
-_RECENT_TRACES = 20_000  # traces whose span ids are remembered for duplicate detection across chunks
+# Span ids of each trace are remembered for _RECENT_S seconds after its first
+# chunk, to count duplicates across chunks (partial flushes and several
+# services arrive within seconds). Memory is rate x window, so it is flat after
+# _RECENT_S seconds at any steady rate (a count-bounded memory kept filling for
+# minutes at low rates); _RECENT_MAX caps bursts. Ids are packed ("Q" array
+# bytes): ~100 B per trace where a set of ints cost ~600 B.
+_RECENT_S = 10
+_RECENT_MAX = 50_000
 
 
 class Receiver:
@@ -45,7 +54,8 @@ class Receiver:
         self.totals: dict[tuple, Entry] = {}
         self._counters: dict[str, int] = dict(self.store.counters())
         self._pending: dict[str, int] = {}
-        self._recent: dict[int, set[int]] = {}
+        self._recent: dict[int, bytes] = {}  # trace id -> packed span ids ("Q" array bytes)
+        self._recent_seconds: deque[tuple[int, list[int]]] = deque()  # (second, trace ids first seen then)
         self._seen_services: set[tuple[str, str]] = set()
         self._rates_body = b""
         self._load_stats()
@@ -98,13 +108,7 @@ class Receiver:
             valid.append(spans)
             ids = {s["span_id"] for s in spans}
             duplicates += len(spans) - len(ids)
-            tid = spans[0]["trace_id"]
-            earlier = self._recent.get(tid)
-            if earlier is not None:
-                duplicates += len(earlier & ids)
-                earlier |= ids
-            else:
-                self._recent[tid] = ids
+            duplicates += self._remember(spans[0]["trace_id"], ids)
             first = spans[0]
             priority = first["metrics"].get("_sampling_priority_v1")
             if priority is None:
@@ -119,9 +123,6 @@ class Receiver:
                 if pair not in seen:
                     seen.add(pair)
                     self._update_rates()
-        if len(self._recent) > _RECENT_TRACES:
-            for key in list(self._recent)[: _RECENT_TRACES // 2]:
-                self._recent.pop(key, None)
         groups = [] if client_stats else compute_groups(valid, client_top_level)
         journal = [(JOURNAL_GROUPS, msgpack.packb(groups))] if groups else []
         with self.lock:
@@ -135,6 +136,27 @@ class Receiver:
             self.store.ingest(to_store, journal, {})
             self.concentrator.apply(groups)
         self._notify()
+
+    def _remember(self, tid: int, ids: set[int]) -> int:
+        """Record a chunk's span ids; returns how many an earlier chunk of the
+        same trace already had. Handler threads race here harmlessly: at worst
+        a duplicate across two concurrent chunks goes uncounted."""
+        recent = self._recent
+        earlier = recent.get(tid)
+        if earlier is not None:
+            old = set(array("Q", earlier))
+            recent[tid] = array("Q", old | ids).tobytes()
+            return len(old & ids)
+        seconds = self._recent_seconds
+        now = int(time.monotonic())
+        if not seconds or seconds[-1][0] != now:
+            while seconds and (seconds[0][0] <= now - _RECENT_S or len(recent) > _RECENT_MAX):
+                for old_tid in seconds.popleft()[1]:
+                    recent.pop(old_tid, None)
+            seconds.append((now, []))
+        seconds[-1][1].append(tid)
+        recent[tid] = array("Q", ids).tobytes()
+        return 0
 
     def ingest_client_stats(self, payload: dict[str, Any]) -> None:
         """Merge a decoded ``/v0.6/stats`` payload (journaled like trace stats)."""
@@ -187,8 +209,13 @@ class Receiver:
                 for api_key, entry in self.totals.items():
                     add(api_key, entry)
             else:
-                for row in self.store.stats_rows(since_ns, until_ns, service):
-                    add(tuple(row[2:6]), Entry.unpack(row[9]))
+                unpackb = msgpack.unpackb
+                for svc, name, resource, type_, data in self.store.window_rows(since_ns, until_ns, service):
+                    api_key = (svc, name, resource, type_)
+                    e = out.get(api_key)
+                    if e is None:
+                        e = out[api_key] = Entry()
+                    e.merge_wire(unpackb(data))
             for bucket, entries in self.concentrator.live.items():
                 if since_ns is not None and bucket + BUCKET_NS <= since_ns:
                     continue

@@ -34,6 +34,26 @@ __all__ = ["KEEP_10S_NS", "KEEP_1H_NS", "Receiver", "ReceiverServer", "build_par
 MAX_BODY = 25 * 1024 * 1024
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 FLUSH_INTERVAL_S = 1.0
+TRIM_INTERVAL_S = 10.0
+
+
+def _malloc_trim() -> Callable[[], None]:
+    """glibc's ``malloc_trim(0)``, or a no-op elsewhere.
+
+    Payload bodies, decoded spans and SQLite pages are allocated and freed on
+    the handler threads' malloc arenas; glibc keeps the freed pages, so RSS
+    crept up ~1 MiB/min under steady load although live memory was flat.
+    Trimming hands them back to the OS (a few ms, on the maintenance thread)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return lambda: None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return lambda: trim(0) and None
 
 
 # -- HTTP ---------------------------------------------------------------------
@@ -352,7 +372,8 @@ class ReceiverServer:
             self._maint.start()
 
     def _maintenance_loop(self) -> None:
-        last_full = 0.0
+        last_full = last_trim = 0.0
+        trim = _malloc_trim()
         while not self._stop.wait(FLUSH_INTERVAL_S):
             try:
                 now = time.monotonic()
@@ -360,6 +381,9 @@ class ReceiverServer:
                 self.receiver.maintain(full=full)
                 if full:
                     last_full = now
+                if now - last_trim > TRIM_INTERVAL_S:
+                    trim()
+                    last_trim = now
             except Exception as exc:  # keep serving; report once per failure
                 print(f"agent_sim: maintenance failed: {exc!r}", file=sys.stderr)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 import struct
 
+import msgpack
+
 from agent_sim.stats import BUCKET_NS, Concentrator, Entry, Sketch, apply_client_stats, compute_groups, summarize
 
 
@@ -138,3 +140,19 @@ def test_client_stats_sketch_decoded() -> None:
     assert bucket == 20 * BUCKET_NS and k == ("s", "n", "r", "web", "", 200, False)
     assert e.hits == 4 and e.ok.count == 4 and e.ok.zero == 1
     assert abs(e.ok.quantile(0.99) - 1_000_000) <= 0.03 * 1_000_000
+
+
+def test_merge_wire_equals_merge_of_unpacked_entry() -> None:
+    a, b = Entry(), Entry()
+    a.hits, a.errors, a.duration = 3, 1, 600
+    a.ok.add_many([100, 200])
+    a.err.add_many([300])
+    b.hits, b.top_level_hits, b.duration = 2, 2, 1500
+    b.ok.add_many([0, 1500])
+    via_wire, via_entry = Entry(), Entry()
+    for e in (a, b):
+        via_wire.merge_wire(msgpack.unpackb(e.pack()))
+        via_entry.merge(Entry.unpack(e.pack()))
+    assert via_wire.to_wire() == via_entry.to_wire()
+    assert (via_wire.hits, via_wire.top_level_hits, via_wire.errors, via_wire.duration) == (5, 2, 1, 2100)
+    assert via_wire.err.count == 1 and via_wire.ok.max == 1500 and via_wire.ok.zero == 1

@@ -51,6 +51,24 @@ def test_eviction_by_age_and_count(tmp_path: Any) -> None:
     store.close()
 
 
+def test_eviction_of_interleaved_multi_chunk_traces(tmp_path: Any) -> None:
+    # chunks of old and surviving traces interleave: eviction deletes exactly
+    # the evicted traces' chunks (range delete plus the later chunks)
+    store = Store(str(tmp_path / "m.db"))
+    store.ingest([[mk(1, 1)], [mk(2, 1)]], [], {})
+    store.ingest([[mk(3, 1)], [mk(1, 2, parent=1)]], [], {})  # trace 1's second chunk after trace 3's first
+    store.ingest([[mk(2, 2, parent=1)], [mk(3, 2, parent=1)], [mk(4, 1)]], [], {})
+    assert store.evict(max_traces=2, max_age_s=3600) == 2
+    assert sorted(r[0] for r in store.list_traces()) == [3, 4]
+    assert [len(store.get_trace(t)[1]) for t in (3, 4)] == [2, 1]
+    assert store.execute("SELECT count(*) FROM chunks")[0][0] == 3
+    assert store.evict(max_traces=0, max_age_s=3600) == 2
+    assert store.execute("SELECT count(*) FROM chunks")[0][0] == 0
+    store.ingest([[mk(5, 1)]], [], {})  # numbering carries on after an empty table
+    assert store.get_trace(5) is not None
+    store.close()
+
+
 def test_stats_survive_restart_and_journal_replays(tmp_path: Any) -> None:
     db = str(tmp_path / "c.db")
     rx = Receiver(db)
