@@ -41,8 +41,9 @@ export DDAPM_TEST_AGENT="$PWD/.venv-testagent/bin/ddapm-test-agent"
 export MARIADBD="$(command -v mariadbd || echo /usr/sbin/mariadbd)"
 export CHROMIUM="$(command -v chromium)"
 
-log "ruff"
+log "ruff, mypy"
 python -m ruff check tracer contrib agent_sim tests benchmarks examples
+python -m mypy
 
 log "pytest"
 set +e
