@@ -262,43 +262,34 @@ class TracedCursor(wrapt.ObjectProxy):
         self._self_info = info
 
     def execute(self, *args: Any, **kwargs: Any) -> Any:
+        return self._traced("execute", args, kwargs, False)
+
+    def executemany(self, *args: Any, **kwargs: Any) -> Any:
+        return self._traced("executemany", args, kwargs, True)
+
+    def _traced(self, method: str, args: tuple, kwargs: dict, many: bool) -> Any:
         wrapped = self.__wrapped__
         info = self._self_info
+        call = getattr(wrapped, method)
         call_args, call_kwargs = args, kwargs
         try:
             span = _start(info, info.query_name, args[0] if args else _sql_arg(info, args, kwargs))
-            if info.dbm and config.dbm_propagation != "disabled":
+            if many:
+                # No DBM comment: it would defeat the drivers' multi-row INSERT rewrite.
+                span.meta["sql.executemany"] = "true"
+            elif info.dbm and config.dbm_propagation != "disabled":
                 call_args, call_kwargs = _with_comment(info, span, args, kwargs)
         except Exception:
-            internal_error("dbapi.execute")
-            result = wrapped.execute(*args, **kwargs)
+            internal_error("dbapi." + method)
+            result = call(*args, **kwargs)
             return self if result is wrapped else result
         try:
-            result = wrapped.execute(*call_args, **call_kwargs)
+            result = call(*call_args, **call_kwargs)
         except BaseException:
             _finish_error(span)
             raise
         _finish(span, wrapped)
         # Drivers that return the cursor itself (sqlite3) must get the proxy back.
-        return self if result is wrapped else result
-
-    def executemany(self, *args: Any, **kwargs: Any) -> Any:
-        # No DBM comment: it would defeat the drivers' multi-row INSERT rewrite.
-        wrapped = self.__wrapped__
-        info = self._self_info
-        try:
-            span = _start(info, info.query_name, _sql_arg(info, args, kwargs))
-            span.meta["sql.executemany"] = "true"
-        except Exception:
-            internal_error("dbapi.executemany")
-            result = wrapped.executemany(*args, **kwargs)
-            return self if result is wrapped else result
-        try:
-            result = wrapped.executemany(*args, **kwargs)
-        except BaseException:
-            _finish_error(span)
-            raise
-        _finish(span, wrapped)
         return self if result is wrapped else result
 
     def __enter__(self) -> Any:

@@ -327,15 +327,21 @@ class _ClosingBody:
         return iter(self._body)
 
     def close(self) -> None:
-        close = getattr(self._body, "close", None)
+        _close_then_finish(self._body, self._span)
+
+
+def _close_then_finish(body: Any, span: Span) -> None:
+    """Close the app's body (its exceptions propagate, as the server expects),
+    then end the request span whatever happened."""
+    close = getattr(body, "close", None)
+    try:
+        if close is not None:
+            close()
+    finally:
         try:
-            if close is not None:
-                close()
-        finally:
-            try:
-                self._span.finish()
-            except Exception:
-                internal_error("flask.response.close")
+            span.finish()
+        except Exception:
+            internal_error("flask.response.close")
 
 
 class _ClosingFile:
@@ -352,12 +358,4 @@ class _ClosingFile:
         return self._filelike.read(*args)
 
     def close(self) -> None:
-        close = getattr(self._filelike, "close", None)
-        try:
-            if close is not None:
-                close()
-        finally:
-            try:
-                self._span.finish()
-            except Exception:
-                internal_error("flask.response.close")
+        _close_then_finish(self._filelike, self._span)
