@@ -33,6 +33,7 @@ def test_installed_copy_imports_every_package(tmp_path):
     env["PYTHONPATH"] = str(target)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
-    assert (target / "agent_sim" / "static").is_dir() or not (os.path.isdir(os.path.join(REPO, "agent_sim", "static")))
+    assert (target / "agent_sim" / "static" / "index.html").is_file(), "the web page must ship in the package"
+    assert (target / "agent_sim" / "demo_shop" / "templates").is_dir(), "the demo's templates must ship too"
     entry_points = (next(target.glob("tracer_apm-*.dist-info")) / "entry_points.txt").read_text()
     assert "tracer-run = tracer.run:main" in entry_points and "agent-sim = agent_sim.cli:main" in entry_points

@@ -24,7 +24,7 @@ from typing import Any, Callable, TypeVar
 from tracer.buffer import TraceBuffer, _Trace
 from tracer.config import config as _config
 from tracer.context import Context, _active
-from tracer.span import _NOT_ACTIVATED, Span
+from tracer.span import Span
 
 log = logging.getLogger("tracer")
 
@@ -256,12 +256,6 @@ class Tracer:
         while span._parent is not None:
             span = span._parent
         return span
-
-    def activate(self, span: Span | None) -> None:
-        """Make ``span`` the active span of the current context."""
-        if span is not None and span._prev is _NOT_ACTIVATED:
-            span._prev = _active.get()
-        _active.set(span)
 
     # -- decorator -------------------------------------------------------------
     def wrap(

@@ -135,9 +135,6 @@ class TraceBuffer:
         self._live: set[_Trace] = set()
         self.lost_spans = 0  # open at shutdown: counted, not sent
 
-    def open_span_count(self) -> int:
-        return sum(t.started_count() - len(t.finished) for t in list(self._live))
-
     def count_lost(self) -> int:
         """At shutdown: count the spans still open (and drop their finished
         siblings' pending chunks with them, counted as lost too)."""

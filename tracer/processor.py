@@ -12,7 +12,6 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from tracer.config import config as _config
-from tracer.version import __version__  # noqa: F401  (kept importable for the writer's headers)
 
 if TYPE_CHECKING:
     from tracer.span import Span

@@ -28,10 +28,6 @@ _NOT_ACTIVATED = object()
 _STRING_TAGS = frozenset(("http.status_code",))
 
 
-def _truncate_key(key: str) -> str:
-    return key[:MAX_KEY_LEN]
-
-
 class Span:
     __slots__ = (
         "trace_id",
@@ -217,15 +213,6 @@ class Span:
         self._trace.finish_span(self)
 
     # -- helpers --------------------------------------------------------------
-    @property
-    def context(self) -> Span:
-        """What ``propagation.inject`` and ``child_of`` accept; the span itself."""
-        return self
-
-    @property
-    def sampling_priority(self) -> int | None:
-        return self._trace.priority
-
     def __repr__(self) -> str:
         return (
             f"Span(name={self.name!r}, service={self.service!r}, resource={self.resource!r}, "

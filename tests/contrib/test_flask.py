@@ -9,21 +9,15 @@ from typing import Any
 import pytest
 
 import tracer as tracer_pkg
-from tests.contrib.apps.flask_helpers import load_app, root_of, stable_meta, trees
+from tests.contrib.apps.flask_helpers import load_app, patched_for_module, root_of, stable_meta, trees
 from tests.contrib.contract import IntegrationContract
 from tests.utils import free_port
-from tracer import _patching
 from tracer.config import config
 
 
 @pytest.fixture(scope="module", autouse=True)
 def patched() -> Iterator[None]:
-    was = {name: _patching.is_patched(name) for name in ("flask", "requests")}
-    tracer_pkg.patch(flask=True, requests=True)
-    yield
-    for name, before in was.items():
-        if not before:
-            tracer_pkg.unpatch(**{name: True})
+    yield from patched_for_module("flask", "requests")
 
 
 @pytest.fixture(scope="module")

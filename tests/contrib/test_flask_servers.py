@@ -19,20 +19,14 @@ from werkzeug.serving import make_server
 
 import tracer as tracer_pkg
 from contrib._http import untraced
-from tests.contrib.apps.flask_helpers import APPS_DIR, load_app, root_of, trees
+from tests.contrib.apps.flask_helpers import APPS_DIR, load_app, patched_for_module, root_of, trees
 from tests.receiver import RunningReceiver
 from tests.utils import REPO, free_port, render_tree, wait_for_port
-from tracer import _patching
 
 
 @pytest.fixture(scope="module", autouse=True)
 def patched() -> Iterator[None]:
-    was = {name: _patching.is_patched(name) for name in ("flask", "requests")}
-    tracer_pkg.patch(flask=True, requests=True)
-    yield
-    for name, before in was.items():
-        if not before:
-            tracer_pkg.unpatch(**{name: True})
+    yield from patched_for_module("flask", "requests")
 
 
 def _serve(app: Any) -> tuple[Any, str]:

@@ -21,6 +21,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from tests.utils import REPO, free_port
@@ -198,6 +200,20 @@ class Load:
         assert self.proc.wait(timeout) == 0
         with open(self.out) as f:
             return [json.loads(line) for line in f]
+
+
+@contextmanager
+def running_stack(logdir: str, db_env: dict[str, str]) -> Iterator[tuple[Receiver, Shop, str]]:
+    """The receiver, then the shop sending to it; both stopped on exit."""
+    receiver = Receiver(logdir)
+    receiver.start()
+    shop = Shop(logdir, receiver.url, db_env)
+    try:
+        shop.start()
+        yield receiver, shop, logdir
+    finally:
+        shop.stop()
+        receiver.stop()
 
 
 def p50(records: list[dict[str, Any]]) -> float:

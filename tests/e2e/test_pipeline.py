@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.stack import EXPECTED_STATUS, Load, Receiver, Shop, check_trace, p50, wait_for_rids
+from tests.e2e.stack import EXPECTED_STATUS, Load, Receiver, Shop, check_trace, p50, running_stack, wait_for_rids
 from tests.utils import IN_CI
 
 pytestmark = pytest.mark.timeout(120)
@@ -45,16 +45,8 @@ def db_env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 
 @pytest.fixture(scope="module")
 def stack(db_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Receiver, Shop, str]]:
-    logdir = str(tmp_path_factory.mktemp("e2e"))
-    receiver = Receiver(logdir)
-    receiver.start()
-    shop = Shop(logdir, receiver.url, db_env)
-    try:
-        shop.start()
-        yield receiver, shop, logdir
-    finally:
-        shop.stop()
-        receiver.stop()
+    with running_stack(str(tmp_path_factory.mktemp("e2e")), db_env) as running:
+        yield running
 
 
 def answered_ok(records: list[dict[str, Any]]) -> list[str]:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.stack import Load, Receiver, Shop
+from tests.e2e.stack import Load, Receiver, Shop, running_stack
 
 DURATION_S = 60.0
 WARMUP_S = 15.0
@@ -49,16 +49,8 @@ def slope_per_minute(samples: list[tuple[float, float]]) -> float:
 def soak_stack(tmp_path: os.PathLike, request: pytest.FixtureRequest) -> Iterator[tuple[Receiver, Shop, str]]:
     info = request.getfixturevalue("mariadb")
     db_env = {"SHOP_DATABASE_URL": f"mysql://{info.user}:{info.password}@{info.host}:{info.port}/{info.db}"}
-    logdir = str(tmp_path)
-    receiver = Receiver(logdir)
-    receiver.start()
-    shop = Shop(logdir, receiver.url, db_env)
-    try:
-        shop.start()
-        yield receiver, shop, logdir
-    finally:
-        shop.stop()
-        receiver.stop()
+    with running_stack(str(tmp_path), db_env) as running:
+        yield running
 
 
 def test_rss_is_flat_under_sustained_load(soak_stack: tuple[Receiver, Shop, str]) -> None:

@@ -7,14 +7,27 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
+import tracer as tracer_pkg
 from tests.utils import render_tree
-from tracer import tracer
+from tracer import _patching, tracer
 
 APPS_DIR = os.path.dirname(os.path.abspath(__file__))
 TAGS = ("http.status_code", "error.type")
 VOLATILE_META = ("runtime-id", "_dd.p.tid", "_dd.p.dm", "language")
+
+
+def patched_for_module(*names: str) -> Iterator[None]:
+    """Body of a module-scoped fixture: patch ``names``, and afterwards unpatch
+    those that were not patched before."""
+    was = {name: _patching.is_patched(name) for name in names}
+    tracer_pkg.patch(**{name: True for name in names})
+    yield
+    for name, before in was.items():
+        if not before:
+            tracer_pkg.unpatch(**{name: True})
 
 
 def load_app(name: str) -> Any:
