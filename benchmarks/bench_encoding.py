@@ -33,16 +33,17 @@ import msgpack  # noqa: E402
 from tracer import tracer  # noqa: E402
 from tracer.encoding import encode_v04, encode_v05  # noqa: E402
 from tracer.processor import process_chunk  # noqa: E402
+from tracer.span import RECORD_LEN, records  # noqa: E402
 
 _MASK64 = (1 << 64) - 1
 
 
 class _Sink:
     def __init__(self) -> None:
-        self.chunks: list[list[Any]] = []
+        self.chunks: list[tuple[Any, list[Any]]] = []
 
-    def write(self, chunk: list[Any]) -> None:
-        self.chunks.append(chunk)
+    def write(self, trace: Any, chunk: list[Any]) -> None:
+        self.chunks.append((trace, chunk))
 
     def flush(self, timeout: float = 0) -> bool:
         return True
@@ -62,14 +63,16 @@ def our_chunks(n_traces: int) -> list[list[Any]]:
                 root.set_tag("http.status_code", "200")
                 root.set_metric("items", 3)
                 for _ in range(9):
-                    with tracer.trace("mysql.query", service="mysql", resource="SELECT * FROM users WHERE id = %s", span_type="sql") as s:
+                    with tracer.trace(
+                        "mysql.query", service="mysql", resource="SELECT * FROM users WHERE id = %s", span_type="sql"
+                    ) as s:
                         s.set_tag("db.system", "mysql")
                         s.set_tag("component", "pymysql")
                         s.set_tag("span.kind", "client")
                         s.set_metric("db.row_count", 1)
     finally:
         tracer._writer = previous
-    return [c for c in sink.chunks if process_chunk(c, tracer.sampler)]
+    return [c for t, c in sink.chunks if process_chunk(t, c, tracer.sampler)]
 
 
 def ddtrace_traces(chunks: list[list[Any]]) -> list[list[Any]] | None:
@@ -81,9 +84,17 @@ def ddtrace_traces(chunks: list[list[Any]]) -> list[list[Any]] | None:
     out = []
     for chunk in chunks:
         trace = []
-        for s in chunk:
-            d = DDSpan(s.name, service=s.service, resource=s.resource, span_type=s.span_type,
-                       trace_id=s.trace_id, span_id=s.span_id, parent_id=s.parent_id or None, start=s.start_ns / 1e9)
+        for s in records(chunk):
+            d = DDSpan(
+                s.name,
+                service=s.service,
+                resource=s.resource,
+                span_type=s.span_type,
+                trace_id=s.trace_id,
+                span_id=s.span_id,
+                parent_id=s.parent_id or None,
+                start=s.start_ns / 1e9,
+            )
             for k, v in s.meta.items():
                 d.set_tag(k, v)
             for k, v in s.metrics.items():
@@ -117,7 +128,7 @@ def main() -> None:
     args = parser.parse_args()
 
     chunks = our_chunks(args.traces)
-    n_spans = sum(map(len, chunks))
+    n_spans = sum(map(len, chunks)) // RECORD_LEN
     ready = msgpack.unpackb(encode_v04(chunks))
     variants: dict[str, Callable[[], Any]] = {
         "ours v0.4": lambda: encode_v04(chunks),
@@ -138,9 +149,13 @@ def main() -> None:
                 best = min(best, time.perf_counter() - started)
             times[name].append(best)
 
-    print(f"{args.traces} traces x {n_spans // max(1, len(chunks))} spans = {n_spans} spans, {args.rounds} interleaved rounds (best of {args.repeat} each), python {sys.version.split()[0]}, msgpack {msgpack.version}")
+    print(
+        f"{args.traces} traces x {n_spans // max(1, len(chunks))} spans = {n_spans} spans, {args.rounds} interleaved rounds (best of {args.repeat} each), python {sys.version.split()[0]}, msgpack {msgpack.version}"
+    )
     for name, ts in times.items():
-        print(f"  {name:28s} median {n_spans / statistics.median(ts) / 1e3:7.0f} k spans/s   ({statistics.median(ts) * 1e3:6.1f} ms)")
+        print(
+            f"  {name:28s} median {n_spans / statistics.median(ts) / 1e3:7.0f} k spans/s   ({statistics.median(ts) * 1e3:6.1f} ms)"
+        )
     pairs = [
         ("ours v0.4", "ddtrace v0.4"),
         ("ours v0.5", "ddtrace v0.5"),
@@ -150,7 +165,9 @@ def main() -> None:
     for ours, other in pairs:
         if other in times:
             ratios = [b / a for a, b in zip(times[ours], times[other], strict=True)]
-            print(f"  speed {ours} / {other}: median {statistics.median(ratios):.2f}x (per round: {', '.join(f'{r:.2f}' for r in ratios)})")
+            print(
+                f"  speed {ours} / {other}: median {statistics.median(ratios):.2f}x (per round: {', '.join(f'{r:.2f}' for r in ratios)})"
+            )
 
 
 if __name__ == "__main__":

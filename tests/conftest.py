@@ -19,6 +19,7 @@ from tests.mariadb import mariadb  # noqa: F401  (session fixture: one real Mari
 from tracer import _errors
 from tracer import tracer as global_tracer
 from tracer.config import config
+from tracer.span import FinishedSpan, records
 
 
 @pytest.fixture(autouse=True)
@@ -33,13 +34,15 @@ def internal_errors() -> Iterator[None]:
 
 
 class SpanSink:
-    """Collects finished chunks in memory, processed as the writer would."""
+    """Collects finished chunks in memory, as named span views
+    (``tracer.span.FinishedSpan``); ``processed()`` runs the writer's
+    processing on them first."""
 
     def __init__(self) -> None:
-        self.chunks: list[list[Any]] = []
+        self.raw: list[tuple[Any, list[Any]]] = []
 
-    def write(self, chunk: list[Any]) -> None:
-        self.chunks.append(chunk)
+    def write(self, trace: Any, chunk: list[Any]) -> None:
+        self.raw.append((trace, chunk))
 
     def flush(self, timeout: float = 0) -> bool:
         return True
@@ -51,20 +54,20 @@ class SpanSink:
         return {}
 
     @property
-    def spans(self) -> list[Any]:
+    def chunks(self) -> list[list[FinishedSpan]]:
+        return [records(chunk) for _, chunk in self.raw]
+
+    @property
+    def spans(self) -> list[FinishedSpan]:
         return [span for chunk in self.chunks for span in chunk]
 
-    def processed(self) -> list[list[Any]]:
+    def processed(self) -> list[list[FinishedSpan]]:
         from tracer.processor import process_chunk
 
-        out = []
-        for chunk in self.chunks:
-            if process_chunk(chunk, global_tracer.sampler):
-                out.append(chunk)
-        return out
+        return [records(chunk) for trace, chunk in self.raw if process_chunk(trace, chunk, global_tracer.sampler)]
 
     def reset(self) -> None:
-        self.chunks = []
+        self.raw = []
 
 
 @pytest.fixture

@@ -26,17 +26,29 @@ Called on the writer thread only (or by benchmarks/tests); not thread-safe.
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgpack
 
-if TYPE_CHECKING:
-    from tracer.span import Span
+from tracer.span import RECORD_LEN, FinishedSpan, iter_records, records
 
 _MASK64 = (1 << 64) - 1
 _ENCODE_ERRORS = (TypeError, ValueError, OverflowError, UnicodeEncodeError)
 # v0.4 span map keys, in the order they go on the wire.
-_V04_KEYS = ("trace_id", "span_id", "parent_id", "service", "name", "resource", "type", "start", "duration", "error", "meta", "metrics")
+_V04_KEYS = (
+    "trace_id",
+    "span_id",
+    "parent_id",
+    "service",
+    "name",
+    "resource",
+    "type",
+    "start",
+    "duration",
+    "error",
+    "meta",
+    "metrics",
+)
 
 
 class TraceTooBig(Exception):
@@ -70,28 +82,24 @@ def _safe_number(value: Any) -> float | int:
         return 0.0
 
 
-def _sanitized(chunk: list[Span]) -> list[Any]:
-    """Plain copies of the chunk's spans with every field coerced to its wire type
-    (the slow path, taken only when packing the real spans raised)."""
-    from types import SimpleNamespace
-
-    out = []
-    for s in chunk:
-        out.append(
-            SimpleNamespace(
-                trace_id=int(s.trace_id or 0),
-                span_id=int(s.span_id or 0) & _MASK64,
-                parent_id=int(s.parent_id or 0) & _MASK64,
-                service=_safe_str(s.service or ""),
-                name=_safe_str(s.name or ""),
-                resource=_safe_str(s.resource or ""),
-                span_type=_safe_str(s.span_type or ""),
-                start_ns=max(0, int(s.start_ns or 0)),
-                duration_ns=max(0, int(s.duration_ns or 0)),
-                error=1 if s.error else 0,
-                meta={_safe_str(k): _safe_str(v) for k, v in (s.meta or {}).items()},
-                metrics={_safe_str(k): _safe_number(v) for k, v in (s.metrics or {}).items()},
-            )
+def _sanitized(chunk: list[Any]) -> list[Any]:
+    """A copy of the flat chunk with every field coerced to its wire type
+    (the slow path, taken only when packing the real records raised)."""
+    out: list[Any] = []
+    for r in records(chunk):
+        out += (
+            int(r.trace_id or 0),
+            int(r.span_id or 0) & _MASK64,
+            int(r.parent_id or 0) & _MASK64,
+            _safe_str(r.service or ""),
+            _safe_str(r.name or ""),
+            _safe_str(r.resource or ""),
+            _safe_str(r.span_type or ""),
+            max(0, int(r.start_ns or 0)),
+            max(0, int(r.duration_ns or 0)),
+            1 if r.error else 0,
+            {_safe_str(k): _safe_str(v) for k, v in (r.meta or {}).items()},
+            {_safe_str(k): _safe_number(v) for k, v in (r.metrics or {}).items()},
         )
     return out
 
@@ -113,8 +121,8 @@ class PayloadV04:
         self._rows: list[dict[str, Any]] = []  # span maps reused by _encode, in wire key order
 
     def _encode(self, chunk: list[Any]) -> bytes:
-        tid = chunk[0].trace_id & _MASK64
-        n = len(chunk)
+        tid = chunk[0] & _MASK64
+        n = len(chunk) // RECORD_LEN
         rows = self._rows
         if len(rows) < n:
             rows.extend(dict.fromkeys(_V04_KEYS) for _ in range(n - len(rows)))
@@ -122,22 +130,40 @@ class PayloadV04:
         # storing into an existing dict skips the allocation, hashing and
         # teardown (measured ~10 % faster for the whole encode). Every key is
         # assigned for each span, so nothing of a previous trace leaks through.
-        for d, s in zip(rows, chunk, strict=False):  # rows may outnumber the spans
+        spans = iter_records(chunk)
+        for d, (
+            _,
+            span_id,
+            parent_id,
+            service,
+            name,
+            resource,
+            span_type,
+            start,
+            duration,
+            error,
+            meta,
+            metrics,
+        ) in zip(
+            rows,
+            spans,
+            strict=False,  # rows may outnumber the spans
+        ):
             d["trace_id"] = tid
-            d["span_id"] = s.span_id
-            d["parent_id"] = s.parent_id
-            d["service"] = s.service or ""
-            d["name"] = s.name
-            d["resource"] = s.resource
-            d["type"] = s.span_type or ""
-            d["start"] = s.start_ns
-            d["duration"] = s.duration_ns or 0
-            d["error"] = s.error
-            d["meta"] = s.meta
-            d["metrics"] = s.metrics
+            d["span_id"] = span_id
+            d["parent_id"] = parent_id
+            d["service"] = service or ""
+            d["name"] = name
+            d["resource"] = resource
+            d["type"] = span_type or ""
+            d["start"] = start
+            d["duration"] = duration
+            d["error"] = error
+            d["meta"] = meta
+            d["metrics"] = metrics
         return self._pack(rows if len(rows) == n else rows[:n])
 
-    def put(self, chunk: list[Span]) -> bool:
+    def put(self, chunk: list[Any]) -> bool:
         """Add one trace chunk. False (nothing added) when it would push a
         non-empty payload past ``limit``; raises ``TraceTooBig`` when the
         chunk alone does not fit."""
@@ -153,7 +179,7 @@ class PayloadV04:
         self._parts.append(body)
         self.size = size
         self.traces += 1
-        self.spans += len(chunk)
+        self.spans += len(chunk) // RECORD_LEN
         return True
 
     def finish(self) -> bytes:
@@ -279,48 +305,64 @@ class PayloadV05:
         table = self._table
         st = table.index
         add = table.add
-        tid = chunk[0].trace_id & _MASK64
+        tid = chunk[0] & _MASK64
         spans: list[tuple[Any, ...]] = []
-        for s in chunk:
+        for (
+            _,
+            span_id,
+            parent_id,
+            service,
+            name,
+            resource,
+            span_type,
+            start,
+            duration,
+            error,
+            meta,
+            metrics,
+        ) in iter_records(chunk):
             try:
                 # Inlined (a helper call per span costs ~100 ns); plain loops
                 # because a comprehension is a function call in 3.11 and
                 # map/zip over ``st.__getitem__`` measured slower for the 2-4
                 # tags spans usually have. A tuple packs as an array.
-                meta = {}
-                for k, v in s.meta.items():
+                meta_ids = {}
+                for k, v in meta.items():
                     try:
-                        meta[st[k]] = st[v]
+                        meta_ids[st[k]] = st[v]
                     except KeyError:  # typically a new value (a URL): add just this pair
-                        meta[add(k)] = add(v)
-                metrics = {}
-                for k, v in s.metrics.items():
+                        meta_ids[add(k)] = add(v)
+                metric_ids = {}
+                for k, v in metrics.items():
                     try:
-                        metrics[st[k]] = v
+                        metric_ids[st[k]] = v
                     except KeyError:
-                        metrics[add(k)] = v
+                        metric_ids[add(k)] = v
                 spans.append(
                     (
-                        st[s.service],
-                        st[s.name],
-                        st[s.resource],
+                        st[service],
+                        st[name],
+                        st[resource],
                         tid,
-                        s.span_id,
-                        s.parent_id,
-                        s.start_ns,
-                        s.duration_ns or 0,
-                        s.error,
-                        meta,
-                        metrics,
-                        st[s.span_type],
+                        span_id,
+                        parent_id,
+                        start,
+                        duration,
+                        error,
+                        meta_ids,
+                        metric_ids,
+                        st[span_type],
                     )
                 )
             except KeyError:  # a new service, name, resource or type: rebuild the span the slow way
+                s = FinishedSpan(
+                    tid, span_id, parent_id, service, name, resource, span_type, start, duration, error, meta, metrics
+                )
                 table.add_span(s)
                 spans.append(_v05_span(st, tid, s))
         return self._pack(spans)
 
-    def put(self, chunk: list[Span]) -> bool:
+    def put(self, chunk: list[Any]) -> bool:
         """As ``PayloadV04.put``; a refused chunk leaves the string table as it was."""
         table = self._table
         mark = table.mark()
@@ -337,7 +379,7 @@ class PayloadV05:
         self._parts.append(body)
         self._traces_size += len(body)
         self.traces += 1
-        self.spans += len(chunk)
+        self.spans += len(chunk) // RECORD_LEN
         return True
 
     def finish(self) -> bytes:
@@ -350,7 +392,7 @@ class PayloadV05:
 PAYLOADS: dict[str, type[PayloadV04] | type[PayloadV05]] = {"v0.4": PayloadV04, "v0.5": PayloadV05}
 
 
-def encode_v04(chunks: list[list[Span]]) -> bytes:
+def encode_v04(chunks: list[list[Any]]) -> bytes:
     """Encode finished, processed chunks (one trace chunk each) as a v0.4 body."""
     payload = PayloadV04()
     for chunk in chunks:
@@ -358,7 +400,7 @@ def encode_v04(chunks: list[list[Span]]) -> bytes:
     return payload.finish()
 
 
-def encode_v05(chunks: list[list[Span]]) -> bytes:
+def encode_v05(chunks: list[list[Any]]) -> bytes:
     """Encode finished, processed chunks as a v0.5 body."""
     payload = PayloadV05()
     for chunk in chunks:

@@ -1,8 +1,7 @@
 """Trace-level processing of a chunk, on the writer thread (not the app's).
 
-Decides sampling once per trace, marks top-level spans, and puts trace-level
-tags on the chunk's first span and the local root, as the Datadog intake
-expects them.
+Decides sampling once per trace and puts trace-level tags on the chunk's
+first span and the local root, as the Datadog intake expects them.
 """
 
 from __future__ import annotations
@@ -12,9 +11,10 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from tracer.config import config as _config
+from tracer.span import META, METRICS, RECORD_LEN, FinishedSpan
 
 if TYPE_CHECKING:
-    from tracer.span import Span
+    from tracer.buffer import _Trace
 
 _runtime_id = uuid.uuid4().hex
 _pid = os.getpid()
@@ -34,34 +34,41 @@ def runtime_id() -> str:
     return _runtime_id
 
 
-def process_chunk(chunk: list[Span], sampler: Any) -> bool:
-    """Tag the chunk in place; return False when it must not be sent
-    (dropped by sampling and TRACER_WRITER_SEND_DROPPED=false)."""
+def _root_index(chunk: list[Any], root_span_id: int) -> int | None:
+    """Where the local root's record starts in ``chunk``, if it is there.
+    It usually finishes last, so its record is usually the last one."""
+    if chunk[-RECORD_LEN + 1] == root_span_id:
+        return len(chunk) - RECORD_LEN
+    try:
+        return chunk[1::RECORD_LEN].index(root_span_id) * RECORD_LEN
+    except ValueError:
+        return None
+
+
+def process_chunk(trace: _Trace, chunk: list[Any], sampler: Any) -> bool:
+    """Tag the chunk (flat span records, see ``tracer.buffer``) in place;
+    return False when it must not be sent (dropped by sampling and
+    TRACER_WRITER_SEND_DROPPED=false). Top-level spans were marked when they
+    finished; this adds the trace-level tags."""
     cfg = _config
-    first = chunk[0]
-    trace = first._trace
+    root_span = trace.root
     if trace.priority is None:
-        sampler.decide(trace, trace.root or first)
+        sampler.decide(trace, root_span or FinishedSpan._make(chunk[:RECORD_LEN]))
     priority = trace.priority if trace.priority is not None else 1
-    if priority <= 0 and not cfg.send_dropped:
-        if any(span._parent is None for span in chunk):
-            trace.root = None  # see below
-        return False
-    # The per-span loop only marks top-level spans: a span whose parent is in
-    # the same service (most of them) costs one attribute compare. The local
-    # root is the one span of the trace without a parent (see
-    # Tracer._start_trace); it is tagged once, after the loop.
     root = None
-    for span in chunk:
-        parent = span._parent
-        if parent is None:
-            span.metrics["_dd.top_level"] = 1
-            root = span
-        elif parent.service != span.service:
-            span.metrics["_dd.top_level"] = 1
+    if root_span is not None and root_span.duration_ns is not None:
+        root = _root_index(chunk, root_span.span_id)
+        if root is not None:
+            # The sampling decision is made, so nothing needs trace.root any
+            # more: dropping it breaks the trace <-> root reference cycle, and
+            # the root is freed by reference counting instead of waiting for
+            # (and lengthening) a cyclic garbage collection.
+            trace.root = None
+    if priority <= 0 and not cfg.send_dropped:
+        return False
     env = cfg.env
     if root is not None:
-        meta = root.meta
+        meta = chunk[root + META]
         if env:
             meta.setdefault("env", env)
         if cfg.version:
@@ -70,14 +77,9 @@ def process_chunk(chunk: list[Span], sampler: Any) -> bool:
             meta.setdefault(key, value)
         meta["language"] = "python"
         meta["runtime-id"] = _runtime_id
-        root.metrics["process_id"] = _pid
-        # The sampling decision is made, so nothing needs trace.root any more:
-        # dropping it breaks the trace <-> root reference cycle, and the
-        # spans are freed by reference counting as soon as they are sent,
-        # instead of waiting for (and lengthening) cyclic garbage collections.
-        trace.root = None
-    meta = first.meta
-    first.metrics["_sampling_priority_v1"] = priority
+        chunk[root + METRICS]["process_id"] = _pid
+    meta = chunk[META]
+    chunk[METRICS]["_sampling_priority_v1"] = priority
     if trace.mechanism is not None and priority > 0:
         meta["_dd.p.dm"] = f"-{trace.mechanism}"
     high = trace.trace_id >> 64
@@ -87,6 +89,6 @@ def process_chunk(chunk: list[Span], sampler: Any) -> bool:
         meta["_dd.origin"] = trace.origin
     for key, value in trace.dd_tags.items():
         meta.setdefault(key, value)
-    if env and first is not root:
+    if env and root != 0:
         meta.setdefault("env", env)
     return True

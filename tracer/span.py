@@ -1,16 +1,20 @@
 """The span: one timed operation, with string tags (meta) and numeric tags (metrics).
 
 Spans are created by :class:`tracer._tracer.Tracer`, never directly. A span is
-owned by the thread that created it until ``finish()``; after that the writer
-thread reads it, so code must not mutate a finished span.
+owned by the thread that created it until ``finish()``. Finishing copies its
+fields into its trace's buffer as a flat record (``FinishedSpan`` names the
+fields); the writer thread reads that record and the span's ``meta`` and
+``metrics`` dicts, so code must not change a finished span: a later
+``resource`` or ``service`` change is not sent, a tag change may or may not be.
 """
 
 from __future__ import annotations
 
 import traceback
+from collections.abc import Iterator
 from time import perf_counter_ns
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tracer.context import _active
 
@@ -26,6 +30,52 @@ MAX_STACK_FRAMES = 30
 _NOT_ACTIVATED = object()
 # Numeric tags that Datadog expects as strings in meta.
 _STRING_TAGS = frozenset(("http.status_code",))
+
+
+class FinishedSpan(NamedTuple):
+    """A read-only view of one finished span record (see ``records``).
+
+    A finished span travels from the buffer to the writer as ``RECORD_LEN``
+    consecutive values of a flat chunk list, in this order (the v0.4 wire
+    order). ``trace_id`` is the full 128-bit id; ``_dd.top_level`` is already
+    in ``metrics`` for top-level spans."""
+
+    trace_id: int
+    span_id: int
+    parent_id: int
+    service: str | None
+    name: str
+    resource: str
+    span_type: str | None
+    start_ns: int
+    duration_ns: int
+    error: int
+    meta: dict[str, str]
+    metrics: dict[str, float]
+
+    def get_tag(self, key: str) -> str | None:
+        return self.meta.get(key)
+
+    def get_metric(self, key: str) -> float | None:
+        return self.metrics.get(key)
+
+
+RECORD_FIELDS = FinishedSpan._fields
+RECORD_LEN = len(RECORD_FIELDS)
+META = RECORD_FIELDS.index("meta")
+METRICS = RECORD_FIELDS.index("metrics")
+
+
+def iter_records(chunk: list[Any]) -> Iterator[tuple[Any, ...]]:
+    """The records of a flat chunk, one ``RECORD_LEN``-tuple at a time (what
+    the encoders unpack; a chunk of the wrong length raises ValueError)."""
+    it = iter(chunk)
+    return zip(*[it] * RECORD_LEN, strict=True)
+
+
+def records(chunk: list[Any]) -> list[FinishedSpan]:
+    """The spans of a flat chunk, as named views (tests, debugging)."""
+    return [FinishedSpan._make(record) for record in iter_records(chunk)]
 
 
 class Span:

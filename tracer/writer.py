@@ -33,6 +33,7 @@ from typing import Any
 from tracer._errors import internal_error
 from tracer.encoding import PAYLOADS, TraceTooBig, v05_to_v04
 from tracer.processor import process_chunk
+from tracer.span import RECORD_LEN
 from tracer.version import __version__
 
 log = logging.getLogger("tracer")
@@ -103,7 +104,7 @@ class AgentWriter:
         self._wake = threading.Event()
         self._done = threading.Condition(threading.Lock())
         self._thread: threading.Thread | None = None
-        self._pending: list[list[Any]] = []
+        self._pending: list[tuple[Any, list[Any]]] = []
         self._pending_spans = 0
         self._seq = 0  # chunks accepted so far
         self._done_seq = 0  # every chunk up to here is sent or dropped
@@ -129,14 +130,15 @@ class AgentWriter:
             self._counts["spans_dropped_" + reason] = 0
 
     # -- app threads ------------------------------------------------------------
-    def write(self, chunk: list[Any]) -> None:
-        """Queue a finished chunk. Called on app threads: O(1), never blocks
-        on I/O, never raises; when the queue is full the chunk is dropped and
-        counted (``spans_dropped_queue_full``)."""
+    def write(self, trace: Any, chunk: list[Any]) -> None:
+        """Queue a finished chunk (flat span records, see ``tracer.buffer``)
+        of ``trace``. Called on app threads: O(1), never blocks on I/O, never
+        raises; when the queue is full the chunk is dropped and counted
+        (``spans_dropped_queue_full``)."""
         try:
             if self._thread is None:
                 self._start()
-            n = len(chunk)
+            n = len(chunk) // RECORD_LEN
             with self._lock:
                 if self._stopped:
                     self._counts["spans_dropped_stopped"] += n
@@ -147,7 +149,7 @@ class AgentWriter:
                 if self._pending_spans + n > limit:
                     self._counts["spans_dropped_queue_full"] += n
                     return
-                self._pending.append(chunk)
+                self._pending.append((trace, chunk))
                 self._pending_spans += n
                 self._seq += 1
                 wake = self._pending_spans >= self._batch_spans and not self._down
@@ -238,7 +240,7 @@ class AgentWriter:
                 self._close()
                 return
 
-    def _take_pending(self) -> tuple[list[list[Any]], int]:
+    def _take_pending(self) -> tuple[list[tuple[Any, list[Any]]], int]:
         with self._lock:
             chunks, self._pending = self._pending, []
             self._pending_spans = 0
@@ -249,13 +251,13 @@ class AgentWriter:
         payload = None
         sampler = self._tracer.sampler
         first_seq = seq + 1
-        for chunk in chunks:
+        for trace, chunk in chunks:
             seq += 1
             if not chunk:
                 continue
             try:
-                if not process_chunk(chunk, sampler):
-                    self._counts["spans_not_sent_sampling"] += len(chunk)
+                if not process_chunk(trace, chunk, sampler):
+                    self._counts["spans_not_sent_sampling"] += len(chunk) // RECORD_LEN
                     continue
                 if payload is None:
                     payload = PAYLOADS[self._version](self._payload_limit)
@@ -266,10 +268,10 @@ class AgentWriter:
                     first_seq = seq
                     payload.put(chunk)
             except TraceTooBig:
-                self._drop(len(chunk), "too_big", seq)
+                self._drop(len(chunk) // RECORD_LEN, "too_big", seq)
             except Exception:
                 internal_error("writer.encode")
-                self._drop(len(chunk), "encode_failed", seq)
+                self._drop(len(chunk) // RECORD_LEN, "encode_failed", seq)
         if payload is not None and payload.traces:
             self._queue_payload(payload, first_seq, seq)
         self._send_backlog()
@@ -307,9 +309,9 @@ class AgentWriter:
     def _drop_everything(self) -> None:
         """Count what is left (stop, or a cycle after stop) as dropped."""
         chunks, seq = self._take_pending()
-        for chunk in chunks:
+        for _, chunk in chunks:
             seq += 1
-            self._drop(len(chunk), "send_failed", seq)
+            self._drop(len(chunk) // RECORD_LEN, "send_failed", seq)
         while self._backlog:
             self._drop_payload(self._backlog.popleft(), "send_failed")
         self._mark_done(seq)

@@ -50,7 +50,7 @@ from tests.utils import run_python
 
 _MARK = "@@CONTRACT@@"
 
-_PRELUDE = '''
+_PRELUDE = """
 import importlib, inspect, json, sys
 import tracer
 from tracer import _errors, _patching
@@ -59,8 +59,9 @@ from tracer import tracer as _tracer
 class _Sink:
     def __init__(self):
         self.spans = []
-    def write(self, chunk):
-        self.spans.extend(chunk)
+    def write(self, trace, chunk):
+        from tracer.span import records
+        self.spans.extend(records(chunk))
     def flush(self, timeout=0):
         return True
     def stop(self, timeout=0):
@@ -105,7 +106,7 @@ def _report(**kw):
     kw["swallowed"] = [f"{where}: {exc!r}" for where, exc in _errors.swallowed]
     kw["patched"] = _patching.is_patched(NAME)
     print("\\n%(mark)s" + json.dumps(kw, default=repr))
-'''
+"""
 
 _SCENARIOS = {
     "baseline": """

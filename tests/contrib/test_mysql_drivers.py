@@ -224,9 +224,9 @@ def test_create_insert_select_spans_with_every_tag(driver: Driver, conn: Any, ta
     # unknown when execute() returns, so the tag is left out.
     select_rows = None if driver.keyword == "mysql" else 2
     assert [s.metrics for s in spans] == [
-        {"_dd.measured": 1, "network.destination.port": mariadb.port, "db.row_count": n}
+        {"_dd.measured": 1, "network.destination.port": mariadb.port, "db.row_count": n, "_dd.top_level": 1}
         if n is not None
-        else {"_dd.measured": 1, "network.destination.port": mariadb.port}
+        else {"_dd.measured": 1, "network.destination.port": mariadb.port, "_dd.top_level": 1}
         for n in (1, 1, select_rows)
     ]
     # Parameters are never recorded, anywhere.
@@ -457,7 +457,8 @@ def test_dbm_comment_reaches_the_server(driver: Driver, conn: Any, test_spans: A
     if mode == "service":
         assert seen == f"/*{base}*/ {sql}"
     else:
-        flags = "01" if span._trace.priority > 0 else "00"
+        ((trace, _),) = test_spans.raw
+        flags = "01" if trace.priority > 0 else "00"
         assert seen == f"/*{base},traceparent='00-{span.trace_id:032x}-{span.span_id:016x}-{flags}'*/ {sql}"
         assert span.meta["_dd.dbm_trace_injected"] == "true"
 

@@ -66,8 +66,8 @@ def test_cursor_execute_spans_with_every_tag(conn: Any, test_spans: Any) -> None
     for span in (insert, select):
         assert (span.service, span.span_type, span.error) == ("sqlite", "sql", 0)
         assert span.meta == META
-    assert insert.metrics == {"_dd.measured": 1, "db.row_count": 1}
-    assert select.metrics == {"_dd.measured": 1}  # sqlite3 reports rowcount -1 for SELECT
+    assert insert.metrics == {"_dd.measured": 1, "db.row_count": 1, "_dd.top_level": 1}
+    assert select.metrics == {"_dd.measured": 1, "_dd.top_level": 1}  # sqlite3 reports rowcount -1 for SELECT
     assert "secret-alice" not in repr([s.meta for s in test_spans.spans])
 
 

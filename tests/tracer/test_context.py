@@ -78,7 +78,7 @@ def test_wrap_context_carries_span_into_worker_threads(test_spans):
         spans = [f.result() for f in futures]
     assert all(s.parent_id == root.span_id and s.trace_id == root.trace_id for s in spans)
     assert tracer.current_span() is None
-    (chunk,) = [c for c in test_spans.chunks if root in c]
+    (chunk,) = [c for c in test_spans.chunks if root.span_id in [s.span_id for s in c]]
     assert len(chunk) == 5, "workers finished before the root, so one chunk holds all"
 
 

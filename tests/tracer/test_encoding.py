@@ -13,7 +13,20 @@ from tracer import tracer
 from tracer.encoding import PayloadV04, PayloadV05, TraceTooBig, encode_v04, encode_v05, v05_to_v04
 
 _MASK64 = (1 << 64) - 1
-V04_KEYS = {"trace_id", "span_id", "parent_id", "service", "name", "resource", "type", "start", "duration", "error", "meta", "metrics"}
+V04_KEYS = {
+    "trace_id",
+    "span_id",
+    "parent_id",
+    "service",
+    "name",
+    "resource",
+    "type",
+    "start",
+    "duration",
+    "error",
+    "meta",
+    "metrics",
+}
 
 
 def spans_to_v04(chunks: list[list[Any]]) -> list[list[dict[str, Any]]]:
@@ -38,6 +51,11 @@ def spans_to_v04(chunks: list[list[Any]]) -> list[list[dict[str, Any]]]:
         ]
         for chunk in chunks
     ]
+
+
+def flat(chunks: list[list[Any]]) -> list[list[Any]]:
+    """Span views back to the flat records the encoders take."""
+    return [[value for span in chunk for value in span] for chunk in chunks]
 
 
 def v05_to_dicts(body: bytes) -> list[list[dict[str, Any]]]:
@@ -92,7 +110,7 @@ def chunks(test_spans: SpanSink) -> list[list[Any]]:
 
 
 def test_v04_round_trip(chunks: list[list[Any]]) -> None:
-    decoded = msgpack.unpackb(encode_v04(chunks))
+    decoded = msgpack.unpackb(encode_v04(flat(chunks)))
     assert decoded == spans_to_v04(chunks)
     for trace in decoded:
         for span in trace:
@@ -111,11 +129,11 @@ def test_v04_round_trip(chunks: list[list[Any]]) -> None:
 
 
 def test_v05_round_trip(chunks: list[list[Any]]) -> None:
-    assert v05_to_dicts(encode_v05(chunks)) == spans_to_v04(chunks)
+    assert v05_to_dicts(encode_v05(flat(chunks))) == spans_to_v04(chunks)
 
 
 def test_v05_to_v04_conversion(chunks: list[list[Any]]) -> None:
-    assert v05_to_v04(encode_v05(chunks)) == encode_v04(chunks)
+    assert v05_to_v04(encode_v05(flat(chunks))) == encode_v04(flat(chunks))
 
 
 def test_empty_and_large_counts(test_spans: SpanSink) -> None:
@@ -131,19 +149,19 @@ def test_empty_and_large_counts(test_spans: SpanSink) -> None:
             with tracer.trace("leaf"):
                 pass
     chunks = test_spans.processed()
-    decoded = msgpack.unpackb(encode_v04(chunks))
+    decoded = msgpack.unpackb(encode_v04(flat(chunks)))
     assert len(decoded) == len(chunks) and len(decoded[-1]) == 21
-    assert v05_to_dicts(encode_v05(chunks)) == decoded
+    assert v05_to_dicts(encode_v05(flat(chunks))) == decoded
 
 
 def test_zero_ids_and_limits_of_uint64(test_spans: SpanSink) -> None:
     with tracer.trace("edge") as span:
         span.span_id = _MASK64
     (chunk,) = test_spans.processed()
-    chunk[0].trace_id = (_MASK64 << 64) | _MASK64
-    (trace,) = msgpack.unpackb(encode_v04([chunk]))
+    chunk[0] = chunk[0]._replace(trace_id=(_MASK64 << 64) | _MASK64)
+    (trace,) = msgpack.unpackb(encode_v04(flat([chunk])))
     assert trace[0]["trace_id"] == _MASK64 and trace[0]["span_id"] == _MASK64 and trace[0]["parent_id"] == 0
-    (trace5,) = v05_to_dicts(encode_v05([chunk]))
+    (trace5,) = v05_to_dicts(encode_v05(flat([chunk])))
     assert trace5 == trace
 
 
@@ -154,7 +172,7 @@ def test_payload_limit(test_spans: SpanSink, payload_cls: Any) -> None:
             span.set_tag("blob", str(i) * 1000)
     chunks = test_spans.processed()
     payload = payload_cls(limit=4000)
-    added = [payload.put(c) for c in chunks[:5]]
+    added = [payload.put(c) for c in flat(chunks[:5])]
     assert added[:2] == [True, True] and added[-1] is False
     body = payload.finish()
     assert len(body) <= 4000
@@ -163,7 +181,7 @@ def test_payload_limit(test_spans: SpanSink, payload_cls: Any) -> None:
     assert len(traces) == added.count(True) == payload.traces
     tiny = payload_cls(limit=500)
     with pytest.raises(TraceTooBig):
-        tiny.put(chunks[0])
+        tiny.put(flat(chunks)[0])
 
 
 def test_unencodable_values_are_coerced(test_spans: SpanSink) -> None:
@@ -172,7 +190,7 @@ def test_unencodable_values_are_coerced(test_spans: SpanSink) -> None:
         span.meta["surrogate"] = "\udcff"
         span.metrics["huge"] = 1 << 80
     chunks = test_spans.processed()
-    (v4,) = msgpack.unpackb(encode_v04(chunks))
+    (v4,) = msgpack.unpackb(encode_v04(flat(chunks)))
     assert v4[0]["meta"]["obj"].startswith("<object object at") and v4[0]["meta"]["surrogate"] == "?"
     assert v4[0]["metrics"]["huge"] == float(1 << 80)
-    assert v05_to_dicts(encode_v05(chunks)) == [v4]
+    assert v05_to_dicts(encode_v05(flat(chunks))) == [v4]

@@ -29,12 +29,17 @@ HASH_SHARE = {1: 0.0602334540, 10: 0.602334540, 17: 0.0239687185}
 
 
 class _Sink:
-    def write(self, chunk: list[Any]) -> None:
+    def write(self, trace: Any, chunk: list[Any]) -> None:
         pass
 
 
-def make_root(trace_id: int = 1, name: str = "web.request", service: str = "web", resource: str | None = None,
-              env: str | None = None) -> tuple[_Trace, Span]:
+def make_root(
+    trace_id: int = 1,
+    name: str = "web.request",
+    service: str = "web",
+    resource: str | None = None,
+    env: str | None = None,
+) -> tuple[_Trace, Span]:
     trace = _Trace(TraceBuffer(_Sink()), trace_id, 0, 0)
     span = Span(trace, trace_id, 7, 0, None, name, service, resource, None, 0, 0)
     trace.root = span

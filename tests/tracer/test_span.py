@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from tracer import tracer
-from tracer.span import MAX_KEY_LEN, MAX_STACK_LEN, MAX_VALUE_LEN
+from tracer.span import MAX_KEY_LEN, MAX_STACK_LEN, MAX_VALUE_LEN, Span
 
 
 def test_set_tag_routes_by_type(test_spans):
@@ -18,7 +18,7 @@ def test_set_tag_routes_by_type(test_spans):
         span.set_metric("m", 4)
         span.set_metric("bad", "not a number")
     assert span.meta == {"s": "v", "b": "true", "http.status_code": "200", "o": "thing", "k1": "a"}
-    assert span.metrics == {"n": 3, "f": 1.5, "k2": 2, "m": 4}
+    assert span.metrics == {"n": 3, "f": 1.5, "k2": 2, "m": 4, "_dd.top_level": 1}, "a root is top-level"
     span.set_tag("s", None)
     assert "s" not in span.meta
 
@@ -29,7 +29,7 @@ def test_limits_truncate(test_spans):
         span.set_metric("m" * 500, 1)
     ((key, value),) = span.meta.items()
     assert len(key) == MAX_KEY_LEN and len(value) == MAX_VALUE_LEN
-    assert list(span.metrics) == ["m" * MAX_KEY_LEN]
+    assert list(span.metrics) == ["m" * MAX_KEY_LEN, "_dd.top_level"]
 
 
 def test_resource_defaults_to_name_and_ids(test_spans):
@@ -90,3 +90,18 @@ def test_unprintable_exception_still_recorded(test_spans):
     with pytest.raises(Weird), tracer.trace("op") as span:
         raise Weird()
     assert span.meta["error.message"] == "<unprintable exception>"
+
+
+def test_every_slot_is_set_on_every_construction_path(test_spans):
+    # Tracer.trace() builds child spans inline (no __init__ call): a slot it
+    # forgets would raise AttributeError on first read.
+    with tracer.trace("root") as root:
+        with tracer.trace("child") as child:
+            other = tracer.start_span("started", child_of=child)
+            other.finish()
+        fresh = tracer.start_span("new trace")
+        fresh.finish()
+    for span in (root, child, other, fresh):
+        for slot in Span.__slots__:
+            getattr(span, slot)
+    assert [s.name for s in test_spans.spans] == ["new trace", "started", "child", "root"]
