@@ -220,8 +220,7 @@ class Tracer:
         exception leaving the block marks the span and propagates unchanged."""
         mono = perf_counter_ns()
         parent = _active.get()
-        if parent is not None and not parent._trace.foreign:
-            trace = parent._trace
+        if parent is not None and not (trace := parent._trace).foreign:
             # Span.__init__, inlined: the call alone was ~90 ns of a ~2 µs span.
             # Every slot is set here as there (tests/tracer/test_span.py checks).
             span = _new_span(Span)

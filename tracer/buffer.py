@@ -110,6 +110,8 @@ class _Trace:
         self.buffer._live.add(self)
 
     def finish_span(self, span: Span) -> None:
+        """Append the span's record; send the chunk if it can leave. (Inlined
+        in ``Span.__exit__``: a change here goes there too.)"""
         parent = span._parent
         metrics = span.metrics
         service = span.service

@@ -105,3 +105,22 @@ def test_every_slot_is_set_on_every_construction_path(test_spans):
         for slot in Span.__slots__:
             getattr(span, slot)
     assert [s.name for s in test_spans.spans] == ["new trace", "started", "child", "root"]
+
+
+def test_finish_and_with_block_give_the_same_record(test_spans):
+    # Span.__exit__ inlines _Trace.finish_span: both paths must build the same record.
+    with tracer.trace("root", service="a") as root:
+        with tracer.trace("with", service="b", resource="r", span_type="t") as inside:
+            inside.set_tag("k", "v")
+            inside.set_metric("m", 2)
+        other = tracer.start_span("finish", child_of=root, service="b", resource="r", span_type="t")
+        other.set_tag("k", "v")
+        other.set_metric("m", 2)
+        other.finish()
+    by_name = {s.name: s for s in test_spans.spans}
+    via_with, via_finish = by_name["with"], by_name["finish"]
+    assert via_with._replace(name="", span_id=0, start_ns=0, duration_ns=0) == via_finish._replace(
+        name="", span_id=0, start_ns=0, duration_ns=0
+    )
+    assert via_with.metrics == {"m": 2, "_dd.top_level": 1}, "service differs from the parent's"
+    assert by_name["root"].metrics["_dd.top_level"] == 1
