@@ -8,9 +8,11 @@ Shapes (DESIGN, "Wire compatibility"):
   name, resource (string indices), trace_id, span_id, parent_id, start,
   duration, error, meta (index→index), metrics (index→number), type (index).
 
+Input: chunks as the buffer hands them over, flat lists of span records
+(``tracer.span.FinishedSpan`` names the fields), one chunk per ``put``.
 ``trace_id`` on the wire is the low 64 bits; the high half is already in meta
 ``_dd.p.tid`` (put there by ``tracer.processor``). ``None`` service/type become
-``""``; an unfinished duration becomes 0.
+``""``.
 
 Speed (see docs/performance.md): pure Python on msgpack's C packer. Each trace
 is packed on its own and its span dicts/lists die right away; building every
