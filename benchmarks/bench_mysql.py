@@ -1,6 +1,6 @@
 """Added cost per ``cursor.execute("SELECT 1")`` round trip: plain vs ours vs ddtrace.
 
-    python benchmarks/bench_mysql.py [--rounds 5] [--batches 30] [--batch 100] [--drivers pymysql,mysqldb,mysql]
+    python benchmarks/bench_mysql.py [--rounds 5] [--batches 30] [--batch 100] [--drivers pymysql,mysqldb,mysql] [--cpu last|none|N]
 
 Starts a private MariaDB (tests/mariadb.py) and a live trace sink (answers
 200 ``{"rate_by_service": {}}``, counts ``X-Datadog-Trace-Count``). For each
@@ -12,9 +12,18 @@ an untraced caller's query is) and reports the median batch as ns per query.
 Then it flushes its tracer and the parent checks that the sink received every
 trace: a tracer that drops spans must not look fast for it.
 
+MariaDB and every measured process run on one CPU (``--cpu``, default the
+last one this process may use; the sink is not pinned). Unpinned, the
+scheduler sometimes puts client and server on different CPUs of the VM, and
+each round trip then pays two cross-CPU wake-ups: on the 2-core development
+machine plain PyMySQL went from 21 to 90-110 µs per query, per process at
+random, which made per-round ratios noise. Pinned, the tracers' background
+threads compete with the application for the same CPU, so their cost is
+counted in full, for both tracers. ``--cpu none`` turns pinning off.
+
 Reported per driver: the median ns per query of each variant, the median of
-per-round added costs (variant − plain of the same round), and the median of
-per-round ratios ours_added / ddtrace_added (target ≤ 0.25).
+per-round added costs (variant − plain of the same round), and the median
+(and range) of per-round ratios ours_added / ddtrace_added (target ≤ 0.25).
 """
 
 from __future__ import annotations
@@ -112,10 +121,20 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--drivers", default="pymysql,mysqldb,mysql")
     parser.add_argument("--mariadbd", default=os.environ.get("MARIADBD", "/usr/sbin/mariadbd"))
+    parser.add_argument(
+        "--cpu", default="last", help="CPU for MariaDB and the measured processes: last, none or a number"
+    )
     args = parser.parse_args()
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    # After the sink's thread started: affinity is per thread on Linux, and
+    # MariaDB and the children inherit this (main) thread's.
+    pinned = "none"
+    if args.cpu != "none":
+        cpu = max(os.sched_getaffinity(0)) if args.cpu == "last" else int(args.cpu)
+        os.sched_setaffinity(0, {cpu})
+        pinned = f"CPU {cpu}"
     sink_url = f"http://127.0.0.1:{server.server_address[1]}"
     db = MariaDB(args.mariadbd)
     info = db.start()
@@ -163,9 +182,13 @@ def main() -> None:
         db.stop()
         server.shutdown()
 
-    print(f"ns per cursor.execute('SELECT 1') + fetchall(), TCP 127.0.0.1, {args.rounds} rounds, "
-          f"median of {args.batches} batches x {args.batch} per process")
-    print(f"{'driver':10} {'plain':>9} {'ours':>9} {'ddtrace':>9} {'+ours':>8} {'+ddtrace':>9} {'ours/dd':>8}")
+    print(
+        f"ns per cursor.execute('SELECT 1') + fetchall(), TCP 127.0.0.1, {args.rounds} rounds, "
+        f"median of {args.batches} batches x {args.batch} per process, pinned: {pinned}"
+    )
+    print(
+        f"{'driver':10} {'plain':>9} {'ours':>9} {'ddtrace':>9} {'+ours':>8} {'+ddtrace':>9} {'ours/dd':>8} {'range':>11}"
+    )
     for driver in drivers:
         plain, ours, dd = (results[(driver, v)] for v in variants)
         added_ours = [o - p for o, p in zip(ours, plain, strict=True)]
@@ -175,6 +198,7 @@ def main() -> None:
             f"{driver:10} {statistics.median(plain):9.0f} {statistics.median(ours):9.0f} {statistics.median(dd):9.0f} "
             f"{statistics.median(added_ours):8.0f} {statistics.median(added_dd):9.0f} "
             f"{statistics.median(ratios) if ratios else float('nan'):8.2f}"
+            f"{f'{min(ratios):.2f}-{max(ratios):.2f}' if ratios else '':>12}"
         )
 
 

@@ -358,6 +358,28 @@ def test_special_cursors(driver: Driver, conn: Any, table: str, test_spans: Any)
         cur.close()
 
 
+def test_fetch_methods_pass_arguments_and_results_through(
+    driver: Driver, conn: Any, table: str, test_spans: Any
+) -> None:
+    # fetch* are the proxy's own methods (cheaper than wrapt forwarding): same
+    # rows and arguments as the driver's, no spans unless db_trace_fetch is on.
+    cur = conn.cursor()
+    cur.executemany(f"INSERT INTO {table} (id, name) VALUES (%s, %s)", [(i, f"n{i}") for i in range(1, 7)])
+    test_spans.reset()
+    cur.execute(f"SELECT id FROM {table} ORDER BY id")
+    assert tuple(cur.fetchone()) == (1,)
+    assert [tuple(r) for r in cur.fetchmany(2)] == [(2,), (3,)]
+    assert [tuple(r) for r in cur.fetchmany(size=1)] == [(4,)]
+    assert [tuple(r) for r in cur.fetchall()] == [(5,), (6,)]
+    assert cur.fetchone() is None
+    assert [s.name for s in test_spans.spans] == ["mysql.query"]
+    # Assigning a fetch method sets it on the proxy, not on the driver's cursor.
+    cur.fetchall = lambda: "replaced"
+    assert cur.fetchall() == "replaced"
+    assert "fetchall" not in vars(cur.__wrapped__)
+    conn.rollback()
+
+
 def test_cursor_context_manager_and_iteration(driver: Driver, conn: Any, table: str, test_spans: Any) -> None:
     with conn.cursor() as cur:
         assert type(cur).__name__ == "TracedMySQLCursor"
