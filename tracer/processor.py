@@ -6,6 +6,7 @@ first span and the local root, as the Datadog intake expects them.
 
 from __future__ import annotations
 
+import functools
 import os
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,13 @@ def _reset_after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+@functools.lru_cache(maxsize=4)
+def _tid_high(high: int) -> str:
+    """``_dd.p.tid``: the high half holds the trace's start second, so
+    consecutive traces share it (one format per second, not per trace)."""
+    return f"{high:016x}"
 
 
 def runtime_id() -> str:
@@ -84,7 +92,7 @@ def process_chunk(trace: _Trace, chunk: list[Any], sampler: Any) -> bool:
         meta["_dd.p.dm"] = f"-{trace.mechanism}"
     high = trace.trace_id >> 64
     if high:
-        meta["_dd.p.tid"] = f"{high:016x}"
+        meta["_dd.p.tid"] = _tid_high(high)
     if trace.origin:
         meta["_dd.origin"] = trace.origin
     for key, value in trace.dd_tags.items():

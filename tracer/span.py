@@ -69,6 +69,8 @@ METRICS = RECORD_FIELDS.index("metrics")
 def iter_records(chunk: list[Any]) -> Iterator[tuple[Any, ...]]:
     """The records of a flat chunk, one ``RECORD_LEN``-tuple at a time (what
     the encoders unpack; a chunk of the wrong length raises ValueError)."""
+    if len(chunk) == RECORD_LEN:  # a one-span trace (a query outside any request): skip zip's set-up
+        return iter((chunk,))
     it = iter(chunk)
     return zip(*[it] * RECORD_LEN, strict=True)
 
