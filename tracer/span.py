@@ -11,7 +11,7 @@ fields); the writer thread reads that record and the span's ``meta`` and
 from __future__ import annotations
 
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from time import perf_counter_ns
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -66,7 +66,7 @@ META = RECORD_FIELDS.index("meta")
 METRICS = RECORD_FIELDS.index("metrics")
 
 
-def iter_records(chunk: list[Any]) -> Iterator[tuple[Any, ...]]:
+def iter_records(chunk: list[Any]) -> Iterator[Sequence[Any]]:
     """The records of a flat chunk, one ``RECORD_LEN``-tuple at a time (what
     the encoders unpack; a chunk of the wrong length raises ValueError)."""
     if len(chunk) == RECORD_LEN:  # a one-span trace (a query outside any request): skip zip's set-up
