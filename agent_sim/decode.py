@@ -13,6 +13,7 @@ a 400 whose body is the reason.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import msgpack
@@ -21,7 +22,7 @@ from agent_sim.model import MASK64, SPAN_FIELDS, Span, Trace
 
 # Hard caps below the msgpack defaults (which scale with the body size): a
 # 25 MiB body could otherwise declare millions of empty containers.
-_MAX_SPANS = 2_000_000
+MAX_SPANS = 2_000_000
 _INT64 = 1 << 63
 _FIELDS = frozenset(SPAN_FIELDS)
 _ARRAYS = (tuple, list)  # msgpack arrays arrive as tuples, JSON arrays as lists
@@ -153,7 +154,9 @@ def _well_formed(m: dict) -> bool:
     return True
 
 
-def _span_v04(m: Any) -> Span:
+def decode_span(m: Any) -> Span:
+    """One v0.4 span map → a span dict with the wire types (``m`` itself when
+    it already is one). Raises PayloadError."""
     if type(m) is dict and len(m) == 12 and m.keys() == _FIELDS and _well_formed(m):
         return m
     if type(m) is not dict:
@@ -175,24 +178,34 @@ def _span_v04(m: Any) -> Span:
     }
 
 
-def _traces_v04(payload: Any, version: str) -> list[Trace]:
+def _payload_v04(payload: Any, version: str) -> Sequence[Any]:
     if payload is None:
-        return []
+        return ()
     if type(payload) not in _ARRAYS:
         raise PayloadError(f"{version}: the body must be an array of traces, got {_tname(payload)}")
+    return payload
+
+
+def check_trace(trace: Any, version: str) -> None:
+    """Raise PayloadError unless ``trace`` (not None) is an array."""
+    if type(trace) not in _ARRAYS:
+        raise PayloadError(f"{version}: a trace must be an array of spans, got {_tname(trace)}")
+
+
+def _traces_v04(payload: Any, version: str) -> list[Trace]:
+    payload = _payload_v04(payload, version)
     traces: list[Trace] = []
     count = 0
-    span = _span_v04
+    span = decode_span
     fields = _FIELDS
     well_formed = _well_formed
     for trace in payload:
         if trace is None:
             continue
-        if type(trace) not in _ARRAYS:
-            raise PayloadError(f"{version}: a trace must be an array of spans, got {_tname(trace)}")
+        check_trace(trace, version)
         count += len(trace)
-        if count > _MAX_SPANS:
-            raise PayloadError(f"{version}: more than {_MAX_SPANS} spans in one payload")
+        if count > MAX_SPANS:
+            raise PayloadError(f"{version}: more than {MAX_SPANS} spans in one payload")
         # the well-formed test inline: one call less per span on the common path
         traces.append([s if type(s) is dict and len(s) == 12 and s.keys() == fields and well_formed(s) else span(s)
                        for s in trace])
@@ -202,6 +215,15 @@ def _traces_v04(payload: Any, version: str) -> list[Trace]:
 def decode_v04(body: bytes) -> list[Trace]:
     """A v0.4 msgpack body → traces (lists of span dicts). Raises PayloadError."""
     return _traces_v04(_unpack(body), "v0.4")
+
+
+def unpack_v04(body: bytes) -> Sequence[Any]:
+    """A v0.4 msgpack body → its array of traces, unpacked but not checked
+    further: the ingest path hands it to ``normalize.normalize_payload``,
+    which applies this module's rules (``check_trace``, ``decode_span``) to
+    each trace and span while it normalizes them, in one pass per span.
+    Raises PayloadError."""
+    return _payload_v04(_unpack(body), "v0.4")
 
 
 def _json_int(text: str) -> int | float:
@@ -249,8 +271,8 @@ def decode_v05(body: bytes) -> list[Trace]:
         if type(trace) not in _ARRAYS:
             raise PayloadError(f"v0.5: a trace must be an array of spans, got {_tname(trace)}")
         count += len(trace)
-        if count > _MAX_SPANS:
-            raise PayloadError(f"v0.5: more than {_MAX_SPANS} spans in one payload")
+        if count > MAX_SPANS:
+            raise PayloadError(f"v0.5: more than {MAX_SPANS} spans in one payload")
         spans: Trace = []
         for s in trace:
             if type(s) not in _ARRAYS or len(s) != 12:

@@ -15,11 +15,14 @@ import threading
 import time
 from array import array
 from collections import deque
+from collections.abc import Sequence
+from operator import itemgetter
 from typing import Any
 
 import msgpack
 
-from agent_sim.normalize import normalize_trace
+from agent_sim.model import Trace
+from agent_sim.normalize import normalize_payload
 from agent_sim.stats import BUCKET_NS, HOUR_NS, Concentrator, Entry, compute_groups
 from agent_sim.store import JOURNAL_CLIENT_STATS, JOURNAL_GROUPS, Store
 
@@ -33,6 +36,7 @@ KEEP_1H_NS = 30 * 24 * HOUR_NS
 # bytes): ~100 B per trace where a set of ints cost ~600 B.
 _RECENT_S = 10
 _RECENT_MAX = 50_000
+_SPAN_ID = itemgetter("span_id")
 
 
 class Receiver:
@@ -90,25 +94,18 @@ class Receiver:
             return dict(self._counters)
 
     # -- ingest ------------------------------------------------------------
-    def ingest(self, traces: list[list[dict[str, Any]]], client_stats: bool, client_top_level: bool) -> None:
-        """Normalize, count and commit one decoded payload; returns after COMMIT.
+    def ingest(self, traces: Sequence[Any], client_stats: bool, client_top_level: bool) -> None:
+        """Check, normalize, count and commit one payload's traces; returns after COMMIT.
 
-        Runs on a handler thread. Raises only on storage failure."""
-        valid = []  # normalized traces: all of them count in stats
+        ``traces`` is decoded, or only unpacked (``decode.unpack_v04``): then
+        its spans are type-checked here, and PayloadError is raised before
+        anything was counted or stored. Runs on a handler thread. Otherwise
+        raises only on storage failure."""
+        valid, dropped, spans_in = normalize_payload(traces)  # all of them count in stats
         to_store = []  # those not dropped by sampling (priority > 0 or unset)
-        dropped = 0
-        duplicates = 0
-        spans_in = 0
+        duplicates = self._count_duplicates(valid)
         seen = self._seen_services
-        for spans in traces:
-            spans_in += len(spans)
-            if normalize_trace(spans) is not None:
-                dropped += 1
-                continue
-            valid.append(spans)
-            ids = {s["span_id"] for s in spans}
-            duplicates += len(spans) - len(ids)
-            duplicates += self._remember(spans[0]["trace_id"], ids)
+        for spans in valid:
             first = spans[0]
             priority = first["metrics"].get("_sampling_priority_v1")
             if priority is None:
@@ -127,7 +124,7 @@ class Receiver:
         journal = [(JOURNAL_GROUPS, msgpack.packb(groups))] if groups else []
         with self.lock:
             for name, n in (("spans_received", spans_in), ("traces_dropped", dropped),
-                            ("duplicate_span_ids", duplicates), ("traces_received", len(traces))):
+                            ("duplicate_span_ids", duplicates), ("traces_received", len(valid) + dropped)):
                 if n:
                     self._counters[name] = self._counters.get(name, 0) + n
                     self._pending[name] = self._pending.get(name, 0) + n
@@ -137,16 +134,12 @@ class Receiver:
             self.concentrator.apply(groups)
         self._notify()
 
-    def _remember(self, tid: int, ids: set[int]) -> int:
-        """Record a chunk's span ids; returns how many an earlier chunk of the
-        same trace already had. Handler threads race here harmlessly: at worst
-        a duplicate across two concurrent chunks goes uncounted."""
+    def _count_duplicates(self, traces: list[Trace]) -> int:
+        """Record the span ids of each chunk; returns how many span ids repeat
+        one of the same chunk or of an earlier chunk of the same trace.
+        Handler threads race here harmlessly: at worst a duplicate across two
+        concurrent chunks goes uncounted, or a trace is forgotten a second early."""
         recent = self._recent
-        earlier = recent.get(tid)
-        if earlier is not None:
-            old = set(array("Q", earlier))
-            recent[tid] = array("Q", old | ids).tobytes()
-            return len(old & ids)
         seconds = self._recent_seconds
         now = int(time.monotonic())
         if not seconds or seconds[-1][0] != now:
@@ -154,9 +147,21 @@ class Receiver:
                 for old_tid in seconds.popleft()[1]:
                     recent.pop(old_tid, None)
             seconds.append((now, []))
-        seconds[-1][1].append(tid)
-        recent[tid] = array("Q", ids).tobytes()
-        return 0
+        first_seen = seconds[-1][1]
+        duplicates = 0
+        for spans in traces:
+            ids = set(map(_SPAN_ID, spans))
+            duplicates += len(spans) - len(ids)
+            tid = spans[0]["trace_id"]
+            earlier = recent.get(tid)
+            if earlier is None:
+                first_seen.append(tid)
+                recent[tid] = array("Q", ids).tobytes()
+            else:
+                old = set(array("Q", earlier))
+                duplicates += len(old & ids)
+                recent[tid] = array("Q", old | ids).tobytes()
+        return duplicates
 
     def ingest_client_stats(self, payload: dict[str, Any]) -> None:
         """Merge a decoded ``/v0.6/stats`` payload (journaled like trace stats)."""

@@ -11,8 +11,12 @@ trace ids, is dropped (the reason is returned for counting).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from operator import itemgetter
+from typing import Any
 
-from agent_sim.model import Span, Trace
+from agent_sim.decode import MAX_SPANS, PayloadError, check_trace, decode_span
+from agent_sim.model import SPAN_FIELDS, Span, Trace
 from agent_sim.obfuscate import obfuscate_error_message, obfuscate_sql
 
 MAX_SERVICE = 100
@@ -59,53 +63,212 @@ def normalize_trace(spans: Trace) -> str | None:
     Returns None when the trace is kept, else the reason it must be dropped.
     Also copies ``_dd.p.tid`` from whichever span carries it to every span,
     and obfuscates SQL of ``type == "sql"`` spans."""
+    out = normalize_chunk(spans)
+    if isinstance(out, str):
+        return out
+    spans[:] = out  # spans decoded leniently were rebuilt
+    return None
+
+
+def normalize_payload(traces: Sequence[Any], version: str = "v0.4") -> tuple[list[Trace], int, int]:
+    """Check and normalize every trace of a payload: ``(kept traces, dropped
+    count, span count)``; nil traces are skipped.
+
+    ``traces`` is a body's array of traces, either only unpacked
+    (``decode.unpack_v04``) or already decoded. Raises PayloadError, with the
+    reason decode gives, if any trace or span of the payload (dropped traces
+    included) cannot be read."""
+    kept: list[Trace] = []
+    dropped = 0
+    count = 0
+    for trace in traces:
+        if trace is None:
+            continue
+        check_trace(trace, version)
+        count += len(trace)
+        if count > MAX_SPANS:
+            raise PayloadError(f"{version}: more than {MAX_SPANS} spans in one payload")
+        out = normalize_chunk(trace)
+        if isinstance(out, str):
+            dropped += 1
+        else:
+            kept.append(out)
+    return kept, dropped, count
+
+
+# Checking a span and normalizing it are one pass over its fields (each alone
+# cost as much bytecode as msgpack takes to decode the span). The common case
+# — every field with its wire type and nothing to fix — is decided with one
+# field fetch and local tests; anything else goes to decode's lenient
+# ``decode_span`` or to ``_apply_limits``. Meta and metrics keys already
+# seen to be short strings are remembered (bounded), so a span's key check is
+# one set comparison.
+_GET_FIELDS = itemgetter(*SPAN_FIELDS)
+_INT64 = 1 << 63
+_KNOWN_KEYS_MAX = 4096
+_known_keys: set[str] = set()
+
+
+def normalize_chunk(trace: Sequence[Any]) -> Trace | str:
+    """One chunk (an array of span maps) → its normalized spans, or the reason
+    it is dropped. Span dicts are normalized in place; a span without the wire
+    types is rebuilt by ``decode.decode_span``, which raises PayloadError for
+    what leniency cannot repair (checked for every span, dropped or not)."""
+    spans = list(trace)
     if not spans:
         return "empty trace"
-    trace_id = spans[0]["trace_id"]
-    if trace_id == 0:
-        return "trace_id 0"
+    reason = None
+    trace_id = -1
     tid = None
-    for span in spans:
-        if span["span_id"] == 0:
-            return "span_id 0"
-        if span["trace_id"] != trace_id:
-            return "spans of different trace ids in one trace"
-        service = span["service"]
-        if not 0 < len(service) <= MAX_SERVICE // 4:
-            span["service"] = truncate(service, MAX_SERVICE) if service else DEFAULT_SERVICE
-        name = span["name"]
-        if not 0 < len(name) <= MAX_NAME // 4:
-            name = span["name"] = truncate(name, MAX_NAME) if name else DEFAULT_NAME
-        type_ = span["type"]
-        if type_:
-            if len(type_) > MAX_TYPE // 4:
-                type_ = span["type"] = truncate(type_, MAX_TYPE)
-            if type_ == "sql":
-                _obfuscate_span(span, span["meta"])
-        resource = span["resource"]
-        if not 0 < len(resource) <= MAX_RESOURCE // 4:
-            span["resource"] = truncate(resource, MAX_RESOURCE) if resource else name
-        meta = span["meta"]
-        if meta:
-            if max(map(len, meta)) > MAX_META_KEY // 4 or max(map(len, meta.values())) > MAX_META_VALUE // 4:
-                meta = span["meta"] = _fix_meta(meta)
+    known = _known_keys
+    join = "".join
+    int64 = _INT64
+    for i, span in enumerate(spans):
+        ok = long_meta = False
+        try:
+            span_trace_id, span_id, parent_id, service, name, resource, type_, start, duration, error, meta, metrics = (
+                _GET_FIELDS(span)
+            )
+            if (
+                len(span) == 12
+                and type(span_trace_id) is int
+                and type(span_id) is int
+                and type(parent_id) is int
+                and type(start) is int
+                and type(duration) is int
+                and type(error) is int
+                and type(service) is str
+                and type(name) is str
+                and type(resource) is str
+                and type(type_) is str
+                and type(meta) is dict
+                and type(metrics) is dict
+                and span_trace_id >= 0
+                and span_id >= 0
+                and parent_id >= 0
+                and start < int64
+                and duration < int64
+            ):
+                # join() rejects anything but str, sum() anything but numbers
+                if meta.keys() <= known:
+                    long_meta = len(join(meta.values())) > MAX_META_VALUE // 4 and _long_meta(meta)
+                else:
+                    join(meta)
+                    join(meta.values())
+                    long_meta = _long_meta(meta)
+                    _remember_keys(meta)
+                if not metrics.keys() <= known:
+                    join(metrics)
+                    _remember_keys(metrics)
+                sum(metrics.values())
+                ok = True
+        except (KeyError, TypeError):
+            pass
+        if not ok:
+            span = spans[i] = decode_span(span)
+            span_trace_id, span_id, parent_id, service, name, resource, type_, start, duration, error, meta, metrics = (
+                _GET_FIELDS(span)
+            )
+            long_meta = _long_meta(meta)
+        if reason is not None:
+            continue  # the chunk is dropped: its later spans are only checked
+        if span_trace_id != trace_id:
+            if trace_id == -1:
+                trace_id = span_trace_id
+                if trace_id == 0:
+                    reason = "trace_id 0"
+                    continue
+            else:
+                reason = "spans of different trace ids in one trace" if span_id else "span_id 0"
+                continue
+        if span_id == 0:
+            reason = "span_id 0"
+            continue
+        if type_ == "sql":
+            # before the limits, as the agent does: the obfuscated text is what is truncated
+            _obfuscate_span(span, meta)
+            resource = span["resource"]
+            long_meta = long_meta or _long_sql_meta(meta)
+        if (
+            long_meta
+            or not 0 < len(service) <= MAX_SERVICE // 4
+            or not 0 < len(name) <= MAX_NAME // 4
+            or len(type_) > MAX_TYPE // 4
+            or not 0 < len(resource) <= MAX_RESOURCE // 4
+            or duration < 0
+            or start < _YEAR_2000_NS
+            or start + duration > _MAX_INT64
+            or (error != 0 and error != 1)
+        ):
+            _apply_limits(span)
+            meta = span["meta"]
+        elif meta:
             status = meta.get("http.status_code")
-            if status is not None and status not in _VALID_STATUS and not _status_ok(status):
-                del meta["http.status_code"]
-            if tid is None:
-                tid = meta.get("_dd.p.tid")
-        start = span["start"]
-        duration = span["duration"]
-        if duration < 0 or start < _YEAR_2000_NS or start + duration > _MAX_INT64:
-            _fix_times(span)
-        if span["error"] not in (0, 1):
-            span["error"] = 1
+            if status is not None and status not in _VALID_STATUS:
+                _apply_limits(span)
+        if tid is None and meta:
+            tid = meta.get("_dd.p.tid")
+    if reason is not None:
+        return reason
     if tid is not None:
         for span in spans:
             meta = span["meta"]
             if meta.get("_dd.p.tid") != tid:
                 meta["_dd.p.tid"] = tid
-    return None
+    return spans
+
+
+def _long_meta(meta: dict[str, str]) -> bool:
+    """Some key or value may be over its limit (then ``_fix_meta`` decides)."""
+    return bool(meta) and (
+        max(map(len, meta)) > MAX_META_KEY // 4 or max(map(len, meta.values())) > MAX_META_VALUE // 4
+    )
+
+
+def _remember_keys(mapping: dict[str, Any]) -> None:
+    """Add the str keys of ``mapping`` short enough to never need truncation."""
+    if len(_known_keys) < _KNOWN_KEYS_MAX:
+        _known_keys.update(k for k in mapping if len(k) <= MAX_META_KEY // 4)
+
+
+def _long_sql_meta(meta: dict[str, str]) -> bool:
+    """A value that ``_obfuscate_span`` rewrote may be over its limit."""
+    limit = MAX_META_VALUE // 4
+    return (
+        len(meta["sql.query"]) > limit
+        or len(meta.get("db.statement") or "") > limit
+        or len(meta.get("error.message") or "") > limit
+    )
+
+
+def _apply_limits(span: Span) -> None:
+    """The per-span rules other than SQL obfuscation (see the module docstring),
+    on a span with the wire types; a no-op on a span ``normalize_chunk`` lets pass."""
+    service = span["service"]
+    if not 0 < len(service) <= MAX_SERVICE // 4:
+        span["service"] = truncate(service, MAX_SERVICE) if service else DEFAULT_SERVICE
+    name = span["name"]
+    if not 0 < len(name) <= MAX_NAME // 4:
+        name = span["name"] = truncate(name, MAX_NAME) if name else DEFAULT_NAME
+    type_ = span["type"]
+    if len(type_) > MAX_TYPE // 4:
+        span["type"] = truncate(type_, MAX_TYPE)
+    resource = span["resource"]
+    if not 0 < len(resource) <= MAX_RESOURCE // 4:
+        span["resource"] = truncate(resource, MAX_RESOURCE) if resource else name
+    meta = span["meta"]
+    if meta:
+        if _long_meta(meta):
+            meta = span["meta"] = _fix_meta(meta)
+        status = meta.get("http.status_code")
+        if status is not None and status not in _VALID_STATUS and not _status_ok(status):
+            del meta["http.status_code"]
+    start = span["start"]
+    duration = span["duration"]
+    if duration < 0 or start < _YEAR_2000_NS or start + duration > _MAX_INT64:
+        _fix_times(span)
+    if span["error"] not in (0, 1):
+        span["error"] = 1
 
 
 def _fix_times(span: Span) -> None:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import time
 
-from agent_sim.normalize import normalize_trace, truncate
+import msgpack
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent_sim import normalize
+from agent_sim.decode import PayloadError, decode_v04, unpack_v04
+from agent_sim.normalize import normalize_payload, normalize_trace, truncate
+from agent_sim.obfuscate import obfuscate_error_message, obfuscate_sql
 
 
 def mk(**kw: object) -> dict:
@@ -85,3 +92,118 @@ def test_sql_spans_obfuscated_everywhere() -> None:
     web = mk(type="web", resource="GET /q?x='1'")
     normalize_trace([web])
     assert web["resource"] == "GET /q?x='1'"  # only sql spans
+
+
+
+# -- the payload path against the rules applied one at a time ------------------
+# normalize_payload checks and normalizes each span in one pass, with
+# shortcuts for spans that need nothing. The reference below is the plain form
+# of the rules: decode_v04's field-by-field decode, then every rule on every
+# span. Both must agree on any payload, down to the reason for a bad one.
+def reference(body: bytes) -> tuple:
+    try:
+        traces = decode_v04(body)
+    except PayloadError as exc:
+        return ("rejected", str(exc))
+    kept = [spans for spans in traces if spans and spans[0]["trace_id"]
+            and all(s["span_id"] and s["trace_id"] == spans[0]["trace_id"] for s in spans)]
+    for spans in kept:
+        tid = None
+        for s in spans:
+            s["service"] = truncate(s["service"], 100) or "unnamed-service"
+            s["name"] = truncate(s["name"], 100) or "unnamed_operation"
+            s["type"] = truncate(s["type"], 100)
+            meta = s["meta"]
+            if s["type"] == "sql":
+                s["resource"] = obfuscate_sql(s["resource"]) if s["resource"] else ""
+                for key in ("sql.query", "db.statement"):
+                    if meta.get(key):
+                        meta[key] = obfuscate_sql(meta[key])
+                meta["sql.query"] = s["resource"] or meta.get("sql.query", "")
+                if meta.get("error.message"):
+                    meta["error.message"] = obfuscate_error_message(meta["error.message"])
+            s["resource"] = truncate(s["resource"], 5000) or s["name"]
+            meta = s["meta"] = {truncate(k, 200): truncate(v, 25000) for k, v in meta.items()}
+            if "http.status_code" in meta:
+                try:
+                    valid = 100 <= int(meta["http.status_code"]) <= 599
+                except ValueError:
+                    valid = False
+                if not valid:
+                    del meta["http.status_code"]
+            if tid is None:
+                tid = meta.get("_dd.p.tid")
+            s["duration"] = max(s["duration"], 0)
+            if s["start"] < 946_684_800 * 10**9:
+                s["start"] = time.time_ns() - s["duration"]
+            s["duration"] = min(s["duration"], max(0, 2**63 - 1 - s["start"]))
+            s["error"] = int(s["error"] != 0)
+        for s in spans:
+            if tid is not None:
+                s["meta"]["_dd.p.tid"] = tid
+    return ("ok", kept, len(traces) - len(kept))
+
+
+def payload_path(body: bytes) -> tuple:
+    try:
+        kept, dropped, _count = normalize_payload(unpack_v04(body))
+    except PayloadError as exc:
+        return ("rejected", str(exc))
+    return ("ok", kept, dropped)
+
+
+def without_now(result: tuple, since: int) -> tuple:
+    """Starts before 2000 become now − duration: mark them, the clock moved."""
+    for spans in result[1] if result[0] == "ok" else ():
+        for s in spans:
+            if s["start"] + s["duration"] >= since:
+                s["start"] = "now"
+    return result
+
+
+_ODD = st.one_of(st.none(), st.booleans(), st.floats(allow_nan=False), st.binary(max_size=3), st.just([1]),
+                 st.just({}))
+_TEXT = st.one_of(st.sampled_from(["", "web", "sql", "a" * 25, "a" * 26, "é" * 26, "x" * 1251, "200", "99",
+                                   " 404", "abc", "0000abcd00000000", "SELECT a FROM t WHERE b = 'x' AND c IN (1, 2)"]),
+                  st.text(max_size=8))
+_KEYS = st.one_of(_TEXT, st.sampled_from(["http.status_code", "_dd.p.tid", "sql.query", "db.statement",
+                                          "error.message", "k" * 51, "env"]))
+
+
+@st.composite
+def _field(draw: st.DrawFn, usual: st.SearchStrategy) -> object:
+    # mostly the wire type (else nearly every payload would be rejected)
+    return draw(_ODD) if draw(st.integers(0, 50)) == 0 else draw(usual)
+
+
+_INTS = st.sampled_from([0, 1, 2, 5, 2**63 - 10, 2**63, 2**64 - 1, -1, -(2**63)])
+_SPAN = st.fixed_dictionaries({
+    "trace_id": _field(st.sampled_from([1] * 12 + [2, 0, -1, 2**64 - 1])),
+    "span_id": _field(st.one_of(st.integers(1, 4), _INTS)),
+    "parent_id": _field(_INTS),
+    "service": _field(_TEXT), "name": _field(_TEXT), "resource": _field(_TEXT), "type": _field(_TEXT),
+    "start": _field(st.one_of(st.just(1_700_000_000 * 10**9), _INTS)),
+    "duration": _field(st.one_of(st.just(10), _INTS)),
+    "error": _field(st.integers(-2, 3)),
+    "meta": _field(st.dictionaries(_KEYS, st.one_of(_TEXT, _TEXT, st.sampled_from(["v" * 6251, "é" * 12501]),
+                                                    st.binary(max_size=2), st.none()), max_size=4)),
+    "metrics": _field(st.dictionaries(_KEYS, st.one_of(st.integers(-3, 3), st.floats(allow_nan=False),
+                                                       st.booleans(), st.none(), st.just("x")), max_size=3)),
+}, optional={"extra": st.integers(0, 9)})
+_TRACE = st.one_of(st.lists(_SPAN, max_size=4), st.lists(_SPAN, max_size=4), st.lists(_SPAN, max_size=4),
+                   st.lists(st.one_of(_SPAN, st.integers(0, 9), st.none()), max_size=3), st.none(), st.just(5))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_TRACE, max_size=4))
+def test_payload_path_matches_the_plain_rules(traces: list) -> None:
+    body = msgpack.packb(traces, use_bin_type=True)
+    since = time.time_ns()
+    assert without_now(payload_path(body), since) == without_now(reference(body), since)
+
+
+def test_known_keys_stay_bounded() -> None:
+    spans = [mk(span_id=i + 1, meta={f"key-{i}": "v"}) for i in range(normalize._KNOWN_KEYS_MAX + 50)]
+    assert normalize_payload([spans])[1] == 0
+    assert len(normalize._known_keys) <= normalize._KNOWN_KEYS_MAX
+    assert all(s["meta"] == {f"key-{i}": "v"} for i, s in enumerate(spans))
