@@ -120,6 +120,10 @@ class Store:
         # few MB hold their hot pages; a 16 MB cache kept filling (RSS growth)
         # for minutes without making ingest faster.
         db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+        # Debian's SQLite zeroes every deleted byte (secure_delete on): evicting
+        # traces then rewrote each freed page through the WAL. FAST zeroes only
+        # what is written anyway; eviction and checkpoints cost half as much.
+        db.execute("PRAGMA secure_delete=FAST")
         db.executescript(_SCHEMA)
         self._checkpointer = None
         if path != ":memory:":
@@ -196,18 +200,22 @@ class Store:
             cutoff = int(time.time() - max_age_s)
             db.execute("BEGIN")
             try:
-                count = db.execute("SELECT count(*) FROM traces").fetchone()[0]
-                limit_seq = None
-                if count > max_traces:
-                    row = db.execute("SELECT seq FROM traces ORDER BY seq DESC LIMIT 1 OFFSET ?",
-                                     (max_traces,)).fetchone()
-                    limit_seq = row[0] if row else None
+                # Seqs are contiguous: rowids are assigned max + 1 (an upsert
+                # that updates assigns none) and eviction deletes a prefix. So
+                # each query below is a seek, never a scan of the whole table:
+                # evicting ~10,000 traces a second at full load used to scan
+                # 100,000 rows three times per pass.
+                oldest, newest = db.execute("SELECT (SELECT min(seq) FROM traces), "
+                                            "(SELECT max(seq) FROM traces)").fetchone()
+                count = newest - oldest + 1 if newest is not None else 0
+                limit_seq = newest - max_traces if count > max_traces else None
                 # received grows with seq (both assigned under the lock): the
-                # newest old row is found from the end of the rowid order.
-                row = db.execute("SELECT seq FROM traces WHERE received < ? ORDER BY seq DESC LIMIT 1",
+                # first row young enough is found from the start of the rowid
+                # order, after as many rows as there are to delete.
+                row = db.execute("SELECT seq FROM traces WHERE received >= ? ORDER BY seq LIMIT 1",
                                  (cutoff,)).fetchone()
-                old = row[0] if row else None
-                if old is not None and (limit_seq is None or old > limit_seq):
+                old = (row[0] if row else newest + 1) - 1 if count else None
+                if old is not None and old >= oldest and (limit_seq is None or old > limit_seq):
                     limit_seq = old
                 if limit_seq is not None:
                     # Chunk ids and trace seqs are both assigned in arrival
