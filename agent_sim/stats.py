@@ -199,6 +199,9 @@ class Entry:
         return cls.from_wire(msgpack.unpackb(blob, strict_map_key=False))
 
 
+_STATUS_CODES = {str(code): code for code in range(100, 600)}  # int() of the usual forms, looked up
+
+
 def compute_groups(traces: list[list[dict[str, Any]]], client_top_level: bool) -> list[list]:
     """Counted spans of decoded, normalized traces grouped per (bucket, key).
 
@@ -214,6 +217,8 @@ def compute_groups(traces: list[list[dict[str, Any]]], client_top_level: bool) -
             services = {s["span_id"]: s["service"] for s in spans}
         for s in spans:
             metrics = s["metrics"]
+            if not metrics and client_top_level:
+                continue  # neither marked top-level nor measured
             top = metrics.get("_dd.top_level")
             if top is None and not client_top_level:
                 top = services.get(s["parent_id"]) != s["service"]
@@ -224,7 +229,7 @@ def compute_groups(traces: list[list[dict[str, Any]]], client_top_level: bool) -
             end = s["start"] + s["duration"]
             parent = s["parent_id"]
             key = (end - end % BUCKET_NS, s["service"], s["name"], s["resource"], s["type"],
-                   meta.get("span.kind", ""), int(status) if status else 0, parent == 0)
+                   meta.get("span.kind", ""), _STATUS_CODES.get(status) or (int(status) if status else 0), parent == 0)
             g = groups.get(key)
             if g is None:
                 g = groups[key] = [key[0], list(key[1:]), 0, 0, 0, 0, [], []]
