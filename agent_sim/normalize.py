@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from operator import itemgetter
 from typing import Any
 
-from agent_sim.decode import MAX_SPANS, PayloadError, check_trace, decode_span
+from agent_sim.decode import checked_traces, decode_span
 from agent_sim.model import SPAN_FIELDS, Span, Trace
 from agent_sim.obfuscate import obfuscate_error_message, obfuscate_sql
 
@@ -81,13 +81,8 @@ def normalize_payload(traces: Sequence[Any], version: str = "v0.4") -> tuple[lis
     kept: list[Trace] = []
     dropped = 0
     count = 0
-    for trace in traces:
-        if trace is None:
-            continue
-        check_trace(trace, version)
+    for trace in checked_traces(traces, version):
         count += len(trace)
-        if count > MAX_SPANS:
-            raise PayloadError(f"{version}: more than {MAX_SPANS} spans in one payload")
         out = normalize_chunk(trace)
         if isinstance(out, str):
             dropped += 1
