@@ -11,6 +11,7 @@ after its SQLite transaction committed.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from array import array
@@ -23,8 +24,10 @@ import msgpack
 
 from agent_sim.model import Trace
 from agent_sim.normalize import normalize_payload
-from agent_sim.stats import BUCKET_NS, HOUR_NS, Concentrator, Entry, compute_groups
+from agent_sim.stats import BUCKET_NS, HOUR_NS, OVERFLOW, Concentrator, Entry, compute_groups
 from agent_sim.store import JOURNAL_CLIENT_STATS, JOURNAL_GROUPS, Store
+
+log = logging.getLogger("agent_sim")
 
 KEEP_10S_NS = 24 * HOUR_NS
 KEEP_1H_NS = 30 * 24 * HOUR_NS
@@ -69,6 +72,7 @@ class Receiver:
     def _load_stats(self) -> None:
         for row in self.store.stats_rows():
             self._add_total(tuple(row[2:6]), Entry.unpack(row[9]))
+        self.concentrator.known.update(self.totals)
         for _id, kind, data in self.store.journal_rows():
             if kind == JOURNAL_GROUPS:
                 self.concentrator.apply(msgpack.unpackb(data, strict_map_key=False))
@@ -131,8 +135,24 @@ class Receiver:
             # counters are persisted by flush(), not here: losing a second of
             # them to SIGKILL is fine, an extra statement per payload is not
             self.store.ingest(to_store, journal, {})
-            self.concentrator.apply(groups)
+            self._apply_stats(self.concentrator.apply, groups)
         self._notify()
+
+    def _apply_stats(self, apply: Any, *args: Any) -> None:
+        """Apply stats to the live buckets (under the lock); count what the
+        stats key limit folded into an overflow key, and say so once."""
+        concentrator = self.concentrator
+        before = concentrator.overflowed
+        apply(*args)
+        folded = concentrator.overflowed - before
+        if folded:
+            name = "stats_keys_overflowed"
+            if name not in self._counters:
+                log.warning("agent-sim: more than %d distinct stats keys (service, name, resource, type); "
+                            "new resources are counted under %r (see /info counters.%s)",
+                            concentrator.max_keys, OVERFLOW, name)
+            self._counters[name] = self._counters.get(name, 0) + folded
+            self._pending[name] = self._pending.get(name, 0) + folded
 
     def _count_duplicates(self, traces: list[Trace]) -> int:
         """Record the span ids of each chunk; returns how many span ids repeat
@@ -171,7 +191,7 @@ class Receiver:
         blob = msgpack.packb(payload)
         with self.lock:
             self.store.ingest([], [(JOURNAL_CLIENT_STATS, blob)], {})
-            apply_client_stats(self.concentrator, payload)
+            self._apply_stats(apply_client_stats, self.concentrator, payload)
         self._notify()
 
     def _notify(self) -> None:

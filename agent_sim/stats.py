@@ -37,6 +37,14 @@ QUANTILES = (0.5, 0.75, 0.9, 0.95, 0.99)
 # (service, name, resource, type, span_kind, http_status, is_root)
 Key = tuple
 
+#: Distinct (service, name, resource, type) keys the stats keep. Past it, a
+#: new key's resource becomes OVERFLOW (so per-service and per-operation hits
+#: stay exact), and past twice it everything new shares one OVERFLOW key:
+#: a client sending unbounded distinct resources (raw URLs, unobfuscated SQL)
+#: cannot grow the receiver's memory or stats table without bound.
+MAX_STATS_KEYS = 10_000
+OVERFLOW = "<other: stats key limit reached>"
+
 
 class Sketch:
     """A DDSketch (logarithmic mapping, 1 % relative accuracy) over non-negative values."""
@@ -246,18 +254,43 @@ def compute_groups(traces: list[list[dict[str, Any]]], client_top_level: bool) -
 
 
 class Concentrator:
-    """Live (not yet flushed) 10 s buckets: ``{bucket_ns: {key: Entry}}``."""
+    """Live (not yet flushed) 10 s buckets: ``{bucket_ns: {key: Entry}}``,
+    with at most ``max_keys`` distinct (service, name, resource, type) keys
+    (see ``MAX_STATS_KEYS``; ``overflowed`` counts the hits folded)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_keys: int = MAX_STATS_KEYS) -> None:
         self.live: dict[int, dict[Key, Entry]] = {}
+        self.known: set[tuple] = set()  # every (service, name, resource, type) admitted so far
+        self.max_keys = max_keys
+        self.overflowed = 0
+
+    def admit(self, key: Key, hits: int) -> Key:
+        """``key``, or its overflow key once ``max_keys`` keys exist."""
+        api = key[:4]
+        known = self.known
+        if api in known:
+            return key
+        if len(known) < self.max_keys:
+            known.add(api)
+            return key
+        self.overflowed += hits
+        api = (api[0], api[1], OVERFLOW, api[3])
+        if api not in known:
+            if len(known) >= 2 * self.max_keys:
+                api = (OVERFLOW, OVERFLOW, OVERFLOW, "")
+            known.add(api)
+        return api + tuple(key[4:])
 
     def apply(self, groups: list[list]) -> None:
         live = self.live
+        known = self.known
         for bucket, key, hits, tl, errors, duration, ok, err in groups:
             entries = live.get(bucket)
             if entries is None:
                 entries = live[bucket] = {}
             key = tuple(key)
+            if key[:4] not in known:
+                key = self.admit(key, hits)
             e = entries.get(key)
             if e is None:
                 e = entries[key] = Entry()
@@ -271,6 +304,7 @@ class Concentrator:
                 e.err.add_many(err)
 
     def add_entry(self, bucket: int, key: Key, entry: Entry) -> None:
+        key = self.admit(key, entry.hits)
         entries = self.live.setdefault(bucket, {})
         existing = entries.get(key)
         if existing is None:

@@ -156,3 +156,42 @@ def test_merge_wire_equals_merge_of_unpacked_entry() -> None:
     assert via_wire.to_wire() == via_entry.to_wire()
     assert (via_wire.hits, via_wire.top_level_hits, via_wire.errors, via_wire.duration) == (5, 2, 1, 2100)
     assert via_wire.err.count == 1 and via_wire.ok.max == 1500 and via_wire.ok.zero == 1
+
+
+def test_stats_keys_are_capped_with_exact_service_hits_and_a_counted_overflow(tmp_path) -> None:
+    from agent_sim.ingest import Receiver
+    from agent_sim.stats import OVERFLOW
+
+    def trace(tid: int, service: str, resource: str) -> list:
+        span = mk(tid, service=service)
+        span.update(trace_id=tid, resource=resource)
+        return [span]
+
+    db = str(tmp_path / "r.db")
+    rx = Receiver(db)
+    rx.concentrator.max_keys = 3
+    rx.ingest([trace(i + 1, "web", f"GET /r{i}") for i in range(8)], False, False)
+    rx.flush()
+
+    def by_key(rx: Receiver) -> dict:
+        return {k: e.hits for k, e in rx.stats_entries(None, None, None).items()}
+
+    kept = {("web", "op", f"GET /r{i}", "web"): 1 for i in range(3)}
+    assert by_key(rx) == {**kept, ("web", "op", OVERFLOW, "web"): 5}, "per-service hits stay exact"
+    assert rx.counters()["stats_keys_overflowed"] == 5
+    # Past twice the limit, new services share one overflow key.
+    rx.ingest([trace(100 + i, f"svc{i}", "x") for i in range(4)], False, False)
+    rx.flush()
+    keys = by_key(rx)
+    assert keys[("svc0", "op", OVERFLOW, "web")] == 1 and keys[("svc1", "op", OVERFLOW, "web")] == 1
+    assert keys[(OVERFLOW, OVERFLOW, OVERFLOW, "")] == 2 and len(keys) == 7
+    assert rx.counters()["stats_keys_overflowed"] == 9
+    rx.close()
+    # A restart remembers the keys it holds: a new resource still overflows.
+    again = Receiver(db)
+    again.concentrator.max_keys = 3
+    again.ingest([trace(200, "web", "GET /new")], False, False)
+    again.flush()
+    assert by_key(again)[("web", "op", OVERFLOW, "web")] == 6
+    assert again.counters()["stats_keys_overflowed"] == 10
+    again.close()
