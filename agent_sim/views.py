@@ -192,7 +192,7 @@ def metrics(rx: Receiver, q: Query) -> tuple[int, Any]:
         lines.append(f"agent_sim_duration_seconds_sum{{{labels[k]}}} {per[k][2] / 1e9:.9g}")
         lines.append(f"agent_sim_duration_seconds_count{{{labels[k]}}} {per[k][0]}")
     counters = rx.counters()
-    for name in ("duplicate_span_ids", "payloads_rejected", "traces_dropped", "spans_received"):
+    for name in ("duplicate_span_ids", "payloads_rejected", "traces_dropped", "spans_received", "stats_keys_overflowed"):
         lines += [f"# TYPE agent_sim_{name} counter", f"agent_sim_{name}_total {counters.get(name, 0)}"]
     lines += ["# TYPE agent_sim_traces_stored gauge", f"agent_sim_traces_stored {rx.store.trace_count}", "# EOF", ""]
     return 200, "\n".join(lines).encode()
