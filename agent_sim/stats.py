@@ -279,7 +279,7 @@ class Concentrator:
             if len(known) >= 2 * self.max_keys:
                 api = (OVERFLOW, OVERFLOW, OVERFLOW, "")
             known.add(api)
-        return api + tuple(key[4:])
+        return api + key[4:]
 
     def apply(self, groups: list[list]) -> None:
         live = self.live

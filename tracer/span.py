@@ -53,12 +53,6 @@ class FinishedSpan(NamedTuple):
     meta: dict[str, str]
     metrics: dict[str, float]
 
-    def get_tag(self, key: str) -> str | None:
-        return self.meta.get(key)
-
-    def get_metric(self, key: str) -> float | None:
-        return self.metrics.get(key)
-
 
 RECORD_FIELDS = FinishedSpan._fields
 RECORD_LEN = len(RECORD_FIELDS)
