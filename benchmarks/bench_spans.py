@@ -22,6 +22,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _sink import Sink, median  # noqa: E402
@@ -29,9 +31,8 @@ from _sink import Sink, median  # noqa: E402
 CHILDREN = 100
 
 
-def worker_ours(traces: int, sink_url: str) -> tuple[float, float, int]:
-    os.environ["TRACER_AGENT_URL"] = sink_url
-    from tracer import tracer
+def make_run(tracer: Any) -> Callable[[int], None]:
+    """The workload for tracers with the ddtrace-style API (ours, ddtrace)."""
 
     def run(n: int) -> None:
         for _ in range(n):
@@ -43,6 +44,14 @@ def worker_ours(traces: int, sink_url: str) -> tuple[float, float, int]:
                         span.set_tag("c", "z")
                         span.set_metric("m", 1)
 
+    return run
+
+
+def worker_ours(traces: int, sink_url: str) -> tuple[float, float, int]:
+    os.environ["TRACER_AGENT_URL"] = sink_url
+    from tracer import tracer
+
+    run = make_run(tracer)
     run(20)
     tracer.flush(10)
     start = time.perf_counter()
@@ -62,16 +71,7 @@ def worker_ddtrace(traces: int, sink_url: str) -> tuple[float, float, int]:
     )
     from ddtrace.trace import tracer
 
-    def run(n: int) -> None:
-        for _ in range(n):
-            with tracer.trace("root", service="bench"):
-                for _ in range(CHILDREN):
-                    with tracer.trace("child") as span:
-                        span.set_tag("a", "x")
-                        span.set_tag("b", "y")
-                        span.set_tag("c", "z")
-                        span.set_metric("m", 1)
-
+    run = make_run(tracer)
     run(20)
     tracer.flush()
     start = time.perf_counter()
