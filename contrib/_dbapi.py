@@ -439,6 +439,27 @@ class TracedMySQLConnection(TracedConnection):
     cursor_types = (TracedMySQLCursor, fetch_variant(TracedMySQLCursor))
 
 
+def traced_mysql_connection(
+    conn: Any, *, component: str, db: Any, user: Any, host: Any, port: Any, sql_kwarg: str = "query"
+) -> TracedMySQLConnection:
+    """``conn`` as a traced connection with what every MySQL driver shares:
+    ``mysql.*`` span names, ``db.system=mysql``, the ``TRACER_MYSQL_SERVICE``
+    service and DBM comments."""
+    info = make_info(
+        prefix="mysql",
+        system="mysql",
+        component=component,
+        service=config.mysql_service,
+        db=db,
+        user=user,
+        host=host,
+        port=port,
+        sql_kwarg=sql_kwarg,
+        dbm=True,
+    )
+    return TracedMySQLConnection(conn, info)
+
+
 # -- patching ---------------------------------------------------------------------
 def connect_wrapper(make_proxy: Callable[[Any, tuple, dict], Any]) -> Callable[..., Any]:
     """A wrapt wrapper for a driver's ``connect``: the driver connects

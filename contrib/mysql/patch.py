@@ -7,7 +7,6 @@ from typing import Any
 
 from contrib import _dbapi
 from tracer._patching import Target, patch_supported, unpatch_targets
-from tracer.config import config
 
 SUPPORTED = ">=8.0"
 NAME = "mysql"
@@ -21,19 +20,15 @@ def get_version() -> str:
 
 def _proxy(conn: Any, args: tuple, kwargs: dict) -> Any:
     # Not conn.database: that property runs "SELECT DATABASE()" on the server.
-    info = _dbapi.make_info(
-        prefix="mysql",
-        system="mysql",
+    return _dbapi.traced_mysql_connection(
+        conn,
         component="mysql-connector",
-        service=config.mysql_service,
         db=kwargs.get("database") or kwargs.get("db") or getattr(conn, "_database", None),
         user=getattr(conn, "user", None) or kwargs.get("user"),
         host=getattr(conn, "server_host", None) or kwargs.get("host"),
         port=getattr(conn, "server_port", None) or kwargs.get("port"),
         sql_kwarg="operation",
-        dbm=True,
     )
-    return _dbapi.TracedMySQLConnection(conn, info)
 
 
 _wrapper = _dbapi.connect_wrapper(_proxy)

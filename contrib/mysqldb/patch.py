@@ -6,7 +6,6 @@ from typing import Any
 
 from contrib import _dbapi
 from tracer._patching import Target, patch_supported, unpatch_targets
-from tracer.config import config
 
 SUPPORTED = ">=2.0"
 NAME = "mysqldb"
@@ -25,19 +24,14 @@ def _proxy(conn: Any, args: tuple, kwargs: dict) -> Any:
     params.update(kwargs)
     # mysqlclient ≥ 2.2 keeps host/user/database/port on the connection; older
     # versions only have what connect() was given.
-    info = _dbapi.make_info(
-        prefix="mysql",
-        system="mysql",
+    return _dbapi.traced_mysql_connection(
+        conn,
         component="mysqldb",
-        service=config.mysql_service,
         db=getattr(conn, "database", None) or params.get("database") or params.get("db"),
         user=getattr(conn, "user", None) or params.get("user"),
         host=getattr(conn, "host", None) or params.get("host") or "localhost",
         port=getattr(conn, "port", None) or params.get("port") or 3306,
-        sql_kwarg="query",
-        dbm=True,
     )
-    return _dbapi.TracedMySQLConnection(conn, info)
 
 
 _wrapper = _dbapi.connect_wrapper(_proxy)

@@ -6,7 +6,6 @@ from typing import Any
 
 from contrib import _dbapi
 from tracer._patching import Target, patch_supported, unpatch_targets
-from tracer.config import config
 
 SUPPORTED = ">=1.0"
 NAME = "pymysql"
@@ -20,19 +19,14 @@ def get_version() -> str:
 
 def _proxy(conn: Any, args: tuple, kwargs: dict) -> Any:
     # conn.user and conn.db become bytes once the handshake has run.
-    info = _dbapi.make_info(
-        prefix="mysql",
-        system="mysql",
+    return _dbapi.traced_mysql_connection(
+        conn,
         component="pymysql",
-        service=config.mysql_service,
         db=conn.db,
         user=conn.user,
         host=conn.host,
         port=conn.port,
-        sql_kwarg="query",
-        dbm=True,
     )
-    return _dbapi.TracedMySQLConnection(conn, info)
 
 
 _wrapper = _dbapi.connect_wrapper(_proxy)
