@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
+from operator import itemgetter
 from typing import Any
 
 import msgpack
@@ -126,24 +127,29 @@ def _metrics(value: Any) -> dict[str, float]:
     return value
 
 
+get_fields = itemgetter(*SPAN_FIELDS)  # a span map's 12 fields, in SPAN_FIELDS order (KeyError if one is missing)
+
+
+def wire_typed(fields: tuple) -> bool:
+    """True when ``get_fields(m)`` has the final wire types (what our tracer
+    sends): ints in range, strings, and dicts for meta and metrics. The
+    elements of meta and metrics are the caller's to check."""
+    tid, sid, pid, service, name, resource, type_, start, duration, error, meta, metrics = fields
+    return (type(tid) is int and type(sid) is int and type(pid) is int and type(start) is int
+            and type(duration) is int and type(error) is int and type(service) is str
+            and type(name) is str and type(resource) is str and type(type_) is str
+            and type(meta) is dict and type(metrics) is dict
+            and tid >= 0 and sid >= 0 and pid >= 0 and start < _INT64 and duration < _INT64)
+
+
 def _well_formed(m: dict) -> bool:
     """True when ``m`` already has exactly the 12 fields with their final types
     (what our tracer sends): then it is used as is, no per-field rebuild."""
     try:
-        tid = m["trace_id"]
-        sid = m["span_id"]
-        pid = m["parent_id"]
-        start = m["start"]
-        duration = m["duration"]
-        error = m["error"]
-        meta = m["meta"]
-        metrics = m["metrics"]
-        if not (type(tid) is int and type(sid) is int and type(pid) is int and type(start) is int
-                and type(duration) is int and type(error) is int and type(m["service"]) is str
-                and type(m["name"]) is str and type(m["resource"]) is str and type(m["type"]) is str
-                and type(meta) is dict and type(metrics) is dict
-                and tid >= 0 and sid >= 0 and pid >= 0 and start < _INT64 and duration < _INT64):
+        fields = get_fields(m)
+        if not wire_typed(fields):
             return False
+        meta, metrics = fields[10], fields[11]
         # C-speed element checks: join() rejects non-str, sum() non-numbers.
         "".join(meta)
         "".join(meta.values())

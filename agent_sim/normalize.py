@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from operator import itemgetter
 from typing import Any
 
-from agent_sim.decode import checked_traces, decode_span
-from agent_sim.model import SPAN_FIELDS, Span, Trace
+from agent_sim.decode import checked_traces, decode_span, get_fields, wire_typed
+from agent_sim.model import Span, Trace
 from agent_sim.obfuscate import obfuscate_error_message, obfuscate_sql
 
 MAX_SERVICE = 100
@@ -94,12 +93,10 @@ def normalize_payload(traces: Sequence[Any], version: str = "v0.4") -> tuple[lis
 # Checking a span and normalizing it are one pass over its fields (each alone
 # cost as much bytecode as msgpack takes to decode the span). The common case
 # — every field with its wire type and nothing to fix — is decided with one
-# field fetch and local tests; anything else goes to decode's lenient
+# field fetch and decode's ``wire_typed``; anything else goes to decode's lenient
 # ``decode_span`` or to ``_apply_limits``. Meta and metrics keys already
 # seen to be short strings are remembered (bounded), so a span's key check is
 # one set comparison.
-_GET_FIELDS = itemgetter(*SPAN_FIELDS)
-_INT64 = 1 << 63
 _KNOWN_KEYS_MAX = 4096
 _known_keys: set[str] = set()
 
@@ -117,33 +114,14 @@ def normalize_chunk(trace: Sequence[Any]) -> Trace | str:
     tid = None
     known = _known_keys
     join = "".join
-    int64 = _INT64
     for i, span in enumerate(spans):
         ok = long_meta = False
         try:
+            fields = get_fields(span)
             span_trace_id, span_id, parent_id, service, name, resource, type_, start, duration, error, meta, metrics = (
-                _GET_FIELDS(span)
+                fields
             )
-            if (
-                len(span) == 12
-                and type(span_trace_id) is int
-                and type(span_id) is int
-                and type(parent_id) is int
-                and type(start) is int
-                and type(duration) is int
-                and type(error) is int
-                and type(service) is str
-                and type(name) is str
-                and type(resource) is str
-                and type(type_) is str
-                and type(meta) is dict
-                and type(metrics) is dict
-                and span_trace_id >= 0
-                and span_id >= 0
-                and parent_id >= 0
-                and start < int64
-                and duration < int64
-            ):
+            if len(span) == 12 and wire_typed(fields):
                 # join() rejects anything but str, sum() anything but numbers
                 if meta.keys() <= known:
                     long_meta = len(join(meta.values())) > MAX_META_VALUE // 4 and _long_meta(meta)
@@ -162,7 +140,7 @@ def normalize_chunk(trace: Sequence[Any]) -> Trace | str:
         if not ok:
             span = spans[i] = decode_span(span)
             span_trace_id, span_id, parent_id, service, name, resource, type_, start, duration, error, meta, metrics = (
-                _GET_FIELDS(span)
+                get_fields(span)
             )
             long_meta = _long_meta(meta)
         if reason is not None:
