@@ -317,23 +317,11 @@ class Store:
                 entry = merged
             db.execute("INSERT OR REPLACE INTO stats VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (*args, entry.pack()))
 
-    def stats_rows(self, since_ns: int | None = None, until_ns: int | None = None,
-                   service: str | None = None) -> list[tuple]:
-        """``(width, bucket, key..., data)`` rows whose bucket overlaps the window."""
-        where: list[str] = []
-        args: list[Any] = []
-        if since_ns is not None:
-            where.append("bucket + width * 1000000000 > ?")
-            args.append(since_ns)
-        if until_ns is not None:
-            where.append("bucket < ?")
-            args.append(until_ns)
-        if service:
-            where.append("service = ?")
-            args.append(service)
-        sql = "SELECT * FROM stats" + (" WHERE " + " AND ".join(where) if where else "")
+    def stats_rows(self) -> list[tuple]:
+        """Every ``(width, bucket, key..., data)`` row (start-up and roll-up
+        rebuild the all-time totals from them; windows use ``window_rows``)."""
         with self.lock:
-            return self.db.execute(sql, args).fetchall()
+            return self.db.execute("SELECT * FROM stats").fetchall()
 
     def window_rows(self, since_ns: int | None, until_ns: int | None,
                     service: str | None) -> list[tuple[str, str, str, str, bytes]]:
