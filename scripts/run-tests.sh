@@ -17,6 +17,9 @@ command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 dpkg -s libmariadb-dev >/dev/null 2>&1 || missing+=(libmariadb-dev)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 command -v gcc >/dev/null 2>&1 || missing+=(gcc)
+# Python headers: tracer._cspan (the C span code) and mysqlclient compile against them.
+python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+  || missing+=(python3-dev)
 if [ ${#missing[@]} -gt 0 ]; then
   log "apt-get install ${missing[*]}"
   $SUDO apt-get update -qq
@@ -52,5 +55,11 @@ status=$?
 set -e
 if [ "$status" -eq 5 ]; then
   echo "pytest collected no tests"; exit 1
+fi
+if [ "$status" -eq 0 ] && [ $# -eq 0 ]; then
+  # The span hot path runs in C (tracer._cspan) where it builds, else in pure
+  # Python: the core's tests once more with the pure-Python code.
+  log "pytest tests/tracer with TRACER_PURE_PYTHON=true"
+  TRACER_PURE_PYTHON=true python -m pytest -p no:cacheprovider -q tests/tracer || status=$?
 fi
 exit "$status"

@@ -24,12 +24,13 @@ from typing import Any, Callable, TypeVar
 from tracer.buffer import TraceBuffer, _Trace
 from tracer.config import config as _config
 from tracer.context import Context, _active
-from tracer.span import Span
+from tracer.span import Span, _cspan
 
 log = logging.getLogger("tracer")
 
 F = TypeVar("F", bound=Callable[..., Any])
-_new_span = object.__new__
+_new_span = Span.__new__
+_trace_child: Any = _cspan.trace_child if _cspan is not None else None
 
 # Launchers and interpreters whose name is never a service name.
 _LAUNCHERS = frozenset(("gunicorn", "flask", "uwsgi", "uvicorn", "python", "python3", "tracer-run", "pytest", "-c", ""))
@@ -208,16 +209,15 @@ class Tracer:
         next(trace.starts)
         return span
 
-    def trace(
+    def _trace_py(
         self,
         name: str,
         service: str | None = None,
         resource: str | None = None,
         span_type: str | None = None,
     ) -> Span:
-        """Start a span as a child of the active one and activate it. Use as a
-        context manager: ``with tracer.trace("work") as span: ...``; an
-        exception leaving the block marks the span and propagates unchanged."""
+        """``trace()`` in pure Python (with the C span: its slow path, for a
+        new trace or a foreign parent)."""
         mono = perf_counter_ns()
         parent = _active.get()
         if parent is not None and not (trace := parent._trace).foreign:
@@ -248,6 +248,25 @@ class Tracer:
             span._prev = parent
         _active.set(span)
         return span
+
+    if _cspan is None:
+        trace = _trace_py
+    else:
+        def trace(
+            self,
+            name: str,
+            service: str | None = None,
+            resource: str | None = None,
+            span_type: str | None = None,
+        ) -> Span:
+            span: Span | None = _trace_child(name, service, resource, span_type)
+            if span is None:  # no active span (a new trace), or a foreign one
+                span = self._trace_py(name, service, resource, span_type)
+            return span
+
+    trace.__doc__ = """Start a span as a child of the active one and activate it. Use as a
+        context manager: ``with tracer.trace("work") as span: ...``; an
+        exception leaving the block marks the span and propagates unchanged."""
 
     def current_span(self) -> Span | None:
         return _active.get()

@@ -213,6 +213,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("TRACER_DB_OBFUSCATE", "db_obfuscate", _bool, False, "obfuscate SQL literals in the tracer (for receivers that do not)"),
     Option("TRACER_LOGS_INJECTION", "logs_injection", _bool, False, "add trace_id/span_id/service/env/version to logging records", "DD_LOGS_INJECTION"),
     Option("TRACER_DEBUG", "debug", _bool, False, "verbose tracer logs", "DD_TRACE_DEBUG"),
+    Option("TRACER_PURE_PYTHON", "pure_python", _bool, False, "use the pure-Python span code even where its C version (tracer._cspan) is built"),
 )
 
 # Integrations and whether patch_all() enables them by default (TRACER_PATCH_<X>).
@@ -250,6 +251,7 @@ class Config:
     """
 
     enabled: bool
+    pure_python: bool
     service: str | None
     env: str | None
     version: str | None

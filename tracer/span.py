@@ -10,12 +10,15 @@ fields); the writer thread reads that record and the span's ``meta`` and
 
 from __future__ import annotations
 
+import importlib
 import traceback
 from collections.abc import Iterator, Sequence
+from random import getrandbits
 from time import perf_counter_ns
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
+from tracer.config import config as _config
 from tracer.context import _active
 
 if TYPE_CHECKING:
@@ -28,6 +31,7 @@ MAX_STACK_LEN = 5000
 MAX_STACK_FRAMES = 30
 
 _NOT_ACTIVATED = object()
+_S = TypeVar("_S", bound="_SpanBase")
 # Numeric tags that Datadog expects as strings in meta.
 _STRING_TAGS = frozenset(("http.status_code",))
 
@@ -74,25 +78,34 @@ def records(chunk: list[Any]) -> list[FinishedSpan]:
     return [FinishedSpan._make(record) for record in iter_records(chunk)]
 
 
-class Span:
-    __slots__ = (
-        "trace_id",
-        "span_id",
-        "parent_id",
-        "name",
-        "service",
-        "resource",
-        "span_type",
-        "start_ns",
-        "duration_ns",
-        "error",
-        "meta",
-        "metrics",
-        "_trace",
-        "_parent",
-        "_prev",
-        "_mono",
-    )
+# Every field of a span (the C version, tracer/_cspan.c, has the same, in this order).
+SPAN_FIELDS = (
+    "trace_id",
+    "span_id",
+    "parent_id",
+    "name",
+    "service",
+    "resource",
+    "span_type",
+    "start_ns",
+    "duration_ns",
+    "error",
+    "meta",
+    "metrics",
+    "_trace",
+    "_parent",
+    "_prev",
+    "_mono",
+)
+
+
+class _SpanBase:
+    """The span's fields and hot-path methods in pure Python. ``tracer._cspan``
+    has the same in C (used when it is built, unless ``TRACER_PURE_PYTHON``
+    is set); its slow paths call back into the methods here, so the rules
+    (limits, value types) live here. Keep the two in step."""
+
+    __slots__ = SPAN_FIELDS
 
     trace_id: int  # 128 bits; the low 64 go on the wire, the high half in meta _dd.p.tid
     span_id: int
@@ -106,40 +119,12 @@ class Span:
     error: int
     meta: dict[str, str]
     metrics: dict[str, float]
+    _trace: _Trace
+    _parent: Span | None  # None for the local root
+    _prev: Any  # the span active before this one, _NOT_ACTIVATED if it never was active
+    _mono: int  # perf_counter_ns() at the start
 
-    def __init__(
-        self,
-        trace: _Trace,
-        trace_id: int,
-        span_id: int,
-        parent_id: int,
-        parent: Span | None,
-        name: str,
-        service: str | None,
-        resource: str | None,
-        span_type: str | None,
-        mono: int,
-        start_ns: int,
-        prev: object = _NOT_ACTIVATED,
-    ) -> None:
-        self._trace = trace
-        self.trace_id = trace_id
-        self.span_id = span_id
-        self.parent_id = parent_id
-        self._parent = parent
-        self.name = name
-        self.service = service
-        self.resource = resource or name
-        self.span_type = span_type
-        self._mono = mono
-        self.start_ns = start_ns
-        self.duration_ns = None
-        self.error = 0
-        self.meta = {}
-        self.metrics = {}
-        self._prev = prev  # the span active before this one, if activated
-
-    # -- tags -----------------------------------------------------------------
+    # -- tags -------------------------------------------------------------------
     def set_tag(self, key: str, value: Any) -> None:
         """Set a tag. Strings go to ``meta``; numbers to ``metrics`` (as ddtrace
         does), except a few keys Datadog reads as strings; other values are
@@ -165,10 +150,6 @@ class Span:
                 return
             self.meta[key] = text[:MAX_VALUE_LEN]
 
-    def set_tags(self, tags: dict[str, Any]) -> None:
-        for key, value in tags.items():
-            self.set_tag(key, value)
-
     def set_metric(self, key: str, value: float) -> None:
         if len(key) > MAX_KEY_LEN:
             key = key[:MAX_KEY_LEN]
@@ -179,12 +160,6 @@ class Span:
             except (TypeError, ValueError):
                 return
         self.metrics[key] = value
-
-    def get_tag(self, key: str) -> str | None:
-        return self.meta.get(key)
-
-    def get_metric(self, key: str) -> float | None:
-        return self.metrics.get(key)
 
     def set_exc_info(
         self,
@@ -213,26 +188,8 @@ class Span:
             stack = "..." + stack[-MAX_STACK_LEN:]
         self.meta["error.stack"] = stack
 
-    # -- life cycle -----------------------------------------------------------
-    @property
-    def finished(self) -> bool:
-        return self.duration_ns is not None
-
-    def finish(self, finish_time_ns: int | None = None) -> None:
-        """End the span (idempotent). If it is the active span, its previous
-        active span becomes active again. Hands the span to its trace buffer."""
-        if self.duration_ns is not None:
-            return
-        if finish_time_ns is None:
-            self.duration_ns = perf_counter_ns() - self._mono
-        else:
-            self.duration_ns = max(0, finish_time_ns - self.start_ns)
-        prev = self._prev
-        if prev is not _NOT_ACTIVATED and _active.get() is self:
-            _active.set(prev)  # type: ignore[arg-type]
-        self._trace.finish_span(self)
-
-    def __enter__(self) -> Span:
+    # -- life cycle -------------------------------------------------------------
+    def __enter__(self: _S) -> _S:
         return self
 
     def __exit__(
@@ -286,9 +243,105 @@ class Span:
         elif trace.root_done or len(finished) >= trace.buffer.partial_flush_len:
             trace._flush(ordinal, False)
 
+
+def _load_cspan() -> Any:
+    if _config.pure_python:
+        return None
+    try:
+        return importlib.import_module("tracer._cspan")
+    except ImportError:  # not built (no compiler at install time): the Python code above
+        return None
+
+
+_cspan = _load_cspan()
+if TYPE_CHECKING:
+    _Base = _SpanBase
+else:
+    _Base = _SpanBase if _cspan is None else _cspan.SpanBase
+
+
+class Span(_Base):
+    """One timed operation: created by ``Tracer``, never directly. Its fields
+    and hot-path methods come from the C version when it is built, else from
+    ``_SpanBase``."""
+
+    __slots__ = ()
+
+    def __init__(
+        self,
+        trace: _Trace,
+        trace_id: int,
+        span_id: int,
+        parent_id: int,
+        parent: Span | None,
+        name: str,
+        service: str | None,
+        resource: str | None,
+        span_type: str | None,
+        mono: int,
+        start_ns: int,
+        prev: object = _NOT_ACTIVATED,
+    ) -> None:
+        self._trace = trace
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.parent_id = parent_id
+        self._parent = parent
+        self.name = name
+        self.service = service
+        self.resource = resource or name
+        self.span_type = span_type
+        self._mono = mono
+        self.start_ns = start_ns
+        self.duration_ns = None
+        self.error = 0
+        self.meta = {}
+        self.metrics = {}
+        self._prev = prev  # the span active before this one, if activated
+
+    # -- tags -------------------------------------------------------------------
+    # The C set_tag/set_metric handle str keys and str or number values within
+    # the limits, and call these for everything else.
+    _set_tag_slow = _SpanBase.set_tag
+    _set_metric_slow = _SpanBase.set_metric
+    set_exc_info = _SpanBase.set_exc_info  # the C __exit__ calls it when an exception leaves the block
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        for key, value in tags.items():
+            self.set_tag(key, value)
+
+    def get_tag(self, key: str) -> str | None:
+        return self.meta.get(key)
+
+    def get_metric(self, key: str) -> float | None:
+        return self.metrics.get(key)
+
+    # -- life cycle -------------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        return self.duration_ns is not None
+
+    def finish(self, finish_time_ns: int | None = None) -> None:
+        """End the span (idempotent). If it is the active span, its previous
+        active span becomes active again. Hands the span to its trace buffer."""
+        if self.duration_ns is not None:
+            return
+        if finish_time_ns is None:
+            self.duration_ns = perf_counter_ns() - self._mono
+        else:
+            self.duration_ns = max(0, finish_time_ns - self.start_ns)
+        prev = self._prev
+        if prev is not _NOT_ACTIVATED and _active.get() is self:
+            _active.set(prev)  # type: ignore[arg-type]
+        self._trace.finish_span(self)
+
     # -- helpers --------------------------------------------------------------
     def __repr__(self) -> str:
         return (
             f"Span(name={self.name!r}, service={self.service!r}, resource={self.resource!r}, "
             f"trace_id={self.trace_id:032x}, span_id={self.span_id:016x}, parent_id={self.parent_id:016x})"
         )
+
+
+if _cspan is not None:
+    _cspan.configure(Span, _active, _NOT_ACTIVATED, getrandbits)

@@ -155,12 +155,18 @@ def test_info_with_a_receiver(receiver_mod: RunningReceiver) -> None:
     assert "env:             staging" in out
     assert f"agent URL:       {receiver_mod.url}" in out
     assert "sample rate:     0.5" in out
+    assert "span code:       C (tracer._cspan)" in out  # the test command builds it (tests/tracer/test_cspan.py)
     requests_version = __import__("requests").__version__
     lines = {line.split()[0]: line.split() for line in out.split("integrations:\n")[1].splitlines()[1:8]}
     assert lines["requests"][:4] == ["requests", "yes", requests_version, "yes"]
     assert lines["flask"][1] == "no"
     assert lines["futures"][:3] == ["futures", "yes", "stdlib"]
     assert f"OK: a receiver answers at {receiver_mod.url}" in out
+
+
+def test_info_says_when_the_pure_python_span_code_runs(receiver_mod: RunningReceiver) -> None:
+    proc = tracer_run(["--info"], env={"TRACER_AGENT_URL": receiver_mod.url, "TRACER_PURE_PYTHON": "true"})
+    assert "span code:       pure Python (TRACER_PURE_PYTHON is set)" in proc.stdout
 
 
 def test_info_without_a_receiver_says_how_to_fix_it() -> None:

@@ -1,0 +1,187 @@
+"""The span hot path has two versions: C (tracer/_cspan.c, built at install)
+and pure Python (tracer.span._SpanBase, used when the C one is not built or
+TRACER_PURE_PYTHON is set). The test command runs tests/tracer once with each;
+the tests here target what differs between them: child spans (built by
+``_cspan.trace_child``), tags set on them, and reference counting."""
+
+from __future__ import annotations
+
+import contextvars
+import gc
+import os
+import sys
+import threading
+
+import pytest
+
+from tracer import tracer
+from tracer.span import MAX_KEY_LEN, MAX_VALUE_LEN, SPAN_FIELDS, _cspan
+
+PURE = os.environ.get("TRACER_PURE_PYTHON", "").lower() in ("1", "true", "yes", "on")
+
+
+def test_the_c_version_is_built_and_used():
+    # The test command installs a compiler; a silent fallback would leave the
+    # C code untested and the benchmarks slower.
+    if PURE:
+        assert _cspan is None
+    else:
+        assert _cspan is not None, "tracer._cspan did not build: see the pip install output"
+        assert type(tracer.trace("x")).__mro__[1] is _cspan.SpanBase
+        tracer.current_span().finish()
+
+
+def test_child_spans_have_every_field_and_the_parents_ids(test_spans):
+    with tracer.trace("root", service="svc", resource="R") as root:
+        with tracer.trace("child") as child:
+            assert tracer.current_span() is child
+            with tracer.trace("grandchild", service="other", resource="res", span_type="sql") as grand:
+                assert tracer.current_span() is grand
+            assert tracer.current_span() is child
+        assert tracer.current_span() is root
+    assert tracer.current_span() is None
+    for span in (root, child, grand):
+        for field in SPAN_FIELDS:
+            getattr(span, field)
+    assert (child.trace_id, child.parent_id, child.service, child.resource) == (root.trace_id, root.span_id, "svc", "child")
+    assert (grand.parent_id, grand.service, grand.resource, grand.span_type) == (child.span_id, "other", "res", "sql")
+    assert child.span_id not in (0, root.span_id)
+    assert root.start_ns <= child.start_ns <= grand.start_ns
+    assert child.duration_ns >= grand.duration_ns >= 0
+    by_name = {s.name: s for s in test_spans.spans}
+    assert "_dd.top_level" not in by_name["child"].metrics, "same service as its parent"
+    assert by_name["grandchild"].metrics == {"_dd.top_level": 1}
+
+
+def test_empty_service_and_resource_fall_back_as_in_python(test_spans):
+    with tracer.trace("root", service="svc"), tracer.trace("child", service="", resource="") as child:
+        pass
+    assert (child.service, child.resource) == ("svc", "child")
+
+
+class Key(str):
+    pass
+
+
+def test_tags_on_a_child_span_follow_the_python_rules(test_spans):
+    with tracer.trace("root"), tracer.trace("child") as span:
+        span.set_tag("s", "v")
+        span.set_tag("n", 3)
+        span.set_tag("f", 1.5)
+        span.set_tag("b", True)
+        span.set_tag("http.status_code", 200)
+        span.set_tag("o", ["x"])
+        span.set_tag("k" * 500, "long key")
+        span.set_tag("long", "v" * (MAX_VALUE_LEN + 1))
+        span.set_tag("gone", "x")
+        span.set_tag("gone", None)
+        span.set_tag(Key("sub"), "str subclass key")  # not an exact str: the Python code stores it
+        span.set_metric("m", 4)
+        span.set_metric("m2", True)
+        span.set_metric("m" * 300, 1)
+        span.set_metric("bad", "not a number")
+        span.set_metric("str", "2.5")
+    assert span.meta == {
+        "s": "v",
+        "b": "true",
+        "http.status_code": "200",
+        "o": "['x']",
+        "k" * MAX_KEY_LEN: "long key",
+        "long": "v" * MAX_VALUE_LEN,
+        "sub": "str subclass key",
+    }
+    assert span.metrics == {"n": 3, "f": 1.5, "m": 4, "m2": 1.0, "m" * MAX_KEY_LEN: 1, "str": 2.5}
+    with pytest.raises(TypeError):
+        span.set_tag("only one argument")  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        span.set_metric("k", 1, 2)  # type: ignore[call-arg]
+
+
+def test_exceptions_leaving_a_child_block(test_spans):
+    error = ValueError("boom")
+    with pytest.raises(ValueError) as raised, tracer.trace("root"), tracer.trace("child") as child:
+        raise error
+    assert raised.value is error
+    assert child.error == 1 and child.meta["error.type"] == "ValueError" and child.meta["error.message"] == "boom"
+    assert tracer.current_span() is None
+
+
+def test_a_failing_set_exc_info_does_not_mask_the_users_exception(test_spans):
+    class Odd(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("unprintable")
+
+    with pytest.raises(Odd), tracer.trace("root"), tracer.trace("child") as child:
+        raise Odd()
+    assert child.error == 1 and tracer.current_span() is None
+
+
+def test_finish_then_block_end_and_block_end_twice_send_once(test_spans):
+    with tracer.trace("root"):
+        with tracer.trace("child") as child:
+            child.finish()
+            duration = child.duration_ns
+        child.__exit__(None, None, None)
+        assert child.duration_ns == duration
+    assert sorted(s.name for s in test_spans.spans) == ["child", "root"]
+
+
+def test_children_started_after_the_root_finished_leave_as_a_late_chunk(test_spans):
+    def run() -> None:  # in a context of its own: it ends with the finished root active
+        root = tracer.start_span("root", activate=True)
+        child = tracer.trace("open child")
+        root.finish()
+        with tracer.trace("late"):
+            pass
+        child.finish()
+
+    contextvars.copy_context().run(run)
+    assert [[s.name for s in chunk] for chunk in test_spans.chunks] == [["root"], ["late", "open child"]]
+
+
+def test_a_parent_from_before_fork_is_foreign_and_starts_a_new_trace(test_spans):
+    with tracer.trace("root") as root:
+        root._trace.foreign = True
+        with tracer.trace("child") as child:
+            pass
+    assert child.trace_id == root.trace_id and child.parent_id == root.span_id
+    assert child._trace is not root._trace, "continued as a remote parent, in a trace of its own"
+
+
+def test_threads_each_see_their_own_child_spans(test_spans):
+    errors: list[str] = []
+
+    def work(i: int) -> None:
+        for _ in range(200):
+            with tracer.trace(f"root{i}") as root, tracer.trace("child") as child:
+                if tracer.current_span() is not child or child.parent_id != root.span_id:
+                    errors.append(f"thread {i}")
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(test_spans.spans) == 4 * 200 * 2
+
+
+def test_no_reference_is_leaked_or_lost(test_spans):
+    # Unique objects, so that their reference counts are ours alone.
+    name, service, resource, kind = (f"{word}-{id(test_spans)}" for word in ("name", "svc", "res", "type"))
+    key, value = f"key-{id(test_spans)}", f"value-{id(test_spans)}"
+    before = [sys.getrefcount(o) for o in (name, service, resource, kind, key, value)]
+    with tracer.trace("root") as root:
+        root_refs = sys.getrefcount(root)
+        for i in range(1000):
+            with tracer.trace(name, service, resource, kind) as span:
+                span.set_tag(key, value)
+                span.set_metric(key, i)
+                if i % 2:
+                    span.set_tag(key, None)
+        del span
+        assert sys.getrefcount(root) == root_refs, "finished children are freed; their records hold ids, not spans"
+    test_spans.raw.clear()
+    gc.collect()
+    after = [sys.getrefcount(o) for o in (name, service, resource, kind, key, value)]
+    assert after == before

@@ -1,0 +1,594 @@
+/* tracer._cspan: the span hot path in C (optional; tracer/span.py has the
+ * same behaviour in pure Python and is used when this does not build).
+ *
+ * What is here is what every `with tracer.trace(...) as span:` runs per
+ * span: creating and activating a child span, set_tag / set_metric on
+ * ordinary keys and values, __enter__, and __exit__ (finish, restore the
+ * previous active span, append the span's record to its trace). Anything
+ * unusual (a non-str key, an over-long value, an exception leaving the block,
+ * a chunk leaving the buffer) calls back into the Python code, so the rules
+ * live in one place: tracer/span.py and tracer/buffer.py. A change to the
+ * Python fast paths must be made here too; tests/tracer run against both
+ * (TRACER_PURE_PYTHON=1 selects the Python code).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+#define MAX_KEY_LEN 200
+#define MAX_VALUE_LEN 25000
+
+typedef struct {
+    PyObject_HEAD
+    /* Field order: tracer.span.SPAN_FIELDS. */
+    PyObject *trace_id;
+    PyObject *span_id;
+    PyObject *parent_id;
+    PyObject *name;
+    PyObject *service;
+    PyObject *resource;
+    PyObject *span_type;
+    PyObject *start_ns;
+    PyObject *duration_ns;
+    PyObject *error;
+    PyObject *meta;
+    PyObject *metrics;
+    PyObject *_trace;
+    PyObject *_parent;
+    PyObject *_prev;
+    PyObject *_mono;
+} SpanObject;
+
+/* Set once by configure(): the Python Span class (a subclass of SpanBase),
+ * the active-span ContextVar, the "not activated" sentinel and
+ * random.getrandbits. */
+static PyTypeObject *span_cls = NULL;
+static PyObject *active_var = NULL;
+static PyObject *not_activated = NULL;
+static PyObject *getrandbits = NULL;
+
+static PyObject *s_foreign, *s_root_done, *s_starts, *s_finishes, *s_finished, *s_root, *s_trace_id,
+    *s_buffer, *s_partial_flush_len, *s__flush, *s_start_span_late, *s_wall_base, *s_mono_base,
+    *s_set_exc_info, *s__set_tag_slow, *s__set_metric_slow, *s_top_level, *s_status_code;
+static PyObject *int_0, *int_1, *int_64;
+
+static PyTypeObject SpanBase_Type;
+
+static inline long long
+perf_counter_ns(void)
+{
+    /* The clock of time.perf_counter_ns(): Python code reads it too (root
+     * spans, start_span), and durations mix the two. */
+#if PY_VERSION_HEX >= 0x030D0000
+    PyTime_t t;
+    (void)PyTime_PerfCounterRaw(&t);
+    return (long long)t;
+#else
+    return (long long)_PyTime_GetPerfCounter();
+#endif
+}
+
+static int
+Span_traverse(SpanObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->trace_id);
+    Py_VISIT(self->span_id);
+    Py_VISIT(self->parent_id);
+    Py_VISIT(self->name);
+    Py_VISIT(self->service);
+    Py_VISIT(self->resource);
+    Py_VISIT(self->span_type);
+    Py_VISIT(self->start_ns);
+    Py_VISIT(self->duration_ns);
+    Py_VISIT(self->error);
+    Py_VISIT(self->meta);
+    Py_VISIT(self->metrics);
+    Py_VISIT(self->_trace);
+    Py_VISIT(self->_parent);
+    Py_VISIT(self->_prev);
+    Py_VISIT(self->_mono);
+    return 0;
+}
+
+static int
+Span_clear(SpanObject *self)
+{
+    Py_CLEAR(self->trace_id);
+    Py_CLEAR(self->span_id);
+    Py_CLEAR(self->parent_id);
+    Py_CLEAR(self->name);
+    Py_CLEAR(self->service);
+    Py_CLEAR(self->resource);
+    Py_CLEAR(self->span_type);
+    Py_CLEAR(self->start_ns);
+    Py_CLEAR(self->duration_ns);
+    Py_CLEAR(self->error);
+    Py_CLEAR(self->meta);
+    Py_CLEAR(self->metrics);
+    Py_CLEAR(self->_trace);
+    Py_CLEAR(self->_parent);
+    Py_CLEAR(self->_prev);
+    Py_CLEAR(self->_mono);
+    return 0;
+}
+
+static void
+Span_dealloc(SpanObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    /* A long chain of parents freed at once must not overflow the C stack. */
+    Py_TRASHCAN_BEGIN(self, Span_dealloc)
+    Span_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+    Py_TRASHCAN_END
+}
+
+/* -- tags ----------------------------------------------------------------- */
+
+static PyObject *
+Span_set_tag(SpanObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "set_tag() takes 2 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    PyObject *key = args[0], *value = args[1];
+    if (PyUnicode_CheckExact(key) && PyUnicode_GET_LENGTH(key) <= MAX_KEY_LEN && self->meta != NULL &&
+        self->metrics != NULL) {
+        PyTypeObject *cls = Py_TYPE(value);
+        if (cls == &PyUnicode_Type) {
+            if (PyUnicode_GET_LENGTH(value) <= MAX_VALUE_LEN) {
+                if (PyDict_SetItem(self->meta, key, value) < 0)
+                    return NULL;
+                Py_RETURN_NONE;
+            }
+        }
+        else if (cls == &PyLong_Type || cls == &PyFloat_Type) {
+            int string_tag = PyUnicode_Compare(key, s_status_code) == 0;
+            if (!string_tag) {
+                if (PyDict_SetItem(self->metrics, key, value) < 0)
+                    return NULL;
+                Py_RETURN_NONE;
+            }
+        }
+    }
+    /* Everything else (truncation, None, bool, other types): the Python rules. */
+    return PyObject_CallMethodObjArgs((PyObject *)self, s__set_tag_slow, key, value, NULL);
+}
+
+static PyObject *
+Span_set_metric(SpanObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "set_metric() takes 2 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    PyObject *key = args[0], *value = args[1];
+    if (PyUnicode_CheckExact(key) && PyUnicode_GET_LENGTH(key) <= MAX_KEY_LEN && self->metrics != NULL &&
+        (PyLong_CheckExact(value) || PyFloat_CheckExact(value))) {
+        if (PyDict_SetItem(self->metrics, key, value) < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    return PyObject_CallMethodObjArgs((PyObject *)self, s__set_metric_slow, key, value, NULL);
+}
+
+/* -- life cycle ----------------------------------------------------------- */
+
+static PyObject *
+Span_enter(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return Py_NewRef(self);
+}
+
+/* Append the span's record to its trace and send the chunk if it can leave:
+ * _Trace.finish_span, for a span whose duration is set. */
+static int
+finish_record(SpanObject *self)
+{
+    PyObject *trace = self->_trace, *metrics = self->metrics, *service = self->service;
+    PyObject *parent = self->_parent;
+    if (trace == NULL || metrics == NULL || service == NULL || parent == NULL || self->span_id == NULL ||
+        self->parent_id == NULL || self->name == NULL || self->resource == NULL || self->span_type == NULL ||
+        self->start_ns == NULL || self->error == NULL || self->meta == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "span is missing a field");
+        return -1;
+    }
+    int top_level;
+    if (parent == Py_None)
+        top_level = 1;
+    else if (Py_TYPE(parent) == span_cls && ((SpanObject *)parent)->service != NULL)
+        top_level = PyObject_RichCompareBool(((SpanObject *)parent)->service, service, Py_NE);
+    else {
+        PyObject *pservice = PyObject_GetAttrString(parent, "service");
+        if (pservice == NULL)
+            return -1;
+        top_level = PyObject_RichCompareBool(pservice, service, Py_NE);
+        Py_DECREF(pservice);
+    }
+    if (top_level < 0)
+        return -1;
+    if (top_level && PyDict_SetItem(metrics, s_top_level, int_1) < 0)
+        return -1;
+
+    PyObject *finished = PyObject_GetAttr(trace, s_finished);
+    if (finished == NULL)
+        return -1;
+    if (!PyList_CheckExact(finished)) {
+        Py_DECREF(finished);
+        PyErr_SetString(PyExc_TypeError, "trace.finished is not a list");
+        return -1;
+    }
+    PyObject *trace_id = PyObject_GetAttr(trace, s_trace_id);
+    if (trace_id == NULL) {
+        Py_DECREF(finished);
+        return -1;
+    }
+    /* The record: tracer.span.RECORD_FIELDS, in wire order. */
+    PyObject *record[12] = {trace_id,          self->span_id, self->parent_id, service,
+                            self->name,        self->resource, self->span_type, self->start_ns,
+                            self->duration_ns, self->error,    self->meta,      metrics};
+    Py_ssize_t n = PyList_GET_SIZE(finished);
+    int rc = 0;
+    for (int i = 0; i < 12 && rc == 0; i++)
+        rc = PyList_Append(finished, record[i]);
+    Py_DECREF(trace_id);
+    if (rc < 0) {
+        /* Leave no half record behind. */
+        PyList_SetSlice(finished, n, PyList_GET_SIZE(finished), NULL);
+        Py_DECREF(finished);
+        return -1;
+    }
+    Py_ssize_t length = PyList_GET_SIZE(finished);
+    Py_DECREF(finished);
+
+    PyObject *finishes = PyObject_GetAttr(trace, s_finishes);
+    if (finishes == NULL)
+        return -1;
+    PyObject *ordinal = PyIter_Next(finishes);
+    Py_DECREF(finishes);
+    if (ordinal == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_RuntimeError, "trace.finishes ended");
+        return -1;
+    }
+
+    PyObject *root = PyObject_GetAttr(trace, s_root);
+    if (root == NULL) {
+        Py_DECREF(ordinal);
+        return -1;
+    }
+    int is_root = root == (PyObject *)self;
+    Py_DECREF(root);
+    PyObject *result = NULL;
+    if (is_root) {
+        if (PyObject_SetAttr(trace, s_root_done, Py_True) < 0) {
+            Py_DECREF(ordinal);
+            return -1;
+        }
+        result = PyObject_CallMethodObjArgs(trace, s__flush, ordinal, Py_True, NULL);
+    }
+    else {
+        PyObject *root_done = PyObject_GetAttr(trace, s_root_done);
+        if (root_done == NULL) {
+            Py_DECREF(ordinal);
+            return -1;
+        }
+        int flush = PyObject_IsTrue(root_done);
+        Py_DECREF(root_done);
+        if (flush == 0) {
+            PyObject *buffer = PyObject_GetAttr(trace, s_buffer);
+            PyObject *limit = buffer ? PyObject_GetAttr(buffer, s_partial_flush_len) : NULL;
+            Py_XDECREF(buffer);
+            if (limit == NULL) {
+                Py_DECREF(ordinal);
+                return -1;
+            }
+            Py_ssize_t max_len = PyLong_AsSsize_t(limit);
+            Py_DECREF(limit);
+            if (max_len == -1 && PyErr_Occurred()) {
+                Py_DECREF(ordinal);
+                return -1;
+            }
+            flush = length >= max_len;
+        }
+        if (flush < 0) {
+            Py_DECREF(ordinal);
+            return -1;
+        }
+        if (!flush) {
+            Py_DECREF(ordinal);
+            return 0;
+        }
+        result = PyObject_CallMethodObjArgs(trace, s__flush, ordinal, Py_False, NULL);
+    }
+    Py_DECREF(ordinal);
+    if (result == NULL)
+        return -1;
+    Py_DECREF(result);
+    return 0;
+}
+
+static PyObject *
+Span_exit(SpanObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "__exit__() takes 3 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    if (args[0] != Py_None) {
+        PyObject *r = PyObject_CallMethodObjArgs((PyObject *)self, s_set_exc_info, args[0], args[1], args[2], NULL);
+        if (r == NULL)
+            PyErr_Clear(); /* never mask the user's exception */
+        else
+            Py_DECREF(r);
+    }
+    if (self->duration_ns != NULL && self->duration_ns != Py_None)
+        Py_RETURN_NONE;
+    if (self->_mono == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "_mono");
+        return NULL;
+    }
+    long long mono = PyLong_AsLongLong(self->_mono);
+    if (mono == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *duration = PyLong_FromLongLong(perf_counter_ns() - mono);
+    if (duration == NULL)
+        return NULL;
+    Py_XSETREF(self->duration_ns, duration);
+    /* The block ends in the context it began in, where this span is still
+     * the active one: restore the previous one. */
+    PyObject *prev = self->_prev;
+    if (prev != NULL && prev != not_activated) {
+        PyObject *token = PyContextVar_Set(active_var, prev);
+        if (token == NULL)
+            return NULL;
+        Py_DECREF(token);
+    }
+    if (finish_record(self) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* -- starting a child span ------------------------------------------------ */
+
+static int
+get_ll(PyObject *obj, PyObject *name, long long *out)
+{
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL)
+        return -1;
+    *out = PyLong_AsLongLong(v);
+    Py_DECREF(v);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+/* trace_child(name, service, resource, span_type) -> Span | None
+ *
+ * Tracer.trace() for the common case: start a child of the active span and
+ * activate it. None when there is no active span or its trace is foreign
+ * (inherited across fork): the caller starts a new trace then. */
+static PyObject *
+trace_child(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_Format(PyExc_TypeError, "trace_child() takes 4 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    if (span_cls == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "tracer._cspan is not configured");
+        return NULL;
+    }
+    PyObject *name = args[0], *service = args[1], *resource = args[2], *span_type = args[3];
+    long long mono = perf_counter_ns();
+    PyObject *parent_obj;
+    if (PyContextVar_Get(active_var, Py_None, &parent_obj) < 0)
+        return NULL;
+    if (parent_obj == NULL || Py_TYPE(parent_obj) != span_cls) {
+        Py_XDECREF(parent_obj);
+        Py_RETURN_NONE;
+    }
+    SpanObject *parent = (SpanObject *)parent_obj;
+    PyObject *trace = parent->_trace;
+    if (trace == NULL || parent->trace_id == NULL || parent->span_id == NULL || parent->service == NULL) {
+        Py_DECREF(parent_obj);
+        Py_RETURN_NONE;
+    }
+    Py_INCREF(trace);
+    SpanObject *span = NULL;
+    PyObject *foreign = PyObject_GetAttr(trace, s_foreign);
+    if (foreign == NULL)
+        goto error;
+    int is_foreign = PyObject_IsTrue(foreign);
+    Py_DECREF(foreign);
+    if (is_foreign < 0)
+        goto error;
+    if (is_foreign) {
+        Py_DECREF(trace);
+        Py_DECREF(parent_obj);
+        Py_RETURN_NONE;
+    }
+    long long wall_base, mono_base;
+    if (get_ll(trace, s_wall_base, &wall_base) < 0 || get_ll(trace, s_mono_base, &mono_base) < 0)
+        goto error;
+
+    span = (SpanObject *)span_cls->tp_alloc(span_cls, 0);
+    if (span == NULL)
+        goto error;
+    span->_trace = trace; /* takes the reference */
+    trace = NULL;
+    span->trace_id = Py_NewRef(parent->trace_id);
+    PyObject *span_id = PyObject_CallOneArg(getrandbits, int_64);
+    if (span_id == NULL)
+        goto error;
+    int zero = PyObject_Not(span_id);
+    if (zero < 0) {
+        Py_DECREF(span_id);
+        goto error;
+    }
+    if (zero)
+        Py_SETREF(span_id, Py_NewRef(int_1));
+    span->span_id = span_id;
+    span->parent_id = Py_NewRef(parent->span_id);
+    span->_parent = Py_NewRef(parent_obj);
+    span->name = Py_NewRef(name);
+    int has_service = PyObject_IsTrue(service);
+    if (has_service < 0)
+        goto error;
+    span->service = Py_NewRef(has_service ? service : parent->service);
+    int has_resource = PyObject_IsTrue(resource);
+    if (has_resource < 0)
+        goto error;
+    span->resource = Py_NewRef(has_resource ? resource : name);
+    span->span_type = Py_NewRef(span_type);
+    if ((span->_mono = PyLong_FromLongLong(mono)) == NULL)
+        goto error;
+    if ((span->start_ns = PyLong_FromLongLong(wall_base + (mono - mono_base))) == NULL)
+        goto error;
+    span->duration_ns = Py_NewRef(Py_None);
+    span->error = Py_NewRef(int_0);
+    if ((span->meta = PyDict_New()) == NULL || (span->metrics = PyDict_New()) == NULL)
+        goto error;
+    span->_prev = parent_obj; /* takes the reference */
+    parent_obj = NULL;
+
+    PyObject *starts = PyObject_GetAttr(span->_trace, s_starts);
+    if (starts == NULL)
+        goto error;
+    PyObject *started = PyIter_Next(starts);
+    Py_DECREF(starts);
+    if (started == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_RuntimeError, "trace.starts ended");
+        goto error;
+    }
+    Py_DECREF(started);
+    PyObject *root_done = PyObject_GetAttr(span->_trace, s_root_done);
+    if (root_done == NULL)
+        goto error;
+    int late = PyObject_IsTrue(root_done);
+    Py_DECREF(root_done);
+    if (late < 0)
+        goto error;
+    if (late) {
+        PyObject *r = PyObject_CallMethodNoArgs(span->_trace, s_start_span_late);
+        if (r == NULL)
+            goto error;
+        Py_DECREF(r);
+    }
+    PyObject *token = PyContextVar_Set(active_var, (PyObject *)span);
+    if (token == NULL)
+        goto error;
+    Py_DECREF(token);
+    return (PyObject *)span;
+
+error:
+    Py_XDECREF(trace);
+    Py_XDECREF(parent_obj);
+    Py_XDECREF(span);
+    return NULL;
+}
+
+static PyObject *
+configure(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "configure(span_cls, active_var, not_activated, getrandbits)");
+        return NULL;
+    }
+    if (!PyType_Check(args[0]) || !PyType_IsSubtype((PyTypeObject *)args[0], &SpanBase_Type)) {
+        PyErr_SetString(PyExc_TypeError, "span_cls must be a subclass of SpanBase");
+        return NULL;
+    }
+    if (!PyContextVar_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "active_var must be a ContextVar");
+        return NULL;
+    }
+    Py_XSETREF(span_cls, (PyTypeObject *)Py_NewRef(args[0]));
+    Py_XSETREF(active_var, Py_NewRef(args[1]));
+    Py_XSETREF(not_activated, Py_NewRef(args[2]));
+    Py_XSETREF(getrandbits, Py_NewRef(args[3]));
+    Py_RETURN_NONE;
+}
+
+#define MEMBER(field) {#field, T_OBJECT_EX, offsetof(SpanObject, field), 0, NULL}
+
+static PyMemberDef Span_members[] = {
+    MEMBER(trace_id), MEMBER(span_id), MEMBER(parent_id), MEMBER(name),    MEMBER(service), MEMBER(resource),
+    MEMBER(span_type), MEMBER(start_ns), MEMBER(duration_ns), MEMBER(error), MEMBER(meta),  MEMBER(metrics),
+    MEMBER(_trace),   MEMBER(_parent),  MEMBER(_prev),       MEMBER(_mono), {NULL},
+};
+
+static PyMethodDef Span_methods[] = {
+    {"set_tag", (PyCFunction)(void (*)(void))Span_set_tag, METH_FASTCALL, "Set a tag (see Span.set_tag)."},
+    {"set_metric", (PyCFunction)(void (*)(void))Span_set_metric, METH_FASTCALL, "Set a numeric tag."},
+    {"__enter__", Span_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)(void (*)(void))Span_exit, METH_FASTCALL, NULL},
+    {NULL},
+};
+
+static PyTypeObject SpanBase_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "tracer._cspan.SpanBase",
+    .tp_basicsize = sizeof(SpanObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The fields and hot-path methods of tracer.span.Span.",
+    .tp_traverse = (traverseproc)Span_traverse,
+    .tp_clear = (inquiry)Span_clear,
+    .tp_dealloc = (destructor)Span_dealloc,
+    .tp_members = Span_members,
+    .tp_methods = Span_methods,
+    .tp_new = PyType_GenericNew,
+};
+
+static PyMethodDef module_methods[] = {
+    {"trace_child", (PyCFunction)(void (*)(void))trace_child, METH_FASTCALL,
+     "trace_child(name, service, resource, span_type): a new active child of the active span, or None."},
+    {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL, NULL},
+    {NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "tracer._cspan", "The span hot path in C (see tracer/span.py).", -1, module_methods,
+};
+
+#define INTERN(var, text)                                    \
+    if ((var = PyUnicode_InternFromString(text)) == NULL)    \
+        return NULL;
+
+PyMODINIT_FUNC
+PyInit__cspan(void)
+{
+    INTERN(s_foreign, "foreign");
+    INTERN(s_root_done, "root_done");
+    INTERN(s_starts, "starts");
+    INTERN(s_finishes, "finishes");
+    INTERN(s_finished, "finished");
+    INTERN(s_root, "root");
+    INTERN(s_trace_id, "trace_id");
+    INTERN(s_buffer, "buffer");
+    INTERN(s_partial_flush_len, "partial_flush_len");
+    INTERN(s__flush, "_flush");
+    INTERN(s_start_span_late, "start_span_late");
+    INTERN(s_wall_base, "wall_base");
+    INTERN(s_mono_base, "mono_base");
+    INTERN(s_set_exc_info, "set_exc_info");
+    INTERN(s__set_tag_slow, "_set_tag_slow");
+    INTERN(s__set_metric_slow, "_set_metric_slow");
+    INTERN(s_top_level, "_dd.top_level");
+    INTERN(s_status_code, "http.status_code");
+    if ((int_0 = PyLong_FromLong(0)) == NULL || (int_1 = PyLong_FromLong(1)) == NULL ||
+        (int_64 = PyLong_FromLong(64)) == NULL)
+        return NULL;
+    if (PyType_Ready(&SpanBase_Type) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module_def);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&SpanBase_Type);
+    if (PyModule_AddObject(m, "SpanBase", (PyObject *)&SpanBase_Type) < 0) {
+        Py_DECREF(&SpanBase_Type);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
