@@ -1,9 +1,15 @@
-"""Builds the optional C version of the span hot path (tracer/_cspan.c).
+"""Builds the optional C versions of the span hot path (tracer/_cspan.c) and
+of the chunk encoders (tracer/_cencode.c).
 
 Everything else is in pyproject.toml. Without a C compiler the build skips
-the extension (``optional=True``) and the tracer runs its pure-Python code.
+them (``optional=True``) and the tracer runs its pure-Python code.
 """
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("tracer._cspan", ["tracer/_cspan.c"], optional=True)])
+setup(
+    ext_modules=[
+        Extension("tracer._cspan", ["tracer/_cspan.c"], optional=True),
+        Extension("tracer._cencode", ["tracer/_cencode.c"], optional=True),
+    ]
+)

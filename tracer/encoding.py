@@ -14,7 +14,9 @@ Input: chunks as the buffer hands them over, flat lists of span records
 ``_dd.p.tid`` (put there by ``tracer.processor``). ``None`` service/type become
 ``""``.
 
-Speed (see docs/performance.md): pure Python on msgpack's C packer. Each trace
+Speed (see docs/performance.md): ``tracer._cencode`` (C, built at install
+when a compiler is there) encodes a chunk in one call, to the same bytes as
+the Python code here; without it, pure Python on msgpack's C packer. Each trace
 is packed on its own and its span dicts/lists die right away; building every
 span's dict for a whole payload first and packing once keeps ~100k tracked
 containers alive and lets the cyclic GC's full collections dominate (measured
@@ -32,7 +34,10 @@ from typing import Any
 
 import msgpack
 
-from tracer.span import RECORD_LEN, FinishedSpan, iter_records, records
+from tracer.span import RECORD_LEN, FinishedSpan, iter_records, load_speedup, records
+
+# The C encoders (tracer/_cencode.c), when built: the same bytes, ~5x faster.
+_cencode = load_speedup("_cencode")
 
 _MASK64 = (1 << 64) - 1
 _ENCODE_ERRORS = (TypeError, ValueError, OverflowError, UnicodeEncodeError)
@@ -169,10 +174,11 @@ class PayloadV04:
         """Add one trace chunk. False (nothing added) when it would push a
         non-empty payload past ``limit``; raises ``TraceTooBig`` when the
         chunk alone does not fit."""
+        encode = self._encode if _cencode is None else _cencode.encode_v04
         try:
-            body = self._encode(chunk)
+            body = encode(chunk)
         except _ENCODE_ERRORS:
-            body = self._encode(_sanitized(chunk))
+            body = encode(_sanitized(chunk))
         size = self.size + len(body)
         if size > self.limit:
             if self.traces:
@@ -369,9 +375,10 @@ class PayloadV05:
         table = self._table
         mark = table.mark()
         try:
-            body = self._encode(chunk)
+            body = self._encode(chunk) if _cencode is None else _cencode.encode_v05(chunk, table.index, table.add)
         except _ENCODE_ERRORS:
-            body = self._encode(_sanitized(chunk))
+            chunk = _sanitized(chunk)
+            body = self._encode(chunk) if _cencode is None else _cencode.encode_v05(chunk, table.index, table.add)
         if 16 + table.nbytes + self._traces_size + len(body) > self.limit:
             grown = table.nbytes - mark[1]
             table.rollback(mark)

@@ -244,16 +244,19 @@ class _SpanBase:
             trace._flush(ordinal, False)
 
 
-def _load_cspan() -> Any:
+def load_speedup(name: str) -> Any:
+    """The C module ``tracer.<name>``, or None when it is not built (no
+    compiler at install time) or ``TRACER_PURE_PYTHON`` is set: the caller
+    then runs its pure-Python code."""
     if _config.pure_python:
         return None
     try:
-        return importlib.import_module("tracer._cspan")
-    except ImportError:  # not built (no compiler at install time): the Python code above
+        return importlib.import_module(f"tracer.{name}")
+    except ImportError:
         return None
 
 
-_cspan = _load_cspan()
+_cspan = load_speedup("_cspan")
 if TYPE_CHECKING:
     _Base = _SpanBase
 else:

@@ -1,0 +1,124 @@
+"""The C chunk encoders (tracer/_cencode.c) write exactly the bytes of the
+pure-Python encoders (msgpack's packer): same payloads for generated chunks,
+including the values that send both down the sanitizing path."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tracer import encoding
+from tracer.span import RECORD_LEN
+
+pytestmark = pytest.mark.skipif(encoding._cencode is None, reason="tracer._cencode is not built or TRACER_PURE_PYTHON is set")
+
+text = st.one_of(
+    st.sampled_from(["", "web", "flask.request", "GET /users/<int:id>", "é", "日本", "😀"]),
+    st.text(max_size=40),
+    st.builds(lambda c, n: c * n, st.sampled_from(["a", "é"]), st.sampled_from([31, 32, 255, 256, 65535, 65536])),
+)
+number = st.one_of(
+    st.integers(min_value=-(2**63), max_value=2**64 - 1),
+    # every boundary of msgpack's int forms, on both sides
+    st.sampled_from([b + d for b in (0, 127, 255, 2**16 - 1, 2**32 - 1, 2**63 - 1) for d in (0, 1)]
+                    + [b - d for b in (-32, -128, -(2**15), -(2**31), -(2**63) + 1) for d in (0, 1)]
+                    + [2**64 - 1]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+)
+u64 = st.integers(min_value=0, max_value=2**64 - 1)
+
+
+@st.composite
+def chunks(draw: Any, odd: bool = False) -> list[Any]:
+    trace_id = draw(st.integers(min_value=1, max_value=2**128 - 1))
+    out: list[Any] = []
+    for _ in range(draw(st.integers(min_value=1, max_value=6))):
+        meta = draw(st.dictionaries(text, text, max_size=5))
+        metrics = draw(st.dictionaries(text, number, max_size=4))
+        if odd:  # what the sanitizing path exists for
+            meta.update(draw(st.dictionaries(st.sampled_from(["bad", "\ud800"]), st.sampled_from(["\udfff", "x"]), max_size=2)))
+            metrics.update(draw(st.dictionaries(st.sampled_from(["huge", "neg"]), st.sampled_from([2**70, -(2**70)]), max_size=1)))
+        out += (
+            trace_id,
+            draw(u64),
+            draw(u64),
+            draw(st.one_of(st.none(), text)),
+            draw(text),
+            draw(text),
+            draw(st.one_of(st.none(), text)),
+            draw(st.integers(min_value=0, max_value=2**63 - 1)),
+            draw(st.integers(min_value=0, max_value=2**40)),
+            draw(st.sampled_from([0, 1])),
+            meta,
+            metrics,
+        )
+    return out
+
+
+def both(payload: type, chunk_list: list[list[Any]], monkeypatch: pytest.MonkeyPatch) -> tuple[bytes, bytes]:
+    def encode() -> bytes:
+        p = payload()
+        for chunk in chunk_list:
+            assert p.put(chunk)
+        return p.finish()
+
+    c = encode()
+    with monkeypatch.context() as m:
+        m.setattr(encoding, "_cencode", None)
+        python = encode()
+    return c, python
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(chunks(), min_size=1, max_size=4))
+@pytest.mark.parametrize("payload", [encoding.PayloadV04, encoding.PayloadV05])
+def test_same_bytes_as_the_python_encoder(payload: type, chunk_list: list[list[Any]]) -> None:
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        c, python = both(payload, chunk_list, monkeypatch)
+    assert c == python
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(chunks(odd=True), min_size=1, max_size=3))
+@pytest.mark.parametrize("payload", [encoding.PayloadV04, encoding.PayloadV05])
+def test_same_bytes_on_the_sanitizing_path(payload: type, chunk_list: list[list[Any]]) -> None:
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        c, python = both(payload, chunk_list, monkeypatch)
+    assert c == python
+    msgpack.unpackb(c, strict_map_key=False)  # well-formed
+
+
+def test_a_decoded_v04_chunk_has_the_spans_fields() -> None:
+    chunk = [(7 << 64) | 5, 1, 0, None, "n", "r", None, 10, 20, 0, {"k": "v"}, {"m": 1.5, "n": -3}]
+    (span,) = msgpack.unpackb(encoding._cencode.encode_v04(chunk))
+    assert span == {
+        "trace_id": 5, "span_id": 1, "parent_id": 0, "service": "", "name": "n", "resource": "r", "type": "",
+        "start": 10, "duration": 20, "error": 0, "meta": {"k": "v"}, "metrics": {"m": 1.5, "n": -3},
+    }
+    nan = msgpack.unpackb(encoding._cencode.encode_v04(chunk[:11] + [{"x": math.nan}]))[0]["metrics"]["x"]
+    assert math.isnan(nan)
+
+
+@pytest.mark.parametrize("bad", [[], [1] * (RECORD_LEN + 1), "not a list", None])
+def test_malformed_chunks_raise_not_crash(bad: Any) -> None:
+    with pytest.raises((TypeError, ValueError)):
+        encoding._cencode.encode_v04(bad)
+    with pytest.raises((TypeError, ValueError)):
+        encoding._cencode.encode_v05(bad, {"": 0}, lambda s: 0)
+
+
+def test_an_object_msgpack_cannot_pack_raises_type_error() -> None:
+    chunk = [1, 1, 0, "s", "n", "r", "t", 1, 1, 0, {"k": object()}, {}]
+    with pytest.raises(TypeError):
+        encoding._cencode.encode_v04(chunk)
+    deep: Any = []
+    for _ in range(200):
+        deep = [deep]
+    with pytest.raises(ValueError):
+        encoding._cencode.encode_v04(chunk[:10] + [{"k": deep}, {}])

@@ -1,0 +1,434 @@
+/* tracer._cencode: the v0.4 and v0.5 chunk encoders in C (optional; the
+ * pure-Python encoders in tracer/encoding.py do the same on msgpack's packer
+ * and are used when this does not build).
+ *
+ * Both write exactly the bytes msgpack.Packer() writes for the structures the
+ * Python encoders build (tests/tracer/test_cencode.py compares them): the
+ * smallest int, str, array and map forms, floats as float64, use_bin_type
+ * str8. A value msgpack could not pack (a type it does not know, an int
+ * beyond 64 bits, a lone surrogate) raises the same exception types, so that
+ * PayloadV04/V05.put() take their sanitizing path as before.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#define RECORD_LEN 12
+#define MAX_DEPTH 64
+
+typedef struct {
+    char *buf;
+    Py_ssize_t len;
+    Py_ssize_t cap;
+} Out;
+
+static int
+reserve(Out *o, Py_ssize_t n)
+{
+    if (o->len + n <= o->cap)
+        return 0;
+    Py_ssize_t cap = o->cap ? o->cap : 4096;
+    while (cap < o->len + n) {
+        if (cap > PY_SSIZE_T_MAX / 2) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        cap *= 2;
+    }
+    char *buf = PyMem_Realloc(o->buf, (size_t)cap);
+    if (buf == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    o->buf = buf;
+    o->cap = cap;
+    return 0;
+}
+
+static inline int
+put1(Out *o, uint8_t b)
+{
+    if (reserve(o, 1) < 0)
+        return -1;
+    o->buf[o->len++] = (char)b;
+    return 0;
+}
+
+/* A type byte and an n-byte big-endian number. */
+static inline int
+put_be(Out *o, uint8_t type, uint64_t value, int n)
+{
+    if (reserve(o, 1 + n) < 0)
+        return -1;
+    char *p = o->buf + o->len;
+    p[0] = (char)type;
+    for (int i = 0; i < n; i++)
+        p[1 + i] = (char)(value >> (8 * (n - 1 - i)));
+    o->len += 1 + n;
+    return 0;
+}
+
+static int
+pack_uint(Out *o, uint64_t v)
+{
+    if (v < 0x80)
+        return put1(o, (uint8_t)v);
+    if (v <= 0xff)
+        return put_be(o, 0xcc, v, 1);
+    if (v <= 0xffff)
+        return put_be(o, 0xcd, v, 2);
+    if (v <= 0xffffffffULL)
+        return put_be(o, 0xce, v, 4);
+    return put_be(o, 0xcf, v, 8);
+}
+
+static int
+pack_negative(Out *o, int64_t v)
+{
+    if (v >= -32)
+        return put1(o, (uint8_t)(0xe0 | (v & 0x1f)));
+    if (v >= -128)
+        return put_be(o, 0xd0, (uint64_t)v, 1);
+    if (v >= -32768)
+        return put_be(o, 0xd1, (uint64_t)v, 2);
+    if (v >= -2147483648LL)
+        return put_be(o, 0xd2, (uint64_t)v, 4);
+    return put_be(o, 0xd3, (uint64_t)v, 8);
+}
+
+static int
+pack_int(Out *o, PyObject *obj)
+{
+    int overflow;
+    long long v = PyLong_AsLongLongAndOverflow(obj, &overflow);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (overflow == 0)
+        return v >= 0 ? pack_uint(o, (uint64_t)v) : pack_negative(o, v);
+    if (overflow > 0) {
+        unsigned long long u = PyLong_AsUnsignedLongLong(obj); /* OverflowError past 2**64-1 */
+        if (u == (unsigned long long)-1 && PyErr_Occurred())
+            return -1;
+        return pack_uint(o, u);
+    }
+    PyErr_SetString(PyExc_OverflowError, "int too big to convert");
+    return -1;
+}
+
+static int
+pack_header(Out *o, Py_ssize_t n, uint8_t fix, uint8_t b16, uint8_t b32)
+{
+    if (n < 16)
+        return put1(o, (uint8_t)(fix | n));
+    if (n < 0x10000)
+        return put_be(o, b16, (uint64_t)n, 2);
+    if ((uint64_t)n > 0xffffffffULL) {
+        PyErr_SetString(PyExc_ValueError, "too many items for msgpack");
+        return -1;
+    }
+    return put_be(o, b32, (uint64_t)n, 4);
+}
+
+#define pack_array_header(o, n) pack_header(o, n, 0x90, 0xdc, 0xdd)
+#define pack_map_header(o, n) pack_header(o, n, 0x80, 0xde, 0xdf)
+
+static int
+pack_str(Out *o, PyObject *obj)
+{
+    Py_ssize_t n;
+    const char *data = PyUnicode_AsUTF8AndSize(obj, &n); /* UnicodeEncodeError on a lone surrogate */
+    if (data == NULL)
+        return -1;
+    int rc;
+    if (n < 32)
+        rc = put1(o, (uint8_t)(0xa0 | n));
+    else if (n < 0x100)
+        rc = put_be(o, 0xd9, (uint64_t)n, 1);
+    else if (n < 0x10000)
+        rc = put_be(o, 0xda, (uint64_t)n, 2);
+    else if ((uint64_t)n <= 0xffffffffULL)
+        rc = put_be(o, 0xdb, (uint64_t)n, 4);
+    else {
+        PyErr_SetString(PyExc_ValueError, "str too large for msgpack");
+        return -1;
+    }
+    if (rc < 0 || reserve(o, n) < 0)
+        return -1;
+    memcpy(o->buf + o->len, data, (size_t)n);
+    o->len += n;
+    return 0;
+}
+
+static int
+pack_float(Out *o, double d)
+{
+    uint64_t bits;
+    memcpy(&bits, &d, 8);
+    return put_be(o, 0xcb, bits, 8);
+}
+
+/* Any value, as msgpack.Packer() (default options) packs it. */
+static int
+pack_obj(Out *o, PyObject *obj, int depth)
+{
+    if (depth > MAX_DEPTH) {
+        PyErr_SetString(PyExc_ValueError, "recursion limit exceeded");
+        return -1;
+    }
+    if (PyUnicode_Check(obj))
+        return pack_str(o, obj);
+    if (obj == Py_None)
+        return put1(o, 0xc0);
+    if (obj == Py_True)
+        return put1(o, 0xc3);
+    if (obj == Py_False)
+        return put1(o, 0xc2);
+    if (PyLong_Check(obj))
+        return pack_int(o, obj);
+    if (PyFloat_Check(obj))
+        return pack_float(o, PyFloat_AS_DOUBLE(obj));
+    if (PyDict_Check(obj)) {
+        if (pack_map_header(o, PyDict_GET_SIZE(obj)) < 0)
+            return -1;
+        Py_ssize_t pos = 0;
+        PyObject *key, *value;
+        while (PyDict_Next(obj, &pos, &key, &value)) {
+            if (pack_obj(o, key, depth + 1) < 0 || pack_obj(o, value, depth + 1) < 0)
+                return -1;
+        }
+        return 0;
+    }
+    if (PyList_Check(obj) || PyTuple_Check(obj)) {
+        Py_ssize_t n = PySequence_Fast_GET_SIZE(obj);
+        if (pack_array_header(o, n) < 0)
+            return -1;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            /* No Python code runs while packing: the list cannot change size. */
+            if (pack_obj(o, PySequence_Fast_GET_ITEM(obj, i), depth + 1) < 0)
+                return -1;
+        }
+        return 0;
+    }
+    PyErr_Format(PyExc_TypeError, "can not serialize '%.200s' object", Py_TYPE(obj)->tp_name);
+    return -1;
+}
+
+/* `value or ""`: service and type may be None. */
+static int
+pack_str_or_empty(Out *o, PyObject *obj)
+{
+    int truth = PyObject_IsTrue(obj);
+    if (truth < 0)
+        return -1;
+    return truth ? pack_obj(o, obj, 0) : put1(o, 0xa0);
+}
+
+static PyObject *
+finish(Out *o, int ok)
+{
+    PyObject *result = ok ? PyBytes_FromStringAndSize(o->buf, o->len) : NULL;
+    PyMem_Free(o->buf);
+    return result;
+}
+
+/* The records of a chunk: its items and how many spans. */
+static PyObject **
+chunk_items(PyObject *chunk, Py_ssize_t *spans)
+{
+    if (!PyList_CheckExact(chunk) && !PyTuple_CheckExact(chunk)) {
+        PyErr_SetString(PyExc_TypeError, "a chunk is a list of span records");
+        return NULL;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(chunk);
+    if (n == 0 || n % RECORD_LEN) {
+        PyErr_SetString(PyExc_ValueError, "a chunk holds whole span records");
+        return NULL;
+    }
+    *spans = n / RECORD_LEN;
+    return PySequence_Fast_ITEMS(chunk);
+}
+
+/* The v0.4 span map keys, packed once. */
+static const char *V04_KEYS[RECORD_LEN] = {"trace_id", "span_id",  "parent_id", "service", "name",  "resource",
+                                           "type",     "start",    "duration",  "error",   "meta",  "metrics"};
+static PyObject *v04_keys[RECORD_LEN];
+
+static int
+put_key(Out *o, int i)
+{
+    Py_ssize_t n = PyBytes_GET_SIZE(v04_keys[i]);
+    if (reserve(o, n) < 0)
+        return -1;
+    memcpy(o->buf + o->len, PyBytes_AS_STRING(v04_keys[i]), (size_t)n);
+    o->len += n;
+    return 0;
+}
+
+/* encode_v04(chunk) -> bytes: one trace as a v0.4 array of span maps. */
+static PyObject *
+encode_v04(PyObject *Py_UNUSED(module), PyObject *chunk)
+{
+    Py_ssize_t spans;
+    PyObject **items = chunk_items(chunk, &spans);
+    if (items == NULL)
+        return NULL;
+    unsigned long long tid = PyLong_AsUnsignedLongLongMask(items[0]);
+    if (tid == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    Out o = {NULL, 0, 0};
+    if (pack_array_header(&o, spans) < 0)
+        return finish(&o, 0);
+    for (Py_ssize_t s = 0; s < spans; s++) {
+        PyObject **r = items + s * RECORD_LEN;
+        if (put1(&o, 0x80 | RECORD_LEN) < 0)
+            return finish(&o, 0);
+        for (int i = 0; i < RECORD_LEN; i++) {
+            if (put_key(&o, i) < 0)
+                return finish(&o, 0);
+            int rc;
+            if (i == 0)
+                rc = pack_uint(&o, tid);
+            else if (i == 3 || i == 6) /* service, type */
+                rc = pack_str_or_empty(&o, r[i]);
+            else
+                rc = pack_obj(&o, r[i], 0);
+            if (rc < 0)
+                return finish(&o, 0);
+        }
+    }
+    return finish(&o, 1);
+}
+
+/* The string-table index of value: index[value], or add(value) (the Python
+ * table's miss path: it cleans, counts and records the new string). */
+static int
+string_index(Out *o, PyObject *index, PyObject *add, PyObject *value, int pack)
+{
+    PyObject *position = PyDict_GetItemWithError(index, value); /* borrowed */
+    PyObject *added = NULL;
+    if (position == NULL) {
+        if (PyErr_Occurred())
+            return -1;
+        added = position = PyObject_CallOneArg(add, value);
+        if (position == NULL)
+            return -1;
+    }
+    int rc = 0;
+    if (pack)
+        rc = PyLong_Check(position) ? pack_int(o, position) : pack_obj(o, position, 0);
+    Py_XDECREF(added);
+    return rc;
+}
+
+/* encode_v05(chunk, index, add) -> bytes: one trace as a v0.5 array of span
+ * arrays, strings as indices of the payload's string table (``index``: str ->
+ * int; ``add``: the table's method for a string it does not have yet).
+ *
+ * Strings are added in the order PayloadV05._encode adds them (a span's meta
+ * values and keys, its metric keys, then service, name, resource, type), so
+ * both give the same table and the same bytes. */
+static PyObject *
+encode_v05(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyDict_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "encode_v05(chunk, index: dict, add)");
+        return NULL;
+    }
+    PyObject *chunk = args[0], *index = args[1], *add = args[2];
+    Py_ssize_t spans;
+    PyObject **items = chunk_items(chunk, &spans);
+    if (items == NULL)
+        return NULL;
+    unsigned long long tid = PyLong_AsUnsignedLongLongMask(items[0]);
+    if (tid == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    Out o = {NULL, 0, 0};
+    if (pack_array_header(&o, spans) < 0)
+        return finish(&o, 0);
+    for (Py_ssize_t s = 0; s < spans; s++) {
+        PyObject **r = items + s * RECORD_LEN;
+        PyObject *meta = r[10], *metrics = r[11];
+        if (!PyDict_Check(meta) || !PyDict_Check(metrics)) {
+            PyErr_SetString(PyExc_TypeError, "meta and metrics must be dicts");
+            return finish(&o, 0);
+        }
+        /* Make sure every string is in the table first, in the Python order. */
+        Py_ssize_t pos = 0;
+        PyObject *key, *value;
+        while (PyDict_Next(meta, &pos, &key, &value)) {
+            int has_value = PyDict_Contains(index, value); /* TypeError when unhashable, as st[v] */
+            if (has_value < 0)
+                return finish(&o, 0);
+            int has_key = PyDict_Contains(index, key);
+            if (has_key < 0)
+                return finish(&o, 0);
+            if (!has_key || !has_value) { /* as `ids[add(k)] = add(v)`: the value first */
+                if (string_index(&o, index, add, value, 0) < 0 || string_index(&o, index, add, key, 0) < 0)
+                    return finish(&o, 0);
+            }
+        }
+        pos = 0;
+        while (PyDict_Next(metrics, &pos, &key, &value)) {
+            if (string_index(&o, index, add, key, 0) < 0)
+                return finish(&o, 0);
+        }
+        static const int string_fields[4] = {3, 4, 5, 6}; /* service, name, resource, type */
+        for (int i = 0; i < 4; i++) {
+            if (string_index(&o, index, add, r[string_fields[i]], 0) < 0)
+                return finish(&o, 0);
+        }
+        /* The span: [service, name, resource, trace_id, span_id, parent_id,
+         * start, duration, error, meta, metrics, type]. */
+        if (put1(&o, 0x90 | 12) < 0 || string_index(&o, index, add, r[3], 1) < 0 ||
+            string_index(&o, index, add, r[4], 1) < 0 || string_index(&o, index, add, r[5], 1) < 0 ||
+            pack_uint(&o, tid) < 0 || pack_obj(&o, r[1], 0) < 0 || pack_obj(&o, r[2], 0) < 0 ||
+            pack_obj(&o, r[7], 0) < 0 || pack_obj(&o, r[8], 0) < 0 || pack_obj(&o, r[9], 0) < 0)
+            return finish(&o, 0);
+        if (pack_map_header(&o, PyDict_GET_SIZE(meta)) < 0)
+            return finish(&o, 0);
+        pos = 0;
+        while (PyDict_Next(meta, &pos, &key, &value)) {
+            if (string_index(&o, index, add, key, 1) < 0 || string_index(&o, index, add, value, 1) < 0)
+                return finish(&o, 0);
+        }
+        if (pack_map_header(&o, PyDict_GET_SIZE(metrics)) < 0)
+            return finish(&o, 0);
+        pos = 0;
+        while (PyDict_Next(metrics, &pos, &key, &value)) {
+            if (string_index(&o, index, add, key, 1) < 0 || pack_obj(&o, value, 0) < 0)
+                return finish(&o, 0);
+        }
+        if (string_index(&o, index, add, r[6], 1) < 0)
+            return finish(&o, 0);
+    }
+    return finish(&o, 1);
+}
+
+static PyMethodDef module_methods[] = {
+    {"encode_v04", (PyCFunction)encode_v04, METH_O, "encode_v04(chunk) -> bytes: one trace, v0.4."},
+    {"encode_v05", (PyCFunction)(void (*)(void))encode_v05, METH_FASTCALL,
+     "encode_v05(chunk, index, add) -> bytes: one trace, v0.5, strings through the payload's table."},
+    {NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "tracer._cencode", "The v0.4/v0.5 chunk encoders in C (see tracer/encoding.py).", -1,
+    module_methods,
+};
+
+PyMODINIT_FUNC
+PyInit__cencode(void)
+{
+    for (int i = 0; i < RECORD_LEN; i++) {
+        Py_ssize_t n = (Py_ssize_t)strlen(V04_KEYS[i]);
+        char header = (char)(0xa0 | n);
+        PyObject *packed = PyBytes_FromStringAndSize(NULL, n + 1);
+        if (packed == NULL)
+            return NULL;
+        PyBytes_AS_STRING(packed)[0] = header;
+        memcpy(PyBytes_AS_STRING(packed) + 1, V04_KEYS[i], (size_t)n);
+        v04_keys[i] = packed;
+    }
+    return PyModule_Create(&module_def);
+}
