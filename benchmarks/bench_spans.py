@@ -8,6 +8,9 @@ tags and 1 metric, and reports:
 - app: the app thread's time per span (the loop alone);
 - e2e: the loop plus flush() until the sink has every span.
 
+``ours`` runs the C span code and encoders where they are built;
+``--only ours,ours_py,ddtrace`` adds ours in pure Python (TRACER_PURE_PYTHON).
+
 A run that does not deliver every span fails. Medians over rounds and
 per-round ratios (ours / peer) are printed.
 
@@ -114,7 +117,13 @@ def worker_otel(traces: int, sink_url: str) -> tuple[float, float, int]:
     return loop, e2e, 20 * (CHILDREN + 1)
 
 
-WORKERS = {"ours": worker_ours, "ddtrace": worker_ddtrace, "otel": worker_otel}
+def worker_ours_py(traces: int, sink_url: str) -> tuple[float, float, int]:
+    """Ours with the pure-Python span code and encoders (no C extensions)."""
+    os.environ["TRACER_PURE_PYTHON"] = "true"
+    return worker_ours(traces, sink_url)
+
+
+WORKERS = {"ours": worker_ours, "ours_py": worker_ours_py, "ddtrace": worker_ddtrace, "otel": worker_otel}
 
 
 def run_worker(name: str, traces: int, sink: Sink) -> dict[str, float]:
