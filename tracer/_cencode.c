@@ -232,9 +232,11 @@ finish(Out *o, int ok)
     return result;
 }
 
-/* The records of a chunk: its items and how many spans. */
+/* Start encoding a chunk: its records (NULL on error), how many spans, the
+ * wire trace id (the low 64 bits of the first record's), and the output
+ * holding the outer array header. */
 static PyObject **
-chunk_items(PyObject *chunk, Py_ssize_t *spans)
+begin_chunk(PyObject *chunk, Py_ssize_t *spans, uint64_t *tid, Out *o)
 {
     if (!PyList_CheckExact(chunk) && !PyTuple_CheckExact(chunk)) {
         PyErr_SetString(PyExc_TypeError, "a chunk is a list of span records");
@@ -246,7 +248,17 @@ chunk_items(PyObject *chunk, Py_ssize_t *spans)
         return NULL;
     }
     *spans = n / RECORD_LEN;
-    return PySequence_Fast_ITEMS(chunk);
+    PyObject **items = PySequence_Fast_ITEMS(chunk);
+    unsigned long long low = PyLong_AsUnsignedLongLongMask(items[0]);
+    if (low == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    *tid = low;
+    if (pack_array_header(o, *spans) < 0) {
+        PyMem_Free(o->buf);
+        o->buf = NULL;
+        return NULL;
+    }
+    return items;
 }
 
 /* The v0.4 span map keys, packed once. */
@@ -270,15 +282,11 @@ static PyObject *
 encode_v04(PyObject *Py_UNUSED(module), PyObject *chunk)
 {
     Py_ssize_t spans;
-    PyObject **items = chunk_items(chunk, &spans);
+    uint64_t tid;
+    Out o = {NULL, 0, 0};
+    PyObject **items = begin_chunk(chunk, &spans, &tid, &o);
     if (items == NULL)
         return NULL;
-    unsigned long long tid = PyLong_AsUnsignedLongLongMask(items[0]);
-    if (tid == (unsigned long long)-1 && PyErr_Occurred())
-        return NULL;
-    Out o = {NULL, 0, 0};
-    if (pack_array_header(&o, spans) < 0)
-        return finish(&o, 0);
     for (Py_ssize_t s = 0; s < spans; s++) {
         PyObject **r = items + s * RECORD_LEN;
         if (put1(&o, 0x80 | RECORD_LEN) < 0)
@@ -337,15 +345,11 @@ encode_v05(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     }
     PyObject *chunk = args[0], *index = args[1], *add = args[2];
     Py_ssize_t spans;
-    PyObject **items = chunk_items(chunk, &spans);
+    uint64_t tid;
+    Out o = {NULL, 0, 0};
+    PyObject **items = begin_chunk(chunk, &spans, &tid, &o);
     if (items == NULL)
         return NULL;
-    unsigned long long tid = PyLong_AsUnsignedLongLongMask(items[0]);
-    if (tid == (unsigned long long)-1 && PyErr_Occurred())
-        return NULL;
-    Out o = {NULL, 0, 0};
-    if (pack_array_header(&o, spans) < 0)
-        return finish(&o, 0);
     for (Py_ssize_t s = 0; s < spans; s++) {
         PyObject **r = items + s * RECORD_LEN;
         PyObject *meta = r[10], *metrics = r[11];
