@@ -110,8 +110,9 @@ class _Trace:
         self.buffer._live.add(self)
 
     def finish_span(self, span: Span) -> None:
-        """Append the span's record; send the chunk if it can leave. (Inlined
-        in ``Span.__exit__``: a change here goes there too.)"""
+        """Append the span's record; send the chunk if it can leave. (The C
+        span's ``__exit__`` does the same, in ``tracer/_cspan.c``'s
+        ``finish_record``: a change here goes there too.)"""
         parent = span._parent
         metrics = span.metrics
         service = span.service

@@ -374,11 +374,15 @@ class PayloadV05:
         """As ``PayloadV04.put``; a refused chunk leaves the string table as it was."""
         table = self._table
         mark = table.mark()
+        if _cencode is None:
+            encode = self._encode
+        else:
+            def encode(chunk: list[Any]) -> bytes:
+                return _cencode.encode_v05(chunk, table.index, table.add)  # type: ignore[no-any-return]
         try:
-            body = self._encode(chunk) if _cencode is None else _cencode.encode_v05(chunk, table.index, table.add)
+            body = encode(chunk)
         except _ENCODE_ERRORS:
-            chunk = _sanitized(chunk)
-            body = self._encode(chunk) if _cencode is None else _cencode.encode_v05(chunk, table.index, table.add)
+            body = encode(_sanitized(chunk))
         if 16 + table.nbytes + self._traces_size + len(body) > self.limit:
             grown = table.nbytes - mark[1]
             table.rollback(mark)

@@ -108,7 +108,7 @@ def test_every_slot_is_set_on_every_construction_path(test_spans):
 
 
 def test_finish_and_with_block_give_the_same_record(test_spans):
-    # Span.__exit__ inlines _Trace.finish_span: both paths must build the same record.
+    # The C Span.__exit__ repeats _Trace.finish_span (_cspan.c finish_record): both must build the same record.
     with tracer.trace("root", service="a") as root:
         with tracer.trace("with", service="b", resource="r", span_type="t") as inside:
             inside.set_tag("k", "v")
