@@ -54,6 +54,7 @@ LOAD_MIX: list[tuple[str, int]] = [
     ("/flaky", 20),
 ]
 CONCURRENCY = 4
+CHECKOUT_RESOURCE = "GET /checkout"
 PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -164,15 +165,17 @@ class Demo:
         with urllib.request.urlopen(self.server.url + path, timeout=10) as resp:
             return json.loads(resp.read())
 
-    def request_hits(self, service: str) -> int:
-        """``flask.request`` hits of ``service`` over the whole history, less
-        the readiness probes (``/healthz``), whose traces may still be in
-        flight when the baseline is taken."""
+    def request_hits(self, service: str, resource: str | None = None) -> int:
+        """``flask.request`` hits of ``service`` (of one ``resource`` if given)
+        over the whole history, less the readiness probes (``/healthz``),
+        whose traces may still be in flight when the baseline is taken."""
         rows = self.api(f"/api/stats?service={service}")
         return sum(
             int(r.get("hits") or 0)
             for r in rows
-            if r.get("name") == "flask.request" and not str(r.get("resource", "")).endswith("/healthz")
+            if r.get("name") == "flask.request"
+            and not str(r.get("resource", "")).endswith("/healthz")
+            and (resource is None or r.get("resource") == resource)
         )
 
     def wait_counted(self, service: str, target: int, timeout: float) -> int:
@@ -326,12 +329,21 @@ def demo_main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> i
         demo.say(f"shop:      {shop_url}/  (Flask + {'MySQL' if args.shop_database_url else 'sqlite3'}, under tracer-run)")
         demo.say(f"inventory: {inventory_url}/stock/1  (called by the shop's /checkout)")
         baseline = demo.request_hits("shop")
+        baseline_checkouts = demo.request_hits("shop", CHECKOUT_RESOURCE)
+        baseline_inventory = demo.request_hits("inventory")
         demo.say(f"sending {args.requests} requests to the shop ...")
         answered, errors = demo.drive(shop_url, args.requests, tty=out.isatty())
         counted = demo.wait_counted("shop", baseline + answered, timeout=20)
         status = 0
         if counted < baseline + answered:
             demo.say(f"warning: the receiver counted {counted - baseline} of {answered} shop requests after 20 s")
+            status = 1
+        # Every checkout calls the inventory once; its traces come from another
+        # process, whose writer may flush after the shop's.
+        checkouts = demo.request_hits("shop", CHECKOUT_RESOURCE) - baseline_checkouts
+        stocked = demo.wait_counted("inventory", baseline_inventory + checkouts, timeout=10) - baseline_inventory
+        if stocked < checkouts:
+            demo.say(f"warning: the receiver counted {stocked} of {checkouts} inventory requests after 10 s")
             status = 1
         demo.say("")
         from agent_sim.cli import format_stats
