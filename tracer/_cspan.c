@@ -4,7 +4,8 @@
  * What is here is what every `with tracer.trace(...) as span:` runs per
  * span: creating and activating a child span, set_tag / set_metric on
  * ordinary keys and values, __enter__, and __exit__ (finish, restore the
- * previous active span, append the span's record to its trace). Anything
+ * previous active span, append the span's record to its trace); and
+ * finish() without an end time, which integrations call. Anything
  * unusual (a non-str key, an over-long value, an exception leaving the block,
  * a chunk leaving the buffer) calls back into the Python code, so the rules
  * live in one place: tracer/span.py and tracer/buffer.py. A change to the
@@ -49,7 +50,7 @@ static PyObject *getrandbits = NULL;
 
 static PyObject *s_foreign, *s_root_done, *s_starts, *s_finishes, *s_finished, *s_root, *s_trace_id,
     *s_buffer, *s_partial_flush_len, *s__flush, *s_start_span_late, *s_wall_base, *s_mono_base,
-    *s_set_exc_info, *s__set_tag_slow, *s__set_metric_slow, *s_top_level, *s_status_code;
+    *s_set_exc_info, *s__set_tag_slow, *s__set_metric_slow, *s__finish_slow, *s_top_level, *s_status_code;
 static PyObject *int_0, *int_1, *int_64;
 
 static PyTypeObject SpanBase_Type;
@@ -309,6 +310,24 @@ finish_record(SpanObject *self)
     return 0;
 }
 
+/* duration_ns from the monotonic start. */
+static int
+set_duration(SpanObject *self)
+{
+    if (self->_mono == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "_mono");
+        return -1;
+    }
+    long long mono = PyLong_AsLongLong(self->_mono);
+    if (mono == -1 && PyErr_Occurred())
+        return -1;
+    PyObject *duration = PyLong_FromLongLong(perf_counter_ns() - mono);
+    if (duration == NULL)
+        return -1;
+    Py_XSETREF(self->duration_ns, duration);
+    return 0;
+}
+
 static PyObject *
 Span_exit(SpanObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -325,17 +344,8 @@ Span_exit(SpanObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     if (self->duration_ns != NULL && self->duration_ns != Py_None)
         Py_RETURN_NONE;
-    if (self->_mono == NULL) {
-        PyErr_SetString(PyExc_AttributeError, "_mono");
+    if (set_duration(self) < 0)
         return NULL;
-    }
-    long long mono = PyLong_AsLongLong(self->_mono);
-    if (mono == -1 && PyErr_Occurred())
-        return NULL;
-    PyObject *duration = PyLong_FromLongLong(perf_counter_ns() - mono);
-    if (duration == NULL)
-        return NULL;
-    Py_XSETREF(self->duration_ns, duration);
     /* The block ends in the context it began in, where this span is still
      * the active one: restore the previous one. */
     PyObject *prev = self->_prev;
@@ -344,6 +354,43 @@ Span_exit(SpanObject *self, PyObject *const *args, Py_ssize_t nargs)
         if (token == NULL)
             return NULL;
         Py_DECREF(token);
+    }
+    if (finish_record(self) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* finish(): _SpanBase.finish without an explicit end time (which goes to
+ * the Python method). */
+static PyObject *
+Span_finish(SpanObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    if (PyVectorcall_NARGS(nargsf) != 0 || kwnames != NULL) {
+        PyObject *slow = PyObject_GetAttr((PyObject *)self, s__finish_slow);
+        if (slow == NULL)
+            return NULL;
+        PyObject *r = PyObject_Vectorcall(slow, args, nargsf, kwnames);
+        Py_DECREF(slow);
+        return r;
+    }
+    if (self->duration_ns != NULL && self->duration_ns != Py_None)
+        Py_RETURN_NONE;
+    if (set_duration(self) < 0)
+        return NULL;
+    /* Unlike a `with` block, finish() may run anywhere: restore the
+     * previous span only where this one is the active one. */
+    PyObject *prev = self->_prev;
+    if (prev != NULL && prev != not_activated) {
+        PyObject *current;
+        if (PyContextVar_Get(active_var, NULL, &current) < 0)
+            return NULL;
+        Py_XDECREF(current); /* only compared */
+        if (current == (PyObject *)self) {
+            PyObject *token = PyContextVar_Set(active_var, prev);
+            if (token == NULL)
+                return NULL;
+            Py_DECREF(token);
+        }
     }
     if (finish_record(self) < 0)
         return NULL;
@@ -524,6 +571,8 @@ static PyMethodDef Span_methods[] = {
     {"set_metric", (PyCFunction)(void (*)(void))Span_set_metric, METH_FASTCALL, "Set a numeric tag."},
     {"__enter__", Span_enter, METH_NOARGS, NULL},
     {"__exit__", (PyCFunction)(void (*)(void))Span_exit, METH_FASTCALL, NULL},
+    {"finish", (PyCFunction)(void (*)(void))Span_finish, METH_FASTCALL | METH_KEYWORDS,
+     "End the span (see Span.finish)."},
     {NULL},
 };
 
@@ -572,6 +621,7 @@ PyInit__cspan(void)
     INTERN(s_wall_base, "wall_base");
     INTERN(s_mono_base, "mono_base");
     INTERN(s_set_exc_info, "set_exc_info");
+    INTERN(s__finish_slow, "_finish_slow");
     INTERN(s__set_tag_slow, "_set_tag_slow");
     INTERN(s__set_metric_slow, "_set_metric_slow");
     INTERN(s_top_level, "_dd.top_level");

@@ -215,6 +215,20 @@ class _SpanBase:
             _active.set(prev)  # type: ignore[arg-type]
         self._trace.finish_span(self)  # type: ignore[arg-type]
 
+    def finish(self, finish_time_ns: int | None = None) -> None:
+        """End the span (idempotent). If it is the active span, its previous
+        active span becomes active again. Hands the span to its trace buffer."""
+        if self.duration_ns is not None:
+            return
+        if finish_time_ns is None:
+            self.duration_ns = perf_counter_ns() - self._mono
+        else:
+            self.duration_ns = max(0, finish_time_ns - self.start_ns)
+        prev = self._prev
+        if prev is not _NOT_ACTIVATED and _active.get() is self:
+            _active.set(prev)  # type: ignore[arg-type]
+        self._trace.finish_span(self)  # type: ignore[arg-type]
+
 
 def load_speedup(name: str) -> Any:
     """The C module ``tracer.<name>``, or None when it is not built (no
@@ -280,6 +294,7 @@ class Span(_Base):
     _set_tag_slow = _SpanBase.set_tag
     _set_metric_slow = _SpanBase.set_metric
     set_exc_info = _SpanBase.set_exc_info  # the C __exit__ calls it when an exception leaves the block
+    _finish_slow = _SpanBase.finish  # the C finish() calls it for an explicit end time
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         for key, value in tags.items():
@@ -296,19 +311,6 @@ class Span(_Base):
     def finished(self) -> bool:
         return self.duration_ns is not None
 
-    def finish(self, finish_time_ns: int | None = None) -> None:
-        """End the span (idempotent). If it is the active span, its previous
-        active span becomes active again. Hands the span to its trace buffer."""
-        if self.duration_ns is not None:
-            return
-        if finish_time_ns is None:
-            self.duration_ns = perf_counter_ns() - self._mono
-        else:
-            self.duration_ns = max(0, finish_time_ns - self.start_ns)
-        prev = self._prev
-        if prev is not _NOT_ACTIVATED and _active.get() is self:
-            _active.set(prev)  # type: ignore[arg-type]
-        self._trace.finish_span(self)
 
     # -- helpers --------------------------------------------------------------
     def __repr__(self) -> str:

@@ -128,6 +128,46 @@ def test_finish_then_block_end_and_block_end_twice_send_once(test_spans):
     assert sorted(s.name for s in test_spans.spans) == ["child", "root"]
 
 
+def test_finish_restores_the_previous_span_only_where_it_is_active(test_spans):
+    with tracer.trace("root") as root:
+        child = tracer.trace("child")
+        assert tracer.current_span() is child
+        child.finish()
+        assert tracer.current_span() is root and child.duration_ns >= 0
+        child.finish()  # idempotent
+        other = tracer.trace("other")
+        elsewhere: list[object] = []
+        # Finished from a context where it is not the active span: that
+        # context's active span stays.
+        thread = threading.Thread(target=lambda: (other.finish(), elsewhere.append(tracer.current_span())))
+        thread.start()
+        thread.join()
+        assert elsewhere == [None] and tracer.current_span() is other and other.finished
+        never_active = tracer.start_span("detached", child_of=root, activate=False)
+        never_active.finish()
+        assert tracer.current_span() is other
+    assert sorted(s.name for s in test_spans.spans) == ["child", "detached", "other", "root"]
+
+
+def test_finish_with_an_end_time(test_spans):
+    with tracer.trace("root") as root:
+        late = tracer.trace("late")
+        late.finish(late.start_ns + 1234)
+        early = tracer.trace("early")
+        early.finish(finish_time_ns=early.start_ns - 5)  # before the start: zero, not negative
+        unset = tracer.trace("unset")
+        unset.finish(None)
+        assert tracer.current_span() is root
+        with pytest.raises(TypeError):
+            root.finish(1, 2)  # type: ignore[call-arg]
+        with pytest.raises(TypeError):
+            root.finish(when=1)  # type: ignore[call-arg]
+        assert not root.finished
+    assert (late.duration_ns, early.duration_ns) == (1234, 0)
+    assert unset.duration_ns is not None and unset.duration_ns >= 0
+    assert sorted(s.name for s in test_spans.spans) == ["early", "late", "root", "unset"]
+
+
 def test_children_started_after_the_root_finished_leave_as_a_late_chunk(test_spans):
     def run() -> None:  # in a context of its own: it ends with the finished root active
         root = tracer.start_span("root", activate=True)
@@ -181,6 +221,8 @@ def test_no_reference_is_leaked_or_lost(test_spans):
                 span.set_metric(key, i)
                 if i % 2:
                     span.set_tag(key, None)
+            span = tracer.trace(name, service, resource, kind)
+            span.finish()
         del span
         assert sys.getrefcount(root) == root_refs, "finished children are freed; their records hold ids, not spans"
     test_spans.raw.clear()
