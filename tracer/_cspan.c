@@ -310,10 +310,14 @@ finish_record(SpanObject *self)
     return 0;
 }
 
-/* duration_ns from the monotonic start. */
+/* End the span unless it has ended: duration from the monotonic start, the
+ * previous span active again (if this one was activated; with
+ * only_if_active, only where it is the active one), the record to the trace. */
 static int
-set_duration(SpanObject *self)
+end_span(SpanObject *self, int only_if_active)
 {
+    if (self->duration_ns != NULL && self->duration_ns != Py_None)
+        return 0;
     if (self->_mono == NULL) {
         PyErr_SetString(PyExc_AttributeError, "_mono");
         return -1;
@@ -325,7 +329,24 @@ set_duration(SpanObject *self)
     if (duration == NULL)
         return -1;
     Py_XSETREF(self->duration_ns, duration);
-    return 0;
+    PyObject *prev = self->_prev;
+    if (prev != NULL && prev != not_activated) {
+        int restore = 1;
+        if (only_if_active) {
+            PyObject *current;
+            if (PyContextVar_Get(active_var, NULL, &current) < 0)
+                return -1;
+            Py_XDECREF(current); /* only compared */
+            restore = current == (PyObject *)self;
+        }
+        if (restore) {
+            PyObject *token = PyContextVar_Set(active_var, prev);
+            if (token == NULL)
+                return -1;
+            Py_DECREF(token);
+        }
+    }
+    return finish_record(self);
 }
 
 static PyObject *
@@ -342,20 +363,9 @@ Span_exit(SpanObject *self, PyObject *const *args, Py_ssize_t nargs)
         else
             Py_DECREF(r);
     }
-    if (self->duration_ns != NULL && self->duration_ns != Py_None)
-        Py_RETURN_NONE;
-    if (set_duration(self) < 0)
-        return NULL;
     /* The block ends in the context it began in, where this span is still
-     * the active one: restore the previous one. */
-    PyObject *prev = self->_prev;
-    if (prev != NULL && prev != not_activated) {
-        PyObject *token = PyContextVar_Set(active_var, prev);
-        if (token == NULL)
-            return NULL;
-        Py_DECREF(token);
-    }
-    if (finish_record(self) < 0)
+     * the active one: restore the previous one without reading the variable. */
+    if (end_span(self, 0) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -373,26 +383,9 @@ Span_finish(SpanObject *self, PyObject *const *args, size_t nargsf, PyObject *kw
         Py_DECREF(slow);
         return r;
     }
-    if (self->duration_ns != NULL && self->duration_ns != Py_None)
-        Py_RETURN_NONE;
-    if (set_duration(self) < 0)
-        return NULL;
     /* Unlike a `with` block, finish() may run anywhere: restore the
      * previous span only where this one is the active one. */
-    PyObject *prev = self->_prev;
-    if (prev != NULL && prev != not_activated) {
-        PyObject *current;
-        if (PyContextVar_Get(active_var, NULL, &current) < 0)
-            return NULL;
-        Py_XDECREF(current); /* only compared */
-        if (current == (PyObject *)self) {
-            PyObject *token = PyContextVar_Set(active_var, prev);
-            if (token == NULL)
-                return NULL;
-            Py_DECREF(token);
-        }
-    }
-    if (finish_record(self) < 0)
+    if (end_span(self, 1) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
