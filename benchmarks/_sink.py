@@ -16,6 +16,7 @@ drops work cannot look fast for it.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -44,8 +45,20 @@ def _count_otlp(body: bytes) -> tuple[int, int]:
     return 0, spans
 
 
-class _Handler(BaseHTTPRequestHandler):
+class NoDelayHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1 keep-alive with Nagle off. The handler writes its headers and
+    body in two sends; with Nagle on, the second waits for the client's
+    delayed ACK (up to 40 ms on Linux, at random), which made a tracer's
+    end-to-end time jump by that much in some runs and not others."""
+
     protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class _Handler(NoDelayHandler):
 
     def log_message(self, *args: object) -> None:
         pass
