@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
-from typing import Any, Iterable
+from typing import Any, Iterable, NoReturn
 
 import pytest
 
@@ -47,10 +48,30 @@ def real_part(env_var: str, default_names: Iterable[str], what: str) -> str:
         found = shutil.which(name) or (name if os.path.isabs(name) and os.path.exists(name) else None)
         if found:
             return found
-    reason = f"{what} not found (set {env_var} or install it; scripts/run-tests.sh does)"
+    missing(f"{what} not found (set {env_var} or install it; scripts/run-tests.sh does)")
+    raise AssertionError("unreachable")
+
+
+def missing(reason: str, module_level: bool = False) -> NoReturn:
+    """A part the test command installs is missing: skip with a loud reason
+    by hand, fail when CI=true (a green CI run must mean the real parts ran)."""
     if IN_CI:
-        pytest.fail(f"CI=true and {reason}")
-    pytest.skip(reason)
+        pytest.fail(f"CI=true and {reason}", pytrace=False)
+    pytest.skip(reason, allow_module_level=module_level)
+
+
+def require_module(name: str, module_level: bool = False) -> None:
+    """``name`` is importable (a package of the ``test`` extra), else ``missing``."""
+    if importlib.util.find_spec(name) is None:
+        missing(f"{name} is not installed (pip install -e '.[test]')", module_level)
+
+
+def require_program(name: str) -> str:
+    """Path of the program ``name`` (installed by the test command), else ``missing``."""
+    path = shutil.which(name)
+    if path is None:
+        missing(f"{name} is not on PATH (pip install -e '.[test]')")
+    return path
 
 
 def span_key(span: dict[str, Any]) -> tuple:

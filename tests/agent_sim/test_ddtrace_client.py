@@ -10,9 +10,9 @@ import sys
 import pytest
 
 from tests.receiver import RunningReceiver
-from tests.utils import render_tree
+from tests.utils import render_tree, require_module
 
-pytest.importorskip("ddtrace")
+require_module("ddtrace", module_level=True)
 
 SCRIPT = r"""
 from ddtrace.trace import tracer

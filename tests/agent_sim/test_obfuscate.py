@@ -105,10 +105,18 @@ def test_obfuscate(raw: str, expected: str) -> None:
     assert obfuscate_sql(raw) == expected
 
 
-@pytest.mark.parametrize(("raw", "_"), CASES[:40])
-def test_no_literal_survives(raw: str, _: str) -> None:
+SECRETS = ("alice", "it's", "DEADBEEF", "0101", "10.5", "a@b.c")
+WITH_SECRETS = [raw for raw, _ in CASES if any(secret in raw for secret in SECRETS)]
+
+
+def test_the_secret_cases_exist() -> None:
+    assert len(WITH_SECRETS) >= 5
+
+
+@pytest.mark.parametrize("raw", WITH_SECRETS)
+def test_no_literal_survives(raw: str) -> None:
     out = obfuscate_sql(raw)
-    for secret in ("alice", "it's", "DEADBEEF", "0101", "10.5", "a@b.c"):
+    for secret in SECRETS:
         if secret in raw:
             assert secret not in out
 

@@ -12,23 +12,18 @@ from typing import Any
 
 import pytest
 
-import tracer
 from contrib import _dbapi
+from tests.contrib.apps.flask_helpers import patched_for_module
 from tracer import _errors
 from tracer import tracer as global_tracer
 from tracer.config import config
 
-
-@pytest.fixture(autouse=True)
-def _spans_in_memory(test_spans: Any) -> None:
-    """Nothing leaves the process unless a test asks for the receiver (``traced``)."""
+pytestmark = pytest.mark.usefixtures("spans_in_memory")
 
 
 @pytest.fixture(scope="module", autouse=True)
 def patched() -> Iterator[None]:
-    tracer.patch(sqlite3=True)
-    yield
-    tracer.unpatch(sqlite3=True)
+    yield from patched_for_module("sqlite3")
 
 
 OBFUSCATION_CASES = [
@@ -50,7 +45,7 @@ def test_minimal_obfuscator(sql: str, expected: str) -> None:
 def test_obfuscate_agrees_with_the_receiver_and_caches(sql: str, expected: str) -> None:
     from agent_sim.obfuscate import obfuscate_sql
 
-    assert _dbapi.obfuscate(sql) == obfuscate_sql(sql)
+    assert _dbapi.obfuscate(sql) == obfuscate_sql(sql) == expected
     assert _dbapi.obfuscate(sql) is _dbapi.obfuscate(sql)  # cached per statement
 
 

@@ -21,14 +21,14 @@ from typing import Any
 
 import pytest
 
-import tracer
+from tests.contrib.apps.flask_helpers import patched_for_module
 from tests.contrib.contract import IntegrationContract
 from tests.mariadb import MariaDBInfo
 from tests.utils import REPO, free_port, render_tree, wait_for_port
 from tracer import tracer as global_tracer
 from tracer.config import config
 
-pytestmark = pytest.mark.mariadb
+pytestmark = [pytest.mark.mariadb, pytest.mark.usefixtures("spans_in_memory")]
 
 
 @dataclass
@@ -135,16 +135,9 @@ def _mysql_connector() -> Driver:
 DRIVERS = {"pymysql": _pymysql, "mysqldb": _mysqldb, "mysql": _mysql_connector}
 
 
-@pytest.fixture(autouse=True)
-def _spans_in_memory(test_spans: Any) -> None:
-    """Nothing leaves the process unless a test asks for the receiver (``traced``)."""
-
-
 @pytest.fixture(scope="module")
 def patched() -> Iterator[None]:
-    tracer.patch(mysql=True, pymysql=True, mysqldb=True)
-    yield
-    tracer.unpatch(mysql=True, pymysql=True, mysqldb=True)
+    yield from patched_for_module("mysql", "pymysql", "mysqldb")
 
 
 @pytest.fixture(params=list(DRIVERS))

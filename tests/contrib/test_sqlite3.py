@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-import tracer
+from tests.contrib.apps.flask_helpers import patched_for_module
 from tests.contrib.contract import IntegrationContract
 from tests.utils import render_tree
 from tracer import tracer as global_tracer
@@ -18,16 +18,12 @@ from tracer.config import config
 META = {"component": "sqlite3", "span.kind": "client", "db.system": "sqlite", "db.name": ":memory:", "peer.service": ":memory:"}
 
 
-@pytest.fixture(autouse=True)
-def _spans_in_memory(test_spans: Any) -> None:
-    """Nothing leaves the process unless a test asks for the receiver (``traced``)."""
+pytestmark = pytest.mark.usefixtures("spans_in_memory")
 
 
 @pytest.fixture(scope="module", autouse=True)
 def patched() -> Iterator[None]:
-    tracer.patch(sqlite3=True)
-    yield
-    tracer.unpatch(sqlite3=True)
+    yield from patched_for_module("sqlite3")
 
 
 @pytest.fixture

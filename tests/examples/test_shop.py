@@ -224,8 +224,9 @@ def test_demo_no_serve_on_a_taken_port(tmp_path: Any) -> None:
         services = {row["service"] for row in receiver.services()}
         assert {"shop", "inventory"} <= services
         checkout = receiver.traces(service="shop", resource="GET /checkout", limit=1)
-        if checkout:  # a checkout of an out-of-stock product has no insert; inventory is always called
-            assert "inventory" in {s["service"] for s in receiver.spans(checkout[0]["trace_id"])}
+        assert checkout, "no GET /checkout trace"
+        # A checkout of an out-of-stock product has no insert; the inventory is always called.
+        assert "inventory" in {s["service"] for s in receiver.spans(checkout[0]["trace_id"])}
         hits = sum(r["hits"] for r in receiver.stats(service="shop") if r["name"] == "flask.request"
                    and not r["resource"].endswith("/healthz"))
         assert hits == 120

@@ -361,18 +361,14 @@ def expected_after(style: str, sent: Context) -> Context:
 
 @pytest.fixture(scope="module")
 def ddtrace_round() -> dict[str, Any]:
-    import importlib.util
     import json
     import os
     import subprocess
     import sys
 
-    if importlib.util.find_spec("ddtrace") is None:
-        from tests.utils import IN_CI
+    from tests.utils import require_module
 
-        if IN_CI:
-            pytest.fail("CI=true and ddtrace is not installed")
-        pytest.skip("ddtrace not installed")
+    require_module("ddtrace")
     ours: list[dict[str, str]] = []
     saved = (config.propagation_style_inject,)
     config.propagation_style_inject = ALL

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.receiver import RunningReceiver
-from tests.utils import REPO, free_port, render_tree
+from tests.utils import REPO, free_port, render_tree, require_program
 from tracer import run
 
 # An app that serves itself one HTTP request with requests, inside a manual span.
@@ -219,9 +218,7 @@ def test_derived_service() -> None:
 
 
 def test_installed_console_script(receiver_mod: RunningReceiver) -> None:
-    exe = shutil.which("tracer-run")
-    if exe is None:
-        pytest.skip("tracer-run console script not installed (pip install -e .)")
+    exe = require_program("tracer-run")
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRACER_")}
     env["TRACER_AGENT_URL"] = receiver_mod.url
     proc = subprocess.run([exe, "--info"], env=env, capture_output=True, text=True, timeout=60)
@@ -248,8 +245,7 @@ def test_gunicorn_workers_trace_every_request_and_lose_none_at_exit(
 ) -> None:
     import requests
 
-    if shutil.which("gunicorn") is None:
-        pytest.skip("gunicorn not installed")
+    require_program("gunicorn")
     service = f"gunicorn-test-{'preload' if preload else 'lazy'}"
     (tmp_path / "wsgiapp.py").write_text(WSGI_APP)
     port = free_port()
@@ -271,7 +267,8 @@ def test_gunicorn_workers_trace_every_request_and_lose_none_at_exit(
     assert proc.returncode == 0, out
     rows = receiver_mod.wait_traces(20, timeout=10, service=service)
     assert sorted(r["resource"] for r in rows) == sorted(f"/r{i}" for i in range(20))
-    assert len(pids) >= 1
+    # Each request's trace carries the pid of the worker that answered it.
+    assert {s["meta"]["worker.pid"] for r in rows for s in receiver_mod.spans(r["trace_id"])} == pids
 
 
 def test_receiver_down_the_app_still_succeeds(tmp_path: Path) -> None:
