@@ -26,7 +26,6 @@ or a receiver that cannot listen at all.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import signal
@@ -161,15 +160,16 @@ class Demo:
             return "(no output)"
 
     # -- receiver queries ----------------------------------------------------------
-    def api(self, path: str) -> Any:
-        with urllib.request.urlopen(self.server.url + path, timeout=10) as resp:
-            return json.loads(resp.read())
+    def api(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        from agent_sim.cli import api_get
+
+        return api_get(self.server.url, path, params)
 
     def request_hits(self, service: str, resource: str | None = None) -> int:
         """``flask.request`` hits of ``service`` (of one ``resource`` if given)
         over the whole history, less the readiness probes (``/healthz``),
         whose traces may still be in flight when the baseline is taken."""
-        rows = self.api(f"/api/stats?service={service}")
+        rows = self.api("/api/stats", {"service": service})
         return sum(
             int(r.get("hits") or 0)
             for r in rows

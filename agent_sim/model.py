@@ -61,10 +61,6 @@ def to_signed(value: int) -> int:
     return value - (1 << 64) if value >= (1 << 63) else value
 
 
-def to_unsigned(value: int) -> int:
-    return value & MASK64
-
-
 def span_json(span: Span, high_hex: str | None) -> dict[str, Any]:
     """One span as the JSON API shows it (ids as strings, parent null on a root)."""
     parent = span["parent_id"]
@@ -82,12 +78,3 @@ def span_json(span: Span, high_hex: str | None) -> dict[str, Any]:
         "meta": span["meta"],
         "metrics": span["metrics"],
     }
-
-
-def is_top_level(span: Span, span_ids_to_service: dict[int, str]) -> bool:
-    """Datadog's rule: marked by the client, or parent absent from the trace, or a service change."""
-    metrics = span["metrics"]
-    if metrics.get("_dd.top_level"):
-        return True
-    parent_service = span_ids_to_service.get(span["parent_id"])
-    return parent_service is None or parent_service != span["service"]

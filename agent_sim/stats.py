@@ -102,17 +102,7 @@ class Sketch:
 
     def quantile(self, q: float) -> float:
         """Value at quantile ``q`` (0 when empty), within 1 % of the true value."""
-        if self.count <= 0:
-            return 0.0
-        rank = q * (self.count - 1)
-        if rank < self.zero:
-            return 0.0
-        running = self.zero
-        for k in sorted(self.bins):
-            running += self.bins[k]
-            if running > rank:
-                return min(_MAPPING.value(k), self.max)
-        return self.max
+        return self.quantiles((q,))[0]
 
     def quantiles(self, qs: tuple[float, ...]) -> list[float]:
         """``quantile(q)`` for ascending ``qs`` in one walk over the bins."""

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 Query = dict[str, str]
 MAX_WAIT_S = 60.0
 
+QUANTILES = (0.5, 0.95, 0.99)  # of the /metrics summaries
+
 
 class BadQuery(ValueError):
     pass
@@ -186,9 +188,9 @@ def metrics(rx: Receiver, q: Query) -> tuple[int, Any]:
               "# HELP agent_sim_duration_seconds Latency of counted spans (1% relative accuracy)."]
     for k in keys:
         sketch = per[k][3]
-        for quantile in (0.5, 0.95, 0.99):
+        for quantile, value in zip(QUANTILES, sketch.quantiles(QUANTILES), strict=True):
             lines.append(f'agent_sim_duration_seconds{{{labels[k]},quantile="{quantile}"}} '
-                         f"{sketch.quantile(quantile) / 1e9:.9g}")
+                         f"{value / 1e9:.9g}")
         lines.append(f"agent_sim_duration_seconds_sum{{{labels[k]}}} {per[k][2] / 1e9:.9g}")
         lines.append(f"agent_sim_duration_seconds_count{{{labels[k]}}} {per[k][0]}")
     counters = rx.counters()
