@@ -2,9 +2,10 @@
 
 Hot path: ``trace()`` / ``start_span()`` and ``Span.finish()``. Per-trace
 work (ids, clocks, the trace object) happens once, on the trace's first span;
-a child span costs one clock read, one random id, one lock round trip and the
-slot writes. Trace-level tags, top-level marks and sampling are applied by the
-writer thread (``tracer.processor``), off the app's threads. Where
+a child span costs one clock read, one random id and the slot writes, and its
+finish appends a flat record (with its top-level mark) to the trace, without
+a lock. Trace-level tags and sampling are applied by the writer thread
+(``tracer.processor``), off the app's threads. Where
 ``tracer._cspan`` is built, ``trace()`` starts child spans in C
 (``_cspan.trace_child``) and ``_trace_py`` serves the rest.
 """

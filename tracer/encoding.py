@@ -383,7 +383,7 @@ class PayloadV05:
             body = encode(chunk)
         except _ENCODE_ERRORS:
             body = encode(_sanitized(chunk))
-        if 16 + table.nbytes + self._traces_size + len(body) > self.limit:
+        if self.size + len(body) > self.limit:
             grown = table.nbytes - mark[1]
             table.rollback(mark)
             if self.traces:

@@ -269,7 +269,6 @@ class Span(_Base):
         span_type: str | None,
         mono: int,
         start_ns: int,
-        prev: object = _NOT_ACTIVATED,
     ) -> None:
         self._trace = trace
         self.trace_id = trace_id
@@ -286,7 +285,7 @@ class Span(_Base):
         self.error = 0
         self.meta = {}
         self.metrics = {}
-        self._prev = prev  # the span active before this one, if activated
+        self._prev = _NOT_ACTIVATED  # the span active before this one, once activated
 
     # -- tags -------------------------------------------------------------------
     # The C set_tag/set_metric handle str keys and str or number values within

@@ -32,43 +32,12 @@ _PROPAGATION_KEYS = ("HTTP_X_DATADOG_TRACE_ID", "HTTP_TRACEPARENT", "HTTP_X_B3_T
 _EXTENSION_KEY = "tracer.flask"
 
 
-class _EnvironHeaders(Mapping[str, str]):
-    """Request headers of a WSGI environ, looked up case-insensitively by
-    header name, without copying the environ."""
-
-    __slots__ = ("_environ",)
-
-    def __init__(self, environ: Mapping[str, Any]) -> None:
-        self._environ = environ
-
-    @staticmethod
-    def _key(name: str) -> str:
-        key = name.upper().replace("-", "_")
-        if key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-            return key
-        return "HTTP_" + key
-
-    def __getitem__(self, name: str) -> str:
-        value = self._environ.get(self._key(name))
-        if value is None:
-            raise KeyError(name)
-        return value
-
-    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
-        return self._environ.get(self._key(name), default)
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and self._key(name) in self._environ
-
-    def __iter__(self) -> Iterator[str]:
-        for key in self._environ:
-            if key.startswith("HTTP_"):
-                yield key[5:].replace("_", "-").lower()
-            elif key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-                yield key.replace("_", "-").lower()
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
+def _environ_key(header: str) -> str:
+    """The WSGI environ key of a request header."""
+    key = header.upper().replace("-", "_")
+    if key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+        return key
+    return "HTTP_" + key
 
 
 class _HeaderPlan:
@@ -81,7 +50,7 @@ class _HeaderPlan:
     def __init__(self, wanted: dict[str, str | None]) -> None:
         self.source = wanted
         self.request = [
-            (_EnvironHeaders._key(header), tag or header_tag_name(header, "request")) for header, tag in wanted.items()
+            (_environ_key(header), tag or header_tag_name(header, "request")) for header, tag in wanted.items()
         ]
         self.response = {header: tag or header_tag_name(header, "response") for header, tag in wanted.items()}
 
@@ -216,7 +185,7 @@ def start_request(app: Any, environ: dict[str, Any]) -> RequestState:
     if config.distributed_tracing:
         for key in _PROPAGATION_KEYS:
             if key in environ:
-                parent = propagation.extract(_EnvironHeaders(environ))
+                parent = propagation.extract(environ)  # reads HTTP_* keys itself
                 break
     if parent is None:
         parent = _active.get()
@@ -279,8 +248,7 @@ def escaped(state: RequestState, exc: BaseException) -> None:
     if "http.route" not in span.meta:
         span.resource = f"{span.meta['http.method']} 404"
     span.set_exc_info(type(exc), exc, exc.__traceback__)
-    _deactivate(span)
-    span.finish()
+    span.finish()  # restores the previous active span, where this one is active
 
 
 def _deactivate(span: Span) -> None:

@@ -30,7 +30,7 @@ import tracer as _pkg
 from contrib.flask import _request
 from contrib.flask._hooks import PHASES, Phase
 from tracer._errors import internal_error
-from tracer._patching import Target, patch_targets, unpatch_targets
+from tracer._patching import Target, dist_version, patch_targets, unpatch_targets
 
 SUPPORTED = ">=2.2,<4"
 
@@ -40,12 +40,7 @@ _current: Any = None  # ContextVar[RequestState | None], created by patch()
 
 def get_version() -> str:
     """The installed Flask version ("" when Flask is not installed)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("flask")
-    except PackageNotFoundError:
-        return ""
+    return dist_version("flask")
 
 
 # -- traced user functions -------------------------------------------------------
