@@ -179,6 +179,20 @@ class RequestState:
         self.plan = plan
 
 
+def entry_context(enclosing: RequestState | None) -> Span | None:
+    """The active span a WSGI call starts from: the server's context.
+
+    Outside another Flask request, a finished span or a ``flask.request``
+    span still active here was left behind by an earlier request on this
+    thread (a server that skipped ``close()``, an app that never finished a
+    span): it is dropped, never the parent of this request."""
+    span = _active.get()
+    if span is not None and enclosing is None and (span.duration_ns is not None or span.name == "flask.request"):
+        _active.set(None)
+        return None
+    return span
+
+
 def start_request(app: Any, environ: dict[str, Any]) -> RequestState:
     """Start and activate the root span of a request; record its request tags."""
     parent: Any = None
@@ -251,21 +265,13 @@ def escaped(state: RequestState, exc: BaseException) -> None:
     span.finish()  # restores the previous active span, where this one is active
 
 
-def _deactivate(span: Span) -> None:
-    # Between the app's return and the body's iteration the server's own code
-    # runs: not the request's work. And a server that never iterates nor
-    # closes must not leave later work on this thread inside the request.
-    if _active.get() is span:
-        _active.set(span._prev)  # type: ignore[arg-type]
-
-
 def finish_on_close(state: RequestState, body: Iterable[bytes]) -> Iterable[bytes]:
-    """Return the response body wrapped so that closing it ends the span.
+    """Return the response body wrapped so that the request span ends exactly
+    once, whatever the server does with it.
 
     A ``wsgi.file_wrapper`` body is returned as a new file wrapper of the
     server's type around the same file, so servers that send files with
     ``sendfile()`` still recognize it."""
-    _deactivate(state.span)
     file_wrapper = state.environ.get("wsgi.file_wrapper")
     if file_wrapper is not None and type(file_wrapper) is type and isinstance(body, file_wrapper):
         filelike = getattr(body, "filelike", None)
@@ -274,42 +280,83 @@ def finish_on_close(state: RequestState, body: Iterable[bytes]) -> Iterable[byte
     return _ClosingBody(body, state.span)
 
 
+# Meta tag set when the server stopped sending the body before its end (the
+# client hung up, or the server gave up on it): the span keeps the status
+# that was sent.
+CLIENT_DISCONNECTED = "http.client_disconnected"
+
+
+def _end(span: Span, started: bool) -> None:
+    """The fallback end of a request span whose body was neither exhausted
+    nor failed: closed, or dropped by a server that never closed it."""
+    if span.duration_ns is None:
+        if started:
+            span.meta[CLIENT_DISCONNECTED] = "true"
+        span.finish()
+
+
 class _ClosingBody:
-    """The response iterable, as the server sees it: iterating it iterates
-    Flask's body unchanged; ``close()`` closes it, then ends the span.
+    """The response iterable, as the server sees it.
 
-    From ``__iter__`` to ``close()`` the request span is active again, so
-    work done while a streamed body is generated (``stream_with_context``
-    generators, templates, queries) joins the request's trace; ``finish()``
-    gives the thread its previous active span back."""
+    The request span ends at the first of: the body's end (``StopIteration``),
+    an exception from the body (recorded on the span), ``close()``, or the
+    wrapper being dropped without either (some servers skip ``close()``:
+    Werkzeug's development server does when discarding the unread request
+    body raises after the client reset the connection). ``finish()`` is
+    idempotent, so a later ``close()`` only closes the app's body.
 
-    __slots__ = ("_body", "_span")
+    The span is active only while the app's body produces a chunk (work done
+    by a streamed body joins the request's trace); between chunks, and after
+    the request, the server's thread has its own context back, so a body the
+    server abandons can never leave its span active for the next request."""
+
+    __slots__ = ("_body", "_span", "_it")
 
     def __init__(self, body: Iterable[bytes], span: Span) -> None:
         self._body = body
         self._span = span
+        self._it: Iterator[bytes] | None = None
 
     def __iter__(self) -> Iterator[bytes]:
-        if self._span.duration_ns is None:
-            _active.set(self._span)
-        return iter(self._body)
+        return self
+
+    def __next__(self) -> bytes:
+        span = self._span
+        prev = _active.get()
+        _active.set(span)
+        try:
+            it = self._it
+            if it is None:
+                it = self._it = iter(self._body)
+            return next(it)
+        except StopIteration:
+            span.finish()
+            raise
+        except BaseException as exc:
+            if span.duration_ns is None:
+                if not isinstance(exc, GeneratorExit):
+                    span.set_exc_info(type(exc), exc, exc.__traceback__)
+                span.finish()
+            raise
+        finally:
+            _active.set(prev)
 
     def close(self) -> None:
-        _close_then_finish(self._body, self._span)
-
-
-def _close_then_finish(body: Any, span: Span) -> None:
-    """Close the app's body (its exceptions propagate, as the server expects),
-    then end the request span whatever happened."""
-    close = getattr(body, "close", None)
-    try:
-        if close is not None:
-            close()
-    finally:
+        close = getattr(self._body, "close", None)
         try:
-            span.finish()
+            if close is not None:
+                close()
+        finally:
+            try:
+                _end(self._span, self._it is not None)
+            except Exception:
+                internal_error("flask.response.close")
+
+    def __del__(self) -> None:
+        try:
+            _end(self._span, self._it is not None)
         except Exception:
-            internal_error("flask.response.close")
+            internal_error("flask.response.dropped")
 
 
 class _ClosingFile:
@@ -326,4 +373,18 @@ class _ClosingFile:
         return self._filelike.read(*args)
 
     def close(self) -> None:
-        _close_then_finish(self._filelike, self._span)
+        close = getattr(self._filelike, "close", None)
+        try:
+            if close is not None:
+                close()
+        finally:
+            try:
+                _end(self._span, False)
+            except Exception:
+                internal_error("flask.response.close")
+
+    def __del__(self) -> None:
+        try:
+            _end(self._span, False)
+        except Exception:
+            internal_error("flask.response.dropped")

@@ -31,6 +31,7 @@ from contrib.flask import _request
 from contrib.flask._hooks import PHASES, Phase
 from tracer._errors import internal_error
 from tracer._patching import Target, dist_version, patch_targets, unpatch_targets
+from tracer.context import _active
 
 SUPPORTED = ">=2.2,<4"
 
@@ -110,6 +111,7 @@ def _wsgi_app(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any
         return wrapped(*args, **kwargs)
     environ, start_response = args
     try:
+        entry = _request.entry_context(_current.get())
         state = _request.start_request(instance, environ)
         traced_start_response = _request.wrap_start_response(state, start_response)
     except Exception:
@@ -126,6 +128,9 @@ def _wsgi_app(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any
         raise
     finally:
         _current.reset(token)
+        # The server's context is given back whatever the app left active
+        # (a span it never finished), so nothing after this request joins it.
+        _active.set(entry)
     try:
         return _request.finish_on_close(state, body)
     except Exception:
