@@ -12,7 +12,9 @@ raises on well-formed normalized spans (the caller guards anyway).
 
 from __future__ import annotations
 
+import argparse
 import hashlib
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +34,9 @@ class Thresholds:
     n_plus_one_min: int = 5
     n_plus_one_min_total_ns: int = 0
     slow_query_ns: int = 500_000_000
+
+
+DEFAULT_LIMITS = Thresholds()
 
 
 @dataclass
@@ -100,10 +105,10 @@ def _endpoint_of(span: Span, by_id: dict[int, Span], endpoint: dict[str, str]) -
             break
         s = parent
     svc = s["service"]
-    return svc, endpoint.get(svc, s["resource"])
+    return svc, (endpoint.get(svc) or s["resource"])
 
 
-def detect(spans: Trace, limits: Thresholds = Thresholds()) -> list[Finding]:
+def detect(spans: Trace, limits: Thresholds = DEFAULT_LIMITS) -> list[Finding]:
     """Findings in one trace (or one chunk of it)."""
     by_id, endpoint = _endpoints(spans)
     children: dict[int, list[Span]] = {}
@@ -130,7 +135,7 @@ def detect(spans: Trace, limits: Thresholds = Thresholds()) -> list[Finding]:
 def _error_group(s: Span, by_id: dict[int, Span], endpoint: dict[str, str]) -> Finding:
     meta = s["meta"]
     svc = s["service"]
-    ep = endpoint.get(svc, s["resource"])
+    ep = (endpoint.get(svc) or s["resource"])
     etype = meta.get("error.type", "")
     message = normalize_message(meta.get("error.message", ""))
     title = f"{etype or 'error'}: {message}"[:300] if message else (etype or f"error in {s['name']}")
@@ -173,3 +178,30 @@ def _n_plus_one(kind: str, run: list[Span], source: str | None, parent: Span | N
                    {"repeated": first["resource"], "source": source, "parent": parent_name,
                     "target_service": first["service"]},
                    len(run), total, [s["span_id"] for s in run])
+
+
+def _env_number(name: str, default: float) -> float:
+    raw = os.environ.get(name, "")
+    try:
+        return float(raw) if raw else default
+    except ValueError:
+        return default
+
+
+def add_insight_flags(p: argparse.ArgumentParser) -> None:
+    """``agent-sim serve`` flags of the detectors (env vars give the defaults)."""
+    d = Thresholds()
+    p.add_argument("--n-plus-one-min", type=int,
+                   default=int(_env_number("AGENT_SIM_N_PLUS_ONE_MIN", d.n_plus_one_min)),
+                   help="repeated DB/HTTP spans under one parent that make an N+1 (env AGENT_SIM_N_PLUS_ONE_MIN;"
+                        " default 5)")
+    p.add_argument("--n-plus-one-min-ms", type=float,
+                   default=_env_number("AGENT_SIM_N_PLUS_ONE_MIN_MS", d.n_plus_one_min_total_ns / 1e6),
+                   help="their least total time, ms (env AGENT_SIM_N_PLUS_ONE_MIN_MS; default 0)")
+    p.add_argument("--slow-query-ms", type=float,
+                   default=_env_number("AGENT_SIM_SLOW_QUERY_MS", d.slow_query_ns / 1e6),
+                   help="a DB span this long is a slow query (env AGENT_SIM_SLOW_QUERY_MS; default 500)")
+
+
+def insight_limits(args: argparse.Namespace) -> Thresholds:
+    return Thresholds(max(2, args.n_plus_one_min), int(args.n_plus_one_min_ms * 1e6), int(args.slow_query_ms * 1e6))

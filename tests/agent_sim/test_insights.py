@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import itertools
 
-from agent_sim.insights import (ERROR_GROUP, N_PLUS_ONE_DB, N_PLUS_ONE_HTTP, SLOW_QUERY, Thresholds, detect,
-                                normalize_message)
+from agent_sim.insights import (
+    ERROR_GROUP,
+    N_PLUS_ONE_DB,
+    N_PLUS_ONE_HTTP,
+    SLOW_QUERY,
+    Thresholds,
+    detect,
+    normalize_message,
+)
 
 _ids = itertools.count(1)
 
