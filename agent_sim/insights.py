@@ -120,6 +120,7 @@ def detect(spans: Trace, limits: Thresholds = DEFAULT_LIMITS) -> list[Finding]:
         if len(kids) >= limits.n_plus_one_min:
             kids.sort(key=lambda s: s["start"])
             out.extend(_runs(kids, by_id.get(parent_id), by_id, endpoint, limits))
+    errors: dict[str, Finding] = {}  # an exception bubbling through spans is one error per trace
     for s in spans:
         if _is_db(s) and s["duration"] >= limits.slow_query_ns:
             svc, ep = _endpoint_of(s, by_id, endpoint)
@@ -128,11 +129,13 @@ def detect(spans: Trace, limits: Thresholds = DEFAULT_LIMITS) -> list[Finding]:
                                {"query": s["resource"], "db_service": s["service"]},
                                1, s["duration"], [s["span_id"]]))
         if s["error"]:
-            out.append(_error_group(s, by_id, endpoint))
+            e = _error_group(s, endpoint)
+            errors.setdefault(e.fingerprint, e)
+    out.extend(errors.values())
     return out
 
 
-def _error_group(s: Span, by_id: dict[int, Span], endpoint: dict[str, str]) -> Finding:
+def _error_group(s: Span, endpoint: dict[str, str]) -> Finding:
     meta = s["meta"]
     svc = s["service"]
     ep = (endpoint.get(svc) or s["resource"])

@@ -55,3 +55,19 @@ def test_n_plus_one_found_served_counted_and_kept_across_restart(tmp_path: Path)
     with RunningReceiver(db=db) as rx:
         (f,) = rx.get("/api/insights")
         assert f["count"] == 40
+
+
+def test_cli_insights_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from agent_sim.cli import main
+
+    with RunningReceiver() as rx:
+        put(rx.url, [n_plus_one_trace(7)])
+        assert main(["insights", "--url", rx.url]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0].split()[:4] == ["KIND", "SERVICE", "ENDPOINT", "COUNT"]
+        assert lines[-1].split()[:6] == ["n_plus_one_db", "shop", "GET", "/orders", "7", "3.50µs"] or \
+            lines[-1].split()[:5] == ["n_plus_one_db", "shop", "GET", "/orders", "7"]
+        assert main(["insights", "--url", rx.url, "--json", "--kind", "error_group"]) == 0
+        assert json.loads(capsys.readouterr().out) == []
