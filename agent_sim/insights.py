@@ -109,28 +109,42 @@ def _endpoint_of(span: Span, by_id: dict[int, Span], endpoint: dict[str, str]) -
 
 
 def detect(spans: Trace, limits: Thresholds = DEFAULT_LIMITS) -> list[Finding]:
-    """Findings in one trace (or one chunk of it)."""
-    by_id, endpoint = _endpoints(spans)
+    """Findings in one trace (or one chunk of it).
+
+    Cost: one pass over the spans; the tree helpers run only for a trace
+    that has a candidate (a parent with enough DB/HTTP children, a slow
+    query, an error)."""
     children: dict[int, list[Span]] = {}
+    slow: list[Span] = []
+    failed: list[Span] = []
+    slow_ns = limits.slow_query_ns
     for s in spans:
-        if _is_db(s) or _is_http_client(s):
+        if s["type"] == "sql" or "db.system" in s["meta"]:
             children.setdefault(s["parent_id"], []).append(s)
-    out: list[Finding] = []
-    for parent_id, kids in children.items():
-        if len(kids) >= limits.n_plus_one_min:
-            kids.sort(key=lambda s: s["start"])
-            out.extend(_runs(kids, by_id.get(parent_id), by_id, endpoint, limits))
-    errors: dict[str, Finding] = {}  # an exception bubbling through spans is one error per trace
-    for s in spans:
-        if _is_db(s) and s["duration"] >= limits.slow_query_ns:
-            svc, ep = _endpoint_of(s, by_id, endpoint)
-            out.append(Finding(SLOW_QUERY, _fingerprint(SLOW_QUERY, s["service"], s["resource"]), svc, ep,
-                               f"Slow query: {s['resource'][:200]}",
-                               {"query": s["resource"], "db_service": s["service"]},
-                               1, s["duration"], [s["span_id"]]))
+            if s["duration"] >= slow_ns:
+                slow.append(s)
+        elif s["type"] == "http" and s["meta"].get("span.kind") == "client":
+            children.setdefault(s["parent_id"], []).append(s)
         if s["error"]:
-            e = _error_group(s, endpoint)
-            errors.setdefault(e.fingerprint, e)
+            failed.append(s)
+    groups = [(pid, kids) for pid, kids in children.items() if len(kids) >= limits.n_plus_one_min]
+    if not (groups or slow or failed):
+        return []
+    by_id, endpoint = _endpoints(spans)
+    out: list[Finding] = []
+    for parent_id, kids in groups:
+        kids.sort(key=lambda s: s["start"])
+        out.extend(_runs(kids, by_id.get(parent_id), by_id, endpoint, limits))
+    for s in slow:
+        svc, ep = _endpoint_of(s, by_id, endpoint)
+        out.append(Finding(SLOW_QUERY, _fingerprint(SLOW_QUERY, s["service"], s["resource"]), svc, ep,
+                           f"Slow query: {s['resource'][:200]}",
+                           {"query": s["resource"], "db_service": s["service"]},
+                           1, s["duration"], [s["span_id"]]))
+    errors: dict[str, Finding] = {}  # an exception bubbling through spans is one error per trace
+    for s in failed:
+        e = _error_group(s, endpoint)
+        errors.setdefault(e.fingerprint, e)
     out.extend(errors.values())
     return out
 
