@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 DEFAULT_URL = "http://127.0.0.1:8126"
-COMMANDS = ("serve", "stats", "traces", "show", "wait", "demo")
+COMMANDS = ("serve", "stats", "traces", "show", "wait", "demo", "insights")
 
 
 class Unreachable(Exception):
@@ -390,6 +390,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--service")
     p.add_argument("--timeout", type=float, default=30.0)
     p.set_defaults(func=cmd_wait)
+
+    from agent_sim.insights_cli import add_parser
+
+    add_parser(sub, common)
     return parser
 
 

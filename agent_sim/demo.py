@@ -350,6 +350,11 @@ def demo_main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> i
 
         demo.say(format_stats(demo.api("/api/stats")))
         demo.say("")
+        from agent_sim.insights_cli import format_insights
+
+        demo.say("findings (agent-sim insights):")
+        demo.say(format_insights(demo.api("/api/insights")[:5]))
+        demo.say("")
         url = demo.server.url
         demo.say(f"web page:  {url}/   (services → resources → traces → waterfall)")
         demo.say(f"terminal:  agent-sim stats --url {url}   |   agent-sim traces --url {url} --errors")

@@ -22,6 +22,8 @@ from typing import Any
 
 import msgpack
 
+from agent_sim.findings import FindingStore
+from agent_sim.insights import Thresholds
 from agent_sim.model import Trace
 from agent_sim.normalize import normalize_payload
 from agent_sim.stats import BUCKET_NS, HOUR_NS, OVERFLOW, Concentrator, Entry, compute_groups
@@ -46,8 +48,10 @@ class Receiver:
     """Ingest and query state shared by the handler threads (see module docstring)."""
 
     def __init__(self, db: str = ":memory:", retention_traces: int = 100_000, retention_hours: float = 24,
-                 sample_rates: dict[str, float] | None = None, default_rate: float = 1.0) -> None:
+                 sample_rates: dict[str, float] | None = None, default_rate: float = 1.0,
+                 insight_limits: Thresholds | None = None) -> None:
         self.store = Store(db)
+        self.findings = FindingStore(self.store, insight_limits or Thresholds())
         self.retention_traces = retention_traces
         self.retention_hours = retention_hours
         rates = dict(sample_rates or {})
@@ -136,6 +140,8 @@ class Receiver:
             # them to SIGKILL is fine, an extra statement per payload is not
             self.store.ingest(to_store, journal, {})
             self._apply_stats(self.concentrator.apply, groups)
+        if to_store:
+            self.findings.detect_and_record(to_store)
         self._notify()
 
     def _apply_stats(self, apply: Any, *args: Any) -> None:

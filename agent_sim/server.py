@@ -28,7 +28,9 @@ import msgpack
 
 from agent_sim import views
 from agent_sim.decode import PayloadError, decode_json, decode_v05, unpack_v04
+from agent_sim.findings import api_insights
 from agent_sim.ingest import KEEP_1H_NS, KEEP_10S_NS, Receiver
+from agent_sim.insights import Thresholds, add_insight_flags, insight_limits
 
 __all__ = ["KEEP_10S_NS", "KEEP_1H_NS", "Receiver", "ReceiverServer", "build_parser", "serve_main"]
 
@@ -319,6 +321,7 @@ ROUTES.update({
     ("GET", "/api/services"): _view(views.api_services),
     ("GET", "/api/traces"): _view(views.api_traces),
     ("GET", "/metrics"): _view(views.metrics),
+    ("GET", "/api/insights"): _view(api_insights),
     ("GET", "/"): lambda h, _a: _static(h, "index.html"),
 })
 PREFIX_ROUTES: list[tuple[tuple[str, str], Handler]] = [
@@ -342,8 +345,9 @@ class ReceiverServer:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, db: str = ":memory:",
                  retention_traces: int = 100_000, retention_hours: float = 24,
-                 sample_rates: dict[str, float] | None = None) -> None:
-        self.receiver = Receiver(db, retention_traces, retention_hours, sample_rates)
+                 sample_rates: dict[str, float] | None = None, insight_limits: Thresholds | None = None) -> None:
+        self.receiver = Receiver(db, retention_traces, retention_hours, sample_rates,
+                                 insight_limits=insight_limits)
         self.httpd = _HTTPServer((host, port), RequestHandler)
         self.httpd.receiver = self.receiver
         self.host = host
@@ -434,6 +438,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--retention-hours", type=float, default=24)
     p.add_argument("--sample-rate", action="append", default=[], metavar="RATE|SERVICE=RATE",
                    help="rate_by_service answered to tracers (repeatable; default 1.0)")
+    add_insight_flags(p)
     return p
 
 
@@ -458,7 +463,8 @@ def serve_main(argv: list[str]) -> int:
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD, 10, 10)
     try:
-        server = ReceiverServer(args.host, args.port, args.db, args.retention_traces, args.retention_hours, rates)
+        server = ReceiverServer(args.host, args.port, args.db, args.retention_traces, args.retention_hours, rates,
+                                insight_limits(args))
     except OSError as exc:
         print(f"agent-sim: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 2

@@ -196,5 +196,7 @@ def metrics(rx: Receiver, q: Query) -> tuple[int, Any]:
     counters = rx.counters()
     for name in ("duplicate_span_ids", "payloads_rejected", "traces_dropped", "spans_received", "stats_keys_overflowed"):
         lines += [f"# TYPE agent_sim_{name} counter", f"agent_sim_{name}_total {counters.get(name, 0)}"]
+    lines += ["# TYPE agent_sim_findings counter"]
+    lines += [f'agent_sim_findings_total{{kind="{k}"}} {n}' for k, n in rx.findings.counts_by_kind().items()]
     lines += ["# TYPE agent_sim_traces_stored gauge", f"agent_sim_traces_stored {rx.store.trace_count}", "# EOF", ""]
     return 200, "\n".join(lines).encode()

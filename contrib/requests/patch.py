@@ -48,6 +48,27 @@ def _split(url: str) -> tuple[str, int, str]:
     return host, port, path
 
 
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def _is_id(segment: str) -> bool:
+    if segment.isdigit():
+        return True
+    if len(segment) == 36 and segment.count("-") == 4:  # UUID
+        return _HEX.issuperset(segment.replace("-", ""))
+    return len(segment) >= 16 and _HEX.issuperset(segment) and any(c.isdigit() for c in segment)
+
+
+def quantize_path(path: str) -> str:
+    """Numbers, UUIDs and long hex ids in path segments become ``?``
+    (``/stock/7`` -> ``/stock/?``) so resources, and the receiver's stats
+    keys, stay bounded; ``http.url`` keeps the full URL. A path without a
+    digit (most of them) returns at once."""
+    if not any(c.isdigit() for c in path):
+        return path
+    return "/".join("?" if _is_id(seg) else seg for seg in path.split("/"))
+
+
 def _to_receiver(url: str) -> bool:
     agent = config.agent_url
     return url.startswith(agent) and url[len(agent) : len(agent) + 1] in ("", "/", "?")
@@ -59,7 +80,7 @@ def _start_span(request: Any) -> Any:
         return None
     method = (request.method or "GET").upper()
     host, port, path = _split(url)
-    span = _tracer.trace("requests.request", resource=f"{method} {path}", span_type="http")
+    span = _tracer.trace("requests.request", resource=f"{method} {quantize_path(path)}", span_type="http")
     meta = span.meta
     meta["span.kind"] = "client"
     meta["component"] = "requests"

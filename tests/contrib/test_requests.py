@@ -226,3 +226,19 @@ def test_unpatched_requests_make_no_spans(test_spans: Any, server: str) -> None:
     tracer_pkg.unpatch(requests=True)
     requests.get(server + "/ok", timeout=5)
     assert test_spans.spans == []
+
+
+def test_ids_in_the_path_are_quantized_in_the_resource_not_the_url(test_spans: Any, requests_patched: None,
+                                                                    server: str) -> None:
+    import requests
+
+    uuid = "123e4567-e89b-12d3-a456-426614174000"
+    for path in ("/stock/7", f"/orders/{uuid}/items", "/blob/0123456789abcdef0123", "/v2/users", "/ok"):
+        requests.get(server + path, timeout=5)
+    assert [(s.resource, s.meta["http.url"]) for s in test_spans.spans] == [
+        ("GET /stock/?", server + "/stock/7"),
+        ("GET /orders/?/items", server + f"/orders/{uuid}/items"),
+        ("GET /blob/?", server + "/blob/0123456789abcdef0123"),
+        ("GET /v2/users", server + "/v2/users"),
+        ("GET /ok", server + "/ok"),
+    ]

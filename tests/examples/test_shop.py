@@ -142,7 +142,7 @@ def test_checkout_is_one_distributed_trace(shop: tuple[Apps, RunningReceiver]) -
     assert render_tree(spans, tags=["http.status_code"]) == "\n".join([
         "flask.request shop 'GET /checkout' http.status_code=201",
         "  flask.view shop 'checkout'",
-        "    requests.request shop 'GET /stock/3' http.status_code=200",
+        "    requests.request shop 'GET /stock/?' http.status_code=200",
         "      flask.request inventory 'GET /stock/<int:product_id>' http.status_code=200",
         "        flask.view inventory 'stock'",
         "    sqlite.query sqlite 'INSERT INTO orders (product_id, quantity, created_at) VALUES ( ? )'",
@@ -161,6 +161,10 @@ def test_orders_shows_n_plus_one(shop: tuple[Apps, RunningReceiver]) -> None:
         "    sqlite.query sqlite 'SELECT id, product_id, quantity FROM orders ORDER BY id DESC LIMIT ?'",
         *[per_order] * 10,
     ])
+    (finding,) = receiver.get("/api/insights", kind="n_plus_one_db", resource="GET /orders")
+    assert finding["detail"]["repeated"] == "SELECT name, price_cents FROM products WHERE id = ?"
+    assert finding["detail"]["source"] == "SELECT id, product_id, quantity FROM orders ORDER BY id DESC LIMIT ?"
+    assert finding["service"] == "shop" and finding["count"] >= 10 and finding["count"] % 10 == 0
 
 
 def test_flaky_failure_and_template_page(shop: tuple[Apps, RunningReceiver]) -> None:
@@ -178,6 +182,8 @@ def test_flaky_failure_and_template_page(shop: tuple[Apps, RunningReceiver]) -> 
         "    sqlite.query sqlite 'SELECT id, name, price_cents, description FROM products ORDER BY price_cents DESC LIMIT ?'",
         "    flask.render_template shop 'index.html'",
     ])
+    (error,) = receiver.get("/api/insights", kind="error_group", resource="GET /flaky")
+    assert error["detail"]["error_type"] == "__main__.FlakyError" and error["count"] >= 1
     (missing,) = receiver.wait_traces(1, service="shop", resource="GET /products/<int:product_id>")
     assert missing["error"] == 0  # a 404 is not an error
 
@@ -189,6 +195,8 @@ def test_shop_on_mariadb(mariadb: Any, tmp_path: Any) -> None:
         try:
             assert get(apps.url + "/orders") == 200
             spans = one_trace(receiver, "GET /orders", span_count=13)
+            (finding,) = receiver.get("/api/insights", resource="GET /orders")
+            assert (finding["kind"], finding["count"]) == ("n_plus_one_db", 10)
         finally:
             apps.stop()
     per_order = "    mysql.query mysql 'SELECT name, price_cents FROM products WHERE id = ?' component=pymysql"

@@ -1,0 +1,143 @@
+"""Findings persistence (one row per fingerprint, in the receiver's SQLite
+file) and the ``GET /api/insights`` view.
+
+Thread model: uses ``Store.db`` under ``Store.lock`` like the store itself;
+called from ingest handler threads (``record``) and view threads (``query``).
+Bounded: at most ``MAX_FINDINGS`` rows, the least recently seen evicted first;
+each keeps at most ``MAX_EXAMPLES`` example trace ids.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from agent_sim.insights import DEFAULT_LIMITS, KINDS, Finding, Thresholds, detect
+from agent_sim.model import Trace, trace_id_hex
+
+if TYPE_CHECKING:
+    from agent_sim.ingest import Receiver
+    from agent_sim.store import Store
+
+log = logging.getLogger(__name__)
+
+MAX_FINDINGS = 10_000
+MAX_EXAMPLES = 5
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS findings (
+    fingerprint TEXT PRIMARY KEY,
+    kind TEXT NOT NULL, service TEXT NOT NULL, resource TEXT NOT NULL,
+    title TEXT NOT NULL, detail TEXT NOT NULL,
+    count INTEGER NOT NULL, total_duration_ns INTEGER NOT NULL,
+    first_seen_ns INTEGER NOT NULL, last_seen_ns INTEGER NOT NULL,
+    examples TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS findings_last_seen ON findings(last_seen_ns);
+"""
+
+
+class FindingStore:
+    def __init__(self, store: Store, limits: Thresholds = DEFAULT_LIMITS) -> None:
+        self.store = store
+        self.limits = limits
+        self._warned = False
+        with store.lock:
+            store.db.executescript(_SCHEMA)
+
+    def detect_and_record(self, traces: list[Trace]) -> dict[str, int]:
+        """Run the detectors on stored traces and persist; returns new
+        occurrences per kind. Never raises: a detector bug is logged once."""
+        try:
+            found: list[tuple[Finding, str, int]] = []
+            for spans in traces:
+                for f in detect(spans, self.limits):
+                    first = spans[0]
+                    tid = trace_id_hex(first["trace_id"], first["meta"].get("_dd.p.tid"))
+                    found.append((f, tid, max(s["start"] + s["duration"] for s in spans)))
+            if found:
+                self._record(found)
+            counts: dict[str, int] = {}
+            for f, _tid, _end in found:
+                counts[f.kind] = counts.get(f.kind, 0) + 1
+            return counts
+        except Exception:
+            if not self._warned:
+                self._warned = True
+                log.exception("insights: detectors failed (logged once)")
+            return {}
+
+    def _record(self, found: list[tuple[Finding, str, int]]) -> None:
+        with self.store.lock:
+            db = self.store.db
+            db.execute("BEGIN")
+            try:
+                for f, tid, end in found:
+                    row = db.execute("SELECT examples FROM findings WHERE fingerprint = ?",
+                                     (f.fingerprint,)).fetchone()
+                    if row is None:
+                        db.execute("INSERT INTO findings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                   (f.fingerprint, f.kind, f.service, f.resource, f.title, json.dumps(f.detail),
+                                    f.count, f.total_duration_ns, end, end, json.dumps([tid])))
+                        continue
+                    examples = json.loads(row[0])
+                    if tid not in examples:
+                        examples = [tid, *examples][:MAX_EXAMPLES]
+                    db.execute("UPDATE findings SET count = count + ?, total_duration_ns = total_duration_ns + ?,"
+                               " first_seen_ns = min(first_seen_ns, ?), last_seen_ns = max(last_seen_ns, ?),"
+                               " examples = ? WHERE fingerprint = ?",
+                               (f.count, f.total_duration_ns, end, end, json.dumps(examples), f.fingerprint))
+                db.execute("DELETE FROM findings WHERE fingerprint IN (SELECT fingerprint FROM findings"
+                           " ORDER BY last_seen_ns DESC LIMIT -1 OFFSET ?)", (MAX_FINDINGS,))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def query(self, service: str | None = None, resource: str | None = None, kind: str | None = None,
+              since_ns: int | None = None, until_ns: int | None = None) -> list[dict[str, Any]]:
+        """Findings, worst first (total time, then count)."""
+        where: list[str] = []
+        args: list[Any] = []
+        for col, value in (("service", service), ("resource", resource), ("kind", kind)):
+            if value:
+                where.append(f"{col} = ?")
+                args.append(value)
+        if since_ns is not None:
+            where.append("last_seen_ns >= ?")
+            args.append(since_ns)
+        if until_ns is not None:
+            where.append("first_seen_ns < ?")
+            args.append(until_ns)
+        sql = ("SELECT kind, fingerprint, service, resource, title, detail, count, total_duration_ns,"
+               " first_seen_ns, last_seen_ns, examples FROM findings"
+               + (" WHERE " + " AND ".join(where) if where else "")
+               + " ORDER BY total_duration_ns DESC, count DESC LIMIT 1000")
+        keys = ("kind", "fingerprint", "service", "resource", "title", "detail", "count", "total_duration_ns",
+                "first_seen_ns", "last_seen_ns", "example_trace_ids")
+        out = []
+        for row in self.store.execute(sql, args):
+            item = dict(zip(keys, row, strict=True))
+            item["detail"] = json.loads(item["detail"])
+            item["example_trace_ids"] = json.loads(item["example_trace_ids"])
+            out.append(item)
+        return out
+
+    def counts_by_kind(self) -> dict[str, int]:
+        rows = dict(self.store.execute("SELECT kind, sum(count) FROM findings GROUP BY kind"))
+        return {k: int(rows.get(k) or 0) for k in KINDS}
+
+
+def api_insights(rx: Receiver, q: dict[str, str]) -> tuple[int, Any]:
+    """GET /api/insights?service=&resource=&kind=&since=&until= (epoch seconds)."""
+    from agent_sim.views import BadQuery, _int
+
+    kind = q.get("kind") or None
+    if kind and kind not in KINDS:
+        raise BadQuery(f"kind: one of {', '.join(KINDS)}, got {kind!r}")
+    since = _int(q, "since")
+    until = _int(q, "until")
+    return 200, rx.findings.query(q.get("service") or None, q.get("resource") or None, kind,
+                                  since * 10**9 if since is not None else None,
+                                  until * 10**9 if until is not None else None)

@@ -1,0 +1,224 @@
+"""Performance detectors: one normalized trace in, findings out; no I/O.
+
+Modelled on the ideas of Sentry's performance-issue detectors (consecutive
+repeated spans under one parent, a fingerprint per problem) with two
+deliberate differences: no duration floor by default (local databases answer
+in microseconds), and spans that are neither DB nor HTTP client spans between
+the repeated ones do not break a run (getsentry/sentry#93090).
+
+Called by the ingest path on a handler thread; pure and thread-safe; never
+raises on well-formed normalized spans (the caller guards anyway).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent_sim.model import Span, Trace
+
+N_PLUS_ONE_DB = "n_plus_one_db"
+N_PLUS_ONE_HTTP = "n_plus_one_http"
+SLOW_QUERY = "slow_query"
+ERROR_GROUP = "error_group"
+KINDS = (N_PLUS_ONE_DB, N_PLUS_ONE_HTTP, SLOW_QUERY, ERROR_GROUP)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Detector settings (``agent-sim serve --n-plus-one-min`` …)."""
+    n_plus_one_min: int = 5
+    n_plus_one_min_total_ns: int = 0
+    slow_query_ns: int = 500_000_000
+
+
+DEFAULT_LIMITS = Thresholds()
+
+
+@dataclass
+class Finding:
+    """One occurrence of a problem in one trace; the store aggregates by fingerprint."""
+    kind: str
+    fingerprint: str
+    service: str
+    resource: str  # the endpoint: the top-level resource of that service
+    title: str
+    detail: dict[str, Any] = field(default_factory=dict)
+    count: int = 1
+    total_duration_ns: int = 0
+    span_ids: list[int] = field(default_factory=list)
+
+
+def _fingerprint(*parts: str) -> str:
+    return hashlib.sha1("\x1f".join(parts).encode("utf-8", "replace")).hexdigest()[:16]
+
+
+def _is_db(span: Span) -> bool:
+    return span["type"] == "sql" or "db.system" in span["meta"]
+
+
+def _is_http_client(span: Span) -> bool:
+    meta = span["meta"]
+    return span["type"] == "http" and meta.get("span.kind") == "client"
+
+
+# Numbers, hex ids, UUIDs and quoted values in error messages → "?" so the
+# same failure with a different id is one group.
+_MESSAGE_VARIABLE = re.compile(
+    r"'[^']*'|\"[^\"]*\"|\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b"
+    r"|\b0x[0-9a-fA-F]+\b|\b[0-9a-fA-F]*\d[0-9a-fA-F]*\b")
+
+
+def normalize_message(message: str) -> str:
+    return _MESSAGE_VARIABLE.sub("?", message[:1000])
+
+
+def _endpoints(spans: Trace) -> tuple[dict[int, Span], dict[str, str]]:
+    """Spans by id, and each service's top-level resource (its entry span:
+    no parent in the trace, or a parent of another service)."""
+    by_id = {s["span_id"]: s for s in spans}
+    endpoint: dict[str, str] = {}
+    for s in sorted(spans, key=lambda s: s["start"]):
+        svc = s["service"]
+        if svc in endpoint:
+            continue
+        parent = by_id.get(s["parent_id"])
+        if parent is None or parent["service"] != svc:
+            endpoint[svc] = s["resource"]
+    return by_id, endpoint
+
+
+def _endpoint_of(span: Span, by_id: dict[int, Span], endpoint: dict[str, str]) -> tuple[str, str]:
+    """(service, endpoint) a span belongs to: the nearest ancestor that is
+    not a DB or HTTP client span names the service (a query's span has the
+    database's service)."""
+    s = span
+    for _ in range(1000):
+        if not (_is_db(s) or _is_http_client(s)):
+            break
+        parent = by_id.get(s["parent_id"])
+        if parent is None:
+            break
+        s = parent
+    svc = s["service"]
+    return svc, (endpoint.get(svc) or s["resource"])
+
+
+def detect(spans: Trace, limits: Thresholds = DEFAULT_LIMITS) -> list[Finding]:
+    """Findings in one trace (or one chunk of it).
+
+    Cost: one pass over the spans; the tree helpers run only for a trace
+    that has a candidate (a parent with enough DB/HTTP children, a slow
+    query, an error)."""
+    children: dict[int, list[Span]] = {}
+    slow: list[Span] = []
+    failed: list[Span] = []
+    slow_ns = limits.slow_query_ns
+    for s in spans:
+        if s["type"] == "sql" or "db.system" in s["meta"]:
+            children.setdefault(s["parent_id"], []).append(s)
+            if s["duration"] >= slow_ns:
+                slow.append(s)
+        elif s["type"] == "http" and s["meta"].get("span.kind") == "client":
+            children.setdefault(s["parent_id"], []).append(s)
+        if s["error"]:
+            failed.append(s)
+    groups = [(pid, kids) for pid, kids in children.items() if len(kids) >= limits.n_plus_one_min]
+    if not (groups or slow or failed):
+        return []
+    by_id, endpoint = _endpoints(spans)
+    out: list[Finding] = []
+    for parent_id, kids in groups:
+        kids.sort(key=lambda s: s["start"])
+        out.extend(_runs(kids, by_id.get(parent_id), by_id, endpoint, limits))
+    for s in slow:
+        svc, ep = _endpoint_of(s, by_id, endpoint)
+        out.append(Finding(SLOW_QUERY, _fingerprint(SLOW_QUERY, s["service"], s["resource"]), svc, ep,
+                           f"Slow query: {s['resource'][:200]}",
+                           {"query": s["resource"], "db_service": s["service"]},
+                           1, s["duration"], [s["span_id"]]))
+    errors: dict[str, Finding] = {}  # an exception bubbling through spans is one error per trace
+    for s in failed:
+        e = _error_group(s, endpoint)
+        errors.setdefault(e.fingerprint, e)
+    out.extend(errors.values())
+    return out
+
+
+def _error_group(s: Span, endpoint: dict[str, str]) -> Finding:
+    meta = s["meta"]
+    svc = s["service"]
+    ep = (endpoint.get(svc) or s["resource"])
+    etype = meta.get("error.type", "")
+    message = normalize_message(meta.get("error.message", ""))
+    title = f"{etype or 'error'}: {message}"[:300] if message else (etype or f"error in {s['name']}")
+    return Finding(ERROR_GROUP, _fingerprint(ERROR_GROUP, svc, ep, etype, message), svc, ep, title,
+                   {"error_type": etype, "message": message, "span_name": s["name"]},
+                   1, s["duration"], [s["span_id"]])
+
+
+def _runs(kids: list[Span], parent: Span | None, by_id: dict[int, Span], endpoint: dict[str, str],
+          limits: Thresholds) -> list[Finding]:
+    """Runs of consecutive same-kind spans with the same resource. A DB run
+    is not broken by HTTP spans and vice versa; other spans were never in
+    ``kids`` so they cannot break a run."""
+    out: list[Finding] = []
+    for is_kind, kind in ((_is_db, N_PLUS_ONE_DB), (_is_http_client, N_PLUS_ONE_HTTP)):
+        seq = [s for s in kids if is_kind(s)]
+        i = 0
+        while i < len(seq):
+            j = i + 1
+            while j < len(seq) and seq[j]["resource"] == seq[i]["resource"] and \
+                    seq[j]["service"] == seq[i]["service"]:
+                j += 1
+            run = seq[i:j]
+            total = sum(s["duration"] for s in run)
+            if len(run) >= limits.n_plus_one_min and total >= limits.n_plus_one_min_total_ns:
+                source = seq[i - 1]["resource"] if i > 0 else None
+                out.append(_n_plus_one(kind, run, source, parent, by_id, endpoint, total))
+            i = j
+    return out
+
+
+def _n_plus_one(kind: str, run: list[Span], source: str | None, parent: Span | None,
+                by_id: dict[int, Span], endpoint: dict[str, str], total: int) -> Finding:
+    first = run[0]
+    svc, ep = _endpoint_of(first, by_id, endpoint)
+    parent_name = f"{parent['name']} {parent['resource']}" if parent else ""
+    what = "queries" if kind == N_PLUS_ONE_DB else "HTTP calls"
+    return Finding(kind, _fingerprint(kind, svc, ep, parent["name"] if parent else "", first["resource"]),
+                   svc, ep, f"N+1 {what}: {first['resource'][:200]}",
+                   {"repeated": first["resource"], "source": source, "parent": parent_name,
+                    "target_service": first["service"]},
+                   len(run), total, [s["span_id"] for s in run])
+
+
+def _env_number(name: str, default: float) -> float:
+    raw = os.environ.get(name, "")
+    try:
+        return float(raw) if raw else default
+    except ValueError:
+        return default
+
+
+def add_insight_flags(p: argparse.ArgumentParser) -> None:
+    """``agent-sim serve`` flags of the detectors (env vars give the defaults)."""
+    d = Thresholds()
+    p.add_argument("--n-plus-one-min", type=int,
+                   default=int(_env_number("AGENT_SIM_N_PLUS_ONE_MIN", d.n_plus_one_min)),
+                   help="repeated DB/HTTP spans under one parent that make an N+1 (env AGENT_SIM_N_PLUS_ONE_MIN;"
+                        " default 5)")
+    p.add_argument("--n-plus-one-min-ms", type=float,
+                   default=_env_number("AGENT_SIM_N_PLUS_ONE_MIN_MS", d.n_plus_one_min_total_ns / 1e6),
+                   help="their least total time, ms (env AGENT_SIM_N_PLUS_ONE_MIN_MS; default 0)")
+    p.add_argument("--slow-query-ms", type=float,
+                   default=_env_number("AGENT_SIM_SLOW_QUERY_MS", d.slow_query_ns / 1e6),
+                   help="a DB span this long is a slow query (env AGENT_SIM_SLOW_QUERY_MS; default 500)")
+
+
+def insight_limits(args: argparse.Namespace) -> Thresholds:
+    return Thresholds(max(2, args.n_plus_one_min), int(args.n_plus_one_min_ms * 1e6), int(args.slow_query_ms * 1e6))
