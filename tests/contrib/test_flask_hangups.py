@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import struct
 import subprocess
 import sys
 import time
@@ -25,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from tests.clients import close_before_response, first_chunk_then_reset, status_line_then_reset, well_behaved
 from tests.contrib.apps.flask_helpers import APPS_DIR
 from tests.receiver import RunningReceiver
 from tests.utils import REPO, free_port, require_module, require_program, wait_for_port
@@ -52,72 +51,6 @@ def _command(server: str, port: int) -> list[str]:
         require_module("waitress")
         return [sys.executable, "-m", "waitress", f"--listen={bind}", "hangup_app:app"]
     raise AssertionError(server)
-
-
-def _request(path: str) -> bytes:
-    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
-
-
-def _reset(sock: socket.socket) -> None:
-    # SO_LINGER (1, 0): close() sends a reset, as a closed browser tab or a
-    # load balancer giving up does.
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
-
-
-def _connect(port: int) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
-
-
-def status_line_then_reset(port: int, path: str) -> bytes:
-    """(a) Read up to the status line, then reset."""
-    sock = _connect(port)
-    sock.sendall(_request(path))
-    got = b""
-    while b"\r\n" not in got:
-        chunk = sock.recv(1)
-        if not chunk:
-            break
-        got += chunk
-    _reset(sock)
-    return got
-
-
-def first_chunk_then_reset(port: int, path: str) -> bytes:
-    """(b) Read the headers and some of the body, then reset."""
-    sock = _connect(port)
-    sock.sendall(_request(path))
-    got = b""
-    while b"\r\n\r\n" not in got or len(got.split(b"\r\n\r\n", 1)[1]) < 8:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        got += chunk
-    _reset(sock)
-    return got
-
-
-def close_before_response(port: int, path: str) -> None:
-    """(c) Send the request and close at once, before any response."""
-    sock = _connect(port)
-    sock.sendall(_request(path))
-    sock.close()
-
-
-def well_behaved(port: int, path: str) -> bytes:
-    """(d) Read the whole response."""
-    sock = _connect(port)
-    sock.sendall(_request(path))
-    got = b""
-    while True:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        got += chunk
-    sock.close()
-    return got
 
 
 def _stop(proc: subprocess.Popen[str]) -> str:

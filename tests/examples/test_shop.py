@@ -16,6 +16,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from tests.clients import status_line_then_reset, well_behaved
 from tests.receiver import RunningReceiver
 from tests.utils import REPO, free_port, render_tree
 
@@ -280,3 +282,26 @@ def test_demo_serves_until_ctrl_c_then_stops_everything(tmp_path: Any) -> None:
     for url in (page, shop, inventory):
         with pytest.raises(OSError):
             urllib.request.urlopen(url, timeout=2)
+
+
+def test_flaky_is_counted_under_clients_that_hang_up(tmp_path: Any) -> None:
+    """Issue 11: a 500 read up to its status line by a client that then resets
+    the connection (a closed tab, a load balancer's timeout) is still one hit
+    and one error."""
+    with RunningReceiver() as receiver:
+        apps = Apps(receiver.url, str(tmp_path))
+        try:
+            port = apps.shop_port
+            for _ in range(10):
+                assert status_line_then_reset(port, "/flaky?fail=1")[9:12] == b"500"
+            for _ in range(2):
+                assert well_behaved(port, "/flaky?fail=1")[9:12] == b"500"
+            deadline = time.monotonic() + 15
+            while True:
+                rows = [r for r in receiver.stats(service="shop") if r["resource"] == "GET /flaky"]
+                if (rows and rows[0]["hits"] >= 12) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+        finally:
+            apps.stop()
+        assert [(r["hits"], r["errors"]) for r in rows] == [(12, 12)], apps.logs
