@@ -322,8 +322,16 @@ class Tracer:
 
                 @functools.wraps(fn)
                 def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
+                    # A caller that stops early (break, close()) raises
+                    # GeneratorExit here: that is not an error of the span.
+                    stopped: GeneratorExit | None = None
                     with trace(span_name, service, resource, span_type):
-                        return (yield from fn(*args, **kwargs))
+                        try:
+                            return (yield from fn(*args, **kwargs))
+                        except GeneratorExit as e:
+                            stopped = e
+                    if stopped is not None:
+                        raise stopped
 
                 return gen_wrapper  # type: ignore[return-value]
 
