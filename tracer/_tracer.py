@@ -171,10 +171,13 @@ class Tracer:
         mono: int,
     ) -> Span:
         wall = time.time_ns()
-        if parent is None:
+        decision_only = type(parent) is Context and not parent.trace_id
+        if parent is None or decision_only:
             # As ddtrace: upper 32 bits unix seconds, 32 zero bits, 64 random bits.
             trace = _Trace(self._buffer, ((wall // 1_000_000_000) << 96) | (getrandbits(64) or 1), wall, mono)
             parent_id = 0
+            if decision_only:  # a b3 "0"/"1"/"d" header: a sampling decision, no parent
+                trace.priority = parent.sampling_priority  # type: ignore[union-attr]
         elif type(parent) is Span:
             # A span inherited across fork(): continue its trace as a remote parent.
             trace = _Trace(self._buffer, parent.trace_id, wall, mono)
