@@ -191,7 +191,12 @@ def print_info(command: Sequence[str], out: TextIO) -> int:
         row("service", f"{hint}; set TRACER_SERVICE to choose")
     row("env", shown(config.env))
     row("version", shown(config.version))
-    row("agent URL", config.agent_url)
+    rejected = config.rejected.get("agent_url")
+    if rejected:
+        name, raw, reason = rejected
+        row("agent URL", f"{config.agent_url} (REJECTED {name}={raw!r}: {reason}; using the default)")
+    else:
+        row("agent URL", config.agent_url)
     row("API version", config.api_version)
     rate = config.sample_rate
     row("sample rate", "(unset: the receiver's rates, else 1.0)" if rate is None else rate)
@@ -214,7 +219,9 @@ def print_info(command: Sequence[str], out: TextIO) -> int:
     ok, message = check_receiver(config.agent_url)
     out.write("receiver:\n")
     out.write(f"  {'OK' if ok else 'FAIL'}: {message}\n")
-    return 0 if ok else 1
+    if rejected:
+        out.write(f"ERROR: {rejected[0]}={rejected[1]!r} was rejected; fix it or unset it\n")
+    return 0 if ok and not rejected else 1
 
 
 # -- main ---------------------------------------------------------------------------

@@ -176,6 +176,16 @@ def test_info_without_a_receiver_says_how_to_fix_it() -> None:
             in proc.stdout)
 
 
+@pytest.mark.parametrize("bad", ["http://127.0.0.1:notaport", "http://127.0.0.1:99999", "127.0.0.1:8126", "http://:80"])
+def test_info_says_a_rejected_agent_url_and_fails(bad: str) -> None:
+    proc = tracer_run(["--info"], env={"TRACER_AGENT_URL": bad})
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr
+    assert f"agent URL:       http://127.0.0.1:8126 (REJECTED TRACER_AGENT_URL={bad!r}: expected a URL like" in proc.stdout
+    assert f"ERROR: TRACER_AGENT_URL={bad!r} was rejected; fix it or unset it" in proc.stdout
+    assert proc.stderr.count(f"tracer: ignoring TRACER_AGENT_URL={bad!r}") == 1
+
+
 def test_info_warns_when_tracing_is_disabled(receiver_mod: RunningReceiver) -> None:
     proc = tracer_run(["--info"], env={"TRACER_AGENT_URL": receiver_mod.url, "TRACER_ENABLED": "false"})
     assert "WARNING: tracing is disabled (TRACER_ENABLED=false)" in proc.stdout
