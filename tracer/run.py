@@ -167,6 +167,18 @@ def span_code() -> str:
             "with a C compiler and the Python headers (apt-get install gcc python3-dev)")
 
 
+def encoder_code() -> str:
+    """Which payload encoder runs (tracer._cencode or pure Python)."""
+    from tracer.config import config
+    from tracer.encoding import _cencode
+
+    if _cencode is not None:
+        return "C (tracer._cencode)"
+    if config.pure_python:
+        return "pure Python (TRACER_PURE_PYTHON is set)"
+    return "pure Python: tracer._cencode was not built (reinstall with gcc and python3-dev for a ~5x faster encoder)"
+
+
 def print_info(command: Sequence[str], out: TextIO) -> int:
     from tracer import _patching
     from tracer.config import config
@@ -206,6 +218,7 @@ def print_info(command: Sequence[str], out: TextIO) -> int:
     row("logs injection", str(config.logs_injection).lower())
     row("debug", str(config.debug).lower())
     row("span code", span_code())
+    row("encoder", encoder_code())
     out.write("integrations:\n")
     out.write(f"  {'name':<10}{'enabled':<9}{'installed':<18}{'supported':<11}note\n")
     for name, st in _patching.status().items():

@@ -155,6 +155,7 @@ def test_info_with_a_receiver(receiver_mod: RunningReceiver) -> None:
     assert f"agent URL:       {receiver_mod.url}" in out
     assert "sample rate:     0.5" in out
     assert "span code:       C (tracer._cspan)" in out  # the test command builds it (tests/tracer/test_cspan.py)
+    assert "encoder:         C (tracer._cencode)" in out
     requests_version = __import__("requests").__version__
     lines = {line.split()[0]: line.split() for line in out.split("integrations:\n")[1].splitlines()[1:8]}
     assert lines["requests"][:4] == ["requests", "yes", requests_version, "yes"]
@@ -166,6 +167,7 @@ def test_info_with_a_receiver(receiver_mod: RunningReceiver) -> None:
 def test_info_says_when_the_pure_python_span_code_runs(receiver_mod: RunningReceiver) -> None:
     proc = tracer_run(["--info"], env={"TRACER_AGENT_URL": receiver_mod.url, "TRACER_PURE_PYTHON": "true"})
     assert "span code:       pure Python (TRACER_PURE_PYTHON is set)" in proc.stdout
+    assert "encoder:         pure Python (TRACER_PURE_PYTHON is set)" in proc.stdout
 
 
 def test_info_without_a_receiver_says_how_to_fix_it() -> None:
