@@ -289,3 +289,18 @@ def test_receiver_down_the_app_still_succeeds(tmp_path: Path) -> None:
     proc = tracer_run(["python", "downapp.py"], env=env, cwd=tmp_path, timeout=30)
     assert proc.returncode == 0, proc.stderr
     assert "app done 200 ok" in proc.stdout
+
+
+def test_interpreter_without_the_tracer_says_how_to_fix_it(tmp_path: Path) -> None:
+    # A python whose venv lacks the tracer, as when tracer-run finds `python`
+    # outside the activated venv: one clear line, and the app still runs.
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "venv")], check=True, timeout=120)
+    python = str(tmp_path / "venv" / "bin" / "python")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRACER_", "DD_"))}
+    env["PYTHONPATH"] = os.path.join(REPO, "tracer", "bootstrap")
+    proc = subprocess.run([python, "-c", "print('app ran')"], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0 and proc.stdout == "app ran\n", proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith(f"tracer-run: {python} cannot import tracer")
+    assert "activate the virtualenv" in line and "tracer-run .venv/bin/python" in line
