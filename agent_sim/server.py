@@ -10,6 +10,7 @@ SQLite transaction committed.
 from __future__ import annotations
 
 import argparse
+import errno
 import gc
 import json
 import mimetypes
@@ -466,7 +467,10 @@ def serve_main(argv: list[str]) -> int:
         server = ReceiverServer(args.host, args.port, args.db, args.retention_traces, args.retention_hours, rates,
                                 insight_limits(args))
     except OSError as exc:
-        print(f"agent-sim: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        hint = ""
+        if exc.errno == errno.EADDRINUSE:
+            hint = " (is another agent-sim already running there? pick a free port with --port N)"
+        print(f"agent-sim: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}{hint}", file=sys.stderr)
         return 2
     done = threading.Event()
 

@@ -171,10 +171,13 @@ class Tracer:
         mono: int,
     ) -> Span:
         wall = time.time_ns()
-        if parent is None:
+        decision_only = type(parent) is Context and not parent.trace_id
+        if parent is None or decision_only:
             # As ddtrace: upper 32 bits unix seconds, 32 zero bits, 64 random bits.
             trace = _Trace(self._buffer, ((wall // 1_000_000_000) << 96) | (getrandbits(64) or 1), wall, mono)
             parent_id = 0
+            if decision_only:  # a b3 "0"/"1"/"d" header: a sampling decision, no parent
+                trace.priority = parent.sampling_priority  # type: ignore[union-attr]
         elif type(parent) is Span:
             # A span inherited across fork(): continue its trace as a remote parent.
             trace = _Trace(self._buffer, parent.trace_id, wall, mono)
@@ -322,8 +325,16 @@ class Tracer:
 
                 @functools.wraps(fn)
                 def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
+                    # A caller that stops early (break, close()) raises
+                    # GeneratorExit here: that is not an error of the span.
+                    stopped: GeneratorExit | None = None
                     with trace(span_name, service, resource, span_type):
-                        return (yield from fn(*args, **kwargs))
+                        try:
+                            return (yield from fn(*args, **kwargs))
+                        except GeneratorExit as e:
+                            stopped = e
+                    if stopped is not None:
+                        raise stopped
 
                 return gen_wrapper  # type: ignore[return-value]
 

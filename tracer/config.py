@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -82,6 +83,13 @@ def _url(raw: str) -> str:
     value = raw.strip().rstrip("/")
     if not re.match(r"^https?://[^/\s]+$", value):
         raise ConfigError("expected a URL like http://127.0.0.1:8126")
+    parts = urllib.parse.urlsplit(value)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a non-numeric or out-of-range port
+    except ValueError:
+        parts = None  # type: ignore[assignment]
+    if parts is None or not parts.hostname:
+        raise ConfigError("expected a URL like http://127.0.0.1:8126 (host, then a numeric port 1-65535)")
     return value
 
 
@@ -288,6 +296,8 @@ class Config:
         """Re-read the environment (or ``environ``) in place: modules hold a
         reference to the one ``config`` object, so it is never replaced."""
         self._environ = dict(os.environ if environ is None else environ)
+        # attr -> (variable, raw value, reason) of each value ignored for its default
+        self.rejected: dict[str, tuple[str, str, str]] = {}
         for option in OPTIONS:
             setattr(self, option.attr, option.default)
             found = _lookup(self._environ, option)
@@ -297,6 +307,7 @@ class Config:
             try:
                 setattr(self, option.attr, option.parse(raw))
             except ConfigError as exc:
+                self.rejected[option.attr] = (name, raw, str(exc))
                 shown = option.default_doc or repr(option.default)
                 _warn_once(
                     f"{name}={raw}",

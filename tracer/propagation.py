@@ -335,10 +335,13 @@ def _extract_b3(h: dict[str, str]) -> Context | None:
     if raw is None:
         return None
     parts = raw.strip().split("-")
-    if len(parts) < 2 or len(parts) > 4:
-        # "0", "1", "d" alone carry a decision but no trace to continue.
-        if len(parts) != 1:
-            log.debug("tracer: ignoring malformed b3 header %r", raw)
+    if len(parts) == 1:
+        # "0", "1", "d" alone carry a sampling decision but no trace to
+        # continue: a Context with zero ids starts a new trace that keeps it.
+        priority = _b3_priority(parts[0], None)
+        return None if priority is None else Context(0, 0, priority)
+    if len(parts) > 4:
+        log.debug("tracer: ignoring malformed b3 header %r", raw)
         return None
     ids = _b3_ids(parts[0], parts[1])
     if ids is None:

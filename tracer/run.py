@@ -167,6 +167,18 @@ def span_code() -> str:
             "with a C compiler and the Python headers (apt-get install gcc python3-dev)")
 
 
+def encoder_code() -> str:
+    """Which payload encoder runs (tracer._cencode or pure Python)."""
+    from tracer.config import config
+    from tracer.encoding import _cencode
+
+    if _cencode is not None:
+        return "C (tracer._cencode)"
+    if config.pure_python:
+        return "pure Python (TRACER_PURE_PYTHON is set)"
+    return "pure Python: tracer._cencode was not built (reinstall with gcc and python3-dev for a ~5x faster encoder)"
+
+
 def print_info(command: Sequence[str], out: TextIO) -> int:
     from tracer import _patching
     from tracer.config import config
@@ -191,7 +203,12 @@ def print_info(command: Sequence[str], out: TextIO) -> int:
         row("service", f"{hint}; set TRACER_SERVICE to choose")
     row("env", shown(config.env))
     row("version", shown(config.version))
-    row("agent URL", config.agent_url)
+    rejected = config.rejected.get("agent_url")
+    if rejected:
+        name, raw, reason = rejected
+        row("agent URL", f"{config.agent_url} (REJECTED {name}={raw!r}: {reason}; using the default)")
+    else:
+        row("agent URL", config.agent_url)
     row("API version", config.api_version)
     rate = config.sample_rate
     row("sample rate", "(unset: the receiver's rates, else 1.0)" if rate is None else rate)
@@ -201,6 +218,7 @@ def print_info(command: Sequence[str], out: TextIO) -> int:
     row("logs injection", str(config.logs_injection).lower())
     row("debug", str(config.debug).lower())
     row("span code", span_code())
+    row("encoder", encoder_code())
     out.write("integrations:\n")
     out.write(f"  {'name':<10}{'enabled':<9}{'installed':<18}{'supported':<11}note\n")
     for name, st in _patching.status().items():
@@ -214,7 +232,9 @@ def print_info(command: Sequence[str], out: TextIO) -> int:
     ok, message = check_receiver(config.agent_url)
     out.write("receiver:\n")
     out.write(f"  {'OK' if ok else 'FAIL'}: {message}\n")
-    return 0 if ok else 1
+    if rejected:
+        out.write(f"ERROR: {rejected[0]}={rejected[1]!r} was rejected; fix it or unset it\n")
+    return 0 if ok and not rejected else 1
 
 
 # -- main ---------------------------------------------------------------------------

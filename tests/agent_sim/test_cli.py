@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -195,6 +196,18 @@ def test_unreachable_receiver_is_one_line_and_exit_2() -> None:
         (line,) = proc.stderr.splitlines()
         assert line.startswith(f"agent-sim: no receiver at {url} (")
         assert line.endswith("start one with `agent-sim serve` or pass --url")
+
+
+def test_serve_on_a_taken_port_names_the_fix(tmp_path: Any) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = run_cli("serve", "--port", str(port), "--db", str(tmp_path / "t.db"))
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith(f"agent-sim: cannot listen on 127.0.0.1:{port}: ")
+    assert "another agent-sim already running there?" in line and "--port N" in line
 
 
 def test_help_lists_subcommands() -> None:

@@ -139,3 +139,25 @@ def test_wrap_marks_errors_and_reraises(test_spans):
         assert str(exc) == "bad"
     (span,) = test_spans.spans
     assert span.error == 1 and span.meta["error.type"] == "ValueError"
+
+
+def test_wrap_generator_stopped_early_is_not_an_error(test_spans):
+    finished = []
+
+    @tracer.wrap()
+    def gen():
+        try:
+            yield from range(10)
+        finally:
+            finished.append(True)
+
+    for i in gen():
+        if i == 2:
+            break
+    g = gen()
+    next(g)
+    g.close()
+    assert finished == [True, True]
+    assert len(test_spans.spans) == 2
+    for span in test_spans.spans:
+        assert span.error == 0 and "error.type" not in span.meta

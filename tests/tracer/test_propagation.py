@@ -143,6 +143,21 @@ def test_continued_trace_reinjects_upstream_state(styles: Any, test_spans: Any) 
     assert chunk[0].metrics["_sampling_priority_v1"] == 2
 
 
+@pytest.mark.parametrize(("single", "priority"), [("0", 0), ("1", 1), ("d", 2), (" 0 ", 0)])
+def test_b3_single_decision_only_starts_a_new_trace_that_keeps_it(
+    styles: Any, test_spans: Any, single: str, priority: int
+) -> None:
+    parent = propagation.extract({"b3": single})
+    assert parent == Context(0, 0, priority)
+    with tracer.start_span("server", child_of=parent, activate=True) as span:
+        out: dict[str, str] = {}
+        propagation.inject(span, out)
+    assert span.trace_id and span.parent_id == 0
+    assert out["x-datadog-sampling-priority"] == str(priority)
+    (chunk,) = test_spans.processed()
+    assert chunk[0].metrics["_sampling_priority_v1"] == priority
+
+
 # -- extraction rules ---------------------------------------------------------------
 def test_case_insensitive_and_wsgi_keys(styles: Any) -> None:
     expected = Context(LOW, 5, 1)
@@ -241,8 +256,7 @@ def test_datadog_origin_only_synthetics_parent_zero(styles: Any) -> None:
         {"x-b3-traceid": "1" * 20, "x-b3-spanid": "1" * 16},
         {"x-b3-traceid": "0" * 16, "x-b3-spanid": "1" * 16},
         {"x-b3-traceid": "1" * 16},
-        {"b3": "0"},
-        {"b3": "d"},
+        {"b3": "x"},
         {"b3": "1-2"},
         {"b3": "-".join(["1" * 16] * 5)},
         {"b3": ""},

@@ -155,6 +155,7 @@ def test_info_with_a_receiver(receiver_mod: RunningReceiver) -> None:
     assert f"agent URL:       {receiver_mod.url}" in out
     assert "sample rate:     0.5" in out
     assert "span code:       C (tracer._cspan)" in out  # the test command builds it (tests/tracer/test_cspan.py)
+    assert "encoder:         C (tracer._cencode)" in out
     requests_version = __import__("requests").__version__
     lines = {line.split()[0]: line.split() for line in out.split("integrations:\n")[1].splitlines()[1:8]}
     assert lines["requests"][:4] == ["requests", "yes", requests_version, "yes"]
@@ -166,6 +167,7 @@ def test_info_with_a_receiver(receiver_mod: RunningReceiver) -> None:
 def test_info_says_when_the_pure_python_span_code_runs(receiver_mod: RunningReceiver) -> None:
     proc = tracer_run(["--info"], env={"TRACER_AGENT_URL": receiver_mod.url, "TRACER_PURE_PYTHON": "true"})
     assert "span code:       pure Python (TRACER_PURE_PYTHON is set)" in proc.stdout
+    assert "encoder:         pure Python (TRACER_PURE_PYTHON is set)" in proc.stdout
 
 
 def test_info_without_a_receiver_says_how_to_fix_it() -> None:
@@ -174,6 +176,16 @@ def test_info_without_a_receiver_says_how_to_fix_it() -> None:
     assert proc.returncode == 1
     assert (f"FAIL: no trace receiver at {url}: start one with `agent-sim serve`, or set TRACER_AGENT_URL"
             in proc.stdout)
+
+
+@pytest.mark.parametrize("bad", ["http://127.0.0.1:notaport", "http://127.0.0.1:99999", "127.0.0.1:8126", "http://:80"])
+def test_info_says_a_rejected_agent_url_and_fails(bad: str) -> None:
+    proc = tracer_run(["--info"], env={"TRACER_AGENT_URL": bad})
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr
+    assert f"agent URL:       http://127.0.0.1:8126 (REJECTED TRACER_AGENT_URL={bad!r}: expected a URL like" in proc.stdout
+    assert f"ERROR: TRACER_AGENT_URL={bad!r} was rejected; fix it or unset it" in proc.stdout
+    assert proc.stderr.count(f"tracer: ignoring TRACER_AGENT_URL={bad!r}") == 1
 
 
 def test_info_warns_when_tracing_is_disabled(receiver_mod: RunningReceiver) -> None:
@@ -277,3 +289,18 @@ def test_receiver_down_the_app_still_succeeds(tmp_path: Path) -> None:
     proc = tracer_run(["python", "downapp.py"], env=env, cwd=tmp_path, timeout=30)
     assert proc.returncode == 0, proc.stderr
     assert "app done 200 ok" in proc.stdout
+
+
+def test_interpreter_without_the_tracer_says_how_to_fix_it(tmp_path: Path) -> None:
+    # A python whose venv lacks the tracer, as when tracer-run finds `python`
+    # outside the activated venv: one clear line, and the app still runs.
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "venv")], check=True, timeout=120)
+    python = str(tmp_path / "venv" / "bin" / "python")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRACER_", "DD_"))}
+    env["PYTHONPATH"] = os.path.join(REPO, "tracer", "bootstrap")
+    proc = subprocess.run([python, "-c", "print('app ran')"], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0 and proc.stdout == "app ran\n", proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith(f"tracer-run: {python} cannot import tracer")
+    assert "activate the virtualenv" in line and "tracer-run .venv/bin/python" in line

@@ -47,13 +47,26 @@ def _start_tracer() -> None:
                 logging.getLogger("tracer").debug("tracer: logs injection requested but tracer.logs is missing")
             else:
                 logs.install()
+    except ImportError as exc:
+        if exc.name != "tracer":
+            _bootstrap_failed()
+            return
+        # tracer-run found an interpreter without the tracer (venv not active).
+        sys.stderr.write(
+            f"tracer-run: {sys.executable} cannot import tracer, so the application runs untraced: "
+            "activate the virtualenv that has it, or run `tracer-run .venv/bin/python ...`\n"
+        )
     except Exception:
-        try:
-            import logging
+        _bootstrap_failed()
 
-            logging.getLogger("tracer").exception("tracer: bootstrap failed; the application runs untraced")
-        except Exception:
-            pass
+
+def _bootstrap_failed() -> None:
+    try:
+        import logging
+
+        logging.getLogger("tracer").exception("tracer: bootstrap failed; the application runs untraced")
+    except Exception:
+        pass
 
 
 def _load_user_sitecustomize() -> None:
