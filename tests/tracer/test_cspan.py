@@ -229,3 +229,35 @@ def test_no_reference_is_leaked_or_lost(test_spans):
     gc.collect()
     after = [sys.getrefcount(o) for o in (name, service, resource, kind, key, value)]
     assert after == before
+
+
+def test_import_never_fails_because_of_the_c_modules():
+    # A free-threaded build warns (RuntimeWarning) that a C module re-enables
+    # the GIL; under -W error that warning is raised from the import. Simulate
+    # it on any build: a finder raises it for both C modules.
+    import subprocess
+
+    script = """
+import sys, warnings
+
+class GilWarning:
+    def find_spec(self, name, path=None, target=None):
+        if name in ("tracer._cspan", "tracer._cencode"):
+            warnings.warn("The global interpreter lock (GIL) has been enabled to load module", RuntimeWarning)
+        return None
+
+sys.meta_path.insert(0, GilWarning())
+import tracer
+from tracer import encoding, span
+assert span._cspan is None and encoding._cencode is None
+with tracer.tracer.trace("works") as s:
+    s.set_tag("k", "v")
+print("ok")
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TRACER_PURE_PYTHON"}
+    run = subprocess.run(
+        [sys.executable, "-X", "dev", "-W", "error", "-c", script], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "ok"
+    assert "tracer._cspan not loaded" in run.stderr and "using pure Python" in run.stderr
