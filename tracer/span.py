@@ -312,6 +312,15 @@ class Span(_Base):
     def get_metric(self, key: str) -> float | None:
         return self.metrics.get(key)
 
+    def __copy__(self) -> Span:
+        """``copy.copy(span)``: a shallow copy (the same meta and metrics
+        dicts), as Python copies a slotted object; the C fields have no
+        default pickling, so both versions copy here."""
+        new = type(self).__new__(type(self))
+        for field in SPAN_FIELDS:
+            setattr(new, field, getattr(self, field))
+        return new
+
     # -- life cycle -------------------------------------------------------------
     @property
     def finished(self) -> bool:
