@@ -329,6 +329,66 @@ string_index(Out *o, PyObject *index, PyObject *add, PyObject *value, int pack)
     return rc;
 }
 
+/* One span of encode_v05, from meta and metrics snapshots the caller owns:
+ * the `add` callback runs Python code (and may release the GIL), so another
+ * thread may change the span's own dicts meanwhile (a late set_tag on a
+ * finished span). Reading only the snapshots, a late change is in the
+ * payload or not, never half, and each map header matches its entries. */
+static int
+encode_v05_span(Out *o, PyObject *index, PyObject *add, PyObject **r, uint64_t tid, PyObject *meta,
+                PyObject *metrics)
+{
+    /* Make sure every string is in the table first, in the Python order. */
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(meta, &pos, &key, &value)) {
+        int has_value = PyDict_Contains(index, value); /* TypeError when unhashable, as st[v] */
+        if (has_value < 0)
+            return -1;
+        int has_key = PyDict_Contains(index, key);
+        if (has_key < 0)
+            return -1;
+        if (!has_key || !has_value) { /* as `ids[add(k)] = add(v)`: the value first */
+            if (string_index(o, index, add, value, 0) < 0 || string_index(o, index, add, key, 0) < 0)
+                return -1;
+        }
+    }
+    pos = 0;
+    while (PyDict_Next(metrics, &pos, &key, &value)) {
+        if (string_index(o, index, add, key, 0) < 0)
+            return -1;
+    }
+    static const int string_fields[4] = {3, 4, 5, 6}; /* service, name, resource, type */
+    for (int i = 0; i < 4; i++) {
+        if (string_index(o, index, add, r[string_fields[i]], 0) < 0)
+            return -1;
+    }
+    /* The span: [service, name, resource, trace_id, span_id, parent_id,
+     * start, duration, error, meta, metrics, type]. */
+    if (put1(o, 0x90 | 12) < 0 || string_index(o, index, add, r[3], 1) < 0 ||
+        string_index(o, index, add, r[4], 1) < 0 || string_index(o, index, add, r[5], 1) < 0 ||
+        pack_uint(o, tid) < 0 || pack_obj(o, r[1], 0) < 0 || pack_obj(o, r[2], 0) < 0 ||
+        pack_obj(o, r[7], 0) < 0 || pack_obj(o, r[8], 0) < 0 || pack_obj(o, r[9], 0) < 0)
+        return -1;
+    if (pack_map_header(o, PyDict_GET_SIZE(meta)) < 0)
+        return -1;
+    pos = 0;
+    while (PyDict_Next(meta, &pos, &key, &value)) {
+        if (string_index(o, index, add, key, 1) < 0 || string_index(o, index, add, value, 1) < 0)
+            return -1;
+    }
+    if (pack_map_header(o, PyDict_GET_SIZE(metrics)) < 0)
+        return -1;
+    pos = 0;
+    while (PyDict_Next(metrics, &pos, &key, &value)) {
+        if (string_index(o, index, add, key, 1) < 0 || pack_obj(o, value, 0) < 0)
+            return -1;
+    }
+    if (string_index(o, index, add, r[6], 1) < 0)
+        return -1;
+    return 0;
+}
+
 /* encode_v05(chunk, index, add) -> bytes: one trace as a v0.5 array of span
  * arrays, strings as indices of the payload's string table (``index``: str ->
  * int; ``add``: the table's method for a string it does not have yet).
@@ -352,58 +412,15 @@ encode_v05(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     for (Py_ssize_t s = 0; s < spans; s++) {
         PyObject **r = items + s * RECORD_LEN;
-        PyObject *meta = r[10], *metrics = r[11];
-        if (!PyDict_Check(meta) || !PyDict_Check(metrics)) {
+        if (!PyDict_Check(r[10]) || !PyDict_Check(r[11])) {
             PyErr_SetString(PyExc_TypeError, "meta and metrics must be dicts");
             return finish(&o, 0);
         }
-        /* Make sure every string is in the table first, in the Python order. */
-        Py_ssize_t pos = 0;
-        PyObject *key, *value;
-        while (PyDict_Next(meta, &pos, &key, &value)) {
-            int has_value = PyDict_Contains(index, value); /* TypeError when unhashable, as st[v] */
-            if (has_value < 0)
-                return finish(&o, 0);
-            int has_key = PyDict_Contains(index, key);
-            if (has_key < 0)
-                return finish(&o, 0);
-            if (!has_key || !has_value) { /* as `ids[add(k)] = add(v)`: the value first */
-                if (string_index(&o, index, add, value, 0) < 0 || string_index(&o, index, add, key, 0) < 0)
-                    return finish(&o, 0);
-            }
-        }
-        pos = 0;
-        while (PyDict_Next(metrics, &pos, &key, &value)) {
-            if (string_index(&o, index, add, key, 0) < 0)
-                return finish(&o, 0);
-        }
-        static const int string_fields[4] = {3, 4, 5, 6}; /* service, name, resource, type */
-        for (int i = 0; i < 4; i++) {
-            if (string_index(&o, index, add, r[string_fields[i]], 0) < 0)
-                return finish(&o, 0);
-        }
-        /* The span: [service, name, resource, trace_id, span_id, parent_id,
-         * start, duration, error, meta, metrics, type]. */
-        if (put1(&o, 0x90 | 12) < 0 || string_index(&o, index, add, r[3], 1) < 0 ||
-            string_index(&o, index, add, r[4], 1) < 0 || string_index(&o, index, add, r[5], 1) < 0 ||
-            pack_uint(&o, tid) < 0 || pack_obj(&o, r[1], 0) < 0 || pack_obj(&o, r[2], 0) < 0 ||
-            pack_obj(&o, r[7], 0) < 0 || pack_obj(&o, r[8], 0) < 0 || pack_obj(&o, r[9], 0) < 0)
-            return finish(&o, 0);
-        if (pack_map_header(&o, PyDict_GET_SIZE(meta)) < 0)
-            return finish(&o, 0);
-        pos = 0;
-        while (PyDict_Next(meta, &pos, &key, &value)) {
-            if (string_index(&o, index, add, key, 1) < 0 || string_index(&o, index, add, value, 1) < 0)
-                return finish(&o, 0);
-        }
-        if (pack_map_header(&o, PyDict_GET_SIZE(metrics)) < 0)
-            return finish(&o, 0);
-        pos = 0;
-        while (PyDict_Next(metrics, &pos, &key, &value)) {
-            if (string_index(&o, index, add, key, 1) < 0 || pack_obj(&o, value, 0) < 0)
-                return finish(&o, 0);
-        }
-        if (string_index(&o, index, add, r[6], 1) < 0)
+        PyObject *meta = PyDict_Copy(r[10]), *metrics = meta == NULL ? NULL : PyDict_Copy(r[11]);
+        int rc = metrics == NULL ? -1 : encode_v05_span(&o, index, add, r, tid, meta, metrics);
+        Py_XDECREF(meta);
+        Py_XDECREF(metrics);
+        if (rc < 0)
             return finish(&o, 0);
     }
     return finish(&o, 1);
