@@ -230,21 +230,16 @@ Span_enter(PyObject *self, PyObject *Py_UNUSED(ignored))
 /* Append the span's record to its trace and send the chunk if it can leave:
  * _Trace.finish_span, for a span whose duration is set. */
 static int
-finish_record(SpanObject *self)
+finish_record_owned(SpanObject *self, PyObject *trace, PyObject *metrics, PyObject *service, PyObject *parent)
 {
-    PyObject *trace = self->_trace, *metrics = self->metrics, *service = self->service;
-    PyObject *parent = self->_parent;
-    if (trace == NULL || metrics == NULL || service == NULL || parent == NULL || self->span_id == NULL ||
-        self->parent_id == NULL || self->name == NULL || self->resource == NULL || self->span_type == NULL ||
-        self->start_ns == NULL || self->error == NULL || self->meta == NULL) {
-        PyErr_SetString(PyExc_AttributeError, "span is missing a field");
-        return -1;
-    }
     int top_level;
     if (parent == Py_None)
         top_level = 1;
-    else if (Py_TYPE(parent) == span_cls && ((SpanObject *)parent)->service != NULL)
-        top_level = PyObject_RichCompareBool(((SpanObject *)parent)->service, service, Py_NE);
+    else if (Py_TYPE(parent) == span_cls && ((SpanObject *)parent)->service != NULL) {
+        PyObject *pservice = Py_NewRef(((SpanObject *)parent)->service);
+        top_level = PyObject_RichCompareBool(pservice, service, Py_NE);
+        Py_DECREF(pservice);
+    }
     else {
         PyObject *pservice = PyObject_GetAttrString(parent, "service");
         if (pservice == NULL)
@@ -256,6 +251,14 @@ finish_record(SpanObject *self)
         return -1;
     if (top_level && PyDict_SetItem(metrics, s_top_level, int_1) < 0)
         return -1;
+    /* Read after the comparison (a str subclass's __ne__ runs Python code,
+     * which may have changed or deleted fields). */
+    if (self->span_id == NULL || self->parent_id == NULL || self->name == NULL || self->resource == NULL ||
+        self->span_type == NULL || self->start_ns == NULL || self->duration_ns == NULL || self->error == NULL ||
+        self->meta == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "span is missing a field");
+        return -1;
+    }
 
     PyObject *finished = PyObject_GetAttr(trace, s_finished);
     if (finished == NULL)
@@ -353,6 +356,30 @@ finish_record(SpanObject *self)
         return -1;
     Py_DECREF(result);
     return 0;
+}
+
+/* Owns what it uses across calls into Python (the service comparison, the
+ * flush): a str subclass's __ne__ or a flush may replace the span's fields
+ * and free the objects they held. */
+static int
+finish_record(SpanObject *self)
+{
+    PyObject *trace = self->_trace, *metrics = self->metrics, *service = self->service;
+    PyObject *parent = self->_parent;
+    if (trace == NULL || metrics == NULL || service == NULL || parent == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "span is missing a field");
+        return -1;
+    }
+    Py_INCREF(trace);
+    Py_INCREF(metrics);
+    Py_INCREF(service);
+    Py_INCREF(parent);
+    int rc = finish_record_owned(self, trace, metrics, service, parent);
+    Py_DECREF(trace);
+    Py_DECREF(metrics);
+    Py_DECREF(service);
+    Py_DECREF(parent);
+    return rc;
 }
 
 /* End the span unless it has ended: duration from the monotonic start, the

@@ -261,3 +261,52 @@ print("ok")
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "ok"
     assert "tracer._cspan not loaded" in run.stderr and "using pure Python" in run.stderr
+
+
+_FIELDS_REPLACED_DURING_COMPARE = r"""
+import gc
+from tracer import tracer
+from tracer.span import _cspan
+
+assert _cspan is not None
+spans = []
+
+class Service(str):
+    # Runs while finish_record compares the parent's service with the
+    # child's: replaces the fields it was holding (freeing them).
+    def __ne__(self, other):
+        for span in spans:
+            span.metrics = {"replaced": 1.0}
+            span.service = "".join(["re", "placed"])
+            span.meta = {}
+        gc.collect()
+        return True
+
+    __hash__ = str.__hash__
+
+with tracer.trace("root", service=Service("".join(["svc", "-a"]))) as root:
+    child = tracer.trace("child", service=Service("".join(["svc", "-b"])))
+    child.metrics = {"m" + str(i): float(i) for i in range(50)}
+    spans.append(child)
+    with child:
+        pass
+print("ok")
+"""
+
+
+@pytest.mark.skipif(PURE, reason="the C span code")
+def test_finish_owns_the_fields_it_holds_across_a_service_comparison():
+    # finish_record held borrowed metrics/service/parent service across
+    # PyObject_RichCompareBool, which can run a str subclass's __ne__.
+    import subprocess
+
+    env = {**os.environ, "PYTHONMALLOC": "debug", "TRACER_AGENT_URL": "http://127.0.0.1:9"}
+    run = subprocess.run(
+        [sys.executable, "-X", "dev", "-c", _FIELDS_REPLACED_DURING_COMPARE],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert run.returncode == 0, (run.returncode, run.stderr[-3000:])
+    assert run.stdout.strip() == "ok"
