@@ -329,9 +329,14 @@ string_index(Out *o, PyObject *index, PyObject *add, PyObject *value, int pack)
     return rc;
 }
 
-/* One span of encode_v05, from private copies of its meta and metrics. */
+/* One span of encode_v05, from meta and metrics snapshots the caller owns:
+ * the `add` callback runs Python code (and may release the GIL), so another
+ * thread may change the span's own dicts meanwhile (a late set_tag on a
+ * finished span). Reading only the snapshots, a late change is in the
+ * payload or not, never half, and each map header matches its entries. */
 static int
-encode_v05_span(Out *o, PyObject **r, PyObject *meta, PyObject *metrics, uint64_t tid, PyObject *index, PyObject *add)
+encode_v05_span(Out *o, PyObject *index, PyObject *add, PyObject **r, uint64_t tid, PyObject *meta,
+                PyObject *metrics)
 {
     /* Make sure every string is in the table first, in the Python order. */
     Py_ssize_t pos = 0;
@@ -411,23 +416,11 @@ encode_v05(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
             PyErr_SetString(PyExc_TypeError, "meta and metrics must be dicts");
             return finish(&o, 0);
         }
-        /* ``add`` is Python code and may release the GIL: another thread may
-         * then set a tag on this (finished) span. Encode private copies, so
-         * a late change is wholly in the payload or wholly out of it, the map
-         * headers match their entries, and no key or value is freed while
-         * borrowed. */
-        PyObject *meta = PyDict_Copy(r[10]);
-        if (meta == NULL)
-            return finish(&o, 0);
-        PyObject *metrics = PyDict_Copy(r[11]);
-        if (metrics == NULL) {
-            Py_DECREF(meta);
-            return finish(&o, 0);
-        }
-        int ok = encode_v05_span(&o, r, meta, metrics, tid, index, add);
-        Py_DECREF(meta);
-        Py_DECREF(metrics);
-        if (ok < 0)
+        PyObject *meta = PyDict_Copy(r[10]), *metrics = meta == NULL ? NULL : PyDict_Copy(r[11]);
+        int rc = metrics == NULL ? -1 : encode_v05_span(&o, index, add, r, tid, meta, metrics);
+        Py_XDECREF(meta);
+        Py_XDECREF(metrics);
+        if (rc < 0)
             return finish(&o, 0);
     }
     return finish(&o, 1);

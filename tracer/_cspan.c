@@ -126,13 +126,59 @@ Span_dealloc(SpanObject *self)
 
 /* -- tags ----------------------------------------------------------------- */
 
-static PyObject *
-Span_set_tag(SpanObject *self, PyObject *const *args, Py_ssize_t nargs)
+/* Bind a vectorcall's positional and keyword arguments to the n parameters
+ * `names` of method `fn` (all required), as Python does: out[i] is borrowed.
+ * The hot path (positional only) costs one test. */
+static int
+bind_args(const char *fn, const char *const *names, Py_ssize_t n, PyObject *const *args, size_t nargsf,
+          PyObject *kwnames, PyObject **out)
 {
-    if (nargs != 2) {
-        PyErr_Format(PyExc_TypeError, "set_tag() takes 2 arguments (%zd given)", nargs);
-        return NULL;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (kwnames == NULL && nargs == n) {
+        for (Py_ssize_t i = 0; i < n; i++)
+            out[i] = args[i];
+        return 0;
     }
+    if (nargs > n) {
+        PyErr_Format(PyExc_TypeError, "%s() takes %zd positional arguments but %zd were given", fn, n, nargs);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++)
+        out[i] = i < nargs ? args[i] : NULL;
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    for (Py_ssize_t k = 0; k < nkw; k++) {
+        PyObject *kw = PyTuple_GET_ITEM(kwnames, k);
+        Py_ssize_t i = 0;
+        while (i < n && PyUnicode_CompareWithASCIIString(kw, names[i]) != 0)
+            i++;
+        if (i == n) {
+            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'", fn, kw);
+            return -1;
+        }
+        if (out[i] != NULL) {
+            PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%s'", fn, names[i]);
+            return -1;
+        }
+        out[i] = args[nargs + k];
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (out[i] == NULL) {
+            PyErr_Format(PyExc_TypeError, "%s() missing required argument: '%s'", fn, names[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static const char *const key_value_names[] = {"key", "value"};
+static const char *const exit_names[] = {"exc_type", "exc_value", "tb"};
+
+static PyObject *
+Span_set_tag(SpanObject *self, PyObject *const *argv, size_t nargsf, PyObject *kwnames)
+{
+    PyObject *args[2];
+    if (bind_args("set_tag", key_value_names, 2, argv, nargsf, kwnames, args) < 0)
+        return NULL;
     PyObject *key = args[0], *value = args[1];
     if (PyUnicode_CheckExact(key) && PyUnicode_GET_LENGTH(key) <= MAX_KEY_LEN && self->meta != NULL &&
         self->metrics != NULL) {
@@ -158,12 +204,11 @@ Span_set_tag(SpanObject *self, PyObject *const *args, Py_ssize_t nargs)
 }
 
 static PyObject *
-Span_set_metric(SpanObject *self, PyObject *const *args, Py_ssize_t nargs)
+Span_set_metric(SpanObject *self, PyObject *const *argv, size_t nargsf, PyObject *kwnames)
 {
-    if (nargs != 2) {
-        PyErr_Format(PyExc_TypeError, "set_metric() takes 2 arguments (%zd given)", nargs);
+    PyObject *args[2];
+    if (bind_args("set_metric", key_value_names, 2, argv, nargsf, kwnames, args) < 0)
         return NULL;
-    }
     PyObject *key = args[0], *value = args[1];
     if (PyUnicode_CheckExact(key) && PyUnicode_GET_LENGTH(key) <= MAX_KEY_LEN && self->metrics != NULL &&
         (PyLong_CheckExact(value) || PyFloat_CheckExact(value))) {
@@ -185,21 +230,16 @@ Span_enter(PyObject *self, PyObject *Py_UNUSED(ignored))
 /* Append the span's record to its trace and send the chunk if it can leave:
  * _Trace.finish_span, for a span whose duration is set. */
 static int
-finish_record(SpanObject *self)
+finish_record_owned(SpanObject *self, PyObject *trace, PyObject *metrics, PyObject *service, PyObject *parent)
 {
-    PyObject *trace = self->_trace, *metrics = self->metrics, *service = self->service;
-    PyObject *parent = self->_parent;
-    if (trace == NULL || metrics == NULL || service == NULL || parent == NULL || self->span_id == NULL ||
-        self->parent_id == NULL || self->name == NULL || self->resource == NULL || self->span_type == NULL ||
-        self->start_ns == NULL || self->error == NULL || self->meta == NULL) {
-        PyErr_SetString(PyExc_AttributeError, "span is missing a field");
-        return -1;
-    }
     int top_level;
     if (parent == Py_None)
         top_level = 1;
-    else if (Py_TYPE(parent) == span_cls && ((SpanObject *)parent)->service != NULL)
-        top_level = PyObject_RichCompareBool(((SpanObject *)parent)->service, service, Py_NE);
+    else if (Py_TYPE(parent) == span_cls && ((SpanObject *)parent)->service != NULL) {
+        PyObject *pservice = Py_NewRef(((SpanObject *)parent)->service);
+        top_level = PyObject_RichCompareBool(pservice, service, Py_NE);
+        Py_DECREF(pservice);
+    }
     else {
         PyObject *pservice = PyObject_GetAttrString(parent, "service");
         if (pservice == NULL)
@@ -211,6 +251,14 @@ finish_record(SpanObject *self)
         return -1;
     if (top_level && PyDict_SetItem(metrics, s_top_level, int_1) < 0)
         return -1;
+    /* Read after the comparison (a str subclass's __ne__ runs Python code,
+     * which may have changed or deleted fields). */
+    if (self->span_id == NULL || self->parent_id == NULL || self->name == NULL || self->resource == NULL ||
+        self->span_type == NULL || self->start_ns == NULL || self->duration_ns == NULL || self->error == NULL ||
+        self->meta == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "span is missing a field");
+        return -1;
+    }
 
     PyObject *finished = PyObject_GetAttr(trace, s_finished);
     if (finished == NULL)
@@ -310,6 +358,30 @@ finish_record(SpanObject *self)
     return 0;
 }
 
+/* Owns what it uses across calls into Python (the service comparison, the
+ * flush): a str subclass's __ne__ or a flush may replace the span's fields
+ * and free the objects they held. */
+static int
+finish_record(SpanObject *self)
+{
+    PyObject *trace = self->_trace, *metrics = self->metrics, *service = self->service;
+    PyObject *parent = self->_parent;
+    if (trace == NULL || metrics == NULL || service == NULL || parent == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "span is missing a field");
+        return -1;
+    }
+    Py_INCREF(trace);
+    Py_INCREF(metrics);
+    Py_INCREF(service);
+    Py_INCREF(parent);
+    int rc = finish_record_owned(self, trace, metrics, service, parent);
+    Py_DECREF(trace);
+    Py_DECREF(metrics);
+    Py_DECREF(service);
+    Py_DECREF(parent);
+    return rc;
+}
+
 /* End the span unless it has ended: duration from the monotonic start, the
  * previous span active again (if this one was activated; with
  * only_if_active, only where it is the active one), the record to the trace. */
@@ -350,12 +422,11 @@ end_span(SpanObject *self, int only_if_active)
 }
 
 static PyObject *
-Span_exit(SpanObject *self, PyObject *const *args, Py_ssize_t nargs)
+Span_exit(SpanObject *self, PyObject *const *argv, size_t nargsf, PyObject *kwnames)
 {
-    if (nargs != 3) {
-        PyErr_Format(PyExc_TypeError, "__exit__() takes 3 arguments (%zd given)", nargs);
+    PyObject *args[3];
+    if (bind_args("__exit__", exit_names, 3, argv, nargsf, kwnames, args) < 0)
         return NULL;
-    }
     if (args[0] != Py_None) {
         PyObject *r = PyObject_CallMethodObjArgs((PyObject *)self, s_set_exc_info, args[0], args[1], args[2], NULL);
         if (r == NULL)
@@ -560,10 +631,10 @@ static PyMemberDef Span_members[] = {
 };
 
 static PyMethodDef Span_methods[] = {
-    {"set_tag", (PyCFunction)(void (*)(void))Span_set_tag, METH_FASTCALL, "Set a tag (see Span.set_tag)."},
-    {"set_metric", (PyCFunction)(void (*)(void))Span_set_metric, METH_FASTCALL, "Set a numeric tag."},
+    {"set_tag", (PyCFunction)(void (*)(void))Span_set_tag, METH_FASTCALL | METH_KEYWORDS, "Set a tag (see Span.set_tag)."},
+    {"set_metric", (PyCFunction)(void (*)(void))Span_set_metric, METH_FASTCALL | METH_KEYWORDS, "Set a numeric tag."},
     {"__enter__", Span_enter, METH_NOARGS, NULL},
-    {"__exit__", (PyCFunction)(void (*)(void))Span_exit, METH_FASTCALL, NULL},
+    {"__exit__", (PyCFunction)(void (*)(void))Span_exit, METH_FASTCALL | METH_KEYWORDS, NULL},
     {"finish", (PyCFunction)(void (*)(void))Span_finish, METH_FASTCALL | METH_KEYWORDS,
      "End the span (see Span.finish)."},
     {NULL},

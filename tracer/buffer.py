@@ -45,9 +45,11 @@ _flush_lock = threading.Lock()
 
 
 def _taken(counter: itertools.count) -> int:
-    """How many values ``counter`` (started at 1) has given, without advancing it."""
-    next_value: int = counter.__reduce__()[1][0]  # type: ignore[index,assignment]
-    return next_value - 1
+    """How many values ``counter`` (started at 1) has given, without advancing it.
+
+    Read from its repr, ``count(N)`` (rare path: a chunk leaving, shutdown):
+    ``count.__reduce__`` is deprecated since 3.12 and removed in 3.14."""
+    return int(repr(counter)[6:-1]) - 1
 
 
 class ChunkSink(Protocol):

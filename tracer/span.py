@@ -11,6 +11,7 @@ fields); the writer thread reads that record and the span's ``meta`` and
 from __future__ import annotations
 
 import importlib
+import logging
 import traceback
 from collections.abc import Iterator, Sequence
 from random import getrandbits
@@ -233,12 +234,18 @@ class _SpanBase:
 def load_speedup(name: str) -> Any:
     """The C module ``tracer.<name>``, or None when it is not built (no
     compiler at install time) or ``TRACER_PURE_PYTHON`` is set: the caller
-    then runs its pure-Python code."""
+    then runs its pure-Python code. Importing ``tracer`` never fails because
+    of the C code: any other error (a RuntimeWarning made an error by
+    ``-W error``, as free-threaded builds warn that they re-enable the GIL)
+    is logged and the pure-Python code runs too."""
     if _config.pure_python:
         return None
     try:
         return importlib.import_module(f"tracer.{name}")
     except ImportError:
+        return None
+    except Exception as exc:  # Warning subclasses Exception
+        logging.getLogger("tracer").warning("tracer.%s not loaded (%r): using pure Python", name, exc)
         return None
 
 
@@ -304,6 +311,15 @@ class Span(_Base):
 
     def get_metric(self, key: str) -> float | None:
         return self.metrics.get(key)
+
+    def __copy__(self) -> Span:
+        """``copy.copy(span)``: a shallow copy (the same meta and metrics
+        dicts), as Python copies a slotted object; the C fields have no
+        default pickling, so both versions copy here."""
+        new = type(self).__new__(type(self))
+        for field in SPAN_FIELDS:
+            setattr(new, field, getattr(self, field))
+        return new
 
     # -- life cycle -------------------------------------------------------------
     @property

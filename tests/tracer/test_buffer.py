@@ -127,3 +127,41 @@ def test_remote_parent_continues_trace(test_spans):
     assert first.meta["_dd.origin"] == "synthetics"
     assert first.meta["_dd.p.tid"] == "0000000000000005"
     assert first.meta["_dd.p.dm"] == "-4"
+
+
+def _newer_pythons():
+    """pyenv's CPython >= 3.12 on this machine (where count.__reduce__ warns)."""
+    import glob
+    import os
+
+    root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
+    found = []
+    for path in sorted(glob.glob(os.path.join(root, "versions", "3.*", "bin", "python3"))):
+        minor = int(os.path.basename(os.path.dirname(os.path.dirname(path))).split(".")[1])
+        if minor >= 12:
+            found.append(path)
+    return found
+
+
+def test_taken_counts_without_advancing_and_without_deprecated_calls():
+    import inspect
+    import itertools
+    import subprocess
+    import sys
+
+    from tracer.buffer import _taken
+
+    counter = itertools.count(1)
+    assert _taken(counter) == 0
+    for _ in range(5):
+        next(counter)
+    assert _taken(counter) == 5
+    assert _taken(counter) == 5, "reading does not advance"
+    big = itertools.count(2**70)
+    assert _taken(big) == 2**70 - 1
+    # On 3.12+, count.__reduce__ warns (removed in 3.14): run the function there under -W error.
+    source = "from __future__ import annotations\nimport itertools\n" + inspect.getsource(_taken)
+    check = source + "\nc = itertools.count(1)\nnext(c); next(c)\nassert _taken(c) == 2, _taken(c)\n"
+    for python in [sys.executable, *_newer_pythons()]:
+        run = subprocess.run([python, "-W", "error", "-c", check], capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, (python, run.stderr)

@@ -122,3 +122,58 @@ def test_an_object_msgpack_cannot_pack_raises_type_error() -> None:
         deep = [deep]
     with pytest.raises(ValueError):
         encoding._cencode.encode_v04(chunk[:10] + [{"k": deep}, {}])
+
+
+_CHANGED_DURING_ENCODING = r"""
+import sys
+import msgpack
+from tracer import encoding
+
+table = encoding._StringTable()
+meta = {"a": "".join(["value-", "a"]), "b": "".join(["value-", "b"])}
+metrics = {"m": 1.0}
+before = (dict(meta), dict(metrics))
+calls = 0
+
+def add(value):
+    # Another thread's late set_tag on the finished span, as if it ran while
+    # the table's add() had the GIL released: keys removed (their strings
+    # freed) and added, under the encoder's feet.
+    global calls
+    calls += 1
+    if calls in (1, 4):
+        meta.pop("a", None)
+        meta.pop("b", None)
+        for i in range(6):
+            meta["late%d-%d" % (calls, i)] = "v" * (i + 1) + str(calls)
+        metrics.pop("m", None)
+        metrics["late%d" % calls] = 2.0
+    return table.add(value)
+
+chunk = [5, 1, 0, "svc", "n", "r", "web", 10, 20, 0, meta, metrics]
+body = encoding._cencode.encode_v05(chunk, table.index, add)
+(span,) = msgpack.unpackb(body, strict_map_key=False)
+s = table.strings
+got_meta = {s[k]: s[v] for k, v in span[9].items()}
+got_metrics = {s[k]: v for k, v in span[10].items()}
+assert (got_meta, got_metrics) == before, (got_meta, got_metrics)
+print("ok")
+"""
+
+
+def test_v05_tags_changed_while_encoding_are_in_the_payload_or_not_never_half() -> None:
+    # encode_v05 held borrowed meta keys and values across the table's add()
+    # callback and wrote each map header from a size that had changed since:
+    # a use-after-free and malformed msgpack. It encodes a snapshot now.
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-X", "dev", "-c", _CHANGED_DURING_ENCODING],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**__import__("os").environ, "PYTHONMALLOC": "debug"},
+    )
+    assert run.returncode == 0, (run.returncode, run.stderr[-3000:])
+    assert run.stdout.strip() == "ok"

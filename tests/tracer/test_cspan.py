@@ -229,3 +229,84 @@ def test_no_reference_is_leaked_or_lost(test_spans):
     gc.collect()
     after = [sys.getrefcount(o) for o in (name, service, resource, kind, key, value)]
     assert after == before
+
+
+def test_import_never_fails_because_of_the_c_modules():
+    # A free-threaded build warns (RuntimeWarning) that a C module re-enables
+    # the GIL; under -W error that warning is raised from the import. Simulate
+    # it on any build: a finder raises it for both C modules.
+    import subprocess
+
+    script = """
+import sys, warnings
+
+class GilWarning:
+    def find_spec(self, name, path=None, target=None):
+        if name in ("tracer._cspan", "tracer._cencode"):
+            warnings.warn("The global interpreter lock (GIL) has been enabled to load module", RuntimeWarning)
+        return None
+
+sys.meta_path.insert(0, GilWarning())
+import tracer
+from tracer import encoding, span
+assert span._cspan is None and encoding._cencode is None
+with tracer.tracer.trace("works") as s:
+    s.set_tag("k", "v")
+print("ok")
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TRACER_PURE_PYTHON"}
+    run = subprocess.run(
+        [sys.executable, "-X", "dev", "-W", "error", "-c", script], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "ok"
+    assert "tracer._cspan not loaded" in run.stderr and "using pure Python" in run.stderr
+
+
+_FIELDS_REPLACED_DURING_COMPARE = r"""
+import gc
+from tracer import tracer
+from tracer.span import _cspan
+
+assert _cspan is not None
+spans = []
+
+class Service(str):
+    # Runs while finish_record compares the parent's service with the
+    # child's: replaces the fields it was holding (freeing them).
+    def __ne__(self, other):
+        for span in spans:
+            span.metrics = {"replaced": 1.0}
+            span.service = "".join(["re", "placed"])
+            span.meta = {}
+        gc.collect()
+        return True
+
+    __hash__ = str.__hash__
+
+with tracer.trace("root", service=Service("".join(["svc", "-a"]))) as root:
+    child = tracer.trace("child", service=Service("".join(["svc", "-b"])))
+    child.metrics = {"m" + str(i): float(i) for i in range(50)}
+    spans.append(child)
+    with child:
+        pass
+print("ok")
+"""
+
+
+@pytest.mark.skipif(PURE, reason="the C span code")
+def test_finish_owns_the_fields_it_holds_across_a_service_comparison():
+    # finish_record held borrowed metrics/service/parent service across
+    # PyObject_RichCompareBool, which can run a str subclass's __ne__.
+    import subprocess
+
+    env = {**os.environ, "PYTHONMALLOC": "debug", "TRACER_AGENT_URL": "http://127.0.0.1:9"}
+    run = subprocess.run(
+        [sys.executable, "-X", "dev", "-c", _FIELDS_REPLACED_DURING_COMPARE],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert run.returncode == 0, (run.returncode, run.stderr[-3000:])
+    assert run.stdout.strip() == "ok"

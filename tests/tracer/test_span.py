@@ -124,3 +124,34 @@ def test_finish_and_with_block_give_the_same_record(test_spans):
     )
     assert via_with.metrics == {"m": 2, "_dd.top_level": 1}, "service differs from the parent's"
     assert by_name["root"].metrics["_dd.top_level"] == 1
+
+
+def test_methods_take_keyword_arguments_and_copy_works_in_both_versions(test_spans):
+    # The C methods (tracer/_cspan.c) took positional arguments only, and
+    # copy.copy failed on the C span: the same calls must work on both paths.
+    import copy
+
+    with tracer.trace("kw") as span:
+        span.set_tag(key="k", value="v")
+        span.set_tag("k2", value=2)
+        span.set_metric(value=1.5, key="m")
+        with pytest.raises(TypeError, match="multiple values|unexpected"):
+            span.set_tag("a", key="b")
+        with pytest.raises(TypeError, match="unexpected keyword"):
+            span.set_tag("a", vaue="b")
+        with pytest.raises(TypeError, match="missing"):
+            span.set_metric("a")
+        with pytest.raises(TypeError):
+            span.set_tag("a", "b", "c")
+        twin = copy.copy(span)
+        assert type(twin) is type(span)
+        assert (twin.span_id, twin.trace_id, twin.name, twin.meta) == (span.span_id, span.trace_id, "kw", span.meta)
+        assert twin.meta is span.meta, "shallow, as Python copies a slotted object"
+    inner = tracer.trace("exit-kw")
+    inner.__enter__()
+    inner.__exit__(exc_type=None, exc_value=None, tb=None)
+    assert inner.finished
+    [chunk] = test_spans.chunks[-1:]
+    assert chunk[0].name == "exit-kw"
+    kw = [s for c in test_spans.chunks for s in c if s.name == "kw"][0]
+    assert kw.meta["k"] == "v" and kw.metrics["k2"] == 2 and kw.metrics["m"] == 1.5
