@@ -4,6 +4,8 @@ import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 from tracer import tracer
 from tracer.context import wrap_context
 
@@ -133,9 +135,7 @@ def test_wrap_marks_errors_and_reraises(test_spans):
     def fails():
         raise ValueError("bad")
 
-    try:
+    with pytest.raises(ValueError, match="^bad$"):
         fails()
-    except ValueError as exc:
-        assert str(exc) == "bad"
     (span,) = test_spans.spans
     assert span.error == 1 and span.meta["error.type"] == "ValueError"
