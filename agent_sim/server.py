@@ -144,6 +144,7 @@ class RequestHandler(BaseHTTPRequestHandler):
             import traceback
 
             traceback.print_exc(file=sys.stderr)
+            self.server.receiver.count("internal_errors")
             self.close_connection = True
             try:
                 self.send_error_text(500, f"internal error: {type(exc).__name__}: {exc}")
@@ -392,6 +393,7 @@ class ReceiverServer:
                     trim()
                     last_trim = now
             except Exception as exc:  # keep serving; report once per failure
+                self.receiver.count("internal_errors")
                 print(f"agent_sim: maintenance failed: {exc!r}", file=sys.stderr)
 
     def stop(self) -> None:

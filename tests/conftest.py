@@ -105,3 +105,12 @@ def traced(receiver: Any) -> Iterator[Any]:
         global_tracer._reset_writer()
         config.agent_url = previous_url
         config.writer_interval = previous_interval
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Which real external parts this run used (and which it did not reach)."""
+    from tests.utils import REAL_PARTS_USED, STRICT
+
+    used = ", ".join(f"{what}: {path}" for what, path in sorted(REAL_PARTS_USED.items())) or "none"
+    mode = "missing ones fail" if STRICT else "missing ones skip (set CI=true or use scripts/run-tests.sh)"
+    terminalreporter.write_line(f"real parts used: {used} [{mode}]")

@@ -15,6 +15,10 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# scripts/run-tests.sh (the README's command) sets this unless ALLOW_SKIPS=1:
+# there, as under CI=true, a missing real part fails the run.
+STRICT = IN_CI or os.environ.get("TESTS_REQUIRE_REAL_PARTS") == "1"
+REAL_PARTS_USED: dict[str, str] = {}  # what -> path; printed at the end of the run
 
 
 def free_port() -> int:
@@ -43,10 +47,12 @@ def real_part(env_var: str, default_names: Iterable[str], what: str) -> str:
     CI run must mean the real parts ran)."""
     path = os.environ.get(env_var)
     if path and (os.path.exists(path) or shutil.which(path)):
-        return shutil.which(path) or path
+        REAL_PARTS_USED[what] = shutil.which(path) or path
+        return REAL_PARTS_USED[what]
     for name in default_names:
         found = shutil.which(name) or (name if os.path.isabs(name) and os.path.exists(name) else None)
         if found:
+            REAL_PARTS_USED[what] = found
             return found
     missing(f"{what} not found (set {env_var} or install it; scripts/run-tests.sh does)")
     raise AssertionError("unreachable")
@@ -54,9 +60,11 @@ def real_part(env_var: str, default_names: Iterable[str], what: str) -> str:
 
 def missing(reason: str, module_level: bool = False) -> NoReturn:
     """A part the test command installs is missing: skip with a loud reason
-    by hand, fail when CI=true (a green CI run must mean the real parts ran)."""
-    if IN_CI:
-        pytest.fail(f"CI=true and {reason}", pytrace=False)
+    by hand, fail when CI=true or under scripts/run-tests.sh without
+    ALLOW_SKIPS=1 (a green run of the test command means the real parts ran)."""
+    if STRICT:
+        pytest.fail(f"real parts required (CI=true or scripts/run-tests.sh; ALLOW_SKIPS=1 skips) and {reason}",
+                    pytrace=False)
     pytest.skip(reason, allow_module_level=module_level)
 
 
@@ -71,6 +79,7 @@ def require_program(name: str) -> str:
     path = shutil.which(name)
     if path is None:
         missing(f"{name} is not on PATH (pip install -e '.[test]')")
+    REAL_PARTS_USED[name] = path
     return path
 
 

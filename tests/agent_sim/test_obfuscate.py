@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent_sim.obfuscate import _cached, obfuscate_error_message, obfuscate_sql
+from agent_sim.obfuscate import _LITERAL_WORDS, _TOKEN, _cached, obfuscate_error_message, obfuscate_sql
 
 CASES = [
     # literals
@@ -96,8 +96,13 @@ CASES = [
 ]
 
 
-def test_table_is_big_enough() -> None:
-    assert len(CASES) >= 50
+def test_table_exercises_every_token_kind() -> None:
+    # Each lexer alternative (and each literal word) is hit by some case, so a
+    # rule dropped from the table is noticed, not only a shrinking table.
+    seen = {m.lastgroup for raw, _ in CASES for m in _TOKEN.finditer(raw)}
+    assert set(_TOKEN.groupindex) <= seen, set(_TOKEN.groupindex) - seen
+    words = {m.group().upper() for raw, _ in CASES for m in _TOKEN.finditer(raw) if m.lastgroup == "ident"}
+    assert not _LITERAL_WORDS - words, _LITERAL_WORDS - words
 
 
 @pytest.mark.parametrize(("raw", "expected"), CASES, ids=[c[0][:40] for c in CASES])
@@ -105,12 +110,14 @@ def test_obfuscate(raw: str, expected: str) -> None:
     assert obfuscate_sql(raw) == expected
 
 
-SECRETS = ("alice", "it's", "DEADBEEF", "0101", "10.5", "a@b.c")
+SECRETS = ("alice", "it\\'s", "it''s", "DEADBEEF", "0101", "10.5", "a@b.c")  # as written in the SQL
 WITH_SECRETS = [raw for raw, _ in CASES if any(secret in raw for secret in SECRETS)]
 
 
-def test_the_secret_cases_exist() -> None:
-    assert len(WITH_SECRETS) >= 5
+def test_every_secret_is_in_a_case_and_in_no_expected_output() -> None:
+    for secret in SECRETS:
+        assert any(secret in raw for raw in WITH_SECRETS), f"no case holds {secret!r}"
+        assert not [out for _, out in CASES if secret in out], f"an expected output leaks {secret!r}"
 
 
 @pytest.mark.parametrize("raw", WITH_SECRETS)

@@ -74,7 +74,8 @@ _tracer._writer = _sink
 NAME = %(integration)r
 MODULE = %(module)r
 # A stdlib module the tracer's own dependencies already import (wrapt >= 2.5
-# imports asyncio, hence concurrent.futures) cannot be patched "before import".
+# imports asyncio, hence concurrent.futures): "before import" forgets it first,
+# so the post-import hook path really runs (exercise() imports a fresh copy).
 _PRELOADED = MODULE in sys.modules
 _TARGETS_GIVEN = %(targets)r
 
@@ -115,10 +116,13 @@ _report(result=r, spans=_spans())
 """,
     "before_import": """
 assert _PRELOADED or MODULE not in sys.modules, "exercise_code imported the library at top level"
+for _m in [m for m in sys.modules if m == MODULE or m.startswith(MODULE + ".")]:
+    del sys.modules[_m]
 tracer.patch(**{NAME: True})
-assert _PRELOADED or MODULE not in sys.modules, "patch() imported the library"
+assert MODULE not in sys.modules, "patch() imported the library"
+deferred = not _patching.is_patched(NAME)
 r = exercise()
-_report(result=r, spans=_spans())
+_report(result=r, spans=_spans(), deferred=deferred)
 """,
     "after_import": """
 importlib.import_module(MODULE)
@@ -240,7 +244,9 @@ class IntegrationContract:
 
     # -- the contract --------------------------------------------------------------
     def test_patch_before_import(self) -> None:
-        self.assert_patched_run(self.run_scenario("before_import"))
+        report = self.run_scenario("before_import")
+        assert report["deferred"] is True, "patch() applied at once: the post-import hook path did not run"
+        self.assert_patched_run(report)
 
     def test_patch_after_import(self) -> None:
         self.assert_patched_run(self.run_scenario("after_import"))

@@ -46,7 +46,23 @@ def test_obfuscate_agrees_with_the_receiver_and_caches(sql: str, expected: str) 
     from agent_sim.obfuscate import obfuscate_sql
 
     assert _dbapi.obfuscate(sql) == obfuscate_sql(sql) == expected
-    assert _dbapi.obfuscate(sql) is _dbapi.obfuscate(sql)  # cached per statement
+
+
+def test_obfuscate_caches_per_statement_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The receiver's obfuscator has its own lru_cache, so identity of the
+    # results proves nothing: count the calls that reach the implementation.
+    calls: list[str] = []
+
+    def counting(sql: str) -> str:
+        calls.append(sql)
+        return _dbapi.minimal_obfuscate(sql)
+
+    monkeypatch.setattr(_dbapi, "_impl", counting)
+    monkeypatch.setattr(_dbapi, "_obfuscated", {})
+    for _ in range(3):
+        assert _dbapi.obfuscate("SELECT 1") == "SELECT ?"
+        assert _dbapi.obfuscate("SELECT 'a'") == "SELECT ?"
+    assert calls == ["SELECT 1", "SELECT 'a'"]
 
 
 def test_dbm_comment_quotes_values_as_sqlcommenter(monkeypatch: pytest.MonkeyPatch, test_spans: Any) -> None:

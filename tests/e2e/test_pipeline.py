@@ -1,6 +1,7 @@
 """The whole pipeline with real processes only: ``agent-sim serve`` +
-``tracer-run gunicorn -w 2 --preload`` serving the demo shop + MariaDB (sqlite3
-when no MariaDB is installed and not in CI) + load from a client process.
+``tracer-run gunicorn -w 2 --preload`` serving the demo shop + MariaDB (no
+MariaDB: skipped with the reason, a failure under CI=true) + load from a
+client process.
 
 - every request appears exactly once in the receiver, its query spans
   children of its request span;
@@ -15,8 +16,6 @@ The three tests share one stack (module scope); each leaves it serving.
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import statistics
 import time
@@ -26,21 +25,16 @@ from typing import Any
 import pytest
 
 from tests.e2e.stack import EXPECTED_STATUS, Load, Receiver, Shop, check_trace, p50, running_stack, wait_for_rids
-from tests.utils import IN_CI
+from tests.mariadb import MariaDBInfo
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def _mariadb_available() -> bool:
-    return bool(os.environ.get("MARIADBD") or shutil.which("mariadbd") or os.path.exists("/usr/sbin/mariadbd"))
-
-
 @pytest.fixture(scope="module")
-def db_env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    if _mariadb_available() or IN_CI:
-        info = request.getfixturevalue("mariadb")
-        return {"SHOP_DATABASE_URL": f"mysql://{info.user}:{info.password}@{info.host}:{info.port}/{info.db}"}
-    return {"SHOP_DB_PATH": str(tmp_path_factory.mktemp("shopdb") / "shop.db")}
+def db_env(mariadb: MariaDBInfo) -> dict[str, str]:
+    # Always the real MariaDB: missing, the mariadb fixture skips with its
+    # reason (or fails under CI=true); never a quiet switch to sqlite3.
+    return {"SHOP_DATABASE_URL": f"mysql://{mariadb.user}:{mariadb.password}@{mariadb.host}:{mariadb.port}/{mariadb.db}"}
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,15 @@
-"""A sustained 60-second load at the highest rate this machine allows (four
-client threads against ``tracer-run gunicorn -w 2 --preload``): the RSS of the
-app's processes and of the receiver must grow by less than 1 MiB per minute
-after a 15-second warm-up (least-squares slope over 1-second samples).
+"""Sustained load at the highest rate this machine allows (four client
+threads against ``tracer-run gunicorn -w 2 --preload``): the RSS of the app's
+processes and of the receiver, least-squares slope over 1-second samples
+after a warm-up, must stay under a limit.
 
-Slow (≈ 80 s): runs only with ``RUN_SOAK=1``. Prints the slopes.
+- short (runs by default, CI included; ≈ 30 s): 20 s of load, 5 s warm-up,
+  limit 8 MiB/min: catches a per-request leak (the receiver leaked 7.5 to
+  12 MiB/min before its span-id memory was bounded), not slow cache filling;
+- long (``RUN_SOAK=1``; ≈ 80 s): 60 s of load, 15 s warm-up, limit 1 MiB/min
+  (the figure docs/performance.md quotes).
+
+Prints the slopes.
 """
 
 from __future__ import annotations
@@ -16,15 +22,11 @@ import pytest
 
 from tests.e2e.stack import Load, Receiver, Shop, running_stack
 
-DURATION_S = 60.0
-WARMUP_S = 15.0
-LIMIT_MIB_PER_MIN = 1.0
+# (load seconds, warm-up seconds, limit in MiB/min)
+SHORT = (20.0, 5.0, 8.0)
+LONG = (60.0, 15.0, 1.0)
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.timeout(300),
-    pytest.mark.skipif(os.environ.get("RUN_SOAK") != "1", reason="60-second soak: set RUN_SOAK=1"),
-]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def rss_mib(pid: int) -> float:
@@ -53,7 +55,16 @@ def soak_stack(tmp_path: os.PathLike, request: pytest.FixtureRequest) -> Iterato
         yield running
 
 
-def test_rss_is_flat_under_sustained_load(soak_stack: tuple[Receiver, Shop, str]) -> None:
+@pytest.mark.parametrize(
+    "soak",
+    [
+        pytest.param(SHORT, id="short"),
+        pytest.param(LONG, id="long", marks=pytest.mark.skipif(
+            os.environ.get("RUN_SOAK") != "1", reason="60-second soak: set RUN_SOAK=1")),
+    ],
+)
+def test_rss_is_flat_under_sustained_load(soak_stack: tuple[Receiver, Shop, str], soak: tuple[float, ...]) -> None:
+    DURATION_S, WARMUP_S, LIMIT_MIB_PER_MIN = soak  # noqa: N806
     receiver, shop, logdir = soak_stack
     pids = {"receiver": receiver.pid, "gunicorn master": shop.gunicorn.pid}
     pids.update({f"worker {pid}": pid for pid in shop.workers()})

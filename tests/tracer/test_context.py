@@ -4,6 +4,8 @@ import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 from tracer import tracer
 from tracer.context import wrap_context
 
@@ -82,6 +84,38 @@ def test_wrap_context_carries_span_into_worker_threads(test_spans):
     assert len(chunk) == 5, "workers finished before the root, so one chunk holds all"
 
 
+def test_plain_thread_starts_a_new_trace_unless_carried(test_spans):
+    # The two documented ways (docs/integrations.md, "Plain threading.Thread").
+    seen = {}
+
+    def work(key):
+        with tracer.trace("work") as span:
+            seen[key] = span
+
+    def work_of(parent):
+        span = tracer.start_span("explicit", child_of=parent, activate=True)
+        try:
+            work("child_of")
+        finally:
+            span.finish()
+        seen["explicit"] = span
+
+    with tracer.trace("request") as request:
+        threads = [
+            threading.Thread(target=work, args=("plain",)),
+            threading.Thread(target=wrap_context(work), args=("wrapped",)),
+            threading.Thread(target=work_of, args=(request,)),
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+    assert seen["plain"].trace_id != request.trace_id and seen["plain"].parent_id == 0
+    assert (seen["wrapped"].trace_id, seen["wrapped"].parent_id) == (request.trace_id, request.span_id)
+    assert (seen["explicit"].trace_id, seen["explicit"].parent_id) == (request.trace_id, request.span_id)
+    assert (seen["child_of"].trace_id, seen["child_of"].parent_id) == (request.trace_id, seen["explicit"].span_id)
+
+
 def test_wrap_context_without_active_span_returns_function(test_spans):
     def fn():
         return 1
@@ -133,10 +167,8 @@ def test_wrap_marks_errors_and_reraises(test_spans):
     def fails():
         raise ValueError("bad")
 
-    try:
+    with pytest.raises(ValueError, match="^bad$"):
         fails()
-    except ValueError as exc:
-        assert str(exc) == "bad"
     (span,) = test_spans.spans
     assert span.error == 1 and span.meta["error.type"] == "ValueError"
 

@@ -102,13 +102,21 @@ def test_unsupported_version_logs_one_line_and_skips(fake: Any, caplog: pytest.L
     assert st["supported"] is False and st["patched"] is False
 
 
-def test_supported_function_is_used_when_present(fake: Any) -> None:
-    fake.write(_GOOD + "\n    def supported(version):\n        return version == '1.2'\n")
+@pytest.mark.parametrize(
+    "spec, verdict, expected",
+    [(">=2.0", "version == '1.2'", "traced hi"), (">=1.0", "version != '1.2'", "hi")],
+    ids=["function-accepts-outside-range", "function-rejects-inside-range"],
+)
+def test_supported_function_is_used_when_present(fake: Any, spec: str, verdict: str, expected: str) -> None:
+    # The function and the range disagree on 1.2: only the function decides.
+    body = _GOOD.replace('SUPPORTED = ">=1.0"', f'SUPPORTED = "{spec}"')
+    fake.write(body + f"\n    def supported(version):\n        return {verdict}\n")
     import importlib
 
     lib = importlib.import_module(fake.lib)
     _patching.patch(**{fake.name: True})
-    assert lib.hello() == "traced hi"
+    assert lib.hello() == expected
+    assert _patching.is_patched(fake.name) is (expected == "traced hi")
     _patching.unpatch(**{fake.name: True})
 
 

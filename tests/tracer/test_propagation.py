@@ -300,7 +300,12 @@ def test_non_string_and_odd_mappings_never_raise(styles: Any) -> None:
     assert propagation.extract(Weird(a=1)) is None
     assert _errors.swallowed and _errors.swallowed[-1][0] == "propagation.extract"
     del _errors.swallowed[:]
-    propagation.inject("not a span", {})  # type: ignore[arg-type]
+    styles(inject=("datadog", "tracecontext", "b3multi", "b3"))
+    for bad in ("not a span", None, 123, {"trace_id": 1}):
+        headers = {"accept": "*/*"}
+        propagation.inject(bad, headers)  # type: ignore[arg-type]
+        assert headers == {"accept": "*/*"}, bad  # nothing written, nothing removed
+    assert not _errors.swallowed  # a wrong argument is the caller's mistake, not our internal error
 
 
 def test_oversized_datadog_tags_not_injected(styles: Any) -> None:
