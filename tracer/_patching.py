@@ -345,11 +345,20 @@ def patch_all(**overrides: bool) -> None:
     an explicit keyword (``patch_all(flask=False)``) beats the environment.
 
     Libraries already imported are patched now; the others when (and if) the
-    app imports them. Imports no integrated library. No-op when
+    app imports them. Imports no integrated library. Also starts log
+    correlation (``tracer.logs``) when ``TRACER_LOGS_INJECTION`` is on: the one
+    place that does, for ``tracer-run`` and ``import tracer`` alike. No-op when
     ``TRACER_ENABLED=false``. Never raises."""
     if not config.enabled:
         log.debug("tracer: TRACER_ENABLED=false, patch_all() does nothing")
         return
+    if config.logs_injection:
+        try:
+            from tracer import logs
+
+            logs.install()
+        except Exception:
+            internal_error("logs.install")
     chosen = _check_names(overrides)
     for name in REGISTRY:
         enabled = chosen[name] if name in chosen else config.patch_enabled(name)

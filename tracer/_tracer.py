@@ -24,6 +24,7 @@ from random import getrandbits
 from time import perf_counter_ns
 from typing import Any, Callable, TypeVar
 
+from tracer._service import service_name
 from tracer.buffer import TraceBuffer, _Trace
 from tracer.config import config as _config
 from tracer.context import Context, _active
@@ -35,29 +36,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 _new_span = Span.__new__
 _trace_child: Any = _cspan.trace_child if _cspan is not None else None
 
-# Launchers and interpreters whose name is never a service name.
-_LAUNCHERS = frozenset(("gunicorn", "flask", "uwsgi", "uvicorn", "python", "python3", "tracer-run", "pytest", "-c", ""))
-
-
 def default_service() -> str:
-    """``TRACER_SERVICE``/``DD_SERVICE``, else the script or module name."""
+    """``TRACER_SERVICE``/``DD_SERVICE``, else the script or module name
+    (the rule in ``tracer._service``)."""
     configured = _config.service
     if configured:
         return configured
-    argv0 = sys.argv[0] if sys.argv else ""
-    base = os.path.basename(argv0)
-    if base in ("__main__.py", "__init__.py"):  # python -m pkg
-        base = os.path.basename(os.path.dirname(argv0))
-    if base.endswith(".py"):
-        base = base[:-3]
-    if base in _LAUNCHERS or base.startswith("python"):
-        main = sys.modules.get("__main__")
-        spec = getattr(main, "__spec__", None)
-        name = getattr(spec, "name", None)
-        if name and name.split(".")[0] not in _LAUNCHERS:
-            return name.split(".")[0] if not name.endswith("__main__") else name.rsplit(".", 1)[0]
-        return "python"
-    return base
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return service_name(sys.argv[0] if sys.argv else "", getattr(spec, "name", None))
 
 
 class Tracer:

@@ -2,8 +2,9 @@
 
 Every variable the tracer reads is declared in ``OPTIONS`` with its default,
 its Datadog fallback and a one-line doc. ``load()`` parses them with one
-helper per type; a bad value logs one warning naming the variable, the value
-and the default used instead, and never raises. The docs' configuration
+helper per type (every numeric one built by the typed ``_number``); a bad
+value logs one warning naming the variable, the value and the default used
+instead, and never raises. The docs' configuration
 reference is generated from (and tested against) ``OPTIONS``.
 """
 
@@ -15,7 +16,7 @@ import os
 import re
 import urllib.parse
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 log = logging.getLogger("tracer")
 
@@ -35,44 +36,29 @@ def _bool(raw: str) -> bool:
     raise ConfigError("expected true or false")
 
 
-def _rate(raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError("expected a number between 0 and 1") from None
-    if not 0.0 <= value <= 1.0:
-        raise ConfigError("expected a number between 0 and 1")
-    return value
+N = TypeVar("N", int, float)
 
 
-def _positive_float(raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError("expected a positive number") from None
-    if not value > 0:
-        raise ConfigError("expected a positive number")
-    return value
+def _number(kind: Callable[[str], N], ok: Callable[[N], bool], expected: str) -> Callable[[str], N]:
+    """A parser of one number type whose value must satisfy ``ok``; anything
+    else (NaN included) raises ``ConfigError(expected)``."""
+
+    def parse(raw: str) -> N:
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise ConfigError(expected) from None
+        if not ok(value):
+            raise ConfigError(expected)
+        return value
+
+    return parse
 
 
-def _positive_int(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError("expected a positive whole number") from None
-    if value <= 0:
-        raise ConfigError("expected a positive whole number")
-    return value
-
-
-def _non_negative_float(raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError("expected a number >= 0") from None
-    if value < 0:
-        raise ConfigError("expected a number >= 0")
-    return value
+_rate = _number(float, lambda v: 0.0 <= v <= 1.0, "expected a number between 0 and 1")
+_positive_float = _number(float, lambda v: v > 0, "expected a positive number")
+_positive_int = _number(int, lambda v: v > 0, "expected a positive whole number")
+_non_negative_float = _number(float, lambda v: v >= 0, "expected a number >= 0")
 
 
 def _str(raw: str) -> str | None:

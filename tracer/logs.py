@@ -6,6 +6,18 @@ and ``version`` from the span active where the record is created, and empty
 strings for all five outside a span (DESIGN "Ids"), so a format string such
 as ``"%(message)s trace_id=%(trace_id)s"`` never fails.
 
+It also sets ddtrace's names, so a format string written for
+``DD_LOGS_INJECTION`` keeps working: ``dd.trace_id`` is what ddtrace writes
+(32 lowercase hex when the id uses more than 64 bits, which ours do unless
+an upstream sent a 64-bit id, else decimal), ``dd.span_id`` is decimal,
+``"0"`` for both outside a span; ``dd.service`` is the span's service, else
+the configured one; ``dd.env`` and ``dd.version`` the configured values (or
+``""``), inside a span or not.
+
+``install()`` runs from ``patch_all()`` when ``TRACER_LOGS_INJECTION`` /
+``DD_LOGS_INJECTION`` is on, the one path both for ``tracer-run`` (whose
+bootstrap calls ``patch_all()``) and for ``import tracer; tracer.patch_all()``.
+
 Runs on whichever thread logs: one ContextVar read when no span is active.
 ``install()`` / ``uninstall()`` are idempotent; uninstalling after another
 library wrapped the factory on top of ours leaves its wrapper in place and
@@ -25,6 +37,7 @@ from tracer.context import _active
 _lock = threading.Lock()
 _factory: Callable[..., logging.LogRecord] | None = None  # ours, while installed
 _enabled = False
+_MAX_64 = (1 << 64) - 1
 
 
 def _make_factory(original: Callable[..., logging.LogRecord]) -> Callable[..., logging.LogRecord]:
@@ -35,14 +48,29 @@ def _make_factory(original: Callable[..., logging.LogRecord]) -> Callable[..., l
         if not _enabled:
             return record
         span = _active.get()
+        env = cfg.env or ""
+        version = cfg.version or ""
         if span is None:
             record.trace_id = record.span_id = record.service = record.env = record.version = ""
+            record.__dict__.update(
+                {"dd.trace_id": "0", "dd.span_id": "0", "dd.service": cfg.service or "", "dd.env": env, "dd.version": version}
+            )
         else:
-            record.trace_id = f"{span.trace_id:032x}"
+            trace_id = span.trace_id
+            record.trace_id = hex_trace_id = f"{trace_id:032x}"
             record.span_id = f"{span.span_id:016x}"
-            record.service = span.service or ""
-            record.env = cfg.env or ""
-            record.version = cfg.version or ""
+            record.service = service = span.service or ""
+            record.env = env
+            record.version = version
+            record.__dict__.update(
+                {
+                    "dd.trace_id": hex_trace_id if trace_id > _MAX_64 else str(trace_id),
+                    "dd.span_id": str(span.span_id),
+                    "dd.service": service,
+                    "dd.env": env,
+                    "dd.version": version,
+                }
+            )
         return record
 
     record_with_trace_ids.__wrapped__ = original  # type: ignore[attr-defined]
@@ -76,10 +104,3 @@ def uninstall() -> None:
 def installed() -> bool:
     return _enabled
 
-
-def install_if_configured() -> bool:
-    """``install()`` when ``TRACER_LOGS_INJECTION`` is on; returns whether it did."""
-    if _config.logs_injection:
-        install()
-        return True
-    return False

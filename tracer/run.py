@@ -107,24 +107,27 @@ def resolve(command: str, path: str | None) -> str | None:
 
 # -- --info ------------------------------------------------------------------------
 def derived_service(command: Sequence[str]) -> str | None:
-    """The service a command's process would derive (no TRACER_SERVICE)."""
+    """The service a command's process would derive (no TRACER_SERVICE), by
+    the rule the process itself applies (``tracer._service``); None when only
+    the running process can tell (flask/gunicorn: the Flask app's import name)."""
+    from tracer._service import service_name
+
     if not command:
         return None
     prog = os.path.basename(command[0])
     if not prog.startswith("python"):
-        return None  # flask/gunicorn: the Flask app's import name, known at run time
+        return None
     args = list(command[1:])
     while args:
         arg = args.pop(0)
         if arg == "-m" and args:
-            return args[0].split(".")[0]
+            return service_name("", args[0])
         if arg.startswith("-m") and len(arg) > 2:
-            return arg[2:].split(".")[0]
+            return service_name("", arg[2:])
         if arg == "-c":
-            return "python"
+            return service_name("-c", None)
         if not arg.startswith("-"):
-            base = os.path.basename(arg)
-            return base[:-3] if base.endswith(".py") else base
+            return service_name(arg, None)
     return None
 
 

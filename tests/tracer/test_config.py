@@ -114,6 +114,9 @@ def test_legacy_b3_single_header_spelling() -> None:
         ("TRACER_SAMPLING_RULES", '[{"service": 3, "sample_rate": 1}]', "sampling_rules"),
         ("TRACER_SAMPLING_RULES", '[{"sample_rate": 2}]', "sampling_rules"),
         ("TRACER_RATE_LIMIT", "-1", "rate_limit"),
+        ("TRACER_RATE_LIMIT", "nan", "rate_limit"),
+        ("TRACER_SAMPLE_RATE", "nan", "sample_rate"),
+        ("TRACER_WRITER_INTERVAL", "nan", "writer_interval"),
         ("TRACER_AGENT_URL", "ftp://127.0.0.1:8126", "agent_url"),
         ("TRACER_AGENT_URL", "127.0.0.1:8126", "agent_url"),
         ("TRACER_API_VERSION", "v0.7", "api_version"),
@@ -137,6 +140,7 @@ def test_bad_value_warns_once_naming_the_variable_and_falls_back(
         first = Config({env: raw})
         second = Config({env: raw})
     assert getattr(first, attr) == default and getattr(second, attr) == default
+    assert first.rejected[attr][:2] == (env, raw)
     (message,) = warnings_of(caplog)
     assert env in message and repr(raw) in message and "default" in message
 

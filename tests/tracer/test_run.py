@@ -84,6 +84,25 @@ def test_python_dash_m_package(tmp_path: Path, receiver_mod: RunningReceiver) ->
     assert "requests.request runpkg 'GET /hello'" in _tree(receiver_mod, "runpkg")
 
 
+
+def test_python_dash_m_module_service_is_the_package_in_info_and_in_traces(
+        tmp_path: Path, receiver_mod: RunningReceiver) -> None:
+    # One rule (tracer._service) for what --info announces and what the process stores.
+    (tmp_path / "svcpkg" / "sub").mkdir(parents=True)
+    job = "from tracer import tracer\nwith tracer.trace('job', resource=__spec__.name):\n    pass\n"
+    for path in ("svcpkg/__init__.py", "svcpkg/sub/__init__.py"):
+        (tmp_path / path).write_text("")
+    for path in ("svcpkg/app.py", "svcpkg/sub/worker.py"):
+        (tmp_path / path).write_text(job)
+    env = {"TRACER_AGENT_URL": receiver_mod.url}
+    for module in ("svcpkg.app", "svcpkg.sub.worker"):
+        info = tracer_run(["--info", "python", "-m", module], env=env, cwd=tmp_path)
+        assert "service:         svcpkg (derived from the command)" in info.stdout, info.stdout + info.stderr
+        proc = tracer_run(["python", "-m", module], env=env, cwd=tmp_path)
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    rows = receiver_mod.wait_traces(2, service="svcpkg")
+    assert sorted(row["resource"] for row in rows) == ["svcpkg.app", "svcpkg.sub.worker"]
+
 def test_user_sitecustomize_still_runs(tmp_path: Path) -> None:
     user = tmp_path / "user"
     user.mkdir()
@@ -227,6 +246,9 @@ def test_derived_service() -> None:
     assert run.derived_service(["python3", "-u", "app.py"]) == "app"
     assert run.derived_service(["python", "-m", "pkg.cli"]) == "pkg"
     assert run.derived_service(["gunicorn", "app:app"]) is None
+    assert run.derived_service(["python", "-c", "pass"]) == "python"
+    assert run.derived_service(["python", "-m", "flask", "run"]) == "python"
+    assert run.derived_service(["python", "pkg/__main__.py"]) == "pkg"
 
 
 def test_installed_console_script(receiver_mod: RunningReceiver) -> None:

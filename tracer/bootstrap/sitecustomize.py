@@ -2,8 +2,8 @@
 
 ``tracer-run`` puts this directory (which holds nothing else, and is not a
 package) first on ``PYTHONPATH``, so ``site`` imports this file as
-``sitecustomize``. It reads the configuration, calls ``patch_all()``,
-enables log correlation when configured, then imports the user's own
+``sitecustomize``. It reads the configuration, calls ``patch_all()``
+(which also enables log correlation when configured), then imports the user's own
 ``sitecustomize`` if one exists further along ``sys.path``. Any error here
 is logged and never stops the application.
 """
@@ -37,16 +37,7 @@ def _start_tracer() -> None:
             return
         import tracer
 
-        tracer.patch_all()
-        if config.logs_injection:
-            try:
-                from tracer import logs  # type: ignore[attr-defined]
-            except ImportError:
-                import logging
-
-                logging.getLogger("tracer").debug("tracer: logs injection requested but tracer.logs is missing")
-            else:
-                logs.install()
+        tracer.patch_all()  # also installs log correlation when configured
     except ImportError as exc:
         if exc.name != "tracer":
             _bootstrap_failed()
