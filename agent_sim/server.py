@@ -29,6 +29,7 @@ import msgpack
 
 from agent_sim import views
 from agent_sim.decode import PayloadError, decode_json, decode_v05, unpack_v04
+from agent_sim.dogstatsd import Aggregator
 from agent_sim.findings import api_insights
 from agent_sim.ingest import KEEP_1H_NS, KEEP_10S_NS, Receiver
 from agent_sim.insights import Thresholds, add_insight_flags, insight_limits
@@ -294,6 +295,73 @@ def _view(fn: Callable[[Receiver, dict[str, str]], tuple[int, Any]]) -> Handler:
     return handle
 
 
+def _statsd_metrics(h: RequestHandler, _arg: str) -> None:
+    """GET /metrics: the trace side's OpenMetrics, plus the DogStatsD intake's counters."""
+    _status, body = views.metrics(h.server.receiver, h.query)
+    lines = [f"# TYPE agent_sim_statsd_{name} counter\nagent_sim_statsd_{name}_total {n}"
+             for name, n in sorted(h.server.statsd.counters.items())]
+    body = body.replace(b"# EOF\n", ("\n".join(lines) + "\n# EOF\n").encode())
+    h.send_bytes(200, body, "application/openmetrics-text; version=1.0.0; charset=utf-8")
+
+
+def _api_metrics(h: RequestHandler, _arg: str) -> None:
+    h.send_json(200, h.server.statsd.metric_list())
+
+
+def _api_metrics_query(h: RequestHandler, _arg: str) -> None:
+    q = h.query
+    now = time.time()
+    try:
+        if not q.get("name"):
+            raise ValueError("name is required")
+        tags = tuple(t for t in q.get("tags", "").split(",") if t)
+        series = h.server.statsd.query(q["name"], tags, float(q.get("since", now - 3600)),
+                                       float(q.get("until", now)), q.get("agg", "avg"), q.get("by", ""),
+                                       int(q.get("rollup", 10)))
+    except ValueError as exc:
+        h.send_json(400, {"error": str(exc)})
+        return
+    h.send_json(200, {"series": series})
+
+
+class StatsdListener:
+    """A UDP socket and its reader thread feeding an ``Aggregator``; a bad datagram never stops it."""
+
+    def __init__(self, aggregator: Aggregator, host: str, port: int) -> None:
+        self.aggregator = aggregator
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self.sock.bind((host, port))
+        self.sock.settimeout(0.2)
+        self.port: int = self.sock.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="agent_sim-statsd", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        recv = self.sock.recv
+        ingest = self.aggregator.ingest
+        while not self._stop.is_set():
+            try:
+                data = recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                ingest(data, time.time())
+            except Exception as exc:  # a parser bug must not end the intake
+                print(f"agent_sim: statsd ingest failed: {exc!r}", file=sys.stderr)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+        self.sock.close()
+
+
 def _trace_by_id(h: RequestHandler, arg: str) -> None:
     status, body = views.api_trace(h.server.receiver, arg)
     h.send_json(status, body)
@@ -321,7 +389,9 @@ ROUTES.update({
     ("GET", "/api/stats"): _view(views.api_stats),
     ("GET", "/api/services"): _view(views.api_services),
     ("GET", "/api/traces"): _view(views.api_traces),
-    ("GET", "/metrics"): _view(views.metrics),
+    ("GET", "/metrics"): _statsd_metrics,
+    ("GET", "/api/metrics"): _api_metrics,
+    ("GET", "/api/metrics/query"): _api_metrics_query,
     ("GET", "/api/insights"): _view(api_insights),
     ("GET", "/"): lambda h, _a: _static(h, "index.html"),
 })
@@ -335,6 +405,7 @@ class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128
     receiver: Receiver
+    statsd: Aggregator
 
 
 class ReceiverServer:
@@ -342,15 +413,26 @@ class ReceiverServer:
 
     ``start()`` serves on a background thread and returns once listening;
     ``serve_forever()`` blocks the caller; ``stop()`` stops serving, flushes
-    stats and closes the database. ``port=0`` takes a free port (see ``.port``)."""
+    stats and closes the database. ``port=0`` takes a free port (see ``.port``).
+    ``statsd_port``: None runs no DogStatsD listener, 0 a free UDP port (``.statsd_port``)."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, db: str = ":memory:",
                  retention_traces: int = 100_000, retention_hours: float = 24,
-                 sample_rates: dict[str, float] | None = None, insight_limits: Thresholds | None = None) -> None:
+                 sample_rates: dict[str, float] | None = None, insight_limits: Thresholds | None = None,
+                 statsd_port: int | None = None) -> None:
         self.receiver = Receiver(db, retention_traces, retention_hours, sample_rates,
                                  insight_limits=insight_limits)
         self.httpd = _HTTPServer((host, port), RequestHandler)
         self.httpd.receiver = self.receiver
+        self.statsd = self.httpd.statsd = Aggregator()
+        self.statsd_listener: StatsdListener | None = None
+        if statsd_port is not None:
+            try:
+                self.statsd_listener = StatsdListener(self.statsd, host, statsd_port)
+            except OSError:
+                self.httpd.server_close()
+                raise
+        self.statsd_port = self.statsd_listener.port if self.statsd_listener else None
         self.host = host
         self.port: int = self.httpd.server_address[1]
         self.url = f"http://{host}:{self.port}"
@@ -375,6 +457,8 @@ class ReceiverServer:
 
     def _start_maintenance(self) -> None:
         if self._maint is None:
+            if self.statsd_listener is not None:
+                self.statsd_listener.start()
             self._maint = threading.Thread(target=self._maintenance_loop, name="agent_sim-maint", daemon=True)
             self._maint.start()
 
@@ -386,6 +470,7 @@ class ReceiverServer:
                 now = time.monotonic()
                 full = now - last_full > 60
                 self.receiver.maintain(full=full)
+                self.statsd.expire(time.time())
                 if full:
                     last_full = now
                 if now - last_trim > TRIM_INTERVAL_S:
@@ -404,6 +489,8 @@ class ReceiverServer:
             self.httpd.shutdown()
             self._thread.join(5)
         self.httpd.server_close()
+        if self.statsd_listener is not None:
+            self.statsd_listener.stop()
         if self._maint is not None and self._maint is not threading.current_thread():
             self._maint.join(5)
         self.receiver.close()
@@ -434,6 +521,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p = parser or argparse.ArgumentParser(prog="agent-sim serve", description="Run the local trace receiver.")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: loopback only)")
     p.add_argument("--port", type=int, default=8126)
+    p.add_argument("--statsd-port", type=int, default=int(os.environ.get("AGENT_SIM_STATSD_PORT", 8125)),
+                   help="DogStatsD UDP port (default 8125, env AGENT_SIM_STATSD_PORT; 0 disables)")
     p.add_argument("--db", default="./agent_sim.db", help="SQLite file, or :memory:")
     p.add_argument("--retention-traces", type=int, default=100_000)
     p.add_argument("--retention-hours", type=float, default=24)
@@ -465,12 +554,14 @@ def serve_main(argv: list[str]) -> int:
     gc.set_threshold(GC_THRESHOLD, 10, 10)
     try:
         server = ReceiverServer(args.host, args.port, args.db, args.retention_traces, args.retention_hours, rates,
-                                insight_limits(args))
+                                insight_limits(args), args.statsd_port or None)
     except OSError as exc:
         hint = ""
         if exc.errno == errno.EADDRINUSE:
-            hint = " (is another agent-sim already running there? pick a free port with --port N)"
-        print(f"agent-sim: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}{hint}", file=sys.stderr)
+            hint = " (is another agent-sim already running there? pick free ports with --port N --statsd-port M)"
+        udp = f" or UDP {args.statsd_port}" if args.statsd_port else ""
+        print(f"agent-sim: cannot listen on {args.host}:{args.port}{udp}: {exc.strerror or exc}{hint}",
+              file=sys.stderr)
         return 2
     done = threading.Event()
 
@@ -480,7 +571,8 @@ def serve_main(argv: list[str]) -> int:
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         server.start()
-        print(f"agent-sim listening on {server.url} (db {args.db})", flush=True)
+        statsd = f", DogStatsD udp://{args.host}:{server.statsd_port}" if server.statsd_port else ""
+        print(f"agent-sim listening on {server.url}{statsd} (db {args.db})", flush=True)
         while not done.wait(0.5):
             pass
     finally:
