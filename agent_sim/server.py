@@ -516,12 +516,22 @@ def _parse_rates(values: list[str]) -> dict[str, float]:
     return rates
 
 
+def _udp_port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port (0..65535; 0 disables DogStatsD)")
+    return port
+
+
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """Add ``serve``'s flags to ``parser`` (the CLI reuses this)."""
     p = parser or argparse.ArgumentParser(prog="agent-sim serve", description="Run the local trace receiver.")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: loopback only)")
     p.add_argument("--port", type=int, default=8126)
-    p.add_argument("--statsd-port", type=int, default=int(os.environ.get("AGENT_SIM_STATSD_PORT", 8125)),
+    p.add_argument("--statsd-port", type=_udp_port, default=os.environ.get("AGENT_SIM_STATSD_PORT", "8125"),
                    help="DogStatsD UDP port (default 8125, env AGENT_SIM_STATSD_PORT; 0 disables)")
     p.add_argument("--db", default="./agent_sim.db", help="SQLite file, or :memory:")
     p.add_argument("--retention-traces", type=int, default=100_000)

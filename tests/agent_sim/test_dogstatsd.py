@@ -3,6 +3,7 @@ client over UDP into a running receiver, checked through the HTTP API."""
 
 from __future__ import annotations
 
+import json
 import random
 import socket
 import time
@@ -157,3 +158,36 @@ def test_query_rejects_bad_parameters() -> None:
                 urllib.request.urlopen(f"{r.url}/api/metrics/query?{query}")
             assert info.value.code == 400
             info.value.close()
+
+
+def test_serve_statsd_port_flag_and_bad_port() -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.utils import REPO, free_port, wait_for_port
+
+    port, udp = free_port(), free_port()
+    bad = subprocess.run([sys.executable, "-m", "agent_sim", "serve", "--port", str(port), "--statsd-port", "70000"],
+                         cwd=REPO, capture_output=True, text=True, timeout=30, env={**os.environ, "PYTHONPATH": REPO})
+    assert bad.returncode == 2 and "'70000' is not a port (0..65535; 0 disables DogStatsD)" in bad.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "agent_sim", "serve", "--port", str(port), "--db", ":memory:",
+                             "--statsd-port", str(udp)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": REPO})
+    try:
+        wait_for_port(port)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.sendto(b"cli.gauge:3|g", ("127.0.0.1", udp))
+        sock.close()
+
+        def fetched() -> Any:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/metrics") as resp:
+                return json.loads(resp.read())
+
+        assert _wait(fetched) == [{"name": "cli.gauge", "type": "gauge", "tag_keys": []}]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    assert f"DogStatsD udp://127.0.0.1:{udp}" in out
