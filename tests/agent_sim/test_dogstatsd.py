@@ -63,6 +63,19 @@ def test_aggregator_buckets_types_and_query() -> None:
         agg.query("c", rollup=15)
 
 
+def test_repeated_lines_hit_the_parse_cache_and_still_count() -> None:
+    import agent_sim.dogstatsd as ds
+
+    agg = Aggregator()
+    for _ in range(3):
+        agg.ingest(b"x:1|c\nx:1|c\nx:zz|c", T0)
+    assert agg.query("x", agg="sum")[0]["points"] == [[T0, pytest.approx(0.6)]]
+    assert agg.counters["bad_value"] == 3 and len(agg._parse_cache) == 2
+    for i in range(ds.PARSE_CACHE_SIZE + 10):
+        agg.ingest(b"y:1|c|#i:%d" % i, T0)
+    assert len(agg._parse_cache) <= ds.PARSE_CACHE_SIZE and agg.counters["samples"] == 6 + ds.PARSE_CACHE_SIZE + 10
+
+
 def test_context_cap_counts_overflow() -> None:
     agg = Aggregator(max_contexts=3)
     agg.ingest(b"\n".join(b"m:1|c|#i:%d" % i for i in range(5)), T0)
