@@ -269,7 +269,8 @@ class Aggregator:
         self._lock = threading.Lock()
         self._parse_cache: dict[str, Any] = {}
 
-    def ingest(self, data: bytes, now: float) -> None:
+    def ingest(self, data: bytes, now: float) -> dict[str, int]:
+        """Aggregate one datagram; returns its bad lines counted by reason."""
         parsed = parse_packet(data, cache=self._parse_cache)
         with self._lock:
             self.counters["packets"] += 1
@@ -279,6 +280,7 @@ class Aggregator:
                 self._add(s, now)
             self.events = (self.events + parsed.events)[-1000:]
             self.checks = (self.checks + parsed.checks)[-1000:]
+        return parsed.errors
 
     def _add(self, s: Sample, now: float) -> None:
         key = (s.name, s.tags)

@@ -10,9 +10,11 @@ SQLite transaction committed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import gc
 import json
+import math
 import mimetypes
 import os
 import signal
@@ -308,6 +310,14 @@ def _api_metrics(h: RequestHandler, _arg: str) -> None:
     h.send_json(200, h.server.statsd.metric_list())
 
 
+def _api_events(h: RequestHandler, _arg: str) -> None:
+    h.send_json(200, [dataclasses.asdict(e) for e in h.server.statsd.events])
+
+
+def _api_checks(h: RequestHandler, _arg: str) -> None:
+    h.send_json(200, [dataclasses.asdict(c) for c in h.server.statsd.checks])
+
+
 def _api_metrics_query(h: RequestHandler, _arg: str) -> None:
     q = h.query
     now = time.time()
@@ -336,6 +346,7 @@ class StatsdListener:
         self.port: int = self.sock.getsockname()[1]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="agent_sim-statsd", daemon=True)
+        self._last_log = -math.inf
 
     def start(self) -> None:
         self._thread.start()
@@ -351,7 +362,11 @@ class StatsdListener:
             except OSError:
                 return
             try:
-                ingest(data, time.time())
+                errors = ingest(data, time.time())
+                if errors and time.monotonic() - self._last_log >= 60:
+                    self._last_log = time.monotonic()
+                    print(f"agent_sim: bad DogStatsD datagram ({', '.join(sorted(errors))}); all are counted in "
+                          "/metrics, this is logged at most once a minute", file=sys.stderr)
             except Exception as exc:  # a parser bug must not end the intake
                 print(f"agent_sim: statsd ingest failed: {exc!r}", file=sys.stderr)
 
@@ -391,6 +406,8 @@ ROUTES.update({
     ("GET", "/api/traces"): _view(views.api_traces),
     ("GET", "/metrics"): _statsd_metrics,
     ("GET", "/api/metrics"): _api_metrics,
+    ("GET", "/api/events"): _api_events,
+    ("GET", "/api/checks"): _api_checks,
     ("GET", "/api/metrics/query"): _api_metrics_query,
     ("GET", "/api/insights"): _view(api_insights),
     ("GET", "/"): lambda h, _a: _static(h, "index.html"),

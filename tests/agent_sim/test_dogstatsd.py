@@ -139,11 +139,11 @@ def test_datadog_client_aggregates_over_udp() -> None:
         listed = {(m["name"], m["type"]): m["tag_keys"] for m in r.get("/api/metrics")}
         assert listed[("web.latency.95percentile", "histogram")] == ["env", "route"]
         assert listed[("db.time", "distribution")] == []
-        agg = r.server.statsd
-        assert [e.title for e in agg.events] == ["deploy"] and [c.message for c in agg.checks] == ["fine"]
+        assert [(e["title"], e["text"], e["tags"]) for e in r.get("/api/events")] == [("deploy", "v2 out", ["env:test"])]
+        assert [(c["name"], c["status"], c["message"]) for c in r.get("/api/checks")] == [("app.ok", 0, "fine")]
 
 
-def test_fuzz_never_stops_the_intake() -> None:
+def test_fuzz_never_stops_the_intake(capsys: pytest.CaptureFixture[str]) -> None:
     rng = random.Random(15)
     junk = [bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300))) for _ in range(300)]
     junk += [b"a:1|c|@x", b"a:|g", b"_e{1,1}", b"_sc|", b"|||", b":::", b"a:1|c|T-1", b"a:1|h|#\xff", b"x" * 9000]
@@ -160,6 +160,8 @@ def test_fuzz_never_stops_the_intake() -> None:
         with urllib.request.urlopen(r.url + "/metrics") as resp:
             text = resp.read().decode()
         assert f"agent_sim_statsd_bad_rate_total {counters['bad_rate']}" in text and text.endswith("# EOF\n")
+    logged = [line for line in capsys.readouterr().err.splitlines() if "bad DogStatsD datagram" in line]
+    assert len(logged) == 1 and "logged at most once a minute" in logged[0]
 
 
 def test_query_rejects_bad_parameters() -> None:
