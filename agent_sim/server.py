@@ -335,15 +335,23 @@ def _api_metrics_query(h: RequestHandler, _arg: str) -> None:
 
 
 class StatsdListener:
-    """A UDP socket and its reader thread feeding an ``Aggregator``; a bad datagram never stops it."""
+    """A datagram socket (UDP ``(host, port)``, or a Unix socket path) and its
+    reader thread feeding an ``Aggregator``; a bad datagram never stops it."""
 
-    def __init__(self, aggregator: Aggregator, host: str, port: int) -> None:
+    def __init__(self, aggregator: Aggregator, address: tuple[str, int] | str) -> None:
         self.aggregator = aggregator
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.path = address if isinstance(address, str) else None
+        self.sock = socket.socket(socket.AF_UNIX if self.path else socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        self.sock.bind((host, port))
+        if self.path and os.path.exists(self.path):
+            os.unlink(self.path)  # a stale socket file from a previous run
+        try:
+            self.sock.bind(address)
+        except OSError:
+            self.sock.close()
+            raise
         self.sock.settimeout(0.2)
-        self.port: int = self.sock.getsockname()[1]
+        self.port: int = 0 if self.path else self.sock.getsockname()[1]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="agent_sim-statsd", daemon=True)
         self._last_log = -math.inf
@@ -375,6 +383,11 @@ class StatsdListener:
         if self._thread.is_alive():
             self._thread.join(5)
         self.sock.close()
+        if self.path:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
 
 
 def _trace_by_id(h: RequestHandler, arg: str) -> None:
@@ -431,25 +444,29 @@ class ReceiverServer:
     ``start()`` serves on a background thread and returns once listening;
     ``serve_forever()`` blocks the caller; ``stop()`` stops serving, flushes
     stats and closes the database. ``port=0`` takes a free port (see ``.port``).
-    ``statsd_port``: None runs no DogStatsD listener, 0 a free UDP port (``.statsd_port``)."""
+    ``statsd_port``: None runs no DogStatsD UDP listener, 0 a free UDP port (``.statsd_port``);
+    ``statsd_socket``: a Unix datagram socket path for DogStatsD, or None."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, db: str = ":memory:",
                  retention_traces: int = 100_000, retention_hours: float = 24,
                  sample_rates: dict[str, float] | None = None, insight_limits: Thresholds | None = None,
-                 statsd_port: int | None = None) -> None:
+                 statsd_port: int | None = None, statsd_socket: str | None = None) -> None:
         self.receiver = Receiver(db, retention_traces, retention_hours, sample_rates,
                                  insight_limits=insight_limits)
         self.httpd = _HTTPServer((host, port), RequestHandler)
         self.httpd.receiver = self.receiver
         self.statsd = self.httpd.statsd = Aggregator()
-        self.statsd_listener: StatsdListener | None = None
-        if statsd_port is not None:
-            try:
-                self.statsd_listener = StatsdListener(self.statsd, host, statsd_port)
-            except OSError:
-                self.httpd.server_close()
-                raise
-        self.statsd_port = self.statsd_listener.port if self.statsd_listener else None
+        self.statsd_listeners: list[StatsdListener] = []
+        addresses = ([(host, statsd_port)] if statsd_port is not None else []) + ([statsd_socket] if statsd_socket else [])
+        try:
+            for address in addresses:
+                self.statsd_listeners.append(StatsdListener(self.statsd, address))
+        except OSError:
+            for listener in self.statsd_listeners:
+                listener.stop()
+            self.httpd.server_close()
+            raise
+        self.statsd_port = self.statsd_listeners[0].port if statsd_port is not None else None
         self.host = host
         self.port: int = self.httpd.server_address[1]
         self.url = f"http://{host}:{self.port}"
@@ -474,8 +491,8 @@ class ReceiverServer:
 
     def _start_maintenance(self) -> None:
         if self._maint is None:
-            if self.statsd_listener is not None:
-                self.statsd_listener.start()
+            for listener in self.statsd_listeners:
+                listener.start()
             self._maint = threading.Thread(target=self._maintenance_loop, name="agent_sim-maint", daemon=True)
             self._maint.start()
 
@@ -506,8 +523,8 @@ class ReceiverServer:
             self.httpd.shutdown()
             self._thread.join(5)
         self.httpd.server_close()
-        if self.statsd_listener is not None:
-            self.statsd_listener.stop()
+        for listener in self.statsd_listeners:
+            listener.stop()
         if self._maint is not None and self._maint is not threading.current_thread():
             self._maint.join(5)
         self.receiver.close()
@@ -550,6 +567,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--port", type=int, default=8126)
     p.add_argument("--statsd-port", type=_udp_port, default=os.environ.get("AGENT_SIM_STATSD_PORT", "8125"),
                    help="DogStatsD UDP port (default 8125, env AGENT_SIM_STATSD_PORT; 0 disables)")
+    p.add_argument("--statsd-socket", metavar="PATH", help="also receive DogStatsD on this Unix datagram socket")
     p.add_argument("--db", default="./agent_sim.db", help="SQLite file, or :memory:")
     p.add_argument("--retention-traces", type=int, default=100_000)
     p.add_argument("--retention-hours", type=float, default=24)
@@ -581,12 +599,14 @@ def serve_main(argv: list[str]) -> int:
     gc.set_threshold(GC_THRESHOLD, 10, 10)
     try:
         server = ReceiverServer(args.host, args.port, args.db, args.retention_traces, args.retention_hours, rates,
-                                insight_limits(args), args.statsd_port or None)
+                                insight_limits(args), args.statsd_port or None,
+                                args.statsd_socket)
     except OSError as exc:
         hint = ""
         if exc.errno == errno.EADDRINUSE:
             hint = " (is another agent-sim already running there? pick free ports with --port N --statsd-port M)"
         udp = f" or UDP {args.statsd_port}" if args.statsd_port else ""
+        udp += f" or {args.statsd_socket}" if args.statsd_socket else ""
         print(f"agent-sim: cannot listen on {args.host}:{args.port}{udp}: {exc.strerror or exc}{hint}",
               file=sys.stderr)
         return 2
@@ -599,6 +619,7 @@ def serve_main(argv: list[str]) -> int:
     try:
         server.start()
         statsd = f", DogStatsD udp://{args.host}:{server.statsd_port}" if server.statsd_port else ""
+        statsd += f", DogStatsD unix://{args.statsd_socket}" if args.statsd_socket else ""
         print(f"agent-sim listening on {server.url}{statsd} (db {args.db})", flush=True)
         while not done.wait(0.5):
             pass

@@ -4,6 +4,7 @@ client over UDP into a running receiver, checked through the HTTP API."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import socket
 import time
@@ -141,6 +142,22 @@ def test_datadog_client_aggregates_over_udp() -> None:
         assert listed[("db.time", "distribution")] == []
         assert [(e["title"], e["text"], e["tags"]) for e in r.get("/api/events")] == [("deploy", "v2 out", ["env:test"])]
         assert [(c["name"], c["status"], c["message"]) for c in r.get("/api/checks")] == [("app.ok", 0, "fine")]
+
+
+@pytest.mark.parametrize("buffered", [True, False])
+def test_datadog_client_over_unix_socket(tmp_path: Any, buffered: bool) -> None:
+    from datadog.dogstatsd import DogStatsd
+
+    path = str(tmp_path / "dsd.sock")
+    with RunningReceiver(statsd_socket=path) as r:
+        statsd = DogStatsd(socket_path=path, disable_telemetry=True, disable_buffering=not buffered)
+        for v in (2, 4, 6):
+            statsd.histogram("uds.latency", v, tags=["via:uds"])
+        statsd.flush()
+        statsd.close_socket()
+        assert _wait(lambda: _value(r, "uds.latency.count")) == 0.3
+        assert _value(r, "uds.latency.avg", tags="via:uds") == 4
+    assert not os.path.exists(path)  # removed on stop
 
 
 def test_fuzz_never_stops_the_intake(capsys: pytest.CaptureFixture[str]) -> None:
