@@ -19,6 +19,7 @@ import mimetypes
 import os
 import signal
 import socket
+import stat
 import sys
 import threading
 import time
@@ -343,8 +344,8 @@ class StatsdListener:
         self.path = address if isinstance(address, str) else None
         self.sock = socket.socket(socket.AF_UNIX if self.path else socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        if self.path and os.path.exists(self.path):
-            os.unlink(self.path)  # a stale socket file from a previous run
+        if self.path and os.path.exists(self.path) and stat.S_ISSOCK(os.stat(self.path).st_mode):
+            os.unlink(self.path)  # a stale socket from a previous run; any other file is left alone (bind fails)
         try:
             self.sock.bind(address)
         except OSError:

@@ -160,6 +160,14 @@ def test_datadog_client_over_unix_socket(tmp_path: Any, buffered: bool) -> None:
     assert not os.path.exists(path)  # removed on stop
 
 
+def test_statsd_socket_never_replaces_a_regular_file(tmp_path: Any) -> None:
+    path = tmp_path / "not-a-socket"
+    path.write_text("precious")
+    with pytest.raises(OSError):
+        RunningReceiver(statsd_socket=str(path))
+    assert path.read_text() == "precious"
+
+
 def test_fuzz_never_stops_the_intake(capsys: pytest.CaptureFixture[str]) -> None:
     rng = random.Random(15)
     junk = [bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300))) for _ in range(300)]
