@@ -598,18 +598,29 @@ def serve_main(argv: list[str]) -> int:
     # less often, and leave the startup objects (modules, ...) out of it.
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD, 10, 10)
+    def make(statsd_port: int | None, statsd_socket: str | None) -> ReceiverServer:
+        return ReceiverServer(args.host, args.port, args.db, args.retention_traces, args.retention_hours, rates,
+                              insight_limits(args), statsd_port, statsd_socket)
+
     try:
-        server = ReceiverServer(args.host, args.port, args.db, args.retention_traces, args.retention_hours, rates,
-                                insight_limits(args), args.statsd_port or None,
-                                args.statsd_socket)
+        try:
+            server = make(args.statsd_port or None, args.statsd_socket)
+        except OSError as statsd_exc:
+            if not (args.statsd_port or args.statsd_socket):
+                raise
+            # Traces are the receiver's main job: a taken DogStatsD port (say, a real
+            # Agent on 8125) turns the metrics intake off, loudly, instead of failing.
+            server = make(None, None)
+            where = " and ".join(([f"UDP {args.statsd_port}"] if args.statsd_port else []) +
+                                 ([args.statsd_socket] if args.statsd_socket else []))
+            print(f"agent-sim: DogStatsD intake off, cannot listen on {where}: {statsd_exc.strerror or statsd_exc} "
+                  "(pick another with --statsd-port N / --statsd-socket PATH; --statsd-port 0 silences this)",
+                  file=sys.stderr, flush=True)
     except OSError as exc:
         hint = ""
         if exc.errno == errno.EADDRINUSE:
-            hint = " (is another agent-sim already running there? pick free ports with --port N --statsd-port M)"
-        udp = f" or UDP {args.statsd_port}" if args.statsd_port else ""
-        udp += f" or {args.statsd_socket}" if args.statsd_socket else ""
-        print(f"agent-sim: cannot listen on {args.host}:{args.port}{udp}: {exc.strerror or exc}{hint}",
-              file=sys.stderr)
+            hint = " (is another agent-sim already running there? pick a free port with --port N)"
+        print(f"agent-sim: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}{hint}", file=sys.stderr)
         return 2
     done = threading.Event()
 

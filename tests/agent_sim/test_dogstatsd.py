@@ -231,3 +231,19 @@ def test_serve_statsd_port_flag_and_bad_port() -> None:
         out, err = proc.communicate(timeout=10)
     assert proc.returncode == 0, err
     assert f"DogStatsD udp://127.0.0.1:{udp}" in out
+
+    # the DogStatsD port taken: traces are still served, the intake is off with one clear line
+    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    taken.bind(("127.0.0.1", udp))
+    proc = subprocess.Popen([sys.executable, "-m", "agent_sim", "serve", "--port", str(port), "--db", ":memory:",
+                             "--statsd-port", str(udp)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": REPO})
+    try:
+        wait_for_port(port)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=10)
+        taken.close()
+    assert proc.returncode == 0, err
+    assert f"agent-sim: DogStatsD intake off, cannot listen on UDP {udp}: Address already in use" in err
+    assert "DogStatsD udp" not in out
