@@ -232,13 +232,22 @@ def parse_packet(data: bytes, max_size: int = MAX_DATAGRAM, cache: dict[str, Any
 
 
 class _Hist:
-    __slots__ = ("values", "count")
+    """A bucket's raw values while it is open; ``freeze`` keeps only the five aggregates."""
+
+    __slots__ = ("values", "count", "frozen")
 
     def __init__(self) -> None:
         self.values: list[float] = []
         self.count = 0.0  # weighted by 1/rate
+        self.frozen: dict[str, float] | None = None
+
+    def freeze(self) -> None:
+        self.frozen = {what: self.point(what) for what in HISTOGRAM_FIELDS}
+        self.values = []
 
     def point(self, what: str) -> float:
+        if self.frozen is not None:
+            return self.frozen[what]
         v = sorted(self.values)
         if what == "max":
             return v[-1]
@@ -265,7 +274,8 @@ class Aggregator:
         self.events: list[Event] = []
         self.checks: list[ServiceCheck] = []
         self.counters: dict[str, int] = dict.fromkeys(REASONS, 0)
-        self.counters.update(samples=0, packets=0, contexts_overflowed=0, type_conflicts=0)
+        self.counters.update(samples=0, packets=0, contexts_overflowed=0, type_conflicts=0, late_histogram_samples=0)
+        self._open_from = 0  # buckets before this are closed: their histograms keep aggregates only
         self._lock = threading.Lock()
         self._parse_cache: dict[str, Any] = {}
 
@@ -312,13 +322,25 @@ class Aggregator:
             hist = bucket.get(key)
             if hist is None:
                 hist = bucket[key] = _Hist()
+            elif hist.frozen is not None:  # a |T sample for a closed bucket: its raw values are gone
+                self.counters["late_histogram_samples"] += len(s.values)
+                return
             hist.values.extend(s.values)
             hist.count += len(s.values) / s.rate
 
     def expire(self, now: float) -> None:
+        """Drop buckets past ``keep_s``; reduce closed buckets' histograms to their aggregates
+        (memory per closed bucket and context: 5 floats, not every value sent)."""
+        close_before = int(now) - int(now) % BUCKET_S - BUCKET_S
         with self._lock:
             for start in [b for b in self.buckets if b < now - self.keep_s]:
                 del self.buckets[start]
+            for start, bucket in self.buckets.items():
+                if self._open_from <= start < close_before:
+                    for state in bucket.values():
+                        if isinstance(state, _Hist) and state.frozen is None:
+                            state.freeze()
+            self._open_from = max(self._open_from, close_before)
 
     def metric_list(self) -> list[dict[str, Any]]:
         """``[{name, type, tag_keys}]``; a histogram is listed under its five derived names."""

@@ -57,6 +57,13 @@ def test_aggregator_buckets_types_and_query() -> None:
     assert agg.query("s")[0]["points"] == [[T0, 2.0]]
     got = {f: agg.query(f"h.{f}")[0]["points"][0][1] for f in ("max", "median", "avg", "count", "95percentile")}
     assert got == {"max": 100, "median": 50, "avg": 50.5, "count": 10.0, "95percentile": 95}
+    agg.expire(T0 + 15)  # the bucket is still open: nothing reduced
+    assert len(agg.buckets[T0][("h", ())].values) == 100
+    agg.expire(T0 + 21)  # closed: only the aggregates are kept, and they answer the same
+    assert agg.buckets[T0][("h", ())].values == []
+    assert {f: agg.query(f"h.{f}")[0]["points"][0][1] for f in got} == got
+    agg.ingest(b"h:1000|h|T" + str(T0 + 1).encode(), T0 + 22)
+    assert agg.counters["late_histogram_samples"] == 1 and agg.query("h.max")[0]["points"][0][1] == 100
     assert agg.query("c", since=T0 - 100, agg="sum", rollup=3600)[0]["points"] == [[T0 - T0 % 3600, pytest.approx(0.9)]]
     with pytest.raises(ValueError, match="agg must be"):
         agg.query("c", agg="median")
