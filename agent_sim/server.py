@@ -10,13 +10,16 @@ SQLite transaction committed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import gc
 import json
+import math
 import mimetypes
 import os
 import signal
 import socket
+import stat
 import sys
 import threading
 import time
@@ -29,6 +32,7 @@ import msgpack
 
 from agent_sim import views
 from agent_sim.decode import PayloadError, decode_json, decode_v05, unpack_v04
+from agent_sim.dogstatsd import Aggregator
 from agent_sim.findings import api_insights
 from agent_sim.ingest import KEEP_1H_NS, KEEP_10S_NS, Receiver
 from agent_sim.insights import Thresholds, add_insight_flags, insight_limits
@@ -295,6 +299,99 @@ def _view(fn: Callable[[Receiver, dict[str, str]], tuple[int, Any]]) -> Handler:
     return handle
 
 
+def _statsd_metrics(h: RequestHandler, _arg: str) -> None:
+    """GET /metrics: the trace side's OpenMetrics, plus the DogStatsD intake's counters."""
+    _status, body = views.metrics(h.server.receiver, h.query)
+    lines = [f"# TYPE agent_sim_statsd_{name} counter\nagent_sim_statsd_{name}_total {n}"
+             for name, n in sorted(h.server.statsd.counters.items())]
+    body = body.replace(b"# EOF\n", ("\n".join(lines) + "\n# EOF\n").encode())
+    h.send_bytes(200, body, "application/openmetrics-text; version=1.0.0; charset=utf-8")
+
+
+def _api_metrics(h: RequestHandler, _arg: str) -> None:
+    h.send_json(200, h.server.statsd.metric_list())
+
+
+def _api_events(h: RequestHandler, _arg: str) -> None:
+    h.send_json(200, [dataclasses.asdict(e) for e in h.server.statsd.events])
+
+
+def _api_checks(h: RequestHandler, _arg: str) -> None:
+    h.send_json(200, [dataclasses.asdict(c) for c in h.server.statsd.checks])
+
+
+def _api_metrics_query(h: RequestHandler, _arg: str) -> None:
+    q = h.query
+    now = time.time()
+    try:
+        if not q.get("name"):
+            raise ValueError("name is required")
+        tags = tuple(t for t in q.get("tags", "").split(",") if t)
+        series = h.server.statsd.query(q["name"], tags, float(q.get("since", now - 3600)),
+                                       float(q.get("until", now)), q.get("agg", "avg"), q.get("by", ""),
+                                       int(q.get("rollup", 10)))
+    except ValueError as exc:
+        h.send_json(400, {"error": str(exc)})
+        return
+    h.send_json(200, {"series": series})
+
+
+class StatsdListener:
+    """A datagram socket (UDP ``(host, port)``, or a Unix socket path) and its
+    reader thread feeding an ``Aggregator``; a bad datagram never stops it."""
+
+    def __init__(self, aggregator: Aggregator, address: tuple[str, int] | str) -> None:
+        self.aggregator = aggregator
+        self.path = address if isinstance(address, str) else None
+        self.sock = socket.socket(socket.AF_UNIX if self.path else socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        if self.path and os.path.exists(self.path) and stat.S_ISSOCK(os.stat(self.path).st_mode):
+            os.unlink(self.path)  # a stale socket from a previous run; any other file is left alone (bind fails)
+        try:
+            self.sock.bind(address)
+        except OSError:
+            self.sock.close()
+            raise
+        self.sock.settimeout(0.2)
+        self.port: int = 0 if self.path else self.sock.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="agent_sim-statsd", daemon=True)
+        self._last_log = -math.inf
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        recv = self.sock.recv
+        ingest = self.aggregator.ingest
+        while not self._stop.is_set():
+            try:
+                data = recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                errors = ingest(data, time.time())
+                if errors and time.monotonic() - self._last_log >= 60:
+                    self._last_log = time.monotonic()
+                    print(f"agent_sim: bad DogStatsD datagram ({', '.join(sorted(errors))}); all are counted in "
+                          "/metrics, this is logged at most once a minute", file=sys.stderr)
+            except Exception as exc:  # a parser bug must not end the intake
+                print(f"agent_sim: statsd ingest failed: {exc!r}", file=sys.stderr)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+        self.sock.close()
+        if self.path:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+
+
 def _trace_by_id(h: RequestHandler, arg: str) -> None:
     status, body = views.api_trace(h.server.receiver, arg)
     h.send_json(status, body)
@@ -322,7 +419,11 @@ ROUTES.update({
     ("GET", "/api/stats"): _view(views.api_stats),
     ("GET", "/api/services"): _view(views.api_services),
     ("GET", "/api/traces"): _view(views.api_traces),
-    ("GET", "/metrics"): _view(views.metrics),
+    ("GET", "/metrics"): _statsd_metrics,
+    ("GET", "/api/metrics"): _api_metrics,
+    ("GET", "/api/events"): _api_events,
+    ("GET", "/api/checks"): _api_checks,
+    ("GET", "/api/metrics/query"): _api_metrics_query,
     ("GET", "/api/insights"): _view(api_insights),
     ("GET", "/"): lambda h, _a: _static(h, "index.html"),
 })
@@ -336,6 +437,7 @@ class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128
     receiver: Receiver
+    statsd: Aggregator
 
 
 class ReceiverServer:
@@ -343,15 +445,30 @@ class ReceiverServer:
 
     ``start()`` serves on a background thread and returns once listening;
     ``serve_forever()`` blocks the caller; ``stop()`` stops serving, flushes
-    stats and closes the database. ``port=0`` takes a free port (see ``.port``)."""
+    stats and closes the database. ``port=0`` takes a free port (see ``.port``).
+    ``statsd_port``: None runs no DogStatsD UDP listener, 0 a free UDP port (``.statsd_port``);
+    ``statsd_socket``: a Unix datagram socket path for DogStatsD, or None."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, db: str = ":memory:",
                  retention_traces: int = 100_000, retention_hours: float = 24,
-                 sample_rates: dict[str, float] | None = None, insight_limits: Thresholds | None = None) -> None:
+                 sample_rates: dict[str, float] | None = None, insight_limits: Thresholds | None = None,
+                 statsd_port: int | None = None, statsd_socket: str | None = None) -> None:
         self.receiver = Receiver(db, retention_traces, retention_hours, sample_rates,
                                  insight_limits=insight_limits)
         self.httpd = _HTTPServer((host, port), RequestHandler)
         self.httpd.receiver = self.receiver
+        self.statsd = self.httpd.statsd = Aggregator()
+        self.statsd_listeners: list[StatsdListener] = []
+        addresses = ([(host, statsd_port)] if statsd_port is not None else []) + ([statsd_socket] if statsd_socket else [])
+        try:
+            for address in addresses:
+                self.statsd_listeners.append(StatsdListener(self.statsd, address))
+        except OSError:
+            for listener in self.statsd_listeners:
+                listener.stop()
+            self.httpd.server_close()
+            raise
+        self.statsd_port = self.statsd_listeners[0].port if statsd_port is not None else None
         self.host = host
         self.port: int = self.httpd.server_address[1]
         self.url = f"http://{host}:{self.port}"
@@ -376,6 +493,8 @@ class ReceiverServer:
 
     def _start_maintenance(self) -> None:
         if self._maint is None:
+            for listener in self.statsd_listeners:
+                listener.start()
             self._maint = threading.Thread(target=self._maintenance_loop, name="agent_sim-maint", daemon=True)
             self._maint.start()
 
@@ -387,6 +506,7 @@ class ReceiverServer:
                 now = time.monotonic()
                 full = now - last_full > 60
                 self.receiver.maintain(full=full)
+                self.statsd.expire(time.time())
                 if full:
                     last_full = now
                 if now - last_trim > TRIM_INTERVAL_S:
@@ -406,6 +526,8 @@ class ReceiverServer:
             self.httpd.shutdown()
             self._thread.join(5)
         self.httpd.server_close()
+        for listener in self.statsd_listeners:
+            listener.stop()
         if self._maint is not None and self._maint is not threading.current_thread():
             self._maint.join(5)
         self.receiver.close()
@@ -431,11 +553,24 @@ def _parse_rates(values: list[str]) -> dict[str, float]:
     return rates
 
 
+def _udp_port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port (0..65535; 0 disables DogStatsD)")
+    return port
+
+
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """Add ``serve``'s flags to ``parser`` (the CLI reuses this)."""
     p = parser or argparse.ArgumentParser(prog="agent-sim serve", description="Run the local trace receiver.")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: loopback only)")
     p.add_argument("--port", type=int, default=8126)
+    p.add_argument("--statsd-port", type=_udp_port, default=os.environ.get("AGENT_SIM_STATSD_PORT", "8125"),
+                   help="DogStatsD UDP port (default 8125, env AGENT_SIM_STATSD_PORT; 0 disables)")
+    p.add_argument("--statsd-socket", metavar="PATH", help="also receive DogStatsD on this Unix datagram socket")
     p.add_argument("--db", default="./agent_sim.db", help="SQLite file, or :memory:")
     p.add_argument("--retention-traces", type=int, default=100_000)
     p.add_argument("--retention-hours", type=float, default=24)
@@ -465,9 +600,24 @@ def serve_main(argv: list[str]) -> int:
     # less often, and leave the startup objects (modules, ...) out of it.
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD, 10, 10)
+    def make(statsd_port: int | None, statsd_socket: str | None) -> ReceiverServer:
+        return ReceiverServer(args.host, args.port, args.db, args.retention_traces, args.retention_hours, rates,
+                              insight_limits(args), statsd_port, statsd_socket)
+
     try:
-        server = ReceiverServer(args.host, args.port, args.db, args.retention_traces, args.retention_hours, rates,
-                                insight_limits(args))
+        try:
+            server = make(args.statsd_port or None, args.statsd_socket)
+        except OSError as statsd_exc:
+            if not (args.statsd_port or args.statsd_socket):
+                raise
+            # Traces are the receiver's main job: a taken DogStatsD port (say, a real
+            # Agent on 8125) turns the metrics intake off, loudly, instead of failing.
+            server = make(None, None)
+            where = " and ".join(([f"UDP {args.statsd_port}"] if args.statsd_port else []) +
+                                 ([args.statsd_socket] if args.statsd_socket else []))
+            print(f"agent-sim: DogStatsD intake off, cannot listen on {where}: {statsd_exc.strerror or statsd_exc} "
+                  "(pick another with --statsd-port N / --statsd-socket PATH; --statsd-port 0 silences this)",
+                  file=sys.stderr, flush=True)
     except OSError as exc:
         hint = ""
         if exc.errno == errno.EADDRINUSE:
@@ -482,7 +632,9 @@ def serve_main(argv: list[str]) -> int:
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         server.start()
-        print(f"agent-sim listening on {server.url} (db {args.db})", flush=True)
+        statsd = f", DogStatsD udp://{args.host}:{server.statsd_port}" if server.statsd_port else ""
+        statsd += f", DogStatsD unix://{args.statsd_socket}" if args.statsd_socket else ""
+        print(f"agent-sim listening on {server.url}{statsd} (db {args.db})", flush=True)
         while not done.wait(0.5):
             pass
     finally:

@@ -167,7 +167,7 @@ def run_one(kind: str, seconds: float, tmp: str, test_agent: str) -> dict:
     url = f"http://127.0.0.1:{port}"
     if kind == "agent_sim":
         db = os.path.join(tmp, f"bench-{port}.db")
-        cmd = [sys.executable, "-m", "agent_sim", "serve", "--port", str(port), "--db", db]
+        cmd = [sys.executable, "-m", "agent_sim", "serve", "--port", str(port), "--db", db, "--statsd-port", "0"]
     else:
         cmd = [test_agent, f"--port={port}"]
     env = {**os.environ, "PYTHONPATH": REPO}

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Iterator
 
 import pytest
@@ -20,6 +21,9 @@ from tracer import _errors
 from tracer import tracer as global_tracer
 from tracer.config import config
 from tracer.span import FinishedSpan, records
+
+# `agent-sim serve` subprocesses in tests must never bind the real DogStatsD port 8125.
+os.environ.setdefault("AGENT_SIM_STATSD_PORT", "0")
 
 
 @pytest.fixture(autouse=True)
