@@ -345,11 +345,15 @@ def patch_all(**overrides: bool) -> None:
     an explicit keyword (``patch_all(flask=False)``) beats the environment.
 
     Libraries already imported are patched now; the others when (and if) the
-    app imports them. Imports no integrated library. No-op when
+    app imports them. Imports no integrated library. Also makes SIGTERM flush
+    what is finished before the process ends (``tracer._sigterm``). No-op when
     ``TRACER_ENABLED=false``. Never raises."""
     if not config.enabled:
         log.debug("tracer: TRACER_ENABLED=false, patch_all() does nothing")
         return
+    from tracer import _sigterm
+
+    _sigterm.install()
     chosen = _check_names(overrides)
     for name in REGISTRY:
         enabled = chosen[name] if name in chosen else config.patch_enabled(name)
