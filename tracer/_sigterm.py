@@ -22,12 +22,13 @@ import logging
 import os
 import signal
 import threading
+import time
 from types import FrameType
 from typing import Any
 
 log = logging.getLogger("tracer")
 
-FLUSH_TIMEOUT = 2.0
+FLUSH_TIMEOUT = 4.0
 
 
 class _Handler:
@@ -53,12 +54,16 @@ class _Handler:
 def _flush_bounded() -> None:
     # In a helper thread: the main thread may have been interrupted while
     # holding a lock the flush needs; then we give up after the bound.
+    done: list[bool] = []
+
     def run() -> None:
         try:
             from tracer import tracer
 
-            if not tracer.flush(FLUSH_TIMEOUT):
-                log.warning("tracer: SIGTERM: not everything finished was sent within %ss", FLUSH_TIMEOUT)
+            deadline = time.monotonic() + FLUSH_TIMEOUT
+            # Twice: the second sends chunks other threads finished during the first.
+            tracer.flush(FLUSH_TIMEOUT)
+            done.append(tracer.flush(max(0.0, deadline - time.monotonic())))
         except Exception:
             pass
 
@@ -66,6 +71,8 @@ def _flush_bounded() -> None:
         thread = threading.Thread(target=run, name="tracer-sigterm-flush", daemon=True)
         thread.start()
         thread.join(FLUSH_TIMEOUT + 0.5)
+        if done != [True]:
+            log.warning("tracer: SIGTERM: not everything finished was sent within %ss", FLUSH_TIMEOUT)
     except Exception:
         pass
 
