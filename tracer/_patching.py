@@ -347,7 +347,9 @@ def patch_all(**overrides: bool) -> None:
     Libraries already imported are patched now; the others when (and if) the
     app imports them. Imports no integrated library. Also starts log
     correlation (``tracer.logs``) when ``TRACER_LOGS_INJECTION`` is on: the one
-    place that does, for ``tracer-run`` and ``import tracer`` alike. No-op when
+    place that does, for ``tracer-run`` and ``import tracer`` alike; and makes
+    SIGTERM flush what is finished before the process ends
+    (``tracer._sigterm``). No-op when
     ``TRACER_ENABLED=false``. Never raises."""
     if not config.enabled:
         log.debug("tracer: TRACER_ENABLED=false, patch_all() does nothing")
@@ -359,6 +361,9 @@ def patch_all(**overrides: bool) -> None:
             logs.install()
         except Exception:
             internal_error("logs.install")
+    from tracer import _sigterm
+
+    _sigterm.install()
     chosen = _check_names(overrides)
     for name in REGISTRY:
         enabled = chosen[name] if name in chosen else config.patch_enabled(name)
