@@ -44,6 +44,40 @@ export DDAPM_TEST_AGENT="$PWD/.venv-testagent/bin/ddapm-test-agent"
 export MARIADBD="$(command -v mariadbd || echo /usr/sbin/mariadbd)"
 export CHROMIUM="$(command -v chromium)"
 
+# Other Pythons: the tracer and contrib tests, with the C code and with
+# TRACER_PURE_PYTHON=true, on every other CPython >= 3.10 found on this machine
+# (pyenv's versions, python3.1x on PATH), each in its own cached .venv-<x.y>
+# (pip install -e builds the C extensions for that version). Sets `status`.
+other_pythons() {
+  local self_ver py ver seen ran=() failed=() started
+  self_ver=$(python -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+  seen=" $self_ver "
+  for py in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.1[0-9]*/bin/python \
+    $(compgen -c python3.1 | grep -xE 'python3\.1[0-9]+' | sort -u); do
+    py=$(command -v "$py" 2>/dev/null) || continue
+    ver=$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2]) if sys.version_info >= (3, 10) else None' 2>/dev/null) || continue
+    case "$ver" in None | "" | *" "*) continue ;; esac
+    case "$seen" in *" $ver "*) continue ;; esac
+    seen="$seen$ver "
+    started=$SECONDS
+    log "Python $ver ($py): .venv-$ver, tests/tracer tests/contrib, C and pure Python"
+    [ -x ".venv-$ver/bin/python" ] || "$py" -m venv ".venv-$ver"
+    if ".venv-$ver/bin/python" -m pip install -q --disable-pip-version-check -e '.[agent,mysql,test]' \
+      && ".venv-$ver/bin/python" -m pytest -p no:cacheprovider -q tests/tracer tests/contrib \
+      && TRACER_PURE_PYTHON=true ".venv-$ver/bin/python" -m pytest -p no:cacheprovider -q tests/tracer tests/contrib; then
+      ran+=("$ver ($((SECONDS - started))s)")
+    else
+      failed+=("$ver ($((SECONDS - started))s)")
+      status=1
+    fi
+  done
+  if [ ${#ran[@]} -eq 0 ] && [ ${#failed[@]} -eq 0 ]; then
+    log "only Python $self_ver on this machine: no other version to test"
+    return
+  fi
+  log "other Pythons: passed: ${ran[*]:-none}; failed: ${failed[*]:-none} (the whole suite ran on $self_ver)"
+}
+
 log "ruff, mypy"
 python -m ruff check tracer contrib agent_sim tests benchmarks examples
 python -m mypy
@@ -65,5 +99,8 @@ if [ "$status" -eq 0 ] && [ $# -eq 0 ]; then
   # Python: the core's tests once more with the pure-Python code.
   log "pytest tests/tracer with TRACER_PURE_PYTHON=true"
   TRACER_PURE_PYTHON=true python -m pytest -p no:cacheprovider -q tests/tracer || status=$?
+fi
+if [ "$status" -eq 0 ] && [ $# -eq 0 ]; then
+  other_pythons
 fi
 exit "$status"
