@@ -15,7 +15,13 @@
 #include <string.h>
 
 #define RECORD_LEN 12
-#define MAX_DEPTH 64
+/* msgpack.Packer() (1.1 and later, in C and in its fallback.py:
+ * DEFAULT_RECURSE_LIMIT) refuses objects nested deeper than 1024 levels from
+ * the top object it packs. The Python encoders pack [span, ...] (v0.4: a span is a
+ * map, its meta/metrics maps are values in it) or [[span fields], ...] (v0.5),
+ * so a span field is 2 levels down: pack_obj counts depth from a span field,
+ * and a v0.5 metric value is packed at depth 1, as inside its map. */
+#define MAX_DEPTH (1024 - 2)
 
 typedef struct {
     char *buf;
@@ -161,6 +167,27 @@ pack_str(Out *o, PyObject *obj)
 }
 
 static int
+pack_bin(Out *o, const char *data, Py_ssize_t n)
+{
+    int rc;
+    if (n < 0x100)
+        rc = put_be(o, 0xc4, (uint64_t)n, 1);
+    else if (n < 0x10000)
+        rc = put_be(o, 0xc5, (uint64_t)n, 2);
+    else if ((uint64_t)n <= 0xffffffffULL)
+        rc = put_be(o, 0xc6, (uint64_t)n, 4);
+    else {
+        PyErr_SetString(PyExc_ValueError, "bytes too large for msgpack");
+        return -1;
+    }
+    if (rc < 0 || reserve(o, n) < 0)
+        return -1;
+    memcpy(o->buf + o->len, data, (size_t)n);
+    o->len += n;
+    return 0;
+}
+
+static int
 pack_float(Out *o, double d)
 {
     uint64_t bits;
@@ -188,6 +215,10 @@ pack_obj(Out *o, PyObject *obj, int depth)
         return pack_int(o, obj);
     if (PyFloat_Check(obj))
         return pack_float(o, PyFloat_AS_DOUBLE(obj));
+    if (PyBytes_Check(obj)) /* msgpack's use_bin_type: bin 8/16/32 */
+        return pack_bin(o, PyBytes_AS_STRING(obj), PyBytes_GET_SIZE(obj));
+    if (PyByteArray_Check(obj))
+        return pack_bin(o, PyByteArray_AS_STRING(obj), PyByteArray_GET_SIZE(obj));
     if (PyDict_Check(obj)) {
         if (pack_map_header(o, PyDict_GET_SIZE(obj)) < 0)
             return -1;
@@ -265,6 +296,7 @@ begin_chunk(PyObject *chunk, Py_ssize_t *spans, uint64_t *tid, Out *o)
 static const char *V04_KEYS[RECORD_LEN] = {"trace_id", "span_id",  "parent_id", "service", "name",  "resource",
                                            "type",     "start",    "duration",  "error",   "meta",  "metrics"};
 static PyObject *v04_keys[RECORD_LEN];
+static PyObject *empty_str; /* "" */
 
 static int
 put_key(Out *o, int i)
@@ -358,17 +390,40 @@ encode_v05_span(Out *o, PyObject *index, PyObject *add, PyObject **r, uint64_t t
         if (string_index(o, index, add, key, 0) < 0)
             return -1;
     }
-    static const int string_fields[4] = {3, 4, 5, 6}; /* service, name, resource, type */
+    /* As PayloadV05._encode: when service, name, resource and type are all in
+     * the table, their entries; else its slow path (_v05_span), which sends
+     * `service or ""`, `type or ""` and `duration or 0`. */
+    int all_present = 1;
+    for (int i = 3; i <= 6 && all_present; i++) {
+        all_present = PyDict_Contains(index, r[i]); /* TypeError when unhashable, as st[x] */
+        if (all_present < 0)
+            return -1;
+    }
+    PyObject *fields[4] = {r[3], r[4], r[5], r[6]}; /* service, name, resource, type (borrowed) */
+    int zero_duration = 0;
+    if (!all_present) {
+        int truth;
+        for (int i = 0; i < 4; i += 3) {
+            if ((truth = PyObject_IsTrue(fields[i])) < 0)
+                return -1;
+            if (!truth)
+                fields[i] = empty_str;
+        }
+        if ((truth = PyObject_IsTrue(r[8])) < 0)
+            return -1;
+        zero_duration = !truth;
+    }
     for (int i = 0; i < 4; i++) {
-        if (string_index(o, index, add, r[string_fields[i]], 0) < 0)
+        if (string_index(o, index, add, fields[i], 0) < 0)
             return -1;
     }
     /* The span: [service, name, resource, trace_id, span_id, parent_id,
      * start, duration, error, meta, metrics, type]. */
-    if (put1(o, 0x90 | 12) < 0 || string_index(o, index, add, r[3], 1) < 0 ||
-        string_index(o, index, add, r[4], 1) < 0 || string_index(o, index, add, r[5], 1) < 0 ||
+    if (put1(o, 0x90 | 12) < 0 || string_index(o, index, add, fields[0], 1) < 0 ||
+        string_index(o, index, add, fields[1], 1) < 0 || string_index(o, index, add, fields[2], 1) < 0 ||
         pack_uint(o, tid) < 0 || pack_obj(o, r[1], 0) < 0 || pack_obj(o, r[2], 0) < 0 ||
-        pack_obj(o, r[7], 0) < 0 || pack_obj(o, r[8], 0) < 0 || pack_obj(o, r[9], 0) < 0)
+        pack_obj(o, r[7], 0) < 0 || (zero_duration ? put1(o, 0) : pack_obj(o, r[8], 0)) < 0 ||
+        pack_obj(o, r[9], 0) < 0)
         return -1;
     if (pack_map_header(o, PyDict_GET_SIZE(meta)) < 0)
         return -1;
@@ -381,10 +436,10 @@ encode_v05_span(Out *o, PyObject *index, PyObject *add, PyObject **r, uint64_t t
         return -1;
     pos = 0;
     while (PyDict_Next(metrics, &pos, &key, &value)) {
-        if (string_index(o, index, add, key, 1) < 0 || pack_obj(o, value, 0) < 0)
+        if (string_index(o, index, add, key, 1) < 0 || pack_obj(o, value, 1) < 0)
             return -1;
     }
-    if (string_index(o, index, add, r[6], 1) < 0)
+    if (string_index(o, index, add, fields[3], 1) < 0)
         return -1;
     return 0;
 }
@@ -451,5 +506,8 @@ PyInit__cencode(void)
         memcpy(PyBytes_AS_STRING(packed) + 1, V04_KEYS[i], (size_t)n);
         v04_keys[i] = packed;
     }
+    empty_str = PyUnicode_FromStringAndSize("", 0);
+    if (empty_str == NULL)
+        return NULL;
     return PyModule_Create(&module_def);
 }

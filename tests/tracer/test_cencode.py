@@ -32,6 +32,24 @@ number = st.one_of(
     st.booleans(),
 )
 u64 = st.integers(min_value=0, max_value=2**64 - 1)
+# msgpack (>= 1.1) packs objects up to 1024 levels below the top one; a span
+# field sits 2 levels down, so a value nested 1022 deep is the first it refuses.
+MSGPACK_DEPTH_LIMIT = 1022
+
+
+def nested(depth: int) -> Any:
+    value: Any = "x"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+# Meta values the Python packer takes as they are: bytes (bin), nested lists.
+odd_value = st.one_of(
+    st.binary(max_size=300), st.sampled_from([bytearray(b"\xff"), nested(MSGPACK_DEPTH_LIMIT - 1), nested(MSGPACK_DEPTH_LIMIT)])
+)
+# Falsy non-str service/type/duration: the v0.5 encoders' slow path sends "" / 0.
+falsy = st.sampled_from([None, 0, False, 0.0, ""])
 
 
 @st.composite
@@ -44,16 +62,18 @@ def chunks(draw: Any, odd: bool = False) -> list[Any]:
         if odd:  # what the sanitizing path exists for
             meta.update(draw(st.dictionaries(st.sampled_from(["bad", "\ud800"]), st.sampled_from(["\udfff", "x"]), max_size=2)))
             metrics.update(draw(st.dictionaries(st.sampled_from(["huge", "neg"]), st.sampled_from([2**70, -(2**70)]), max_size=1)))
+            meta.update(draw(st.dictionaries(st.sampled_from(["bin", "deep"]), odd_value, max_size=2)))
+            metrics.update(draw(st.dictionaries(st.sampled_from(["deep"]), odd_value, max_size=1)))
         out += (
             trace_id,
             draw(u64),
             draw(u64),
-            draw(st.one_of(st.none(), text)),
+            draw(st.one_of(falsy, text) if odd else st.one_of(st.none(), text)),
             draw(text),
             draw(text),
-            draw(st.one_of(st.none(), text)),
+            draw(st.one_of(falsy, text) if odd else st.one_of(st.none(), text)),
             draw(st.integers(min_value=0, max_value=2**63 - 1)),
-            draw(st.integers(min_value=0, max_value=2**40)),
+            draw(st.one_of(falsy, st.integers(min_value=0, max_value=2**40)) if odd else st.integers(min_value=0, max_value=2**40)),
             draw(st.sampled_from([0, 1])),
             meta,
             metrics,
@@ -117,11 +137,32 @@ def test_an_object_msgpack_cannot_pack_raises_type_error() -> None:
     chunk = [1, 1, 0, "s", "n", "r", "t", 1, 1, 0, {"k": object()}, {}]
     with pytest.raises(TypeError):
         encoding._cencode.encode_v04(chunk)
-    deep: Any = []
-    for _ in range(200):
-        deep = [deep]
+    encoding._cencode.encode_v04(chunk[:10] + [{"k": nested(MSGPACK_DEPTH_LIMIT - 1)}, {}])
     with pytest.raises(ValueError):
-        encoding._cencode.encode_v04(chunk[:10] + [{"k": deep}, {}])
+        encoding._cencode.encode_v04(chunk[:10] + [{"k": nested(MSGPACK_DEPTH_LIMIT)}, {}])
+
+
+@pytest.mark.parametrize("payload", [encoding.PayloadV04, encoding.PayloadV05])
+@pytest.mark.parametrize("depth", [MSGPACK_DEPTH_LIMIT - 1, MSGPACK_DEPTH_LIMIT])
+def test_nesting_at_msgpacks_limit_gives_the_same_bytes(payload: type, depth: int) -> None:
+    # v0.5 meta values are table strings (a list is sanitized whole): nest in a metric there.
+    meta = {"k": nested(depth)} if payload is encoding.PayloadV04 else {"k": "v"}
+    chunk = [1, 1, 0, "s", "n", "r", "t", 1, 1, 0, meta, {"m": nested(depth)}]
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        c, python = both(payload, [chunk], monkeypatch)
+    assert c == python
+
+
+def test_v05_meta_keys_that_sanitize_to_the_same_text_decode_the_same() -> None:
+    """The one documented difference (docs/performance.md): two meta keys
+    that clean to the same text (lone surrogates) are one map entry in
+    Python, two entries with the same key in C; decoders keep the last,
+    which is the value Python sends."""
+    chunk = [1, 1, 0, "s", "n", "r", "t", 1, 1, 0, dict(zip(["a\ud800", "a\udfff"], ["1", "2"], strict=True)), {}]
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        c, python = both(encoding.PayloadV05, [chunk], monkeypatch)
+    assert msgpack.unpackb(c, strict_map_key=False) == msgpack.unpackb(python, strict_map_key=False)
+    assert len(c) == len(python) + 2  # the extra (key, value) pair: two fixint indices
 
 
 _CHANGED_DURING_ENCODING = r"""
