@@ -412,10 +412,10 @@ encode_v05_span(Out *o, PyObject *index, PyObject *add, PyObject **r, uint64_t t
         if ((truth = PyObject_IsTrue(r[8])) < 0)
             return -1;
         zero_duration = !truth;
-    }
-    for (int i = 0; i < 4; i++) {
-        if (string_index(o, index, add, fields[i], 0) < 0)
-            return -1;
+        for (int i = 0; i < 4; i++) { /* all present: nothing to add (no extra lookups) */
+            if (string_index(o, index, add, fields[i], 0) < 0)
+                return -1;
+        }
     }
     /* The span: [service, name, resource, trace_id, span_id, parent_id,
      * start, duration, error, meta, metrics, type]. */
