@@ -139,24 +139,22 @@ pack_header(Out *o, Py_ssize_t n, uint8_t fix, uint8_t b16, uint8_t b32)
 #define pack_array_header(o, n) pack_header(o, n, 0x90, 0xdc, 0xdd)
 #define pack_map_header(o, n) pack_header(o, n, 0x80, 0xde, 0xdf)
 
+/* data with a 8/16/32-bit length header of types type8, type8 + 1, type8 + 2
+ * (str: 0xd9..0xdb, bin: 0xc4..0xc6); fix >= 0: one byte fix | n below 32. */
 static int
-pack_str(Out *o, PyObject *obj)
+pack_sized(Out *o, const char *data, Py_ssize_t n, int fix, uint8_t type8)
 {
-    Py_ssize_t n;
-    const char *data = PyUnicode_AsUTF8AndSize(obj, &n); /* UnicodeEncodeError on a lone surrogate */
-    if (data == NULL)
-        return -1;
     int rc;
-    if (n < 32)
-        rc = put1(o, (uint8_t)(0xa0 | n));
+    if (fix >= 0 && n < 32)
+        rc = put1(o, (uint8_t)(fix | n));
     else if (n < 0x100)
-        rc = put_be(o, 0xd9, (uint64_t)n, 1);
+        rc = put_be(o, type8, (uint64_t)n, 1);
     else if (n < 0x10000)
-        rc = put_be(o, 0xda, (uint64_t)n, 2);
+        rc = put_be(o, (uint8_t)(type8 + 1), (uint64_t)n, 2);
     else if ((uint64_t)n <= 0xffffffffULL)
-        rc = put_be(o, 0xdb, (uint64_t)n, 4);
+        rc = put_be(o, (uint8_t)(type8 + 2), (uint64_t)n, 4);
     else {
-        PyErr_SetString(PyExc_ValueError, "str too large for msgpack");
+        PyErr_SetString(PyExc_ValueError, "str or bytes too large for msgpack");
         return -1;
     }
     if (rc < 0 || reserve(o, n) < 0)
@@ -167,25 +165,17 @@ pack_str(Out *o, PyObject *obj)
 }
 
 static int
-pack_bin(Out *o, const char *data, Py_ssize_t n)
+pack_str(Out *o, PyObject *obj)
 {
-    int rc;
-    if (n < 0x100)
-        rc = put_be(o, 0xc4, (uint64_t)n, 1);
-    else if (n < 0x10000)
-        rc = put_be(o, 0xc5, (uint64_t)n, 2);
-    else if ((uint64_t)n <= 0xffffffffULL)
-        rc = put_be(o, 0xc6, (uint64_t)n, 4);
-    else {
-        PyErr_SetString(PyExc_ValueError, "bytes too large for msgpack");
+    Py_ssize_t n;
+    const char *data = PyUnicode_AsUTF8AndSize(obj, &n); /* UnicodeEncodeError on a lone surrogate */
+    if (data == NULL)
         return -1;
-    }
-    if (rc < 0 || reserve(o, n) < 0)
-        return -1;
-    memcpy(o->buf + o->len, data, (size_t)n);
-    o->len += n;
-    return 0;
+    return pack_sized(o, data, n, 0xa0, 0xd9);
 }
+
+/* bytes and bytearray: msgpack's use_bin_type bin 8/16/32. */
+#define pack_bin(o, data, n) pack_sized(o, data, n, -1, 0xc4)
 
 static int
 pack_float(Out *o, double d)
@@ -215,7 +205,7 @@ pack_obj(Out *o, PyObject *obj, int depth)
         return pack_int(o, obj);
     if (PyFloat_Check(obj))
         return pack_float(o, PyFloat_AS_DOUBLE(obj));
-    if (PyBytes_Check(obj)) /* msgpack's use_bin_type: bin 8/16/32 */
+    if (PyBytes_Check(obj))
         return pack_bin(o, PyBytes_AS_STRING(obj), PyBytes_GET_SIZE(obj));
     if (PyByteArray_Check(obj))
         return pack_bin(o, PyByteArray_AS_STRING(obj), PyByteArray_GET_SIZE(obj));

@@ -44,10 +44,9 @@ def nested(depth: int) -> Any:
     return value
 
 
-# Meta values the Python packer takes as they are: bytes (bin), nested lists.
-odd_value = st.one_of(
-    st.binary(max_size=300), st.sampled_from([bytearray(b"\xff"), nested(MSGPACK_DEPTH_LIMIT - 1), nested(MSGPACK_DEPTH_LIMIT)])
-)
+# Values the Python packer takes as they are: bytes (bin), nested lists (the
+# limit itself is tested below: hypothesis cannot repr a value 1022 deep).
+odd_value = st.one_of(st.binary(max_size=300), st.sampled_from([bytearray(b"\xff"), nested(3), [b"x", {"k": 1}]]))
 # Falsy non-str service/type/duration: the v0.5 encoders' slow path sends "" / 0.
 falsy = st.sampled_from([None, 0, False, 0.0, ""])
 
