@@ -382,9 +382,31 @@ finish_record(SpanObject *self)
     return rc;
 }
 
+/* Make the span active before this one active again, if this one was
+ * activated (with only_if_active, only where it is the active one). */
+static int
+restore_prev(SpanObject *self, int only_if_active)
+{
+    PyObject *prev = self->_prev;
+    if (prev == NULL || prev == not_activated)
+        return 0;
+    if (only_if_active) {
+        PyObject *current;
+        if (PyContextVar_Get(active_var, NULL, &current) < 0)
+            return -1;
+        Py_XDECREF(current); /* only compared */
+        if (current != (PyObject *)self)
+            return 0;
+    }
+    PyObject *token = PyContextVar_Set(active_var, prev);
+    if (token == NULL)
+        return -1;
+    Py_DECREF(token);
+    return 0;
+}
+
 /* End the span unless it has ended: duration from the monotonic start, the
- * previous span active again (if this one was activated; with
- * only_if_active, only where it is the active one), the record to the trace. */
+ * previous span active again (see restore_prev), the record to the trace. */
 static int
 end_span(SpanObject *self, int only_if_active)
 {
@@ -401,23 +423,8 @@ end_span(SpanObject *self, int only_if_active)
     if (duration == NULL)
         return -1;
     Py_XSETREF(self->duration_ns, duration);
-    PyObject *prev = self->_prev;
-    if (prev != NULL && prev != not_activated) {
-        int restore = 1;
-        if (only_if_active) {
-            PyObject *current;
-            if (PyContextVar_Get(active_var, NULL, &current) < 0)
-                return -1;
-            Py_XDECREF(current); /* only compared */
-            restore = current == (PyObject *)self;
-        }
-        if (restore) {
-            PyObject *token = PyContextVar_Set(active_var, prev);
-            if (token == NULL)
-                return -1;
-            Py_DECREF(token);
-        }
-    }
+    if (restore_prev(self, only_if_active) < 0)
+        return -1;
     return finish_record(self);
 }
 
@@ -433,6 +440,14 @@ Span_exit(SpanObject *self, PyObject *const *argv, size_t nargsf, PyObject *kwna
             PyErr_Clear(); /* never mask the user's exception */
         else
             Py_DECREF(r);
+    }
+    /* Finished before its block ended (finish(), or from another thread or
+     * context, where this one stayed active): the block still ends with the
+     * span active before it. */
+    if (self->duration_ns != NULL && self->duration_ns != Py_None) {
+        if (restore_prev(self, 1) < 0)
+            return NULL;
+        Py_RETURN_NONE;
     }
     /* The block ends in the context it began in, where this span is still
      * the active one: restore the previous one without reading the variable. */
@@ -499,12 +514,24 @@ trace_child(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
         Py_XDECREF(parent_obj);
         Py_RETURN_NONE;
     }
+    /* A span finished from another thread or context stays active until its
+     * block ends: the parent is its nearest unfinished ancestor (ddtrace's
+     * rule, tracer.context.unfinished). parent_obj stays the span to restore. */
     SpanObject *parent = (SpanObject *)parent_obj;
+    while (parent->duration_ns != NULL && parent->duration_ns != Py_None) {
+        PyObject *up = parent->_parent;
+        if (up == NULL || Py_TYPE(up) != span_cls) { /* none unfinished: the Python code starts a trace */
+            Py_DECREF(parent_obj);
+            Py_RETURN_NONE;
+        }
+        parent = (SpanObject *)up;
+    }
     PyObject *trace = parent->_trace;
     if (trace == NULL || parent->trace_id == NULL || parent->span_id == NULL || parent->service == NULL) {
         Py_DECREF(parent_obj);
         Py_RETURN_NONE;
     }
+    PyObject *parent_ref = Py_NewRef((PyObject *)parent); /* span->_parent takes it */
     Py_INCREF(trace);
     SpanObject *span = NULL;
     PyObject *foreign = PyObject_GetAttr(trace, s_foreign);
@@ -516,6 +543,7 @@ trace_child(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
         goto error;
     if (is_foreign) {
         Py_DECREF(trace);
+        Py_DECREF(parent_ref);
         Py_DECREF(parent_obj);
         Py_RETURN_NONE;
     }
@@ -541,7 +569,8 @@ trace_child(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
         Py_SETREF(span_id, Py_NewRef(int_1));
     span->span_id = span_id;
     span->parent_id = Py_NewRef(parent->span_id);
-    span->_parent = Py_NewRef(parent_obj);
+    span->_parent = parent_ref; /* takes the reference */
+    parent_ref = NULL;
     span->name = Py_NewRef(name);
     int has_service = PyObject_IsTrue(service);
     if (has_service < 0)
@@ -595,6 +624,7 @@ trace_child(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
 
 error:
     Py_XDECREF(trace);
+    Py_XDECREF(parent_ref);
     Py_XDECREF(parent_obj);
     Py_XDECREF(span);
     return NULL;

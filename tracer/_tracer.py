@@ -27,7 +27,7 @@ from typing import Any, Callable, TypeVar
 from tracer._service import service_name
 from tracer.buffer import TraceBuffer, _Trace
 from tracer.config import config as _config
-from tracer.context import Context, _active
+from tracer.context import Context, _active, current_span, unfinished
 from tracer.span import Span, _cspan
 
 log = logging.getLogger("tracer")
@@ -211,7 +211,9 @@ class Tracer:
         """``trace()`` in pure Python (with the C span: its slow path, for a
         new trace or a foreign parent)."""
         mono = perf_counter_ns()
-        parent = _active.get()
+        active = parent = _active.get()
+        if parent is not None and parent.duration_ns is not None:
+            parent = unfinished(parent)  # finished elsewhere while its block is open
         if parent is not None and not (trace := parent._trace).foreign:
             # Span.__init__, inlined: the call alone was ~90 ns of a ~2 µs span.
             # Every slot is set here as there (tests/tracer/test_span.py checks).
@@ -231,13 +233,13 @@ class Tracer:
             span.error = 0
             span.meta = {}
             span.metrics = {}
-            span._prev = parent
+            span._prev = active
             next(trace.starts)
             if trace.root_done:
                 trace.start_span_late()
         else:
             span = self._start_trace(parent, name, service, resource, span_type, mono)
-            span._prev = parent
+            span._prev = active
         _active.set(span)
         return span
 
@@ -261,7 +263,9 @@ class Tracer:
         exception leaving the block marks the span and propagates unchanged."""
 
     def current_span(self) -> Span | None:
-        return _active.get()
+        """The active span; never a finished one: a span finished from another
+        thread or context gives way to its nearest unfinished ancestor."""
+        return current_span()
 
     def current_root_span(self) -> Span | None:
         span = _active.get()

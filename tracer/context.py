@@ -65,8 +65,21 @@ class Context:
         )
 
 
+def unfinished(span: Span | None) -> Span | None:
+    """``span``, or when it has finished its nearest unfinished ancestor (None
+    if there is none): a span finished from another thread or context while
+    its ``with`` block is still open stays in the variable until the block
+    ends, and readers of the active span skip it (ddtrace's rule)."""
+    while span is not None and span.duration_ns is not None:
+        span = span._parent
+    return span
+
+
 def current_span() -> Span | None:
-    return _active.get()
+    span = _active.get()
+    if span is not None and span.duration_ns is not None:
+        return unfinished(span)
+    return span
 
 
 def wrap_context(fn: F) -> F:

@@ -206,6 +206,11 @@ class _SpanBase:
                 pass
         # finish(), inlined: this is the end of every `with tracer.trace(...)`.
         if self.duration_ns is not None:
+            # Finished before its block ended (finish(), or from another
+            # thread or context, where this one stayed active): the block
+            # still ends with the span active before it.
+            if self._prev is not _NOT_ACTIVATED and _active.get() is self:
+                _active.set(self._prev)
             return
         self.duration_ns = perf_counter_ns() - self._mono
         # A `with` block ends in the context it began in, where this span is

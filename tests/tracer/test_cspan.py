@@ -15,6 +15,7 @@ import threading
 import pytest
 
 from tracer import encoding, tracer
+from tracer.context import _active
 from tracer.span import MAX_KEY_LEN, MAX_VALUE_LEN, SPAN_FIELDS, _cspan
 
 PURE = os.environ.get("TRACER_PURE_PYTHON", "").lower() in ("1", "true", "yes", "on")
@@ -137,15 +138,17 @@ def test_finish_restores_the_previous_span_only_where_it_is_active(test_spans):
         child.finish()  # idempotent
         other = tracer.trace("other")
         elsewhere: list[object] = []
-        # Finished from a context where it is not the active span: that
-        # context's active span stays.
+        # Finished from a context where it is not the active span: it stays in
+        # this context's variable, but current_span() skips it for its
+        # nearest unfinished ancestor (ddtrace's rule).
         thread = threading.Thread(target=lambda: (other.finish(), elsewhere.append(tracer.current_span())))
         thread.start()
         thread.join()
-        assert elsewhere == [None] and tracer.current_span() is other and other.finished
+        assert elsewhere == [None] and tracer.current_span() is root and other.finished
+        assert _active.get() is other
         never_active = tracer.start_span("detached", child_of=root, activate=False)
         never_active.finish()
-        assert tracer.current_span() is other
+        assert tracer.current_span() is root
     assert sorted(s.name for s in test_spans.spans) == ["child", "detached", "other", "root"]
 
 
@@ -310,3 +313,37 @@ def test_finish_owns_the_fields_it_holds_across_a_service_comparison():
     )
     assert run.returncode == 0, (run.returncode, run.stderr[-3000:])
     assert run.stdout.strip() == "ok"
+
+
+def test_a_span_finished_elsewhere_while_its_block_is_open(test_spans):
+    """A span finished from another thread or context while its ``with``
+    block is open: current_span() (and the parent of new spans) is its nearest
+    unfinished ancestor, and the block still ends with the span active before
+    it (issue 11)."""
+    with tracer.trace("root") as root:
+        with tracer.trace("outer") as outer:
+            with tracer.trace("block") as block:
+                thread = threading.Thread(target=block.finish)
+                thread.start()
+                thread.join()
+                contextvars.Context().run(outer.finish)
+                assert block.finished and outer.finished and tracer.current_span() is root
+                with tracer.trace("inside") as inside:  # a child of root, never of a finished span
+                    assert inside.parent_id == root.span_id and tracer.current_span() is inside
+                assert tracer.current_span() is root and _active.get() is block
+            assert _active.get() is outer and tracer.current_span() is root
+        assert _active.get() is root
+        late = tracer.trace("late")
+        thread = threading.Thread(target=lambda: (late.finish(), root.finish()))
+        thread.start()
+        thread.join()
+        # The whole trace finished: nothing is current, and a new span starts a new trace.
+        assert tracer.current_span() is None
+        with tracer.trace("next") as nxt:
+            assert nxt.trace_id != root.trace_id and nxt.parent_id == 0 and tracer.current_span() is nxt
+        assert _active.get() is late
+        late.__exit__(None, None, None)  # its block ends
+        assert _active.get() is root
+    assert _active.get() is None
+    names = sorted(s.name for s in test_spans.spans)
+    assert names == ["block", "inside", "late", "next", "outer", "root"]
