@@ -105,8 +105,8 @@ def _sanitized(chunk: list[Any]) -> list[Any]:
             max(0, int(r.start_ns or 0)),
             max(0, int(r.duration_ns or 0)),
             1 if r.error else 0,
-            {_safe_str(k): _safe_str(v) for k, v in (r.meta or {}).items()},
-            {_safe_str(k): _safe_number(v) for k, v in (r.metrics or {}).items()},
+            {_safe_str(k): _safe_str(v) for k, v in dict(r.meta or {}).items()},
+            {_safe_str(k): _safe_number(v) for k, v in dict(r.metrics or {}).items()},
         )
     return out
 
@@ -329,6 +329,11 @@ class PayloadV05:
             meta,
             metrics,
         ) in iter_records(chunk):
+            # Copies (atomic under the GIL): add() runs Python code, and another
+            # thread may set a tag on this finished span meanwhile; the change
+            # is then wholly in this payload or wholly out, as in C.
+            meta = meta.copy()
+            metrics = metrics.copy()
             try:
                 # Inlined (a helper call per span costs ~100 ns); plain loops
                 # because a comprehension is a function call in 3.11 and
