@@ -62,9 +62,10 @@ other_pythons() {
     started=$SECONDS
     log "Python $ver ($py): .venv-$ver, tests/tracer tests/contrib, C and pure Python"
     [ -x ".venv-$ver/bin/python" ] || "$py" -m venv ".venv-$ver"
+    # The venv's bin first: tests run its console scripts (gunicorn, tracer-run).
     if ".venv-$ver/bin/python" -m pip install -q --disable-pip-version-check -e '.[agent,mysql,test]' \
-      && ".venv-$ver/bin/python" -m pytest -p no:cacheprovider -q tests/tracer tests/contrib \
-      && TRACER_PURE_PYTHON=true ".venv-$ver/bin/python" -m pytest -p no:cacheprovider -q tests/tracer tests/contrib; then
+      && PATH="$PWD/.venv-$ver/bin:$PATH" python -m pytest -p no:cacheprovider -q tests/tracer tests/contrib \
+      && PATH="$PWD/.venv-$ver/bin:$PATH" TRACER_PURE_PYTHON=true python -m pytest -p no:cacheprovider -q tests/tracer tests/contrib; then
       ran+=("$ver ($((SECONDS - started))s)")
     else
       failed+=("$ver ($((SECONDS - started))s)")
