@@ -102,6 +102,11 @@ if [ "$status" -eq 0 ] && [ $# -eq 0 ]; then
   TRACER_PURE_PYTHON=true python -m pytest -p no:cacheprovider -q tests/tracer || status=$?
 fi
 if [ "$status" -eq 0 ] && [ $# -eq 0 ]; then
-  other_pythons
+  # Opt-in until a clean run on 3.12/3.13 is shown (issue 12): OTHER_PYTHONS=1.
+  if [ "${OTHER_PYTHONS:-0}" = "1" ]; then
+    other_pythons
+  else
+    log "other CPython versions not run (OTHER_PYTHONS=1 runs tests/tracer and tests/contrib on each)"
+  fi
 fi
 exit "$status"

@@ -96,7 +96,7 @@ def test_one_trace_across_two_services(traced: Any, servers: dict[str, str]) -> 
     assert render_tree(spans, ("http.status_code",)) == (
         "flask.request flask_app 'GET /call' http.status_code=200\n"
         "  flask.view flask_app 'call'\n"
-        "    requests.request flask_app 'GET /users/7' http.status_code=200\n"
+        "    requests.request flask_app 'GET /users/?' http.status_code=200\n"
         "      flask.request downstream_app 'GET /users/<int:user_id>' http.status_code=200\n"
         "        flask.view downstream_app 'downstream_user'"
     )
