@@ -137,3 +137,16 @@ def run_python(code: str, env: dict[str, str] | None = None, timeout: float = 60
     if proc.returncode != 0:
         pytest.fail(f"subprocess failed ({proc.returncode}):\nSTDOUT:\n{proc.stdout}\nSTDERR:\n{proc.stderr}")
     return proc
+
+
+def stop_process(proc: subprocess.Popen[str], sig: int = 15, timeout: float = 20) -> str:
+    """Send ``sig`` (SIGTERM by default) if the process still runs, wait up to
+    ``timeout`` seconds, kill it past that; its combined output."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    return out

@@ -295,6 +295,20 @@ def _end(span: Span, started: bool) -> None:
         span.finish()
 
 
+def _close_then_end(body: Any, span: Span, started: bool) -> None:
+    """Close the app's body (its exceptions propagate, as the server
+    expects), then end the request span whatever happened."""
+    close = getattr(body, "close", None)
+    try:
+        if close is not None:
+            close()
+    finally:
+        try:
+            _end(span, started)
+        except Exception:
+            internal_error("flask.response.close")
+
+
 class _ClosingBody:
     """The response iterable, as the server sees it.
 
@@ -342,15 +356,7 @@ class _ClosingBody:
             _active.set(prev)
 
     def close(self) -> None:
-        close = getattr(self._body, "close", None)
-        try:
-            if close is not None:
-                close()
-        finally:
-            try:
-                _end(self._span, self._it is not None)
-            except Exception:
-                internal_error("flask.response.close")
+        _close_then_end(self._body, self._span, self._it is not None)
 
     def __del__(self) -> None:
         try:
@@ -373,15 +379,7 @@ class _ClosingFile:
         return self._filelike.read(*args)
 
     def close(self) -> None:
-        close = getattr(self._filelike, "close", None)
-        try:
-            if close is not None:
-                close()
-        finally:
-            try:
-                _end(self._span, False)
-            except Exception:
-                internal_error("flask.response.close")
+        _close_then_end(self._filelike, self._span, False)
 
     def __del__(self) -> None:
         try:

@@ -26,7 +26,7 @@ import pytest
 from tests.clients import close_before_response, first_chunk_then_reset, status_line_then_reset, well_behaved
 from tests.contrib.apps.flask_helpers import APPS_DIR
 from tests.receiver import RunningReceiver
-from tests.utils import REPO, free_port, require_module, require_program, wait_for_port
+from tests.utils import REPO, free_port, require_module, require_program, stop_process, wait_for_port
 
 pytestmark = pytest.mark.slow
 
@@ -54,14 +54,7 @@ def _command(server: str, port: int) -> list[str]:
 
 
 def _stop(proc: subprocess.Popen[str]) -> str:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-    try:
-        out, _ = proc.communicate(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-    return out
+    return stop_process(proc, signal.SIGINT)
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ import tracer as tracer_pkg
 from contrib._http import untraced
 from tests.contrib.apps.flask_helpers import APPS_DIR, load_app, patched_for_module, root_of, trees
 from tests.receiver import RunningReceiver
-from tests.utils import REPO, free_port, render_tree, wait_for_port
+from tests.utils import REPO, free_port, render_tree, stop_process, wait_for_port
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -133,14 +133,7 @@ def subprocess_receiver() -> Iterator[Any]:
 
 
 def _stop(proc: subprocess.Popen[str]) -> str:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        out, _ = proc.communicate(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-    return out
+    return stop_process(proc, signal.SIGTERM)
 
 
 def test_gunicorn_two_workers_preload_every_request_traced_once(subprocess_receiver: Any) -> None:
