@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Callable
 
 
 def _request(path: str) -> bytes:
@@ -26,32 +27,31 @@ def _connect(port: int) -> socket.socket:
     return sock
 
 
-def status_line_then_reset(port: int, path: str) -> bytes:
-    """(a) Read up to the status line, then reset."""
+def _read_then_reset(port: int, path: str, enough: Callable[[bytes], bool], size: int) -> bytes:
+    """Send the request, read ``size`` bytes at a time until ``enough`` holds
+    (or the server closes), then reset."""
     sock = _connect(port)
     sock.sendall(_request(path))
     got = b""
-    while b"\r\n" not in got:
-        chunk = sock.recv(1)
+    while not enough(got):
+        chunk = sock.recv(size)
         if not chunk:
             break
         got += chunk
     _reset(sock)
     return got
+
+
+def status_line_then_reset(port: int, path: str) -> bytes:
+    """(a) Read up to the status line, then reset."""
+    return _read_then_reset(port, path, lambda got: b"\r\n" in got, 1)
 
 
 def first_chunk_then_reset(port: int, path: str) -> bytes:
     """(b) Read the headers and some of the body, then reset."""
-    sock = _connect(port)
-    sock.sendall(_request(path))
-    got = b""
-    while b"\r\n\r\n" not in got or len(got.split(b"\r\n\r\n", 1)[1]) < 8:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        got += chunk
-    _reset(sock)
-    return got
+    return _read_then_reset(
+        port, path, lambda got: b"\r\n\r\n" in got and len(got.split(b"\r\n\r\n", 1)[1]) >= 8, 4096
+    )
 
 
 def close_before_response(port: int, path: str) -> None:
