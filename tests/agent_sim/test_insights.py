@@ -103,3 +103,6 @@ def test_slow_query_and_error_groups():
 def test_normalize_message():
     assert normalize_message("user 'bob' id 42 uuid 123e4567-e89b-12d3-a456-426614174000 at 0xdeadbeef") == \
         "user ? id ? uuid ? at ?"
+    # a KeyError's message is its repr: one quoted string, unwrapped rather than reduced to "?"
+    assert normalize_message("'order 17 not found'") == "order ? not found"
+    assert normalize_message("'a' != 'b'") == "? != ?"
