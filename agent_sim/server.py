@@ -33,7 +33,7 @@ import msgpack
 from agent_sim import views
 from agent_sim.decode import PayloadError, decode_json, decode_v05, unpack_v04
 from agent_sim.dogstatsd import Aggregator
-from agent_sim.findings import api_insights
+from agent_sim.findings import api_breakdown, api_insights
 from agent_sim.ingest import KEEP_1H_NS, KEEP_10S_NS, Receiver
 from agent_sim.insights import Thresholds, add_insight_flags, insight_limits
 
@@ -425,6 +425,7 @@ ROUTES.update({
     ("GET", "/api/checks"): _api_checks,
     ("GET", "/api/metrics/query"): _api_metrics_query,
     ("GET", "/api/insights"): _view(api_insights),
+    ("GET", "/api/breakdown"): _view(api_breakdown),
     ("GET", "/"): lambda h, _a: _static(h, "index.html"),
 })
 PREFIX_ROUTES: list[tuple[tuple[str, str], Handler]] = [

@@ -135,6 +135,12 @@ def test_slow_query_found_with_the_right_count(app: App) -> None:
     assert finding["count"] == 3
     assert finding["total_duration_ns"] >= 3 * 150_000_000
     assert "SLEEP" in finding["title"].upper() or "PAUSE" in finding["title"].upper()
+    # where the endpoint's time goes: mostly the database's (3 × 150 ms of sleep)
+    rows = app.receiver.get("/api/breakdown", service=SERVICE, resource="GET /slow")
+    sql = [r for r in rows if r["span_type"] == "sql"]
+    assert len(sql) == 1 and sql[0]["service"] != SERVICE and sql[0]["share"] > 0.5, rows
+    assert sql[0]["exclusive_ns"] >= 3 * 150_000_000
+    assert abs(sum(r["share"] for r in rows) - 1) < 0.001
 
 
 def test_error_groups_by_exception_and_normalized_message(app: App) -> None:
