@@ -373,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("traces", parents=[common], help="recent traces, newest first")
     p.add_argument("--service")
     p.add_argument("--resource")
-    p.add_argument("--errors", action="store_true", help="only traces whose root is an error")
+    p.add_argument("--errors", action="store_true", help="only traces with an error span")
     p.add_argument("--min-ms", type=float, help="only traces at least this long")
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--json", action="store_true")

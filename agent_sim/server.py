@@ -121,7 +121,10 @@ class RequestHandler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         parts = urlsplit(self.path)
         path = parts.path
-        self.query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        self.query = dict(pairs)
+        if sum(k == "tag" for k, _v in pairs) > 1:  # the one repeatable parameter (/api/traces)
+            self.query["tag"] = "\0".join(v for k, v in pairs if k == "tag")
         handler = ROUTES.get((method, path))
         arg = ""
         if handler is None:

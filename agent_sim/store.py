@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgpack
@@ -241,7 +241,9 @@ class Store:
 
     # -- trace queries -----------------------------------------------------
     def list_traces(self, service: str | None = None, resource: str | None = None, error: int | None = None,
-                    min_duration: int | None = None, limit: int = 50) -> list[tuple]:
+                    min_duration: int | None = None, limit: int = 50, max_duration: int | None = None) -> list[tuple]:
+        """Index rows of the newest traces whose root span (or earliest span,
+        rootless) matches; ``scan_traces`` matches on any span."""
         where: list[str] = []
         args: list[Any] = []
         if service:
@@ -257,6 +259,9 @@ class Store:
         if min_duration:
             where.append("duration >= ?")
             args.append(min_duration)
+        if max_duration is not None:
+            where.append("duration <= ?")
+            args.append(max_duration)
         sql = "SELECT tid, high, service, resource, name, start, duration, error, span_count FROM traces"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -264,6 +269,45 @@ class Store:
         args.append(limit)
         with self.lock:
             return self.db.execute(sql, args).fetchall()
+
+    def scan_traces(self, match: Callable[[list[Span]], bool], limit: int, max_scan: int) -> list[tuple]:
+        """Rows as ``list_traces`` of the newest traces whose spans ``match``,
+        reading at most ``max_scan`` traces (newest first, pages of 256; the
+        lock is held per page read, spans are unpacked and matched outside it)."""
+        out: list[tuple] = []
+        unpackb = msgpack.unpackb
+        scanned = 0
+        after = ""  # keyset paging: rows arriving meanwhile neither repeat nor shift a page
+        last: tuple[int, int] = (0, 0)
+        while len(out) < limit and scanned < max_scan:
+            page = min(256, max_scan - scanned)
+            with self.lock:
+                rows = self.db.execute(
+                    "SELECT tid, high, service, resource, name, start, duration, error, span_count, chunk_ids, seq"
+                    f" FROM traces{after} ORDER BY start DESC, seq DESC LIMIT ?",
+                    (*last, page) if after else (page,)).fetchall()
+                ids = [int(c) for row in rows for c in row[9].split(",")]
+                blobs: dict[int, bytes] = {}
+                for first in range(0, len(ids), 500):  # under SQLite's bound-parameter limit
+                    part = ids[first:first + 500]
+                    blobs.update(self.db.execute(
+                        f"SELECT id, data FROM chunks WHERE id IN ({','.join('?' * len(part))})", part).fetchall())
+            for row in rows:
+                spans: list[Span] = []
+                for c in row[9].split(","):
+                    blob = blobs.get(int(c))
+                    if blob is not None:  # evicted meanwhile
+                        spans.extend(unpackb(blob, raw=False, strict_map_key=False))
+                if spans and match(spans):
+                    out.append(row[:9])
+                    if len(out) == limit:
+                        break
+            if len(rows) < page:
+                break
+            scanned += page
+            after = " WHERE (start, seq) < (?, ?)"
+            last = (rows[-1][5], rows[-1][10])
+        return out
 
     def get_trace(self, low_signed: int) -> tuple[str | None, list[Span]] | None:
         with self.lock:

@@ -118,6 +118,9 @@ def test_n_plus_one_loop_of_twenty_is_one_finding_with_count_twenty(app: App) ->
     assert finding["detail"]["repeated"] == "SELECT name FROM insights_items WHERE id = ?"
     assert finding["detail"]["source"] == "SELECT id FROM insights_items ORDER BY id"
     assert len(finding["example_trace_ids"]) == 1
+    # the repeated query's resource page lists the trace that contains it
+    rows = app.receiver.traces(resource=finding["detail"]["repeated"])
+    assert finding["example_trace_ids"][0] in [r["trace_id"] for r in rows]
 
 
 def test_twenty_different_queries_or_four_identical_give_none(app: App) -> None:
