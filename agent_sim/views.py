@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from agent_sim.model import parse_trace_id, span_json, to_signed, trace_id_hex
+from agent_sim.model import parse_trace_id, span_id_hex, span_json, to_signed, trace_id_hex
 from agent_sim.stats import Sketch
 
 if TYPE_CHECKING:
@@ -198,7 +198,20 @@ def api_trace(rx: Receiver, trace_id: str) -> tuple[int, Any]:
     spans.sort(key=lambda s: (s["start"], s["span_id"]))
     out = [span_json(s, high) for s in spans]
     tid = out[0]["trace_id"] if out else trace_id_hex(low, high)
-    return 200, {"trace_id": tid, "spans": out}
+    return 200, {"trace_id": tid, "spans": out, "findings": _trace_findings(rx, spans)}
+
+
+def _trace_findings(rx: Receiver, spans: list[Any]) -> list[dict[str, Any]]:
+    """The detectors re-run on the whole stored trace (a few ms for 5,000
+    spans): which spans each finding is made of, for the waterfall."""
+    from agent_sim.insights import detect
+
+    try:
+        found = detect(spans, rx.findings.limits)
+    except Exception:  # the trace view must not fail for a detector bug
+        return []
+    return [{"kind": f.kind, "fingerprint": f.fingerprint, "title": f.title,
+             "span_ids": [span_id_hex(i) for i in f.span_ids]} for f in found]
 
 
 def info(rx: Receiver, q: Query) -> tuple[int, Any]:
