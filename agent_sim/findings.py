@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from agent_sim.insights import DEFAULT_LIMITS, KINDS, BreakdownKey, Finding, Thresholds, breakdown, detect
 from agent_sim.model import Trace, trace_id_hex
 from agent_sim.stats import HOUR_NS, OVERFLOW
+from agent_sim.store import window_select
 
 if TYPE_CHECKING:
     from agent_sim.ingest import Receiver
@@ -163,23 +164,9 @@ class FindingStore:
         """Exclusive time per (span service, span type) of the endpoints
         matching ``service``/``resource``, over the buckets that overlap the
         window; largest first, with each row's share of the total."""
-        parts: list[str] = []
-        args: list[Any] = []
-        for width in (10, 3600):
-            where = ["width = ?"]
-            args.append(width)
-            for col, value in (("service", service), ("resource", resource)):
-                if value:
-                    where.append(f"{col} = ?")
-                    args.append(value)
-            if since_ns is not None:
-                where.append("bucket > ?")
-                args.append(since_ns - width * 1_000_000_000)
-            if until_ns is not None:
-                where.append("bucket < ?")
-                args.append(until_ns)
-            parts.append("SELECT span_service, span_type, exclusive_ns FROM breakdown WHERE " + " AND ".join(where))
-        sql = ("SELECT span_service, span_type, sum(exclusive_ns) AS ns FROM (" + " UNION ALL ".join(parts)
+        window, args = window_select("breakdown", "span_service, span_type, exclusive_ns", since_ns, until_ns,
+                                     [("service", service), ("resource", resource)])
+        sql = ("SELECT span_service, span_type, sum(exclusive_ns) AS ns FROM (" + window
                + ") GROUP BY span_service, span_type ORDER BY ns DESC, span_service, span_type")
         rows = self.store.execute(sql, args)
         total = sum(r[2] for r in rows) or 1

@@ -234,21 +234,44 @@ def breakdown(spans: Trace, out: dict[BreakdownKey, int]) -> None:
     plus one short walk up per span (memoized)."""
     by_id = {s["span_id"]: s for s in spans}
     child_ns: dict[int, int] = {}
+    entries = []
     for s in spans:
         pid = s["parent_id"]
-        if pid in by_id:
-            child_ns[pid] = child_ns.get(pid, 0) + s["duration"]
+        parent = by_id.get(pid)
+        if parent is None:
+            entries.append(s)
+            continue
+        child_ns[pid] = child_ns.get(pid, 0) + s["duration"]
+        if parent["service"] != s["service"] and s["type"] != "sql" and not _is_client(s):
+            entries.append(s)
+    if len(entries) == 1:
+        # The common chunk: one endpoint encloses every span; sum per
+        # (service, type) first, then key by the endpoint once.
+        (entry,) = entries
+        end = entry["start"] + entry["duration"]
+        prefix = (end - end % BUCKET_NS, entry["service"], entry["resource"])
+        sums: dict[tuple[str, str], int] = {}
+        get = child_ns.get
+        for s in spans:
+            exclusive = s["duration"] - get(s["span_id"], 0)
+            if exclusive > 0:
+                k = (s["service"], s["type"])
+                sums[k] = sums.get(k, 0) + exclusive
+        for (service, type_), ns in sums.items():
+            key = (*prefix, service, type_)
+            out[key] = out.get(key, 0) + ns
+        return
     enclosing: dict[int, tuple[tuple[int, str, str], ...]] = {}
     limit = len(spans)
     for s in spans:
         exclusive = s["duration"] - child_ns.get(s["span_id"], 0)
         if exclusive <= 0:
             continue
-        entries = enclosing.get(s["span_id"])
-        if entries is None:
-            entries = _enclosing(s, by_id, enclosing, limit)
+        found = enclosing.get(s["span_id"])
+        if found is None:
+            found = _enclosing(s, by_id, enclosing, limit)
         service, type_ = s["service"], s["type"]
-        for bucket, ep_service, ep_resource in entries:
+        for bucket, ep_service, ep_resource in found:
             key = (bucket, ep_service, ep_resource, service, type_)
             out[key] = out.get(key, 0) + exclusive
 

@@ -101,6 +101,32 @@ def trace_row(spans: list[Span]) -> tuple:
             root["start"], root["duration"], root["error"], len(spans), has_root)
 
 
+def window_select(table: str, columns: str, since_ns: int | None, until_ns: int | None,
+                  equal: Iterable[tuple[str, str | None]]) -> tuple[str, list[Any]]:
+    """SQL and arguments selecting ``columns`` of the rows of a bucketed
+    table (``width``, ``bucket`` leading its primary key: the stats, the
+    time breakdown) whose bucket overlaps the window and whose ``equal``
+    columns have the given values (None or "": any). One part per width,
+    so the primary key bounds each scan."""
+    parts: list[str] = []
+    args: list[Any] = []
+    for width in (10, 3600):
+        where = ["width = ?"]
+        args.append(width)
+        if since_ns is not None:
+            where.append("bucket > ?")
+            args.append(since_ns - width * 1_000_000_000)
+        if until_ns is not None:
+            where.append("bucket < ?")
+            args.append(until_ns)
+        for col, value in equal:
+            if value:
+                where.append(f"{col} = ?")
+                args.append(value)
+        parts.append(f"SELECT {columns} FROM {table} WHERE " + " AND ".join(where))
+    return " UNION ALL ".join(parts), args
+
+
 class Store:
     """The receiver's SQLite database (a file path, or ``":memory:"``)."""
 
@@ -371,23 +397,10 @@ class Store:
                     service: str | None) -> list[tuple[str, str, str, str, bytes]]:
         """``(service, name, resource, type, data)`` of the rows whose bucket
         overlaps the window; per width, so the primary key bounds the scan."""
-        parts: list[str] = []
-        args: list[Any] = []
-        for width in (10, 3600):
-            where = ["width = ?"]
-            args.append(width)
-            if since_ns is not None:
-                where.append("bucket > ?")
-                args.append(since_ns - width * 1_000_000_000)
-            if until_ns is not None:
-                where.append("bucket < ?")
-                args.append(until_ns)
-            if service:
-                where.append("service = ?")
-                args.append(service)
-            parts.append("SELECT service, name, resource, type, data FROM stats WHERE " + " AND ".join(where))
+        sql, args = window_select("stats", "service, name, resource, type, data", since_ns, until_ns,
+                                  [("service", service)])
         with self.lock:
-            return self.db.execute(" UNION ALL ".join(parts), args).fetchall()
+            return self.db.execute(sql, args).fetchall()
 
     def rollup(self, now_ns: int, keep_10s_ns: int, keep_1h_ns: int) -> bool:
         """Fold 10 s rows older than ``keep_10s_ns`` into 1 h rows; delete 1 h rows

@@ -5,7 +5,10 @@ A load process sends v0.4 msgpack payloads of 1,000 spans (100 traces × 10
 spans, unique ids, realistic tags, SQL spans among them) over one keep-alive
 connection for ``--seconds`` per run, and counts spans acknowledged with 200.
 Runs are interleaved (ours, test agent, ours, test agent, ...); medians and
-per-pair ratios are printed, with each receiver's peak RSS (VmHWM).
+per-pair ratios are printed, with each receiver's peak RSS (VmHWM). agent_sim
+runs with its insight detectors on (as ``agent-sim serve`` always does); their
+own cost per span (detectors, time breakdown, and persisting both, on the
+same payloads in this process) is printed first.
 
     python benchmarks/bench_ingest.py [--seconds 20] [--rounds 2] [--concurrency 1]
 
@@ -133,6 +136,35 @@ def load(url: str, seconds: float) -> None:
     print(json.dumps({"spans": sent, "seconds": elapsed, "errors": errors}))
 
 
+def detector_cost(payloads: int = 20) -> tuple[float, float, float]:
+    """ns per span of (detectors, time breakdown, both with their SQLite
+    writes via ``FindingStore.detect_and_record``), best of 5 passes over
+    ``payloads`` normalized bench payloads."""
+    import msgpack
+
+    from agent_sim.findings import FindingStore
+    from agent_sim.insights import breakdown, detect
+    from agent_sim.normalize import normalize_payload
+    from agent_sim.store import Store
+
+    rng = random.Random(7)
+    batches = [normalize_payload(msgpack.unpackb(make_payload(rng), strict_map_key=False))[0] for _ in range(payloads)]
+    spans = sum(len(t) for b in batches for t in b)
+    findings = FindingStore(Store(":memory:"))
+
+    def best(fn: object) -> float:
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            for b in batches:
+                fn(b)  # type: ignore[operator]
+            times.append(time.perf_counter() - start)
+        return min(times) / spans * 1e9
+
+    return (best(lambda b: [detect(t) for t in b]), best(lambda b: [breakdown(t, {}) for t in b]),
+            best(lambda b: findings.detect_and_record(b)))
+
+
 def free_port() -> int:
     import socket
 
@@ -200,6 +232,9 @@ def main(argv: list[str]) -> int:
                    or shutil.which("ddapm-test-agent") or "/opt/ddapm-venv/bin/ddapm-test-agent")
     args = p.parse_args(argv)
     have_peer = os.path.exists(args.test_agent) or shutil.which(args.test_agent)
+    det, brk, total = detector_cost()
+    print(f"insights cost per span (in process): detectors {det:.0f} ns, time breakdown {brk:.0f} ns, "
+          f"both with their SQLite writes {total:.0f} ns", flush=True)
     ours, peer, ratios = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):

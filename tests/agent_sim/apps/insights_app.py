@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from flask import Flask
@@ -37,6 +39,16 @@ def connect() -> Any:
     return pymysql.connect(host=host, port=int(port), user=user, password=password, database=db)
 
 
+@contextmanager
+def cursor() -> Iterator[Any]:
+    """A cursor of a new connection, closed after the request."""
+    conn = connect()
+    try:
+        yield conn.cursor()
+    finally:
+        conn.close()
+
+
 def _slow_sql() -> str:
     return f"SELECT pause({SLOW_S})" if _DB.startswith("sqlite") else f"SELECT SLEEP({SLOW_S})"
 
@@ -44,9 +56,7 @@ def _slow_sql() -> str:
 @app.route("/orders")
 def orders() -> str:
     """The N+1: one source query, then one query per row (20)."""
-    conn = connect()
-    try:
-        cur = conn.cursor()
+    with cursor() as cur:
         cur.execute("SELECT id FROM insights_items ORDER BY id")
         ids = [row[0] for row in cur.fetchall()]
         names = []
@@ -54,49 +64,35 @@ def orders() -> str:
             cur.execute(f"SELECT name FROM insights_items WHERE id = {item_id}")
             names.append(cur.fetchone()[0])
         return ",".join(names)
-    finally:
-        conn.close()
 
 
 @app.route("/report")
 def report() -> str:
     """20 different queries under one parent: no N+1."""
-    conn = connect()
-    try:
-        cur = conn.cursor()
-        for alias in ALIASES:
-            cur.execute(f"SELECT count(*) AS {alias} FROM insights_items")
-            cur.fetchone()
-        return "ok"
-    finally:
-        conn.close()
+    return _each([f"SELECT count(*) AS {alias} FROM insights_items" for alias in ALIASES])
 
 
 @app.route("/few")
 def few() -> str:
     """4 identical queries: under the default threshold of 5."""
-    conn = connect()
-    try:
-        cur = conn.cursor()
-        for item_id in range(1, 5):
-            cur.execute(f"SELECT name FROM insights_items WHERE id = {item_id}")
+    return _each([f"SELECT name FROM insights_items WHERE id = {item_id}" for item_id in range(1, 5)])
+
+
+def _each(queries: list[str]) -> str:
+    with cursor() as cur:
+        for sql in queries:
+            cur.execute(sql)
             cur.fetchone()
-        return "ok"
-    finally:
-        conn.close()
+    return "ok"
 
 
 @app.route("/slow")
 def slow() -> str:
-    conn = connect()
-    try:
-        cur = conn.cursor()
+    with cursor() as cur:
         cur.execute(_slow_sql())
         cur.fetchone()
         cur.execute("SELECT count(*) FROM insights_items")
         return str(cur.fetchone()[0])
-    finally:
-        conn.close()
 
 
 @app.route("/fail/<kind>/<int:order_id>")
