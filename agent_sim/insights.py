@@ -226,8 +226,9 @@ def breakdown(spans: Trace, out: dict[BreakdownKey, int]) -> None:
     A span's exclusive time is its duration minus its children's (clipped at
     0: concurrent children can add up to more than their parent). It counts
     for every endpoint that encloses it: the entry spans on its path to the
-    root (no parent in the chunk, or a parent of another service and not a DB
-    or HTTP client span). So a frontend's ``GET /checkout`` shows the time of
+    root that are not DB or HTTP client spans and have no parent in the chunk
+    or a parent of another service (a client span cut from its parent by a
+    partial flush counts for no endpoint rather than pose as one). So a frontend's ``GET /checkout`` shows the time of
     the backend it called when both arrive in one chunk; a backend's own chunk
     counts for the backend's endpoint. The bucket is the entry span's end,
     aligned to 10 s, as the stats do. Cost: two dict passes over the spans,
@@ -235,16 +236,20 @@ def breakdown(spans: Trace, out: dict[BreakdownKey, int]) -> None:
     by_id = {s["span_id"]: s for s in spans}
     child_ns: dict[int, int] = {}
     entries = []
+    stray = False  # a DB/HTTP client span whose parent is in another chunk (a partial flush)
     for s in spans:
         pid = s["parent_id"]
         parent = by_id.get(pid)
         if parent is None:
-            entries.append(s)
+            if _is_client(s):
+                stray = True
+            else:
+                entries.append(s)
             continue
         child_ns[pid] = child_ns.get(pid, 0) + s["duration"]
         if parent["service"] != s["service"] and s["type"] != "sql" and not _is_client(s):
             entries.append(s)
-    if len(entries) == 1:
+    if len(entries) == 1 and not stray:
         # The common chunk: one endpoint encloses every span; sum per
         # (service, type) first, then key by the endpoint once.
         (entry,) = entries
@@ -292,7 +297,7 @@ def _enclosing(span: Span, by_id: dict[int, Span], memo: dict[int, tuple[tuple[i
         node = by_id.get(node["parent_id"])
     for node in reversed(path):
         parent = by_id.get(node["parent_id"])
-        if parent is None or (parent["service"] != node["service"] and not _is_client(node)):
+        if (parent is None or parent["service"] != node["service"]) and not _is_client(node):
             end = node["start"] + node["duration"]
             found = (*found, (end - end % BUCKET_NS, node["service"], node["resource"]))
         memo[node["span_id"]] = found

@@ -145,3 +145,11 @@ def test_breakdown_is_exclusive_time_per_enclosing_endpoint():
     out = {}
     breakdown([span(0, "x", "A", 25 * 10**9, duration=ms)], out)
     assert out == {(20 * 10**9, "shop", "A", "shop", ""): ms}
+    # a partial flush: a query whose parent is in another chunk is no endpoint of its own
+    out = {}
+    breakdown([query({"span_id": 999}, "SELECT 1", 0, duration=ms)], out)
+    assert out == {}
+    out = {}
+    view = span(999, "flask.view", "orders", 0, duration=3 * ms)
+    breakdown([view, query(view, "SELECT 1", 0, duration=ms), query({"span_id": 998}, "SELECT 2", 0, duration=ms)], out)
+    assert out == {(0, "shop", "orders", "shop", ""): 2 * ms, (0, "shop", "orders", "sqlite", "sql"): ms}
