@@ -126,9 +126,9 @@ def test_every_request_counted_once_with_clients_that_hang_up(server: str, recei
         assert sum(s["name"] == "flask.request" for s in spans) == 1, spans
     boom = receiver.spans(receiver.traces(service="hangup_app", resource="GET /boom", limit=1)[0]["trace_id"])
     (root,) = [s for s in boom if s["name"] == "flask.request"]
-    assert (root["meta"]["http.status_code"], root["meta"]["error.type"]) == ("500", "ValueError")
+    assert (root["meta"]["http.status_code"], root["meta"]["error.type"]) == ("500", "builtins.ValueError")
     bad = receiver.spans(receiver.traces(service="hangup_app", resource="GET /badstream", limit=1)[0]["trace_id"])
     (root,) = [s for s in bad if s["name"] == "flask.request"]
     assert root["error"] == 1, root
-    assert (root["meta"]["http.status_code"], root["meta"]["error.type"]) == ("200", "RuntimeError")
+    assert (root["meta"]["http.status_code"], root["meta"]["error.type"]) == ("200", "builtins.RuntimeError")
     assert root["meta"]["error.message"] == "stream broke"

@@ -65,8 +65,8 @@ def test_werkzeug_server_routes(traced: Any, servers: dict[str, str]) -> None:
         "  flask.view flask_app 'get_item'\n"
         "  flask.after_request flask_app 'add_header'\n"
         "  flask.teardown_request flask_app 'release'",
-        "flask.request flask_app 'GET /boom' [error] http.status_code=500 error.type=ValueError\n"
-        "  flask.view flask_app 'boom' [error] error.type=ValueError",
+        "flask.request flask_app 'GET /boom' [error] http.status_code=500 error.type=builtins.ValueError\n"
+        "  flask.view flask_app 'boom' [error] error.type=builtins.ValueError",
         "flask.request flask_app 'GET 404' http.status_code=404",
     ]
 

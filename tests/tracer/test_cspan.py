@@ -105,7 +105,7 @@ def test_exceptions_leaving_a_child_block(test_spans):
     with pytest.raises(ValueError) as raised, tracer.trace("root"), tracer.trace("child") as child:
         raise error
     assert raised.value is error
-    assert child.error == 1 and child.meta["error.type"] == "ValueError" and child.meta["error.message"] == "boom"
+    assert child.error == 1 and child.meta["error.type"] == "builtins.ValueError" and child.meta["error.message"] == "boom"
     assert tracer.current_span() is None
 
 
