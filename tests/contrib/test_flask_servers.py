@@ -21,7 +21,7 @@ import tracer as tracer_pkg
 from contrib._http import untraced
 from tests.contrib.apps.flask_helpers import APPS_DIR, load_app, patched_for_module, root_of, trees
 from tests.receiver import RunningReceiver
-from tests.utils import REPO, free_port, render_tree, stop_process, wait_for_port
+from tests.utils import REPO, assert_clean_output, free_port, render_tree, stop_process, wait_for_port
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -154,6 +154,7 @@ def test_gunicorn_two_workers_preload_every_request_traced_once(subprocess_recei
     finally:
         output = _stop(proc)  # workers exit here: what they hold must still be sent
     assert proc.returncode == 0, output
+    assert_clean_output(output)
     rows = subprocess_receiver.wait_traces(20, timeout=10, service="flask_app", limit=100)
     assert len(rows) == 20, output
     urls = []
@@ -182,4 +183,5 @@ def test_flask_run_service_is_the_app_not_the_launcher(subprocess_receiver: Any)
         rows = subprocess_receiver.wait_traces(1, timeout=10)
     finally:
         output = _stop(proc)
+    assert_clean_output(output)
     assert [(r["service"], r["resource"]) for r in rows] == [("flask_app", "GET /users/<int:user_id>")], output
