@@ -185,3 +185,34 @@ def test_flask_run_service_is_the_app_not_the_launcher(subprocess_receiver: Any)
         output = _stop(proc)
     assert_clean_output(output)
     assert [(r["service"], r["resource"]) for r in rows] == [("flask_app", "GET /users/<int:user_id>")], output
+
+
+@pytest.mark.parametrize(
+    ("redact", "query"),
+    [
+        # A custom pattern replaces the default: `token` is kept, and the match is case-sensitive as written.
+        ("^user$", "user=<redacted>&USER=x&token=abc&page=2"),
+        # Empty turns redaction off.
+        ("", "user=bob&USER=x&token=abc&page=2"),
+    ],
+)
+def test_query_string_redact_from_the_environment(
+    subprocess_receiver: Any, tmp_path: Any, redact: str, query: str
+) -> None:
+    port = free_port()
+    app = tmp_path / "app.py"
+    app.write_text("import sys\nfrom flask_app import app\napp.run(host='127.0.0.1', port=int(sys.argv[1]))\n")
+    env = {**_env(subprocess_receiver), "TRACER_QUERY_STRING_REDACT": redact}
+    proc = subprocess.Popen(
+        _tracer_run() + [sys.executable, str(app), str(port)],
+        cwd=APPS_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        wait_for_port(port, timeout=20)
+        assert fetch(f"http://127.0.0.1:{port}/users/7?user=bob&USER=x&token=abc&page=2")[0] == 200
+        (row,) = subprocess_receiver.wait_traces(1, timeout=10, service="flask_app")
+    finally:
+        output = _stop(proc)
+    assert_clean_output(output)
+    root = root_of(subprocess_receiver.spans(row["trace_id"]))
+    assert root["meta"]["http.url"] == f"http://127.0.0.1:{port}/users/7?{query}", output
