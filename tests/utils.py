@@ -161,16 +161,23 @@ def assert_clean_output(output: str, allow: Iterable[str] = ()) -> None:
 
 
 def run_python(
-    code: str, env: dict[str, str] | None = None, timeout: float = 60, allow: Iterable[str] = ()
+    code: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 60,
+    allow: Iterable[str] = (),
+    under_tracer_run: bool = False,
 ) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter (for patch-before/after-import
-    contracts and fork tests); fails the test with its output if it fails or
-    reports an internal error or a traceback (``allow``: see
-    :func:`assert_clean_output`)."""
+    contracts and fork tests), under ``tracer-run`` if asked; fails the test
+    with its output if it fails or reports an internal error or a traceback
+    (``allow``: see :func:`assert_clean_output`)."""
     full_env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
     if env:
         full_env.update(env)
-    proc = subprocess.run([sys.executable, "-c", code], env=full_env, capture_output=True, text=True, timeout=timeout)
+    launcher = [sys.executable, "-m", "tracer.run"] if under_tracer_run else []
+    proc = subprocess.run(
+        [*launcher, sys.executable, "-c", code], env=full_env, capture_output=True, text=True, timeout=timeout
+    )
     if proc.returncode != 0:
         pytest.fail(f"subprocess failed ({proc.returncode}):\nSTDOUT:\n{proc.stdout}\nSTDERR:\n{proc.stderr}")
     assert_clean_output(proc.stderr, allow)
