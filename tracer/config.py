@@ -324,6 +324,12 @@ class Config:
 
 #: Every option, in declaration order (the docs' table order).
 OPTIONS: tuple[Option, ...] = tuple(value for value in vars(Config).values() if isinstance(value, Option))
+# Only the instance holds the values. A class attribute of the same name (an
+# Option, a mutable type) would stop CPython >= 3.11 from specializing the
+# hot paths' `config.x` reads: 2-4x slower each.
+for _declared in OPTIONS:
+    delattr(Config, _declared.attr)
+del _declared
 
 
 def load(environ: Mapping[str, str] | None = None) -> Config:

@@ -44,6 +44,9 @@ def test_options_declared_once() -> None:
         assert option.fallback is None or option.fallback.startswith("DD_")
     # Every typed attribute of Config is an option, and every option one of its attributes.
     assert list(Config.__annotations__) == attrs
+    # Values live on the instance only: a class attribute of the same name
+    # would make every `config.x` read on the hot paths unspecialized (slower).
+    assert not set(attrs) & set(vars(Config))
 
 
 @pytest.mark.parametrize("option", OPTIONS, ids=lambda o: o.env)
