@@ -1,9 +1,9 @@
 """Configuration from the environment, declared once.
 
 Every variable the tracer reads is declared once, as a typed attribute of
-``Config`` (``name: type = option(VARIABLE, parser, default, doc, DD_fallback)``);
-``OPTIONS`` is that table, in declaration order. Parsers are built by three
-typed factories (``_number``, ``_one_of``, ``_listed``) or are single-purpose
+``Config`` (``name: type = _option(VARIABLE, parser, default, doc, DD_fallback)``);
+``OPTIONS`` is that table, in declaration order. Parsers are built by typed
+factories (``_number``, ``_one_of``, ``_listed``, ``_pair``) or are single-purpose
 (URL, regex, JSON rules); a bad value raises ``ConfigError`` inside the parser,
 and ``Config.reload()`` logs one warning naming the variable, the value and the
 default used instead, and never raises. The docs' configuration reference is
