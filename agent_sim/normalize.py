@@ -16,7 +16,7 @@ from typing import Any
 
 from agent_sim.decode import checked_traces, decode_span, get_fields, wire_typed
 from agent_sim.model import Span, Trace
-from agent_sim.obfuscate import obfuscate_error_message, obfuscate_sql
+from sql_obfuscation import obfuscate_error_message, obfuscate_sql
 
 MAX_SERVICE = 100
 MAX_NAME = 100

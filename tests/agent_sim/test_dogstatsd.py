@@ -213,7 +213,7 @@ def test_serve_statsd_port_flag_and_bad_port() -> None:
     import subprocess
     import sys
 
-    from tests.utils import REPO, free_port, wait_for_port
+    from tests.utils import REPO, assert_clean_output, free_port, wait_for_port
 
     port, udp = free_port(), free_port()
     bad = subprocess.run([sys.executable, "-m", "agent_sim", "serve", "--port", str(port), "--statsd-port", "70000"],
@@ -237,6 +237,7 @@ def test_serve_statsd_port_flag_and_bad_port() -> None:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=10)
     assert proc.returncode == 0, err
+    assert_clean_output(err)
     assert f"DogStatsD udp://127.0.0.1:{udp}" in out
 
     # the DogStatsD port taken: traces are still served, the intake is off with one clear line
@@ -252,5 +253,6 @@ def test_serve_statsd_port_flag_and_bad_port() -> None:
         out, err = proc.communicate(timeout=10)
         taken.close()
     assert proc.returncode == 0, err
+    assert_clean_output(err)
     assert f"agent-sim: DogStatsD intake off, cannot listen on UDP {udp}: Address already in use" in err
     assert "DogStatsD udp" not in out
