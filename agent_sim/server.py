@@ -33,6 +33,8 @@ import msgpack
 from agent_sim import views
 from agent_sim.decode import PayloadError, decode_json, decode_v05, unpack_v04
 from agent_sim.dogstatsd import Aggregator
+from agent_sim.dogstatsd_store import MetricStore
+from agent_sim.dogstatsd_trace import TraceMetrics
 from agent_sim.findings import api_insights
 from agent_sim.ingest import KEEP_1H_NS, KEEP_10S_NS, Receiver
 from agent_sim.insights import Thresholds, add_insight_flags, insight_limits
@@ -457,7 +459,8 @@ class ReceiverServer:
                                  insight_limits=insight_limits)
         self.httpd = _HTTPServer((host, port), RequestHandler)
         self.httpd.receiver = self.receiver
-        self.statsd = self.httpd.statsd = Aggregator()
+        self.statsd = self.httpd.statsd = Aggregator(store=MetricStore(self.receiver.store),
+                                                     traces=TraceMetrics(self.receiver))
         self.statsd_listeners: list[StatsdListener] = []
         addresses = ([(host, statsd_port)] if statsd_port is not None else []) + ([statsd_socket] if statsd_socket else [])
         try:
@@ -506,8 +509,9 @@ class ReceiverServer:
                 now = time.monotonic()
                 full = now - last_full > 60
                 self.receiver.maintain(full=full)
-                self.statsd.expire(time.time())
+                self.statsd.flush(time.time())
                 if full:
+                    self.statsd.rollup(time.time(), KEEP_10S_NS / 1e9, KEEP_1H_NS / 1e9)
                     last_full = now
                 if now - last_trim > TRIM_INTERVAL_S:
                     trim()
@@ -530,6 +534,10 @@ class ReceiverServer:
             listener.stop()
         if self._maint is not None and self._maint is not threading.current_thread():
             self._maint.join(5)
+        try:
+            self.statsd.flush(time.time(), everything=True)
+        except Exception as exc:  # the trace side still closes cleanly
+            print(f"agent_sim: storing metrics failed: {exc!r}", file=sys.stderr)
         self.receiver.close()
 
     def __enter__(self) -> ReceiverServer:

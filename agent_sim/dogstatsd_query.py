@@ -1,0 +1,110 @@
+"""Metric queries: ``query``, the contract charts and monitors build on.
+
+    query(aggregator, name, tags=(), since=0, until=inf, agg="avg", by="", rollup=10)
+        -> [{"tags": {by: value} or {}, "points": [[unix_seconds, value], ...]}, ...]
+
+(also ``Aggregator.query(name, ...)``, and ``GET /api/metrics/query``).
+
+- ``name``: a DogStatsD metric (a histogram's ``<name>.max|.median|.avg|.count|.95percentile``),
+  or a trace metric (``dogstatsd_trace``): ``trace.<span name>.hits`` and
+  ``.errors`` (per-second rates), ``.duration`` (seconds per hit), and the
+  distribution ``trace.<span name>`` (seconds; ask ``agg=p50|p95|p99|avg|max``),
+  tagged ``service``, ``resource_name``, ``env``.
+- ``tags``: ``("k:v", ...)``, every one must be on a series' context.
+- ``since`` / ``until``: Unix seconds; a bucket counts when it overlaps them.
+- ``agg``: one of ``AGGS``. Per bucket the contexts of a group are combined
+  with it (space aggregation); the buckets of a ``rollup``-second window
+  (a multiple of 10) are then averaged. Distributions instead merge their
+  sketches per group and window and read ``agg`` from the merged sketch.
+- ``by``: a tag key; one series per value (contexts without it: value "").
+- Units: counts are per-second rates; 1 h buckets (data older than 24 h)
+  give one point at the hour's start.
+
+Raises ValueError (a message for the user) on a bad ``agg`` or ``rollup``.
+Any thread; reads memory under the aggregator's lock and SQLite under the store's.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from agent_sim.dogstatsd import AGGS, BUCKET_S, Aggregator, Tags, percentile
+from agent_sim.stats import Sketch
+
+
+def query(aggregator: Aggregator, name: str, tags: Tags = (), since: float = 0, until: float = math.inf,
+          agg: str = "avg", by: str = "", rollup: int = BUCKET_S) -> list[dict[str, Any]]:
+    """See the module docstring."""
+    if agg not in AGGS:
+        raise ValueError(f"agg must be one of {', '.join(AGGS)}")
+    if rollup < BUCKET_S or rollup % BUCKET_S:
+        raise ValueError(f"rollup must be a positive multiple of {BUCKET_S} seconds")
+    scale = 1.0
+    traces = aggregator.traces
+    found = traces.points(name, since, until) if traces is not None else None
+    if found is not None:
+        what, points, scale = found
+    else:
+        what, points = aggregator.points(name, since, until)
+    want = set(tags)
+    groups: dict[str, dict[int, list[Any]]] = {}
+    for ctags, kind, width, start, state in points:
+        if not want.issubset(ctags):
+            continue
+        group = next((t.partition(":")[2] for t in ctags if t.partition(":")[0] == by), "") if by else ""
+        groups.setdefault(group, {}).setdefault(start, []).append(point_value(kind, state, width, what))
+    series = []
+    for group in sorted(groups):
+        per_bucket = groups[group]
+        windows: dict[int, list[Any]] = {}
+        for start in sorted(per_bucket):
+            windows.setdefault(start - start % rollup, []).append(per_bucket[start])
+        points_out = [[w, _combine(lists, agg) * scale] for w, lists in sorted(windows.items())]
+        series.append({"tags": {by: group} if by else {}, "points": points_out})
+    return series
+
+
+def point_value(kind: str, state: Any, width: int, what: str) -> Any:
+    """One bucket's value of one context (a Sketch for distributions)."""
+    if kind == "c":
+        return state[0] / width
+    if kind == "g":
+        return state[0] if width == BUCKET_S else state[1] / state[2]
+    if kind == "s":
+        return state[0] / state[1]
+    if kind == "d":
+        return state
+    count, top, avg, median, p95 = state
+    return {"count": count / width, "max": top, "avg": avg, "median": median, "95percentile": p95}[what or "avg"]
+
+
+def _space(values: list[float], agg: str) -> float:
+    if agg == "avg":
+        return sum(values) / len(values)
+    if agg == "sum":
+        return sum(values)
+    if agg == "min":
+        return min(values)
+    if agg == "max":
+        return max(values)
+    return percentile(values, int(agg[1:]) / 100)
+
+
+def _combine(buckets: list[list[Any]], agg: str) -> float:
+    if isinstance(buckets[0][0], Sketch):
+        merged = Sketch()
+        for sketches in buckets:
+            for s in sketches:
+                merged.merge(s)
+        if merged.count <= 0:
+            return 0.0
+        if agg == "avg":
+            return merged.sum / merged.count
+        if agg == "sum":
+            return merged.sum
+        if agg == "max":
+            return merged.max
+        return merged.quantile(0.0 if agg == "min" else int(agg[1:]) / 100)
+    per_bucket = [_space(values, agg) for values in buckets]
+    return sum(per_bucket) / len(per_bucket)
