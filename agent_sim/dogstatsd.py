@@ -324,9 +324,10 @@ class Aggregator:
         with self._lock:
             self._add(sample, now)
 
-    def submit_check(self, check: ServiceCheck) -> None:
+    def submit_events(self, events: tuple[Event, ...] = (), checks: tuple[ServiceCheck, ...] = ()) -> None:
+        """Record events and service checks from inside the process; any thread."""
         with self._lock:
-            self.add_events([], [check])
+            self.add_events(list(events), list(checks))
 
     def _add(self, s: Sample, now: float) -> None:
         key = (s.name, s.tags)

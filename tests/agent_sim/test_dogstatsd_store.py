@@ -61,7 +61,7 @@ def test_flush_moves_closed_buckets_to_sqlite_and_rollup_folds_hours(tmp_path: A
 
 def _serve(db: str, port: int, udp: int) -> subprocess.Popen[str]:
     proc = subprocess.Popen([sys.executable, "-m", "agent_sim", "serve", "--port", str(port), "--db", db,
-                             "--statsd-port", str(udp)], cwd=REPO, stdout=subprocess.PIPE,
+                             "--statsd-port", str(udp), "--no-host-metrics"], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": REPO})
     wait_for_port(port, timeout=20)
     return proc
@@ -94,5 +94,6 @@ def test_metrics_survive_a_restart(tmp_path: Any) -> None:
         assert get(url + "saved.latency.max&tags=env:test")["series"][0]["points"][0][1] == 9
         listed = get(f"http://127.0.0.1:{port}/api/metrics")
         assert {"name": "saved.latency.avg", "type": "histogram", "tag_keys": ["env"]} in listed
+        assert not [m for m in listed if m["name"].startswith("system.")]  # --no-host-metrics
     finally:
         _stop(proc)
