@@ -471,6 +471,23 @@ class Aggregator:
             merged[k] = (kind, state if prev is None else merge_state(kind, state, prev[1]))
         return what, [(ctags, kind, width, start, state) for (ctags, width, start), (kind, state) in merged.items()]
 
+    def latest(self, since: float) -> list[tuple[str, Tags, str, Any]]:
+        """``(name, tags, kind, state)`` of each context's newest 10 s bucket since ``since``."""
+        found: dict[tuple[str, Tags], tuple[int, str, Any]] = {}
+        with self._flush_lock, self._lock:
+            stored = self.store.latest(since) if self.store is not None else []
+            for name, tags, kind, _width, start, state in self._pending:
+                if start >= since and start >= found.get((name, tags), (-1,))[0]:
+                    found[(name, tags)] = (start, kind, state)
+            for start in sorted(b for b in self.buckets if b >= since):
+                for key, live in self.buckets[start].items():
+                    kind = self.types[key]
+                    found[key] = (start, kind, point_state(kind, live))
+        for name, tags, kind, start, state in stored:
+            if start > found.get((name, tags), (-1,))[0]:
+                found[(name, tags)] = (start, kind, state)
+        return [(name, tags, kind, state) for (name, tags), (_start, kind, state) in sorted(found.items())]
+
     def _resolve(self, name: str) -> tuple[str, str]:
         base, _, suffix = name.rpartition(".")
         if suffix in HISTOGRAM_FIELDS and any(k[0] == base and t in ("h", "ms") for k, t in self.types.items()):

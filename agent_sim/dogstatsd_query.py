@@ -27,10 +27,12 @@ Any thread; reads memory under the aggregator's lock and SQLite under the store'
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
-from agent_sim.dogstatsd import AGGS, BUCKET_S, Aggregator, Tags, percentile
+from agent_sim.dogstatsd import AGGS, BUCKET_S, HISTOGRAM_FIELDS, Aggregator, Tags, percentile
 from agent_sim.stats import Sketch
+from agent_sim.views import _label
 
 
 def query(aggregator: Aggregator, name: str, tags: Tags = (), since: float = 0, until: float = math.inf,
@@ -108,3 +110,52 @@ def _combine(buckets: list[list[Any]], agg: str) -> float:
         return merged.quantile(0.0 if agg == "min" else int(agg[1:]) / 100)
     per_bucket = [_space(values, agg) for values in buckets]
     return sum(per_bucket) / len(per_bucket)
+
+
+def _om_name(name: str) -> str:
+    return "dogstatsd_" + re.sub(r"[^a-zA-Z0-9_]", "_", name)
+
+
+def _om_labels(tags: Tags, extra: str = "") -> str:
+    labels: dict[str, list[str]] = {}
+    for tag in tags:
+        key, _, value = tag.partition(":")
+        key = re.sub(r"[^a-zA-Z0-9_]", "_", key)
+        if not key or key[0].isdigit():
+            key = "tag_" + key
+        labels.setdefault(key, []).append(value)
+    parts = [f'{k}="{_label(",".join(v))}"' for k, v in sorted(labels.items())] + ([extra] if extra else [])
+    return "{" + ",".join(parts) + "}" if parts else ""
+
+
+def openmetrics(aggregator: Aggregator, now: float) -> list[str]:
+    """OpenMetrics lines (no ``# EOF``) for ``/metrics``: each DogStatsD
+    context's newest 10 s bucket of the last minute, as ``dogstatsd_<name>``
+    with its tags as labels. Counts are per-second rates (gauges); a
+    histogram gives ``_max _median _avg _count _95percentile`` gauges; a
+    distribution a summary (0.5, 0.95, 0.99, ``_sum``, ``_count``)."""
+    families: dict[str, tuple[str, list[str]]] = {}
+
+    def add(name: str, kind: str, line: str) -> None:
+        families.setdefault(name, (kind, []))[1].append(line)
+
+    for name, tags, kind, state in aggregator.latest(now - 60):
+        base = _om_name(name)
+        if kind == "d":
+            labels = _om_labels(tags)
+            for q, v in zip((0.5, 0.95, 0.99), state.quantiles((0.5, 0.95, 0.99)), strict=True):
+                quantile = f'quantile="{q}"'
+                add(base, "summary", f"{base}{_om_labels(tags, quantile)} {v:.9g}")
+            add(base, "summary", f"{base}_sum{labels} {state.sum:.9g}")
+            add(base, "summary", f"{base}_count{labels} {state.count:.9g}")
+        elif kind in ("h", "ms"):
+            for field in HISTOGRAM_FIELDS:
+                fam = f"{base}_{field}"
+                add(fam, "gauge", f"{fam}{_om_labels(tags)} {point_value(kind, state, BUCKET_S, field):.9g}")
+        else:
+            add(base, "gauge", f"{base}{_om_labels(tags)} {point_value(kind, state, BUCKET_S, ''):.9g}")
+    lines = []
+    for fam, (kind, samples) in sorted(families.items()):
+        lines.append(f"# TYPE {fam} {kind}")
+        lines += samples
+    return lines

@@ -131,6 +131,14 @@ class MetricStore:
         return [(_split(tags), kind, width, bucket, _unpack(kind, data))
                 for tags, kind, width, bucket, data in rows if since <= bucket + width - 1 and bucket <= until]
 
+    def latest(self, since: float) -> list[tuple[str, Tags, str, int, State]]:
+        """``(name, tags, kind, bucket, state)`` of each context's newest 10 s row since ``since``."""
+        rows = self.store.execute(
+            "SELECT p.name, p.tags, c.kind, max(p.bucket), p.data FROM metric_points p "
+            "JOIN metric_contexts c ON c.name = p.name AND c.tags = p.tags "
+            "WHERE p.width = 10 AND p.bucket >= ? GROUP BY p.name, p.tags", (int(since),))
+        return [(name, _split(tags), kind, bucket, _unpack(kind, data)) for name, tags, kind, bucket, data in rows]
+
     def rollup(self, now_s: float, keep_10s_s: float, keep_1h_s: float) -> list[tuple[str, Tags]]:
         """Fold 10 s rows older than ``keep_10s_s`` into 1 h rows; delete 1 h rows older
         than ``keep_1h_s`` and the contexts left without rows (returned, so the

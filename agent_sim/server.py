@@ -34,6 +34,7 @@ from agent_sim import views
 from agent_sim.checks import DEFAULT_INTERVAL_S, CheckRunner
 from agent_sim.decode import PayloadError, decode_json, decode_v05, unpack_v04
 from agent_sim.dogstatsd import Aggregator
+from agent_sim.dogstatsd_query import openmetrics
 from agent_sim.dogstatsd_store import MetricStore
 from agent_sim.dogstatsd_trace import TraceMetrics
 from agent_sim.findings import api_insights
@@ -304,10 +305,11 @@ def _view(fn: Callable[[Receiver, dict[str, str]], tuple[int, Any]]) -> Handler:
 
 
 def _statsd_metrics(h: RequestHandler, _arg: str) -> None:
-    """GET /metrics: the trace side's OpenMetrics, plus the DogStatsD intake's counters."""
+    """GET /metrics: the trace side's OpenMetrics, plus the DogStatsD intake's counters and metrics."""
     _status, body = views.metrics(h.server.receiver, h.query)
     lines = [f"# TYPE agent_sim_statsd_{name} counter\nagent_sim_statsd_{name}_total {n}"
              for name, n in sorted(h.server.statsd.counters.items())]
+    lines += openmetrics(h.server.statsd, time.time())
     body = body.replace(b"# EOF\n", ("\n".join(lines) + "\n# EOF\n").encode())
     h.send_bytes(200, body, "application/openmetrics-text; version=1.0.0; charset=utf-8")
 
