@@ -297,7 +297,6 @@ class Aggregator:
         self._open_from = 0  # buckets before this are closed: their histograms keep aggregates only
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()  # flush -> query: a bucket is in memory, pending or stored
-        self._new_contexts: list[tuple[str, Tags, str]] = []
         self._pending: list[tuple[str, Tags, str, int, int, Any]] = []  # taken from memory, not yet stored
         self._parse_cache: dict[str, Any] = {}
 
@@ -337,7 +336,6 @@ class Aggregator:
                 self.counters["contexts_overflowed"] += 1
                 return
             kind = self.types[key] = s.type
-            self._new_contexts.append((s.name, s.tags, s.type))
         elif kind != s.type and {kind, s.type} != {"h", "ms"}:
             self.counters["type_conflicts"] += 1
             return
@@ -395,13 +393,7 @@ class Aggregator:
                     for (name, tags), live in self.buckets.pop(start).items():
                         kind = self.types[(name, tags)]
                         self._pending.append((name, tags, kind, BUCKET_S, start, point_state(kind, live)))
-                contexts, self._new_contexts = self._new_contexts, []
-            try:
-                self.store.write(self._pending, contexts)
-            except BaseException:
-                with self._lock:
-                    self._new_contexts[:0] = contexts
-                raise
+            self.store.write(self._pending)
             self._pending = []
 
     def rollup(self, now: float, keep_10s_s: float, keep_1h_s: float) -> None:

@@ -97,15 +97,15 @@ class MetricStore:
         rows = self.store.execute("SELECT name, tags, kind FROM metric_contexts")
         return {(name, _split(tags)): kind for name, tags, kind in rows}
 
-    def write(self, points: Iterable[tuple[str, Tags, str, int, int, State]],
-              new_contexts: Iterable[tuple[str, Tags, str]]) -> None:
-        """Merge ``(name, tags, kind, width, bucket, state)`` into the stored rows, in one transaction."""
+    def write(self, points: list[tuple[str, Tags, str, int, int, State]]) -> None:
+        """Merge ``(name, tags, kind, width, bucket, state)`` into the stored rows (and their
+        contexts: a context is stored with its points, never ahead of them), in one transaction."""
         with self.store.lock:
             db = self.store.db
             db.execute("BEGIN")
             try:
                 db.executemany("INSERT OR IGNORE INTO metric_contexts VALUES (?, ?, ?)",
-                               ((n, _join(t), k) for n, t, k in new_contexts))
+                               {(n, _join(t), k) for n, t, k, _w, _b, _s in points})
                 self._merge(points)
                 db.execute("COMMIT")
             except BaseException:

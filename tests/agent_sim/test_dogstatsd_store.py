@@ -32,7 +32,9 @@ def test_flush_moves_closed_buckets_to_sqlite_and_rollup_folds_hours(tmp_path: A
     agg = Aggregator(store=MetricStore(store))
     for i, start in enumerate((T0, T0 + 10, T0 + 1800)):  # three 10 s buckets of one hour
         agg.ingest(b"c:%d|c|#k:v\ng:%d|g\nh:%d:%d|h\nd:%d|d\ns:a:b|s" % (6 * (i + 1), i + 1, i, i + 10, i + 1), start + 1)
+    agg.ingest(b"only.open:1|g", T0 + 1801)  # a context whose only bucket is still open ...
     agg.flush(T0 + 1815)  # T0+1800 is still open: only two buckets go to SQLite
+    agg.rollup(T0 + 1815, DAY, 30 * DAY)  # ... is not lost by a roll-up meanwhile
     assert sorted(b for b, in store.execute("SELECT DISTINCT bucket FROM metric_points")) == [T0, T0 + 10]
     assert list(agg.buckets) == [T0 + 1800]
     assert _values(agg, "c", agg="sum") == [[T0, 0.6], [T0 + 10, 1.2], [T0 + 1800, 1.8]]  # memory and SQLite
@@ -41,6 +43,8 @@ def test_flush_moves_closed_buckets_to_sqlite_and_rollup_folds_hours(tmp_path: A
     assert not agg.buckets
     assert _values(agg, "c", agg="sum")[0] == [T0, 1.0]
     assert _values(agg, "h.max")[2] == [T0 + 1800, 12]
+    assert Aggregator(store=MetricStore(store)).types == agg.types == {
+        ("c", ("k:v",)): "c", ("g", ()): "g", ("h", ()): "h", ("d", ()): "d", ("s", ()): "s", ("only.open", ()): "g"}
 
     agg.rollup(T0 + DAY + 3600, DAY, 30 * DAY)  # every 10 s row is past 24 h: one 1 h row each
     assert store.execute("SELECT DISTINCT width FROM metric_points") == [(3600,)]
@@ -85,7 +89,7 @@ def test_metrics_survive_a_restart(tmp_path: Any) -> None:
             statsd.histogram("saved.latency", v, tags=["env:test"])
         statsd.gauge("saved.gauge", 42)
         statsd.close_socket()
-        assert _wait(lambda: get(url + "saved.gauge")["series"])
+        assert _wait(lambda: get(url + "saved.gauge")["series"], timeout=20)  # generous: a loaded machine
     finally:
         _stop(proc)  # the open bucket is stored on the way out
     proc = _serve(db, port, udp)
