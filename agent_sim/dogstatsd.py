@@ -408,16 +408,20 @@ class Aggregator:
                     if key not in live:
                         self.types.pop(key, None)
 
-    def metric_list(self) -> list[dict[str, Any]]:
-        """``[{name, type, tag_keys}]``; a histogram is listed under its five derived names."""
+    def metric_list(self, tags: Tags = ()) -> list[dict[str, Any]]:
+        """``[{name, type, tag_keys}]`` of the contexts carrying every one of ``tags``;
+        a histogram is listed under its five derived names."""
         seen: dict[tuple[str, str], set[str]] = {}
+        want = set(tags)
         with self._lock:
-            for (name, tags), kind in self.types.items():
+            for (name, ctags), kind in self.types.items():
+                if not want.issubset(ctags):
+                    continue
                 names = [f"{name}.{f}" for f in HISTOGRAM_FIELDS] if kind in ("h", "ms") else [name]
                 for n in names:
-                    seen.setdefault((n, TYPES[kind]), set()).update(t.partition(":")[0] for t in tags)
+                    seen.setdefault((n, TYPES[kind]), set()).update(t.partition(":")[0] for t in ctags)
         listed = [{"name": n, "type": k, "tag_keys": sorted(keys)} for (n, k), keys in sorted(seen.items())]
-        return listed + (self.traces.metric_list() if self.traces is not None else [])
+        return listed + (self.traces.metric_list(tags) if self.traces is not None else [])
 
     def query(self, name: str, tags: Tags = (), since: float = 0, until: float = math.inf, agg: str = "avg",
               by: str = "", rollup: int = BUCKET_S) -> list[dict[str, Any]]:

@@ -32,10 +32,19 @@ class TraceMetrics:
     def __init__(self, receiver: Receiver) -> None:
         self.receiver = receiver
 
-    def metric_list(self) -> list[dict[str, Any]]:
-        with self.receiver.lock:
-            span_names = {key[1] for key in self.receiver.totals}
-            span_names.update(key[1] for entries in self.receiver.concentrator.live.values() for key in entries)
+    def metric_list(self, tags: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+        """The trace metrics of the span names whose stats carry every one of ``tags``."""
+        want = dict(t.partition(":")[::2] for t in tags)
+        if not set(want) <= set(TAG_KEYS):
+            return []
+        rx = self.receiver
+        with rx.lock:
+            envs = {service for service, env in rx._seen_services if env == want.get("env", env)}
+            keys = set(rx.totals)
+            keys.update(key[:4] for entries in rx.concentrator.live.values() for key in entries)
+        span_names = {name for service, name, resource, _type in keys
+                      if want.get("service", service) == service and want.get("resource_name", resource) == resource
+                      and ("env" not in want or service in envs)}
         out = []
         for span in sorted(span_names):
             out.append({"name": f"trace.{span}", "type": "distribution", "tag_keys": TAG_KEYS})

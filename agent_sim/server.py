@@ -315,7 +315,7 @@ def _statsd_metrics(h: RequestHandler, _arg: str) -> None:
 
 
 def _api_metrics(h: RequestHandler, _arg: str) -> None:
-    h.send_json(200, h.server.statsd.metric_list())
+    h.send_json(200, h.server.statsd.metric_list(tuple(t for t in h.query.get("tags", "").split(",") if t)))
 
 
 def _api_events(h: RequestHandler, _arg: str) -> None:

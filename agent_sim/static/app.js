@@ -7,6 +7,7 @@
  *   #/service/<svc>                      the service's resources + recent traces
  *   #/service/<svc>/resource/<res>       one resource: latency, requests per 10 s, its traces
  *   #/trace/<id>[/span/<span_id>]        waterfall + the selected span's details
+ *   #/metrics[/...]                      metrics charts (static/metrics.js)
  * Views are built as one HTML string per render (a 5,000-span waterfall is one
  * innerHTML assignment), and body[data-state] says loading/ready/error so
  * tests and humans can tell when a view is complete.
@@ -109,6 +110,7 @@
       if (parts[2] === "resource" && parts.length >= 4) return { view: "resource", service: parts[1], resource: parts[3] };
       return { view: "service", service: parts[1] };
     }
+    if (parts[0] === "metrics") return { view: "metrics", params: parts.slice(1) };
     if (parts[0] === "trace" && parts.length >= 2) {
       return { view: "trace", id: parts[1], span: parts[2] === "span" ? parts[3] : null };
     }
@@ -171,6 +173,8 @@
         api("/api/stats", { service: r.service }),
         api("/api/traces", { service: r.service, resource: r.resource, limit: 50 }),
       ]).then(done(renderResource), fail);
+    } else if (r.view === "metrics") {
+      window.agentSimMetrics.render(r, helpers(gen));
     } else {
       setCrumbs([{ text: "trace " + r.id }]);
       document.title = "trace " + r.id + " · agent-sim";
@@ -272,7 +276,14 @@
     h.push("<h2>Recent traces</h2>", tracesTable(data[1], "Newest first, traces whose root is in " + r.service,
       "No stored trace starts in " + r.service + " (its spans may sit inside other services' traces)."));
     view.innerHTML = h.join("");
+    if (window.agentSimMetrics) window.agentSimMetrics.servicePanel(r.service, helpers(generation));
     setState("ready", "service");
+  }
+
+  /* What static/metrics.js needs of this file. */
+  function helpers(gen) {
+    return { view: view, api: api, esc: esc, enc: enc, setCrumbs: setCrumbs, setState: setState, showError: showError,
+      isCurrent: function () { return gen === generation; } };
   }
 
   // -- resource view and its requests-per-10 s chart ----------------------------

@@ -40,3 +40,7 @@ def test_trace_stats_are_queryable_as_metrics() -> None:
         assert listed["trace.web.request"] == ("distribution", ["env", "resource_name", "service"])
         assert listed["trace.web.request.hits"][0] == "count"
         assert r.get("/api/metrics/query", name="trace.nothing.hits")["series"] == []
+        for tags, listed_too in (("service:api", True), ("resource_name:GET /a,env:prod", True), ("env:prod", True),
+                                 ("service:api,env:prod", False), ("service:nobody", False), ("shard:1", False)):
+            names = {m["name"] for m in r.get("/api/metrics", tags=tags)}
+            assert ("trace.web.request.hits" in names) is listed_too, tags
