@@ -107,6 +107,12 @@ class Receiver:
         with open(f"/proc/{self.proc.pid}/status") as f:
             return int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1)) / 1024  # type: ignore[union-attr]
 
+    def __enter__(self) -> Receiver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
         _out, err = self.proc.communicate(timeout=60)
@@ -147,7 +153,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10)
     args = parser.parse_args()
-    from datadog.dogstatsd import DogStatsd
 
     with tempfile.TemporaryDirectory() as tmp:
         # 1. capacity: in this process (one core, no socket), then through UDP into agent-sim serve
@@ -166,57 +171,48 @@ def main() -> None:
         print(f"capacity, in process: {n / (time.process_time() - t0) / 1e3:,.0f} k samples per CPU-second "
               "(parse + aggregate + SQLite flush) — target >= 200 k")
         store.close()
-        r = Receiver(os.path.join(tmp, "a.db"))
-        try:
+        with Receiver(os.path.join(tmp, "a.db")) as r:
             before, cpu0, t0 = r.counter("samples"), r.cpu_seconds(), time.monotonic()
             sent = blast(r.udp, packets, args.seconds) * LINES_PER_DATAGRAM
             ingested = r.settle() - before
             print(f"capacity, agent-sim serve: {ingested / (time.monotonic() - t0) / 1e3:,.0f} k samples/s wall, "
                   f"{ingested / (r.cpu_seconds() - cpu0) / 1e3:,.0f} k per receiver CPU-second "
                   f"(flat-out sender: {sent / args.seconds / 1e3:,.0f} k/s offered, kernel drops {r.drops():,})")
-
-            # 2. the datadog client
-            before = r.settle()
-            statsd = DogStatsd(host="127.0.0.1", port=r.udp, disable_telemetry=True, disable_buffering=False)
-            calls, t0 = 0, time.perf_counter()
-            end = t0 + args.seconds
-            while time.perf_counter() < end:
-                for i in range(500):
-                    statsd.increment("client.page_views", tags=["env:bench", f"route:/r{i % 20}"])
-                    statsd.histogram("client.latency", i % 97, tags=["env:bench", f"route:/r{i % 20}"])
-                calls += 1000
-            statsd.flush()
-            elapsed = time.perf_counter() - t0
-            statsd.close_socket()
-            arrived = r.settle() - before
-            print(f"datadog client (buffered, one process): {calls / elapsed / 1e3:,.0f} k samples/s sent; "
-                  f"{arrived:,} of {calls:,} arrived")
-        finally:
-            r.stop()
-
-        # 3. 10,000 contexts
-        r = Receiver(os.path.join(tmp, "b.db"))
-        try:
-            blast(r.udp, datagrams(10_000, 4000, seed=3), max(args.seconds, 25), rate=2000)
+            client_rate(r, args.seconds)
+        with Receiver(os.path.join(tmp, "b.db")) as r:
+            seconds = max(args.seconds, 25)  # past two buckets: closed ones go to SQLite meanwhile
+            packets = datagrams(10_000, 4000, seed=3)
+            blast(r.udp, packets, seconds, rate=2000)
             r.settle()
-            contexts = len({line.split(b":")[0] + line.split(b"|#")[1] for p in datagrams(10_000, 4000, seed=3)
-                            for line in p.split(b"\n")})
-            print(f"{contexts:,} distinct contexts for {max(args.seconds, 25):g} s: peak RSS {r.peak_rss_mib():.0f} MiB "
+            contexts = len({line.split(b":")[0] + line.split(b"|#")[1] for p in packets for line in p.split(b"\n")})
+            print(f"{contexts:,} distinct contexts for {seconds:g} s: peak RSS {r.peak_rss_mib():.0f} MiB "
                   f"(target < 300 MiB), contexts_overflowed {r.counter('contexts_overflowed')}")
-        finally:
-            r.stop()
-
-        # 4. 50 k samples/s, paced
-        r = Receiver(os.path.join(tmp, "c.db"))
-        try:
+        with Receiver(os.path.join(tmp, "c.db")) as r:
             drops0, before = r.drops(), r.counter("samples")
             sent = blast(r.udp, datagrams(100, 2000, seed=4), args.seconds, rate=50_000 / LINES_PER_DATAGRAM)
             counted = r.settle() - before
             print(f"50 k samples/s for {args.seconds:g} s: {sent * LINES_PER_DATAGRAM:,} sent, {counted:,} counted, "
                   f"kernel drops {r.drops() - drops0} (target 0)")
-        finally:
-            r.stop()
 
+
+def client_rate(r: Receiver, seconds: float) -> None:
+    """The datadog client's send rate from this process (buffered), and what arrived."""
+    from datadog.dogstatsd import DogStatsd
+
+    before = r.settle()
+    statsd = DogStatsd(host="127.0.0.1", port=r.udp, disable_telemetry=True, disable_buffering=False)
+    calls, t0 = 0, time.perf_counter()
+    while time.perf_counter() < t0 + seconds:
+        for i in range(500):
+            statsd.increment("client.page_views", tags=["env:bench", f"route:/r{i % 20}"])
+            statsd.histogram("client.latency", i % 97, tags=["env:bench", f"route:/r{i % 20}"])
+        calls += 1000
+    statsd.flush()
+    elapsed = time.perf_counter() - t0
+    statsd.close_socket()
+    arrived = r.settle() - before
+    print(f"datadog client (buffered, one process): {calls / elapsed / 1e3:,.0f} k samples/s sent; "
+          f"{arrived:,} of {calls:,} arrived")
 
 if __name__ == "__main__":
     main()
