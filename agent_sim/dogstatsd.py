@@ -445,12 +445,9 @@ class Aggregator:
             prev = merged.get(k)
             merged[k] = (kind, state if prev is None else merge_state(kind, prev[1], state))
 
-        with self._flush_lock:
-            stored = []
+        with self._flush_lock:  # SQLite is read outside ``_lock``: the intake never waits for it
             with self._lock:
                 base, what = self._resolve(name)
-                if self.store is not None:
-                    stored = self.store.rows(base, since, until)
                 for n, ctags, kind, width, start, state in self._pending:
                     if n == base and since <= start + width - 1 and start <= until:
                         add(ctags, kind, width, start, state)
@@ -461,6 +458,7 @@ class Aggregator:
                         if n == base:
                             kind = self.types[(n, ctags)]
                             add(ctags, kind, BUCKET_S, start, point_state(kind, live))
+            stored = self.store.rows(base, since, until) if self.store is not None else []
         for ctags, kind, width, start, state in stored:  # older than anything in memory
             k = (ctags, width, start)
             prev = merged.get(k)
@@ -470,15 +468,16 @@ class Aggregator:
     def latest(self, since: float) -> list[tuple[str, Tags, str, Any]]:
         """``(name, tags, kind, state)`` of each context's newest 10 s bucket since ``since``."""
         found: dict[tuple[str, Tags], tuple[int, str, Any]] = {}
-        with self._flush_lock, self._lock:
+        with self._flush_lock:  # SQLite is read outside ``_lock``: the intake never waits for it
             stored = self.store.latest(since) if self.store is not None else []
-            for name, tags, kind, _width, start, state in self._pending:
-                if start >= since and start >= found.get((name, tags), (-1,))[0]:
-                    found[(name, tags)] = (start, kind, state)
-            for start in sorted(b for b in self.buckets if b >= since):
-                for key, live in self.buckets[start].items():
-                    kind = self.types[key]
-                    found[key] = (start, kind, point_state(kind, live))
+            with self._lock:
+                for name, tags, kind, _width, start, state in self._pending:
+                    if start >= since and start >= found.get((name, tags), (-1,))[0]:
+                        found[(name, tags)] = (start, kind, state)
+                for start in sorted(b for b in self.buckets if b >= since):
+                    for key, live in self.buckets[start].items():
+                        kind = self.types[key]
+                        found[key] = (start, kind, point_state(kind, live))
         for name, tags, kind, start, state in stored:
             if start > found.get((name, tags), (-1,))[0]:
                 found[(name, tags)] = (start, kind, state)

@@ -42,6 +42,9 @@ def query(aggregator: Aggregator, name: str, tags: Tags = (), since: float = 0, 
         raise ValueError(f"agg must be one of {', '.join(AGGS)}")
     if rollup < BUCKET_S or rollup % BUCKET_S:
         raise ValueError(f"rollup must be a positive multiple of {BUCKET_S} seconds")
+    since = max(since, 0.0)
+    if math.isnan(since) or math.isnan(until) or since == math.inf:
+        raise ValueError("since and until must be Unix seconds")
     scale = 1.0
     traces = aggregator.traces
     found = traces.points(name, since, until) if traces is not None else None

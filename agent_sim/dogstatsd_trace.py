@@ -68,16 +68,18 @@ class TraceMetrics:
             for service, env in sorted(rx._seen_services):
                 if env:
                     envs.setdefault(service, env)
-            rows: list[tuple[int, int, str, str, Any]] = [
-                (w, b, s, r, Entry.unpack(d)) for w, b, s, r, d in rx.store.execute(
-                    "SELECT width, bucket, service, resource, data FROM stats "
-                    "WHERE name = ? AND bucket >= ? AND bucket <= ?", (span, lo, hi))]
+            # Under the ingest lock, so a flush cannot move live buckets into the table meanwhile;
+            # only the SQL runs there, the unpacking after.
+            stored = rx.store.execute("SELECT width, bucket, service, resource, data FROM stats "
+                                      "WHERE name = ? AND bucket >= ? AND bucket <= ?", (span, lo, hi))
+            rows: list[tuple[int, int, str, str, Any]] = []
             for bucket, entries in rx.concentrator.live.items():
                 for key, entry in entries.items():
                     if key[1] == span:
                         copy = Entry()
                         copy.merge(entry)
                         rows.append((10, bucket, key[0], key[2], copy))
+        rows += [(w, b, s, r, Entry.unpack(d)) for w, b, s, r, d in stored]
         for width, bucket_ns, service, resource, entry in rows:
             start = bucket_ns // 10**9
             if not (since <= start + width - 1 and start <= until):

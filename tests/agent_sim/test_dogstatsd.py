@@ -200,7 +200,8 @@ def test_query_rejects_bad_parameters() -> None:
     import urllib.error
 
     with RunningReceiver() as r:
-        for query in ("", "name=x&agg=median", "name=x&rollup=abc", "name=x&since=yesterday"):
+        for query in ("", "name=x&agg=median", "name=x&rollup=abc", "name=x&since=yesterday", "name=x&since=nan",
+                      "name=x&since=inf", "name=x&until=nan", "name=trace.web.request&since=inf"):
             with pytest.raises(urllib.error.HTTPError) as info:
                 urllib.request.urlopen(f"{r.url}/api/metrics/query?{query}")
             assert info.value.code == 400
