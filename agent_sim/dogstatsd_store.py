@@ -76,6 +76,12 @@ def _unpack(kind: str, blob: bytes) -> State:
     return Sketch.from_wire(data) if kind == "d" else data
 
 
+def _prepare(points: Iterable[tuple[str, Tags, str, int, int, State]]) -> list[tuple[tuple[str, str, int, int], str,
+                                                                                   State, bytes]]:
+    return [((name, _join(tags), width, bucket), kind, state, _pack(state))
+            for name, tags, kind, width, bucket, state in points]
+
+
 def _join(tags: Tags) -> str:
     return ",".join(tags)
 
@@ -91,36 +97,47 @@ class MetricStore:
         self.store = store
         with store.lock:
             store.db.executescript(_SCHEMA)
+        self._stored: set[tuple[str, str]] = set()  # contexts in metric_contexts: only new ones are written
 
     def contexts(self) -> dict[tuple[str, Tags], str]:
         """Every stored (name, tags) -> type (start-up: the aggregator's known contexts)."""
         rows = self.store.execute("SELECT name, tags, kind FROM metric_contexts")
+        self._stored = {(name, tags) for name, tags, _kind in rows}
         return {(name, _split(tags)): kind for name, tags, kind in rows}
 
     def write(self, points: list[tuple[str, Tags, str, int, int, State]]) -> None:
         """Merge ``(name, tags, kind, width, bucket, state)`` into the stored rows (and their
         contexts: a context is stored with its points, never ahead of them), in one transaction."""
+        prepared = _prepare(points)  # packed before taking the lock that trace ingest shares
+        new = {(key[0], key[1], kind) for key, kind, _state, _blob in prepared if key[:2] not in self._stored}
         with self.store.lock:
             db = self.store.db
             db.execute("BEGIN")
             try:
-                db.executemany("INSERT OR IGNORE INTO metric_contexts VALUES (?, ?, ?)",
-                               {(n, _join(t), k) for n, t, k, _w, _b, _s in points})
-                self._merge(points)
+                db.executemany("INSERT OR IGNORE INTO metric_contexts VALUES (?, ?, ?)", new)
+                self._merge(prepared)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+            self._stored.update((n, t) for n, t, _k in new)
 
-    def _merge(self, points: Iterable[tuple[str, Tags, str, int, int, State]]) -> None:
+    def _merge(self, prepared: list[tuple[tuple[str, str, int, int], str, State, bytes]]) -> None:
+        # One read per (width, bucket) for the rows already there (rare: a late sample, a restart
+        # mid-bucket, a roll-up into an hour already folded), then one executemany.
         db = self.store.db
-        for name, tags, kind, width, bucket, state in points:
-            key = (name, _join(tags), width, bucket)
-            row = db.execute("SELECT data FROM metric_points WHERE name = ? AND tags = ? AND width = ? AND bucket = ?",
-                             key).fetchone()
-            if row is not None:
-                state = merge_state(kind, _unpack(kind, row[0]), state)
-            db.execute("INSERT OR REPLACE INTO metric_points VALUES (?, ?, ?, ?, ?)", (*key, _pack(state)))
+        existing: dict[tuple[str, str, int, int], bytes] = {}
+        for width, bucket in {key[2:] for key, _kind, _state, _blob in prepared}:
+            for name, tags, data in db.execute("SELECT name, tags, data FROM metric_points WHERE width = ? AND bucket = ?",
+                                               (width, bucket)):
+                existing[(name, tags, width, bucket)] = data
+        rows = []
+        for key, kind, state, blob in prepared:
+            old = existing.get(key)
+            if old is not None:
+                blob = _pack(merge_state(kind, _unpack(kind, old), state))
+            rows.append((*key, blob))
+        db.executemany("INSERT OR REPLACE INTO metric_points VALUES (?, ?, ?, ?, ?)", rows)
 
     def rows(self, name: str, since: float, until: float) -> list[tuple[Tags, str, int, int, State]]:
         """``(tags, kind, width, bucket, state)`` of ``name`` whose bucket starts within [since, until]."""
@@ -159,7 +176,7 @@ class MetricStore:
                         state = [state[0], state[0], 1]
                     prev = hourly.get(k)
                     hourly[k] = (kind, state if prev is None else merge_state(kind, prev[1], state))
-                self._merge((n, _split(t), kind, 3600, h, s) for (n, t, h), (kind, s) in hourly.items())
+                self._merge(_prepare([(n, _split(t), kind, 3600, h, s) for (n, t, h), (kind, s) in hourly.items()]))
                 db.execute("DELETE FROM metric_points WHERE width = 10 AND bucket < ?", (cut,))
                 db.execute("DELETE FROM metric_points WHERE width = 3600 AND bucket < ?", (now_s - keep_1h_s,))
                 gone = db.execute("DELETE FROM metric_contexts AS c WHERE NOT EXISTS (SELECT 1 FROM metric_points p "
@@ -168,4 +185,5 @@ class MetricStore:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+            self._stored.difference_update(gone)
         return [(n, _split(t)) for n, t in gone]

@@ -464,10 +464,11 @@ class ReceiverServer:
                  check_interval: float = DEFAULT_INTERVAL_S, host_metrics: bool = False) -> None:
         self.receiver = Receiver(db, retention_traces, retention_hours, sample_rates,
                                  insight_limits=insight_limits)
+        # before the HTTP port opens: serve_main installs its signal handlers only once this returns
+        self.statsd = Aggregator(store=MetricStore(self.receiver.store), traces=TraceMetrics(self.receiver))
         self.httpd = _HTTPServer((host, port), RequestHandler)
         self.httpd.receiver = self.receiver
-        self.statsd = self.httpd.statsd = Aggregator(store=MetricStore(self.receiver.store),
-                                                     traces=TraceMetrics(self.receiver))
+        self.httpd.statsd = self.statsd
         self.statsd_listeners: list[StatsdListener] = []
         addresses = ([(host, statsd_port)] if statsd_port is not None else []) + ([statsd_socket] if statsd_socket else [])
         try:
