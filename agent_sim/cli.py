@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 DEFAULT_URL = "http://127.0.0.1:8126"
-COMMANDS = ("serve", "stats", "traces", "show", "wait", "demo", "insights")
+COMMANDS = ("serve", "stats", "traces", "show", "wait", "demo", "insights", "metrics")
 
 
 class Unreachable(Exception):
@@ -392,8 +392,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_wait)
 
     from agent_sim.insights_cli import add_parser
+    from agent_sim.metrics_cli import add_parser as add_metrics_parser
 
     add_parser(sub, common)
+    add_metrics_parser(sub, common)
     return parser
 
 

@@ -7,6 +7,7 @@
  *   #/service/<svc>                      the service's resources + recent traces
  *   #/service/<svc>/resource/<res>       one resource: latency, requests per 10 s, its traces
  *   #/trace/<id>[/span/<span_id>]        waterfall + the selected span's details
+ *   #/metrics[/...]                      metrics charts (static/metrics.js)
  * The landing, service and resource views also list findings (GET /api/insights);
  * the resource view shows where its time goes (GET /api/breakdown); the
  * waterfall marks the spans of the trace's findings. "Errors only" filters
@@ -114,6 +115,7 @@
       if (parts[2] === "resource" && parts.length >= 4) return { view: "resource", service: parts[1], resource: parts[3] };
       return { view: "service", service: parts[1] };
     }
+    if (parts[0] === "metrics") return { view: "metrics", params: parts.slice(1) };
     if (parts[0] === "trace" && parts.length >= 2) {
       return { view: "trace", id: parts[1], span: parts[2] === "span" ? parts[3] : null };
     }
@@ -180,6 +182,8 @@
         api("/api/insights", { service: r.service, resource: r.resource }),
         api("/api/breakdown", { service: r.service, resource: r.resource }),
       ]).then(done(renderResource), fail);
+    } else if (r.view === "metrics") {
+      window.agentSimMetrics.render(r, helpers(gen));
     } else {
       setCrumbs([{ text: "trace " + r.id }]);
       document.title = "trace " + r.id + " · agent-sim";
@@ -283,7 +287,14 @@
     h.push(tracesHeading(), tracesTable(data[1], "Newest first, traces with a span of " + r.service,
       "No stored trace has a span of " + r.service + "."));
     view.innerHTML = h.join("");
+    if (window.agentSimMetrics) window.agentSimMetrics.servicePanel(r.service, helpers(generation));
     setState("ready", "service");
+  }
+
+  /* What static/metrics.js needs of this file. */
+  function helpers(gen) {
+    return { view: view, api: api, esc: esc, enc: enc, setCrumbs: setCrumbs, setState: setState, showError: showError,
+      isCurrent: function () { return gen === generation; } };
   }
 
   // -- resource view and its requests-per-10 s chart ----------------------------

@@ -151,10 +151,10 @@ def test_error_groups_by_exception_and_normalized_message(app: App) -> None:
         assert app.get(path) == 500
     groups = app.findings("GET /fail/<kind>/<int:order_id>", kind=ERROR_GROUP)
     by_type = {g["detail"]["error_type"]: g for g in groups}
-    assert sorted(by_type) == ["KeyError", "ValueError"], groups
-    assert by_type["KeyError"]["count"] == 3
-    assert by_type["ValueError"]["count"] == 2
-    assert len(by_type["KeyError"]["example_trace_ids"]) == 3
+    assert sorted(by_type) == ["builtins.KeyError", "builtins.ValueError"], groups
+    assert by_type["builtins.KeyError"]["count"] == 3
+    assert by_type["builtins.ValueError"]["count"] == 2
+    assert len(by_type["builtins.KeyError"]["example_trace_ids"]) == 3
     # the message survives, ids and quoted values normalized
-    assert by_type["KeyError"]["title"] == "KeyError: order ? not found"
-    assert by_type["ValueError"]["title"] == "ValueError: quantity ? is not allowed for order ?"
+    assert by_type["builtins.KeyError"]["title"] == "builtins.KeyError: order ? not found"
+    assert by_type["builtins.ValueError"]["title"] == "builtins.ValueError: quantity ? is not allowed for order ?"

@@ -236,6 +236,8 @@ def test_demo_no_serve_on_a_taken_port(tmp_path: Any) -> None:
     for needle in ("GET /products/<int:product_id>", "GET /checkout", "GET /stock/<int:product_id>", "sqlite.query"):
         assert needle in table
     assert "web page:  http://127.0.0.1:" in out
+    assert "the shop's DogStatsD: 120 web.page_views" in out  # sent with the datadog client
+    assert "route:/products/:product_id" in out[out.index("metrics (the shop's"):]
     # Everything stopped; the traces stay in the named database file.
     with RunningReceiver(db=db) as receiver:
         services = {row["service"] for row in receiver.services()}
@@ -247,6 +249,8 @@ def test_demo_no_serve_on_a_taken_port(tmp_path: Any) -> None:
         hits = sum(r["hits"] for r in receiver.stats(service="shop") if r["name"] == "flask.request"
                    and not r["resource"].endswith("/healthz"))
         assert hits == 120
+        views = receiver.get("/api/metrics/query", name="web.page_views", agg="sum", since=0, tags="service:shop")
+        assert round(sum(p[1] for s in views["series"] for p in s["points"]) * 10) == 120  # stored on exit
 
 
 def test_demo_serves_until_ctrl_c_then_stops_everything(tmp_path: Any) -> None:
