@@ -20,6 +20,7 @@ holds these rules against Datadog's test agent.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Sequence
 from operator import itemgetter
 from typing import Any
@@ -248,10 +249,29 @@ def _json_int(text: str) -> int | float:
     return value if -_INT64 <= value <= MASK64 else float(value)
 
 
+# A \u escape of a UTF-16 surrogate. json.loads pairs them, but keeps a lone
+# one in the str, which nothing downstream (msgpack, SQLite) can encode.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _repair_surrogates(value: Any) -> Any:
+    """Each lone surrogate → U+FFFD, as Go's encoding/json does."""
+    t = type(value)
+    if t is str:
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if t is list:
+        return [_repair_surrogates(v) for v in value]
+    if t is dict:
+        return {_repair_surrogates(k): _repair_surrogates(v) for k, v in value.items()}
+    return value
+
+
 def decode_json(body: bytes) -> list[Trace]:
     """A v0.4 body sent as JSON (Content-Type: application/json)."""
     try:
         payload = json.loads(body.decode("utf-8", "replace"), parse_int=_json_int)
+        if _SURROGATE_ESCAPE.search(body):
+            payload = _repair_surrogates(payload)
     except (ValueError, RecursionError) as exc:
         raise PayloadError(f"json: cannot decode body ({exc})") from None
     return _traces_v04(payload, "v0.4 json")

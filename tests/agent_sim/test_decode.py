@@ -128,3 +128,12 @@ def test_json() -> None:
         decode_json(b"[[{")
     with pytest.raises(PayloadError, match="expected an integer, got float"):
         decode_json(b'[[{"trace_id": 100000000000000000000000}]]')
+
+
+def test_json_lone_surrogate_escapes_become_replacement_characters() -> None:
+    # json.loads keeps a lone "\\ud800" as a surrogate no encoder accepts (it was a 500);
+    # Go's encoding/json, the agent's, reads it as U+FFFD. A proper pair stays one character.
+    body = b'[[{"trace_id": 1, "span_id": 1, "service": "a\\ud800b", "name": "\\ud83d\\ude00",' \
+           b' "meta": {"\\uDC00": "\\ud800\\ud800"}}]]'
+    ((s,),) = decode_json(body)
+    assert (s["service"], s["name"], s["meta"]) == ("a\ufffdb", "\U0001f600", {"\ufffd": "\ufffd\ufffd"})
