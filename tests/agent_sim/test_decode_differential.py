@@ -5,7 +5,8 @@ maps and arrays at each level; nil traces and spans; missing fields and
 fields of the wrong type; non-string span keys; v0.5 string tables with bad
 entries and indexes; spans of the wrong length; trailing bytes — and each
 body goes to a real ``agent-sim serve`` process and to Datadog's test agent
-(``ddapm-test-agent``) on v0.4 and v0.5. The decisions must agree.
+(``ddapm-test-agent``): v0.4 and v0.5 msgpack, and v0.4 JSON. The decisions
+must agree; agent-sim never answers 500 and its 400s name the reason.
 
 The test agent checks payloads with a test-only schema that is in places
 stricter and in places looser than the Datadog Agent's own decoder
@@ -292,10 +293,19 @@ def receivers() -> Iterator[Receivers]:
         test_agent.stop()
 
 
+MSGPACK = "application/msgpack"
+
+
 def decide(rx: Receivers, version: str, payload: Any, bin_type: bool, trailing: bytes) -> None:
     body = msgpack.packb(payload, use_bin_type=bin_type) + trailing
-    ours, reason = rx.agent_sim.put(f"/{version}/traces", body)
-    assert ours == 200 or (ours == 400 and reason.startswith(f"{version}: ".encode())), (ours, reason)
+    compare(rx, version, payload, body, MSGPACK, f"bin_type={bin_type}, trailing={trailing!r}", trailing != b"")
+
+
+def compare(rx: Receivers, version: str, payload: Any, body: bytes, content_type: str, how: str,
+            trailing: bool = False) -> None:
+    """agent-sim's answer to ``body`` (``payload`` encoded) = the test agent's to the agent's view of it."""
+    ours, reason = rx.agent_sim.put(f"/{version}/traces", body, content_type)
+    assert ours == 200 or (ours == 400 and reason.startswith(f"{version}".encode())), (ours, reason)
     view = AgentView()
     try:
         if trailing:
@@ -304,14 +314,27 @@ def decide(rx: Receivers, version: str, payload: Any, bin_type: bool, trailing: 
     except Rejected:
         theirs, why = 400, b"(a documented exception: the agent rejects it)"
     else:
-        sent = msgpack.packb(seen, use_bin_type=True) if view.used else body
-        theirs, why = rx.test_agent.put(f"/{version}/traces", sent)
+        if view.used:
+            body = msgpack.packb(seen, use_bin_type=True) if content_type == MSGPACK else json.dumps(seen).encode()
+        theirs, why = rx.test_agent.put(f"/{version}/traces", body, content_type)
         assert theirs in (200, 400), (theirs, why)  # the test agent never answered 500 here
     for name in sorted(view.used):
         event(f"exception {name}")
     event(f"{'accepted' if theirs == 200 else 'rejected'}")
-    assert ours == theirs, (f"{version} {payload!r} (bin_type={bin_type}, trailing={trailing!r}): agent-sim "
-                            f"{ours} {reason[:200]!r}, Datadog {theirs} {why[:200]!r}; exceptions {sorted(view.used)}")
+    assert ours == theirs, (f"{version} {content_type} {payload!r} ({how}): agent-sim {ours} {reason[:200]!r}, "
+                            f"Datadog {theirs} {why[:200]!r}; exceptions {sorted(view.used)}")
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` for json.dumps: bin becomes str, invalid UTF-8 as lone surrogates
+    (sent as \\udcXX escapes); non-string map keys become JSON's strings."""
+    if type(value) is bytes:
+        return value.decode("utf-8", "surrogateescape")
+    if type(value) is list:
+        return [jsonable(v) for v in value]
+    if type(value) is dict:
+        return {jsonable(k): jsonable(v) for k, v in value.items()}
+    return value
 
 
 # Shapes that once disagreed, always tried (the issue's first: a msgpack nil body).
@@ -325,23 +348,31 @@ V05_SEEN = [[TABLE, [[[*SPAN_V05[:i], odd, *SPAN_V05[i + 1:]]]]]
             for i, odd in [(0, None), (9, None), (10, None), (3, 1.0), (8, True), (0, -1), (2, True)]]
 
 
-def seen(shapes: list[Any]) -> Any:
+def seen(shapes: list[Any], **fixed: Any) -> Any:
     def decorate(test: Any) -> Any:
         for shape in shapes:
-            test = example(payload=shape, bin_type=True, trailing=b"")(test)
+            test = example(payload=shape, **fixed)(test)
         return test
     return decorate
 
 
 @SETTINGS
-@seen(V04_SEEN)
+@seen(V04_SEEN, bin_type=True, trailing=b"")
 @given(payload=PAYLOAD_V04, bin_type=st.booleans(), trailing=TRAILING)
 def test_v04_decisions_agree(receivers: Receivers, payload: Any, bin_type: bool, trailing: bytes) -> None:
     decide(receivers, "v0.4", payload, bin_type, trailing)
 
 
 @SETTINGS
-@seen(V05_SEEN)
+@seen(V05_SEEN, bin_type=True, trailing=b"")
 @given(payload=payload_v05(), bin_type=st.booleans(), trailing=TRAILING)
 def test_v05_decisions_agree(receivers: Receivers, payload: Any, bin_type: bool, trailing: bytes) -> None:
     decide(receivers, "v0.5", payload, bin_type, trailing)
+
+
+@settings(SETTINGS, max_examples=150)
+@seen([*V04_SEEN, [[{**SPAN, "service": "\ud800"}]]])  # a lone surrogate escape was a 500
+@given(payload=PAYLOAD_V04)
+def test_v04_json_decisions_agree(receivers: Receivers, payload: Any) -> None:
+    body = json.dumps(jsonable(payload)).encode()
+    compare(receivers, "v0.4", json.loads(body), body, "application/json", "json")
