@@ -64,7 +64,8 @@ EXCEPTIONS = {
 # the agent (so they need no exception here): a bool metrics value is taken as
 # 1.0/0.0 (the agent rejects it); start/duration/error beyond int64/int32 wrap
 # (the agent rejects them); a v0.5 body must be exactly [strings, traces] (the
-# agent ignores elements after the second).
+# agent ignores elements after the second); in JSON a negative id wraps to
+# uint64 (Go's encoding/json rejects it).
 
 INT64 = 1 << 63
 IDS = ("trace_id", "span_id", "parent_id")
