@@ -71,7 +71,7 @@ def normalize_trace(spans: Trace) -> str | None:
 
 def normalize_payload(traces: Sequence[Any], version: str = "v0.4") -> tuple[list[Trace], int, int]:
     """Check and normalize every trace of a payload: ``(kept traces, dropped
-    count, span count)``; nil traces are skipped.
+    count, span count)``.
 
     ``traces`` is a body's array of traces, either only unpacked
     (``decode.unpack_v04``) or already decoded. Raises PayloadError, with the
