@@ -690,19 +690,21 @@ time_ns(void)
 #endif
 }
 
-/* trace_root(trace_cls, buffer, name, service, resource, span_type) -> Span | None
+/* trace_root(trace_cls, buffer, name, service, resource, span_type, activate) -> Span | None
  *
- * Tracer.trace() without an active span: a new trace and its root span,
- * activated; None when a span is active (the caller's Python code decides
- * then). As Tracer._start_trace for no parent, which stays the statement of
- * the rules: a change there goes here too. `trace_cls(buffer, trace_id, wall,
- * mono)` is tracer.buffer._Trace; `service` is already the default if empty. */
+ * A new trace and its root span: Tracer.trace() without an active span, and
+ * Tracer.start_span() without a parent (a query outside any request). With
+ * `activate` the span becomes the active one, and None is returned when a
+ * span is active already (the caller's Python code decides then). As
+ * Tracer._start_trace for no parent, which stays the statement of the rules:
+ * a change there goes here too. `trace_cls(buffer, trace_id, wall, mono)` is
+ * tracer.buffer._Trace; `service` is already the default if empty. */
 static PyObject *
 trace_root(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
     static PyObject *int_96 = NULL;
-    if (nargs != 6) {
-        PyErr_Format(PyExc_TypeError, "trace_root() takes 6 arguments (%zd given)", nargs);
+    if (nargs != 7) {
+        PyErr_Format(PyExc_TypeError, "trace_root() takes 7 arguments (%zd given)", nargs);
         return NULL;
     }
     if (span_cls == NULL) {
@@ -712,14 +714,19 @@ trace_root(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     if (int_96 == NULL && (int_96 = PyLong_FromLong(96)) == NULL)
         return NULL;
     long long mono = perf_counter_ns();
-    PyObject *active;
-    if (PyContextVar_Get(active_var, Py_None, &active) < 0)
+    int activating = PyObject_IsTrue(args[6]);
+    if (activating < 0)
         return NULL;
-    if (active != Py_None) {
-        Py_XDECREF(active);
-        Py_RETURN_NONE;
+    if (activating) {
+        PyObject *active;
+        if (PyContextVar_Get(active_var, Py_None, &active) < 0)
+            return NULL;
+        if (active != Py_None) {
+            Py_XDECREF(active);
+            Py_RETURN_NONE;
+        }
+        Py_DECREF(active);
     }
-    Py_DECREF(active);
     long long wall = time_ns();
     PyObject *trace = NULL, *trace_id = NULL, *wall_obj = NULL, *mono_obj = NULL;
     SpanObject *span = NULL;
@@ -745,10 +752,12 @@ trace_root(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     PyObject *trace_args[4] = {args[1], trace_id, wall_obj, mono_obj};
     if ((trace = PyObject_Vectorcall(args[0], trace_args, 4, NULL)) == NULL)
         goto done;
-    span = new_span(trace, trace_id, int_0, Py_None, args[2], args[3], args[4], args[5], mono, wall, Py_None);
+    span = new_span(trace, trace_id, int_0, Py_None, args[2], args[3], args[4], args[5], mono, wall,
+                    activating ? Py_None : not_activated);
     if (span == NULL)
         goto done;
-    if (PyObject_SetAttr(trace, s_root, (PyObject *)span) < 0 || count_start(trace) < 0 || activate(span) < 0)
+    if (PyObject_SetAttr(trace, s_root, (PyObject *)span) < 0 || count_start(trace) < 0 ||
+        (activating && activate(span) < 0))
         Py_CLEAR(span);
 
 done:
@@ -816,7 +825,7 @@ static PyMethodDef module_methods[] = {
     {"trace_child", (PyCFunction)(void (*)(void))trace_child, METH_FASTCALL,
      "trace_child(name, service, resource, span_type): a new active child of the active span, or None."},
     {"trace_root", (PyCFunction)(void (*)(void))trace_root, METH_FASTCALL,
-     "trace_root(trace_cls, buffer, name, service, resource, span_type): a new active root span, or None."},
+     "trace_root(trace_cls, buffer, name, service, resource, span_type, activate): a new root span, or None."},
     {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL, NULL},
     {NULL},
 };

@@ -141,6 +141,8 @@ class Tracer:
             next(trace.starts)
             if trace.root_done:
                 trace.start_span_late()
+        elif parent is None and _trace_root is not None:  # a new trace, built in C
+            span = _trace_root(_Trace, self._buffer, name, service or self.service, resource, span_type, False)
         else:
             span = self._start_trace(parent, name, service, resource, span_type, mono)
         if activate:
@@ -256,7 +258,7 @@ class Tracer:
         ) -> Span:
             span: Span | None = _trace_child(name, service, resource, span_type)
             if span is None:  # no active span: a new trace (in C); or a foreign or finished one
-                span = _trace_root(_Trace, self._buffer, name, service or self.service, resource, span_type)
+                span = _trace_root(_Trace, self._buffer, name, service or self.service, resource, span_type, True)
                 if span is None:
                     span = self._trace_py(name, service, resource, span_type)
             return span

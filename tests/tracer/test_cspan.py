@@ -252,19 +252,29 @@ def _root_fields(span) -> dict:
     return fields
 
 
+def _start_root(how: str, service, resource, span_type):
+    if how == "trace":
+        return tracer.trace("root", service, resource, span_type)
+    return tracer.start_span("root", None, service, resource, span_type, activate=how == "start_span_active")
+
+
+@pytest.mark.parametrize("how", ["trace", "start_span", "start_span_active"])
 @pytest.mark.parametrize(
     ("service", "resource", "span_type"), [(None, None, None), ("svc", "res", "web"), ("", "", None)]
 )
-def test_root_spans_from_c_match_the_python_root_path(test_spans, service, resource, span_type):
-    """``_cspan.trace_root`` (Tracer.trace() without an active span) builds
-    what Tracer._start_trace builds for no parent."""
+def test_root_spans_from_c_match_the_python_root_path(test_spans, how, service, resource, span_type):
+    """``_cspan.trace_root`` (Tracer.trace() without an active span,
+    Tracer.start_span() without a parent) builds what Tracer._start_trace
+    builds for no parent."""
     tracer_module = sys.modules["tracer._tracer"]
-    with tracer.trace("root", service, resource, span_type) as span:
-        built = _root_fields(span)
+    span = _start_root(how, service, resource, span_type)
+    built = _root_fields(span)
+    span.finish()
     saved, tracer_module._trace_root = tracer_module._trace_root, None
     try:
-        with tracer._trace_py("root", service, resource, span_type) as span:
-            expected = _root_fields(span)
+        span = tracer._trace_py("root", service, resource, span_type) if how == "trace" else _start_root(how, service, resource, span_type)
+        expected = _root_fields(span)
+        span.finish()
     finally:
         tracer_module._trace_root = saved
     assert built == expected
@@ -275,7 +285,7 @@ def test_root_spans_from_c_match_the_python_root_path(test_spans, service, resou
 @pytest.mark.skipif(PURE, reason="the C span code")
 def test_trace_root_leaves_an_active_span_to_the_python_code(test_spans):
     with tracer.trace("root") as root:
-        assert _cspan.trace_root(type(root._trace), root._trace.buffer, "x", "svc", None, None) is None
+        assert _cspan.trace_root(type(root._trace), root._trace.buffer, "x", "svc", None, None, True) is None
         assert tracer.current_span() is root
 
 
