@@ -56,18 +56,21 @@ static PyObject *int_0, *int_1, *int_64;
 static PyTypeObject SpanBase_Type;
 
 static inline long long
-perf_counter_ns(void)
+clock_ns(int wall)
 {
-    /* The clock of time.perf_counter_ns(): Python code reads it too (root
-     * spans, start_span), and durations mix the two. */
+    /* The clocks of time.perf_counter_ns() and (wall) time.time_ns(): Python
+     * code reads them too (start_span, the Python root path), and durations
+     * mix the two. */
 #if PY_VERSION_HEX >= 0x030D0000
     PyTime_t t;
-    (void)PyTime_PerfCounterRaw(&t);
+    (void)(wall ? PyTime_TimeRaw(&t) : PyTime_PerfCounterRaw(&t));
     return (long long)t;
 #else
-    return (long long)_PyTime_GetPerfCounter();
+    return (long long)(wall ? _PyTime_GetSystemClock() : _PyTime_GetPerfCounter());
 #endif
 }
+
+#define perf_counter_ns() clock_ns(0)
 
 static int
 Span_traverse(SpanObject *self, visitproc visit, void *arg)
@@ -227,6 +230,31 @@ Span_enter(PyObject *self, PyObject *Py_UNUSED(ignored))
     return Py_NewRef(self);
 }
 
+/* The active span becomes `span`. */
+static int
+set_active(PyObject *span)
+{
+    PyObject *token = PyContextVar_Set(active_var, span);
+    if (token == NULL)
+        return -1;
+    Py_DECREF(token);
+    return 0;
+}
+
+/* next(getattr(trace, name)): trace.starts or trace.finishes (itertools.count). */
+static PyObject *
+next_count(PyObject *trace, PyObject *name)
+{
+    PyObject *counter = PyObject_GetAttr(trace, name);
+    if (counter == NULL)
+        return NULL;
+    PyObject *value = PyIter_Next(counter);
+    Py_DECREF(counter);
+    if (value == NULL && !PyErr_Occurred())
+        PyErr_Format(PyExc_RuntimeError, "trace.%U ended", name);
+    return value;
+}
+
 /* Append the span's record to its trace and send the chunk if it can leave:
  * _Trace.finish_span, for a span whose duration is set. */
 static int
@@ -291,16 +319,9 @@ finish_record_owned(SpanObject *self, PyObject *trace, PyObject *metrics, PyObje
     Py_ssize_t length = PyList_GET_SIZE(finished);
     Py_DECREF(finished);
 
-    PyObject *finishes = PyObject_GetAttr(trace, s_finishes);
-    if (finishes == NULL)
+    PyObject *ordinal = next_count(trace, s_finishes);
+    if (ordinal == NULL)
         return -1;
-    PyObject *ordinal = PyIter_Next(finishes);
-    Py_DECREF(finishes);
-    if (ordinal == NULL) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_RuntimeError, "trace.finishes ended");
-        return -1;
-    }
 
     PyObject *root = PyObject_GetAttr(trace, s_root);
     if (root == NULL) {
@@ -398,11 +419,7 @@ restore_prev(SpanObject *self, int only_if_active)
         if (current != (PyObject *)self)
             return 0;
     }
-    PyObject *token = PyContextVar_Set(active_var, prev);
-    if (token == NULL)
-        return -1;
-    Py_DECREF(token);
-    return 0;
+    return set_active(prev);
 }
 
 /* End the span unless it has ended: duration from the monotonic start, the
@@ -548,32 +565,28 @@ error:
     return NULL;
 }
 
+/* The checks trace_child and trace_root start with. */
+static int
+callable_now(const char *fn, Py_ssize_t nargs, Py_ssize_t expected)
+{
+    if (nargs != expected) {
+        PyErr_Format(PyExc_TypeError, "%s() takes %zd arguments (%zd given)", fn, expected, nargs);
+        return -1;
+    }
+    if (span_cls == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "tracer._cspan is not configured");
+        return -1;
+    }
+    return 0;
+}
+
 /* next(trace.starts) */
 static int
 count_start(PyObject *trace)
 {
-    PyObject *starts = PyObject_GetAttr(trace, s_starts);
-    if (starts == NULL)
-        return -1;
-    PyObject *started = PyIter_Next(starts);
-    Py_DECREF(starts);
-    if (started == NULL) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_RuntimeError, "trace.starts ended");
-        return -1;
-    }
-    Py_DECREF(started);
-    return 0;
-}
-
-static int
-activate(SpanObject *span)
-{
-    PyObject *token = PyContextVar_Set(active_var, (PyObject *)span);
-    if (token == NULL)
-        return -1;
-    Py_DECREF(token);
-    return 0;
+    PyObject *started = next_count(trace, s_starts);
+    Py_XDECREF(started); /* only counted */
+    return started == NULL ? -1 : 0;
 }
 
 /* trace_child(name, service, resource, span_type) -> Span | None
@@ -584,14 +597,8 @@ activate(SpanObject *span)
 static PyObject *
 trace_child(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 4) {
-        PyErr_Format(PyExc_TypeError, "trace_child() takes 4 arguments (%zd given)", nargs);
+    if (callable_now("trace_child", nargs, 4) < 0)
         return NULL;
-    }
-    if (span_cls == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "tracer._cspan is not configured");
-        return NULL;
-    }
     PyObject *name = args[0], *service = args[1], *resource = args[2], *span_type = args[3];
     long long mono = perf_counter_ns();
     PyObject *parent_obj;
@@ -665,7 +672,7 @@ trace_child(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
             goto error;
         Py_DECREF(r);
     }
-    if (activate(span) < 0)
+    if (set_active((PyObject *)span) < 0)
         goto error;
     return (PyObject *)span;
 
@@ -675,19 +682,6 @@ error:
     Py_XDECREF(parent_obj);
     Py_XDECREF(span);
     return NULL;
-}
-
-static inline long long
-time_ns(void)
-{
-    /* The clock of time.time_ns(), which the Python root path reads. */
-#if PY_VERSION_HEX >= 0x030D0000
-    PyTime_t t;
-    (void)PyTime_TimeRaw(&t);
-    return (long long)t;
-#else
-    return (long long)_PyTime_GetSystemClock();
-#endif
 }
 
 /* trace_root(trace_cls, buffer, name, service, resource, span_type, activate) -> Span | None
@@ -703,14 +697,8 @@ static PyObject *
 trace_root(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
     static PyObject *int_96 = NULL;
-    if (nargs != 7) {
-        PyErr_Format(PyExc_TypeError, "trace_root() takes 7 arguments (%zd given)", nargs);
+    if (callable_now("trace_root", nargs, 7) < 0)
         return NULL;
-    }
-    if (span_cls == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "tracer._cspan is not configured");
-        return NULL;
-    }
     if (int_96 == NULL && (int_96 = PyLong_FromLong(96)) == NULL)
         return NULL;
     long long mono = perf_counter_ns();
@@ -727,7 +715,7 @@ trace_root(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         }
         Py_DECREF(active);
     }
-    long long wall = time_ns();
+    long long wall = clock_ns(1);
     PyObject *trace = NULL, *trace_id = NULL, *wall_obj = NULL, *mono_obj = NULL;
     SpanObject *span = NULL;
     /* As ddtrace: upper 32 bits unix seconds, 32 zero bits, 64 random bits. */
@@ -757,7 +745,7 @@ trace_root(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     if (span == NULL)
         goto done;
     if (PyObject_SetAttr(trace, s_root, (PyObject *)span) < 0 || count_start(trace) < 0 ||
-        (activating && activate(span) < 0))
+        (activating && set_active((PyObject *)span) < 0))
         Py_CLEAR(span);
 
 done:
