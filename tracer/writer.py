@@ -149,8 +149,9 @@ class AgentWriter:
     def write(self, trace: Any, chunk: list[Any]) -> None:
         """Queue a finished chunk (flat span records, see ``tracer.buffer``)
         of ``trace``. Called on app threads: O(1), never blocks on I/O, never
-        raises; when the queue is full the chunk is dropped and counted
-        (``spans_dropped_queue_full``)."""
+        raises. When the queue is full it waits for room while the receiver
+        is healthy (bounded, see the module docstring), else the chunk is
+        dropped and counted (``spans_dropped_queue_full``)."""
         try:
             if self._thread is None:
                 self._start()
