@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from contrib import _dbapi
-from tracer._errors import internal_error
+from tracer._errors import guarded_wrapper
 from tracer._patching import Target, patch_supported, python_version, unpatch_targets
 from tracer.config import config
 
@@ -18,23 +18,14 @@ def get_version() -> str:
     return python_version()
 
 
+_EXECUTESCRIPT = guarded_wrapper(
+    "sqlite3.executescript", _dbapi.statement_start("sql_script", False), _dbapi.query_finish
+)
+
+
 class TracedSQLiteCursor(_dbapi.TracedCursor):
     def executescript(self, *args: Any, **kwargs: Any) -> Any:
-        wrapped = self.__wrapped__
-        info = self._self_info
-        try:
-            span = _dbapi._start(info, info.query_name, args[0] if args else kwargs.get("sql_script"))
-        except Exception:
-            internal_error("sqlite3.executescript")
-            result = wrapped.executescript(*args, **kwargs)
-            return self if result is wrapped else result
-        try:
-            result = wrapped.executescript(*args, **kwargs)
-        except BaseException:
-            _dbapi._finish_error(span)
-            raise
-        _dbapi._finish(span, wrapped)
-        return self if result is wrapped else result
+        return _dbapi.traced_call(self, _EXECUTESCRIPT, "executescript", args, kwargs)
 
     # A sqlite3 cursor is its own iterator: keep iteration on the proxy.
     def __iter__(self) -> Any:
