@@ -5,3 +5,14 @@ Enabled by ``tracer.patch(flask=True)`` / ``patch_all()`` / ``tracer-run``,
 which call :func:`contrib.flask.patch.patch`. Supported: Flask 2.2 to 3.x.
 Nothing is re-exported here, so ``contrib.flask.patch`` stays the module.
 """
+
+from tracer._patching import Integration
+
+INTEGRATION = Integration(
+    name="flask",
+    hooks_module="flask",
+    dist="Flask",
+    default=True,
+    supported=">=2.2,<4",
+    contrib_module="contrib.flask.patch",
+)

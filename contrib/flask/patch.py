@@ -24,24 +24,20 @@ changes what Flask returns or raises.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
+
+from werkzeug.exceptions import HTTPException
 
 import tracer as _pkg
 from contrib.flask import _request
 from contrib.flask._hooks import PHASES, Phase
 from tracer._errors import Start, finish_span, guarded_wrapper, keep_result
-from tracer._patching import Target, dist_version, patch_targets, unpatch_targets
+from tracer._patching import Target, integration_functions
 from tracer.context import _active
 
-SUPPORTED = ">=2.2,<4"
-
 _tracer = _pkg.tracer
-_current: Any = None  # ContextVar[RequestState | None], created by patch()
-
-
-def get_version() -> str:
-    """The installed Flask version ("" when Flask is not installed)."""
-    return dist_version("flask")
+_current: ContextVar[Any] = ContextVar("tracer_flask_request", default=None)  # the RequestState
 
 
 # -- traced user functions -------------------------------------------------------
@@ -49,14 +45,13 @@ def get_version() -> str:
 _TRACED_CACHE_MAX = 4096  # functions per phase; apps built per test would grow it forever
 
 
-_http_exception: Any = None  # werkzeug's HTTPException, set by patch()
 
 
 def _is_error(exc: BaseException) -> bool:
     # HTTPException below 500 (abort(404), abort(403), redirects) is Flask's
     # normal control flow, not an error.
     code = getattr(exc, "code", None)
-    return not (type(code) is int and code < 500 and _http_exception is not None and isinstance(exc, _http_exception))
+    return not (type(code) is int and code < 500 and isinstance(exc, HTTPException))
 
 
 def _resource_of(func: Any) -> str:
@@ -178,24 +173,12 @@ TARGETS: tuple[Target, ...] = (
 )
 
 
-def patch() -> bool:
-    """Wrap every target once (a second call does nothing); True when it
-    patched. Called by the patch registry (``tracer.patch(flask=True)``)
-    once ``flask`` is imported; imports the Flask submodules it wraps."""
-    global _current, _http_exception
-    if _current is None:
-        from contextvars import ContextVar
-
-        _current = ContextVar("tracer_flask_request", default=None)
-    from werkzeug.exceptions import HTTPException
-
-    _http_exception = HTTPException
-    return patch_targets("flask", TARGETS)
+patch, _unpatch = integration_functions("flask")
 
 
 def unpatch() -> bool:
     """Restore the exact originals; True when it unpatched."""
-    done = unpatch_targets("flask", TARGETS)
+    done = _unpatch()
     for phase in PHASES:
         phase.traced.clear()
     return done

@@ -11,12 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from tracer._errors import guarded_wrapper, keep_result
-from tracer._patching import Target, patch_targets, python_version, unpatch_targets
+from tracer._patching import Target, integration_functions
 from tracer.context import wrap_context
-
-
-def get_version() -> str:
-    return python_version()
 
 
 def _submit_start(instance: Any, args: tuple, kwargs: dict) -> tuple[None, tuple, dict] | None:
@@ -29,9 +25,4 @@ def _submit_start(instance: Any, args: tuple, kwargs: dict) -> tuple[None, tuple
 TARGETS = (Target("concurrent.futures.thread", "ThreadPoolExecutor.submit", guarded_wrapper("futures.submit", _submit_start, keep_result)),)
 
 
-def patch() -> None:
-    patch_targets("concurrent.futures", TARGETS)
-
-
-def unpatch() -> None:
-    unpatch_targets("concurrent.futures", TARGETS)
+patch, unpatch = integration_functions("futures")

@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from contrib import _dbapi
-from tracer._patching import Target, patch_supported, unpatch_targets
-
-SUPPORTED = ">=8.0"
-NAME = "mysql"
-
-
-def get_version() -> str:
-    # From sys.modules: the post-import hook runs before the "mysql" package
-    # has its "connector" attribute, so "mysql.connector.__version__" fails there.
-    return str(importlib.import_module("mysql.connector").__version__)
+from tracer._patching import Target, integration_functions
 
 
 def _proxy(conn: Any, args: tuple, kwargs: dict) -> Any:
@@ -38,11 +28,4 @@ TARGETS = (
 )
 
 
-def patch() -> bool:
-    """Wrap the targets (idempotent); False if the version is unsupported or
-    nothing changed. Imports ``mysql.connector``."""
-    return patch_supported(__name__, "mysql.connector", TARGETS)
-
-
-def unpatch() -> bool:
-    return unpatch_targets("mysql.connector", TARGETS)
+patch, unpatch = integration_functions("mysql")

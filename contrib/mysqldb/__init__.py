@@ -5,3 +5,14 @@ are the same factory function in MySQLdb) return traced connections
 untouched: instantiating it directly is not traced.
 Nothing is re-exported here, so ``contrib.mysqldb.patch`` stays the module.
 """
+
+from tracer._patching import Integration
+
+INTEGRATION = Integration(
+    name="mysqldb",
+    hooks_module="MySQLdb",
+    dist="mysqlclient",
+    default=True,
+    supported=">=2.0",
+    contrib_module="contrib.mysqldb.patch",
+)

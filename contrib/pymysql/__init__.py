@@ -6,3 +6,14 @@ alias ``pymysql.Connect`` return traced connections (``contrib._dbapi``).
 calling the class directly are not traced.
 Nothing is re-exported here, so ``contrib.pymysql.patch`` stays the module.
 """
+
+from tracer._patching import Integration
+
+INTEGRATION = Integration(
+    name="pymysql",
+    hooks_module="pymysql",
+    dist="PyMySQL",
+    default=True,
+    supported=">=1.0",
+    contrib_module="contrib.pymysql.patch",
+)

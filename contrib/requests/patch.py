@@ -17,14 +17,8 @@ from contrib._http import is_untraced, redact_url, set_header_tags
 from tracer import propagation
 from tracer import tracer as _tracer
 from tracer._errors import finish_span, guarded_wrapper
-from tracer._patching import Target, dist_version, patch_targets, unpatch_targets
+from tracer._patching import Target, integration_functions
 from tracer.config import config
-
-SUPPORTED = ">=2.20,<3"
-
-
-def get_version() -> str:
-    return dist_version("requests")
 
 
 def _split(url: str) -> tuple[str, int, str]:
@@ -110,9 +104,4 @@ def _finish_span(instance: Any, span: Any, response: Any, exc: BaseException | N
 TARGETS = (Target("requests.sessions", "Session.send", guarded_wrapper("requests.send", _start_span, _finish_span)),)
 
 
-def patch() -> None:
-    patch_targets("requests", TARGETS)
-
-
-def unpatch() -> None:
-    unpatch_targets("requests", TARGETS)
+patch, unpatch = integration_functions("requests")

@@ -7,16 +7,8 @@ from typing import Any
 
 from contrib import _dbapi
 from tracer._errors import guarded_wrapper
-from tracer._patching import Target, patch_supported, python_version, unpatch_targets
+from tracer._patching import Target, integration_functions
 from tracer.config import config
-
-SUPPORTED = ">=3.8"  # Python's version: sqlite3 is part of the standard library
-NAME = "sqlite3"
-
-
-def get_version() -> str:
-    return python_version()
-
 
 _EXECUTESCRIPT = guarded_wrapper(
     "sqlite3.executescript", _dbapi.statement_start("sql_script", False), _dbapi.query_finish
@@ -89,10 +81,4 @@ TARGETS = (
 )
 
 
-def patch() -> bool:
-    """Wrap the targets (idempotent); False if nothing changed."""
-    return patch_supported(__name__, "sqlite3", TARGETS)
-
-
-def unpatch() -> bool:
-    return unpatch_targets("sqlite3", TARGETS)
+patch, unpatch = integration_functions("sqlite3")
