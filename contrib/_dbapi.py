@@ -140,6 +140,8 @@ def query_finish(proxy: Any, span: Any, result: Any, exc: BaseException | None) 
             rowcount = proxy.__wrapped__.rowcount
             if type(rowcount) is int and 0 <= rowcount < _MAX_ROWS:
                 span.metrics["db.row_count"] = rowcount
+            elif proxy._defer_finish(span):
+                return result  # the cursor ends the span once its rows are read
         except Exception:
             internal_error("dbapi.rowcount")  # the span still ends: an unfinished one loses its trace
     return finish_span(proxy, span, result, exc)
@@ -318,6 +320,12 @@ class TracedCursor(wrapt.ObjectProxy):
         result = self.__wrapped__.__enter__()
         return self if result is self.__wrapped__ else result
 
+    def _defer_finish(self, span: Any) -> bool:
+        """Called when the driver does not know the row count after a query:
+        True if this cursor keeps ``span`` and ends it later (a cursor type
+        whose driver streams rows overrides it); the default ends it now."""
+        return False
+
 
 class _FetchTracing:
     """Mixin for cursors created while ``db_trace_fetch`` is on: ``fetch*``
@@ -334,14 +342,15 @@ class _FetchTracing:
         self._self_last_sql = _sql_arg(self._self_info, args, kwargs)
         return super().executemany(*args, **kwargs)  # type: ignore[misc]
 
+    # Through super(): a cursor type below this mixin sees the fetch too.
     def fetchone(self, *args: Any, **kwargs: Any) -> Any:
-        return traced_call(self, _FETCH["fetchone"], "fetchone", args, kwargs)
+        return _FETCH["fetchone"](super().fetchone, self, args, kwargs)  # type: ignore[misc]
 
     def fetchmany(self, *args: Any, **kwargs: Any) -> Any:
-        return traced_call(self, _FETCH["fetchmany"], "fetchmany", args, kwargs)
+        return _FETCH["fetchmany"](super().fetchmany, self, args, kwargs)  # type: ignore[misc]
 
     def fetchall(self, *args: Any, **kwargs: Any) -> Any:
-        return traced_call(self, _FETCH["fetchall"], "fetchall", args, kwargs)
+        return _FETCH["fetchall"](super().fetchall, self, args, kwargs)  # type: ignore[misc]
 
 
 def _fetch_start(method: str) -> Start:
@@ -420,11 +429,19 @@ class TracedMySQLConnection(TracedConnection):
 
 
 def traced_mysql_connection(
-    conn: Any, *, component: str, db: Any, user: Any, host: Any, port: Any, sql_kwarg: str = "query"
+    conn: Any,
+    *,
+    component: str,
+    db: Any,
+    user: Any,
+    host: Any,
+    port: Any,
+    sql_kwarg: str = "query",
+    proxy_type: type[TracedMySQLConnection] = TracedMySQLConnection,
 ) -> TracedMySQLConnection:
-    """``conn`` as a traced connection with what every MySQL driver shares:
-    ``mysql.*`` span names, ``db.system=mysql``, the ``TRACER_MYSQL_SERVICE``
-    service and DBM comments."""
+    """``conn`` as a traced connection (``proxy_type``) with what every MySQL
+    driver shares: ``mysql.*`` span names, ``db.system=mysql``, the
+    ``TRACER_MYSQL_SERVICE`` service and DBM comments."""
     info = make_info(
         prefix="mysql",
         system="mysql",
@@ -437,7 +454,7 @@ def traced_mysql_connection(
         sql_kwarg=sql_kwarg,
         dbm=True,
     )
-    return TracedMySQLConnection(conn, info)
+    return proxy_type(conn, info)
 
 
 # -- patching ---------------------------------------------------------------------

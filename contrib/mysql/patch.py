@@ -2,10 +2,103 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from typing import Any
 
 from contrib import _dbapi
+from tracer._errors import internal_error
 from tracer._patching import Target, integration_functions
+
+
+class TracedConnectorCursor(_dbapi.TracedMySQLCursor):
+    """mysql-connector's default cursor is unbuffered: after a ``SELECT``
+    its ``rowcount`` is -1 until the rows are read (PyMySQL's and
+    mysqlclient's default cursors are buffered and know it at once). So the
+    query span keeps ``execute``'s duration but is handed to its trace only
+    when the rows are read to the end (then with ``db.row_count``), or, with
+    no count, when the cursor runs its next statement, is closed, or is
+    garbage-collected. Costs one attribute read per fetch."""
+
+    _self_pending: tuple[Any, int] | None = None  # (span, end ns) while rows are unread
+
+    def _defer_finish(self, span: Any) -> bool:
+        unread = getattr(self.__wrapped__, "_have_unread_result", None)
+        if self._self_pending is not None or unread is None or not unread():
+            return False
+        self._self_pending = (span, time.time_ns())
+        return True
+
+    def _settle(self, read_to_end: bool) -> None:
+        """End the pending span; ``read_to_end``: only if no row is left unread."""
+        pending = self._self_pending
+        if pending is None:
+            return
+        try:
+            cursor = self.__wrapped__
+            unread = cursor._have_unread_result()
+            if unread and read_to_end:
+                return
+            self._self_pending = None
+            span, end_ns = pending
+            rowcount = cursor.rowcount
+            if not unread and type(rowcount) is int and rowcount >= 0:
+                span.metrics["db.row_count"] = rowcount
+            span.finish(end_ns)
+        except Exception:
+            internal_error("mysql.settle")
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        self._settle(False)
+        return super().execute(*args, **kwargs)
+
+    def executemany(self, *args: Any, **kwargs: Any) -> Any:
+        self._settle(False)
+        return super().executemany(*args, **kwargs)
+
+    def callproc(self, *args: Any, **kwargs: Any) -> Any:
+        self._settle(False)
+        return super().callproc(*args, **kwargs)
+
+    def fetchone(self, *args: Any, **kwargs: Any) -> Any:
+        row = super().fetchone(*args, **kwargs)
+        if self._self_pending is not None:
+            self._settle(True)
+        return row
+
+    def fetchmany(self, *args: Any, **kwargs: Any) -> Any:
+        rows = super().fetchmany(*args, **kwargs)
+        if self._self_pending is not None:
+            self._settle(True)
+        return rows
+
+    def fetchall(self, *args: Any, **kwargs: Any) -> Any:
+        rows = super().fetchall(*args, **kwargs)
+        if self._self_pending is not None:
+            self._settle(True)
+        return rows
+
+    def __iter__(self) -> Iterator[Any]:
+        # The driver's own iteration is iter(self.fetchone, None) on itself,
+        # out of the proxy's reach; this one reads the same rows, without
+        # fetch spans, and ends the query span after the last.
+        yield from iter(self.__wrapped__.fetchone, None)
+        self._settle(True)
+
+    def close(self, *args: Any, **kwargs: Any) -> Any:
+        self._settle(False)
+        return self.__wrapped__.close(*args, **kwargs)
+
+    def __exit__(self, *exc_info: Any) -> Any:
+        self._settle(False)
+        return self.__wrapped__.__exit__(*exc_info)
+
+    def __del__(self) -> None:
+        self._settle(False)
+
+
+class TracedConnectorConnection(_dbapi.TracedMySQLConnection):
+    cursor_types = (TracedConnectorCursor, _dbapi.fetch_variant(TracedConnectorCursor))
 
 
 def _proxy(conn: Any, args: tuple, kwargs: dict) -> Any:
@@ -18,6 +111,7 @@ def _proxy(conn: Any, args: tuple, kwargs: dict) -> Any:
         host=getattr(conn, "server_host", None) or kwargs.get("host"),
         port=getattr(conn, "server_port", None) or kwargs.get("port"),
         sql_kwarg="operation",
+        proxy_type=TracedConnectorConnection,
     )
 
 
