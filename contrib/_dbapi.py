@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote
 
 import wrapt
@@ -140,11 +140,17 @@ def query_finish(proxy: Any, span: Any, result: Any, exc: BaseException | None) 
             rowcount = proxy.__wrapped__.rowcount
             if type(rowcount) is int and 0 <= rowcount < _MAX_ROWS:
                 span.metrics["db.row_count"] = rowcount
-            elif proxy._defer_finish(span):
-                return result  # the cursor ends the span once its rows are read
+            else:
+                # A type lookup, not the proxy's: this branch runs for every sqlite3 SELECT.
+                defer = type(proxy).defer_finish
+                if defer is not None and defer(proxy, span):
+                    return result  # the cursor ends the span once its rows are read
         except Exception:
             internal_error("dbapi.rowcount")  # the span still ends: an unfinished one loses its trace
-    return finish_span(proxy, span, result, exc)
+    else:
+        span.set_exc_info(type(exc), exc, exc.__traceback__)
+    span.finish()
+    return result
 
 
 def statement_start(sql_kwarg: str | None, comment: bool) -> Start:
@@ -297,8 +303,15 @@ class TracedCursor(wrapt.ObjectProxy):
         super().__init__(cursor)
         self._self_info = info
 
+    #: ``defer_finish(proxy, span) -> bool``, called when the driver does not
+    #: know the row count after a query: True if the cursor keeps ``span`` and
+    #: ends it later (contrib/mysql's streaming cursor); None: end it now.
+    defer_finish: ClassVar[Callable[..., bool] | None] = None
+
     def execute(self, *args: Any, **kwargs: Any) -> Any:
-        return traced_call(self, _EXECUTE, "execute", args, kwargs)
+        wrapped = self.__wrapped__  # the bound method below, not by name: the hottest call
+        result = _EXECUTE(wrapped.execute, self, args, kwargs)
+        return self if result is wrapped else result
 
     def executemany(self, *args: Any, **kwargs: Any) -> Any:
         return traced_call(self, _EXECUTEMANY, "executemany", args, kwargs)
@@ -319,12 +332,6 @@ class TracedCursor(wrapt.ObjectProxy):
     def __enter__(self) -> Any:
         result = self.__wrapped__.__enter__()
         return self if result is self.__wrapped__ else result
-
-    def _defer_finish(self, span: Any) -> bool:
-        """Called when the driver does not know the row count after a query:
-        True if this cursor keeps ``span`` and ends it later (a cursor type
-        whose driver streams rows overrides it); the default ends it now."""
-        return False
 
 
 class _FetchTracing:

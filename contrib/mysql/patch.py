@@ -22,12 +22,14 @@ class TracedConnectorCursor(_dbapi.TracedMySQLCursor):
 
     _self_pending: tuple[Any, int] | None = None  # (span, end ns) while rows are unread
 
-    def _defer_finish(self, span: Any) -> bool:
+    def _keep_until_read(self, span: Any) -> bool:
         unread = getattr(self.__wrapped__, "_have_unread_result", None)
         if self._self_pending is not None or unread is None or not unread():
             return False
         self._self_pending = (span, time.time_ns())
         return True
+
+    defer_finish = _keep_until_read
 
     def _settle(self, read_to_end: bool) -> None:
         """End the pending span; ``read_to_end``: only if no row is left unread."""

@@ -68,7 +68,7 @@ def _to_receiver(url: str) -> bool:
 
 
 def _start_span(instance: Any, args: tuple, kwargs: dict) -> tuple[Any, tuple, dict] | None:
-    request = args[0] if args else kwargs.get("request")
+    request: Any = args[0] if args else kwargs.get("request")
     url = request.url or ""
     if not _tracer.enabled or is_untraced() or _to_receiver(url):
         return None
