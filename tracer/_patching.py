@@ -5,14 +5,15 @@ How an integration plugs in: one folder, ``contrib/<name>/``
 ``contrib/<name>/__init__.py`` declares the integration once, and imports
 nothing but this module (it is read before the library is imported)::
 
-    INTEGRATION = Integration(
-        name="requests",                   # patch(requests=True), TRACER_PATCH_REQUESTS
-        hooks_module="requests",           # patching waits for the app to import it
-        dist="requests",                   # its installed version; None: stdlib (Python's)
-        default=True,                      # on in patch_all() unless TRACER_PATCH_<NAME>=false
-        supported=">=2.20,<3",             # comma-separated >= > <= < == != clauses; "": any
-        contrib_module="contrib.requests.patch",  # holds TARGETS
-    )
+    INTEGRATION = Integration("requests", hooks_module="requests", dist="requests", supported=">=2.20,<3")
+
+The fields (see :class:`Integration`): the keyword (``patch(requests=True)``,
+``TRACER_PATCH_REQUESTS``); the module whose import triggers patching; the
+distribution whose installed version is checked (None: stdlib, Python's
+version); ``default`` (on in ``patch_all()``, True unless given); the
+supported range (comma-separated ``>= > <= < == !=`` clauses, "" for any);
+``contrib_module``, which holds the patch targets (default
+``contrib.<name>.patch``).
 
 ``contrib/<name>/patch.py`` (imported only once the library is) holds the
 patch targets, ``TARGETS``: a tuple of :class:`Target` ``(module, attribute
@@ -475,7 +476,7 @@ def status() -> dict[str, dict[str, Any]]:
             reason = f"not installed ({entry.dist})"
         else:
             try:
-                module = importlib.import_module(entry.contrib_module)
+                importlib.import_module(entry.contrib_module)  # it must load, not only be declared
             except ImportError as exc:
                 if _is_missing(exc, entry.contrib_module):
                     reason = f"integration module {entry.contrib_module} not available"
@@ -484,7 +485,6 @@ def status() -> dict[str, dict[str, Any]]:
             except Exception as exc:
                 reason = f"integration fails to import: {exc!r}"
             else:
-                del module
                 reason = entry.refusal(version)
                 supported = not reason
         patched = is_patched(name)

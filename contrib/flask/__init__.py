@@ -8,11 +8,4 @@ Nothing is re-exported here, so ``contrib.flask.patch`` stays the module.
 
 from tracer._patching import Integration
 
-INTEGRATION = Integration(
-    name="flask",
-    hooks_module="flask",
-    dist="Flask",
-    default=True,
-    supported=">=2.2,<4",
-    contrib_module="contrib.flask.patch",
-)
+INTEGRATION = Integration("flask", hooks_module="flask", dist="Flask", supported=">=2.2,<4")

@@ -4,11 +4,5 @@ caller's active span into the worker thread. See ``patch.py``.
 
 from tracer._patching import Integration
 
-INTEGRATION = Integration(
-    name="futures",
-    hooks_module="concurrent.futures",
-    dist=None,
-    default=True,
-    supported="",  # stdlib: every Python this tracer runs on
-    contrib_module="contrib.futures.patch",
-)
+# Standard library: every Python this tracer runs on.
+INTEGRATION = Integration("futures", hooks_module="concurrent.futures", dist=None, supported="")

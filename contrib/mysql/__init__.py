@@ -9,11 +9,4 @@ Nothing is re-exported here, so ``contrib.mysql.patch`` stays the module.
 
 from tracer._patching import Integration
 
-INTEGRATION = Integration(
-    name="mysql",
-    hooks_module="mysql.connector",
-    dist="mysql-connector-python",
-    default=True,
-    supported=">=8.0",
-    contrib_module="contrib.mysql.patch",
-)
+INTEGRATION = Integration("mysql", hooks_module="mysql.connector", dist="mysql-connector-python", supported=">=8.0")

@@ -8,11 +8,4 @@ Nothing is re-exported here, so ``contrib.mysqldb.patch`` stays the module.
 
 from tracer._patching import Integration
 
-INTEGRATION = Integration(
-    name="mysqldb",
-    hooks_module="MySQLdb",
-    dist="mysqlclient",
-    default=True,
-    supported=">=2.0",
-    contrib_module="contrib.mysqldb.patch",
-)
+INTEGRATION = Integration("mysqldb", hooks_module="MySQLdb", dist="mysqlclient", supported=">=2.0")

@@ -9,11 +9,4 @@ Nothing is re-exported here, so ``contrib.pymysql.patch`` stays the module.
 
 from tracer._patching import Integration
 
-INTEGRATION = Integration(
-    name="pymysql",
-    hooks_module="pymysql",
-    dist="PyMySQL",
-    default=True,
-    supported=">=1.0",
-    contrib_module="contrib.pymysql.patch",
-)
+INTEGRATION = Integration("pymysql", hooks_module="pymysql", dist="PyMySQL", supported=">=1.0")

@@ -6,11 +6,4 @@ default; ``TRACER_PATCH_REQUESTS=false`` turns it off). See ``patch.py``.
 
 from tracer._patching import Integration
 
-INTEGRATION = Integration(
-    name="requests",
-    hooks_module="requests",
-    dist="requests",
-    default=True,
-    supported=">=2.20,<3",
-    contrib_module="contrib.requests.patch",
-)
+INTEGRATION = Integration("requests", hooks_module="requests", dist="requests", supported=">=2.20,<3")

@@ -13,11 +13,5 @@ Nothing is re-exported here, so ``contrib.sqlite3.patch`` stays the module.
 
 from tracer._patching import Integration
 
-INTEGRATION = Integration(
-    name="sqlite3",
-    hooks_module="sqlite3",
-    dist=None,
-    default=True,
-    supported=">=3.8",  # Python's version: sqlite3 is part of the standard library
-    contrib_module="contrib.sqlite3.patch",
-)
+# The range is Python's version: sqlite3 is part of the standard library.
+INTEGRATION = Integration("sqlite3", hooks_module="sqlite3", dist=None, supported=">=3.8")
