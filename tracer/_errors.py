@@ -105,6 +105,16 @@ def finish_span(instance: Any, span: Any, result: Any, exc: BaseException | None
     return result
 
 
+def guarded_call(where: str, fn: Callable[..., Any], *args: Any) -> None:
+    """``fn(*args)`` as guarded work outside a wrapper (a span ended from
+    ``close()`` or ``__del__``): an exception is recorded at ``where``, never
+    raised. For places that are not :func:`guarded_wrapper`'s pre- or post-work."""
+    try:
+        fn(*args)
+    except Exception:
+        internal_error(where)
+
+
 def keep_result(instance: Any, state: Any, result: Any, exc: BaseException | None) -> Any:
     """A ``finish`` with no post-work (the pre-work was all there was to do)."""
     return result

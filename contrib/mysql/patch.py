@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from contrib import _dbapi
-from tracer._errors import internal_error
+from tracer._errors import guarded_call
 from tracer._patching import Target, integration_functions
 
 
@@ -33,22 +33,8 @@ class TracedConnectorCursor(_dbapi.TracedMySQLCursor):
 
     def _settle(self, read_to_end: bool) -> None:
         """End the pending span; ``read_to_end``: only if no row is left unread."""
-        pending = self._self_pending
-        if pending is None:
-            return
-        try:
-            cursor = self.__wrapped__
-            unread = cursor._have_unread_result()
-            if unread and read_to_end:
-                return
-            self._self_pending = None
-            span, end_ns = pending
-            rowcount = cursor.rowcount
-            if not unread and type(rowcount) is int and rowcount >= 0:
-                span.metrics["db.row_count"] = rowcount
-            span.finish(end_ns)
-        except Exception:
-            internal_error("mysql.settle")
+        if self._self_pending is not None:
+            guarded_call("mysql.settle", _end_pending, self, read_to_end)
 
     def execute(self, *args: Any, **kwargs: Any) -> Any:
         self._settle(False)
@@ -97,6 +83,19 @@ class TracedConnectorCursor(_dbapi.TracedMySQLCursor):
 
     def __del__(self) -> None:
         self._settle(False)
+
+
+def _end_pending(proxy: TracedConnectorCursor, read_to_end: bool) -> None:
+    cursor = proxy.__wrapped__
+    unread = cursor._have_unread_result()
+    if unread and read_to_end:
+        return
+    span, end_ns = proxy._self_pending  # type: ignore[misc]
+    proxy._self_pending = None
+    rowcount = cursor.rowcount
+    if not unread and type(rowcount) is int and rowcount >= 0:
+        span.metrics["db.row_count"] = rowcount
+    span.finish(end_ns)
 
 
 class TracedConnectorConnection(_dbapi.TracedMySQLConnection):

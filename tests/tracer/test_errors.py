@@ -78,3 +78,10 @@ def test_start_returning_none_skips_the_post_work() -> None:
     wrapper = guarded_wrapper("t", lambda i, a, k: None, _broken)
     assert wrapper(_user, None, (1,), {}) == ((1,), {})
     assert _take_swallowed() == []
+
+
+def test_guarded_call_records_and_never_raises() -> None:
+    seen: list = []
+    assert _errors.guarded_call("t.call", seen.append, 1) is None
+    assert _errors.guarded_call("t.call", _broken) is None
+    assert seen == [1] and _take_swallowed() == [("t.call", "tracer bug")]
