@@ -478,26 +478,47 @@ static PyMethodDef module_methods[] = {
     {NULL},
 };
 
-static struct PyModuleDef module_def = {
-    PyModuleDef_HEAD_INIT, "tracer._cencode", "The v0.4/v0.5 chunk encoders in C (see tracer/encoding.py).", -1,
-    module_methods,
-};
-
-PyMODINIT_FUNC
-PyInit__cencode(void)
+/* v04_keys and empty_str are process-wide: the module loads in the main
+ * interpreter only (multi-phase init, so this runs in each interpreter that
+ * imports it); sub-interpreters get an ImportError and tracer.encoding runs
+ * the pure-Python encoders there (see tracer/_cspan.c's exec_module). */
+static int
+exec_module(PyObject *Py_UNUSED(m))
 {
+    if (PyInterpreterState_Get() != PyInterpreterState_Main()) {
+        PyErr_SetString(PyExc_ImportError, "tracer._cencode loads in the main interpreter only (its state is "
+                                           "process-wide); sub-interpreters run the pure-Python encoders");
+        return -1;
+    }
     for (int i = 0; i < RECORD_LEN; i++) {
         Py_ssize_t n = (Py_ssize_t)strlen(V04_KEYS[i]);
         char header = (char)(0xa0 | n);
         PyObject *packed = PyBytes_FromStringAndSize(NULL, n + 1);
         if (packed == NULL)
-            return NULL;
+            return -1;
         PyBytes_AS_STRING(packed)[0] = header;
         memcpy(PyBytes_AS_STRING(packed) + 1, V04_KEYS[i], (size_t)n);
-        v04_keys[i] = packed;
+        Py_XSETREF(v04_keys[i], packed);
     }
-    empty_str = PyUnicode_FromStringAndSize("", 0);
-    if (empty_str == NULL)
-        return NULL;
-    return PyModule_Create(&module_def);
+    Py_XSETREF(empty_str, PyUnicode_FromStringAndSize("", 0));
+    return empty_str == NULL ? -1 : 0;
+}
+
+static PyModuleDef_Slot module_slots[] = {
+    {Py_mod_exec, exec_module},
+#ifdef Py_mod_multiple_interpreters
+    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
+#endif
+    {0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "tracer._cencode", "The v0.4/v0.5 chunk encoders in C (see tracer/encoding.py).", 0,
+    module_methods, module_slots,
+};
+
+PyMODINIT_FUNC
+PyInit__cencode(void)
+{
+    return PyModuleDef_Init(&module_def);
 }

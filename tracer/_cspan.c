@@ -690,17 +690,23 @@ static PyMethodDef module_methods[] = {
     {NULL},
 };
 
-static struct PyModuleDef module_def = {
-    PyModuleDef_HEAD_INIT, "tracer._cspan", "The span hot path in C (see tracer/span.py).", -1, module_methods,
-};
-
 #define INTERN(var, text)                                    \
     if ((var = PyUnicode_InternFromString(text)) == NULL)    \
-        return NULL;
+        return -1;
 
-PyMODINIT_FUNC
-PyInit__cspan(void)
+/* The state above (configure()'s Span class and ContextVar, the interned
+ * names) is process-wide, so the module loads in the main interpreter only:
+ * a sub-interpreter (mod_wsgi runs applications in them) gets an ImportError
+ * and tracer.span runs its pure-Python code there. Multi-phase init (PEP 489)
+ * so that this runs at each import, in each interpreter. */
+static int
+exec_module(PyObject *m)
 {
+    if (PyInterpreterState_Get() != PyInterpreterState_Main()) {
+        PyErr_SetString(PyExc_ImportError, "tracer._cspan loads in the main interpreter only (its state is "
+                                           "process-wide); sub-interpreters run the pure-Python span code");
+        return -1;
+    }
     INTERN(s_foreign, "foreign");
     INTERN(s_root_done, "root_done");
     INTERN(s_starts, "starts");
@@ -722,17 +728,32 @@ PyInit__cspan(void)
     INTERN(s_status_code, "http.status_code");
     if ((int_0 = PyLong_FromLong(0)) == NULL || (int_1 = PyLong_FromLong(1)) == NULL ||
         (int_64 = PyLong_FromLong(64)) == NULL)
-        return NULL;
+        return -1;
     if (PyType_Ready(&SpanBase_Type) < 0)
-        return NULL;
-    PyObject *m = PyModule_Create(&module_def);
-    if (m == NULL)
-        return NULL;
+        return -1;
     Py_INCREF(&SpanBase_Type);
     if (PyModule_AddObject(m, "SpanBase", (PyObject *)&SpanBase_Type) < 0) {
         Py_DECREF(&SpanBase_Type);
-        Py_DECREF(m);
-        return NULL;
+        return -1;
     }
-    return m;
+    return 0;
+}
+
+static PyModuleDef_Slot module_slots[] = {
+    {Py_mod_exec, exec_module},
+#ifdef Py_mod_multiple_interpreters
+    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
+#endif
+    {0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "tracer._cspan", "The span hot path in C (see tracer/span.py).", 0, module_methods,
+    module_slots,
+};
+
+PyMODINIT_FUNC
+PyInit__cspan(void)
+{
+    return PyModuleDef_Init(&module_def);
 }
