@@ -14,6 +14,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "_cmodule.h"
+
 #define RECORD_LEN 12
 /* msgpack.Packer() (1.1 and later, in C and in its fallback.py:
  * DEFAULT_RECURSE_LIMIT) refuses objects nested deeper than 1024 levels from
@@ -478,18 +480,12 @@ static PyMethodDef module_methods[] = {
     {NULL},
 };
 
-/* v04_keys and empty_str are process-wide: the module loads in the main
- * interpreter only (multi-phase init, so this runs in each interpreter that
- * imports it); sub-interpreters get an ImportError and tracer.encoding runs
- * the pure-Python encoders there (see tracer/_cspan.c's exec_module). */
+/* Runs at each import (see _cmodule.h: the main interpreter only). */
 static int
 exec_module(PyObject *Py_UNUSED(m))
 {
-    if (PyInterpreterState_Get() != PyInterpreterState_Main()) {
-        PyErr_SetString(PyExc_ImportError, "tracer._cencode loads in the main interpreter only (its state is "
-                                           "process-wide); sub-interpreters run the pure-Python encoders");
+    if (main_interpreter_only("tracer._cencode", "the pure-Python encoders") < 0)
         return -1;
-    }
     for (int i = 0; i < RECORD_LEN; i++) {
         Py_ssize_t n = (Py_ssize_t)strlen(V04_KEYS[i]);
         char header = (char)(0xa0 | n);
@@ -504,13 +500,7 @@ exec_module(PyObject *Py_UNUSED(m))
     return empty_str == NULL ? -1 : 0;
 }
 
-static PyModuleDef_Slot module_slots[] = {
-    {Py_mod_exec, exec_module},
-#ifdef Py_mod_multiple_interpreters
-    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
-#endif
-    {0, NULL},
-};
+static PyModuleDef_Slot module_slots[] = MAIN_INTERPRETER_SLOTS(exec_module);
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT, "tracer._cencode", "The v0.4/v0.5 chunk encoders in C (see tracer/encoding.py).", 0,

@@ -16,6 +16,8 @@
 #include <Python.h>
 #include <structmember.h>
 
+#include "_cmodule.h"
+
 #define MAX_KEY_LEN 200
 #define MAX_VALUE_LEN 25000
 
@@ -694,19 +696,12 @@ static PyMethodDef module_methods[] = {
     if ((var = PyUnicode_InternFromString(text)) == NULL)    \
         return -1;
 
-/* The state above (configure()'s Span class and ContextVar, the interned
- * names) is process-wide, so the module loads in the main interpreter only:
- * a sub-interpreter (mod_wsgi runs applications in them) gets an ImportError
- * and tracer.span runs its pure-Python code there. Multi-phase init (PEP 489)
- * so that this runs at each import, in each interpreter. */
+/* Runs at each import (see _cmodule.h: the main interpreter only). */
 static int
 exec_module(PyObject *m)
 {
-    if (PyInterpreterState_Get() != PyInterpreterState_Main()) {
-        PyErr_SetString(PyExc_ImportError, "tracer._cspan loads in the main interpreter only (its state is "
-                                           "process-wide); sub-interpreters run the pure-Python span code");
+    if (main_interpreter_only("tracer._cspan", "the pure-Python span code") < 0)
         return -1;
-    }
     INTERN(s_foreign, "foreign");
     INTERN(s_root_done, "root_done");
     INTERN(s_starts, "starts");
@@ -739,13 +734,7 @@ exec_module(PyObject *m)
     return 0;
 }
 
-static PyModuleDef_Slot module_slots[] = {
-    {Py_mod_exec, exec_module},
-#ifdef Py_mod_multiple_interpreters
-    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
-#endif
-    {0, NULL},
-};
+static PyModuleDef_Slot module_slots[] = MAIN_INTERPRETER_SLOTS(exec_module);
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT, "tracer._cspan", "The span hot path in C (see tracer/span.py).", 0, module_methods,
