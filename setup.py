@@ -9,7 +9,7 @@ from setuptools import Extension, setup
 
 setup(
     ext_modules=[
-        Extension("tracer._cspan", ["tracer/_cspan.c"], optional=True),
-        Extension("tracer._cencode", ["tracer/_cencode.c"], optional=True),
+        Extension("tracer._cspan", ["tracer/_cspan.c"], depends=["tracer/_cmodule.h"], optional=True),
+        Extension("tracer._cencode", ["tracer/_cencode.c"], depends=["tracer/_cmodule.h"], optional=True),
     ]
 )

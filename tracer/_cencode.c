@@ -14,6 +14,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "_cmodule.h"
+
 #define RECORD_LEN 12
 /* msgpack.Packer() (1.1 and later, in C and in its fallback.py:
  * DEFAULT_RECURSE_LIMIT) refuses objects nested deeper than 1024 levels from
@@ -478,26 +480,35 @@ static PyMethodDef module_methods[] = {
     {NULL},
 };
 
-static struct PyModuleDef module_def = {
-    PyModuleDef_HEAD_INIT, "tracer._cencode", "The v0.4/v0.5 chunk encoders in C (see tracer/encoding.py).", -1,
-    module_methods,
-};
-
-PyMODINIT_FUNC
-PyInit__cencode(void)
+/* Runs at each import (see _cmodule.h: the main interpreter only). */
+static int
+exec_module(PyObject *Py_UNUSED(m))
 {
+    if (main_interpreter_only("tracer._cencode", "the pure-Python encoders") < 0)
+        return -1;
     for (int i = 0; i < RECORD_LEN; i++) {
         Py_ssize_t n = (Py_ssize_t)strlen(V04_KEYS[i]);
         char header = (char)(0xa0 | n);
         PyObject *packed = PyBytes_FromStringAndSize(NULL, n + 1);
         if (packed == NULL)
-            return NULL;
+            return -1;
         PyBytes_AS_STRING(packed)[0] = header;
         memcpy(PyBytes_AS_STRING(packed) + 1, V04_KEYS[i], (size_t)n);
-        v04_keys[i] = packed;
+        Py_XSETREF(v04_keys[i], packed);
     }
-    empty_str = PyUnicode_FromStringAndSize("", 0);
-    if (empty_str == NULL)
-        return NULL;
-    return PyModule_Create(&module_def);
+    Py_XSETREF(empty_str, PyUnicode_FromStringAndSize("", 0));
+    return empty_str == NULL ? -1 : 0;
+}
+
+static PyModuleDef_Slot module_slots[] = MAIN_INTERPRETER_SLOTS(exec_module);
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "tracer._cencode", "The v0.4/v0.5 chunk encoders in C (see tracer/encoding.py).", 0,
+    module_methods, module_slots,
+};
+
+PyMODINIT_FUNC
+PyInit__cencode(void)
+{
+    return PyModuleDef_Init(&module_def);
 }

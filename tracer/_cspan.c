@@ -16,6 +16,8 @@
 #include <Python.h>
 #include <structmember.h>
 
+#include "_cmodule.h"
+
 #define MAX_KEY_LEN 200
 #define MAX_VALUE_LEN 25000
 
@@ -818,17 +820,16 @@ static PyMethodDef module_methods[] = {
     {NULL},
 };
 
-static struct PyModuleDef module_def = {
-    PyModuleDef_HEAD_INIT, "tracer._cspan", "The span hot path in C (see tracer/span.py).", -1, module_methods,
-};
-
 #define INTERN(var, text)                                    \
     if ((var = PyUnicode_InternFromString(text)) == NULL)    \
-        return NULL;
+        return -1;
 
-PyMODINIT_FUNC
-PyInit__cspan(void)
+/* Runs at each import (see _cmodule.h: the main interpreter only). */
+static int
+exec_module(PyObject *m)
 {
+    if (main_interpreter_only("tracer._cspan", "the pure-Python span code") < 0)
+        return -1;
     INTERN(s_foreign, "foreign");
     INTERN(s_root_done, "root_done");
     INTERN(s_starts, "starts");
@@ -850,17 +851,26 @@ PyInit__cspan(void)
     INTERN(s_status_code, "http.status_code");
     if ((int_0 = PyLong_FromLong(0)) == NULL || (int_1 = PyLong_FromLong(1)) == NULL ||
         (int_64 = PyLong_FromLong(64)) == NULL)
-        return NULL;
+        return -1;
     if (PyType_Ready(&SpanBase_Type) < 0)
-        return NULL;
-    PyObject *m = PyModule_Create(&module_def);
-    if (m == NULL)
-        return NULL;
+        return -1;
     Py_INCREF(&SpanBase_Type);
     if (PyModule_AddObject(m, "SpanBase", (PyObject *)&SpanBase_Type) < 0) {
         Py_DECREF(&SpanBase_Type);
-        Py_DECREF(m);
-        return NULL;
+        return -1;
     }
-    return m;
+    return 0;
+}
+
+static PyModuleDef_Slot module_slots[] = MAIN_INTERPRETER_SLOTS(exec_module);
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "tracer._cspan", "The span hot path in C (see tracer/span.py).", 0, module_methods,
+    module_slots,
+};
+
+PyMODINIT_FUNC
+PyInit__cspan(void)
+{
+    return PyModuleDef_Init(&module_def);
 }

@@ -152,8 +152,11 @@ def test_backup_accepts_a_traced_target(conn: Any) -> None:
     conn.execute("INSERT INTO users (id, name) VALUES (1, 'a')")
     conn.commit()
     target = sqlite3.connect(":memory:")
-    conn.backup(target)
-    assert target.execute("SELECT name FROM users").fetchall() == [("a",)]
+    try:
+        conn.backup(target)
+        assert target.execute("SELECT name FROM users").fetchall() == [("a",)]
+    finally:
+        target.close()  # Python 3.13 warns (ResourceWarning) about an unclosed one
     # C code that type-checks needs the real connection (documented).
     assert isinstance(sqlite3.Cursor(conn.__wrapped__), sqlite3.Cursor)
 
