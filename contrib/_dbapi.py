@@ -27,7 +27,6 @@ exceptions pass through untouched), guarded post-work.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 from typing import Any, ClassVar
 from urllib.parse import quote
@@ -246,25 +245,12 @@ def _with_comment(info: DBInfo, span: Any, args: tuple, kwargs: dict) -> tuple[t
 
 
 # -- tracer-side obfuscation (opt-in) -----------------------------------------------
-# The receiver's obfuscator (sql_obfuscation: stdlib only, shipped in the
-# same distribution) is used when importable, so both sides agree; the minimal
-# one below stands in if it is not.
-_LITERALS = re.compile(
-    r"""'(?:[^'\\]|\\.|'')*'"""  # single-quoted strings, with '' and backslash escapes
-    r"""|"(?:[^"\\]|\\.|"")*\""""  # MySQL's default: double quotes are strings too
-    r"|\b0x[0-9a-fA-F]+\b"
-    r"|(?<![\w.])[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?\b"  # numbers, not digits inside identifiers
-    r"|%\([^)]*\)s|%s"  # bind parameters
-)
-_LISTS = re.compile(r"\(\s*\?(?:\s*,\s*\?)+\s*\)")
+# The receiver's obfuscator (the leaf package sql_obfuscation, stdlib only,
+# shipped in the same distribution), so both sides agree. Imported on first
+# use: only apps with TRACER_DB_OBFUSCATE on pay for it.
 _obfuscated: dict[str, str] = {}
 _OBFUSCATED_MAX = 2048
 _impl: Callable[[str], str] | None = None
-
-
-def minimal_obfuscate(sql: str) -> str:
-    """Literals and bind parameters → ``?``; ``(?, ?, …)`` → ``( ? )``."""
-    return _LISTS.sub("( ? )", _LITERALS.sub("?", sql))
 
 
 def obfuscate(sql: str) -> str:
@@ -276,12 +262,9 @@ def obfuscate(sql: str) -> str:
     if found is not None:
         return found
     if _impl is None:
-        try:
-            from sql_obfuscation import obfuscate_sql
+        from sql_obfuscation import obfuscate_sql
 
-            _impl = obfuscate_sql
-        except ImportError:
-            _impl = minimal_obfuscate
+        _impl = obfuscate_sql
     out = _impl(sql)
     if len(_obfuscated) >= _OBFUSCATED_MAX:
         _obfuscated.clear()
