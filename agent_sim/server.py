@@ -36,6 +36,8 @@ from agent_sim.dogstatsd import Aggregator
 from agent_sim.findings import api_insights
 from agent_sim.ingest import KEEP_1H_NS, KEEP_10S_NS, Receiver
 from agent_sim.insights import Thresholds, add_insight_flags, insight_limits
+from agent_sim.monitors import api as monitors_api
+from agent_sim.monitors.service import MonitorService
 
 __all__ = ["KEEP_10S_NS", "KEEP_1H_NS", "Receiver", "ReceiverServer", "build_parser", "serve_main"]
 
@@ -117,6 +119,9 @@ class RequestHandler(BaseHTTPRequestHandler):
 
     def do_HEAD(self) -> None:
         self._dispatch("GET")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
 
     def _dispatch(self, method: str) -> None:
         parts = urlsplit(self.path)
@@ -427,9 +432,11 @@ ROUTES.update({
     ("GET", "/api/insights"): _view(api_insights),
     ("GET", "/"): lambda h, _a: _static(h, "index.html"),
 })
+ROUTES.update(monitors_api.ROUTES)
 PREFIX_ROUTES: list[tuple[tuple[str, str], Handler]] = [
     (("GET", "/api/traces/"), _trace_by_id),
     (("GET", "/static/"), _static),
+    *monitors_api.PREFIX_ROUTES,
 ]
 
 
@@ -438,6 +445,7 @@ class _HTTPServer(ThreadingHTTPServer):
     request_queue_size = 128
     receiver: Receiver
     statsd: Aggregator
+    monitors: MonitorService
 
 
 class ReceiverServer:
@@ -447,12 +455,14 @@ class ReceiverServer:
     ``serve_forever()`` blocks the caller; ``stop()`` stops serving, flushes
     stats and closes the database. ``port=0`` takes a free port (see ``.port``).
     ``statsd_port``: None runs no DogStatsD UDP listener, 0 a free UDP port (``.statsd_port``);
-    ``statsd_socket``: a Unix datagram socket path for DogStatsD, or None."""
+    ``statsd_socket``: a Unix datagram socket path for DogStatsD, or None.
+    ``monitors``: a monitors/downtimes definitions file (``agent_sim.monitors.files``), or None."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, db: str = ":memory:",
                  retention_traces: int = 100_000, retention_hours: float = 24,
                  sample_rates: dict[str, float] | None = None, insight_limits: Thresholds | None = None,
-                 statsd_port: int | None = None, statsd_socket: str | None = None) -> None:
+                 statsd_port: int | None = None, statsd_socket: str | None = None,
+                 monitors: str | None = None) -> None:
         self.receiver = Receiver(db, retention_traces, retention_hours, sample_rates,
                                  insight_limits=insight_limits)
         self.httpd = _HTTPServer((host, port), RequestHandler)
@@ -469,6 +479,7 @@ class ReceiverServer:
             self.httpd.server_close()
             raise
         self.statsd_port = self.statsd_listeners[0].port if statsd_port is not None else None
+        self.monitors = self.httpd.monitors = MonitorService(self.statsd, self.receiver, monitors)
         self.host = host
         self.port: int = self.httpd.server_address[1]
         self.url = f"http://{host}:{self.port}"
@@ -495,6 +506,7 @@ class ReceiverServer:
         if self._maint is None:
             for listener in self.statsd_listeners:
                 listener.start()
+            self.monitors.start()
             self._maint = threading.Thread(target=self._maintenance_loop, name="agent_sim-maint", daemon=True)
             self._maint.start()
 
@@ -530,6 +542,7 @@ class ReceiverServer:
             listener.stop()
         if self._maint is not None and self._maint is not threading.current_thread():
             self._maint.join(5)
+        self.monitors.stop()
         self.receiver.close()
 
     def __enter__(self) -> ReceiverServer:
@@ -572,6 +585,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="DogStatsD UDP port (default 8125, env AGENT_SIM_STATSD_PORT; 0 disables)")
     p.add_argument("--statsd-socket", metavar="PATH", help="also receive DogStatsD on this Unix datagram socket")
     p.add_argument("--db", default="./agent_sim.db", help="SQLite file, or :memory:")
+    p.add_argument("--monitors", metavar="FILE", help="monitors, downtimes and webhooks (Datadog JSON; YAML with "
+                   "PyYAML), reloaded on change; see docs/monitors.md")
     p.add_argument("--retention-traces", type=int, default=100_000)
     p.add_argument("--retention-hours", type=float, default=24)
     p.add_argument("--sample-rate", action="append", default=[], metavar="RATE|SERVICE=RATE",
@@ -602,7 +617,7 @@ def serve_main(argv: list[str]) -> int:
     gc.set_threshold(GC_THRESHOLD, 10, 10)
     def make(statsd_port: int | None, statsd_socket: str | None) -> ReceiverServer:
         return ReceiverServer(args.host, args.port, args.db, args.retention_traces, args.retention_hours, rates,
-                              insight_limits(args), statsd_port, statsd_socket)
+                              insight_limits(args), statsd_port, statsd_socket, args.monitors)
 
     try:
         try:
