@@ -8,7 +8,7 @@ expressible in both are evaluated every minute for 20 minutes:
 |-----------------------------------------------|---------------------------------|
 | ``max(last_1m):avg:x{*} by {host} > 5``       | ``max_over_time(x[1m]) > 5``    |
 | ``min(last_2m):avg:x{*} by {host} > 5``       | ``min_over_time(x[2m]) > 5``    |
-| ``avg(last_5m):avg:x{*} by {host} > 4``       | ``avg_over_time(x[5m]) > 4``    |
+| ``avg(last_5m):avg:x{*} by {host} > 4.3``     | ``avg_over_time(x[5m]) > 4.3``  |
 | ``sum(last_1m):avg:x{*} by {host} > 30``      | ``sum_over_time(x[1m]) > 30``   |
 | ``No Data`` with ``no_data_timeframe: 3``     | ``absent_over_time(x{host="a"}[3m])`` |
 
@@ -43,7 +43,7 @@ def series() -> dict[str, list[float | None]]:
 RULES = {  # name: (our query, options, PromQL)
     "max1m": ("max(last_1m):avg:x{*} by {host} > 5", {}, "max_over_time(x[1m]) > 5"),
     "min2m": ("min(last_2m):avg:x{*} by {host} > 5", {}, "min_over_time(x[2m]) > 5"),
-    "avg5m": ("avg(last_5m):avg:x{*} by {host} > 4", {}, "avg_over_time(x[5m]) > 4"),
+    "avg5m": ("avg(last_5m):avg:x{*} by {host} > 4.3", {}, "avg_over_time(x[5m]) > 4.3"),
     "sum1m": ("sum(last_1m):avg:x{*} by {host} > 30", {}, "sum_over_time(x[1m]) > 30"),
     "absent_a": ("avg(last_1m):avg:x{host:a} > 1000", {"notify_no_data": True, "no_data_timeframe": 3},
                  'absent_over_time(x{host="a"}[3m])'),
