@@ -33,6 +33,7 @@ SEVERITY = {OK: 0, NO_DATA: 1, WARN: 2, ALERT: 3}
 STATUS_OF = {"alert": ALERT, "warn": WARN, "no data": NO_DATA}
 TITLES = {ALERT: "Triggered", WARN: "Warn", OK: "Recovered", NO_DATA: "No Data"}
 HISTORY = 200  # transitions kept per group
+SAMPLES = 180  # evaluations kept per group (the web page's chart: 3 hours at one a minute)
 
 Points = list[tuple[float, float]]
 GroupData = dict[str, tuple[dict[str, str], Points]]  # group key ("*" when not grouped) -> (tags, points)
@@ -86,11 +87,12 @@ class Group:
     last_notified: float | None = None  # None: the current state was never notified (muted)
     muted_by: tuple[int, ...] = ()
     history: list[tuple[float, str]] = field(default_factory=list)
+    samples: list[tuple[float, float | None, str]] = field(default_factory=list)  # (now, value, state)
 
     def to_json(self) -> dict[str, Any]:
         return {"state": self.state, "value": self.value, "last_change": self.last_change,
                 "last_seen": self.last_seen, "muted": bool(self.muted_by),
-                "history": [[t, s] for t, s in self.history]}
+                "history": [[t, s] for t, s in self.history], "samples": [list(x) for x in self.samples]}
 
 
 @dataclass
@@ -167,6 +169,9 @@ def step(m: Monitor, groups: dict[str, Group], data: GroupData, now: float,
         if ev is not None:
             g.last_notified = None if ev.muted else now
             events.append(ev)
+        g.samples.append((now, g.value, g.state))
+        if len(g.samples) > SAMPLES:
+            del g.samples[0]
     return events
 
 
