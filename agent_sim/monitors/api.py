@@ -8,6 +8,7 @@ Handlers run on the server's handler threads; ``h.server.monitors`` is the
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from agent_sim.monitors.engine import Engine
@@ -44,16 +45,21 @@ def list_monitors(h: Any, _arg: str) -> None:
     h.send_json(200, _engine(h).list_monitors())
 
 
-def create_monitor(h: Any, _arg: str) -> None:
+def _create(h: Any, make: Callable[[Engine, Any], dict[str, Any]]) -> None:
+    """POST: the body made into a monitor or downtime; 400 naming the bad field."""
     data = _body(h)
     if data is None:
         return
     try:
-        m = _engine(h).put_monitor(data)
+        created = make(_engine(h), data)
     except MonitorError as exc:
         h.send_json(400, {"error": str(exc)})
         return
-    h.send_json(200, m.to_json())
+    h.send_json(200, created)
+
+
+def create_monitor(h: Any, _arg: str) -> None:
+    _create(h, lambda engine, data: engine.put_monitor(data).to_json())
 
 
 def _monitor(h: Any, arg: str) -> None:
@@ -105,15 +111,7 @@ def list_downtimes(h: Any, _arg: str) -> None:
 
 
 def create_downtime(h: Any, _arg: str) -> None:
-    data = _body(h)
-    if data is None:
-        return
-    try:
-        d = _engine(h).put_downtime(data)
-    except MonitorError as exc:
-        h.send_json(400, {"error": str(exc)})
-        return
-    h.send_json(200, d.to_json(_engine(h).clock()))
+    _create(h, lambda engine, data: engine.put_downtime(data).to_json(engine.clock()))
 
 
 def cancel_downtime(h: Any, arg: str) -> None:

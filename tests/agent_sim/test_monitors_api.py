@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.agent_sim.test_dogstatsd import _wait
 from tests.receiver import RunningReceiver
 from tests.utils import REPO
 
@@ -39,14 +40,9 @@ def send_statsd(port: int, line: str) -> None:
         s.sendto(line.encode(), ("127.0.0.1", port))
 
 
-def until(check: Any, timeout: float = 10.0) -> Any:
+def until(check: Any) -> Any:
     """Poll ``check`` until it returns something truthy (data crossing a thread or a file watcher)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got or time.monotonic() > deadline:
-            return got
-        time.sleep(0.05)
+    return _wait(check, timeout=10.0)
 
 
 def test_file_loaded_evaluated_and_reloaded(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
