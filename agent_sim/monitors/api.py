@@ -78,7 +78,7 @@ def _monitor(h: Any, arg: str) -> None:
             h.send_json(404, {"error": f"no monitor {mid}"})
             return
         try:
-            engine.put_monitor(data, mid)
+            engine.put_monitor(data, mid, origin=engine.origin.get(mid, "api"))  # a file's monitor stays the file's
         except MonitorError as exc:
             h.send_json(400, {"error": str(exc)})
             return

@@ -123,7 +123,8 @@ class Event:
         return {"id": self.id, "monitor_id": self.monitor_id, "monitor_name": self.monitor_name,
                 "group": self.group, "tags": self.tags, "previous_state": self.previous, "state": self.state,
                 "alert_transition": self.transition, "value": self.value, "time": self.time, "kind": self.kind,
-                "muted": self.muted, "title": self.title, "body": self.body, "deliveries": self.deliveries}
+                "muted": self.muted, "title": self.title, "body": self.body,
+                "deliveries": dict(self.deliveries)}  # a copy: the delivery thread updates it
 
 
 def step(m: Monitor, groups: dict[str, Group], data: GroupData, now: float,
