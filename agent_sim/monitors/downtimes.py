@@ -75,12 +75,13 @@ class Downtime:
         weeks = ((day - dt.timedelta(days=day.weekday())) - (first - dt.timedelta(days=first.weekday()))).days // 7
         return weeks % self.period == 0 and day.weekday() in (self.week_days or (first.weekday(),))
 
-    def covers(self, monitor_id: int, monitor_tags: tuple[str, ...], group_tags: set[str]) -> bool:
+    def covers(self, monitor_id: int, monitor_tags: tuple[str, ...], group_tags: set[str] | None) -> bool:
+        """Whether this downtime applies to the monitor and, unless ``group_tags`` is None, to that group."""
         if self.monitor_id is not None and self.monitor_id != monitor_id:
             return False
         if not set(self.monitor_tags).issubset(monitor_tags):
             return False
-        return set(self.scope).issubset(group_tags)
+        return group_tags is None or set(self.scope).issubset(group_tags)
 
     def to_json(self, now: float) -> dict[str, Any]:
         return {**self.raw, "id": self.id, "active": self.active(now), "canceled": self.canceled}

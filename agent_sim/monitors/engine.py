@@ -147,16 +147,17 @@ class Engine:
         with self.lock:
             now = self.clock() if now is None else now
             cache: dict[tuple, GroupData] = {}
+            active = [d for d in self.downtimes.values() if d.active(now)]
             for m in list(self.monitors.values()):
                 try:
-                    self._evaluate(m, now, cache)
+                    self._evaluate(m, now, cache, active)
                     self.errors.pop(m.id, None)
                 except Exception as exc:  # this monitor only: the others still run
                     self.errors[m.id] = f"{type(exc).__name__}: {exc}"
             self.last_evaluation = now
             return self.list_monitors(now)
 
-    def _evaluate(self, m: Monitor, now: float, cache: dict[tuple, GroupData]) -> None:
+    def _evaluate(self, m: Monitor, now: float, cache: dict[tuple, GroupData], active: list[Downtime]) -> None:
         q = m.query
         until = now - m.evaluation_delay_s
         key = (q.metric, q.scope, q.space_agg, q.by, q.as_count, until - q.window_s, until)
@@ -164,10 +165,13 @@ class Engine:
         if data is None:
             data = cache[key] = self.source.fetch(q, until - q.window_s, until)
         scope_tags = set(q.scope)
+        mine = [d for d in active if d.covers(m.id, m.tags, None)]
 
         def muted_by(g: Group) -> tuple[int, ...]:
+            if not mine:
+                return ()
             tags = scope_tags | {f"{k}:{v}" for k, v in g.tags.items()}
-            return tuple(d.id for d in self.downtimes.values() if d.covers(m.id, m.tags, tags) and d.active(now))
+            return tuple(d.id for d in mine if set(d.scope).issubset(tags))
 
         def ended(downtime_id: int) -> bool:
             d = self.downtimes.get(downtime_id)

@@ -135,3 +135,19 @@ def test_cli_list_and_eval() -> None:
         assert "Alert" in evaluated.stdout and "host:a=Alert" in evaluated.stdout
         as_json = json.loads(run_cli("monitors", "list", "--json", "--url", r.url).stdout)
         assert as_json[0]["groups"] == {"host:a": "Alert"}
+
+
+def test_the_service_evaluates_on_its_interval(tmp_path) -> None:
+    from agent_sim.dogstatsd import Aggregator
+    from agent_sim.monitors.service import MonitorService
+
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps([MONITOR]))
+    service = MonitorService(Aggregator(), None, str(path), interval=1.0)
+    assert service.engine.last_evaluation is None
+    service.start()
+    try:
+        assert until(lambda: service.engine.last_evaluation is not None)
+        assert service.engine.list_monitors()[0]["overall_state"] == "No Data"
+    finally:
+        service.stop()
