@@ -78,6 +78,11 @@ def parse_query(text: Any) -> Query:
     if space_agg not in SPACE_AGGS:
         raise MonitorError("query", f"space aggregation {space_agg!r} is not one of {', '.join(SPACE_AGGS)}")
     pos = m.end()
+    as_count = False
+    f = _FN.match(text, pos)  # Datadog writes it after the scope or after the group-by
+    if f is not None:
+        as_count = f.group(1) == "as_count"
+        pos = f.end()
     by: tuple[str, ...] = ()
     b = _BY.match(text, pos)
     if b is not None:
@@ -85,7 +90,6 @@ def parse_query(text: Any) -> Query:
         if not by or any(":" in t for t in by):
             raise MonitorError("query", f"by {{{b.group(1)}}}: expected tag keys, e.g. by {{host,env}}")
         pos = b.end()
-    as_count = False
     f = _FN.match(text, pos)
     if f is not None:
         as_count = f.group(1) == "as_count"

@@ -50,6 +50,8 @@ def test_query_parts() -> None:
         "avg", 300, "avg", "web.latency", ("env:dev", "team:a"), ("az", "host"), ">", 800.0)
     q = parse_query("sum(last_1h):sum:trace.flask.request.hits{*}.as_count() >= 1e3")
     assert (q.window_s, q.scope, q.as_count, q.comparator, q.threshold) == (3600, (), True, ">=", 1000.0)
+    q = parse_query("sum(last_5m):sum:orders{*}.as_count() by {host} > 1")
+    assert (q.by, q.as_count) == (("host",), True)
     q = parse_query("min(last_10m):p95:trace.flask.request{service:shop} by {resource_name}.as_rate() <= -0.5")
     assert (q.space_agg, q.by, q.as_count, q.comparator, q.threshold) == ("p95", ("resource_name",), False, "<=", -0.5)
 
