@@ -134,8 +134,7 @@ def webhooks(h: Any, _arg: str) -> None:
         if not isinstance(name, str) or not name or not isinstance(url, str) or not url.startswith(("http://", "https://")):
             h.send_json(400, {"error": "expected {\"name\": \"ops\", \"url\": \"http://…\"} (url: http or https)"})
             return
-        with engine.lock:
-            engine.webhooks[name] = url
+        engine.set_webhook(name, url)
     with engine.lock:
         h.send_json(200, dict(engine.webhooks))
 

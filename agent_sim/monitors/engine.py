@@ -23,6 +23,7 @@ from typing import Any
 from agent_sim.monitors.definition import Monitor, parse_monitor
 from agent_sim.monitors.downtimes import Downtime, parse_downtime
 from agent_sim.monitors.notify import Notifier
+from agent_sim.monitors.persist import MonitorStore
 from agent_sim.monitors.query import MonitorError
 from agent_sim.monitors.source import MetricSource
 from agent_sim.monitors.state import Event, Group, GroupData, overall_state, step
@@ -34,8 +35,9 @@ _MENTION = re.compile(r"@webhook-([\w.\-]+)")
 
 class Engine:
     def __init__(self, source: MetricSource, notifier: Notifier | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, persist: MonitorStore | None = None) -> None:
         self.source = source
+        self.persist = persist
         self.notifier = notifier or Notifier()
         self.clock = clock
         self.lock = threading.RLock()
@@ -51,6 +53,38 @@ class Engine:
         self._next_event = 1
 
     # -- definitions -------------------------------------------------------------
+    def restore(self) -> None:
+        """Load what ``persist`` holds (a restarted receiver); a definition that no longer parses is skipped."""
+        if self.persist is None:
+            return
+        with self.lock:
+            for key, body in self.persist.definitions("monitor"):
+                try:
+                    m = parse_monitor(body["raw"], int(key), body["created"])
+                except MonitorError:
+                    continue
+                self.monitors[m.id], self.origin[m.id] = m, body["origin"]
+            for key, body in self.persist.definitions("downtime"):
+                try:
+                    d = parse_downtime(body["raw"], int(key), 0.0)
+                except MonitorError:
+                    continue
+                d.canceled = body["canceled"]
+                self.downtimes[d.id] = d
+            self.webhooks.update({name: body["url"] for name, body in self.persist.definitions("webhook")})
+            self.groups = {mid: gs for mid, gs in self.persist.groups().items() if mid in self.monitors}
+            self.events.extend(self.persist.events())
+            self._next_id = max([0, *self.monitors, *self.downtimes]) + 1
+            self._next_event = max([0, *(e.id for e in self.events)]) + 1
+
+    def _save(self, kind: str, key: Any, body: dict[str, Any] | None) -> None:
+        if self.persist is not None:
+            self.persist.put(kind, key, body)
+
+    def set_webhook(self, name: str, url: str) -> None:
+        with self.lock:
+            self.webhooks[name] = url
+            self._save("webhook", name, {"url": url})
     def _new_id(self, wanted: Any = None) -> int:
         if isinstance(wanted, int) and not isinstance(wanted, bool) and wanted > 0 and wanted not in self.monitors:
             self._next_id = max(self._next_id, wanted + 1)
@@ -80,12 +114,14 @@ class Engine:
             self.origin[mid] = origin
             self.groups.setdefault(mid, {})
             self.errors.pop(mid, None)
+            self._save("monitor", mid, {"raw": m.raw, "created": m.created, "origin": origin})
             return m
 
     def delete_monitor(self, monitor_id: int) -> bool:
         with self.lock:
             for table in (self.origin, self.groups, self.errors):
                 table.pop(monitor_id, None)
+            self._save("monitor", monitor_id, None)
             return self.monitors.pop(monitor_id, None) is not None
 
     def put_downtime(self, data: Any, origin: str = "api") -> Downtime:
@@ -93,7 +129,10 @@ class Engine:
             did = self._new_id()
             d = parse_downtime(data, did, self.clock())
             d.raw["origin"] = origin
+            if d.raw.get("start") is None:
+                d.raw["start"] = d.start  # "from now" means from its creation, after a restart too
             self.downtimes[did] = d
+            self._save("downtime", did, {"raw": d.raw, "canceled": None})
             return d
 
     def cancel_downtime(self, downtime_id: int) -> bool:
@@ -102,6 +141,7 @@ class Engine:
             if d is None or d.canceled is not None:
                 return False
             d.canceled = self.clock()
+            self._save("downtime", downtime_id, {"raw": d.raw, "canceled": d.canceled})
             return True
 
     def load(self, doc: Any) -> list[str]:
@@ -129,6 +169,7 @@ class Engine:
                 self.delete_monitor(mid)
             for did in [d.id for d in self.downtimes.values() if d.raw.get("origin") == "file"]:
                 del self.downtimes[did]  # reloaded below; a file's downtime removed is gone, not cancelled
+                self._save("downtime", did, None)
             for i, data in enumerate(doc.get("downtimes") or []):
                 try:
                     self.put_downtime(data, origin="file")
@@ -136,7 +177,8 @@ class Engine:
                     errors.append(f"downtimes[{i}] {exc}")
             hooks = doc.get("webhooks") or {}
             if isinstance(hooks, dict) and all(isinstance(u, str) for u in hooks.values()):
-                self.webhooks.update(hooks)
+                for name, url in hooks.items():
+                    self.set_webhook(name, url)
             else:
                 errors.append("webhooks: expected an object of name: url")
         return errors
@@ -148,6 +190,7 @@ class Engine:
             now = self.clock() if now is None else now
             cache: dict[tuple, GroupData] = {}
             active = [d for d in self.downtimes.values() if d.active(now)]
+            first_event = self._next_event
             for m in list(self.monitors.values()):
                 try:
                     self._evaluate(m, now, cache, active)
@@ -155,6 +198,8 @@ class Engine:
                 except Exception as exc:  # this monitor only: the others still run
                     self.errors[m.id] = f"{type(exc).__name__}: {exc}"
             self.last_evaluation = now
+            if self.persist is not None:
+                self.persist.save_cycle(self.groups, [e for e in self.events if e.id >= first_event])
             return self.list_monitors(now)
 
     def _evaluate(self, m: Monitor, now: float, cache: dict[tuple, GroupData], active: list[Downtime]) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 from agent_sim.monitors.engine import Engine
 from agent_sim.monitors.files import FileWatcher
 from agent_sim.monitors.notify import Notifier
+from agent_sim.monitors.persist import MonitorStore
 from agent_sim.monitors.source import MetricSource
 
 EVAL_INTERVAL_S = 60.0
@@ -26,7 +27,9 @@ def _log(line: str) -> None:
 class MonitorService:
     def __init__(self, aggregator: Any, receiver: Any, path: str | None = None,
                  interval: float = EVAL_INTERVAL_S) -> None:
-        self.engine = Engine(MetricSource(aggregator, receiver), Notifier(log=_log))
+        persist = MonitorStore(receiver.store) if receiver is not None else None
+        self.engine = Engine(MetricSource(aggregator, receiver), Notifier(log=_log), persist=persist)
+        self.engine.restore()
         self.watcher = FileWatcher(path, self.engine, _log) if path else None
         if self.watcher is not None:
             self.watcher.check()  # load before serving: a first request sees the file's monitors

@@ -151,3 +151,27 @@ def test_the_service_evaluates_on_its_interval(tmp_path) -> None:
         assert service.engine.list_monitors()[0]["overall_state"] == "No Data"
     finally:
         service.stop()
+
+
+def test_a_restarted_receiver_resumes(tmp_path) -> None:
+    db = str(tmp_path / "agent_sim.db")
+    with RunningReceiver(db=db) as r:
+        r.server.statsd.ingest(b"web.latency:900|g|#env:dev,host:a", time.time())
+        mid = call(r.url, "POST", "/api/monitors", MONITOR)[1]["id"]
+        call(r.url, "POST", "/api/webhooks", {"name": "ops", "url": "http://127.0.0.1:9/x"})
+        dt = call(r.url, "POST", "/api/downtimes", {"scope": "host:zzz"})[1]
+        assert call(r.url, "POST", "/api/monitors/evaluate")[1][0]["groups"] == {"host:a": "Alert"}
+    with RunningReceiver(db=db) as r:
+        (row,) = r.get("/api/monitors")
+        assert (row["id"], row["name"], row["overall_state"], row["groups"]) == (mid, "Latency", "Alert",
+                                                                                 {"host:a": "Alert"})
+        assert [(e["group"], e["alert_transition"]) for e in r.get("/api/monitors/events")] == [("host:a", "Triggered")]
+        assert [d["id"] for d in r.get("/api/downtimes")] == [dt["id"]] and r.get("/api/webhooks") == {
+            "ops": "http://127.0.0.1:9/x"}
+        r.server.statsd.ingest(b"web.latency:900|g|#env:dev,host:a", time.time())
+        call(r.url, "POST", "/api/monitors/evaluate")
+        assert len(r.get("/api/monitors/events")) == 1  # still alerting: not triggered a second time
+        assert call(r.url, "POST", "/api/monitors", {**MONITOR, "name": "Other"})[1]["id"] not in (mid, dt["id"])
+        assert call(r.url, "DELETE", f"/api/monitors/{mid}")[0] == 200
+    with RunningReceiver(db=db) as r:
+        assert [m["name"] for m in r.get("/api/monitors")] == ["Other"]
