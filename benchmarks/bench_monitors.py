@@ -12,8 +12,9 @@ apart from the data source's (``Aggregator.query`` scans every context of
 every bucket in the window, for each query). ``--by-name`` loads each metric
 name into its own ``Aggregator`` (the real query code over only that name's
 contexts): what an index by name inside the aggregator would give.
+``--persist`` saves each cycle's group states and events in a SQLite file, as ``serve`` does.
 
-    python benchmarks/bench_monitors.py [--monitors 1000] [--series 10000] [--names 100] [--cycles 5] [--by-name]
+    python benchmarks/bench_monitors.py [--monitors 1000] [--series 10000] [--names 100] [--cycles 5] [--by-name] [--persist]
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ def main() -> None:
     ap.add_argument("--minutes", type=int, default=10)
     ap.add_argument("--cycles", type=int, default=5)
     ap.add_argument("--by-name", action="store_true", help="one aggregator per metric name (an index by name)")
+    ap.add_argument("--persist", action="store_true", help="save states and events in SQLite each cycle")
     args = ap.parse_args()
     rng = random.Random(7)
     hosts = args.series // args.names
@@ -99,7 +101,15 @@ def main() -> None:
         for i in range(0, len(lines), 50):  # 50 lines of one name per datagram
             agg.ingest("\n".join(lines[i:i + 50]).encode(), start)
     print(f"{len(agg.types)} series x {args.minutes * 6} buckets loaded in {time.perf_counter() - began:.1f}s")
-    engine = Engine(CountingSource(agg), Notifier(log=lambda line: None), lambda: float(now))
+    persist = None
+    if args.persist:
+        import tempfile
+
+        from agent_sim.monitors.persist import MonitorStore
+        from agent_sim.store import Store
+
+        persist = MonitorStore(Store(os.path.join(tempfile.mkdtemp(), "bench.db")))
+    engine = Engine(CountingSource(agg), Notifier(log=lambda line: None), lambda: float(now), persist=persist)
     windows = ("last_1m", "last_5m", "last_10m")
     for i in range(args.monitors):
         name = f"m{i % args.names}.value"
