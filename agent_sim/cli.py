@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 DEFAULT_URL = "http://127.0.0.1:8126"
-COMMANDS = ("serve", "stats", "traces", "show", "wait", "demo", "insights", "monitors")
+COMMANDS = ("serve", "stats", "traces", "show", "wait", "demo", "insights", "metrics", "monitors")
 
 
 class Unreachable(Exception):
@@ -374,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("traces", parents=[common], help="recent traces, newest first")
     p.add_argument("--service")
     p.add_argument("--resource")
-    p.add_argument("--errors", action="store_true", help="only traces whose root is an error")
+    p.add_argument("--errors", action="store_true", help="only traces with an error span")
     p.add_argument("--min-ms", type=float, help="only traces at least this long")
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--json", action="store_true")
@@ -393,9 +393,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_wait)
 
     from agent_sim.insights_cli import add_parser
+    from agent_sim.metrics_cli import add_parser as add_metrics_parser
     from agent_sim.monitors.cli import add_parser as add_monitors_parser
 
     add_parser(sub, common)
+    add_metrics_parser(sub, common)
     add_monitors_parser(sub, common)
     return parser
 

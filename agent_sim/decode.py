@@ -2,17 +2,25 @@
 
 Pure functions, no I/O. Called by the server's handler threads.
 
-Lenient where the real agent is: a nil field takes its zero value, signed and
-unsigned integers are interchangeable (negative ids wrap to uint64), floats
-with an integral value are accepted for integer fields, strings may arrive as
-bin and invalid UTF-8 is repaired (U+FFFD), unknown span keys are skipped.
-Everything else raises ``PayloadError(reason)``, which the server turns into
-a 400 whose body is the reason.
+Lenient where the real agent is (its ``decoder_bytes.go`` / ``decoder_v05.go``):
+a nil span field, meta value or metrics value takes its zero value, signed
+and unsigned integers are interchangeable (negative ids wrap to uint64),
+strings may arrive as bin and invalid UTF-8 is repaired (U+FFFD), unknown
+span keys are skipped. Strict where it is: the body and each trace must be
+arrays (nil is not), span keys are strings, integer fields take integers
+only (no float, no bool), and in v0.5 a string index is an integer (not nil)
+and meta/metrics are maps (not nil). Everything else raises
+``PayloadError(reason)``, which the server turns into a 400 whose body is
+the reason. One leniency beyond the agent's: a bool metrics value counts as
+1.0/0.0 (the test agent accepts it too; refusing it would cost a type check
+per value on the hot path). ``tests/agent_sim/test_decode_differential.py``
+holds these rules against Datadog's test agent.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Sequence
 from operator import itemgetter
 from typing import Any
@@ -60,8 +68,6 @@ def _uint(value: Any, field: str) -> int:
         return value & MASK64 if value < 0 else value
     if value is None:
         return 0
-    if t is float and value.is_integer() and abs(value) < 2.0**64:
-        return int(value) & MASK64
     raise PayloadError(f"span field {field!r}: expected an integer, got {_tname(value)}")
 
 
@@ -71,8 +77,6 @@ def _int(value: Any, field: str) -> int:
         return value - (1 << 64) if value >= _INT64 else value
     if value is None:
         return 0
-    if (t is float and value.is_integer() and abs(value) < 2.0**63) or t is bool:
-        return int(value)
     raise PayloadError(f"span field {field!r}: expected an integer, got {_tname(value)}")
 
 
@@ -167,6 +171,13 @@ def decode_span(m: Any) -> Span:
         return m
     if type(m) is not dict:
         raise PayloadError(f"v0.4: a span must be a map, got {_tname(m)}")
+    if not m.keys() <= _FIELDS:  # unknown keys are skipped, but must be strings (or bin)
+        try:
+            "".join(m)  # C speed: str keys only
+        except TypeError:
+            for key in m:
+                if type(key) is not str and type(key) is not bytes:
+                    raise PayloadError(f"v0.4: span keys must be strings, got {_tname(key)}") from None
     get = m.get
     return {
         "trace_id": _uint(get("trace_id"), "trace_id"),
@@ -185,26 +196,22 @@ def decode_span(m: Any) -> Span:
 
 
 def _payload_v04(payload: Any, version: str) -> Sequence[Any]:
-    if payload is None:
-        return ()
     if type(payload) not in _ARRAYS:
         raise PayloadError(f"{version}: the body must be an array of traces, got {_tname(payload)}")
     return payload
 
 
 def check_trace(trace: Any, version: str) -> None:
-    """Raise PayloadError unless ``trace`` (not None) is an array."""
+    """Raise PayloadError unless ``trace`` is an array (nil is not)."""
     if type(trace) not in _ARRAYS:
         raise PayloadError(f"{version}: a trace must be an array of spans, got {_tname(trace)}")
 
 
 def checked_traces(traces: Any, version: str) -> Iterator[Any]:
-    """The payload's traces, nil ones skipped, each checked to be an array;
-    PayloadError past ``MAX_SPANS`` spans in all."""
+    """The payload's traces, each checked to be an array; PayloadError past
+    ``MAX_SPANS`` spans in all."""
     count = 0
     for trace in traces:
-        if trace is None:
-            continue
         check_trace(trace, version)
         count += len(trace)
         if count > MAX_SPANS:
@@ -246,10 +253,29 @@ def _json_int(text: str) -> int | float:
     return value if -_INT64 <= value <= MASK64 else float(value)
 
 
+# A \u escape of a UTF-16 surrogate. json.loads pairs them, but keeps a lone
+# one in the str, which nothing downstream (msgpack, SQLite) can encode.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _repair_surrogates(value: Any) -> Any:
+    """Each lone surrogate → U+FFFD, as Go's encoding/json does."""
+    t = type(value)
+    if t is str:
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if t is list:
+        return [_repair_surrogates(v) for v in value]
+    if t is dict:
+        return {_repair_surrogates(k): _repair_surrogates(v) for k, v in value.items()}
+    return value
+
+
 def decode_json(body: bytes) -> list[Trace]:
     """A v0.4 body sent as JSON (Content-Type: application/json)."""
     try:
         payload = json.loads(body.decode("utf-8", "replace"), parse_int=_json_int)
+        if _SURROGATE_ESCAPE.search(body):
+            payload = _repair_surrogates(payload)
     except (ValueError, RecursionError) as exc:
         raise PayloadError(f"json: cannot decode body ({exc})") from None
     return _traces_v04(payload, "v0.4 json")
@@ -271,8 +297,6 @@ def decode_v05(body: bytes) -> list[Trace]:
 
     def ref(value: Any, field: str) -> str:
         if type(value) is not int:
-            if value is None:
-                return ""
             raise PayloadError(f"v0.5: {field} must be a string index, got {_tname(value)}")
         if value < 0 or value >= n:
             raise PayloadError(f"v0.5: {field} string index {value} out of range (table has {n} entries)")
@@ -292,25 +316,19 @@ def decode_v05(body: bytes) -> list[Trace]:
                 got = f"an array of {len(s)}" if type(s) in _ARRAYS else _tname(s)
                 raise PayloadError(f"v0.5: a span must be an array of 12 elements, got {got}")
             meta_raw, metrics_raw = s[9], s[10]
-            if meta_raw is None:
-                meta: dict[str, str] = {}
-            elif type(meta_raw) is dict:
-                meta = {ref(k, "meta key"): ref(v, "meta value") for k, v in meta_raw.items()}
-            else:
+            if type(meta_raw) is not dict:
                 raise PayloadError(f"v0.5: span meta must be a map, got {_tname(meta_raw)}")
-            if metrics_raw is None:
-                metrics: dict[str, float] = {}
-            elif type(metrics_raw) is dict:
-                metrics = {}
-                for k, v in metrics_raw.items():
-                    if type(v) not in (int, float):
-                        if v is None or type(v) is bool:
-                            v = float(v or 0)
-                        else:
-                            raise PayloadError(f"v0.5: span metrics value must be a number, got {_tname(v)}")
-                    metrics[ref(k, "metrics key")] = v
-            else:
+            if type(metrics_raw) is not dict:
                 raise PayloadError(f"v0.5: span metrics must be a map, got {_tname(metrics_raw)}")
+            meta = {ref(k, "meta key"): ref(v, "meta value") for k, v in meta_raw.items()}
+            metrics: dict[str, float] = {}
+            for k, v in metrics_raw.items():
+                if type(v) not in (int, float):
+                    if v is None or type(v) is bool:
+                        v = float(v or 0)
+                    else:
+                        raise PayloadError(f"v0.5: span metrics value must be a number, got {_tname(v)}")
+                metrics[ref(k, "metrics key")] = v
             spans.append({
                 "trace_id": _uint(s[3], "trace_id"),
                 "span_id": _uint(s[4], "span_id"),

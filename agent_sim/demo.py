@@ -91,15 +91,16 @@ class Demo:
         from agent_sim.server import ReceiverServer
 
         try:
-            self.server = ReceiverServer(host, port, db)
+            self.server = ReceiverServer(host, port, db, statsd_port=0, host_metrics=True)
         except OSError as exc:
             if port == 0:
                 raise
-            self.server = ReceiverServer(host, 0, db)
+            self.server = ReceiverServer(host, 0, db, statsd_port=0, host_metrics=True)
             self.say(f"port {port} is taken ({exc.strerror or exc}; another agent-sim?): "
                      f"using free port {self.server.port} instead")
         self.server.start()
-        self.say(f"receiver:  {self.server.url}  (traces and stats kept in {db})")
+        self.say(f"receiver:  {self.server.url}  (traces, stats and metrics kept in {db}; "
+                 f"DogStatsD on udp://{host}:{self.server.statsd_port})")
 
     # -- apps ------------------------------------------------------------------------
     def child_env(self, extra: dict[str, str]) -> dict[str, str]:
@@ -113,7 +114,11 @@ class Demo:
             TRACER_ENV="demo",
             TRACER_WRITER_INTERVAL="0.5",
             PYTHONUNBUFFERED="1",
+            DD_AGENT_HOST="127.0.0.1",  # the shop's datadog client sends its metrics here
+            DD_DOGSTATSD_PORT=str(self.server.statsd_port),
         )
+        for name in ("DD_DOGSTATSD_URL", "DD_DOGSTATSD_SOCKET"):
+            env.pop(name, None)
         for name in ("TRACER_SERVICE", "DD_SERVICE", "TRACER_ENABLED", "DD_TRACE_ENABLED", "TRACER_SAMPLE_RATE"):
             env.pop(name, None)  # each app names its own service; the demo traces everything
         env.update(extra)
@@ -177,6 +182,11 @@ class Demo:
             and not str(r.get("resource", "")).endswith("/healthz")
             and (resource is None or r.get("resource") == resource)
         )
+
+    def page_views(self) -> float:
+        """``web.page_views`` the shop sent (with the datadog client) in the last hour."""
+        series = self.api("/api/metrics/query", {"name": "web.page_views", "agg": "sum", "since": time.time() - 3600})
+        return round(sum(p[1] for s in series["series"] for p in s["points"]) * 10, 3)
 
     def wait_counted(self, service: str, target: int, timeout: float) -> int:
         deadline = time.monotonic() + timeout
@@ -352,6 +362,17 @@ def demo_main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> i
         demo.say("")
         from agent_sim.insights_cli import format_insights
 
+        deadline = time.monotonic() + 5
+        while demo.page_views() < answered and time.monotonic() < deadline:
+            time.sleep(0.1)  # UDP: the last datagrams may still be in the socket buffer
+        from agent_sim.metrics_cli import format_series
+
+        demo.say(f"metrics (the shop's DogStatsD: {demo.page_views():g} web.page_views; "
+                 "agent-sim metrics web.latency.95percentile --by route):")
+        demo.say(format_series("web.latency.95percentile", demo.api(
+            "/api/metrics/query", {"name": "web.latency.95percentile", "by": "route",
+                                   "since": time.time() - 3600})["series"], unicode=False))
+        demo.say("")
         demo.say("findings (agent-sim insights):")
         demo.say(format_insights(demo.api("/api/insights")[:5]))
         demo.say("")

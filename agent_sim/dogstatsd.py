@@ -9,13 +9,15 @@ Format (Datadog docs, "Datagram Format and Shell Usage", protocol v1.1-v1.3)::
 Several lines per packet. ``parse_packet`` never raises: a bad line is
 counted under one reason (``REASONS``) and the rest of the packet is kept.
 
-``Aggregator`` keeps 10 s buckets in memory (no SQLite yet): counts are
+``Aggregator`` keeps the open 10 s buckets in memory: counts are
 scaled by 1/rate and reported as per-second rates; gauges keep the last
 value; sets the number of distinct values; histograms and timers give
 ``.max .median .avg .count .95percentile``; distributions a DDSketch
 (``agent_sim.stats.Sketch``). A sample with ``|T`` goes to the bucket of its
 own timestamp. Thread-safe (one lock); costs one dict lookup and one update
-per sample.
+per sample. Closed buckets go to SQLite (``dogstatsd_store``); queries
+(``dogstatsd_query.query``, the contract for charts and monitors) read both,
+and the trace stats under ``trace.*`` names (``dogstatsd_trace``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent_sim.dogstatsd_store import merge_state
 from agent_sim.stats import Sketch
 
 BUCKET_S = 10
@@ -239,37 +242,53 @@ class _Hist:
     def __init__(self) -> None:
         self.values: list[float] = []
         self.count = 0.0  # weighted by 1/rate
-        self.frozen: dict[str, float] | None = None
+        self.frozen: list[float] | None = None
 
     def freeze(self) -> None:
-        self.frozen = {what: self.point(what) for what in HISTOGRAM_FIELDS}
+        self.frozen = self.state()
         self.values = []
 
-    def point(self, what: str) -> float:
+    def state(self) -> list[float]:
+        """``[count, max, avg, median, p95]`` (``dogstatsd_store``'s histogram state)."""
         if self.frozen is not None:
-            return self.frozen[what]
+            return self.frozen
         v = sorted(self.values)
-        if what == "max":
-            return v[-1]
-        if what == "avg":
-            return sum(v) / len(v)
-        if what == "count":
-            return self.count / BUCKET_S
-        return _percentile(v, 0.5 if what == "median" else 0.95)
+        return [self.count, v[-1], sum(v) / len(v), percentile(v, 0.5), percentile(v, 0.95)]
 
 
-def _percentile(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: float) -> float:
     v = sorted(values)
     return v[min(len(v) - 1, max(0, math.ceil(q * len(v)) - 1))]
 
 
-class Aggregator:
-    """10 s buckets of DogStatsD samples, keyed by (name, sorted tags)."""
+def point_state(kind: str, live: Any) -> Any:
+    """An open bucket's value of one context as its stored state (see ``dogstatsd_store``)."""
+    if kind == "c":
+        return [live]
+    if kind == "g":
+        return [live, live, 1]
+    if kind == "s":
+        return [float(len(live)), 1]
+    if kind == "d":
+        return live
+    return live.state()
 
-    def __init__(self, max_contexts: int = MAX_CONTEXTS, keep_s: int = KEEP_S) -> None:
+
+class Aggregator:
+    """10 s buckets of DogStatsD samples, keyed by (name, sorted tags).
+
+    With a ``MetricStore``, ``flush`` moves closed buckets into SQLite and
+    ``query`` reads both; without one (unit tests) buckets stay in memory for
+    ``keep_s`` and ``flush`` only reduces closed histograms. ``traces``
+    (``dogstatsd_trace.TraceMetrics``) answers the ``trace.*`` names."""
+
+    def __init__(self, max_contexts: int = MAX_CONTEXTS, keep_s: int = KEEP_S, store: Any = None,
+                 traces: Any = None) -> None:
         self.max_contexts = max_contexts
         self.keep_s = keep_s
-        self.types: dict[tuple[str, Tags], str] = {}
+        self.store = store
+        self.traces = traces
+        self.types: dict[tuple[str, Tags], str] = store.contexts() if store is not None else {}
         self.buckets: dict[int, dict[tuple[str, Tags], Any]] = {}
         self.events: list[Event] = []
         self.checks: list[ServiceCheck] = []
@@ -277,6 +296,8 @@ class Aggregator:
         self.counters.update(samples=0, packets=0, contexts_overflowed=0, type_conflicts=0, late_histogram_samples=0)
         self._open_from = 0  # buckets before this are closed: their histograms keep aggregates only
         self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()  # flush -> query: a bucket is in memory, pending or stored
+        self._pending: list[tuple[str, Tags, str, int, int, Any]] = []  # taken from memory, not yet stored
         self._parse_cache: dict[str, Any] = {}
 
     def ingest(self, data: bytes, now: float) -> dict[str, int]:
@@ -288,9 +309,24 @@ class Aggregator:
                 self.counters[reason] += n
             for s in parsed.samples:
                 self._add(s, now)
-            self.events = (self.events + parsed.events)[-1000:]
-            self.checks = (self.checks + parsed.checks)[-1000:]
+            self.add_events(parsed.events, parsed.checks)
         return parsed.errors
+
+    def add_events(self, events: list[Event], checks: list[ServiceCheck]) -> None:
+        if events:
+            self.events = (self.events + events)[-1000:]
+        if checks:
+            self.checks = (self.checks + checks)[-1000:]
+
+    def submit(self, sample: Sample, now: float) -> None:
+        """Aggregate one sample from inside the process (checks, host metrics); any thread."""
+        with self._lock:
+            self._add(sample, now)
+
+    def submit_events(self, events: tuple[Event, ...] = (), checks: tuple[ServiceCheck, ...] = ()) -> None:
+        """Record events and service checks from inside the process; any thread."""
+        with self._lock:
+            self.add_events(list(events), list(checks))
 
     def _add(self, s: Sample, now: float) -> None:
         key = (s.name, s.tags)
@@ -342,91 +378,113 @@ class Aggregator:
                             state.freeze()
             self._open_from = max(self._open_from, close_before)
 
-    def metric_list(self) -> list[dict[str, Any]]:
-        """``[{name, type, tag_keys}]``; a histogram is listed under its five derived names."""
+    def flush(self, now: float, everything: bool = False) -> None:
+        """Move buckets closed for a full bucket (late UDP packets still land in
+        the open one), or ``everything`` (shutdown), into the store
+        (maintenance thread); SQLite errors propagate and the points are
+        retried next time."""
+        if self.store is None:
+            self.expire(now)
+            return
+        close_before = math.inf if everything else int(now) - int(now) % BUCKET_S - BUCKET_S
+        with self._flush_lock:
+            with self._lock:
+                for start in [b for b in self.buckets if b < close_before]:
+                    for (name, tags), live in self.buckets.pop(start).items():
+                        kind = self.types[(name, tags)]
+                        self._pending.append((name, tags, kind, BUCKET_S, start, point_state(kind, live)))
+            self.store.write(self._pending)
+            self._pending = []
+
+    def rollup(self, now: float, keep_10s_s: float, keep_1h_s: float) -> None:
+        """The store's roll-up (see ``MetricStore.rollup``); contexts left without data are forgotten."""
+        if self.store is None:
+            return
+        with self._flush_lock:
+            gone = self.store.rollup(now, keep_10s_s, keep_1h_s)
+            with self._lock:
+                live = {key for bucket in self.buckets.values() for key in bucket}
+                for key in gone:
+                    if key not in live:
+                        self.types.pop(key, None)
+
+    def metric_list(self, tags: Tags = ()) -> list[dict[str, Any]]:
+        """``[{name, type, tag_keys}]`` of the contexts carrying every one of ``tags``;
+        a histogram is listed under its five derived names."""
         seen: dict[tuple[str, str], set[str]] = {}
+        want = set(tags)
         with self._lock:
-            for (name, tags), kind in self.types.items():
+            for (name, ctags), kind in self.types.items():
+                if not want.issubset(ctags):
+                    continue
                 names = [f"{name}.{f}" for f in HISTOGRAM_FIELDS] if kind in ("h", "ms") else [name]
                 for n in names:
-                    seen.setdefault((n, TYPES[kind]), set()).update(t.partition(":")[0] for t in tags)
-        return [{"name": n, "type": k, "tag_keys": sorted(keys)} for (n, k), keys in sorted(seen.items())]
+                    seen.setdefault((n, TYPES[kind]), set()).update(t.partition(":")[0] for t in ctags)
+        listed = [{"name": n, "type": k, "tag_keys": sorted(keys)} for (n, k), keys in sorted(seen.items())]
+        return listed + (self.traces.metric_list(tags) if self.traces is not None else [])
+
+    def query(self, name: str, tags: Tags = (), since: float = 0, until: float = math.inf, agg: str = "avg",
+              by: str = "", rollup: int = BUCKET_S) -> list[dict[str, Any]]:
+        """See ``agent_sim.dogstatsd_query.query`` (the stable contract)."""
+        from agent_sim.dogstatsd_query import query
+
+        return query(self, name, tags, since, until, agg, by, rollup)
+
+    def points(self, name: str, since: float, until: float) -> tuple[str, list[tuple[Tags, str, int, int, Any]]]:
+        """``(field, [(tags, kind, width, bucket, state)])`` of metric ``name``
+        (a histogram's ``.max`` etc. resolved to its base name and ``field``)
+        from memory, the pending flush and the store; one entry per context and bucket."""
+        merged: dict[tuple[Tags, int, int], tuple[str, Any]] = {}
+
+        def add(tags: Tags, kind: str, width: int, start: int, state: Any) -> None:
+            if kind == "d":  # merging must not change the live sketch
+                copy = Sketch()
+                copy.merge(state)
+                state = copy
+            k = (tags, width, start)
+            prev = merged.get(k)
+            merged[k] = (kind, state if prev is None else merge_state(kind, prev[1], state))
+
+        with self._flush_lock:  # SQLite is read outside ``_lock``: the intake never waits for it
+            with self._lock:
+                base, what = self._resolve(name)
+                for n, ctags, kind, width, start, state in self._pending:
+                    if n == base and since <= start + width - 1 and start <= until:
+                        add(ctags, kind, width, start, state)
+                for start, bucket in self.buckets.items():
+                    if not since <= start + BUCKET_S - 1 or not start <= until:
+                        continue
+                    for (n, ctags), live in bucket.items():
+                        if n == base:
+                            kind = self.types[(n, ctags)]
+                            add(ctags, kind, BUCKET_S, start, point_state(kind, live))
+            stored = self.store.rows(base, since, until) if self.store is not None else []
+        for ctags, kind, width, start, state in stored:  # older than anything in memory
+            k = (ctags, width, start)
+            prev = merged.get(k)
+            merged[k] = (kind, state if prev is None else merge_state(kind, state, prev[1]))
+        return what, [(ctags, kind, width, start, state) for (ctags, width, start), (kind, state) in merged.items()]
+
+    def latest(self, since: float) -> list[tuple[str, Tags, str, Any]]:
+        """``(name, tags, kind, state)`` of each context's newest 10 s bucket since ``since``."""
+        found: dict[tuple[str, Tags], tuple[int, str, Any]] = {}
+        with self._flush_lock:  # SQLite is read outside ``_lock``: the intake never waits for it
+            stored = self.store.latest(since) if self.store is not None else []
+            with self._lock:
+                for name, tags, kind, _width, start, state in self._pending:
+                    if start >= since and start >= found.get((name, tags), (-1,))[0]:
+                        found[(name, tags)] = (start, kind, state)
+                for start in sorted(b for b in self.buckets if b >= since):
+                    for key, live in self.buckets[start].items():
+                        kind = self.types[key]
+                        found[key] = (start, kind, point_state(kind, live))
+        for name, tags, kind, start, state in stored:
+            if start > found.get((name, tags), (-1,))[0]:
+                found[(name, tags)] = (start, kind, state)
+        return [(name, tags, kind, state) for (name, tags), (_start, kind, state) in sorted(found.items())]
 
     def _resolve(self, name: str) -> tuple[str, str]:
         base, _, suffix = name.rpartition(".")
         if suffix in HISTOGRAM_FIELDS and any(k[0] == base and t in ("h", "ms") for k, t in self.types.items()):
             return base, suffix
         return name, ""
-
-    def query(self, name: str, tags: Tags = (), since: float = 0, until: float = math.inf, agg: str = "avg",
-              by: str = "", rollup: int = BUCKET_S) -> list[dict[str, Any]]:
-        """Series of ``name`` whose contexts carry all ``tags``, grouped by tag key ``by``.
-
-        Per 10 s bucket the contexts of a group are combined with ``agg``
-        (space aggregation); buckets are then averaged over ``rollup``-second
-        windows. Distributions instead merge their sketches per group and
-        window and read ``agg`` (a percentile, avg, sum, min, max) from it."""
-        if agg not in AGGS:
-            raise ValueError(f"agg must be one of {', '.join(AGGS)}")
-        if rollup < BUCKET_S or rollup % BUCKET_S:
-            raise ValueError(f"rollup must be a positive multiple of {BUCKET_S} seconds")
-        want = set(tags)
-        with self._lock:
-            base, what = self._resolve(name)
-            groups: dict[str, dict[int, list[Any]]] = {}
-            for start, bucket in self.buckets.items():
-                if not since <= start <= until:
-                    continue
-                for (n, ctags), state in bucket.items():
-                    if n != base or not want.issubset(ctags):
-                        continue
-                    group = next((t.partition(":")[2] for t in ctags if t.partition(":")[0] == by), "") if by else ""
-                    kind = self.types[(n, ctags)]
-                    value: Any
-                    if kind == "c":
-                        value = state / BUCKET_S
-                    elif kind == "s":
-                        value = float(len(state))
-                    elif kind in ("h", "ms"):
-                        value = state.point(what or "avg")
-                    else:
-                        value = state
-                    groups.setdefault(group, {}).setdefault(start, []).append(value)
-        series = []
-        for group in sorted(groups):
-            per_bucket = groups[group]
-            windows: dict[int, list[Any]] = {}
-            for start in sorted(per_bucket):
-                windows.setdefault(start - start % rollup, []).append(per_bucket[start])
-            points = [[w, _combine(lists, agg)] for w, lists in sorted(windows.items())]
-            series.append({"tags": {by: group} if by else {}, "points": points})
-        return series
-
-
-def _space(values: list[float], agg: str) -> float:
-    if agg == "avg":
-        return sum(values) / len(values)
-    if agg == "sum":
-        return sum(values)
-    if agg == "min":
-        return min(values)
-    if agg == "max":
-        return max(values)
-    return _percentile(values, int(agg[1:]) / 100)
-
-
-def _combine(buckets: list[list[Any]], agg: str) -> float:
-    if isinstance(buckets[0][0], Sketch):
-        merged = Sketch()
-        for sketches in buckets:
-            for s in sketches:
-                merged.merge(s)
-        if agg == "avg":
-            return merged.sum / merged.count
-        if agg == "sum":
-            return merged.sum
-        if agg == "max":
-            return merged.max
-        return merged.quantile(0.0 if agg == "min" else int(agg[1:]) / 100)
-    per_bucket = [_space(values, agg) for values in buckets]
-    return sum(per_bucket) / len(per_bucket)

@@ -13,8 +13,10 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
-from agent_sim.insights import DEFAULT_LIMITS, KINDS, Finding, Thresholds, detect
+from agent_sim.insights import DEFAULT_LIMITS, KINDS, BreakdownKey, Finding, Thresholds, breakdown, detect
 from agent_sim.model import Trace, trace_id_hex
+from agent_sim.stats import HOUR_NS, OVERFLOW
+from agent_sim.store import window_select
 
 if TYPE_CHECKING:
     from agent_sim.ingest import Receiver
@@ -35,7 +37,16 @@ CREATE TABLE IF NOT EXISTS findings (
     examples TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS findings_last_seen ON findings(last_seen_ns);
+CREATE TABLE IF NOT EXISTS breakdown (
+    width INTEGER NOT NULL, bucket INTEGER NOT NULL,
+    service TEXT NOT NULL, resource TEXT NOT NULL, span_service TEXT NOT NULL, span_type TEXT NOT NULL,
+    exclusive_ns INTEGER NOT NULL,
+    PRIMARY KEY (width, bucket, service, resource, span_service, span_type)
+) WITHOUT ROWID;
 """
+_ADD_BREAKDOWN = ("INSERT INTO breakdown VALUES (10, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE"
+                  " SET exclusive_ns = exclusive_ns + excluded.exclusive_ns")
+MAX_ENDPOINTS = 10_000  # distinct (service, resource) endpoints in the breakdown; more share OVERFLOW
 
 
 class FindingStore:
@@ -45,19 +56,25 @@ class FindingStore:
         self._warned = False
         with store.lock:
             store.db.executescript(_SCHEMA)
+            self._endpoints = set(store.db.execute("SELECT DISTINCT service, resource FROM breakdown"))
 
-    def detect_and_record(self, traces: list[Trace]) -> dict[str, int]:
-        """Run the detectors on stored traces and persist; returns new
-        occurrences per kind. Never raises: a detector bug is logged once."""
+    def detect_and_record(self, traces: list[Trace], all_traces: list[Trace] | None = None) -> dict[str, int]:
+        """Run the detectors on stored traces, add the time breakdown of
+        ``all_traces`` (default: ``traces``; sampled-out ones count, as in the
+        stats) and persist; returns new occurrences per kind. Never raises: a
+        detector bug is logged once."""
         try:
+            times: dict[BreakdownKey, int] = {}
+            for spans in traces if all_traces is None else all_traces:
+                breakdown(spans, times)
             found: list[tuple[Finding, str, int]] = []
             for spans in traces:
                 for f in detect(spans, self.limits):
                     first = spans[0]
                     tid = trace_id_hex(first["trace_id"], first["meta"].get("_dd.p.tid"))
                     found.append((f, tid, max(s["start"] + s["duration"] for s in spans)))
-            if found:
-                self._record(found)
+            if found or times:
+                self._record(found, self._bounded(times))
             counts: dict[str, int] = {}
             for f, _tid, _end in found:
                 counts[f.kind] = counts.get(f.kind, 0) + 1
@@ -68,11 +85,28 @@ class FindingStore:
                 log.exception("insights: detectors failed (logged once)")
             return {}
 
-    def _record(self, found: list[tuple[Finding, str, int]]) -> None:
+    def _bounded(self, times: dict[BreakdownKey, int]) -> list[tuple[int, str, str, str, str, int]]:
+        """Rows to add; past ``MAX_ENDPOINTS`` endpoints a new one is counted
+        under the stats' overflow resource (the key space stays bounded)."""
+        known = self._endpoints
+        rows = []
+        for (bucket, service, resource, span_service, span_type), ns in times.items():
+            if (service, resource) not in known:
+                if len(known) < MAX_ENDPOINTS:
+                    known.add((service, resource))
+                else:
+                    resource = OVERFLOW
+            rows.append((bucket, service, resource, span_service, span_type, ns))
+        return rows
+
+    def _record(self, found: list[tuple[Finding, str, int]],
+                times: list[tuple[int, str, str, str, str, int]]) -> None:
         with self.store.lock:
             db = self.store.db
             db.execute("BEGIN")
             try:
+                if times:
+                    db.executemany(_ADD_BREAKDOWN, times)
                 for f, tid, end in found:
                     row = db.execute("SELECT examples FROM findings WHERE fingerprint = ?",
                                      (f.fingerprint,)).fetchone()
@@ -88,8 +122,9 @@ class FindingStore:
                                " first_seen_ns = min(first_seen_ns, ?), last_seen_ns = max(last_seen_ns, ?),"
                                " examples = ? WHERE fingerprint = ?",
                                (f.count, f.total_duration_ns, end, end, json.dumps(examples), f.fingerprint))
-                db.execute("DELETE FROM findings WHERE fingerprint IN (SELECT fingerprint FROM findings"
-                           " ORDER BY last_seen_ns DESC LIMIT -1 OFFSET ?)", (MAX_FINDINGS,))
+                if found:
+                    db.execute("DELETE FROM findings WHERE fingerprint IN (SELECT fingerprint FROM findings"
+                               " ORDER BY last_seen_ns DESC LIMIT -1 OFFSET ?)", (MAX_FINDINGS,))
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -124,6 +159,40 @@ class FindingStore:
             out.append(item)
         return out
 
+    def breakdown(self, service: str | None = None, resource: str | None = None, since_ns: int | None = None,
+                  until_ns: int | None = None) -> list[dict[str, Any]]:
+        """Exclusive time per (span service, span type) of the endpoints
+        matching ``service``/``resource``, over the buckets that overlap the
+        window; largest first, with each row's share of the total."""
+        window, args = window_select("breakdown", "span_service, span_type, exclusive_ns", since_ns, until_ns,
+                                     [("service", service), ("resource", resource)])
+        sql = ("SELECT span_service, span_type, sum(exclusive_ns) AS ns FROM (" + window
+               + ") GROUP BY span_service, span_type ORDER BY ns DESC, span_service, span_type")
+        rows = self.store.execute(sql, args)
+        total = sum(r[2] for r in rows) or 1
+        return [{"service": svc, "span_type": type_, "exclusive_ns": ns, "share": round(ns / total, 4)}
+                for svc, type_, ns in rows]
+
+    def rollup(self, now_ns: int, keep_10s_ns: int, keep_1h_ns: int) -> None:
+        """As the stats: 10 s rows older than ``keep_10s_ns`` fold into hour
+        rows; hour rows older than ``keep_1h_ns`` go (maintenance thread)."""
+        with self.store.lock:
+            db = self.store.db
+            db.execute("BEGIN")
+            try:
+                cutoff = now_ns - keep_10s_ns
+                db.execute("INSERT INTO breakdown SELECT 3600, bucket - bucket % ?, service, resource, span_service,"
+                           " span_type, sum(exclusive_ns) FROM breakdown WHERE width = 10 AND bucket < ?"
+                           " GROUP BY 2, 3, 4, 5, 6 ON CONFLICT DO UPDATE"
+                           " SET exclusive_ns = exclusive_ns + excluded.exclusive_ns", (HOUR_NS, cutoff))
+                db.execute("DELETE FROM breakdown WHERE width = 10 AND bucket < ?", (cutoff,))
+                db.execute("DELETE FROM breakdown WHERE bucket < ?", (now_ns - keep_1h_ns,))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            self._endpoints = set(db.execute("SELECT DISTINCT service, resource FROM breakdown"))
+
     def counts_by_kind(self) -> dict[str, int]:
         rows = dict(self.store.execute("SELECT kind, sum(count) FROM findings GROUP BY kind"))
         return {k: int(rows.get(k) or 0) for k in KINDS}
@@ -141,3 +210,11 @@ def api_insights(rx: Receiver, q: dict[str, str]) -> tuple[int, Any]:
     return 200, rx.findings.query(q.get("service") or None, q.get("resource") or None, kind,
                                   since * 10**9 if since is not None else None,
                                   until * 10**9 if until is not None else None)
+
+
+def api_breakdown(rx: Receiver, q: dict[str, str]) -> tuple[int, Any]:
+    """GET /api/breakdown?service=&resource=&since=&until= (epoch seconds)."""
+    from agent_sim.views import _seconds
+
+    return 200, rx.findings.breakdown(q.get("service") or None, q.get("resource") or None,
+                                      _seconds(q, "since"), _seconds(q, "until"))

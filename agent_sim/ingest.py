@@ -140,8 +140,8 @@ class Receiver:
             # them to SIGKILL is fine, an extra statement per payload is not
             self.store.ingest(to_store, journal, {})
             self._apply_stats(self.concentrator.apply, groups)
-        if to_store:
-            self.findings.detect_and_record(to_store)
+        if valid:
+            self.findings.detect_and_record(to_store, valid)
         self._notify()
 
     def _apply_stats(self, apply: Any, *args: Any) -> None:
@@ -287,6 +287,7 @@ class Receiver:
         if full:
             now_ns = now_ns or time.time_ns()
             with self.lock:
+                self.findings.rollup(now_ns, KEEP_10S_NS, KEEP_1H_NS)
                 if self.store.rollup(now_ns, KEEP_10S_NS, KEEP_1H_NS):
                     self.totals = {}
                     for row in self.store.stats_rows():

@@ -16,7 +16,7 @@ from typing import Any
 
 from agent_sim.decode import checked_traces, decode_span, get_fields, wire_typed
 from agent_sim.model import Span, Trace
-from agent_sim.obfuscate import obfuscate_error_message, obfuscate_sql
+from sql_obfuscation import obfuscate_error_message, obfuscate_sql
 
 MAX_SERVICE = 100
 MAX_NAME = 100
@@ -71,7 +71,7 @@ def normalize_trace(spans: Trace) -> str | None:
 
 def normalize_payload(traces: Sequence[Any], version: str = "v0.4") -> tuple[list[Trace], int, int]:
     """Check and normalize every trace of a payload: ``(kept traces, dropped
-    count, span count)``; nil traces are skipped.
+    count, span count)``.
 
     ``traces`` is a body's array of traces, either only unpacked
     (``decode.unpack_v04``) or already decoded. Raises PayloadError, with the

@@ -31,9 +31,14 @@ from urllib.parse import parse_qsl, urlsplit
 import msgpack
 
 from agent_sim import views
+from agent_sim.checks import DEFAULT_INTERVAL_S, CheckRunner
 from agent_sim.decode import PayloadError, decode_json, decode_v05, unpack_v04
 from agent_sim.dogstatsd import Aggregator
-from agent_sim.findings import api_insights
+from agent_sim.dogstatsd_query import openmetrics
+from agent_sim.dogstatsd_store import MetricStore
+from agent_sim.dogstatsd_trace import TraceMetrics
+from agent_sim.findings import api_breakdown, api_insights
+from agent_sim.hostmetrics import HostMetrics
 from agent_sim.ingest import KEEP_1H_NS, KEEP_10S_NS, Receiver
 from agent_sim.insights import Thresholds, add_insight_flags, insight_limits
 from agent_sim.monitors import api as monitors_api
@@ -126,7 +131,10 @@ class RequestHandler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         parts = urlsplit(self.path)
         path = parts.path
-        self.query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        self.query = dict(pairs)
+        if sum(k == "tag" for k, _v in pairs) > 1:  # the one repeatable parameter (/api/traces)
+            self.query["tag"] = "\0".join(v for k, v in pairs if k == "tag")
         handler = ROUTES.get((method, path))
         arg = ""
         if handler is None:
@@ -305,16 +313,17 @@ def _view(fn: Callable[[Receiver, dict[str, str]], tuple[int, Any]]) -> Handler:
 
 
 def _statsd_metrics(h: RequestHandler, _arg: str) -> None:
-    """GET /metrics: the trace side's OpenMetrics, plus the DogStatsD intake's counters."""
+    """GET /metrics: the trace side's OpenMetrics, plus the DogStatsD intake's counters and metrics."""
     _status, body = views.metrics(h.server.receiver, h.query)
     lines = [f"# TYPE agent_sim_statsd_{name} counter\nagent_sim_statsd_{name}_total {n}"
              for name, n in sorted(h.server.statsd.counters.items())]
+    lines += openmetrics(h.server.statsd, time.time())
     body = body.replace(b"# EOF\n", ("\n".join(lines) + "\n# EOF\n").encode())
     h.send_bytes(200, body, "application/openmetrics-text; version=1.0.0; charset=utf-8")
 
 
 def _api_metrics(h: RequestHandler, _arg: str) -> None:
-    h.send_json(200, h.server.statsd.metric_list())
+    h.send_json(200, h.server.statsd.metric_list(tuple(t for t in h.query.get("tags", "").split(",") if t)))
 
 
 def _api_events(h: RequestHandler, _arg: str) -> None:
@@ -430,6 +439,7 @@ ROUTES.update({
     ("GET", "/api/checks"): _api_checks,
     ("GET", "/api/metrics/query"): _api_metrics_query,
     ("GET", "/api/insights"): _view(api_insights),
+    ("GET", "/api/breakdown"): _view(api_breakdown),
     ("GET", "/"): lambda h, _a: _static(h, "index.html"),
 })
 ROUTES.update(monitors_api.ROUTES)
@@ -456,18 +466,23 @@ class ReceiverServer:
     stats and closes the database. ``port=0`` takes a free port (see ``.port``).
     ``statsd_port``: None runs no DogStatsD UDP listener, 0 a free UDP port (``.statsd_port``);
     ``statsd_socket``: a Unix datagram socket path for DogStatsD, or None.
+    ``checks_dir``: run its ``*.py`` checks, and ``host_metrics`` the /proc one,
+    every ``check_interval`` seconds (``agent_sim.checks``).
     ``monitors``: a monitors/downtimes definitions file (``agent_sim.monitors.files``), or None."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, db: str = ":memory:",
                  retention_traces: int = 100_000, retention_hours: float = 24,
                  sample_rates: dict[str, float] | None = None, insight_limits: Thresholds | None = None,
-                 statsd_port: int | None = None, statsd_socket: str | None = None,
+                 statsd_port: int | None = None, statsd_socket: str | None = None, checks_dir: str | None = None,
+                 check_interval: float = DEFAULT_INTERVAL_S, host_metrics: bool = False,
                  monitors: str | None = None) -> None:
         self.receiver = Receiver(db, retention_traces, retention_hours, sample_rates,
                                  insight_limits=insight_limits)
+        # before the HTTP port opens: serve_main installs its signal handlers only once this returns
+        self.statsd = Aggregator(store=MetricStore(self.receiver.store), traces=TraceMetrics(self.receiver))
         self.httpd = _HTTPServer((host, port), RequestHandler)
         self.httpd.receiver = self.receiver
-        self.statsd = self.httpd.statsd = Aggregator()
+        self.httpd.statsd = self.statsd
         self.statsd_listeners: list[StatsdListener] = []
         addresses = ([(host, statsd_port)] if statsd_port is not None else []) + ([statsd_socket] if statsd_socket else [])
         try:
@@ -479,6 +494,9 @@ class ReceiverServer:
             self.httpd.server_close()
             raise
         self.statsd_port = self.statsd_listeners[0].port if statsd_port is not None else None
+        self.checks = CheckRunner(self.statsd, check_interval)
+        self._checks_dir = checks_dir
+        self._host_metrics = host_metrics
         self.monitors = self.httpd.monitors = MonitorService(self.statsd, self.receiver, monitors)
         self.host = host
         self.port: int = self.httpd.server_address[1]
@@ -506,6 +524,10 @@ class ReceiverServer:
         if self._maint is None:
             for listener in self.statsd_listeners:
                 listener.start()
+            if self._host_metrics:
+                self.checks.add(HostMetrics())
+            if self._checks_dir:
+                self.checks.load_dir(self._checks_dir)
             self.monitors.start()
             self._maint = threading.Thread(target=self._maintenance_loop, name="agent_sim-maint", daemon=True)
             self._maint.start()
@@ -518,8 +540,9 @@ class ReceiverServer:
                 now = time.monotonic()
                 full = now - last_full > 60
                 self.receiver.maintain(full=full)
-                self.statsd.expire(time.time())
+                self.statsd.flush(time.time())
                 if full:
+                    self.statsd.rollup(time.time(), KEEP_10S_NS / 1e9, KEEP_1H_NS / 1e9)
                     last_full = now
                 if now - last_trim > TRIM_INTERVAL_S:
                     trim()
@@ -540,9 +563,14 @@ class ReceiverServer:
         self.httpd.server_close()
         for listener in self.statsd_listeners:
             listener.stop()
+        self.checks.stop()
         if self._maint is not None and self._maint is not threading.current_thread():
             self._maint.join(5)
         self.monitors.stop()
+        try:
+            self.statsd.flush(time.time(), everything=True)
+        except Exception as exc:  # the trace side still closes cleanly
+            print(f"agent_sim: storing metrics failed: {exc!r}", file=sys.stderr)
         self.receiver.close()
 
     def __enter__(self) -> ReceiverServer:
@@ -576,6 +604,16 @@ def _udp_port(value: str) -> int:
     return port
 
 
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1
+    if not 0 < seconds < math.inf:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive number of seconds")
+    return seconds
+
+
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """Add ``serve``'s flags to ``parser`` (the CLI reuses this)."""
     p = parser or argparse.ArgumentParser(prog="agent-sim serve", description="Run the local trace receiver.")
@@ -584,6 +622,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--statsd-port", type=_udp_port, default=os.environ.get("AGENT_SIM_STATSD_PORT", "8125"),
                    help="DogStatsD UDP port (default 8125, env AGENT_SIM_STATSD_PORT; 0 disables)")
     p.add_argument("--statsd-socket", metavar="PATH", help="also receive DogStatsD on this Unix datagram socket")
+    p.add_argument("--checks", metavar="DIR", help="run the custom checks DIR/*.py (AgentCheck subclasses)")
+    p.add_argument("--check-interval", type=_seconds, default=DEFAULT_INTERVAL_S, metavar="SECONDS",
+                   help=f"how often checks and host metrics run (default {DEFAULT_INTERVAL_S:g})")
+    p.add_argument("--no-host-metrics", dest="host_metrics", action="store_false",
+                   help="do not report system.cpu/load/mem/disk/net metrics from /proc")
     p.add_argument("--db", default="./agent_sim.db", help="SQLite file, or :memory:")
     p.add_argument("--monitors", metavar="FILE", help="monitors, downtimes and webhooks (Datadog JSON; YAML with "
                    "PyYAML), reloaded on change; see docs/monitors.md")
@@ -603,6 +646,9 @@ def serve_main(argv: list[str]) -> int:
         print("agent-sim needs its extra: pip install 'tracer-apm[agent]'", file=sys.stderr)
         return 2
     args = build_parser().parse_args(argv)
+    if args.checks and not os.path.isdir(args.checks):
+        print(f"agent-sim: --checks {args.checks}: not a directory", file=sys.stderr)
+        return 2
     try:
         rates = _parse_rates(args.sample_rate)
     except argparse.ArgumentTypeError as exc:
@@ -617,7 +663,8 @@ def serve_main(argv: list[str]) -> int:
     gc.set_threshold(GC_THRESHOLD, 10, 10)
     def make(statsd_port: int | None, statsd_socket: str | None) -> ReceiverServer:
         return ReceiverServer(args.host, args.port, args.db, args.retention_traces, args.retention_hours, rates,
-                              insight_limits(args), statsd_port, statsd_socket, args.monitors)
+                              insight_limits(args), statsd_port, statsd_socket, args.checks, args.check_interval,
+                              args.host_metrics, args.monitors)
 
     try:
         try:

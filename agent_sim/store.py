@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgpack
@@ -99,6 +99,32 @@ def trace_row(spans: list[Span]) -> tuple:
         high = meta.get("_dd.p.tid")
     return (to_signed(root["trace_id"]), high, root["service"], root["resource"], root["name"],
             root["start"], root["duration"], root["error"], len(spans), has_root)
+
+
+def window_select(table: str, columns: str, since_ns: int | None, until_ns: int | None,
+                  equal: Iterable[tuple[str, str | None]]) -> tuple[str, list[Any]]:
+    """SQL and arguments selecting ``columns`` of the rows of a bucketed
+    table (``width``, ``bucket`` leading its primary key: the stats, the
+    time breakdown) whose bucket overlaps the window and whose ``equal``
+    columns have the given values (None or "": any). One part per width,
+    so the primary key bounds each scan."""
+    parts: list[str] = []
+    args: list[Any] = []
+    for width in (10, 3600):
+        where = ["width = ?"]
+        args.append(width)
+        if since_ns is not None:
+            where.append("bucket > ?")
+            args.append(since_ns - width * 1_000_000_000)
+        if until_ns is not None:
+            where.append("bucket < ?")
+            args.append(until_ns)
+        for col, value in equal:
+            if value:
+                where.append(f"{col} = ?")
+                args.append(value)
+        parts.append(f"SELECT {columns} FROM {table} WHERE " + " AND ".join(where))
+    return " UNION ALL ".join(parts), args
 
 
 class Store:
@@ -241,7 +267,9 @@ class Store:
 
     # -- trace queries -----------------------------------------------------
     def list_traces(self, service: str | None = None, resource: str | None = None, error: int | None = None,
-                    min_duration: int | None = None, limit: int = 50) -> list[tuple]:
+                    min_duration: int | None = None, limit: int = 50, max_duration: int | None = None) -> list[tuple]:
+        """Index rows of the newest traces whose root span (or earliest span,
+        rootless) matches; ``scan_traces`` matches on any span."""
         where: list[str] = []
         args: list[Any] = []
         if service:
@@ -257,6 +285,9 @@ class Store:
         if min_duration:
             where.append("duration >= ?")
             args.append(min_duration)
+        if max_duration is not None:
+            where.append("duration <= ?")
+            args.append(max_duration)
         sql = "SELECT tid, high, service, resource, name, start, duration, error, span_count FROM traces"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -264,6 +295,45 @@ class Store:
         args.append(limit)
         with self.lock:
             return self.db.execute(sql, args).fetchall()
+
+    def scan_traces(self, match: Callable[[list[Span]], bool], limit: int, max_scan: int) -> list[tuple]:
+        """Rows as ``list_traces`` of the newest traces whose spans ``match``,
+        reading at most ``max_scan`` traces (newest first, pages of 256; the
+        lock is held per page read, spans are unpacked and matched outside it)."""
+        out: list[tuple] = []
+        unpackb = msgpack.unpackb
+        scanned = 0
+        after = ""  # keyset paging: rows arriving meanwhile neither repeat nor shift a page
+        last: tuple[int, int] = (0, 0)
+        while len(out) < limit and scanned < max_scan:
+            page = min(256, max_scan - scanned)
+            with self.lock:
+                rows = self.db.execute(
+                    "SELECT tid, high, service, resource, name, start, duration, error, span_count, chunk_ids, seq"
+                    f" FROM traces{after} ORDER BY start DESC, seq DESC LIMIT ?",
+                    (*last, page) if after else (page,)).fetchall()
+                ids = [int(c) for row in rows for c in row[9].split(",")]
+                blobs: dict[int, bytes] = {}
+                for first in range(0, len(ids), 500):  # under SQLite's bound-parameter limit
+                    part = ids[first:first + 500]
+                    blobs.update(self.db.execute(
+                        f"SELECT id, data FROM chunks WHERE id IN ({','.join('?' * len(part))})", part).fetchall())
+            for row in rows:
+                spans: list[Span] = []
+                for c in row[9].split(","):
+                    blob = blobs.get(int(c))
+                    if blob is not None:  # evicted meanwhile
+                        spans.extend(unpackb(blob, raw=False, strict_map_key=False))
+                if spans and match(spans):
+                    out.append(row[:9])
+                    if len(out) == limit:
+                        break
+            if len(rows) < page:
+                break
+            scanned += page
+            after = " WHERE (start, seq) < (?, ?)"
+            last = (rows[-1][5], rows[-1][10])
+        return out
 
     def get_trace(self, low_signed: int) -> tuple[str | None, list[Span]] | None:
         with self.lock:
@@ -327,23 +397,10 @@ class Store:
                     service: str | None) -> list[tuple[str, str, str, str, bytes]]:
         """``(service, name, resource, type, data)`` of the rows whose bucket
         overlaps the window; per width, so the primary key bounds the scan."""
-        parts: list[str] = []
-        args: list[Any] = []
-        for width in (10, 3600):
-            where = ["width = ?"]
-            args.append(width)
-            if since_ns is not None:
-                where.append("bucket > ?")
-                args.append(since_ns - width * 1_000_000_000)
-            if until_ns is not None:
-                where.append("bucket < ?")
-                args.append(until_ns)
-            if service:
-                where.append("service = ?")
-                args.append(service)
-            parts.append("SELECT service, name, resource, type, data FROM stats WHERE " + " AND ".join(where))
+        sql, args = window_select("stats", "service, name, resource, type, data", since_ns, until_ns,
+                                  [("service", service)])
         with self.lock:
-            return self.db.execute(" UNION ALL ".join(parts), args).fetchall()
+            return self.db.execute(sql, args).fetchall()
 
     def rollup(self, now_ns: int, keep_10s_ns: int, keep_1h_ns: int) -> bool:
         """Fold 10 s rows older than ``keep_10s_ns`` into 1 h rows; delete 1 h rows

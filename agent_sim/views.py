@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from agent_sim.model import parse_trace_id, span_json, to_signed, trace_id_hex
+from agent_sim.model import parse_trace_id, span_id_hex, span_json, to_signed, trace_id_hex
 from agent_sim.stats import Sketch
 
 if TYPE_CHECKING:
@@ -81,17 +81,81 @@ def api_services(rx: Receiver, q: Query) -> tuple[int, Any]:
     return 200, rows
 
 
+MAX_SCAN = 20_000  # traces read per any-span search, newest first
+
+
+def _tags(q: Query) -> list[tuple[str, str]]:
+    """``tag=key:value`` (repeatable: the server joins repeats with NUL)."""
+    raw = q.get("tag")
+    if not raw:
+        return []
+    out = []
+    for item in raw.split("\0"):
+        key, sep, value = item.partition(":")
+        if not sep or not key:
+            raise BadQuery(f"tag: expected key:value, got {item!r}")
+        out.append((key, value))
+    return out
+
+
+def _tag_value(span: dict[str, Any], key: str) -> str | None:
+    value = span["meta"].get(key)
+    if value is not None:
+        return value
+    number = span["metrics"].get(key)
+    if number is None:
+        return None
+    return str(int(number)) if float(number).is_integer() else str(number)
+
+
+def _span_filter(service: str | None, resource: str | None, error: int | None, min_ns: int | None,
+                 max_ns: int | None, tags: list[tuple[str, str]]) -> Any:
+    """A predicate: does this one span match every filter given?"""
+    def match(s: dict[str, Any]) -> bool:
+        return ((service is None or s["service"] == service)
+                and (resource is None or s["resource"] == resource)
+                and (error is None or bool(s["error"]) == bool(error))
+                and (min_ns is None or s["duration"] >= min_ns)
+                and (max_ns is None or s["duration"] <= max_ns)
+                and all(_tag_value(s, k) == v for k, v in tags))
+    return match
+
+
+def _root_of(spans: list[dict[str, Any]]) -> dict[str, Any]:
+    for s in spans:
+        if s["parent_id"] == 0:
+            return s
+    return min(spans, key=lambda s: s["start"])
+
+
 def _trace_rows(rx: Receiver, q: Query, limit: int) -> list[dict[str, Any]]:
+    """A trace matches when any one of its spans matches every filter
+    (``root=1``: its root span, as the index row describes it)."""
     error = q.get("error")
     if error not in (None, "", "0", "1", "true", "false"):
         raise BadQuery(f"error: expected 0 or 1, got {error!r}")
-    rows = rx.store.list_traces(
-        service=q.get("service") or None,
-        resource=q.get("resource") or None,
-        error=None if error in (None, "") else int(error in ("1", "true")),
-        min_duration=_int(q, "min_duration_ns", None, lo=0),
-        limit=limit,
-    )
+    root = q.get("root")
+    if root not in (None, "", "0", "1", "true", "false"):
+        raise BadQuery(f"root: expected 0 or 1, got {root!r}")
+    service = q.get("service") or None
+    resource = q.get("resource") or None
+    err = None if error in (None, "") else int(error in ("1", "true"))
+    min_ns = _int(q, "min_duration_ns", None, lo=0) or None
+    max_ns = _int(q, "max_duration_ns", None, lo=0)
+    tags = _tags(q)
+    unfiltered = service is None and resource is None and err is None and min_ns is None and max_ns is None
+    if (root in ("1", "true") or unfiltered) and not tags:  # the index answers
+        rows = rx.store.list_traces(service=service, resource=resource, error=err, min_duration=min_ns, limit=limit,
+                                    max_duration=max_ns)
+    else:
+        one = _span_filter(service, resource, err, min_ns, max_ns, tags)
+        if root in ("1", "true"):
+            def match(spans: list[dict[str, Any]]) -> bool:
+                return one(_root_of(spans))
+        else:
+            def match(spans: list[dict[str, Any]]) -> bool:
+                return any(map(one, spans))
+        rows = rx.store.scan_traces(match, limit, MAX_SCAN)
     return [{"trace_id": trace_id_hex(tid, high), "service": service, "resource": resource, "name": name,
              "start_ns": start, "duration_ns": duration, "error": err, "span_count": count}
             for tid, high, service, resource, name, start, duration, err, count in rows]
@@ -135,7 +199,20 @@ def api_trace(rx: Receiver, trace_id: str) -> tuple[int, Any]:
     spans.sort(key=lambda s: (s["start"], s["span_id"]))
     out = [span_json(s, high) for s in spans]
     tid = out[0]["trace_id"] if out else trace_id_hex(low, high)
-    return 200, {"trace_id": tid, "spans": out}
+    return 200, {"trace_id": tid, "spans": out, "findings": _trace_findings(rx, spans)}
+
+
+def _trace_findings(rx: Receiver, spans: list[Any]) -> list[dict[str, Any]]:
+    """The detectors re-run on the whole stored trace (a few ms for 5,000
+    spans): which spans each finding is made of, for the waterfall."""
+    from agent_sim.insights import detect
+
+    try:
+        found = detect(spans, rx.findings.limits)
+    except Exception:  # the trace view must not fail for a detector bug
+        return []
+    return [{"kind": f.kind, "fingerprint": f.fingerprint, "title": f.title,
+             "span_ids": [span_id_hex(i) for i in f.span_ids]} for f in found]
 
 
 def info(rx: Receiver, q: Query) -> tuple[int, Any]:

@@ -5,7 +5,10 @@ A load process sends v0.4 msgpack payloads of 1,000 spans (100 traces × 10
 spans, unique ids, realistic tags, SQL spans among them) over one keep-alive
 connection for ``--seconds`` per run, and counts spans acknowledged with 200.
 Runs are interleaved (ours, test agent, ours, test agent, ...); medians and
-per-pair ratios are printed, with each receiver's peak RSS (VmHWM).
+per-pair ratios are printed, with each receiver's peak RSS (VmHWM). agent_sim
+runs with its insight detectors on (as ``agent-sim serve`` always does); their
+own cost per span (detectors, time breakdown, and persisting both, on the
+same payloads in this process) is printed first.
 
     python benchmarks/bench_ingest.py [--seconds 20] [--rounds 2] [--concurrency 1]
 
@@ -15,6 +18,7 @@ The load process is started with this file's ``load`` sub-command.
 from __future__ import annotations
 
 import argparse
+import functools
 import http.client
 import json
 import os
@@ -28,6 +32,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPANS_PER_TRACE = 10
@@ -133,6 +138,48 @@ def load(url: str, seconds: float) -> None:
     print(json.dumps({"spans": sent, "seconds": elapsed, "errors": errors}))
 
 
+def detector_cost(rounds: int = 5, payloads: int = 30) -> tuple[float, float, float, float]:
+    """CPU ns per span of the insights, in this process: the detectors alone,
+    the time breakdown alone (best of ``rounds``), and ``Receiver.ingest`` of
+    the bench payloads into a SQLite file with the insights on and off
+    (interleaved rounds, medians of CPU time, so other load on the machine
+    counts less than in wall time)."""
+    import msgpack
+
+    from agent_sim.decode import unpack_v04
+    from agent_sim.ingest import Receiver
+    from agent_sim.insights import breakdown, detect
+    from agent_sim.normalize import normalize_payload
+
+    rng = random.Random(7)
+    bodies = [make_payload(rng) for _ in range(payloads)]
+    spans = payloads * TRACES_PER_PAYLOAD * SPANS_PER_TRACE
+    batches = [normalize_payload(msgpack.unpackb(b, strict_map_key=False))[0] for b in bodies]
+
+    def feed(rx: Receiver) -> None:
+        for b in bodies:
+            rx.ingest(unpack_v04(b), False, True)
+
+    def cpu_ns(fn: Callable[[], object]) -> float:
+        start = time.process_time()
+        fn()
+        return (time.process_time() - start) / spans * 1e9
+
+    det = min(cpu_ns(lambda: [detect(t) for b in batches for t in b]) for _ in range(rounds))
+    brk = min(cpu_ns(lambda: [breakdown(t, {}) for b in batches for t in b]) for _ in range(rounds))
+    on: list[float] = []
+    off: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(rounds):
+            for enabled, out in ((True, on), (False, off)):
+                rx = Receiver(os.path.join(tmp, f"cost-{r}-{enabled}.db"))
+                if not enabled:
+                    rx.findings.detect_and_record = lambda *a, **k: {}  # type: ignore[method-assign]
+                out.append(cpu_ns(functools.partial(feed, rx)))
+                rx.close()
+    return det, brk, statistics.median(on), statistics.median(off)
+
+
 def free_port() -> int:
     import socket
 
@@ -200,6 +247,10 @@ def main(argv: list[str]) -> int:
                    or shutil.which("ddapm-test-agent") or "/opt/ddapm-venv/bin/ddapm-test-agent")
     args = p.parse_args(argv)
     have_peer = os.path.exists(args.test_agent) or shutil.which(args.test_agent)
+    det, brk, on, off = detector_cost()
+    print(f"insights, CPU per span in process: detectors {det:.0f} ns, time breakdown {brk:.0f} ns; "
+          f"Receiver.ingest {on:.0f} ns with them, {off:.0f} ns without: {on - off:.0f} ns "
+          f"({100 * (on - off) / on:.0f} % of ingest)", flush=True)
     ours, peer, ratios = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):

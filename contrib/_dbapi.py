@@ -210,7 +210,7 @@ def _with_comment(info: DBInfo, span: Any, args: tuple, kwargs: dict) -> tuple[t
 
 
 # -- tracer-side obfuscation (opt-in) -----------------------------------------------
-# The receiver's obfuscator (agent_sim.obfuscate: stdlib only, shipped in the
+# The receiver's obfuscator (sql_obfuscation: stdlib only, shipped in the
 # same distribution) is used when importable, so both sides agree; the minimal
 # one below stands in if it is not.
 _LITERALS = re.compile(
@@ -241,7 +241,7 @@ def obfuscate(sql: str) -> str:
         return found
     if _impl is None:
         try:
-            from agent_sim.obfuscate import obfuscate_sql
+            from sql_obfuscation import obfuscate_sql
 
             _impl = obfuscate_sql
         except ImportError:

@@ -82,7 +82,7 @@ other_pythons() {
 }
 
 log "ruff, mypy"
-python -m ruff check tracer contrib agent_sim tests benchmarks examples
+python -m ruff check tracer contrib agent_sim sql_obfuscation tests benchmarks examples
 python -m mypy
 
 # A real part missing fails the run (tests/utils.py missing()); ALLOW_SKIPS=1

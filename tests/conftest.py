@@ -1,8 +1,10 @@
 """Fixtures shared by the whole suite.
 
 - ``internal_errors`` (autouse): a test fails if tracer code swallowed an
-  exception during it (instrumentation errors are logged in production and
-  must never be silent in tests).
+  exception during it, or if the ``tracer``/``contrib`` loggers logged an
+  error (instrumentation errors are logged in production and must never be
+  silent in tests). A test that provokes one on purpose is marked
+  ``@pytest.mark.internal_errors``. Child processes: ``tests.utils.assert_clean_output``.
 - ``test_spans``: an in-memory chunk sink on the global tracer, for unit tests
   of the core only; integrations are tested against a real receiver.
 - ``receiver``: a real agent_sim HTTP server in a thread on a free port.
@@ -11,6 +13,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Iterator
 
@@ -26,15 +29,49 @@ from tracer.span import FinishedSpan, records
 os.environ.setdefault("AGENT_SIM_STATSD_PORT", "0")
 
 
+class _ErrorRecords(logging.Handler):
+    """Keeps the ERROR (and worse) records of our loggers. Those of
+    ``_errors.internal_error`` are left to ``_errors.swallowed``: it logs a
+    (place, type) pair once per process, so whether a record appears depends
+    on the test order, while ``swallowed`` sees every call (and a test that
+    provokes one may take it from there)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not (record.pathname == _errors.__file__ and record.funcName == "internal_error"):
+            self.records.append(record)
+
+
+_OUR_LOGGERS = ("tracer", "contrib")
+
+
 @pytest.fixture(autouse=True)
-def internal_errors() -> Iterator[None]:
+def internal_errors(request: pytest.FixtureRequest) -> Iterator[None]:
+    handler = _ErrorRecords()
+    loggers = [logging.getLogger(name) for name in _OUR_LOGGERS]
+    for logger in loggers:
+        logger.addHandler(handler)
     del _errors.swallowed[:]
-    yield
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
     swallowed = list(_errors.swallowed)
     del _errors.swallowed[:]
+    if request.node.get_closest_marker("internal_errors"):
+        return
     if swallowed:
         where, exc = swallowed[0]
         raise AssertionError(f"tracer swallowed {len(swallowed)} internal error(s); first in {where}") from exc
+    if handler.records:
+        first = handler.records[0]
+        raise AssertionError(
+            f"{len(handler.records)} error(s) logged by {first.name}; first: {handler.format(first)}"
+        )
 
 
 class SpanSink:

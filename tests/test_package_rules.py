@@ -1,6 +1,8 @@
 """Package rules, read from the source with ``ast`` (no import runs):
 ``tracer`` never imports ``contrib`` or ``agent_sim``; ``contrib`` never
 imports ``agent_sim``; ``agent_sim`` never imports ``tracer`` or ``contrib``.
+``sql_obfuscation`` is a leaf that both ``contrib`` and ``agent_sim`` use: it
+imports the standard library only.
 
 Static ``import``/``from`` statements anywhere in a module count (inside
 functions too). ``tracer._patching`` naming contrib modules as strings for
@@ -11,19 +13,18 @@ from __future__ import annotations
 
 import ast
 import os
+import sys
+from collections.abc import Iterator
 
 from tests.utils import REPO
 
 FORBIDDEN = {"tracer": ("contrib", "agent_sim"), "contrib": ("agent_sim",), "agent_sim": ("tracer", "contrib")}
+# Packages that may import nothing but the standard library.
+LEAVES = ("sql_obfuscation",)
 
 # Known violations, each with its reason; the test fails when one is fixed
 # (remove it here) as well as when a new one appears.
-KNOWN: dict[tuple[str, str], str] = {
-    # The optional full obfuscator for TRACER_DB_OBFUSCATE (falls back to
-    # _dbapi.minimal_obfuscate without agent_sim). One copy shared by both
-    # sides needs a package neither rule forbids (issue 13, not done yet).
-    ("contrib/_dbapi.py", "agent_sim.obfuscate"): "shared SQL obfuscator",
-}
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 def imported_modules(source: str) -> list[str]:
@@ -38,20 +39,31 @@ def imported_modules(source: str) -> list[str]:
     return names
 
 
+def package_imports(package: str) -> Iterator[tuple[str, str]]:
+    """(file relative to the repository, imported module) for every module of
+    ``package``."""
+    for root, _dirs, files in os.walk(os.path.join(REPO, package)):
+        for name in files:
+            if not name.endswith(".py"):
+                continue
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, REPO).replace(os.sep, "/")
+            with open(path, encoding="utf-8") as f:
+                for module in imported_modules(f.read()):
+                    yield rel, module
+
+
 def violations() -> set[tuple[str, str]]:
     """(file, imported module) pairs that break a rule."""
     found = set()
     for package, banned in FORBIDDEN.items():
-        for root, _dirs, files in os.walk(os.path.join(REPO, package)):
-            for name in files:
-                if not name.endswith(".py"):
-                    continue
-                path = os.path.join(root, name)
-                rel = os.path.relpath(path, REPO).replace(os.sep, "/")
-                with open(path, encoding="utf-8") as f:
-                    for module in imported_modules(f.read()):
-                        if module.split(".")[0] in banned:
-                            found.add((rel, module))
+        found |= {(rel, module) for rel, module in package_imports(package) if module.split(".")[0] in banned}
+    for package in LEAVES:
+        found |= {
+            (rel, module)
+            for rel, module in package_imports(package)
+            if module.split(".")[0] not in sys.stdlib_module_names and module.split(".")[0] != package
+        }
     return found
 
 

@@ -23,8 +23,8 @@ def test_installed_copy_imports_every_package(tmp_path):
         cwd=tmp_path,
     )
     code = (
-        "import importlib, pkgutil, contrib, tracer, agent_sim\n"
-        "for pkg in (tracer, contrib, agent_sim):\n"
+        "import importlib, pkgutil, contrib, tracer, agent_sim, sql_obfuscation\n"
+        "for pkg in (tracer, contrib, agent_sim, sql_obfuscation):\n"
         f"    assert pkg.__file__.startswith({str(target)!r}), pkg.__file__\n"
         "import contrib.flask, tracer.run\n"
         "print('ok')\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -127,15 +128,59 @@ def render_tree(spans: list[dict[str, Any]], tags: Iterable[str] = (), show_serv
     return "\n".join(lines)
 
 
-def run_python(code: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+# Lines by which a child process reports an error it survived: our guard
+# (tracer._errors), the tracer-run bootstrap, agent_sim's request handler,
+# statsd intake, maintenance and detectors, and Python's own report of an
+# exception in __del__, a callback or a thread at exit.
+_INTERNAL_ERROR = re.compile(
+    r"tracer: internal error|bootstrap failed|statsd ingest failed|maintenance failed|detectors failed"
+    r"|^Exception ignored in|^Exception in thread",
+    re.MULTILINE,
+)
+_TRACEBACK = "Traceback (most recent call last):"
+
+
+def assert_clean_output(output: str, allow: Iterable[str] = ()) -> None:
+    """Fail the test if a child process's output (apps under ``tracer-run``,
+    gunicorn workers, ``agent-sim``) shows an internal error of ours or a
+    Python traceback. ``allow``: text found in the final line
+    (``ValueError: boom``) of each traceback the test provokes on purpose,
+    such as an app's exception that Flask logs; any other traceback fails."""
+    allowed = tuple(allow)
+    problems = [m.group() for m in _INTERNAL_ERROR.finditer(output)]
+    lines = output.splitlines()
+    for i, line in enumerate(lines):
+        if line.strip() != _TRACEBACK:
+            continue
+        # The exception line is the first one after the frames that is not indented.
+        final = next((later for later in lines[i + 1 :] if later and not later[0].isspace()), "")
+        if not any(expected in final for expected in allowed):
+            problems.append(f"traceback ending in {final!r}")
+    if problems:
+        pytest.fail(f"the child process reported {problems}:\n{output}")
+
+
+def run_python(
+    code: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 60,
+    allow: Iterable[str] = (),
+    under_tracer_run: bool = False,
+) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter (for patch-before/after-import
-    contracts and fork tests); fails the test with its output if it fails."""
+    contracts and fork tests), under ``tracer-run`` if asked; fails the test
+    with its output if it fails or reports an internal error or a traceback
+    (``allow``: see :func:`assert_clean_output`)."""
     full_env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
     if env:
         full_env.update(env)
-    proc = subprocess.run([sys.executable, "-c", code], env=full_env, capture_output=True, text=True, timeout=timeout)
+    launcher = [sys.executable, "-m", "tracer.run"] if under_tracer_run else []
+    proc = subprocess.run(
+        [*launcher, sys.executable, "-c", code], env=full_env, capture_output=True, text=True, timeout=timeout
+    )
     if proc.returncode != 0:
         pytest.fail(f"subprocess failed ({proc.returncode}):\nSTDOUT:\n{proc.stdout}\nSTDERR:\n{proc.stderr}")
+    assert_clean_output(proc.stderr, allow)
     return proc
 
 

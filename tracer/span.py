@@ -168,14 +168,16 @@ class _SpanBase:
         exc_value: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        """Mark the span as an error: error.type (module.Class), error.message and a
-        bounded error.stack (the innermost frames)."""
+        """Mark the span as an error: error.type, error.message and a bounded
+        error.stack (the innermost frames).
+
+        error.type is ``module.Name`` for every exception, builtins included
+        (``builtins.ValueError``), the way ddtrace writes it, so error groups
+        and monitors keyed on it keep working after a migration."""
         if exc_type is None:
             return
         self.error = 1
-        module = exc_type.__module__
-        qualname = exc_type.__qualname__
-        self.meta["error.type"] = qualname if module == "builtins" else f"{module}.{qualname}"
+        self.meta["error.type"] = f"{exc_type.__module__}.{exc_type.__name__}"
         try:
             message = str(exc_value) if exc_value is not None else ""
         except Exception:

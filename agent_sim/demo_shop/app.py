@@ -18,6 +18,10 @@ Environment:
     SHOP_DATABASE_URL  ``mysql://user:pass@host:port/db`` to use MySQL (PyMySQL); unset: sqlite3
     SHOP_DB_PATH       the sqlite3 file (default ``shop.db`` in the working directory)
     INVENTORY_URL      the inventory service (default ``http://127.0.0.1:5001``)
+    DD_DOGSTATSD_PORT  when set (and the ``datadog`` package is installed), every request also sends
+                       ``web.page_views`` (a counter) and ``web.latency`` (a histogram, ms) with the
+                       ``datadog`` client, tagged ``service:shop``, ``route`` and ``status``
+                       (``DD_AGENT_HOST``, default 127.0.0.1, names the host)
 
 The schema is created and seeded at import (idempotent, safe when several
 gunicorn workers start at once). No tracer imports: run it under
@@ -29,12 +33,18 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import re
 import time
 import urllib.parse
 from typing import Any
 
 import requests
-from flask import Flask, abort, g, jsonify, render_template, request
+from flask import Flask, abort, g, jsonify, render_template, request, request_finished, request_started
+
+try:
+    from datadog.dogstatsd import DogStatsd
+except ImportError:  # metrics are optional: the shop runs without the datadog package
+    DogStatsd = None  # type: ignore[misc,assignment]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -152,6 +162,29 @@ def query(statement: str, args: tuple = ()) -> list[tuple]:
         return list(cur.fetchall())
     finally:
         cur.close()
+
+
+# What the people this demo is modelled on did: count page views and time requests with DogStatsD.
+statsd = DogStatsd(disable_telemetry=True) if DogStatsd is not None and os.environ.get("DD_DOGSTATSD_PORT") else None
+
+
+def start_timer(_sender: Flask, **_extra: Any) -> None:
+    g.started = time.perf_counter()
+
+
+def send_metrics(_sender: Flask, response: Any, **_extra: Any) -> None:
+    if statsd is not None and "started" in g and request.path != "/healthz":  # probes are not page views
+        rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        rule = re.sub(r"<(?:\w+:)?(\w+)>", r":\1", rule)  # /products/:product_id (the client drops '<')
+        tags = ["service:shop", f"route:{rule}", f"status:{response.status_code}"]
+        statsd.increment("web.page_views", tags=tags)
+        statsd.histogram("web.latency", (time.perf_counter() - g.started) * 1000, tags=tags)
+
+
+if statsd is not None:
+    # Signals, not before/after_request hooks: the Flask integration traces hooks as spans of their own.
+    request_started.connect(start_timer, app)
+    request_finished.connect(send_metrics, app)
 
 
 @app.teardown_appcontext

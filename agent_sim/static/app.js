@@ -7,6 +7,11 @@
  *   #/service/<svc>                      the service's resources + recent traces
  *   #/service/<svc>/resource/<res>       one resource: latency, requests per 10 s, its traces
  *   #/trace/<id>[/span/<span_id>]        waterfall + the selected span's details
+ *   #/metrics[/...]                      metrics charts (static/metrics.js)
+ * The landing, service and resource views also list findings (GET /api/insights);
+ * the resource view shows where its time goes (GET /api/breakdown); the
+ * waterfall marks the spans of the trace's findings. "Errors only" filters
+ * every trace list (error=1: traces with an error span).
  * Views are built as one HTML string per render (a 5,000-span waterfall is one
  * innerHTML assignment), and body[data-state] says loading/ready/error so
  * tests and humans can tell when a view is complete.
@@ -17,6 +22,7 @@
   var crumbs = document.getElementById("crumbs");
   var generation = 0; // bumps per navigation; stale async results are dropped
   var current = null; // the trace currently rendered, to select spans without re-rendering
+  var errorsOnly = false; // the "Errors only" filter of the trace lists
 
   // -- formatting ------------------------------------------------------------
   function esc(value) {
@@ -109,6 +115,7 @@
       if (parts[2] === "resource" && parts.length >= 4) return { view: "resource", service: parts[1], resource: parts[3] };
       return { view: "service", service: parts[1] };
     }
+    if (parts[0] === "metrics") return { view: "metrics", params: parts.slice(1) };
     if (parts[0] === "trace" && parts.length >= 2) {
       return { view: "trace", id: parts[1], span: parts[2] === "span" ? parts[3] : null };
     }
@@ -158,19 +165,25 @@
     if (r.view === "services") {
       setCrumbs([]);
       document.title = "agent-sim";
-      Promise.all([api("/api/services"), api("/api/traces", { limit: 20 })]).then(done(renderServices), fail);
+      Promise.all([api("/api/services"), api("/api/traces", { limit: 20, error: errorsOnly ? 1 : null }),
+        api("/api/insights")]).then(done(renderServices), fail);
     } else if (r.view === "service") {
       setCrumbs([{ text: r.service }]);
       document.title = r.service + " · agent-sim";
-      Promise.all([api("/api/stats", { service: r.service }), api("/api/traces", { service: r.service, limit: 25 })])
-        .then(done(renderService), fail);
+      Promise.all([api("/api/stats", { service: r.service }),
+        api("/api/traces", { service: r.service, limit: 25, error: errorsOnly ? 1 : null }),
+        api("/api/insights", { service: r.service })]).then(done(renderService), fail);
     } else if (r.view === "resource") {
       setCrumbs([{ text: r.service, href: serviceHref(r.service) }, { text: r.resource }]);
       document.title = r.resource + " · agent-sim";
       Promise.all([
         api("/api/stats", { service: r.service }),
-        api("/api/traces", { service: r.service, resource: r.resource, limit: 50 }),
+        api("/api/traces", { service: r.service, resource: r.resource, limit: 50, error: errorsOnly ? 1 : null }),
+        api("/api/insights", { service: r.service, resource: r.resource }),
+        api("/api/breakdown", { service: r.service, resource: r.resource }),
       ]).then(done(renderResource), fail);
+    } else if (r.view === "metrics") {
+      window.agentSimMetrics.render(r, helpers(gen));
     } else {
       setCrumbs([{ text: "trace " + r.id }]);
       document.title = "trace " + r.id + " · agent-sim";
@@ -225,7 +238,8 @@
       });
       h.push("</tbody></table>");
     }
-    h.push("<h2>Recent traces</h2>", tracesTable(data[1], "Newest first, all services"));
+    h.push(findingsHtml(data[2], "No findings: no N+1 queries or calls, slow queries or errors seen."));
+    h.push(tracesHeading(), tracesTable(data[1], "Newest first, all services"));
     view.innerHTML = h.join("");
     setState("ready", "services");
   }
@@ -269,10 +283,18 @@
       });
       h.push("</tbody></table>");
     }
-    h.push("<h2>Recent traces</h2>", tracesTable(data[1], "Newest first, traces whose root is in " + r.service,
-      "No stored trace starts in " + r.service + " (its spans may sit inside other services' traces)."));
+    h.push(findingsHtml(data[2], "No findings in " + r.service + "."));
+    h.push(tracesHeading(), tracesTable(data[1], "Newest first, traces with a span of " + r.service,
+      "No stored trace has a span of " + r.service + "."));
     view.innerHTML = h.join("");
+    if (window.agentSimMetrics) window.agentSimMetrics.servicePanel(r.service, helpers(generation));
     setState("ready", "service");
+  }
+
+  /* What static/metrics.js needs of this file. */
+  function helpers(gen) {
+    return { view: view, api: api, esc: esc, enc: enc, setCrumbs: setCrumbs, setState: setState, showError: showError,
+      isCurrent: function () { return gen === generation; } };
   }
 
   // -- resource view and its requests-per-10 s chart ----------------------------
@@ -299,11 +321,13 @@
         card("p99", esc(fmtMs(x.p99_ns)) + " ms", "stat-p99"),
         "</div>");
     });
+    h.push("<h2>Where the time goes</h2>", breakdownHtml(data[3]));
+    h.push(findingsHtml(data[2], "No findings for this resource."));
     var chartKey = r.service + "\n" + r.resource;
     h.push('<h2>Requests per 10 s</h2><div id="chart" class="chart" data-testid="chart-box">' +
       (lastChart.key === chartKey ? lastChart.html : '<p class="muted">Loading…</p>') + "</div>");
-    h.push("<h2>Recent traces</h2>", tracesTable(traces, "Newest first",
-      "No stored trace has this resource on its root span."));
+    h.push(tracesHeading(), tracesTable(traces, "Newest first, traces with a span of this resource",
+      "No stored trace has a span with this resource."));
     view.innerHTML = h.join("");
     loadSeries(r, traces).then(function (series) {
       if (gen !== generation) return;
@@ -317,6 +341,70 @@
       setState("ready", "resource");
     });
   }
+
+  // -- findings, time breakdown, errors-only filter -------------------------------
+  var KINDS = { n_plus_one_db: "N+1 queries", n_plus_one_http: "N+1 HTTP calls", slow_query: "Slow query",
+    error_group: "Error" };
+
+  function kindBadge(kind) {
+    return '<span class="badge kind ' + esc(kind) + '">' + esc(KINDS[kind] || kind) + "</span>";
+  }
+
+  /* GET /api/insights rows (worst first) as a table; the first 20. */
+  function findingsHtml(rows, empty) {
+    var h = ["<h2>Findings</h2>"];
+    if (!rows.length) return h[0] + '<p class="empty" data-testid="no-findings">' + esc(empty) + "</p>";
+    h.push('<table class="grid" data-testid="findings-table"><thead><tr><th>Kind</th><th>Finding</th><th>Endpoint</th>',
+      "<th class=num>Count</th><th class=num>Total time</th><th>Last seen</th><th>Example</th></tr></thead><tbody>");
+    rows.slice(0, 20).forEach(function (f) {
+      var ex = f.example_trace_ids[0];
+      h.push('<tr data-testid="finding-row" data-kind="' + esc(f.kind) + '" data-fingerprint="' + esc(f.fingerprint) + '"' +
+        (f.kind === "error_group" ? ' class="is-error"' : "") + "><td>" + kindBadge(f.kind) + "</td>",
+        '<td class="res" data-testid="finding-title">' + esc(f.title) + "</td>",
+        '<td class="res"><a href="' + esc(resourceHref(f.service, f.resource)) + '" data-testid="finding-endpoint">' +
+        esc(f.service) + " · " + esc(f.resource) + "</a></td>",
+        '<td class="num" data-testid="finding-count">' + esc(f.count) + "</td>",
+        '<td class="num">' + esc(fmtDur(f.total_duration_ns)) + "</td>",
+        "<td>" + esc(fmtClock(f.last_seen_ns)) + "</td>",
+        "<td>" + (ex ? '<a class="mono" data-testid="finding-example" href="' + esc(traceHref(ex)) + '">' +
+          esc(ex.slice(-16)) + "</a>" : "") + "</td></tr>");
+    });
+    h.push("</tbody></table>");
+    if (rows.length > 20) h.push('<p class="muted small">' + (rows.length - 20) + " more: <code>agent-sim insights</code></p>");
+    return h.join("");
+  }
+
+  /* GET /api/breakdown rows as one stacked bar (exclusive time per service and span type) and its legend. */
+  function breakdownHtml(rows) {
+    if (!rows.length) {
+      return '<p class="muted" data-testid="no-breakdown">No breakdown: this resource is not an endpoint ' +
+        "(its spans run inside other requests).</p>";
+    }
+    var bar = ['<div class="bd-bar" data-testid="breakdown-bar" role="img" aria-label="Exclusive time per service and span type">'];
+    var legend = ['<ul class="bd-legend">'];
+    rows.forEach(function (b) {
+      var pct = (100 * b.share).toFixed(1);
+      var label = b.service + " " + (b.span_type || "-");
+      bar.push('<div class="bd-seg" data-testid="breakdown-segment" data-service="' + esc(b.service) + '" data-type="' +
+        esc(b.span_type) + '" data-share="' + esc(b.share) + '" style="width:' + (100 * b.share).toFixed(3) + "%;background:" +
+        svcColor(b.service) + '" title="' + esc(label + ": " + pct + " %, " + fmtDur(b.exclusive_ns)) + '"></div>');
+      legend.push('<li data-testid="breakdown-item"><span class="dot" style="background:' + svcColor(b.service) + '"></span>' +
+        esc(b.service) + ' <span class="muted">' + esc(b.span_type || "-") + "</span> " + esc(pct) + " % · " +
+        esc(fmtDur(b.exclusive_ns)) + "</li>");
+    });
+    return bar.join("") + "</div>" + legend.join("") + "</ul>";
+  }
+
+  function tracesHeading() {
+    return '<h2>Recent traces <label class="filter"><input type="checkbox" data-testid="errors-only"' +
+      (errorsOnly ? " checked" : "") + "> Errors only</label></h2>";
+  }
+
+  view.addEventListener("change", function (ev) {
+    if (ev.target.getAttribute("data-testid") !== "errors-only") return;
+    errorsOnly = ev.target.checked;
+    route(true);
+  });
 
   function card(label, valueHtml, testid) {
     return '<div class="card"><div class="card-label">' + esc(label) + '</div><div class="card-value" data-testid="' +
@@ -474,6 +562,12 @@
     });
     var total = Math.max(end - start, 1);
     var root = rows.length ? rows[0].span : {};
+    var marked = Object.create(null); // span id -> titles of the findings it is part of
+    (trace.findings || []).forEach(function (f) {
+      f.span_ids.forEach(function (id) {
+        (marked[id] = marked[id] || []).push(f.title);
+      });
+    });
     var services = Object.create(null);
     spans.forEach(function (s) {
       services[s.service] = true;
@@ -486,6 +580,7 @@
       Object.keys(services).sort().map(function (name) {
         return '<span class="svc"><span class="dot" style="background:' + svcColor(name) + '"></span>' + esc(name) + "</span>";
       }).join(" ") + " · started " + esc(isFinite(start) ? fmtClock(start) : "-") + "</p>",
+      traceFindingsHtml(trace.findings || []),
       '<div class="trace-layout"><div class="wf" data-testid="waterfall" role="table" aria-label="Spans">',
       '<div class="wf-head" role="row"><div class="lbl" role="columnheader">Span</div><div class="trk ticks" role="columnheader">'];
     for (var q = 0; q <= 4; q++) {
@@ -497,7 +592,9 @@
       var left = ((s.start_ns - start) / total) * 100;
       var width = Math.max((s.duration_ns / total) * 100, 0.15);
       if (left + width > 100) width = Math.max(100 - left, 0.15);
-      h.push('<div class="row', s.error ? " is-error" : "", '" role="row" data-testid="span-row" data-i="', i,
+      var titles = marked[s.span_id];
+      h.push('<div class="row', s.error ? " is-error" : "", titles ? " in-finding" : "",
+        titles ? '" title="' + esc(titles.join("\n")) : "", '" role="row" data-testid="span-row" data-i="', i,
         '" data-span-id="', esc(s.span_id), '" data-depth="', d, '"><div class="lbl" role="cell" style="padding-left:',
         6 + Math.min(d, 40) * 14, 'px"><span class="dot" style="background:', svcColor(s.service), '"></span>',
         '<span class="nm" data-testid="span-name">', esc(s.name), '</span> <span class="res">', esc(s.resource),
@@ -535,6 +632,20 @@
       document.body.setAttribute("data-render-ms", (performance.now() - t0).toFixed(1));
       setState("ready", "trace");
     });
+  }
+
+  /* The trace's findings above its waterfall; each selects its first span. */
+  function traceFindingsHtml(found) {
+    if (!found.length) return "";
+    return '<ul class="trace-findings" data-testid="trace-findings">' + found.map(function (f) {
+      return '<li data-testid="trace-finding" data-kind="' + esc(f.kind) + '"><a href="#/trace/' + enc(currentId()) +
+        "/span/" + enc(f.span_ids[0] || "") + '">' + kindBadge(f.kind) + " " + esc(f.title) + "</a> " +
+        '<span class="muted" data-testid="trace-finding-spans">' + f.span_ids.length + " spans marked</span></li>";
+    }).join("") + "</ul>";
+  }
+
+  function currentId() {
+    return parseHash(location.hash).id || "";
   }
 
   function selectSpan(spanId, scroll) {

@@ -3,12 +3,15 @@ subprocesses against a real receiver seeded with known traces."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +19,7 @@ import pytest
 
 from agent_sim import cli
 from tests.agent_sim import seed as seeding
-from tests.utils import REPO, free_port
+from tests.utils import REPO, free_port, stop_process, wait_for_port
 
 # -- pure parts -------------------------------------------------------------------
 
@@ -249,3 +252,84 @@ def test_bare_agent_sim_serves_the_page_and_api() -> None:
         out, err = proc.communicate(timeout=15)
     assert proc.returncode == 0, err
     assert f"listening on http://127.0.0.1:{port}" in out
+
+
+def test_show_json_is_the_api_trace(seeded: seeding.Seeded) -> None:
+    trace_id = seeded.nested_error_id
+    proc = run_cli("show", trace_id, "--url", seeded.url, "--json")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    trace = json.loads(proc.stdout)
+    with urllib.request.urlopen(f"{seeded.url}/api/traces/{trace_id}", timeout=10) as resp:
+        assert trace == json.loads(resp.read())
+    assert trace["trace_id"] == trace_id
+    assert sorted(s["name"] for s in trace["spans"]) == [
+        "flask.request", "flask.request", "flask.view", "requests.request", "sqlite.query"]
+
+
+@contextlib.contextmanager
+def serving(*args: str, host: str = "127.0.0.1") -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """A real ``agent-sim serve`` process (DogStatsD off); on exit it must stop
+    cleanly with no traceback or internal error in its output."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "agent_sim", "serve", "--host", host, "--port", str(port),
+                             "--statsd-port", "0", *args], env={**os.environ, "PYTHONPATH": REPO}, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = ""
+    try:
+        wait_for_port(port, timeout=20, host=host)
+        yield proc, f"http://{host}:{port}"
+    finally:
+        output = stop_process(proc)
+    assert proc.returncode == 0, output
+    assert f"listening on http://{host}:{port}" in output
+    assert "Traceback" not in output and "internal error" not in output, output
+
+
+def resources(url: str) -> list[str]:
+    with urllib.request.urlopen(f"{url}/api/traces?limit=100", timeout=10) as resp:
+        return [row["resource"] for row in json.loads(resp.read())]
+
+
+def send_one(url: str, resource: str) -> None:
+    seeding.send_v04(url, [seeding.simple_trace(time.time_ns(), random.Random(resource), "kept", resource, 1_000,
+                                                False).spans])
+
+
+def test_serve_retention_hours_evicts_traces_received_earlier(tmp_path: Any) -> None:
+    db = str(tmp_path / "retention.db")
+    with serving("--db", db) as (_proc, url):
+        send_one(url, "GET /old")
+        assert resources(url) == ["GET /old"]
+    time.sleep(4.5)  # GET /old is now older than 0.001 h (3.6 s)
+    with serving("--db", db, "--retention-hours", "0.001") as (_proc, url):
+        send_one(url, "GET /new")
+        # the first maintenance pass (after ~1 s) evicts by age; /new is younger
+        deadline = time.monotonic() + 10
+        while resources(url) != ["GET /new"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert resources(url) == ["GET /new"]
+
+
+def test_serve_host_binds_that_address_only() -> None:
+    with serving("--db", ":memory:", host="127.0.0.2") as (_proc, url):
+        with urllib.request.urlopen(url + "/info", timeout=10) as resp:
+            assert resp.status == 200
+        port = int(url.rsplit(":", 1)[1])
+        with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass
+    # an address this machine does not have: one line naming it, exit 2
+    proc = run_cli("serve", "--host", "192.0.2.1", "--port", str(free_port()), "--db", ":memory:",
+                   "--statsd-port", "0")
+    assert (proc.returncode, proc.stdout) == (2, ""), proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("agent-sim: cannot listen on 192.0.2.1:") and "assign requested address" in line
+
+
+@pytest.mark.parametrize("args", [["serve", "--sample-rate", "2"], ["--sample-rate", "2"],
+                                  ["serve", "--sample-rate", "api=1", "--sample-rate", "web=x"]])
+def test_bad_sample_rate_is_one_line_and_exit_2(args: list[str]) -> None:
+    proc = run_cli(*args, "--port", str(free_port()), "--db", ":memory:", "--statsd-port", "0")
+    assert (proc.returncode, proc.stdout) == (2, ""), proc.stderr
+    bad = args[-1]
+    expected = "rate must be within 0..1" if bad == "2" else "expected RATE or service=RATE"
+    assert proc.stderr == f"agent-sim: --sample-rate {bad!r}: {expected}\n"

@@ -82,6 +82,6 @@ def test_ddtrace_stats_match_exactly(api_version: str) -> None:
             "  mysql.query shop-db 'SELECT * FROM items WHERE id = ? AND owner = ?'"
         )
         root = next(s for s in spans if s["parent_id"] is None)
-        assert root["meta"]["error.type"].endswith("ValueError") and root["meta"]["env"] == "test"
+        assert root["meta"]["error.type"] == "builtins.ValueError" and root["meta"]["env"] == "test"
         assert len(err["trace_id"]) == 32 and all(s["trace_id"] == err["trace_id"] for s in spans)
         assert {s["meta"].get("_dd.p.tid") for s in spans} == {err["trace_id"][:16]}

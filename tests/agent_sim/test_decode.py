@@ -21,11 +21,19 @@ def test_nil_fields_take_zero_values_and_unknown_keys_are_skipped() -> None:
                       "type": "", "start": 0, "duration": 0, "error": 0, "meta": {}, "metrics": {}}]
 
 
-def test_signed_unsigned_interchangeable_and_integral_floats() -> None:
-    ((s,),) = decode_v04(v04({"trace_id": -1, "span_id": 2**64 - 1, "parent_id": 3.0, "start": 2**63 + 5,
-                              "duration": 10.0, "error": True}))
+def test_signed_unsigned_interchangeable() -> None:
+    ((s,),) = decode_v04(v04({"trace_id": -1, "span_id": 2**64 - 1, "parent_id": 3, "start": 2**63 + 5,
+                              "duration": 10, "error": 1}))
     assert (s["trace_id"], s["span_id"], s["parent_id"]) == (2**64 - 1, 2**64 - 1, 3)
     assert s["start"] == 5 - 2**63 and s["duration"] == 10 and s["error"] == 1
+
+
+@pytest.mark.parametrize("field", ["trace_id", "span_id", "parent_id", "start", "duration", "error"])
+@pytest.mark.parametrize("value", [3.0, True])
+def test_floats_and_bools_are_not_integers(field: str, value: object) -> None:
+    # the agent's parseUint64Bytes/parseInt64Bytes/parseInt32Bytes read msgpack ints only
+    with pytest.raises(PayloadError, match=f"'{field}': expected an integer, got {type(value).__name__}"):
+        decode_v04(v04({"trace_id": 1, "span_id": 1, field: value}))
 
 
 def test_strings_as_bin_and_invalid_utf8_repaired() -> None:
@@ -63,6 +71,10 @@ BAD_V04 = [
     (msgpack.packb([]) + b"\x00", "extra bytes"),
     (b"\xc1", "msgpack"),
     (msgpack.packb([[{"meta": {(1, 2): "x"}}]]), "'meta key': expected a string, got array"),
+    # where the agent's decoder is strict too (and the test agent answers 400)
+    (msgpack.packb(None), "the body must be an array of traces, got nil"),
+    (msgpack.packb([[], None]), "a trace must be an array of spans, got nil"),
+    (v04({"trace_id": 1, "span_id": 1, 7: "x"}), "span keys must be strings, got integer"),
 ]
 
 
@@ -95,6 +107,10 @@ BAD_V05 = [
     (msgpack.packb([["a"], [[["a"] + [0] * 8 + [{}, {}, 0]]]]), "service must be a string index, got string"),
     (msgpack.packb([["a", 1], []]), "string table entry"),
     (msgpack.packb([["a"], [[[0] * 9 + [[], {}, 0]]]]), "span meta must be a map"),
+    (msgpack.packb([["a"], [[[None] + [0] * 8 + [{}, {}, 0]]]]), "service must be a string index, got nil"),
+    (msgpack.packb([["a"], [[[0] * 9 + [None, {}, 0]]]]), "span meta must be a map, got nil"),
+    (msgpack.packb([["a"], [[[0] * 9 + [{}, None, 0]]]]), "span metrics must be a map, got nil"),
+    (msgpack.packb([["a"], [[[0] * 9 + [{0: None}, {}, 0]]]]), "meta value must be a string index, got nil"),
 ]
 
 
@@ -112,3 +128,12 @@ def test_json() -> None:
         decode_json(b"[[{")
     with pytest.raises(PayloadError, match="expected an integer, got float"):
         decode_json(b'[[{"trace_id": 100000000000000000000000}]]')
+
+
+def test_json_lone_surrogate_escapes_become_replacement_characters() -> None:
+    # json.loads keeps a lone "\\ud800" as a surrogate no encoder accepts (it was a 500);
+    # Go's encoding/json, the agent's, reads it as U+FFFD. A proper pair stays one character.
+    body = b'[[{"trace_id": 1, "span_id": 1, "service": "a\\ud800b", "name": "\\ud83d\\ude00",' \
+           b' "meta": {"\\uDC00": "\\ud800\\ud800"}}]]'
+    ((s,),) = decode_json(body)
+    assert (s["service"], s["name"], s["meta"]) == ("a\ufffdb", "\U0001f600", {"\ufffd": "\ufffd\ufffd"})

@@ -200,7 +200,8 @@ def test_query_rejects_bad_parameters() -> None:
     import urllib.error
 
     with RunningReceiver() as r:
-        for query in ("", "name=x&agg=median", "name=x&rollup=abc", "name=x&since=yesterday"):
+        for query in ("", "name=x&agg=median", "name=x&rollup=abc", "name=x&since=yesterday", "name=x&since=nan",
+                      "name=x&since=inf", "name=x&until=nan", "name=trace.web.request&since=inf"):
             with pytest.raises(urllib.error.HTTPError) as info:
                 urllib.request.urlopen(f"{r.url}/api/metrics/query?{query}")
             assert info.value.code == 400
@@ -213,15 +214,15 @@ def test_serve_statsd_port_flag_and_bad_port() -> None:
     import subprocess
     import sys
 
-    from tests.utils import REPO, free_port, wait_for_port
+    from tests.utils import REPO, assert_clean_output, free_port, wait_for_port
 
     port, udp = free_port(), free_port()
     bad = subprocess.run([sys.executable, "-m", "agent_sim", "serve", "--port", str(port), "--statsd-port", "70000"],
                          cwd=REPO, capture_output=True, text=True, timeout=30, env={**os.environ, "PYTHONPATH": REPO})
     assert bad.returncode == 2 and "'70000' is not a port (0..65535; 0 disables DogStatsD)" in bad.stderr
     proc = subprocess.Popen([sys.executable, "-m", "agent_sim", "serve", "--port", str(port), "--db", ":memory:",
-                             "--statsd-port", str(udp)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "PYTHONPATH": REPO})
+                             "--statsd-port", str(udp), "--no-host-metrics"], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": REPO})
     try:
         wait_for_port(port)
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -237,6 +238,7 @@ def test_serve_statsd_port_flag_and_bad_port() -> None:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=10)
     assert proc.returncode == 0, err
+    assert_clean_output(err)
     assert f"DogStatsD udp://127.0.0.1:{udp}" in out
 
     # the DogStatsD port taken: traces are still served, the intake is off with one clear line
@@ -252,5 +254,6 @@ def test_serve_statsd_port_flag_and_bad_port() -> None:
         out, err = proc.communicate(timeout=10)
         taken.close()
     assert proc.returncode == 0, err
+    assert_clean_output(err)
     assert f"agent-sim: DogStatsD intake off, cannot listen on UDP {udp}: Address already in use" in err
     assert "DogStatsD udp" not in out

@@ -15,7 +15,7 @@ from typing import Any
 import msgpack
 
 from tests.agent_sim.test_server import put, span
-from tests.utils import REPO, free_port, wait_for_port
+from tests.utils import REPO, assert_clean_output, free_port, wait_for_port
 
 
 def start(db: str, port: int) -> subprocess.Popen:
@@ -29,6 +29,20 @@ def start(db: str, port: int) -> subprocess.Popen:
         out, err = proc.communicate()
         raise AssertionError(f"receiver did not start: {out!r} {err!r}")
     return proc
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> int:
+    """Stop the receiver with ``sig`` (if it still runs); its exit status.
+    Its stderr must show no internal error or traceback."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        _out, err = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _out, err = proc.communicate()
+    assert_clean_output((err or b"").decode(errors="replace"))
+    return proc.returncode
 
 
 def get(url: str) -> Any:
@@ -55,10 +69,7 @@ def test_sigkill_after_acknowledged_payloads_loses_nothing(tmp_path: Any) -> Non
             expected.add(f"{tid:032x}")
         # the last acknowledged payload went out just now: no flush interval has passed
     finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-        proc.stdout.close()
-        proc.stderr.close()
+        stop(proc, signal.SIGKILL)
 
     proc = start(db, port)
     try:
@@ -73,14 +84,9 @@ def test_sigkill_after_acknowledged_payloads_loses_nothing(tmp_path: Any) -> Non
             ("durable-db", "SELECT * FROM t WHERE secret = ?"): (30, 0),
         }
         # a clean stop (SIGTERM) flushes; a third start still sees the same
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
+        assert stop(proc) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        proc.stdout.close()
-        proc.stderr.close()
+        stop(proc, signal.SIGKILL)
     raw = b""
     for path in (db, db + "-wal"):
         if os.path.exists(path):
@@ -95,7 +101,4 @@ def test_sigkill_after_acknowledged_payloads_loses_nothing(tmp_path: Any) -> Non
         assert stats[("durable", "GET /d0")] == 10
         assert len(get(url + "/api/traces?service=durable&limit=100")) == 30
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(10)
-        proc.stdout.close()
-        proc.stderr.close()
+        stop(proc)

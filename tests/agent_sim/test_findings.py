@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import random
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -71,3 +72,34 @@ def test_cli_insights_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixtu
             lines[-1].split()[:5] == ["n_plus_one_db", "shop", "GET", "/orders", "7"]
         assert main(["insights", "--url", rx.url, "--json", "--kind", "error_group"]) == 0
         assert json.loads(capsys.readouterr().out) == []
+
+
+def test_breakdown_served_by_window_kept_across_restart_and_rolled_up(tmp_path: Path) -> None:
+    db = str(tmp_path / "rx.db")
+    t0 = time.time_ns() // 10**10 * 10**10  # a bucket start; the traces end 0.1 s into it
+    traces = [n_plus_one_trace(20), n_plus_one_trace(4)]
+    for s in (s for t in traces for s in t):
+        s["start"] += t0
+    with RunningReceiver(db=db) as rx:
+        put(rx.url, traces)
+        rows = rx.get("/api/breakdown", service="shop", resource="GET /orders")
+        # root 100 ms; 24 queries of 50 ns each
+        assert rows == [{"service": "shop", "span_type": "web", "exclusive_ns": 2 * 10**8 - 24 * 50,
+                         "share": round((2 * 10**8 - 24 * 50) / (2 * 10**8), 4)},
+                        {"service": "sqlite", "span_type": "sql", "exclusive_ns": 24 * 50,
+                         "share": round(24 * 50 / (2 * 10**8), 4)}]
+        sec = t0 // 10**9
+        assert rx.get("/api/breakdown", service="shop", since=sec - 5, until=sec + 1) == rows
+        assert rx.get("/api/breakdown", service="shop", since=sec + 10) == []
+        assert rx.get("/api/breakdown", service="shop", until=sec) == []
+        assert rx.get("/api/breakdown", service="shop", resource="GET /other") == []
+        with pytest.raises(urllib.error.HTTPError) as err:
+            rx.get("/api/breakdown", since="yesterday")
+        err.value.close()
+        assert err.value.code == 400
+    with RunningReceiver(db=db) as rx:
+        assert rx.get("/api/breakdown", resource="GET /orders") == rows
+        # the maintenance roll-up folds old 10 s rows into hour rows: same answer
+        rx.receiver.maintain(now_ns=t0 + 2 * 24 * 3600 * 10**9, full=True)
+        assert rx.receiver.store.execute("SELECT DISTINCT width FROM breakdown") == [(3600,)]
+        assert rx.get("/api/breakdown", resource="GET /orders", since=sec, until=sec + 1) == rows

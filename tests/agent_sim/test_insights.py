@@ -10,6 +10,7 @@ from agent_sim.insights import (
     N_PLUS_ONE_HTTP,
     SLOW_QUERY,
     Thresholds,
+    breakdown,
     detect,
     normalize_message,
 )
@@ -103,3 +104,52 @@ def test_slow_query_and_error_groups():
 def test_normalize_message():
     assert normalize_message("user 'bob' id 42 uuid 123e4567-e89b-12d3-a456-426614174000 at 0xdeadbeef") == \
         "user ? id ? uuid ? at ?"
+    # a KeyError's message is its repr: one quoted string, unwrapped rather than reduced to "?"
+    assert normalize_message("'order 17 not found'") == "order ? not found"
+    assert normalize_message("'a' != 'b'") == "? != ?"
+
+
+def test_breakdown_is_exclusive_time_per_enclosing_endpoint():
+    ms = 1_000_000
+    root = span(0, "flask.request", "GET /checkout", 0, type_="web", duration=100 * ms)
+    spans = [root] + [query(root, "SELECT 1", 1 + i, duration=10 * ms) for i in range(3)]
+    call = span(root["span_id"], "requests.request", "GET /stock/?", 40 * ms, type_="http", duration=20 * ms,
+                meta={"span.kind": "client"})
+    backend = span(call["span_id"], "flask.request", "GET /stock/<id>", 41 * ms, service="stock", type_="web",
+                   duration=15 * ms)
+    stock_db = span(backend["span_id"], "pg.query", "SELECT n", 42 * ms, service="pg", type_="sql", duration=5 * ms,
+                    meta={"db.system": "postgresql"})
+    # a fetch span of the DB service under the app's span is no endpoint; concurrent children clip at 0
+    fetch = span(root["span_id"], "sqlite.query.fetchall", "SELECT 1", 70 * ms, service="sqlite", type_="sql",
+                 duration=1 * ms, meta={"db.system": "sqlite"})
+    spans += [call, backend, stock_db, fetch]
+    out: dict = {}
+    breakdown(spans, out)
+    bucket = 0
+    assert out == {
+        (bucket, "shop", "GET /checkout", "shop", "web"): (100 - 30 - 20 - 1) * ms,
+        (bucket, "shop", "GET /checkout", "sqlite", "sql"): 31 * ms,
+        (bucket, "shop", "GET /checkout", "shop", "http"): 5 * ms,
+        (bucket, "shop", "GET /checkout", "stock", "web"): 10 * ms,
+        (bucket, "shop", "GET /checkout", "pg", "sql"): 5 * ms,
+        (bucket, "stock", "GET /stock/<id>", "stock", "web"): 10 * ms,
+        (bucket, "stock", "GET /stock/<id>", "pg", "sql"): 5 * ms,
+    }
+    # a parent cycle (bad input) ends; an entry's bucket is its end, aligned to 10 s
+    a = span(0, "x", "A", 25 * 10**9, duration=ms)
+    b = span(a["span_id"], "y", "B", 25 * 10**9, duration=2 * ms)
+    a["parent_id"] = b["span_id"]
+    out = {}
+    breakdown([a, b], out)
+    assert out == {}  # b has exclusive time but, in a cycle, no endpoint
+    out = {}
+    breakdown([span(0, "x", "A", 25 * 10**9, duration=ms)], out)
+    assert out == {(20 * 10**9, "shop", "A", "shop", ""): ms}
+    # a partial flush: a query whose parent is in another chunk is no endpoint of its own
+    out = {}
+    breakdown([query({"span_id": 999}, "SELECT 1", 0, duration=ms)], out)
+    assert out == {}
+    out = {}
+    view = span(999, "flask.view", "orders", 0, duration=3 * ms)
+    breakdown([view, query(view, "SELECT 1", 0, duration=ms), query({"span_id": 998}, "SELECT 2", 0, duration=ms)], out)
+    assert out == {(0, "shop", "orders", "shop", ""): 2 * ms, (0, "shop", "orders", "sqlite", "sql"): ms}

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from agent_sim import normalize
 from agent_sim.decode import PayloadError, decode_v04, unpack_v04
 from agent_sim.normalize import normalize_payload, normalize_trace, truncate
-from agent_sim.obfuscate import obfuscate_error_message, obfuscate_sql
+from sql_obfuscation import obfuscate_error_message, obfuscate_sql
 
 
 def mk(**kw: object) -> dict:

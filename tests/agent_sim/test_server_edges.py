@@ -1,5 +1,6 @@
 """Receiver behaviour that had no test: HEAD, a bug answered with 500 while the
-server keeps serving, ``/v0.3`` with a body, bad ``--sample-rate`` values."""
+server keeps serving, ``/v0.3`` with a body, bad ``--sample-rate`` values, a
+JSON body with lone surrogate escapes (it was a 500)."""
 
 from __future__ import annotations
 
@@ -99,3 +100,18 @@ def test_v03_with_a_body_is_acknowledged_and_drained(rx: RunningReceiver) -> Non
 def test_bad_sample_rate_is_a_clear_error(value: str, message: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert serve_main(["--port", "0", "--db", ":memory:", "--sample-rate", value]) == 2
     assert capsys.readouterr().err == f"agent-sim: {message}\n"
+
+
+def test_json_with_lone_surrogate_escapes_is_stored_not_a_500(rx: RunningReceiver) -> None:
+    body = json.dumps([[span(5150, 1, service="svc\ud800", meta={"k\udc00": "v"})]]).encode()
+    assert b"\\ud800" in body  # json.dumps escapes it; json.loads brings the lone surrogate back
+    conn = http.client.HTTPConnection("127.0.0.1", rx.port, timeout=10)
+    try:
+        conn.request("PUT", "/v0.4/traces", body=body, headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        assert (resp.status, resp.read()[:1]) == (200, b"{")
+    finally:
+        conn.close()
+    (stored,) = rx.spans(5150)
+    assert (stored["service"], stored["meta"]["k\ufffd"]) == ("svc\ufffd", "v")
+    assert rx.info()["counters"].get("internal_errors", 0) == 0

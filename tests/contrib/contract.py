@@ -29,7 +29,19 @@ patch before import, patch after import, patch twice (``patch`` repeated,
 ``patch_all`` and the contrib ``patch()`` called directly: no double spans),
 unpatch (no spans; every target's original restored identity-equal),
 re-patch, ``TRACER_PATCH_<X>=false`` (and an explicit keyword beating it),
-``TRACER_ENABLED=false``. No scenario may swallow an internal error.
+``TRACER_ENABLED=false``, and the app run under a real ``tracer-run`` (the
+bootstrap patches; the app's code only imports and uses the library). No
+scenario may swallow an internal error or print a traceback.
+
+"Before import" is before the first import in the process: nothing is
+forgotten from ``sys.modules``. A hooks module that ``import tracer`` itself
+loads (``preloaded = True``: ``concurrent.futures``, through wrapt >= 2.5's
+``import asyncio``) cannot be patched before its import by any process that
+can call ``patch()``; for it the scenario checks the order the app sees:
+patch() applies at once, before the app's first import of the modules that
+hold the targets (``concurrent.futures.thread`` for futures). The contract
+asserts ``preloaded`` both ways, so the day ``import tracer`` stops loading
+the module the scenario becomes the hook-path test on its own.
 
 Hooks to override: ``check_spans(spans, patched)`` for integrations that do
 not just count spans (futures checks parent links); ``subprocess_env()`` for
@@ -46,7 +58,7 @@ import json
 import textwrap
 from typing import Any, ClassVar
 
-from tests.utils import run_python
+from tests.utils import free_port, run_python
 
 _MARK = "@@CONTRACT@@"
 
@@ -73,9 +85,7 @@ _sink = _Sink()
 _tracer._writer = _sink
 NAME = %(integration)r
 MODULE = %(module)r
-# A stdlib module the tracer's own dependencies already import (wrapt >= 2.5
-# imports asyncio, hence concurrent.futures): "before import" forgets it first,
-# so the post-import hook path really runs (exercise() imports a fresh copy).
+# Loaded by `import tracer` itself (see the contract's docstring), before any patch() can run.
 _PRELOADED = MODULE in sys.modules
 _TARGETS_GIVEN = %(targets)r
 
@@ -115,14 +125,21 @@ r = exercise()
 _report(result=r, spans=_spans())
 """,
     "before_import": """
+target_modules = sorted({module for module, _path in _targets()} - {MODULE})
+imported_first = [m for m in target_modules if m in sys.modules]
 assert _PRELOADED or MODULE not in sys.modules, "exercise_code imported the library at top level"
-for _m in [m for m in sys.modules if m == MODULE or m.startswith(MODULE + ".")]:
-    del sys.modules[_m]
 tracer.patch(**{NAME: True})
-assert MODULE not in sys.modules, "patch() imported the library"
+assert _PRELOADED or MODULE not in sys.modules, "patch() imported the library"
 deferred = not _patching.is_patched(NAME)
 r = exercise()
-_report(result=r, spans=_spans(), deferred=deferred)
+_report(result=r, spans=_spans(), deferred=deferred, preloaded=_PRELOADED, imported_first=imported_first)
+""",
+    "tracer_run": """
+# Under tracer-run: the bootstrap called patch_all() before this code; the
+# app only imports and uses the library.
+before = MODULE in sys.modules
+r = exercise()
+_report(result=r, spans=_spans(), imported_before_app=before and not _PRELOADED)
 """,
     "after_import": """
 importlib.import_module(MODULE)
@@ -198,6 +215,7 @@ class IntegrationContract:
     exercise_code: ClassVar[str]
     targets: ClassVar[list[tuple[str, str]] | None] = None
     timeout: ClassVar[float] = 60
+    preloaded: ClassVar[bool] = False  # the hooks module is imported by `import tracer` (see above)
 
     _baseline_cache: ClassVar[dict[type, Any]] = {}
 
@@ -213,7 +231,9 @@ class IntegrationContract:
         assert len(names) == expected, f"expected {expected} {self.span_name} span(s), got {len(names)}: {brief}"
 
     # -- machinery ---------------------------------------------------------------
-    def run_scenario(self, scenario: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    def run_scenario(
+        self, scenario: str, env: dict[str, str] | None = None, under_tracer_run: bool = False
+    ) -> dict[str, Any]:
         code = (
             _PRELUDE % {"integration": self.integration, "module": self.module, "targets": self.targets, "mark": _MARK}
             + textwrap.dedent(self.exercise_code)
@@ -222,7 +242,7 @@ class IntegrationContract:
         full_env = {"TRACER_ENABLED": "true", f"TRACER_PATCH_{self.integration.upper()}": "true"}
         full_env.update(self.subprocess_env())
         full_env.update(env or {})
-        proc = run_python(code, env=full_env, timeout=self.timeout)
+        proc = run_python(code, env=full_env, timeout=self.timeout, under_tracer_run=under_tracer_run)
         lines = [line for line in proc.stdout.splitlines() if line.startswith(_MARK)]
         assert lines, f"no report from the scenario {scenario}:\n{proc.stdout}\n{proc.stderr}"
         report = json.loads(lines[-1][len(_MARK) :])
@@ -245,7 +265,19 @@ class IntegrationContract:
     # -- the contract --------------------------------------------------------------
     def test_patch_before_import(self) -> None:
         report = self.run_scenario("before_import")
-        assert report["deferred"] is True, "patch() applied at once: the post-import hook path did not run"
+        assert report["preloaded"] is self.preloaded, f"`import tracer` loads {self.module}: {report['preloaded']}"
+        if self.preloaded:
+            assert report["deferred"] is False
+            assert report["imported_first"] == [], "the app imported the patched classes before patch()"
+        else:
+            assert report["deferred"] is True, "patch() applied at once: the post-import hook path did not run"
+        self.assert_patched_run(report)
+
+    def test_under_tracer_run(self) -> None:
+        # TRACER_AGENT_URL: a free port, never 8126 (the child's sink replaces the writer anyway).
+        env = {"TRACER_AGENT_URL": f"http://127.0.0.1:{free_port()}"}
+        report = self.run_scenario("tracer_run", env=env, under_tracer_run=True)
+        assert report["imported_before_app"] is False, "the bootstrap imported the library before the app did"
         self.assert_patched_run(report)
 
     def test_patch_after_import(self) -> None:

@@ -43,7 +43,7 @@ def test_minimal_obfuscator(sql: str, expected: str) -> None:
 
 @pytest.mark.parametrize("sql, expected", OBFUSCATION_CASES)
 def test_obfuscate_agrees_with_the_receiver_and_caches(sql: str, expected: str) -> None:
-    from agent_sim.obfuscate import obfuscate_sql
+    from sql_obfuscation import obfuscate_sql
 
     assert _dbapi.obfuscate(sql) == obfuscate_sql(sql) == expected
 

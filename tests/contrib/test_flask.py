@@ -123,8 +123,8 @@ def test_unhandled_exception_is_a_500_error(traced: Any, client: Any) -> None:
     status, body = get(client, "/boom")
     assert status == 500 and b"Internal Server Error" in body
     assert trees(traced) == [
-        "flask.request flask_app 'GET /boom' [error] http.status_code=500 error.type=ValueError\n"
-        "  flask.view flask_app 'boom' [error] error.type=ValueError"
+        "flask.request flask_app 'GET /boom' [error] http.status_code=500 error.type=builtins.ValueError\n"
+        "  flask.view flask_app 'boom' [error] error.type=builtins.ValueError"
     ]
     root = root_of(one_trace(traced))
     assert root["meta"]["error.message"] == "boom"
@@ -148,8 +148,8 @@ def test_exception_escaping_the_wsgi_app_propagates_unchanged(traced: Any, app: 
     finally:
         app.config["PROPAGATE_EXCEPTIONS"] = False
     assert trees(traced) == [
-        "flask.request flask_app 'GET /boom' [error] error.type=ValueError\n"
-        "  flask.view flask_app 'boom' [error] error.type=ValueError"
+        "flask.request flask_app 'GET /boom' [error] error.type=builtins.ValueError\n"
+        "  flask.view flask_app 'boom' [error] error.type=builtins.ValueError"
     ]
 
 

@@ -115,7 +115,7 @@ def test_exception_inside_the_body_is_recorded(app: Flask, test_spans: Any) -> N
     with pytest.raises(RuntimeError, match="stream broke"):
         next(it)
     (span,) = requests_of(test_spans)
-    assert (span.error, span.meta["error.type"], span.meta["error.message"]) == (1, "RuntimeError", "stream broke")
+    assert (span.error, span.meta["error.type"], span.meta["error.message"]) == (1, "builtins.RuntimeError", "stream broke")
     assert span.meta["http.status_code"] == "200"  # what was sent
     assert _active.get() is None
 
@@ -125,7 +125,7 @@ def test_error_sent_without_close_keeps_flask_error(app: Flask, test_spans: Any)
     assert status[0].startswith("500")
     b"".join(body)  # sent; close() never called (Werkzeug after a client reset)
     (span,) = requests_of(test_spans)
-    assert (span.error, span.meta["error.type"], span.meta["http.status_code"]) == (1, "ValueError", "500")
+    assert (span.error, span.meta["error.type"], span.meta["http.status_code"]) == (1, "builtins.ValueError", "500")
 
 
 def test_a_leaked_span_is_never_the_next_request_parent(app: Flask, test_spans: Any) -> None:

@@ -21,7 +21,7 @@ import tracer as tracer_pkg
 from contrib._http import untraced
 from tests.contrib.apps.flask_helpers import APPS_DIR, load_app, patched_for_module, root_of, trees
 from tests.receiver import RunningReceiver
-from tests.utils import REPO, free_port, render_tree, stop_process, wait_for_port
+from tests.utils import REPO, assert_clean_output, free_port, render_tree, stop_process, wait_for_port
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -65,8 +65,8 @@ def test_werkzeug_server_routes(traced: Any, servers: dict[str, str]) -> None:
         "  flask.view flask_app 'get_item'\n"
         "  flask.after_request flask_app 'add_header'\n"
         "  flask.teardown_request flask_app 'release'",
-        "flask.request flask_app 'GET /boom' [error] http.status_code=500 error.type=ValueError\n"
-        "  flask.view flask_app 'boom' [error] error.type=ValueError",
+        "flask.request flask_app 'GET /boom' [error] http.status_code=500 error.type=builtins.ValueError\n"
+        "  flask.view flask_app 'boom' [error] error.type=builtins.ValueError",
         "flask.request flask_app 'GET 404' http.status_code=404",
     ]
 
@@ -154,6 +154,7 @@ def test_gunicorn_two_workers_preload_every_request_traced_once(subprocess_recei
     finally:
         output = _stop(proc)  # workers exit here: what they hold must still be sent
     assert proc.returncode == 0, output
+    assert_clean_output(output)
     rows = subprocess_receiver.wait_traces(20, timeout=10, service="flask_app", limit=100)
     assert len(rows) == 20, output
     urls = []
@@ -182,4 +183,36 @@ def test_flask_run_service_is_the_app_not_the_launcher(subprocess_receiver: Any)
         rows = subprocess_receiver.wait_traces(1, timeout=10)
     finally:
         output = _stop(proc)
+    assert_clean_output(output)
     assert [(r["service"], r["resource"]) for r in rows] == [("flask_app", "GET /users/<int:user_id>")], output
+
+
+@pytest.mark.parametrize(
+    ("redact", "query"),
+    [
+        # A custom pattern replaces the default: `token` is kept, and the match is case-sensitive as written.
+        ("^user$", "user=<redacted>&USER=x&token=abc&page=2"),
+        # Empty turns redaction off.
+        ("", "user=bob&USER=x&token=abc&page=2"),
+    ],
+)
+def test_query_string_redact_from_the_environment(
+    subprocess_receiver: Any, tmp_path: Any, redact: str, query: str
+) -> None:
+    port = free_port()
+    app = tmp_path / "app.py"
+    app.write_text("import sys\nfrom flask_app import app\napp.run(host='127.0.0.1', port=int(sys.argv[1]))\n")
+    env = {**_env(subprocess_receiver), "TRACER_QUERY_STRING_REDACT": redact}
+    proc = subprocess.Popen(
+        _tracer_run() + [sys.executable, str(app), str(port)],
+        cwd=APPS_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        wait_for_port(port, timeout=20)
+        assert fetch(f"http://127.0.0.1:{port}/users/7?user=bob&USER=x&token=abc&page=2")[0] == 200
+        (row,) = subprocess_receiver.wait_traces(1, timeout=10, service="flask_app")
+    finally:
+        output = _stop(proc)
+    assert_clean_output(output)
+    root = root_of(subprocess_receiver.spans(row["trace_id"]))
+    assert root["meta"]["http.url"] == f"http://127.0.0.1:{port}/users/7?{query}", output

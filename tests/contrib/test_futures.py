@@ -15,6 +15,7 @@ from tracer import tracer
 class TestFuturesContract(IntegrationContract):
     integration = "futures"
     module = "concurrent.futures"
+    preloaded = True  # wrapt >= 2.5 imports asyncio, which imports concurrent.futures
     exercise_code = '''
 def exercise():
     from concurrent.futures import ThreadPoolExecutor

@@ -208,6 +208,47 @@ def test_sqlite_spans_through_the_receiver(traced: Any, tmp_path: Any) -> None:
     assert stats[("sqlite.query", "INSERT INTO cart VALUES ( ? )")]["hits"] == 1
 
 
+OBFUSCATE_APP = """
+import sqlite3
+conn = sqlite3.connect(":memory:")
+conn.execute("CREATE TABLE users (id INTEGER, name TEXT)")
+conn.cursor().execute("SELECT id FROM users WHERE name = 'secret-alice' AND id IN (1, 2, 3)").fetchall()
+conn.executemany("INSERT INTO users VALUES (?, 'pw-' || ?)", [(1, 'a'), (2, 'b')])
+conn.execute('UPDATE users SET name = "hunter2" WHERE id = 0x1F')
+conn.close()
+"""
+
+
+@pytest.mark.parametrize(
+    ("raw", "resources"),
+    [
+        ("true", ["SELECT id FROM users WHERE name = ? AND id IN ( ? )", "INSERT INTO users VALUES (?, ? || ?)",
+                  "UPDATE users SET name = ? WHERE id = ?"]),
+        ("false", ["SELECT id FROM users WHERE name = 'secret-alice' AND id IN (1, 2, 3)",
+                   "INSERT INTO users VALUES (?, 'pw-' || ?)", 'UPDATE users SET name = "hunter2" WHERE id = 0x1F']),
+    ],
+)
+def test_db_obfuscate_under_tracer_run(tmp_path: Any, raw: str, resources: list[str]) -> None:
+    # A raw intake, not agent_sim: the receiver obfuscates on its side and would
+    # hide whether the tracer did.
+    from tests.tracer.test_run import tracer_run
+    from tests.tracer.test_writer import Intake
+
+    (tmp_path / "dbapp.py").write_text(OBFUSCATE_APP)
+    intake = Intake()
+    try:
+        env = {"TRACER_AGENT_URL": intake.url, "TRACER_DB_OBFUSCATE": raw, "TRACER_SERVICE": "dbapp"}
+        proc = tracer_run(["python", "dbapp.py"], env=env, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        spans = intake.spans()
+    finally:
+        intake.close()
+    by_name: dict[str, list[str]] = {}
+    for span in sorted(spans, key=lambda s: s["start"]):
+        by_name.setdefault(span["name"], []).append(span["resource"])
+    assert by_name == {"sqlite.query": ["CREATE TABLE users (id INTEGER, name TEXT)", *resources]}
+
+
 class TestSQLite3Contract(IntegrationContract):
     integration = "sqlite3"
     module = "sqlite3"

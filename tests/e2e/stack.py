@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from tests.utils import REPO, free_port
+from tests.utils import REPO, assert_clean_output, free_port
 
 LOADCLIENT = os.path.join(REPO, "tests", "e2e", "loadclient.py")
 # Queries each route runs (the shop's code): what "its query spans as children" means per request.
@@ -69,6 +69,12 @@ class Process:
                 return f.read()[-chars:]
         except OSError:
             return "(no log)"
+
+    def check_log(self) -> None:
+        """Fails the test if the process logged an internal error or a traceback."""
+        if os.path.exists(self.log_path):
+            with open(self.log_path, errors="replace") as f:
+                assert_clean_output(f.read())
 
     def wait_http(self, url: str, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
@@ -204,7 +210,8 @@ class Load:
 
 @contextmanager
 def running_stack(logdir: str, db_env: dict[str, str]) -> Iterator[tuple[Receiver, Shop, str]]:
-    """The receiver, then the shop sending to it; both stopped on exit."""
+    """The receiver, then the shop sending to it; both stopped on exit, then
+    their logs checked for internal errors and tracebacks."""
     receiver = Receiver(logdir)
     receiver.start()
     shop = Shop(logdir, receiver.url, db_env)
@@ -214,6 +221,8 @@ def running_stack(logdir: str, db_env: dict[str, str]) -> Iterator[tuple[Receive
     finally:
         shop.stop()
         receiver.stop()
+    for process in (shop.gunicorn, shop.inventory, receiver):
+        process.check_log()
 
 
 def p50(records: list[dict[str, Any]]) -> float:

@@ -26,9 +26,11 @@ import pytest
 
 from tests.clients import status_line_then_reset, well_behaved
 from tests.receiver import RunningReceiver
-from tests.utils import REPO, free_port, render_tree
+from tests.utils import REPO, assert_clean_output, free_port, render_tree
 
 SHOP = os.path.join(REPO, "examples", "shop")
+# The one traceback the shop logs on purpose (Flask logs the exception of /flaky).
+FLAKY = ("FlakyError: the flaky endpoint failed",)
 
 
 def get(url: str) -> int:
@@ -98,6 +100,7 @@ class Apps:
                 time.sleep(0.05)
 
     def stop(self) -> None:
+        """Stop both; fails if either logged an internal error or an unexpected traceback."""
         for proc in self.procs:
             if proc.poll() is None:
                 proc.send_signal(2)
@@ -107,6 +110,9 @@ class Apps:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        for log in self.logs:
+            with open(log, encoding="utf-8", errors="replace") as f:
+                assert_clean_output(f.read(), allow=FLAKY)
 
 
 @pytest.fixture(scope="module")
@@ -222,6 +228,7 @@ def test_demo_no_serve_on_a_taken_port(tmp_path: Any) -> None:
             env={**os.environ, "PYTHONPATH": REPO}, cwd=str(tmp_path), capture_output=True, text=True, timeout=120,
         )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert_clean_output(proc.stdout + proc.stderr, allow=FLAKY)
     out = proc.stdout
     assert f"port {port} is taken" in out and "using free port" in out
     assert "120/120 requests" in out
@@ -229,6 +236,8 @@ def test_demo_no_serve_on_a_taken_port(tmp_path: Any) -> None:
     for needle in ("GET /products/<int:product_id>", "GET /checkout", "GET /stock/<int:product_id>", "sqlite.query"):
         assert needle in table
     assert "web page:  http://127.0.0.1:" in out
+    assert "the shop's DogStatsD: 120 web.page_views" in out  # sent with the datadog client
+    assert "route:/products/:product_id" in out[out.index("metrics (the shop's"):]
     # Everything stopped; the traces stay in the named database file.
     with RunningReceiver(db=db) as receiver:
         services = {row["service"] for row in receiver.services()}
@@ -240,6 +249,8 @@ def test_demo_no_serve_on_a_taken_port(tmp_path: Any) -> None:
         hits = sum(r["hits"] for r in receiver.stats(service="shop") if r["name"] == "flask.request"
                    and not r["resource"].endswith("/healthz"))
         assert hits == 120
+        views = receiver.get("/api/metrics/query", name="web.page_views", agg="sum", since=0, tags="service:shop")
+        assert round(sum(p[1] for s in views["series"] for p in s["points"]) * 10) == 120  # stored on exit
 
 
 def test_demo_serves_until_ctrl_c_then_stops_everything(tmp_path: Any) -> None:
@@ -279,6 +290,7 @@ def test_demo_serves_until_ctrl_c_then_stops_everything(tmp_path: Any) -> None:
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, out + rest
+    assert_clean_output(out + rest, allow=FLAKY)
     for url in (page, shop, inventory):
         with pytest.raises(OSError):
             urllib.request.urlopen(url, timeout=2)

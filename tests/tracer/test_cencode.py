@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.utils import assert_clean_output
 from tracer import encoding
 from tracer.span import RECORD_LEN
 
@@ -217,3 +218,4 @@ def test_v05_tags_changed_while_encoding_are_in_the_payload_or_not_never_half() 
     )
     assert run.returncode == 0, (run.returncode, run.stderr[-3000:])
     assert run.stdout.strip() == "ok"
+    assert_clean_output(run.stderr)

@@ -42,7 +42,11 @@ def test_options_declared_once() -> None:
     for option in OPTIONS:
         assert option.env.startswith("TRACER_") and option.doc
         assert option.fallback is None or option.fallback.startswith("DD_")
-        assert option.attr in Config.__annotations__, option.attr
+    # Every typed attribute of Config is an option, and every option one of its attributes.
+    assert list(Config.__annotations__) == attrs
+    # Values live on the instance only: a class attribute of the same name
+    # would make every `config.x` read on the hot paths unspecialized (slower).
+    assert not set(attrs) & set(vars(Config))
 
 
 @pytest.mark.parametrize("option", OPTIONS, ids=lambda o: o.env)
@@ -129,6 +133,9 @@ def test_legacy_b3_single_header_spelling() -> None:
         ("TRACER_HEADER_TAGS", ":tag", "header_tags"),
         ("TRACER_QUERY_STRING_REDACT", "(unclosed", "query_string_redact"),
         ("TRACER_DBM_PROPAGATION", "everything", "dbm_propagation"),
+        ("TRACER_MYSQL_SERVICE", " ", "mysql_service"),
+        ("TRACER_HEADER_TAGS", "X-Id, :tag", "header_tags"),
+        ("TRACER_PROPAGATION_STYLE_EXTRACT", "datadog b3 zipkin", "propagation_style_extract"),
     ],
 )
 def test_bad_value_warns_once_naming_the_variable_and_falls_back(

@@ -170,7 +170,7 @@ def test_wrap_marks_errors_and_reraises(test_spans):
     with pytest.raises(ValueError, match="^bad$"):
         fails()
     (span,) = test_spans.spans
-    assert span.error == 1 and span.meta["error.type"] == "ValueError"
+    assert span.error == 1 and span.meta["error.type"] == "builtins.ValueError"
 
 
 def test_wrap_generator_stopped_early_is_not_an_error(test_spans):

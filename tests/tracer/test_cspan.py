@@ -14,6 +14,7 @@ import threading
 
 import pytest
 
+from tests.utils import assert_clean_output
 from tracer import encoding, tracer
 from tracer.context import _active
 from tracer.span import MAX_KEY_LEN, MAX_VALUE_LEN, SPAN_FIELDS, _cspan
@@ -105,7 +106,7 @@ def test_exceptions_leaving_a_child_block(test_spans):
     with pytest.raises(ValueError) as raised, tracer.trace("root"), tracer.trace("child") as child:
         raise error
     assert raised.value is error
-    assert child.error == 1 and child.meta["error.type"] == "ValueError" and child.meta["error.message"] == "boom"
+    assert child.error == 1 and child.meta["error.type"] == "builtins.ValueError" and child.meta["error.message"] == "boom"
     assert tracer.current_span() is None
 
 
@@ -263,6 +264,7 @@ print("ok")
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "ok"
+    assert_clean_output(run.stderr)
     assert "tracer._cspan not loaded" in run.stderr and "using pure Python" in run.stderr
 
 
@@ -313,6 +315,7 @@ def test_finish_owns_the_fields_it_holds_across_a_service_comparison():
     )
     assert run.returncode == 0, (run.returncode, run.stderr[-3000:])
     assert run.stdout.strip() == "ok"
+    assert_clean_output(run.stderr)
 
 
 def test_a_span_finished_elsewhere_while_its_block_is_open(test_spans):

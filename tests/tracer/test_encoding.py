@@ -125,7 +125,7 @@ def test_v04_round_trip(chunks: list[list[Any]]) -> None:
     assert by_name["root"]["meta"]["empty"] == ""
     assert by_name["root"]["metrics"]["int"] == 7 and by_name["root"]["metrics"]["float"] == 0.5
     assert by_name["child"]["type"] == ""
-    assert by_name["boom"]["error"] == 1 and by_name["boom"]["meta"]["error.type"] == "KeyError"
+    assert by_name["boom"]["error"] == 1 and by_name["boom"]["meta"]["error.type"] == "builtins.KeyError"
 
 
 def test_v05_round_trip(chunks: list[list[Any]]) -> None:

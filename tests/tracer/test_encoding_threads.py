@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from tests.utils import REPO
+from tests.utils import REPO, assert_clean_output
 
 SCRIPT = r"""
 import sys, threading, msgpack
@@ -71,3 +71,4 @@ def test_encoding_while_other_threads_tag_finished_spans(payload: str) -> None:
         [sys.executable, "-X", "dev", "-c", code], env=env, capture_output=True, text=True, timeout=240
     )
     assert (proc.returncode, proc.stdout.strip()) == (0, "ok"), proc.stderr[-3000:]
+    assert_clean_output(proc.stderr)

@@ -20,7 +20,7 @@ import requests
 from contrib._http import untraced
 from tests.contrib.test_flask_servers import _env, _stop, _tracer_run
 from tests.receiver import RunningReceiver
-from tests.utils import free_port, run_python, wait_for_port
+from tests.utils import assert_clean_output, free_port, run_python, wait_for_port
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
@@ -45,6 +45,7 @@ def _serve_five_then_term(cmd: list[str], cwd: str, receiver: Any, port: int) ->
         time.sleep(0.5)
     finally:
         output = _stop(proc)  # SIGTERM
+    assert_clean_output(output)
     return proc.returncode, output
 
 
@@ -118,7 +119,9 @@ def _run_script(receiver_url: str, before: str = "", after: str = "") -> tuple[i
         start = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         rest, _ = proc.communicate(timeout=30)
-        return proc.returncode, first + rest, time.monotonic() - start
+        seconds = time.monotonic() - start
+        assert_clean_output(rest)
+        return proc.returncode, first + rest, seconds
     finally:
         if proc.poll() is None:
             proc.kill()

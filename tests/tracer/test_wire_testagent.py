@@ -31,12 +31,13 @@ _MASK64 = (1 << 64) - 1
 
 
 class DatadogTestAgent:
-    def __init__(self, executable: str) -> None:
+    def __init__(self, executable: str,
+                 checks: str = "trace_count_header,meta_tracer_version_header,trace_content_length") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {
             **os.environ,
-            "ENABLED_CHECKS": "trace_count_header,meta_tracer_version_header,trace_content_length",
+            "ENABLED_CHECKS": checks,
             "DD_POOL_TRACE_CHECK_FAILURES": "true",
         }
         # Its OTLP listeners default to 4317/4318: take free ports so that two

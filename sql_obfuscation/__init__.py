@@ -1,5 +1,10 @@
 """SQL obfuscation for spans of type ``sql``, cached per raw statement.
 
+A leaf package: standard library only, imported by both ``agent_sim`` (the
+receiver obfuscates what it stores) and ``contrib`` (``TRACER_DB_OBFUSCATE``),
+which may not import each other (tests/test_package_rules.py); one copy keeps
+both sides' output identical.
+
 Pure functions; thread-safe (``functools.lru_cache`` is). The cache is what
 keeps this off the ingest budget: applications send the same few hundred
 statements over and over, and a regex scan of every SQL span would cost more

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent_sim.obfuscate import _LITERAL_WORDS, _TOKEN, _cached, obfuscate_error_message, obfuscate_sql
+from sql_obfuscation import _LITERAL_WORDS, _TOKEN, _cached, obfuscate_error_message, obfuscate_sql
 
 CASES = [
     # literals

@@ -1,0 +1,189 @@
+"""DogStatsD aggregates in the receiver's SQLite file, with the trace stats' retention.
+
+One row per (metric, tags, width, bucket): 10 s buckets for 24 h, then folded
+into 1 h buckets kept 30 days (``agent_sim.ingest.KEEP_10S_NS`` /
+``KEEP_1H_NS``, the trace stats' rules). A row's ``data`` is the bucket's
+*point state*, msgpack'd, per metric type:
+
+    c       [sum]                         per-second rate = sum / width
+    g       [last, sum, n]                10 s: last; 1 h: average of the 10 s values
+    s       [sum of distinct counts, n]   average distinct count per 10 s bucket
+    h, ms   [count, max, avg, median, p95]  count weighted by 1/rate
+    d       a DDSketch (``Sketch.to_wire``)
+
+``merge_state`` combines two states of one context (a late ``|T`` sample
+arriving after its bucket was written, or a roll-up). Exact for c, g, d and
+for the histograms' count/max/avg; a histogram's median and 95th percentile
+and a set's distinct count are count-weighted averages once merged.
+
+Thread model: every method takes ``Store.lock`` (through the ``Store``'s
+connection); called from the maintenance thread (``write``, ``rollup``) and
+the HTTP handler threads (``rows``, ``contexts``). SQLite errors propagate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import msgpack
+
+from agent_sim.stats import Sketch
+from agent_sim.store import Store
+
+Tags = tuple[str, ...]
+State = Any  # a list as above, or a Sketch for distributions
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS metric_points (
+    name TEXT NOT NULL, tags TEXT NOT NULL, width INTEGER NOT NULL, bucket INTEGER NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (name, tags, width, bucket)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS metric_points_age ON metric_points(width, bucket);
+CREATE TABLE IF NOT EXISTS metric_contexts (
+    name TEXT NOT NULL, tags TEXT NOT NULL, kind TEXT NOT NULL, PRIMARY KEY (name, tags)
+) WITHOUT ROWID;
+"""
+
+
+def merge_state(kind: str, old: State, new: State) -> State:
+    """``old`` then ``new`` (later) of one context; see the module docstring."""
+    if kind == "d":
+        old.merge(new)
+        return old
+    if kind == "c":
+        return [old[0] + new[0]]
+    if kind == "g":
+        return [new[0], old[1] + new[1], old[2] + new[2]]
+    if kind == "s":
+        return [old[0] + new[0], old[1] + new[1]]
+    count = old[0] + new[0]
+    if count <= 0:
+        return new
+
+    def weighted(i: int) -> float:
+        return (old[i] * old[0] + new[i] * new[0]) / count
+
+    return [count, max(old[1], new[1]), weighted(2), weighted(3), weighted(4)]
+
+
+def _pack(state: State) -> bytes:
+    return msgpack.packb(state.to_wire() if isinstance(state, Sketch) else state)
+
+
+def _unpack(kind: str, blob: bytes) -> State:
+    data = msgpack.unpackb(blob, strict_map_key=False)
+    return Sketch.from_wire(data) if kind == "d" else data
+
+
+def _prepare(points: Iterable[tuple[str, Tags, str, int, int, State]]) -> list[tuple[tuple[str, str, int, int], str,
+                                                                                   State, bytes]]:
+    return [((name, _join(tags), width, bucket), kind, state, _pack(state))
+            for name, tags, kind, width, bucket, state in points]
+
+
+def _join(tags: Tags) -> str:
+    return ",".join(tags)
+
+
+def _split(text: str) -> Tags:
+    return tuple(text.split(",")) if text else ()
+
+
+class MetricStore:
+    """The DogStatsD tables inside a receiver's ``Store``."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        with store.lock:
+            store.db.executescript(_SCHEMA)
+        self._stored: set[tuple[str, str]] = set()  # contexts in metric_contexts: only new ones are written
+
+    def contexts(self) -> dict[tuple[str, Tags], str]:
+        """Every stored (name, tags) -> type (start-up: the aggregator's known contexts)."""
+        rows = self.store.execute("SELECT name, tags, kind FROM metric_contexts")
+        self._stored = {(name, tags) for name, tags, _kind in rows}
+        return {(name, _split(tags)): kind for name, tags, kind in rows}
+
+    def write(self, points: list[tuple[str, Tags, str, int, int, State]]) -> None:
+        """Merge ``(name, tags, kind, width, bucket, state)`` into the stored rows (and their
+        contexts: a context is stored with its points, never ahead of them), in one transaction."""
+        prepared = _prepare(points)  # packed before taking the lock that trace ingest shares
+        new = {(key[0], key[1], kind) for key, kind, _state, _blob in prepared if key[:2] not in self._stored}
+        with self.store.lock:
+            db = self.store.db
+            db.execute("BEGIN")
+            try:
+                db.executemany("INSERT OR IGNORE INTO metric_contexts VALUES (?, ?, ?)", new)
+                self._merge(prepared)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            self._stored.update((n, t) for n, t, _k in new)
+
+    def _merge(self, prepared: list[tuple[tuple[str, str, int, int], str, State, bytes]]) -> None:
+        # One read per (width, bucket) for the rows already there (rare: a late sample, a restart
+        # mid-bucket, a roll-up into an hour already folded), then one executemany.
+        db = self.store.db
+        existing: dict[tuple[str, str, int, int], bytes] = {}
+        for width, bucket in {key[2:] for key, _kind, _state, _blob in prepared}:
+            for name, tags, data in db.execute("SELECT name, tags, data FROM metric_points WHERE width = ? AND bucket = ?",
+                                               (width, bucket)):
+                existing[(name, tags, width, bucket)] = data
+        rows = []
+        for key, kind, state, blob in prepared:
+            old = existing.get(key)
+            if old is not None:
+                blob = _pack(merge_state(kind, _unpack(kind, old), state))
+            rows.append((*key, blob))
+        db.executemany("INSERT OR REPLACE INTO metric_points VALUES (?, ?, ?, ?, ?)", rows)
+
+    def rows(self, name: str, since: float, until: float) -> list[tuple[Tags, str, int, int, State]]:
+        """``(tags, kind, width, bucket, state)`` of ``name`` whose bucket starts within [since, until]."""
+        rows = self.store.execute(
+            "SELECT p.tags, c.kind, p.width, p.bucket, p.data FROM metric_points p "
+            "JOIN metric_contexts c ON c.name = p.name AND c.tags = p.tags "
+            "WHERE p.name = ? AND p.bucket >= ? AND p.bucket <= ?", (name, int(since) - 3599, until))
+        return [(_split(tags), kind, width, bucket, _unpack(kind, data))
+                for tags, kind, width, bucket, data in rows if since <= bucket + width - 1 and bucket <= until]
+
+    def latest(self, since: float) -> list[tuple[str, Tags, str, int, State]]:
+        """``(name, tags, kind, bucket, state)`` of each context's newest 10 s row since ``since``."""
+        rows = self.store.execute(
+            "SELECT p.name, p.tags, c.kind, max(p.bucket), p.data FROM metric_points p "
+            "JOIN metric_contexts c ON c.name = p.name AND c.tags = p.tags "
+            "WHERE p.width = 10 AND p.bucket >= ? GROUP BY p.name, p.tags", (int(since),))
+        return [(name, _split(tags), kind, bucket, _unpack(kind, data)) for name, tags, kind, bucket, data in rows]
+
+    def rollup(self, now_s: float, keep_10s_s: float, keep_1h_s: float) -> list[tuple[str, Tags]]:
+        """Fold 10 s rows older than ``keep_10s_s`` into 1 h rows; delete 1 h rows older
+        than ``keep_1h_s`` and the contexts left without rows (returned, so the
+        aggregator forgets them too)."""
+        with self.store.lock:
+            db = self.store.db
+            cut = now_s - keep_10s_s
+            old = db.execute("SELECT p.name, p.tags, c.kind, p.bucket, p.data FROM metric_points p "
+                             "JOIN metric_contexts c ON c.name = p.name AND c.tags = p.tags "
+                             "WHERE p.width = 10 AND p.bucket < ? ORDER BY p.bucket", (cut,)).fetchall()
+            db.execute("BEGIN")
+            try:
+                hourly: dict[tuple[str, str, int], tuple[str, State]] = {}
+                for name, tags, kind, bucket, data in old:
+                    k = (name, tags, bucket - bucket % 3600)
+                    state = _unpack(kind, data)
+                    if kind == "g":  # a 1 h gauge point is the average of its 10 s points
+                        state = [state[0], state[0], 1]
+                    prev = hourly.get(k)
+                    hourly[k] = (kind, state if prev is None else merge_state(kind, prev[1], state))
+                self._merge(_prepare([(n, _split(t), kind, 3600, h, s) for (n, t, h), (kind, s) in hourly.items()]))
+                db.execute("DELETE FROM metric_points WHERE width = 10 AND bucket < ?", (cut,))
+                db.execute("DELETE FROM metric_points WHERE width = 3600 AND bucket < ?", (now_s - keep_1h_s,))
+                gone = db.execute("DELETE FROM metric_contexts AS c WHERE NOT EXISTS (SELECT 1 FROM metric_points p "
+                                  "WHERE p.name = c.name AND p.tags = c.tags) RETURNING name, tags").fetchall()
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            self._stored.difference_update(gone)
+        return [(n, _split(t)) for n, t in gone]

@@ -1,0 +1,103 @@
+"""DogStatsD aggregates in SQLite: 10 s rows, the 1 h roll-up with the trace
+stats' retention, and a restart of a real ``agent-sim serve`` process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from agent_sim.dogstatsd import Aggregator
+from agent_sim.dogstatsd_store import MetricStore
+from agent_sim.store import Store
+from tests.agent_sim.test_dogstatsd import _wait
+from tests.agent_sim.test_durability import get
+from tests.utils import REPO, free_port, wait_for_port
+
+DAY = 24 * 3600
+T0 = 1_700_000_000 - 1_700_000_000 % 3600  # an hour boundary
+
+
+def _values(a: Aggregator, name: str, **kw: Any) -> list[list[float]]:
+    (series,) = a.query(name, since=0, until=T0 + 40 * DAY, **kw)
+    return series["points"]
+
+
+def test_flush_moves_closed_buckets_to_sqlite_and_rollup_folds_hours(tmp_path: Any) -> None:
+    store = Store(str(tmp_path / "m.db"))
+    agg = Aggregator(store=MetricStore(store))
+    for i, start in enumerate((T0, T0 + 10, T0 + 1800)):  # three 10 s buckets of one hour
+        agg.ingest(b"c:%d|c|#k:v\ng:%d|g\nh:%d:%d|h\nd:%d|d\ns:a:b|s" % (6 * (i + 1), i + 1, i, i + 10, i + 1), start + 1)
+    agg.ingest(b"only.open:1|g", T0 + 1801)  # a context whose only bucket is still open ...
+    agg.flush(T0 + 1815)  # T0+1800 is still open: only two buckets go to SQLite
+    agg.rollup(T0 + 1815, DAY, 30 * DAY)  # ... is not lost by a roll-up meanwhile
+    assert sorted(b for b, in store.execute("SELECT DISTINCT bucket FROM metric_points")) == [T0, T0 + 10]
+    assert list(agg.buckets) == [T0 + 1800]
+    assert _values(agg, "c", agg="sum") == [[T0, 0.6], [T0 + 10, 1.2], [T0 + 1800, 1.8]]  # memory and SQLite
+    agg.ingest(b"c:4|c|#k:v|T%d" % (T0 + 5), T0 + 1816)  # a late sample for a stored bucket: merged
+    agg.flush(T0 + 1830)
+    assert not agg.buckets
+    assert _values(agg, "c", agg="sum")[0] == [T0, 1.0]
+    assert _values(agg, "h.max")[2] == [T0 + 1800, 12]
+    assert Aggregator(store=MetricStore(store)).types == agg.types == {
+        ("c", ("k:v",)): "c", ("g", ()): "g", ("h", ()): "h", ("d", ()): "d", ("s", ()): "s", ("only.open", ()): "g"}
+
+    agg.rollup(T0 + DAY + 3600, DAY, 30 * DAY)  # every 10 s row is past 24 h: one 1 h row each
+    assert store.execute("SELECT DISTINCT width FROM metric_points") == [(3600,)]
+    assert _values(agg, "c", agg="sum") == [[T0, pytest.approx((10 + 12 + 18) / 3600)]]
+    assert _values(agg, "g") == [[T0, 2.0]]  # the hour's average of the 10 s gauges
+    assert _values(agg, "h.max") == [[T0, 12]]
+    assert _values(agg, "h.count") == [[T0, 6 / 3600]]
+    assert _values(agg, "h.avg") == [[T0, 6.0]]
+    assert _values(agg, "d", agg="max") == [[T0, 3]]
+    assert _values(agg, "s") == [[T0, 2.0]]
+    assert agg.query("c", since=T0 + 3600) == []  # the hour bucket ends before since
+
+    agg.rollup(T0 + 31 * DAY, DAY, 30 * DAY)  # past 30 days: rows and contexts gone
+    assert store.execute("SELECT count(*) FROM metric_points") == [(0,)]
+    assert not agg.types and agg.metric_list() == []
+    store.close()
+
+
+def _serve(db: str, port: int, udp: int) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-m", "agent_sim", "serve", "--port", str(port), "--db", db,
+                             "--statsd-port", str(udp), "--no-host-metrics"], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": REPO})
+    wait_for_port(port, timeout=20)
+    return proc
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+
+
+def test_metrics_survive_a_restart(tmp_path: Any) -> None:
+    from datadog.dogstatsd import DogStatsd
+
+    db, port, udp = str(tmp_path / "agent.db"), free_port(), free_port()
+    url = f"http://127.0.0.1:{port}/api/metrics/query?rollup=3600&since=0&name="
+    proc = _serve(db, port, udp)
+    try:
+        statsd = DogStatsd(host="127.0.0.1", port=udp, disable_telemetry=True)
+        for v in (5, 1, 9):
+            statsd.histogram("saved.latency", v, tags=["env:test"])
+        statsd.gauge("saved.gauge", 42)
+        statsd.close_socket()
+        assert _wait(lambda: get(url + "saved.gauge")["series"], timeout=20)  # generous: a loaded machine
+    finally:
+        _stop(proc)  # the open bucket is stored on the way out
+    proc = _serve(db, port, udp)
+    try:
+        assert get(url + "saved.gauge")["series"][0]["points"][0][1] == 42
+        assert get(url + "saved.latency.max&tags=env:test")["series"][0]["points"][0][1] == 9
+        listed = get(f"http://127.0.0.1:{port}/api/metrics")
+        assert {"name": "saved.latency.avg", "type": "histogram", "tag_keys": ["env"]} in listed
+        assert not [m for m in listed if m["name"].startswith("system.")]  # --no-host-metrics
+    finally:
+        _stop(proc)
