@@ -28,7 +28,7 @@ class MonitorService:
     def __init__(self, aggregator: Any, receiver: Any, path: str | None = None,
                  interval: float = EVAL_INTERVAL_S) -> None:
         persist = MonitorStore(receiver.store) if receiver is not None else None
-        self.engine = Engine(MetricSource(aggregator, receiver), Notifier(log=_log), persist=persist)
+        self.engine = Engine(MetricSource(aggregator), Notifier(log=_log), persist=persist)
         self.engine.restore()
         self.watcher = FileWatcher(path, self.engine, _log) if path else None
         if self.watcher is not None:
