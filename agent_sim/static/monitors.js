@@ -1,24 +1,14 @@
-/* Monitors page (static/monitors.html): each monitor's state, its groups'
+/* The monitors view (#/monitors): each monitor's state, its groups'
  * evaluated values over time with the threshold lines, a state strip per
  * group, and the events (transitions, notifications) newest first.
+ * Loaded before app.js, which calls window.agentSimMonitors.render(r, h) with
+ * its helpers (view, api, esc, setCrumbs, setState, showError, isCurrent).
  * Data: GET /api/monitors, /api/monitors/<id>, /api/monitors/events;
- * "Evaluate now" is POST /api/monitors/evaluate. Reloads every 10 s. */
+ * "Evaluate now" is POST /api/monitors/evaluate. */
 "use strict";
 (function () {
-  var view = document.getElementById("view");
   var COLORS = { "OK": "#2e9e5b", "Warn": "#e0a100", "Alert": "#d2443a", "No Data": "#8a8f98" };
-
-  function esc(value) {
-    return String(value == null ? "" : value).replace(/[&<>"']/g, function (c) {
-      return { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c];
-    });
-  }
-  function api(path, method) {
-    return fetch(path, { method: method || "GET" }).then(function (r) {
-      if (!r.ok) throw new Error(path + ": HTTP " + r.status);
-      return r.json();
-    });
-  }
+  var esc;
   function badge(state) {
     return '<span class="badge" data-testid="monitor-state" style="background:' + (COLORS[state] || "#888") +
       ';color:#fff">' + esc(state) + "</span>";
@@ -73,8 +63,8 @@
     return out.join("");
   }
 
-  function render(details, events) {
-    var h = ["<h1>Monitors</h1>"];
+  function page(details, events) {
+    var h = ['<h1>Monitors <button id="evaluate" type="button" data-testid="evaluate">Evaluate now</button></h1>'];
     if (!details.length) h.push('<p class="empty">No monitors: agent-sim serve --monitors FILE, or POST /api/monitors.</p>');
     details.forEach(function (m) {
       h.push('<section class="monitor" data-testid="monitor" data-monitor-id="' + m.id + '"><h2>' + badge(m.overall_state) +
@@ -102,23 +92,28 @@
       });
       h.push("</tbody></table>");
     }
-    view.innerHTML = h.join("");
-    document.body.setAttribute("data-state", "ready");
+    return h.join("");
   }
 
-  function load() {
-    return api("/api/monitors").then(function (rows) {
-      return Promise.all([Promise.all(rows.map(function (r) { return api("/api/monitors/" + r.id); })),
-        api("/api/monitors/events")]);
-    }).then(function (got) { render(got[0], got[1]); }, function (err) {
-      view.innerHTML = '<p class="error-box" role="alert">Cannot load monitors: ' + esc(err.message) + "</p>";
-      document.body.setAttribute("data-state", "error");
+  function render(r, h) {
+    esc = h.esc;
+    h.setCrumbs([{ text: "Monitors" }]);
+    document.title = "Monitors · agent-sim";
+    h.api("/api/monitors").then(function (rows) {
+      return Promise.all([Promise.all(rows.map(function (m) { return h.api("/api/monitors/" + m.id); })),
+        h.api("/api/monitors/events")]);
+    }).then(function (got) {
+      if (!h.isCurrent()) return;
+      h.view.innerHTML = page(got[0], got[1]);
+      document.getElementById("evaluate").addEventListener("click", function () {
+        h.setState("loading", "monitors");
+        fetch("/api/monitors/evaluate", { method: "POST" }).then(function () { render(r, h); }, h.showError);
+      });
+      h.setState("ready", "monitors");
+    }, function (err) {
+      if (h.isCurrent()) h.showError(err);
     });
   }
-  document.getElementById("refresh").addEventListener("click", function () {
-    document.body.setAttribute("data-state", "loading");
-    api("/api/monitors/evaluate", "POST").then(load);
-  });
-  setInterval(function () { if (!document.hidden) load(); }, 10000);
-  load();
+
+  window.agentSimMonitors = { render: render };
 })();

@@ -1,4 +1,4 @@
-"""The monitors page (static/monitors.html) in real headless Chromium: states,
+"""The monitors view (#/monitors, static/monitors.js) in real headless Chromium: states,
 the chart's threshold lines and group lines, the state strip, the events, and
 "Evaluate now"."""
 
@@ -43,7 +43,7 @@ def test_monitors_page() -> None:
                 page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
                 page.goto(r.url + "/")
                 page.click("[data-testid=nav-monitors]")
-                page.wait_for_selector("body[data-state=ready]")
+                page.wait_for_selector("body[data-state=ready][data-view=monitors]")
                 assert page.locator("[data-testid=monitor] h2").inner_text() == "Alert Latency"
                 assert page.locator("[data-testid=monitor-groups]").inner_text() == "host:a Alert · host:b OK"
                 lines = page.locator("[data-testid=threshold-line]")
@@ -56,8 +56,8 @@ def test_monitors_page() -> None:
                     "[Triggered on {host:a}] Latency", "a slow"]
                 os.makedirs(os.path.join(REPO, "test-artifacts"), exist_ok=True)
                 page.screenshot(path=os.path.join(REPO, "test-artifacts", "web-monitors.png"), full_page=True)
-                page.click("#refresh")  # evaluates now: the data are old by then, the state stays
-                page.wait_for_selector("body[data-state=ready]")
+                page.click("[data-testid=evaluate]")  # evaluates now: the data are old by then, the state stays
+                page.wait_for_selector("body[data-state=ready][data-view=monitors]")
                 assert page.locator("[data-testid=state-cell]").count() == 8
             finally:
                 browser.close()
