@@ -29,16 +29,19 @@ class MonitorService:
                  interval: float = EVAL_INTERVAL_S) -> None:
         persist = MonitorStore(receiver.store) if receiver is not None else None
         self.engine = Engine(MetricSource(aggregator), Notifier(log=_log), persist=persist)
-        self.engine.restore()
         self.watcher = FileWatcher(path, self.engine, _log) if path else None
-        if self.watcher is not None:
-            self.watcher.check()  # load before serving: a first request sees the file's monitors
         self.interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        """Restore the saved monitors, load the file, then evaluate on a thread. ``ReceiverServer``
+        calls this before it serves (a first request sees them) and, under ``serve``, after the
+        signal handlers are set (a SIGTERM during the load still stops cleanly)."""
         if self._thread is None:
+            self.engine.restore()
+            if self.watcher is not None:
+                self.watcher.check()
             self._thread = threading.Thread(target=self._run, name="agent_sim-monitors", daemon=True)
             self._thread.start()
 
