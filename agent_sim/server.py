@@ -604,14 +604,20 @@ def _udp_port(value: str) -> int:
     return port
 
 
-def _seconds(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1
-    if not 0 < seconds < math.inf:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a positive number of seconds")
-    return seconds
+def _positive(what: str, cast: Callable[[str], float] = float) -> Callable[[str], float]:
+    """An argparse type: a finite number > 0 (``what`` names it in the error)."""
+    def parse(value: str) -> float:
+        try:
+            number = cast(value)
+        except ValueError:
+            number = -1
+        if not 0 < number < math.inf:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a positive {what}")
+        return number
+    return parse
+
+
+_seconds = _positive("number of seconds")
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -630,8 +636,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--db", default="./agent_sim.db", help="SQLite file, or :memory:")
     p.add_argument("--monitors", metavar="FILE", help="monitors, downtimes and webhooks (Datadog JSON; YAML with "
                    "PyYAML), reloaded on change; see docs/monitors.md")
-    p.add_argument("--retention-traces", type=int, default=100_000)
-    p.add_argument("--retention-hours", type=float, default=24)
+    p.add_argument("--retention-traces", type=_positive("whole number of traces", int), default=100_000)
+    p.add_argument("--retention-hours", type=_positive("number of hours"), default=24)
     p.add_argument("--sample-rate", action="append", default=[], metavar="RATE|SERVICE=RATE",
                    help="rate_by_service answered to tracers (repeatable; default 1.0)")
     add_insight_flags(p)

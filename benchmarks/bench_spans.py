@@ -8,13 +8,17 @@ tags and 1 metric, and reports:
 - app: the app thread's time per span (the loop alone);
 - e2e: the loop plus flush() until the sink has every span.
 
-``ours`` runs the C span code and encoders where they are built;
-``--only ours,ours_py,ddtrace`` adds ours in pure Python (TRACER_PURE_PYTHON).
+The default, 1,000 traces (101,000 spans per run), is sustained load: the
+writer thread encodes and sends while the loop runs, as in a busy app (with
+200 traces, most of its work fell after the loop, into "end to end" only).
 
-A run that does not deliver every span fails. Medians over rounds and
-per-round ratios (ours / peer) are printed.
+``ours`` runs the C span code and encoders where they are built, ``ours_py``
+the pure-Python code (TRACER_PURE_PYTHON). A run fails unless the sink
+received every span, and for ours unless ``tracer.stats()`` shows no drop.
+Medians over rounds and per-round ratios (ours / peer) are printed.
 
-    python benchmarks/bench_spans.py [--rounds 7] [--traces 300]
+    python benchmarks/bench_spans.py [--rounds 7] [--traces 1000] [--only ours,ddtrace]
+    python benchmarks/bench_spans.py --rounds 3 --traces 100,200,300,1000   # sweep: one table row per size
 """
 
 from __future__ import annotations
@@ -62,6 +66,9 @@ def worker_ours(traces: int, sink_url: str) -> tuple[float, float, int]:
     loop = time.perf_counter() - start
     tracer.flush(60)
     e2e = time.perf_counter() - start
+    dropped = {k: v for k, v in tracer.stats().items() if k.startswith("spans_dropped_") and v}
+    if dropped:
+        raise SystemExit(f"ours dropped spans: {dropped}")
     return loop, e2e, 20 * (CHILDREN + 1)
 
 
@@ -128,13 +135,14 @@ WORKERS = {"ours": worker_ours, "ours_py": worker_ours_py, "ddtrace": worker_ddt
 
 def run_worker(name: str, traces: int, sink: Sink) -> dict[str, float]:
     sink.reset()
-    out = subprocess.run(
+    proc = subprocess.run(
         [sys.executable, __file__, "--worker", name, "--traces", str(traces), "--sink", sink.url],
         capture_output=True,
         text=True,
-        check=True,
-    ).stdout
-    result = json.loads(out.strip().splitlines()[-1])
+    )
+    if proc.returncode:
+        raise SystemExit(f"{name}: worker failed: void run\n{proc.stderr[-2000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
     expected = result["warmup_spans"] + traces * (CHILDREN + 1)
     delivered = sink.wait_spans(expected, timeout=30)
     if delivered != expected:
@@ -143,39 +151,83 @@ def run_worker(name: str, traces: int, sink: Sink) -> dict[str, float]:
     return {"app_us": result["loop"] / spans * 1e6, "e2e_us": result["e2e"] / spans * 1e6}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--traces", type=int, default=300)
-    parser.add_argument("--only", default="ours,ddtrace,otel")
-    parser.add_argument("--worker")
-    parser.add_argument("--sink")
-    args = parser.parse_args()
-    if args.worker:
-        loop, e2e, warm = WORKERS[args.worker](args.traces, args.sink)
-        print(json.dumps({"loop": loop, "e2e": e2e, "warmup_spans": warm}))
-        return
-    names = args.only.split(",")
+def measure(names: list[str], traces: int, rounds: int, sink: Sink) -> dict[str, list[dict[str, float]]]:
+    """``rounds`` interleaved rounds of every tracer, ``traces`` traces each."""
     results: dict[str, list[dict[str, float]]] = {n: [] for n in names}
-    with Sink() as sink:
-        for r in range(args.rounds):
-            for name in names:
-                results[name].append(run_worker(name, args.traces, sink))
-            print(f"round {r + 1}/{args.rounds}: " + "  ".join(
-                f"{n} app {results[n][-1]['app_us']:.2f} e2e {results[n][-1]['e2e_us']:.2f}" for n in names
-            ), flush=True)
-    print(f"\nper span, {args.traces} traces x {CHILDREN + 1} spans, {args.rounds} interleaved rounds (medians, us):")
+    for r in range(rounds):
+        for name in names:
+            results[name].append(run_worker(name, traces, sink))
+        print(f"{traces} traces, round {r + 1}/{rounds}: " + "  ".join(
+            f"{n} app {results[n][-1]['app_us']:.2f} e2e {results[n][-1]['e2e_us']:.2f}" for n in names
+        ), flush=True)
+    return results
+
+
+def ratios(results: dict[str, list[dict[str, float]]], own: str, peer: str, key: str) -> list[float]:
+    """Per-round ratios own / peer (the rounds interleave, so each pair ran side by side)."""
+    return [o[key] / p[key] for o, p in zip(results[own], results[peer], strict=True)]
+
+
+def report(results: dict[str, list[dict[str, float]]], traces: int, rounds: int) -> None:
+    names = list(results)
+    print(f"\nper span, {traces} traces x {CHILDREN + 1} spans, {rounds} interleaved rounds (medians, us):")
     print(f"{'tracer':10s} {'app thread':>12s} {'end to end':>12s}")
     for n in names:
         print(f"{n:10s} {median([x['app_us'] for x in results[n]]):12.2f} {median([x['e2e_us'] for x in results[n]]):12.2f}")
-    if "ours" in names:
+    for own in ("ours", "ours_py"):
+        if own not in names:
+            continue
         for peer in names:
-            if peer == "ours":
+            if peer in ("ours", "ours_py"):
                 continue
             for key, label in (("app_us", "app thread"), ("e2e_us", "end to end")):
-                ratios = [o[key] / p[key] for o, p in zip(results["ours"], results[peer], strict=True)]
-                print(f"ours / {peer:8s} {label:11s}: median ratio {median(ratios):.3f} "
-                      f"(min {min(ratios):.3f}, max {max(ratios):.3f})")
+                rs = ratios(results, own, peer, key)
+                print(f"{own} / {peer:8s} {label:11s}: median ratio {median(rs):.3f} "
+                      f"(min {min(rs):.3f}, max {max(rs):.3f})")
+
+
+def sweep_table(rows: list[tuple[int, dict[str, list[dict[str, float]]]]]) -> None:
+    """The sweep's table: medians (us/span) per size and the ratios to ddtrace."""
+    names = list(rows[0][1])
+    head = " | ".join(f"{n} app / e2e" for n in names)
+    peer = "ddtrace" if "ddtrace" in names else None
+    own = [n for n in ("ours", "ours_py") if n in names and peer]
+    extra = "".join(f" | {n} / ddtrace app / e2e" for n in own)
+    print(f"\n| traces | {head}{extra} |")
+    print("|---" * (1 + len(names) + len(own)) + "|")
+    for traces, results in rows:
+        cells = [
+            f"{median([x['app_us'] for x in results[n]]):.2f} / {median([x['e2e_us'] for x in results[n]]):.2f}"
+            for n in names
+        ]
+        for n in own:
+            app, e2e = (median(ratios(results, n, "ddtrace", key)) for key in ("app_us", "e2e_us"))
+            cells.append(f"{app:.3f} / {e2e:.3f}")
+        print(f"| {traces} | " + " | ".join(cells) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--traces", default="1000", help="traces per run; a comma-separated list runs a sweep")
+    parser.add_argument("--only", default="ours,ours_py,ddtrace,otel")
+    parser.add_argument("--worker")
+    parser.add_argument("--sink")
+    args = parser.parse_args()
+    sizes = [int(t) for t in args.traces.split(",")]
+    if args.worker:
+        loop, e2e, warm = WORKERS[args.worker](sizes[0], args.sink)
+        print(json.dumps({"loop": loop, "e2e": e2e, "warmup_spans": warm}))
+        return
+    names = args.only.split(",")
+    rows = []
+    with Sink() as sink:
+        for traces in sizes:
+            rows.append((traces, measure(names, traces, args.rounds, sink)))
+    for traces, results in rows:
+        report(results, traces, args.rounds)
+    if len(sizes) > 1:
+        sweep_table(rows)
 
 
 if __name__ == "__main__":

@@ -28,15 +28,14 @@ from __future__ import annotations
 
 import logging
 import re
-import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote
 
 import wrapt
 
 from tracer import tracer as _tracer
-from tracer._errors import internal_error
+from tracer._errors import Start, finish_span, guarded_wrapper, internal_error, no_pre_work
 from tracer.config import config
 from tracer.context import _active
 
@@ -133,25 +132,62 @@ def _start(info: DBInfo, name: str, sql: Any) -> Any:
     return span
 
 
-def _finish(span: Any, cursor: Any) -> None:
-    try:
-        rowcount = cursor.rowcount
-        if type(rowcount) is int and 0 <= rowcount < _MAX_ROWS:
-            span.metrics["db.row_count"] = rowcount
-    except Exception:
-        internal_error("dbapi.rowcount")
-    try:
-        span.finish()  # even without a row count: an unfinished span loses its trace
-    except Exception:
-        internal_error("dbapi.finish")
+def query_finish(proxy: Any, span: Any, result: Any, exc: BaseException | None) -> Any:
+    """``finish`` of the query templates: the driver's ``rowcount`` (when it
+    knows one) as ``db.row_count``, then the span's end."""
+    if exc is None:
+        try:
+            rowcount = proxy.__wrapped__.rowcount
+            if type(rowcount) is int and 0 <= rowcount < _MAX_ROWS:
+                span.metrics["db.row_count"] = rowcount
+            else:
+                # A type lookup, not the proxy's: this branch runs for every sqlite3 SELECT.
+                defer = type(proxy).defer_finish
+                if defer is not None and defer(proxy, span):
+                    return result  # the cursor ends the span once its rows are read
+        except Exception:
+            internal_error("dbapi.rowcount")  # the span still ends: an unfinished one loses its trace
+    else:
+        span.set_exc_info(type(exc), exc, exc.__traceback__)
+    span.finish()
+    return result
 
 
-def _finish_error(span: Any) -> None:
-    try:
-        span.set_exc_info(*sys.exc_info())
-        span.finish()
-    except Exception:
-        internal_error("dbapi.finish_error")
+def statement_start(sql_kwarg: str | None, comment: bool) -> Start:
+    """``start`` of a traced cursor call whose first argument (or keyword
+    ``sql_kwarg``; None: the connection's ``DBInfo.sql_kwarg``) is the
+    statement; ``comment``: prepend the DBM comment when it is on."""
+
+    def start(proxy: Any, args: tuple, kwargs: dict) -> tuple[Any, tuple, dict]:
+        info = proxy._self_info
+        sql = args[0] if args else kwargs.get(sql_kwarg or info.sql_kwarg or "")
+        span = _start(info, info.query_name, sql)
+        if comment and info.dbm and config.dbm_propagation != "disabled":
+            args, kwargs = _with_comment(info, span, args, kwargs)
+        return span, args, kwargs
+
+    return start
+
+
+def _executemany_start(proxy: Any, args: tuple, kwargs: dict) -> tuple[Any, tuple, dict]:
+    info = proxy._self_info
+    span = _start(info, info.query_name, _sql_arg(info, args, kwargs))
+    # No DBM comment: it would defeat the drivers' multi-row INSERT rewrite.
+    span.meta["sql.executemany"] = "true"
+    return span, args, kwargs
+
+
+_EXECUTE = guarded_wrapper("dbapi.execute", statement_start(None, True), query_finish)
+_EXECUTEMANY = guarded_wrapper("dbapi.executemany", _executemany_start, query_finish)
+
+
+def traced_call(proxy: Any, template: Callable[..., Any], method: str, args: tuple, kwargs: dict) -> Any:
+    """``proxy.__wrapped__.<method>(*args, **kwargs)`` through ``template``
+    (a :func:`guarded_wrapper`); a driver method that returns its own cursor
+    (sqlite3) returns the proxy instead."""
+    wrapped = proxy.__wrapped__
+    result = template(getattr(wrapped, method), proxy, args, kwargs)
+    return proxy if result is wrapped else result
 
 
 def _sql_arg(info: DBInfo, args: tuple, kwargs: dict) -> Any:
@@ -267,36 +303,18 @@ class TracedCursor(wrapt.ObjectProxy):
         super().__init__(cursor)
         self._self_info = info
 
+    #: ``defer_finish(proxy, span) -> bool``, called when the driver does not
+    #: know the row count after a query: True if the cursor keeps ``span`` and
+    #: ends it later (contrib/mysql's streaming cursor); None: end it now.
+    defer_finish: ClassVar[Callable[..., bool] | None] = None
+
     def execute(self, *args: Any, **kwargs: Any) -> Any:
-        wrapped = self.__wrapped__
-        return self._traced(wrapped, wrapped.execute, args, kwargs, False)
+        wrapped = self.__wrapped__  # the bound method below, not by name: the hottest call
+        result = _EXECUTE(wrapped.execute, self, args, kwargs)
+        return self if result is wrapped else result
 
     def executemany(self, *args: Any, **kwargs: Any) -> Any:
-        wrapped = self.__wrapped__
-        return self._traced(wrapped, wrapped.executemany, args, kwargs, True)
-
-    def _traced(self, wrapped: Any, call: Callable[..., Any], args: tuple, kwargs: dict, many: bool) -> Any:
-        info = self._self_info
-        call_args, call_kwargs = args, kwargs
-        try:
-            span = _start(info, info.query_name, args[0] if args else _sql_arg(info, args, kwargs))
-            if many:
-                # No DBM comment: it would defeat the drivers' multi-row INSERT rewrite.
-                span.meta["sql.executemany"] = "true"
-            elif info.dbm and config.dbm_propagation != "disabled":
-                call_args, call_kwargs = _with_comment(info, span, args, kwargs)
-        except Exception:
-            internal_error("dbapi.executemany" if many else "dbapi.execute")
-            result = call(*args, **kwargs)
-            return self if result is wrapped else result
-        try:
-            result = call(*call_args, **call_kwargs)
-        except BaseException:
-            _finish_error(span)
-            raise
-        _finish(span, wrapped)
-        # Drivers that return the cursor itself (sqlite3) must get the proxy back.
-        return self if result is wrapped else result
+        return traced_call(self, _EXECUTEMANY, "executemany", args, kwargs)
 
     # Forwarded by wrapt, ``cursor.fetchall`` costs ~0.45 µs (the proxy's own
     # lookup fails, raising AttributeError, before ``__getattr__`` runs); as
@@ -331,31 +349,26 @@ class _FetchTracing:
         self._self_last_sql = _sql_arg(self._self_info, args, kwargs)
         return super().executemany(*args, **kwargs)  # type: ignore[misc]
 
-    def _fetch(self, method: str, args: tuple, kwargs: dict) -> Any:
-        wrapped = self.__wrapped__
-        fn = getattr(wrapped, method)
-        info = self._self_info
-        try:
-            span = _start(info, f"{info.query_name}.{method}", getattr(self, "_self_last_sql", None))
-        except Exception:
-            internal_error("dbapi.fetch")
-            return fn(*args, **kwargs)
-        try:
-            result = fn(*args, **kwargs)
-        except BaseException:
-            _finish_error(span)
-            raise
-        _finish(span, wrapped)
-        return result
-
+    # Through super(): a cursor type below this mixin sees the fetch too.
     def fetchone(self, *args: Any, **kwargs: Any) -> Any:
-        return self._fetch("fetchone", args, kwargs)
+        return _FETCH["fetchone"](super().fetchone, self, args, kwargs)  # type: ignore[misc]
 
     def fetchmany(self, *args: Any, **kwargs: Any) -> Any:
-        return self._fetch("fetchmany", args, kwargs)
+        return _FETCH["fetchmany"](super().fetchmany, self, args, kwargs)  # type: ignore[misc]
 
     def fetchall(self, *args: Any, **kwargs: Any) -> Any:
-        return self._fetch("fetchall", args, kwargs)
+        return _FETCH["fetchall"](super().fetchall, self, args, kwargs)  # type: ignore[misc]
+
+
+def _fetch_start(method: str) -> Start:
+    def start(proxy: Any, args: tuple, kwargs: dict) -> tuple[Any, tuple, dict]:
+        info = proxy._self_info
+        return _start(info, f"{info.query_name}.{method}", getattr(proxy, "_self_last_sql", None)), args, kwargs
+
+    return start
+
+
+_FETCH = {m: guarded_wrapper("dbapi." + m, _fetch_start(m), query_finish) for m in ("fetchone", "fetchmany", "fetchall")}
 
 
 def fetch_variant(cursor_type: type) -> type:
@@ -375,36 +388,13 @@ class TracedConnection(wrapt.ObjectProxy):
         self._self_info = info
 
     def cursor(self, *args: Any, **kwargs: Any) -> Any:
-        cursor = self.__wrapped__.cursor(*args, **kwargs)
-        try:
-            return self.cursor_types[1 if config.db_trace_fetch else 0](cursor, self._self_info)
-        except Exception:
-            internal_error("dbapi.cursor")
-            return cursor
-
-    def _end_transaction(self, name: str, method: str, args: tuple, kwargs: dict) -> Any:
-        fn = getattr(self.__wrapped__, method)
-        try:
-            span = _start(self._self_info, name, name)
-        except Exception:
-            internal_error("dbapi." + method)
-            return fn(*args, **kwargs)
-        try:
-            result = fn(*args, **kwargs)
-        except BaseException:
-            _finish_error(span)
-            raise
-        try:
-            span.finish()
-        except Exception:
-            internal_error("dbapi." + method)
-        return result
+        return _CURSOR(self.__wrapped__.cursor, self, args, kwargs)
 
     def commit(self, *args: Any, **kwargs: Any) -> Any:
-        return self._end_transaction(self._self_info.commit_name, "commit", args, kwargs)
+        return _COMMIT(self.__wrapped__.commit, self, args, kwargs)
 
     def rollback(self, *args: Any, **kwargs: Any) -> Any:
-        return self._end_transaction(self._self_info.rollback_name, "rollback", args, kwargs)
+        return _ROLLBACK(self.__wrapped__.rollback, self, args, kwargs)
 
     def __enter__(self) -> Any:
         result = self.__wrapped__.__enter__()
@@ -414,25 +404,31 @@ class TracedConnection(wrapt.ObjectProxy):
 TracedConnection.cursor_types = (TracedCursor, fetch_variant(TracedCursor))
 
 
+def _transaction_start(attr: str) -> Start:
+    def start(proxy: Any, args: tuple, kwargs: dict) -> tuple[Any, tuple, dict]:
+        name = getattr(proxy._self_info, attr)
+        return _start(proxy._self_info, name, name), args, kwargs
+
+    return start
+
+
+def _traced_cursor(proxy: Any, state: None, cursor: Any, exc: BaseException | None) -> Any:
+    return cursor if exc is not None else proxy.cursor_types[1 if config.db_trace_fetch else 0](cursor, proxy._self_info)
+
+
+_CURSOR = guarded_wrapper("dbapi.cursor", no_pre_work, _traced_cursor)
+_COMMIT = guarded_wrapper("dbapi.commit", _transaction_start("commit_name"), finish_span)
+_ROLLBACK = guarded_wrapper("dbapi.rollback", _transaction_start("rollback_name"), finish_span)
+
+
 class TracedMySQLCursor(TracedCursor):
     """MySQL drivers' cursors also have ``callproc`` (resource: the procedure name)."""
 
     def callproc(self, *args: Any, **kwargs: Any) -> Any:
-        wrapped = self.__wrapped__
-        info = self._self_info
-        try:
-            span = _start(info, info.query_name, args[0] if args else kwargs.get("procname"))
-        except Exception:
-            internal_error("dbapi.callproc")
-            result = wrapped.callproc(*args, **kwargs)
-            return self if result is wrapped else result
-        try:
-            result = wrapped.callproc(*args, **kwargs)
-        except BaseException:
-            _finish_error(span)
-            raise
-        _finish(span, wrapped)
-        return self if result is wrapped else result
+        return traced_call(self, _CALLPROC, "callproc", args, kwargs)
+
+
+_CALLPROC = guarded_wrapper("dbapi.callproc", statement_start("procname", False), query_finish)
 
 
 class TracedMySQLConnection(TracedConnection):
@@ -440,11 +436,19 @@ class TracedMySQLConnection(TracedConnection):
 
 
 def traced_mysql_connection(
-    conn: Any, *, component: str, db: Any, user: Any, host: Any, port: Any, sql_kwarg: str = "query"
+    conn: Any,
+    *,
+    component: str,
+    db: Any,
+    user: Any,
+    host: Any,
+    port: Any,
+    sql_kwarg: str = "query",
+    proxy_type: type[TracedMySQLConnection] = TracedMySQLConnection,
 ) -> TracedMySQLConnection:
-    """``conn`` as a traced connection with what every MySQL driver shares:
-    ``mysql.*`` span names, ``db.system=mysql``, the ``TRACER_MYSQL_SERVICE``
-    service and DBM comments."""
+    """``conn`` as a traced connection (``proxy_type``) with what every MySQL
+    driver shares: ``mysql.*`` span names, ``db.system=mysql``, the
+    ``TRACER_MYSQL_SERVICE`` service and DBM comments."""
     info = make_info(
         prefix="mysql",
         system="mysql",
@@ -457,7 +461,7 @@ def traced_mysql_connection(
         sql_kwarg=sql_kwarg,
         dbm=True,
     )
-    return TracedMySQLConnection(conn, info)
+    return proxy_type(conn, info)
 
 
 # -- patching ---------------------------------------------------------------------
@@ -465,14 +469,12 @@ def connect_wrapper(make_proxy: Callable[[Any, tuple, dict], Any]) -> Callable[.
     """A wrapt wrapper for a driver's ``connect``: the driver connects
     (unguarded), then ``make_proxy(conn, args, kwargs)`` wraps the result."""
 
-    def traced_connect(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
-        conn = wrapped(*args, **kwargs)
-        if issubclass(type(conn), TracedConnection):
-            return conn  # already traced (an alias wrapping another alias)
-        try:
-            return make_proxy(conn, args, kwargs)
-        except Exception:
-            internal_error("dbapi.connect")
-            return conn
+    def start(instance: Any, args: tuple, kwargs: dict) -> tuple[Any, tuple, dict]:
+        return (args, kwargs), args, kwargs
 
-    return traced_connect
+    def finish(instance: Any, called: tuple[tuple, dict], conn: Any, exc: BaseException | None) -> Any:
+        if exc is not None or issubclass(type(conn), TracedConnection):
+            return conn  # failed, or already traced (an alias wrapping another alias)
+        return make_proxy(conn, *called)
+
+    return guarded_wrapper("dbapi.connect", start, finish)

@@ -56,18 +56,21 @@ static PyObject *int_0, *int_1, *int_64;
 static PyTypeObject SpanBase_Type;
 
 static inline long long
-perf_counter_ns(void)
+clock_ns(int wall)
 {
-    /* The clock of time.perf_counter_ns(): Python code reads it too (root
-     * spans, start_span), and durations mix the two. */
+    /* The clocks of time.perf_counter_ns() and (wall) time.time_ns(): Python
+     * code reads them too (start_span, the Python root path), and durations
+     * mix the two. */
 #if PY_VERSION_HEX >= 0x030D0000
     PyTime_t t;
-    (void)PyTime_PerfCounterRaw(&t);
+    (void)(wall ? PyTime_TimeRaw(&t) : PyTime_PerfCounterRaw(&t));
     return (long long)t;
 #else
-    return (long long)_PyTime_GetPerfCounter();
+    return (long long)(wall ? _PyTime_GetSystemClock() : _PyTime_GetPerfCounter());
 #endif
 }
+
+#define perf_counter_ns() clock_ns(0)
 
 static int
 Span_traverse(SpanObject *self, visitproc visit, void *arg)
@@ -227,6 +230,31 @@ Span_enter(PyObject *self, PyObject *Py_UNUSED(ignored))
     return Py_NewRef(self);
 }
 
+/* The active span becomes `span`. */
+static int
+set_active(PyObject *span)
+{
+    PyObject *token = PyContextVar_Set(active_var, span);
+    if (token == NULL)
+        return -1;
+    Py_DECREF(token);
+    return 0;
+}
+
+/* next(getattr(trace, name)): trace.starts or trace.finishes (itertools.count). */
+static PyObject *
+next_count(PyObject *trace, PyObject *name)
+{
+    PyObject *counter = PyObject_GetAttr(trace, name);
+    if (counter == NULL)
+        return NULL;
+    PyObject *value = PyIter_Next(counter);
+    Py_DECREF(counter);
+    if (value == NULL && !PyErr_Occurred())
+        PyErr_Format(PyExc_RuntimeError, "trace.%U ended", name);
+    return value;
+}
+
 /* Append the span's record to its trace and send the chunk if it can leave:
  * _Trace.finish_span, for a span whose duration is set. */
 static int
@@ -291,16 +319,9 @@ finish_record_owned(SpanObject *self, PyObject *trace, PyObject *metrics, PyObje
     Py_ssize_t length = PyList_GET_SIZE(finished);
     Py_DECREF(finished);
 
-    PyObject *finishes = PyObject_GetAttr(trace, s_finishes);
-    if (finishes == NULL)
+    PyObject *ordinal = next_count(trace, s_finishes);
+    if (ordinal == NULL)
         return -1;
-    PyObject *ordinal = PyIter_Next(finishes);
-    Py_DECREF(finishes);
-    if (ordinal == NULL) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_RuntimeError, "trace.finishes ended");
-        return -1;
-    }
 
     PyObject *root = PyObject_GetAttr(trace, s_root);
     if (root == NULL) {
@@ -398,11 +419,7 @@ restore_prev(SpanObject *self, int only_if_active)
         if (current != (PyObject *)self)
             return 0;
     }
-    PyObject *token = PyContextVar_Set(active_var, prev);
-    if (token == NULL)
-        return -1;
-    Py_DECREF(token);
-    return 0;
+    return set_active(prev);
 }
 
 /* End the span unless it has ended: duration from the monotonic start, the
@@ -489,6 +506,89 @@ get_ll(PyObject *obj, PyObject *name, long long *out)
     return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
 }
 
+/* random.getrandbits(64) or 1: a span id, or a trace id's low half. */
+static PyObject *
+random_id(void)
+{
+    PyObject *id = PyObject_CallOneArg(getrandbits, int_64);
+    if (id == NULL)
+        return NULL;
+    int zero = PyObject_Not(id);
+    if (zero < 0) {
+        Py_DECREF(id);
+        return NULL;
+    }
+    if (zero)
+        Py_SETREF(id, Py_NewRef(int_1));
+    return id;
+}
+
+/* A new span of `trace` with every field set, not yet counted nor active
+ * (references are new; `resource` falls back to `name`). trace_child and
+ * trace_root share it: the fields Python's Span.__init__ sets. Every
+ * borrowed argument is owned before the first call that may run Python
+ * code (getrandbits, a str subclass's __bool__). */
+static SpanObject *
+new_span(PyObject *trace, PyObject *trace_id, PyObject *parent_id, PyObject *parent, PyObject *name,
+         PyObject *service, PyObject *resource, PyObject *span_type, long long mono, long long start_ns,
+         PyObject *prev)
+{
+    SpanObject *span = (SpanObject *)span_cls->tp_alloc(span_cls, 0);
+    if (span == NULL)
+        return NULL;
+    span->_trace = Py_NewRef(trace);
+    span->trace_id = Py_NewRef(trace_id);
+    span->parent_id = Py_NewRef(parent_id);
+    span->_parent = Py_NewRef(parent);
+    span->name = Py_NewRef(name);
+    span->service = Py_NewRef(service);
+    span->resource = Py_NewRef(resource);
+    span->span_type = Py_NewRef(span_type);
+    span->_prev = Py_NewRef(prev);
+    int has_resource = PyObject_IsTrue(resource);
+    if (has_resource < 0)
+        goto error;
+    if (!has_resource)
+        Py_SETREF(span->resource, Py_NewRef(name));
+    if ((span->span_id = random_id()) == NULL)
+        goto error;
+    if ((span->_mono = PyLong_FromLongLong(mono)) == NULL || (span->start_ns = PyLong_FromLongLong(start_ns)) == NULL)
+        goto error;
+    span->duration_ns = Py_NewRef(Py_None);
+    span->error = Py_NewRef(int_0);
+    if ((span->meta = PyDict_New()) == NULL || (span->metrics = PyDict_New()) == NULL)
+        goto error;
+    return span;
+
+error:
+    Py_DECREF(span);
+    return NULL;
+}
+
+/* The checks trace_child and trace_root start with. */
+static int
+callable_now(const char *fn, Py_ssize_t nargs, Py_ssize_t expected)
+{
+    if (nargs != expected) {
+        PyErr_Format(PyExc_TypeError, "%s() takes %zd arguments (%zd given)", fn, expected, nargs);
+        return -1;
+    }
+    if (span_cls == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "tracer._cspan is not configured");
+        return -1;
+    }
+    return 0;
+}
+
+/* next(trace.starts) */
+static int
+count_start(PyObject *trace)
+{
+    PyObject *started = next_count(trace, s_starts);
+    Py_XDECREF(started); /* only counted */
+    return started == NULL ? -1 : 0;
+}
+
 /* trace_child(name, service, resource, span_type) -> Span | None
  *
  * Tracer.trace() for the common case: start a child of the active span and
@@ -497,14 +597,8 @@ get_ll(PyObject *obj, PyObject *name, long long *out)
 static PyObject *
 trace_child(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 4) {
-        PyErr_Format(PyExc_TypeError, "trace_child() takes 4 arguments (%zd given)", nargs);
+    if (callable_now("trace_child", nargs, 4) < 0)
         return NULL;
-    }
-    if (span_cls == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "tracer._cspan is not configured");
-        return NULL;
-    }
     PyObject *name = args[0], *service = args[1], *resource = args[2], *span_type = args[3];
     long long mono = perf_counter_ns();
     PyObject *parent_obj;
@@ -551,58 +645,20 @@ trace_child(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
     if (get_ll(trace, s_wall_base, &wall_base) < 0 || get_ll(trace, s_mono_base, &mono_base) < 0)
         goto error;
 
-    span = (SpanObject *)span_cls->tp_alloc(span_cls, 0);
-    if (span == NULL)
-        goto error;
-    span->_trace = trace; /* takes the reference */
-    trace = NULL;
-    span->trace_id = Py_NewRef(parent->trace_id);
-    PyObject *span_id = PyObject_CallOneArg(getrandbits, int_64);
-    if (span_id == NULL)
-        goto error;
-    int zero = PyObject_Not(span_id);
-    if (zero < 0) {
-        Py_DECREF(span_id);
-        goto error;
-    }
-    if (zero)
-        Py_SETREF(span_id, Py_NewRef(int_1));
-    span->span_id = span_id;
-    span->parent_id = Py_NewRef(parent->span_id);
-    span->_parent = parent_ref; /* takes the reference */
-    parent_ref = NULL;
-    span->name = Py_NewRef(name);
     int has_service = PyObject_IsTrue(service);
     if (has_service < 0)
         goto error;
-    span->service = Py_NewRef(has_service ? service : parent->service);
-    int has_resource = PyObject_IsTrue(resource);
-    if (has_resource < 0)
+    span = new_span(trace, parent->trace_id, parent->span_id, (PyObject *)parent, name,
+                    has_service ? service : parent->service, resource, span_type, mono,
+                    wall_base + (mono - mono_base), parent_obj);
+    if (span == NULL)
         goto error;
-    span->resource = Py_NewRef(has_resource ? resource : name);
-    span->span_type = Py_NewRef(span_type);
-    if ((span->_mono = PyLong_FromLongLong(mono)) == NULL)
+    Py_CLEAR(trace);
+    Py_CLEAR(parent_ref);
+    Py_CLEAR(parent_obj);
+    /* As Tracer._trace_py: counted, a late start noted, then activated. */
+    if (count_start(span->_trace) < 0)
         goto error;
-    if ((span->start_ns = PyLong_FromLongLong(wall_base + (mono - mono_base))) == NULL)
-        goto error;
-    span->duration_ns = Py_NewRef(Py_None);
-    span->error = Py_NewRef(int_0);
-    if ((span->meta = PyDict_New()) == NULL || (span->metrics = PyDict_New()) == NULL)
-        goto error;
-    span->_prev = parent_obj; /* takes the reference */
-    parent_obj = NULL;
-
-    PyObject *starts = PyObject_GetAttr(span->_trace, s_starts);
-    if (starts == NULL)
-        goto error;
-    PyObject *started = PyIter_Next(starts);
-    Py_DECREF(starts);
-    if (started == NULL) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_RuntimeError, "trace.starts ended");
-        goto error;
-    }
-    Py_DECREF(started);
     PyObject *root_done = PyObject_GetAttr(span->_trace, s_root_done);
     if (root_done == NULL)
         goto error;
@@ -616,10 +672,8 @@ trace_child(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
             goto error;
         Py_DECREF(r);
     }
-    PyObject *token = PyContextVar_Set(active_var, (PyObject *)span);
-    if (token == NULL)
+    if (set_active((PyObject *)span) < 0)
         goto error;
-    Py_DECREF(token);
     return (PyObject *)span;
 
 error:
@@ -628,6 +682,78 @@ error:
     Py_XDECREF(parent_obj);
     Py_XDECREF(span);
     return NULL;
+}
+
+/* trace_root(trace_cls, buffer, name, service, resource, span_type, activate) -> Span | None
+ *
+ * A new trace and its root span: Tracer.trace() without an active span, and
+ * Tracer.start_span() without a parent (a query outside any request). With
+ * `activate` the span becomes the active one, and None is returned when a
+ * span is active already (the caller's Python code decides then). As
+ * Tracer._start_trace for no parent, which stays the statement of the rules:
+ * a change there goes here too. `trace_cls(buffer, trace_id, wall, mono)` is
+ * tracer.buffer._Trace; `service` is already the default if empty. */
+static PyObject *
+trace_root(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    static PyObject *int_96 = NULL;
+    if (callable_now("trace_root", nargs, 7) < 0)
+        return NULL;
+    if (int_96 == NULL && (int_96 = PyLong_FromLong(96)) == NULL)
+        return NULL;
+    long long mono = perf_counter_ns();
+    int activating = PyObject_IsTrue(args[6]);
+    if (activating < 0)
+        return NULL;
+    if (activating) {
+        PyObject *active;
+        if (PyContextVar_Get(active_var, Py_None, &active) < 0)
+            return NULL;
+        if (active != Py_None) {
+            Py_XDECREF(active);
+            Py_RETURN_NONE;
+        }
+        Py_DECREF(active);
+    }
+    long long wall = clock_ns(1);
+    PyObject *trace = NULL, *trace_id = NULL, *wall_obj = NULL, *mono_obj = NULL;
+    SpanObject *span = NULL;
+    /* As ddtrace: upper 32 bits unix seconds, 32 zero bits, 64 random bits. */
+    PyObject *seconds = PyLong_FromLongLong(wall / 1000000000);
+    if (seconds == NULL)
+        return NULL;
+    PyObject *high = PyNumber_Lshift(seconds, int_96);
+    Py_DECREF(seconds);
+    if (high == NULL)
+        return NULL;
+    PyObject *low = random_id();
+    if (low == NULL) {
+        Py_DECREF(high);
+        return NULL;
+    }
+    trace_id = PyNumber_Or(high, low);
+    Py_DECREF(high);
+    Py_DECREF(low);
+    if (trace_id == NULL || (wall_obj = PyLong_FromLongLong(wall)) == NULL ||
+        (mono_obj = PyLong_FromLongLong(mono)) == NULL)
+        goto done;
+    PyObject *trace_args[4] = {args[1], trace_id, wall_obj, mono_obj};
+    if ((trace = PyObject_Vectorcall(args[0], trace_args, 4, NULL)) == NULL)
+        goto done;
+    span = new_span(trace, trace_id, int_0, Py_None, args[2], args[3], args[4], args[5], mono, wall,
+                    activating ? Py_None : not_activated);
+    if (span == NULL)
+        goto done;
+    if (PyObject_SetAttr(trace, s_root, (PyObject *)span) < 0 || count_start(trace) < 0 ||
+        (activating && set_active((PyObject *)span) < 0))
+        Py_CLEAR(span);
+
+done:
+    Py_XDECREF(trace);
+    Py_XDECREF(trace_id);
+    Py_XDECREF(wall_obj);
+    Py_XDECREF(mono_obj);
+    return (PyObject *)span;
 }
 
 static PyObject *
@@ -686,6 +812,8 @@ static PyTypeObject SpanBase_Type = {
 static PyMethodDef module_methods[] = {
     {"trace_child", (PyCFunction)(void (*)(void))trace_child, METH_FASTCALL,
      "trace_child(name, service, resource, span_type): a new active child of the active span, or None."},
+    {"trace_root", (PyCFunction)(void (*)(void))trace_root, METH_FASTCALL,
+     "trace_root(trace_cls, buffer, name, service, resource, span_type, activate): a new root span, or None."},
     {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL, NULL},
     {NULL},
 };

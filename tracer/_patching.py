@@ -1,51 +1,52 @@
 """Integration registry: ``patch_all()``, ``patch()``, ``unpatch()``, ``status()``.
 
-How an integration plugs in (every ``contrib/<name>/`` follows this shape)
---------------------------------------------------------------------------
-``contrib/<name>/patch.py`` defines, at module level:
+How an integration plugs in: one folder, ``contrib/<name>/``
+------------------------------------------------------------
+``contrib/<name>/__init__.py`` declares the integration once, and imports
+nothing but this module (it is read before the library is imported)::
 
-- ``TARGETS``: a tuple of :class:`Target` ``(module, attribute path, wrapper)``,
-  e.g. ``Target("requests.sessions", "Session.send", _traced_send)``. The
-  wrapper has wrapt's signature ``wrapper(wrapped, instance, args, kwargs)``.
-  This one table drives both directions, so unpatch can never drift from patch.
-  (Any table works if each entry starts with ``(module, attribute path)``; the
-  contract suite reads ``TARGETS`` or ``_TARGETS`` to check originals.)
-- ``patch()``: ``patch_targets("<hooks module>", TARGETS)`` (plus any extra
-  set-up); ``unpatch()``: ``unpatch_targets("<hooks module>", TARGETS)``.
-  Both MUST be idempotent (the registry calls ``patch()`` whenever asked and
-  relies on it): ``patch_targets`` keeps a marker attribute (``MARKER``) on
-  the hooks module, so patching twice wraps nothing twice, and unpatch
-  restores the exact original objects (identity-equal). The contract suite
-  (``tests/contrib/contract.py``) checks all of this for every integration.
-- ``get_version() -> str``: the installed library version (``dist_version(dist)``
-  or the library's ``__version__``; stdlib integrations return Python's).
-- ``SUPPORTED = ">=2.2,<4"`` (comma-separated ``>= > <= < == !=`` clauses) or a
-  function ``supported(version: str) -> bool``. Neither: every version is
-  supported. Outside the range the registry logs one line and skips.
-- Wrappers follow the one shape: guarded pre-work (``except Exception:
-  internal_error("place")``), the original call unguarded, guarded post-work.
+    INTEGRATION = Integration("requests", hooks_module="requests", dist="requests", supported=">=2.20,<3")
 
-The module may import its library at top level: the registry imports
-``contrib.<name>.patch`` only once the library itself has been imported by
-the app (from a ``wrapt.when_imported`` hook), or from :func:`status` (which
-``tracer-run --info`` calls in its own short-lived process).
+The fields (see :class:`Integration`): the keyword (``patch(requests=True)``,
+``TRACER_PATCH_REQUESTS``); the module whose import triggers patching; the
+distribution whose installed version is checked (None: stdlib, Python's
+version); ``default`` (on in ``patch_all()``, True unless given); the
+supported range (comma-separated ``>= > <= < == !=`` clauses, "" for any);
+``contrib_module``, which holds the patch targets (default
+``contrib.<name>.patch``).
+
+``contrib/<name>/patch.py`` (imported only once the library is) holds the
+patch targets, ``TARGETS``: a tuple of :class:`Target` ``(module, attribute
+path, wrapper)``, e.g. ``Target("requests.sessions", "Session.send", w)``,
+each wrapper built by ``tracer._errors.guarded_wrapper``; and
+``patch, unpatch = integration_functions("<name>")``. This one table drives
+both directions, so unpatch can never drift from patch; the generic
+:func:`patch_integration` checks the installed version against
+``supported`` first (outside it: one warning line, nothing patched), so a
+direct ``contrib.<name>.patch.patch()`` is as safe as the registry's. Both
+are idempotent: ``patch_targets`` keeps a marker attribute (``MARKER``) on
+the hooks module, and unpatch restores the exact original objects. The
+contract suite (``tests/contrib/contract.py``) checks all of it for every
+integration.
 
 The registry
 ------------
-``REGISTRY`` maps the keyword (``patch(flask=True)``, ``TRACER_PATCH_FLASK``)
-to the hooks module, the contrib module and the distribution name used to
-read the installed version without importing the library. A contrib module
-that does not exist or a library that is not installed is skipped silently
-(debug log); an integration that raises while patching is logged once and the
-others proceed. Everything here runs on the caller's thread, or on whichever
-thread imports the library (the hook); nothing here ever raises into the app.
+:func:`registry` (also ``REGISTRY``) finds the declarations by listing the
+``contrib`` package: adding an integration is adding a folder. A contrib
+module that does not exist or a library that is not installed is skipped
+silently (debug log); an integration that raises while patching is logged
+once and the others proceed. Everything here runs on the caller's thread, or
+on whichever thread imports the library (the hook); nothing here ever raises
+into the app.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import logging
+import pkgutil
 import re
 import sys
 import threading
@@ -64,20 +65,62 @@ MARKER = "_tracer_patched"
 
 
 class Integration(NamedTuple):
-    hooks_module: str  # patched when this module is imported
-    contrib_module: str  # holds patch(), unpatch(), get_version(), TARGETS
+    """One integration, declared once in ``contrib/<name>/__init__.py``."""
+
+    name: str  # keyword of patch() and patch_all(); TRACER_PATCH_<NAME>
+    hooks_module: str  # patched when this module is imported; carries MARKER
     dist: str | None  # distribution name for importlib.metadata; None = stdlib
+    default: bool = True  # enabled by patch_all() unless TRACER_PATCH_<NAME> says otherwise
+    supported: str = ""  # version range, e.g. ">=2.2,<4"; "" = every version
+    contrib_module: str = ""  # holds TARGETS (and patch()/unpatch()); default contrib.<name>.patch
+
+    def installed_version(self) -> str | None:
+        """The library's version without importing it (None: not installed);
+        stdlib integrations report Python's."""
+        if self.dist is None:
+            return python_version()
+        return dist_version(self.dist) or None
+
+    def refusal(self, version: str) -> str:
+        """Why ``version`` is not patched ("" when it is supported)."""
+        if self.supported and not version_in_range(version, self.supported):
+            return f"version {version} not supported (supported: {self.supported})"
+        return ""
 
 
-REGISTRY: dict[str, Integration] = {
-    "flask": Integration("flask", "contrib.flask.patch", "Flask"),
-    "requests": Integration("requests", "contrib.requests.patch", "requests"),
-    "futures": Integration("concurrent.futures", "contrib.futures.patch", None),
-    "mysql": Integration("mysql.connector", "contrib.mysql.patch", "mysql-connector-python"),
-    "pymysql": Integration("pymysql", "contrib.pymysql.patch", "PyMySQL"),
-    "mysqldb": Integration("MySQLdb", "contrib.mysqldb.patch", "mysqlclient"),
-    "sqlite3": Integration("sqlite3", "contrib.sqlite3.patch", None),
-}
+_registry: dict[str, Integration] | None = None
+
+
+def registry() -> dict[str, Integration]:
+    """Every declared integration by name, found once: each package
+    ``contrib/<name>/`` whose ``__init__`` defines ``INTEGRATION``. Imports
+    those small modules, never the libraries."""
+    global _registry
+    if _registry is None:
+        found: dict[str, Integration] = {}
+        try:
+            package = importlib.import_module("contrib")
+        except ImportError:
+            package = None
+        for info in pkgutil.iter_modules(getattr(package, "__path__", [])):
+            if not info.ispkg or info.name.startswith("_"):
+                continue
+            try:
+                entry = importlib.import_module(f"contrib.{info.name}").INTEGRATION
+                found[entry.name] = entry._replace(contrib_module=entry.contrib_module or f"contrib.{info.name}.patch")
+            except Exception as exc:
+                internal_error(f"declare.{info.name}", exc)
+        _registry = found
+    return _registry
+
+
+def __getattr__(name: str) -> Any:
+    # ``REGISTRY`` stays a plain module attribute for readers, filled on first
+    # use: contrib's declarations import this module, so reading them at its
+    # own import would be circular.
+    if name == "REGISTRY":
+        return registry()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # -- helpers for contrib modules ------------------------------------------------
@@ -121,21 +164,27 @@ def patch_targets(hooks_module: str, targets: tuple[Target, ...] | list[Target])
     return True
 
 
-def patch_supported(contrib_module: str, hooks_module: str, targets: tuple[Target, ...] | list[Target]) -> bool:
-    """``patch_targets`` after checking the installed version against the
-    contrib module's range (so a direct ``contrib.x.patch.patch()`` call is as
-    safe as the registry's); outside it, one warning and nothing patched."""
-    contrib = sys.modules[contrib_module]
-    version = contrib.get_version()
-    if not check_supported(contrib, version):
-        log.warning(
-            "tracer: not patching %s %s: supported versions are %s",
-            getattr(contrib, "NAME", hooks_module),
-            version,
-            getattr(contrib, "SUPPORTED", "?"),
-        )
+def patch_integration(name: str) -> bool:
+    """Patch integration ``name`` from its declaration: the version check,
+    then its ``TARGETS``. True when it patched; outside the supported range,
+    one warning line (once per version) and False. Imports the library;
+    raises if a target is missing (the registry logs it)."""
+    entry = registry()[name]
+    if _refused(name, entry):
         return False
-    return patch_targets(hooks_module, targets)
+    return patch_targets(entry.hooks_module, importlib.import_module(entry.contrib_module).TARGETS)
+
+
+def unpatch_integration(name: str) -> bool:
+    """Restore every target of integration ``name``; False if it was not patched."""
+    entry = registry()[name]
+    module = sys.modules.get(entry.contrib_module)
+    return module is not None and unpatch_targets(entry.hooks_module, module.TARGETS)
+
+
+def integration_functions(name: str) -> tuple[Callable[[], bool], Callable[[], bool]]:
+    """``patch, unpatch = integration_functions("flask")`` in a ``patch.py``."""
+    return functools.partial(patch_integration, name), functools.partial(unpatch_integration, name)
 
 
 def unpatch_targets(hooks_module: str, targets: tuple[Target, ...] | list[Target]) -> bool:
@@ -172,7 +221,7 @@ def _unwrap_all(targets: list[Target]) -> None:
 def is_patched(name: str) -> bool:
     """True while integration ``name`` is applied in this process (applied by
     the registry, or the hooks module carries ``MARKER``)."""
-    entry = REGISTRY.get(name)
+    entry = registry().get(name)
     if entry is None:
         return False
     if name in _applied:
@@ -242,17 +291,6 @@ def version_in_range(version: str, spec: str) -> bool:
     return True
 
 
-def check_supported(module: Any, version: str) -> bool:
-    """Apply the contrib module's ``supported(version)`` or ``SUPPORTED`` range."""
-    fn = getattr(module, "supported", None)
-    if callable(fn):
-        return bool(fn(version))
-    spec = getattr(module, "SUPPORTED", None)
-    if not spec:
-        return True
-    return version_in_range(version, spec)
-
-
 # -- registry state ----------------------------------------------------------------
 _lock = threading.Lock()
 _wanted: dict[str, bool] = {}  # last decision per integration (patch_all / patch / unpatch)
@@ -271,7 +309,7 @@ def _is_missing(exc: ImportError, module_path: str) -> bool:
 
 
 def _load_contrib(name: str) -> Any | None:
-    entry = REGISTRY[name]
+    entry = registry()[name]
     try:
         return importlib.import_module(entry.contrib_module)
     except ImportError as exc:
@@ -282,26 +320,34 @@ def _load_contrib(name: str) -> Any | None:
         raise
 
 
+def _refused(name: str, entry: Integration) -> bool:
+    """True (after one warning line per version) when the installed version
+    of ``name`` is outside its declared range."""
+    version = entry.installed_version() or ""
+    reason = entry.refusal(version)
+    if not reason:
+        return False
+    _reasons[name] = reason
+    if (name, version) not in _warned_versions:
+        _warned_versions.add((name, version))
+        log.warning("tracer: not patching %s: %s", name, reason)
+    return True
+
+
 def _apply(name: str) -> None:
     """Patch ``name`` now (its library is imported). Never raises."""
     if not _wanted.get(name):
         return
     try:
+        if _refused(name, registry()[name]):
+            return
         module = _load_contrib(name)
         if module is None:
-            return
-        version = str(module.get_version())
-        if not check_supported(module, version):
-            spec = getattr(module, "SUPPORTED", "its supported range")
-            _reasons[name] = f"version {version} not supported (supported: {spec})"
-            if (name, version) not in _warned_versions:
-                _warned_versions.add((name, version))
-                log.warning("tracer: not patching %s: %s", name, _reasons[name])
             return
         module.patch()  # idempotent by contract
         _applied.add(name)
         _reasons.pop(name, None)
-        log.debug("tracer: patched %s %s", name, version)
+        log.debug("tracer: patched %s", name)
     except Exception as exc:
         _reasons[name] = f"failed: {exc!r}"
         internal_error(f"patch.{name}", exc)
@@ -317,7 +363,7 @@ def _on_import(name: str) -> Callable[[Any], None]:
 
 
 def _install(name: str) -> None:
-    entry = REGISTRY[name]
+    entry = registry()[name]
     if entry.hooks_module in sys.modules:
         _apply(name)
         return
@@ -331,11 +377,12 @@ def _install(name: str) -> None:
 
 def _check_names(names: dict[str, bool]) -> dict[str, bool]:
     known = {}
+    declared = registry()
     for key, value in names.items():
-        if key in REGISTRY:
+        if key in declared:
             known[key] = bool(value)
         else:
-            log.warning("tracer: unknown integration %r ignored (known: %s)", key, ", ".join(REGISTRY))
+            log.warning("tracer: unknown integration %r ignored (known: %s)", key, ", ".join(declared))
     return known
 
 
@@ -365,8 +412,8 @@ def patch_all(**overrides: bool) -> None:
 
     _sigterm.install()
     chosen = _check_names(overrides)
-    for name in REGISTRY:
-        enabled = chosen[name] if name in chosen else config.patch_enabled(name)
+    for name, entry in registry().items():
+        enabled = chosen[name] if name in chosen else config.patch_enabled(name, entry.default)
         _wanted[name] = enabled
         if enabled:
             _install(name)
@@ -391,12 +438,12 @@ def unpatch(**integrations: bool) -> None:
     or of every integration when none is named. A pending hook for a library
     not imported yet no longer patches it. Never raises."""
     chosen = _check_names(integrations)
-    names = [n for n, v in chosen.items() if v] if chosen else list(REGISTRY)
+    names = [n for n, v in chosen.items() if v] if chosen else list(registry())
     for name in names:
         _wanted[name] = False
         _reasons[name] = "unpatched"
         # Only a loaded contrib module can have patched anything.
-        module = sys.modules.get(REGISTRY[name].contrib_module)
+        module = sys.modules.get(registry()[name].contrib_module)
         _applied.discard(name)
         if module is None:
             continue
@@ -409,10 +456,7 @@ def unpatch(**integrations: bool) -> None:
 def installed_version(name: str) -> str | None:
     """Version of the library behind ``name`` without importing it; None if
     not installed. Stdlib integrations report Python's version."""
-    entry = REGISTRY[name]
-    if entry.dist is None:
-        return python_version()
-    return dist_version(entry.dist) or None
+    return registry()[name].installed_version()
 
 
 def status() -> dict[str, dict[str, Any]]:
@@ -423,16 +467,16 @@ def status() -> dict[str, dict[str, Any]]:
     Imports contrib modules (which may import their library): meant for
     ``tracer-run --info`` and debugging, not for hot paths."""
     out: dict[str, dict[str, Any]] = {}
-    for name, entry in REGISTRY.items():
-        enabled = _wanted.get(name, config.enabled and config.patch_enabled(name))
-        version = installed_version(name)
+    for name, entry in registry().items():
+        enabled = _wanted.get(name, config.enabled and config.patch_enabled(name, entry.default))
+        version = entry.installed_version()
         supported: bool | None = None
         reason = ""
         if version is None:
             reason = f"not installed ({entry.dist})"
         else:
             try:
-                module = importlib.import_module(entry.contrib_module)
+                importlib.import_module(entry.contrib_module)  # it must load, not only be declared
             except ImportError as exc:
                 if _is_missing(exc, entry.contrib_module):
                     reason = f"integration module {entry.contrib_module} not available"
@@ -441,12 +485,8 @@ def status() -> dict[str, dict[str, Any]]:
             except Exception as exc:
                 reason = f"integration fails to import: {exc!r}"
             else:
-                try:
-                    supported = check_supported(module, version)
-                except Exception as exc:
-                    reason = f"cannot check the version: {exc!r}"
-                if supported is False:
-                    reason = f"version {version} not supported (supported: {getattr(module, 'SUPPORTED', '?')})"
+                reason = entry.refusal(version)
+                supported = not reason
         patched = is_patched(name)
         if not reason and not patched:
             if not config.enabled:

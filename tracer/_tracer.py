@@ -35,6 +35,7 @@ log = logging.getLogger("tracer")
 F = TypeVar("F", bound=Callable[..., Any])
 _new_span = Span.__new__
 _trace_child: Any = _cspan.trace_child if _cspan is not None else None
+_trace_root: Any = _cspan.trace_root if _cspan is not None else None
 
 def default_service() -> str:
     """``TRACER_SERVICE``/``DD_SERVICE``, else the script or module name
@@ -140,6 +141,8 @@ class Tracer:
             next(trace.starts)
             if trace.root_done:
                 trace.start_span_late()
+        elif parent is None and _trace_root is not None:  # a new trace, built in C
+            span = _trace_root(_Trace, self._buffer, name, service or self.service, resource, span_type, False)
         else:
             span = self._start_trace(parent, name, service, resource, span_type, mono)
         if activate:
@@ -254,8 +257,10 @@ class Tracer:
             span_type: str | None = None,
         ) -> Span:
             span: Span | None = _trace_child(name, service, resource, span_type)
-            if span is None:  # no active span (a new trace), or a foreign one
-                span = self._trace_py(name, service, resource, span_type)
+            if span is None:  # no active span: a new trace (in C); or a foreign or finished one
+                span = _trace_root(_Trace, self._buffer, name, service or self.service, resource, span_type, True)
+                if span is None:
+                    span = self._trace_py(name, service, resource, span_type)
             return span
 
     trace.__doc__ = """Start a span as a child of the active one and activate it. Use as a

@@ -78,6 +78,7 @@ class _Trace:
         "mono_base",
         "foreign",
         "remote_parent",
+        "peeks",
     )
 
     def __init__(self, buffer: TraceBuffer, trace_id: int, wall_base: int, mono_base: int) -> None:
@@ -102,10 +103,15 @@ class _Trace:
         self.mono_base = mono_base
         self.foreign = False
         self.remote_parent = False  # continued from propagated headers
+        self.peeks = 0  # reads of `starts` by started_count()
         buffer._live.add(self)
 
     def started_count(self) -> int:
-        return _taken(self.starts)
+        """How many spans of the trace started here. Under ``_flush_lock``
+        only: it reads ``starts`` by advancing it (one ``next()``, ~5 times
+        cheaper than ``_taken``'s repr), and ``peeks`` counts those reads."""
+        self.peeks += 1
+        return next(self.starts) - self.peeks
 
     def start_span_late(self) -> None:
         """A child started after the local root finished: the trace is live again."""
@@ -153,12 +159,16 @@ class _Trace:
             complete = ordinal >= self.started_count()
             if not (root_finished or complete or len(self.finished) >= self.buffer.partial_flush_len):
                 return
-            # Slice then delete: an append racing with us lands past `n` and stays.
-            n = len(self.finished)
-            chunk = self.finished[:n]
-            del self.finished[:n]
             if complete:
+                # Every span of the trace appended its record before taking
+                # its ordinal: nothing can append to this list any more.
+                chunk, self.finished = self.finished, []
                 self.buffer._live.discard(self)
+            else:
+                # Slice then delete: an append racing with us lands past `n` and stays.
+                n = len(self.finished)
+                chunk = self.finished[:n]
+                del self.finished[:n]
         if chunk:
             self.buffer.sink.write(self, chunk)
 

@@ -206,17 +206,6 @@ def _option(
     ``dataclasses.field`` is typed as its value): the class body is the table."""
     return cast(T, Option(env, "", parse, default, doc, fallback, default_doc))
 
-# Integrations and whether patch_all() enables them by default (TRACER_PATCH_<X>).
-INTEGRATIONS: dict[str, bool] = {
-    "flask": True,
-    "requests": True,
-    "futures": True,
-    "mysql": True,
-    "pymysql": True,
-    "mysqldb": True,
-    "sqlite3": True,
-}
-
 _warned: set[str] = set()
 
 
@@ -298,8 +287,9 @@ class Config:
                     f"tracer: ignoring {name}={raw!r}: {exc}; using the default ({shown})",
                 )
 
-    def patch_enabled(self, integration: str) -> bool:
-        """``TRACER_PATCH_<X>`` (or ``DD_TRACE_<X>_ENABLED``), else the table default."""
+    def patch_enabled(self, integration: str, default: bool = False) -> bool:
+        """``TRACER_PATCH_<X>`` (or ``DD_TRACE_<X>_ENABLED``), else ``default``
+        (the integration's declaration, ``contrib/<x>/__init__.py``)."""
         upper = integration.upper()
         for name in (f"TRACER_PATCH_{upper}", f"DD_TRACE_{upper}_ENABLED"):
             raw = self._environ.get(name)
@@ -310,7 +300,7 @@ class Config:
             except ConfigError as exc:
                 _warn_once(f"{name}={raw}", f"tracer: ignoring {name}={raw!r}: {exc}; using the default")
                 break
-        return INTEGRATIONS.get(integration, False)
+        return default
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

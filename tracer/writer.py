@@ -1,8 +1,13 @@
 """The agent writer: hands finished trace chunks to the receiver over HTTP.
 
-App threads call :meth:`AgentWriter.write` (O(1), never blocks, never raises):
-the chunk joins a bounded pending list (bounded in spans) or is dropped and
-counted. One daemon thread, started on the first write, wakes every
+App threads call :meth:`AgentWriter.write` (O(1), never blocks on I/O, never
+raises): the chunk joins a bounded pending list (bounded in spans). When that
+list is full while the receiver is healthy (its last request was answered
+2xx within ``_HEALTHY_SEND`` seconds), the app thread waits for room, at most
+``_ROOM_WAIT`` seconds and once per writer cycle: a thread producing spans
+faster than the receiver takes them is slowed to the receiver's pace instead
+of losing spans. Otherwise (the receiver down, slow or erroring, or the wait
+ran out) the chunk is dropped and counted. One daemon thread, started on the first write, wakes every
 ``TRACER_WRITER_INTERVAL`` seconds or when a batch fills, runs
 ``tracer.processor.process_chunk`` on each chunk, encodes them (v0.4 or v0.5)
 into payloads below the receiver's 25 MiB limit, and PUTs them on one
@@ -44,6 +49,17 @@ MAX_PAYLOAD_BYTES = 25 * 1024 * 1024 - 512 * 1024
 #: (a span with a few tags is ~600 B; the default allows ~42k spans, ~25 MB, which
 #: gives the writer thread ~100 ms of headroom against a fast app on a busy machine).
 _SPAN_BYTES_ESTIMATE = 200
+#: Wake the writer thread once this many spans wait (or at half the queue, if
+#: smaller): a small batch starts the encoding and the request early, while
+#: most of the queue is still free to absorb what the app produces meanwhile.
+_BATCH_SPANS = 4096
+#: Longest wait of an app thread for room in a full queue while the receiver
+#: is healthy (see the module docstring); once per writer cycle. A cycle is
+#: the encoding of a queue's worth of spans plus one request, so this allows
+#: for a request close to _HEALTHY_SEND on a busy machine.
+_ROOM_WAIT = 1.0
+#: The receiver is healthy while its last request was answered 2xx within this.
+_HEALTHY_SEND = 0.5
 _RETRIES = 2  # extra attempts on connection errors, within one cycle
 _LOG_EVERY = 60.0
 
@@ -84,10 +100,7 @@ class AgentWriter:
         self._buffer_bytes = int(config.writer_buffer_bytes)
         self._payload_limit = min(MAX_PAYLOAD_BYTES, self._buffer_bytes)
         self._max_pending_spans = max(100, self._buffer_bytes // _SPAN_BYTES_ESTIMATE)
-        # Wake early only at half the queue: fewer, larger batches cost less in
-        # all (per-cycle and per-request overheads) and interrupt the app's
-        # threads less; the other half absorbs what arrives while it encodes.
-        self._batch_spans = max(50, self._max_pending_spans // 2)
+        self._batch_spans = max(50, min(_BATCH_SPANS, self._max_pending_spans // 2))
         self._headers = {
             "Datadog-Meta-Lang": "python",
             "Datadog-Meta-Lang-Version": platform.python_version(),
@@ -100,6 +113,9 @@ class AgentWriter:
 
     def _init_state(self) -> None:
         self._lock = threading.Lock()  # guards _pending* and _seq (app threads vs writer thread)
+        self._room = threading.Condition(self._lock)  # notified when the writer takes the queue
+        self._healthy = True  # the last request was answered 2xx within _HEALTHY_SEND (or none was made yet)
+        self._congested = False  # a wait for room ran out: drop until the writer takes the queue
         self._start_lock = threading.Lock()
         self._wake = threading.Event()
         self._done = threading.Condition(threading.Lock())
@@ -133,8 +149,9 @@ class AgentWriter:
     def write(self, trace: Any, chunk: list[Any]) -> None:
         """Queue a finished chunk (flat span records, see ``tracer.buffer``)
         of ``trace``. Called on app threads: O(1), never blocks on I/O, never
-        raises; when the queue is full the chunk is dropped and counted
-        (``spans_dropped_queue_full``)."""
+        raises. When the queue is full it waits for room while the receiver
+        is healthy (bounded, see the module docstring), else the chunk is
+        dropped and counted (``spans_dropped_queue_full``)."""
         try:
             if self._thread is None:
                 self._start()
@@ -146,7 +163,7 @@ class AgentWriter:
                 # While the receiver is down, hold a quarter: the writer thread
                 # also holds a drained batch and the encoded backlog then.
                 limit = self._max_pending_spans >> 2 if self._down else self._max_pending_spans
-                if self._pending_spans + n > limit:
+                if self._pending_spans + n > limit and not self._wait_for_room(n, limit):
                     self._counts["spans_dropped_queue_full"] += n
                     return
                 self._pending.append((trace, chunk))
@@ -157,6 +174,27 @@ class AgentWriter:
                 self._wake.set()
         except Exception:
             internal_error("writer.write")
+
+    def _wait_for_room(self, n: int, limit: int) -> bool:
+        """Called with ``_lock`` held and the queue too full for ``n`` more
+        spans: wait (bounded) for the writer to take the queue when the
+        receiver is healthy. True when there is room now."""
+        if (
+            self._down
+            or not self._healthy
+            or self._congested
+            or self._stopped
+            or n > limit
+            or threading.current_thread() is self._thread
+        ):
+            return False
+        self._wake.set()
+        room = self._room.wait_for(
+            lambda: self._pending_spans + n <= limit or self._stopped or self._down, _ROOM_WAIT
+        )
+        if not room:
+            self._congested = True
+        return self._pending_spans + n <= limit and not self._stopped
 
     def _start(self) -> None:
         with self._start_lock:
@@ -205,6 +243,7 @@ class AgentWriter:
         with self._lock:
             self._stopped = True
             self._stopping = True
+            self._room.notify_all()
         self._wake.set()
         if thread is not None and thread is not threading.current_thread():
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -244,6 +283,8 @@ class AgentWriter:
         with self._lock:
             chunks, self._pending = self._pending, []
             self._pending_spans = 0
+            self._congested = False
+            self._room.notify_all()
             return chunks, self._seq - len(chunks)
 
     def _cycle(self) -> None:
@@ -365,6 +406,7 @@ class AgentWriter:
             headers = dict(self._headers)
             headers["X-Datadog-Trace-Count"] = str(payload.traces)
             headers["Content-Length"] = str(len(payload.body))
+            started = time.monotonic()
             try:
                 conn = self._connection()
                 conn.request("PUT", f"/{payload.version}/traces", payload.body, headers)
@@ -373,6 +415,7 @@ class AgentWriter:
                 reply = response.read()
             except TimeoutError:
                 # The receiver is there but slow: do not resend what it may have taken.
+                self._healthy = False
                 self._close()
                 self._log_once_a_minute(f"{self._url} did not answer within {self._timeout}s (TRACER_WRITER_TIMEOUT)")
                 return "send_failed"
@@ -388,7 +431,9 @@ class AgentWriter:
                 self._note_unreachable(exc)
                 return "unreachable"
             self._note_reachable()
-            if 200 <= status < 300:
+            ok = 200 <= status < 300
+            self._healthy = ok and time.monotonic() - started < _HEALTHY_SEND
+            if ok:
                 self._read_rates(reply)
                 return "sent"
             if status in (404, 415) and payload.version == "v0.5":
@@ -419,6 +464,8 @@ class AgentWriter:
         if self._down:
             return
         self._down = True
+        with self._lock:
+            self._room.notify_all()  # app threads waiting for room: drop now
         if not self._warned_down:
             # One clear warning per writer; later outages only show in the drop counts.
             self._warned_down = True

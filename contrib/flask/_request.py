@@ -19,7 +19,7 @@ import tracer as _pkg
 from contrib._http import header_tag_name, redact_url
 from contrib.flask._hooks import Phase, build_plan
 from tracer import propagation
-from tracer._errors import internal_error
+from tracer._errors import guarded_call, internal_error
 from tracer.config import config
 from tracer.context import _active
 from tracer.span import MAX_VALUE_LEN, Span
@@ -303,10 +303,7 @@ def _close_then_end(body: Any, span: Span, started: bool) -> None:
         if close is not None:
             close()
     finally:
-        try:
-            _end(span, started)
-        except Exception:
-            internal_error("flask.response.close")
+        guarded_call("flask.response.close", _end, span, started)
 
 
 class _ClosingBody:
@@ -359,10 +356,7 @@ class _ClosingBody:
         _close_then_end(self._body, self._span, self._it is not None)
 
     def __del__(self) -> None:
-        try:
-            _end(self._span, self._it is not None)
-        except Exception:
-            internal_error("flask.response.dropped")
+        guarded_call("flask.response.dropped", _end, self._span, self._it is not None)
 
 
 class _ClosingFile:
@@ -382,7 +376,4 @@ class _ClosingFile:
         _close_then_end(self._filelike, self._span, False)
 
     def __del__(self) -> None:
-        try:
-            _end(self._span, False)
-        except Exception:
-            internal_error("flask.response.dropped")
+        guarded_call("flask.response.dropped", _end, self._span, False)

@@ -24,24 +24,20 @@ changes what Flask returns or raises.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
+
+from werkzeug.exceptions import HTTPException
 
 import tracer as _pkg
 from contrib.flask import _request
 from contrib.flask._hooks import PHASES, Phase
-from tracer._errors import internal_error
-from tracer._patching import Target, dist_version, patch_targets, unpatch_targets
+from tracer._errors import Start, finish_span, guarded_wrapper, keep_result
+from tracer._patching import Target, integration_functions
 from tracer.context import _active
 
-SUPPORTED = ">=2.2,<4"
-
 _tracer = _pkg.tracer
-_current: Any = None  # ContextVar[RequestState | None], created by patch()
-
-
-def get_version() -> str:
-    """The installed Flask version ("" when Flask is not installed)."""
-    return dist_version("flask")
+_current: ContextVar[Any] = ContextVar("tracer_flask_request", default=None)  # the RequestState
 
 
 # -- traced user functions -------------------------------------------------------
@@ -49,14 +45,13 @@ def get_version() -> str:
 _TRACED_CACHE_MAX = 4096  # functions per phase; apps built per test would grow it forever
 
 
-_http_exception: Any = None  # werkzeug's HTTPException, set by patch()
 
 
 def _is_error(exc: BaseException) -> bool:
     # HTTPException below 500 (abort(404), abort(403), redirects) is Flask's
     # normal control flow, not an error.
     code = getattr(exc, "code", None)
-    return not (type(code) is int and code < 500 and _http_exception is not None and isinstance(exc, _http_exception))
+    return not (type(code) is int and code < 500 and isinstance(exc, HTTPException))
 
 
 def _resource_of(func: Any) -> str:
@@ -67,37 +62,30 @@ def _resource_of(func: Any) -> str:
     return name if name is not None else type(func).__qualname__
 
 
+def _hook_start(name: str, resource: str) -> Start:
+    def start(instance: Any, args: tuple, kwargs: dict) -> tuple[Any, tuple, dict]:
+        span = _tracer.trace(name, None, resource, "web")
+        span.meta["component"] = "flask"
+        return span, args, kwargs
+
+    return start
+
+
+def _hook_finish(instance: Any, span: Any, result: Any, exc: BaseException | None) -> Any:
+    if exc is not None and _is_error(exc):
+        span.set_exc_info(type(exc), exc, exc.__traceback__)
+        state = _current.get()
+        if state is not None:
+            state.exc = exc
+    span.finish()
+    return result
+
+
 def _traced(func: Callable[..., Any], phase: Phase) -> Callable[..., Any]:
-    name = phase.name
-    resource = _resource_of(func)
-    trace = _tracer.trace
-    current = _current
+    wrapper = guarded_wrapper("flask.hook", _hook_start(phase.name, _resource_of(func)), _hook_finish)
 
     def traced_call(*args: Any, **kwargs: Any) -> Any:
-        try:
-            span = trace(name, None, resource, "web")
-            span.meta["component"] = "flask"
-        except Exception:
-            internal_error("flask.hook.start")
-            return func(*args, **kwargs)
-        try:
-            rv = func(*args, **kwargs)
-        except BaseException as exc:
-            try:
-                if _is_error(exc):
-                    span.set_exc_info(type(exc), exc, exc.__traceback__)
-                    state = current.get()
-                    if state is not None:
-                        state.exc = exc
-                span.finish()
-            except Exception:
-                internal_error("flask.hook.error")
-            raise
-        try:
-            span.finish()
-        except Exception:
-            internal_error("flask.hook.finish")
-        return rv
+        return wrapper(func, None, args, kwargs)
 
     traced_call.__wrapped__ = func  # type: ignore[attr-defined]
     return traced_call
@@ -106,132 +94,91 @@ def _traced(func: Callable[..., Any], phase: Phase) -> Callable[..., Any]:
 # -- wrappers ------------------------------------------------------------------
 
 
-def _wsgi_app(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+def _wsgi_start(instance: Any, args: tuple, kwargs: dict) -> tuple[Any, tuple, dict] | None:
     if not _tracer.enabled or len(args) != 2 or kwargs:
-        return wrapped(*args, **kwargs)
+        return None
     environ, start_response = args
-    try:
-        entry = _request.entry_context(_current.get())
-        state = _request.start_request(instance, environ)
-        traced_start_response = _request.wrap_start_response(state, start_response)
-    except Exception:
-        internal_error("flask.wsgi_app.start")
-        return wrapped(environ, start_response)
-    token = _current.set(state)
-    try:
-        body = wrapped(environ, traced_start_response)
-    except BaseException as exc:
-        try:
-            _request.escaped(state, exc)
-        except Exception:
-            internal_error("flask.wsgi_app.error")
-        raise
-    finally:
-        _current.reset(token)
-        # The server's context is given back whatever the app left active
-        # (a span it never finished), so nothing after this request joins it.
-        _active.set(entry)
-    try:
-        return _request.finish_on_close(state, body)
-    except Exception:
-        internal_error("flask.wsgi_app.finish")
-        return body
+    entry = _request.entry_context(_current.get())
+    state = _request.start_request(instance, environ)
+    traced_start_response = _request.wrap_start_response(state, start_response)
+    return (state, _current.set(state), entry), (environ, traced_start_response), kwargs
 
 
-def _handle_exception(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+def _wsgi_finish(instance: Any, started: Any, body: Any, exc: BaseException | None) -> Any:
+    state, token, entry = started
+    _current.reset(token)
+    # The server's context is given back whatever the app left active
+    # (a span it never finished), so nothing after this request joins it.
+    _active.set(entry)
+    if exc is not None:
+        _request.escaped(state, exc)
+        return None
+    return _request.finish_on_close(state, body)
+
+
+def _handle_exception_start(instance: Any, args: tuple, kwargs: dict) -> None:
     # The exception reached Flask's 500 path: it is what the root reports.
-    try:
-        state = _current.get()
-        if state is not None:
-            exc = args[0] if args else kwargs.get("e")
-            if isinstance(exc, BaseException) and _is_error(exc):
-                state.exc = exc
-    except Exception:
-        internal_error("flask.handle_exception")
-    return wrapped(*args, **kwargs)
+    state = _current.get()
+    if state is not None:
+        exc = args[0] if args else kwargs.get("e")
+        if isinstance(exc, BaseException) and _is_error(exc):
+            state.exc = exc
+    return None
 
 
-def _ensure_sync(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-    func = wrapped(*args, **kwargs)
+def _ensure_sync_start(instance: Any, args: tuple, kwargs: dict) -> tuple[Any, tuple, dict] | None:
     state = _current.get()
     if state is None:
-        return func
-    try:
-        if not state.matched:
-            state.match_rule()
-        original = args[0] if args else kwargs.get("func")
-        phase = state.plan.get(original)
-        if phase is None:
-            return func
-        if func is not original:  # async function: Flask made a new sync callable
-            return _traced(func, phase)
-        cache = phase.traced
-        traced = cache.get(func)
-        if traced is None:
-            if len(cache) >= _TRACED_CACHE_MAX:
-                cache.clear()
-            traced = cache[func] = _traced(func, phase)
-        return traced
-    except Exception:
-        internal_error("flask.ensure_sync")
-        return func
+        return None
+    return (state, args[0] if args else kwargs.get("func")), args, kwargs
 
 
-def _render(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-    try:
-        template = args[1] if len(args) > 1 else kwargs.get("template")
-        name = getattr(template, "name", None) or "<string>"
-        span = _tracer.trace("flask.render_template", None, name, "template")
-        span.meta["component"] = "flask"
-        span.meta["flask.template_name"] = name
-    except Exception:
-        internal_error("flask.render_template.start")
-        return wrapped(*args, **kwargs)
-    try:
-        rv = wrapped(*args, **kwargs)
-    except BaseException as exc:
-        try:
-            span.set_exc_info(type(exc), exc, exc.__traceback__)
-            span.finish()
-        except Exception:
-            internal_error("flask.render_template.error")
-        raise
-    try:
-        span.finish()
-    except Exception:
-        internal_error("flask.render_template.finish")
-    return rv
+def _ensure_sync_finish(instance: Any, started: Any, func: Any, exc: BaseException | None) -> Any:
+    if exc is not None:
+        return None
+    state, original = started
+    if not state.matched:
+        state.match_rule()
+    phase = state.plan.get(original)
+    if phase is None:
+        return func
+    if func is not original:  # async function: Flask made a new sync callable
+        return _traced(func, phase)
+    cache = phase.traced
+    traced = cache.get(func)
+    if traced is None:
+        if len(cache) >= _TRACED_CACHE_MAX:
+            cache.clear()
+        traced = cache[func] = _traced(func, phase)
+    return traced
+
+
+def _render_start(instance: Any, args: tuple, kwargs: dict) -> tuple[Any, tuple, dict]:
+    template = args[1] if len(args) > 1 else kwargs.get("template")
+    name = getattr(template, "name", None) or "<string>"
+    span = _tracer.trace("flask.render_template", None, name, "template")
+    span.meta["component"] = "flask"
+    span.meta["flask.template_name"] = name
+    return span, args, kwargs
 
 
 # -- the table -------------------------------------------------------------------
 
 # What patch() wraps and unpatch() restores.
 TARGETS: tuple[Target, ...] = (
-    Target("flask.app", "Flask.wsgi_app", _wsgi_app),
-    Target("flask.app", "Flask.ensure_sync", _ensure_sync),
-    Target("flask.app", "Flask.handle_exception", _handle_exception),
-    Target("flask.templating", "_render", _render),
+    Target("flask.app", "Flask.wsgi_app", guarded_wrapper("flask.wsgi_app", _wsgi_start, _wsgi_finish)),
+    Target("flask.app", "Flask.ensure_sync", guarded_wrapper("flask.ensure_sync", _ensure_sync_start, _ensure_sync_finish)),
+    Target("flask.app", "Flask.handle_exception", guarded_wrapper("flask.handle_exception", _handle_exception_start, keep_result)),
+    Target("flask.templating", "_render", guarded_wrapper("flask.render_template", _render_start, finish_span)),
 )
 
 
-def patch() -> bool:
-    """Wrap every target once (a second call does nothing); True when it
-    patched. Called by the patch registry (``tracer.patch(flask=True)``)
-    once ``flask`` is imported; imports the Flask submodules it wraps."""
-    global _current, _http_exception
-    if _current is None:
-        from contextvars import ContextVar
-
-        _current = ContextVar("tracer_flask_request", default=None)
-    from werkzeug.exceptions import HTTPException
-
-    _http_exception = HTTPException
-    return patch_targets("flask", TARGETS)
+patch, _unpatch = integration_functions("flask")
 
 
 def unpatch() -> bool:
     """Restore the exact originals; True when it unpatched."""
-    done = unpatch_targets("flask", TARGETS)
+    done = _unpatch()
     for phase in PHASES:
         phase.traced.clear()
     return done

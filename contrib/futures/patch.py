@@ -10,31 +10,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from tracer._errors import internal_error
-from tracer._patching import Target, patch_targets, python_version, unpatch_targets
+from tracer._errors import guarded_wrapper, keep_result
+from tracer._patching import Target, integration_functions
 from tracer.context import wrap_context
 
 
-def get_version() -> str:
-    return python_version()
-
-
-def _submit(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-    try:
-        if args:
-            args = (wrap_context(args[0]), *args[1:])
-    except Exception:
-        internal_error("futures.submit")
-    return wrapped(*args, **kwargs)
+def _submit_start(instance: Any, args: tuple, kwargs: dict) -> tuple[None, tuple, dict] | None:
+    if not args:
+        return None
+    return None, (wrap_context(args[0]), *args[1:]), kwargs
 
 
 # concurrent.futures exposes ThreadPoolExecutor lazily; the class lives here.
-TARGETS = (Target("concurrent.futures.thread", "ThreadPoolExecutor.submit", _submit),)
+TARGETS = (Target("concurrent.futures.thread", "ThreadPoolExecutor.submit", guarded_wrapper("futures.submit", _submit_start, keep_result)),)
 
 
-def patch() -> None:
-    patch_targets("concurrent.futures", TARGETS)
-
-
-def unpatch() -> None:
-    unpatch_targets("concurrent.futures", TARGETS)
+patch, unpatch = integration_functions("futures")

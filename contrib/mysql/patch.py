@@ -2,20 +2,104 @@
 
 from __future__ import annotations
 
-import importlib
+import time
+from collections.abc import Iterator
 from typing import Any
 
 from contrib import _dbapi
-from tracer._patching import Target, patch_supported, unpatch_targets
-
-SUPPORTED = ">=8.0"
-NAME = "mysql"
+from tracer._errors import guarded_call
+from tracer._patching import Target, integration_functions
 
 
-def get_version() -> str:
-    # From sys.modules: the post-import hook runs before the "mysql" package
-    # has its "connector" attribute, so "mysql.connector.__version__" fails there.
-    return str(importlib.import_module("mysql.connector").__version__)
+class TracedConnectorCursor(_dbapi.TracedMySQLCursor):
+    """mysql-connector's default cursor is unbuffered: after a ``SELECT``
+    its ``rowcount`` is -1 until the rows are read (PyMySQL's and
+    mysqlclient's default cursors are buffered and know it at once). So the
+    query span keeps ``execute``'s duration but is handed to its trace only
+    when the rows are read to the end (then with ``db.row_count``), or, with
+    no count, when the cursor runs its next statement, is closed, or is
+    garbage-collected. Costs one attribute read per fetch."""
+
+    _self_pending: tuple[Any, int] | None = None  # (span, end ns) while rows are unread
+
+    def _keep_until_read(self, span: Any) -> bool:
+        unread = getattr(self.__wrapped__, "_have_unread_result", None)
+        if self._self_pending is not None or unread is None or not unread():
+            return False
+        self._self_pending = (span, time.time_ns())
+        return True
+
+    defer_finish = _keep_until_read
+
+    def _settle(self, read_to_end: bool) -> None:
+        """End the pending span; ``read_to_end``: only if no row is left unread."""
+        if self._self_pending is not None:
+            guarded_call("mysql.settle", _end_pending, self, read_to_end)
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        self._settle(False)
+        return super().execute(*args, **kwargs)
+
+    def executemany(self, *args: Any, **kwargs: Any) -> Any:
+        self._settle(False)
+        return super().executemany(*args, **kwargs)
+
+    def callproc(self, *args: Any, **kwargs: Any) -> Any:
+        self._settle(False)
+        return super().callproc(*args, **kwargs)
+
+    def fetchone(self, *args: Any, **kwargs: Any) -> Any:
+        row = super().fetchone(*args, **kwargs)
+        if self._self_pending is not None:
+            self._settle(True)
+        return row
+
+    def fetchmany(self, *args: Any, **kwargs: Any) -> Any:
+        rows = super().fetchmany(*args, **kwargs)
+        if self._self_pending is not None:
+            self._settle(True)
+        return rows
+
+    def fetchall(self, *args: Any, **kwargs: Any) -> Any:
+        rows = super().fetchall(*args, **kwargs)
+        if self._self_pending is not None:
+            self._settle(True)
+        return rows
+
+    def __iter__(self) -> Iterator[Any]:
+        # The driver's own iteration is iter(self.fetchone, None) on itself,
+        # out of the proxy's reach; this one reads the same rows, without
+        # fetch spans, and ends the query span after the last.
+        yield from iter(self.__wrapped__.fetchone, None)
+        self._settle(True)
+
+    def close(self, *args: Any, **kwargs: Any) -> Any:
+        self._settle(False)
+        return self.__wrapped__.close(*args, **kwargs)
+
+    def __exit__(self, *exc_info: Any) -> Any:
+        self._settle(False)
+        return self.__wrapped__.__exit__(*exc_info)
+
+    def __del__(self) -> None:
+        self._settle(False)
+
+
+def _end_pending(proxy: TracedConnectorCursor, read_to_end: bool) -> None:
+    cursor = proxy.__wrapped__
+    unread = cursor._have_unread_result()
+    if unread and read_to_end:
+        return
+    span, end_ns = proxy._self_pending  # type: ignore[misc]
+    proxy._self_pending = None
+    rowcount = cursor.rowcount
+    if not unread and type(rowcount) is int and rowcount >= 0:
+        span.metrics["db.row_count"] = rowcount
+    span.finish(end_ns)
+
+
+class TracedConnectorConnection(_dbapi.TracedMySQLConnection):
+    cursor_types = (TracedConnectorCursor, _dbapi.fetch_variant(TracedConnectorCursor))
 
 
 def _proxy(conn: Any, args: tuple, kwargs: dict) -> Any:
@@ -28,6 +112,7 @@ def _proxy(conn: Any, args: tuple, kwargs: dict) -> Any:
         host=getattr(conn, "server_host", None) or kwargs.get("host"),
         port=getattr(conn, "server_port", None) or kwargs.get("port"),
         sql_kwarg="operation",
+        proxy_type=TracedConnectorConnection,
     )
 
 
@@ -38,11 +123,4 @@ TARGETS = (
 )
 
 
-def patch() -> bool:
-    """Wrap the targets (idempotent); False if the version is unsupported or
-    nothing changed. Imports ``mysql.connector``."""
-    return patch_supported(__name__, "mysql.connector", TARGETS)
-
-
-def unpatch() -> bool:
-    return unpatch_targets("mysql.connector", TARGETS)
+patch, unpatch = integration_functions("mysql")

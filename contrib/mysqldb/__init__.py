@@ -5,3 +5,7 @@ are the same factory function in MySQLdb) return traced connections
 untouched: instantiating it directly is not traced.
 Nothing is re-exported here, so ``contrib.mysqldb.patch`` stays the module.
 """
+
+from tracer._patching import Integration
+
+INTEGRATION = Integration("mysqldb", hooks_module="MySQLdb", dist="mysqlclient", supported=">=2.0")

@@ -5,18 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from contrib import _dbapi
-from tracer._patching import Target, patch_supported, unpatch_targets
+from tracer._patching import Target, integration_functions
 
-SUPPORTED = ">=2.0"
-NAME = "mysqldb"
 # MySQLdb.connect(host, user, passwd, db, port, ...): the positional order.
 _POSITIONAL = ("host", "user", "passwd", "db", "port")
-
-
-def get_version() -> str:
-    import MySQLdb
-
-    return ".".join(str(p) for p in MySQLdb.version_info[:3])
 
 
 def _proxy(conn: Any, args: tuple, kwargs: dict) -> Any:
@@ -42,11 +34,4 @@ TARGETS = (
 )
 
 
-def patch() -> bool:
-    """Wrap the targets (idempotent); False if the version is unsupported or
-    nothing changed. Imports ``MySQLdb``."""
-    return patch_supported(__name__, "MySQLdb", TARGETS)
-
-
-def unpatch() -> bool:
-    return unpatch_targets("MySQLdb", TARGETS)
+patch, unpatch = integration_functions("mysqldb")

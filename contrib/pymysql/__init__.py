@@ -6,3 +6,7 @@ alias ``pymysql.Connect`` return traced connections (``contrib._dbapi``).
 calling the class directly are not traced.
 Nothing is re-exported here, so ``contrib.pymysql.patch`` stays the module.
 """
+
+from tracer._patching import Integration
+
+INTEGRATION = Integration("pymysql", hooks_module="pymysql", dist="PyMySQL", supported=">=1.0")

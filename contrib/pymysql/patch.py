@@ -5,16 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from contrib import _dbapi
-from tracer._patching import Target, patch_supported, unpatch_targets
-
-SUPPORTED = ">=1.0"
-NAME = "pymysql"
-
-
-def get_version() -> str:
-    import pymysql
-
-    return str(pymysql.__version__)
+from tracer._patching import Target, integration_functions
 
 
 def _proxy(conn: Any, args: tuple, kwargs: dict) -> Any:
@@ -38,11 +29,4 @@ TARGETS = (
 )
 
 
-def patch() -> bool:
-    """Wrap the targets (idempotent); False if the version is unsupported or
-    nothing changed. Imports ``pymysql``."""
-    return patch_supported(__name__, "pymysql", TARGETS)
-
-
-def unpatch() -> bool:
-    return unpatch_targets("pymysql", TARGETS)
+patch, unpatch = integration_functions("pymysql")

@@ -11,21 +11,14 @@ propagates unchanged. Calls to the configured receiver and calls made inside
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from contrib._http import is_untraced, redact_url, set_header_tags
 from tracer import propagation
 from tracer import tracer as _tracer
-from tracer._errors import internal_error
-from tracer._patching import Target, dist_version, patch_targets, unpatch_targets
+from tracer._errors import finish_span, guarded_wrapper
+from tracer._patching import Target, integration_functions
 from tracer.config import config
-
-SUPPORTED = ">=2.20,<3"
-
-
-def get_version() -> str:
-    return dist_version("requests")
 
 
 def _split(url: str) -> tuple[str, int, str]:
@@ -74,7 +67,8 @@ def _to_receiver(url: str) -> bool:
     return url.startswith(agent) and url[len(agent) : len(agent) + 1] in ("", "/", "?")
 
 
-def _start_span(request: Any) -> Any:
+def _start_span(instance: Any, args: tuple, kwargs: dict) -> tuple[Any, tuple, dict] | None:
+    request: Any = args[0] if args else kwargs.get("request")
     url = request.url or ""
     if not _tracer.enabled or is_untraced() or _to_receiver(url):
         return None
@@ -93,50 +87,21 @@ def _start_span(request: Any) -> Any:
     if headers is not None:
         propagation.inject(span, headers)
         set_header_tags(span, headers, "request")
-    return span
+    return span, args, kwargs
 
 
-def _finish_span(span: Any, response: Any) -> None:
-    status = getattr(response, "status_code", None)
-    if status is not None:
-        span.meta["http.status_code"] = str(status)
-        if status >= 500:
-            span.error = 1
-    set_header_tags(span, getattr(response, "headers", None), "response")
-    span.finish()
+def _finish_span(instance: Any, span: Any, response: Any, exc: BaseException | None) -> Any:
+    if exc is None:
+        status = getattr(response, "status_code", None)
+        if status is not None:
+            span.meta["http.status_code"] = str(status)
+            if status >= 500:
+                span.error = 1
+        set_header_tags(span, getattr(response, "headers", None), "response")
+    return finish_span(instance, span, response, exc)
 
 
-def _traced_send(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-    span = None
-    try:
-        request = args[0] if args else kwargs.get("request")
-        span = _start_span(request)
-    except Exception:
-        internal_error("requests.send.start")
-    if span is None:
-        return wrapped(*args, **kwargs)
-    try:
-        response = wrapped(*args, **kwargs)
-    except BaseException:
-        try:
-            span.set_exc_info(*sys.exc_info())
-            span.finish()
-        except Exception:
-            internal_error("requests.send.error")
-        raise
-    try:
-        _finish_span(span, response)
-    except Exception:
-        internal_error("requests.send.finish")
-    return response
+TARGETS = (Target("requests.sessions", "Session.send", guarded_wrapper("requests.send", _start_span, _finish_span)),)
 
 
-TARGETS = (Target("requests.sessions", "Session.send", _traced_send),)
-
-
-def patch() -> None:
-    patch_targets("requests", TARGETS)
-
-
-def unpatch() -> None:
-    unpatch_targets("requests", TARGETS)
+patch, unpatch = integration_functions("requests")

@@ -10,3 +10,8 @@ What cannot be transparent: C functions that type-check a connection
 code, so that commit has no span.
 Nothing is re-exported here, so ``contrib.sqlite3.patch`` stays the module.
 """
+
+from tracer._patching import Integration
+
+# The range is Python's version: sqlite3 is part of the standard library.
+INTEGRATION = Integration("sqlite3", hooks_module="sqlite3", dist=None, supported=">=3.8")

@@ -6,35 +6,18 @@ import os
 from typing import Any
 
 from contrib import _dbapi
-from tracer._errors import internal_error
-from tracer._patching import Target, patch_supported, python_version, unpatch_targets
+from tracer._errors import guarded_wrapper
+from tracer._patching import Target, integration_functions
 from tracer.config import config
 
-SUPPORTED = ">=3.8"  # Python's version: sqlite3 is part of the standard library
-NAME = "sqlite3"
-
-
-def get_version() -> str:
-    return python_version()
+_EXECUTESCRIPT = guarded_wrapper(
+    "sqlite3.executescript", _dbapi.statement_start("sql_script", False), _dbapi.query_finish
+)
 
 
 class TracedSQLiteCursor(_dbapi.TracedCursor):
     def executescript(self, *args: Any, **kwargs: Any) -> Any:
-        wrapped = self.__wrapped__
-        info = self._self_info
-        try:
-            span = _dbapi._start(info, info.query_name, args[0] if args else kwargs.get("sql_script"))
-        except Exception:
-            internal_error("sqlite3.executescript")
-            result = wrapped.executescript(*args, **kwargs)
-            return self if result is wrapped else result
-        try:
-            result = wrapped.executescript(*args, **kwargs)
-        except BaseException:
-            _dbapi._finish_error(span)
-            raise
-        _dbapi._finish(span, wrapped)
-        return self if result is wrapped else result
+        return _dbapi.traced_call(self, _EXECUTESCRIPT, "executescript", args, kwargs)
 
     # A sqlite3 cursor is its own iterator: keep iteration on the proxy.
     def __iter__(self) -> Any:
@@ -98,10 +81,4 @@ TARGETS = (
 )
 
 
-def patch() -> bool:
-    """Wrap the targets (idempotent); False if nothing changed."""
-    return patch_supported(__name__, "sqlite3", TARGETS)
-
-
-def unpatch() -> bool:
-    return unpatch_targets("sqlite3", TARGETS)
+patch, unpatch = integration_functions("sqlite3")

@@ -333,3 +333,14 @@ def test_bad_sample_rate_is_one_line_and_exit_2(args: list[str]) -> None:
     bad = args[-1]
     expected = "rate must be within 0..1" if bad == "2" else "expected RATE or service=RATE"
     assert proc.stderr == f"agent-sim: --sample-rate {bad!r}: {expected}\n"
+
+
+@pytest.mark.parametrize(("flag", "value", "what"), [("--retention-hours", "-1", "number of hours"),
+                                                     ("--retention-hours", "nan", "number of hours"),
+                                                     ("--retention-traces", "0", "whole number of traces"),
+                                                     ("--retention-traces", "1.5", "whole number of traces")])
+def test_bad_retention_is_one_line_and_exit_2(flag: str, value: str, what: str) -> None:
+    proc = run_cli("serve", flag, value, "--port", str(free_port()), "--db", ":memory:", "--statsd-port", "0")
+    assert (proc.returncode, proc.stdout) == (2, ""), proc.stderr
+    # argparse's usage, then its one error line naming the flag and the value
+    assert proc.stderr.splitlines()[-1].endswith(f"error: argument {flag}: {value!r} is not a positive {what}")

@@ -136,16 +136,14 @@ def test_connect_failure_is_the_drivers(tmp_path: Any, test_spans: Any) -> None:
 
 
 def test_supported_ranges_and_version_strings() -> None:
-    from contrib.mysql import patch as mysql_patch
-    from contrib.mysqldb import patch as mysqldb_patch
-    from contrib.pymysql import patch as pymysql_patch
-    from tracer._patching import version_in_range
+    from tracer._patching import registry, version_in_range
 
-    assert version_in_range("8.0.33", mysql_patch.SUPPORTED)
-    assert not version_in_range("2.1.7", mysql_patch.SUPPORTED)
-    assert version_in_range("1.0.2", pymysql_patch.SUPPORTED)
-    assert not version_in_range("0.10.1", pymysql_patch.SUPPORTED)
-    assert version_in_range("2.0.0", mysqldb_patch.SUPPORTED)
-    assert not version_in_range("1.4.6", mysqldb_patch.SUPPORTED)
-    for module in (mysql_patch, pymysql_patch, mysqldb_patch):
-        assert version_in_range(module.get_version(), module.SUPPORTED)
+    mysql, pymysql, mysqldb = (registry()[name] for name in ("mysql", "pymysql", "mysqldb"))
+    assert version_in_range("8.0.33", mysql.supported)
+    assert not version_in_range("2.1.7", mysql.supported)
+    assert version_in_range("1.0.2", pymysql.supported)
+    assert not version_in_range("0.10.1", pymysql.supported)
+    assert version_in_range("2.0.0", mysqldb.supported)
+    assert not version_in_range("1.4.6", mysqldb.supported)
+    for entry in (mysql, pymysql, mysqldb):
+        assert version_in_range(entry.installed_version() or "", entry.supported)

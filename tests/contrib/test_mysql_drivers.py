@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from contrib._dbapi import TracedMySQLConnection, TracedMySQLCursor
 from tests.contrib.apps.flask_helpers import patched_for_module
 from tests.contrib.contract import IntegrationContract
 from tests.mariadb import MariaDBInfo
@@ -184,10 +186,10 @@ def spans_named(sink: Any, name: str = "mysql.query") -> list[Any]:
 
 # -- the proxies are transparent -------------------------------------------------------
 def test_connect_returns_traced_connection_that_passes_isinstance(driver: Driver, conn: Any) -> None:
-    assert type(conn).__name__ == "TracedMySQLConnection"
+    assert issubclass(type(conn), TracedMySQLConnection)
     assert isinstance(conn, driver.conn_class)
     cur = conn.cursor()
-    assert type(cur).__name__ == "TracedMySQLCursor"
+    assert issubclass(type(cur), TracedMySQLCursor)
     assert isinstance(cur, driver.cursor_class)
     cur.close()
 
@@ -214,14 +216,11 @@ def test_create_insert_select_spans_with_every_tag(driver: Driver, conn: Any, ta
         assert span.error == 0
         assert span.meta == expected_meta(driver, mariadb)
         assert span.parent_id == 0
-    # mysql.connector's default cursor is unbuffered: a SELECT's row count is
-    # unknown when execute() returns, so the tag is left out.
-    select_rows = None if driver.keyword == "mysql" else 2
+    # mysql.connector's default cursor is unbuffered: its SELECT span gets
+    # the count once the rows are read (TracedConnectorCursor).
     assert [s.metrics for s in spans] == [
         {"_dd.measured": 1, "network.destination.port": mariadb.port, "db.row_count": n, "_dd.top_level": 1}
-        if n is not None
-        else {"_dd.measured": 1, "network.destination.port": mariadb.port, "_dd.top_level": 1}
-        for n in (1, 1, select_rows)
+        for n in (1, 1, 2)
     ]
     # Parameters are never recorded, anywhere.
     for span in test_spans.spans:
@@ -347,11 +346,82 @@ def test_special_cursors(driver: Driver, conn: Any, table: str, test_spans: Any)
             assert tuple(first) == (1, "a"), kind
         (span,) = spans_named(test_spans)
         assert span.resource == f"SELECT id, name FROM {table} ORDER BY id", kind
-        # Buffered cursors know the count when execute returns; unbuffered
-        # (server-side) ones do not know it yet and must not invent one.
-        buffered = kind in _BUFFERED_CURSORS
-        assert span.metrics.get("db.row_count") == (3 if buffered else None), kind
+        # Buffered cursors know the count when execute returns; mysql.connector's
+        # unbuffered ones once the rows are read; PyMySQL's and mysqlclient's
+        # server-side (SS) cursors do not say, and no count is invented.
+        counted = kind in _BUFFERED_CURSORS or driver.keyword == "mysql"
+        assert span.metrics.get("db.row_count") == (3 if counted else None), kind
         cur.close()
+
+
+# -- mysql.connector's unbuffered cursor: the row count once the rows are read ----------
+_READS: dict[str, Callable[[Any], list]] = {
+    "fetchall": lambda cur: list(cur.fetchall()),
+    "fetchone": lambda cur: list(iter(cur.fetchone, None)),
+    "fetchmany": lambda cur: cur.fetchmany(2) + cur.fetchmany(2) + cur.fetchmany(2),
+    "iteration": lambda cur: list(cur),
+}
+
+
+@pytest.fixture
+def connector(mariadb: MariaDBInfo, patched: None) -> Iterator[Any]:
+    c = _mysql_connector().connect(mariadb)
+    cur = c.cursor()
+    cur.execute("CREATE TEMPORARY TABLE rows3 (id INT PRIMARY KEY)")
+    cur.execute("INSERT INTO rows3 VALUES (1), (2), (3)")
+    cur.close()
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("read", list(_READS))
+def test_unbuffered_select_gets_the_row_count_once_read(connector: Any, test_spans: Any, read: str) -> None:
+    cur = connector.cursor()  # mysql.connector's default: unbuffered
+    assert type(cur.__wrapped__).__name__ == "MySQLCursor"
+    test_spans.reset()
+    with global_tracer.trace("parent"):
+        cur.execute("SELECT id FROM rows3 ORDER BY id")
+        time.sleep(0.2)  # not part of the query span: it keeps execute()'s duration
+        assert spans_named(test_spans) == []  # rows unread: not handed over yet
+        assert [tuple(row) for row in _READS[read](cur)] == [(1,), (2,), (3,)]
+    (span,) = spans_named(test_spans)
+    assert span.metrics["db.row_count"] == 3
+    assert span.duration_ns < 200_000_000
+    (parent,) = spans_named(test_spans, "parent")
+    assert span.parent_id == parent.span_id
+    cur.execute("SELECT id FROM rows3 WHERE id > 5")  # an empty result is a count too
+    assert cur.fetchall() == []
+    assert spans_named(test_spans)[-1].metrics["db.row_count"] == 0
+
+
+@pytest.mark.parametrize("end", ["close", "next statement", "garbage"])
+def test_unbuffered_select_left_unread_ends_without_a_count(
+    connector: Any, mariadb: MariaDBInfo, test_spans: Any, end: str
+) -> None:
+    import mysql.connector
+
+    if end == "next statement":  # mysql.connector then drops unread rows itself
+        connector = _mysql_connector().connect(mariadb, consume_results=True)
+    test_spans.reset()
+    cur = connector.cursor()
+    cur.execute("SELECT 1 UNION SELECT 2 UNION SELECT 3")
+    assert tuple(cur.fetchone()) == (1,)
+    if end == "close":
+        with pytest.raises(mysql.connector.errors.InternalError, match="Unread result"):
+            cur.close()  # the driver's own complaint, passed through unchanged
+    elif end == "next statement":
+        cur.execute("SELECT 1")
+        cur.fetchall()
+    else:
+        del cur  # the proxy's last reference
+    first = spans_named(test_spans)[0]
+    assert first.resource == "SELECT 1 UNION SELECT 2 UNION SELECT 3"
+    assert "db.row_count" not in first.metrics  # 1 of 3 read: no partial count
+    connector.consume_results()
+    if end == "next statement":
+        connector.close()
 
 
 def test_fetch_methods_pass_arguments_and_results_through(
@@ -378,7 +448,7 @@ def test_fetch_methods_pass_arguments_and_results_through(
 
 def test_cursor_context_manager_and_iteration(driver: Driver, conn: Any, table: str, test_spans: Any) -> None:
     with conn.cursor() as cur:
-        assert type(cur).__name__ == "TracedMySQLCursor"
+        assert issubclass(type(cur), TracedMySQLCursor)
         cur.executemany(f"INSERT INTO {table} (id, name) VALUES (%s, %s)", [(1, "a"), (2, "b")])
         test_spans.reset()
         cur.execute(f"SELECT id FROM {table} ORDER BY id")
@@ -394,7 +464,7 @@ def test_cursor_context_manager_and_iteration(driver: Driver, conn: Any, table: 
 
 def test_connection_context_manager(driver: Driver, mariadb: MariaDBInfo, test_spans: Any) -> None:
     with driver.connect(mariadb) as c:
-        assert type(c).__name__ == "TracedMySQLConnection"
+        assert issubclass(type(c), TracedMySQLConnection)
         cur = c.cursor()
         cur.execute("SELECT 1")
         cur.fetchall()
@@ -450,7 +520,8 @@ def test_fetch_spans_when_configured(driver: Driver, conn: Any, test_spans: Any,
     cur.execute("SELECT 1 UNION SELECT 2")
     assert tuple(cur.fetchone()) == (1,)
     assert [tuple(r) for r in cur.fetchall()] == [(2,)]
-    assert [(s.name, s.resource) for s in test_spans.spans] == [
+    # By start: mysql.connector's query span ends once its rows are read.
+    assert [(s.name, s.resource) for s in sorted(test_spans.spans, key=lambda s: s.start_ns)] == [
         ("mysql.query", "SELECT 1 UNION SELECT 2"),
         ("mysql.query.fetchone", "SELECT 1 UNION SELECT 2"),
         ("mysql.query.fetchall", "SELECT 1 UNION SELECT 2"),

@@ -9,7 +9,8 @@ import os
 
 from tests.utils import REPO
 from tracer import _config_doc
-from tracer.config import INTEGRATIONS, OPTIONS, Option
+from tracer._patching import registry
+from tracer.config import OPTIONS, Option
 
 
 def read(name: str) -> str:
@@ -29,7 +30,7 @@ def test_every_variable_is_in_the_reference() -> None:
     doc = read("configuration.md")
     for option in OPTIONS:
         assert f"| `{option.env}` |" in doc
-    for name in INTEGRATIONS:
+    for name in registry():
         assert f"`TRACER_PATCH_{name.upper()}`" in doc
 
 
@@ -55,5 +56,5 @@ def test_migration_guide_names_every_datadog_fallback() -> None:
 
 def test_integrations_page_covers_every_integration() -> None:
     doc = read("integrations.md")
-    for name in INTEGRATIONS:
+    for name in registry():
         assert f"## `{name}`" in doc, name

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from tracer.config import INTEGRATIONS, OPTIONS, Config, config
+from tracer._patching import registry
+from tracer.config import OPTIONS, Config, config
 
 # the package attribute `tracer.config` is the Config object; the module lives in sys.modules
 config_module = importlib.import_module("tracer.config")
@@ -176,16 +177,16 @@ def test_options_without_fallback_ignore_dd_names() -> None:
 
 def test_patch_enabled(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(config_module, "_warned", set())
-    assert all(Config({}).patch_enabled(name) is default for name, default in INTEGRATIONS.items())
-    assert Config({"TRACER_PATCH_FLASK": "false"}).patch_enabled("flask") is False
-    assert Config({"DD_TRACE_SQLITE3_ENABLED": "0"}).patch_enabled("sqlite3") is False
-    assert Config({"TRACER_PATCH_MYSQL": "1", "DD_TRACE_MYSQL_ENABLED": "0"}).patch_enabled("mysql") is True
+    assert all(Config({}).patch_enabled(name, entry.default) is entry.default for name, entry in registry().items())
+    assert Config({"TRACER_PATCH_FLASK": "false"}).patch_enabled("flask", True) is False
+    assert Config({"DD_TRACE_SQLITE3_ENABLED": "0"}).patch_enabled("sqlite3", True) is False
+    assert Config({"TRACER_PATCH_MYSQL": "1", "DD_TRACE_MYSQL_ENABLED": "0"}).patch_enabled("mysql", False) is True
     assert Config({}).patch_enabled("nosuchlib") is False
     assert Config({"TRACER_PATCH_NOSUCHLIB": "true"}).patch_enabled("nosuchlib") is True
     with caplog.at_level(logging.WARNING, logger="tracer"):
         bad = Config({"TRACER_PATCH_REQUESTS": "sometimes"})
-        assert bad.patch_enabled("requests") is True
-        assert bad.patch_enabled("requests") is True
+        assert bad.patch_enabled("requests", True) is True
+        assert bad.patch_enabled("requests", True) is True
     (message,) = warnings_of(caplog)
     assert "TRACER_PATCH_REQUESTS" in message
 

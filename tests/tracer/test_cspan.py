@@ -235,6 +235,73 @@ def test_no_reference_is_leaked_or_lost(test_spans):
     assert after == before
 
 
+def _root_fields(span) -> dict:
+    """What a root span and its trace hold, ids and clocks reduced to their rules."""
+    trace = span._trace
+    fields = {f: getattr(span, f) for f in ("name", "service", "resource", "span_type", "parent_id", "error")}
+    fields.update(
+        parent=span._parent,
+        prev=span._prev,
+        tid_rule=(span.trace_id >> 64 == (span.start_ns // 1_000_000_000) << 32, span.trace_id & (2**64 - 1) != 0),
+        ids=(span.trace_id == trace.trace_id, span.span_id != 0),
+        clocks=(trace.wall_base == span.start_ns, trace.mono_base == span._mono),
+        open=(span.duration_ns, span.meta, span.metrics),
+        trace=(trace.root is span, trace.started_count(), trace.root_done, trace.priority, trace.remote_parent),
+        live=trace in trace.buffer._live,
+        active=tracer.current_span() is span,
+    )
+    return fields
+
+
+def _start_root(how: str, service, resource, span_type):
+    if how == "trace":
+        return tracer.trace("root", service, resource, span_type)
+    return tracer.start_span("root", None, service, resource, span_type, activate=how == "start_span_active")
+
+
+@pytest.mark.parametrize("how", ["trace", "start_span", "start_span_active"])
+@pytest.mark.parametrize(
+    ("service", "resource", "span_type"), [(None, None, None), ("svc", "res", "web"), ("", "", None)]
+)
+def test_root_spans_from_c_match_the_python_root_path(test_spans, how, service, resource, span_type):
+    """``_cspan.trace_root`` (Tracer.trace() without an active span,
+    Tracer.start_span() without a parent) builds what Tracer._start_trace
+    builds for no parent."""
+    tracer_module = sys.modules["tracer._tracer"]
+    span = _start_root(how, service, resource, span_type)
+    built = _root_fields(span)
+    span.finish()
+    saved, tracer_module._trace_root = tracer_module._trace_root, None
+    try:
+        span = tracer._trace_py("root", service, resource, span_type) if how == "trace" else _start_root(how, service, resource, span_type)
+        expected = _root_fields(span)
+        span.finish()
+    finally:
+        tracer_module._trace_root = saved
+    assert built == expected
+    assert expected["service"] == (service or tracer.service)
+    assert [[s.name for s in chunk] for chunk in test_spans.chunks] == [["root"], ["root"]]
+
+
+@pytest.mark.skipif(PURE, reason="the C span code")
+def test_trace_root_leaves_an_active_span_to_the_python_code(test_spans):
+    with tracer.trace("root") as root:
+        assert _cspan.trace_root(type(root._trace), root._trace.buffer, "x", "svc", None, None, True) is None
+        assert tracer.current_span() is root
+
+
+@pytest.mark.skipif(PURE, reason="the C span code")
+def test_root_spans_leak_no_reference(test_spans):
+    name, service, resource, kind = (f"{word}-{id(test_spans)}-root" for word in ("name", "svc", "res", "type"))
+    before = [sys.getrefcount(o) for o in (name, service, resource, kind)]
+    for _ in range(1000):
+        with tracer.trace(name, service, resource, kind):
+            pass
+    test_spans.raw.clear()
+    gc.collect()
+    assert [sys.getrefcount(o) for o in (name, service, resource, kind)] == before
+
+
 def test_import_never_fails_because_of_the_c_modules():
     # A free-threaded build warns (RuntimeWarning) that a C module re-enables
     # the GIL; under -W error that warning is raised from the import. Simulate

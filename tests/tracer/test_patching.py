@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import json
 import logging
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 import wrapt
 
-from tests.utils import run_python
+from tests.utils import REPO, run_python
 from tracer import _errors, _patching
 from tracer._patching import Integration, Target, patch_targets, unpatch_targets, version_in_range
 
@@ -23,19 +24,29 @@ _counter = itertools.count()
 
 @pytest.fixture
 def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """A fake library and its contrib module on disk, registered as an integration."""
+    """A fake library, installed as a real distribution (version 1.2, read by
+    importlib.metadata), and its contrib module on disk, declared as an
+    integration; ``declare(supported=...)`` changes the declared range."""
     n = next(_counter)
     lib, contrib, name = f"tracer_fakelib_{n}", f"tracer_fakecontrib_{n}", f"fake{n}"
     monkeypatch.syspath_prepend(str(tmp_path))
+    dist_info = tmp_path / f"{lib}-1.2.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {lib}\nVersion: 1.2\n")
 
     class Fake:
         def write(self, contrib_body: str, lib_body: str = "def hello():\n    return 'hi'\n") -> None:
             (tmp_path / f"{lib}.py").write_text(lib_body)
-            (tmp_path / f"{contrib}.py").write_text(textwrap.dedent(contrib_body).replace("LIB", lib))
+            body = textwrap.dedent(contrib_body).replace("LIB", lib).replace("NAME", name)
+            (tmp_path / f"{contrib}.py").write_text(body)
+
+        def declare(self, supported: str) -> None:
+            entry = Integration(name, lib, lib, default=True, supported=supported, contrib_module=contrib)
+            monkeypatch.setitem(_patching.registry(), name, entry)
 
     f = Fake()
     f.lib, f.contrib, f.name = lib, contrib, name  # type: ignore[attr-defined]
-    monkeypatch.setitem(_patching.REGISTRY, name, Integration(lib, contrib, None))
+    f.declare(">=1.0")
     yield f
     _patching._wanted.pop(name, None)
     _patching._applied.discard(name)
@@ -44,17 +55,11 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
 
 _GOOD = """
-    from tracer._patching import Target, patch_targets, unpatch_targets
-    SUPPORTED = ">=1.0"
-    def get_version():
-        return "1.2"
+    from tracer._patching import Target, integration_functions
     def _wrap(wrapped, instance, args, kwargs):
         return "traced " + wrapped(*args, **kwargs)
     TARGETS = (Target("LIB", "hello", _wrap),)
-    def patch():
-        patch_targets("LIB", TARGETS)
-    def unpatch():
-        unpatch_targets("LIB", TARGETS)
+    patch, unpatch = integration_functions("NAME")
 """
 
 
@@ -88,13 +93,15 @@ def test_missing_contrib_module_is_skipped_silently(fake: Any, caplog: pytest.Lo
 
 
 def test_unsupported_version_logs_one_line_and_skips(fake: Any, caplog: pytest.LogCaptureFixture) -> None:
-    fake.write(_GOOD.replace('SUPPORTED = ">=1.0"', 'SUPPORTED = ">=2.0,<3"'))
+    fake.write(_GOOD)
+    fake.declare(">=2.0,<3")  # the installed distribution is 1.2
     import importlib
 
     lib = importlib.import_module(fake.lib)
     with caplog.at_level(logging.INFO, logger="tracer"):
         _patching.patch(**{fake.name: True})
         _patching.patch(**{fake.name: True})
+        assert importlib.import_module(fake.contrib).patch() is False  # direct call: checked too
     assert lib.hello() == "hi"
     (record,) = [r for r in caplog.records if fake.name in r.getMessage()]
     assert "1.2 not supported" in record.getMessage() and record.levelno == logging.WARNING
@@ -103,25 +110,39 @@ def test_unsupported_version_logs_one_line_and_skips(fake: Any, caplog: pytest.L
 
 
 @pytest.mark.parametrize(
-    "spec, verdict, expected",
-    [(">=2.0", "version == '1.2'", "traced hi"), (">=1.0", "version != '1.2'", "hi")],
-    ids=["function-accepts-outside-range", "function-rejects-inside-range"],
+    ("name", "library", "attribute"),
+    [("flask", "flask", "Flask.wsgi_app"), ("requests", "requests.sessions", "Session.send")],
 )
-def test_supported_function_is_used_when_present(fake: Any, spec: str, verdict: str, expected: str) -> None:
-    # The function and the range disagree on 1.2: only the function decides.
-    body = _GOOD.replace('SUPPORTED = ">=1.0"', f'SUPPORTED = "{spec}"')
-    fake.write(body + f"\n    def supported(version):\n        return {verdict}\n")
+def test_real_integration_outside_its_declared_range_is_refused_with_one_line(
+    name: str, library: str, attribute: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The real installed library, against a range narrowed to exclude its version:
+    # neither the registry nor a direct contrib.<name>.patch.patch() may patch it.
     import importlib
 
-    lib = importlib.import_module(fake.lib)
-    _patching.patch(**{fake.name: True})
-    assert lib.hello() == expected
-    assert _patching.is_patched(fake.name) is (expected == "traced hi")
-    _patching.unpatch(**{fake.name: True})
+    _patching.unpatch(**{name: True})  # whatever an earlier test left applied
+    entry = _patching.registry()[name]
+    version = entry.installed_version()
+    assert version and entry.refusal(version) == ""  # supported as declared
+    monkeypatch.setitem(_patching.registry(), name, entry._replace(supported=f"<{version}"))
+    monkeypatch.setattr(_patching, "_warned_versions", set())
+    owner, attr = _patching._owner(Target(library, attribute, _tag))
+    before = inspect.getattr_static(owner, attr)
+    with caplog.at_level(logging.INFO, logger="tracer"):
+        _patching.patch(**{name: True})
+        assert importlib.import_module(entry.contrib_module).patch() is False
+        _patching.patch(**{name: True})
+    assert inspect.getattr_static(owner, attr) is before
+    assert not isinstance(before, wrapt.FunctionWrapper)
+    (record,) = [r for r in caplog.records if r.name == "tracer"]
+    assert record.levelno == logging.WARNING
+    assert record.getMessage() == f"tracer: not patching {name}: version {version} not supported (supported: <{version})"
+    assert _patching.status()[name]["supported"] is False
+    _patching.unpatch(**{name: True})
 
 
 def test_failing_integration_is_logged_once_and_others_proceed(fake: Any) -> None:
-    fake.write(_GOOD.replace('patch_targets("LIB", TARGETS)', 'raise RuntimeError("boom")', 1))
+    fake.write(_GOOD + "    def patch():\n        raise RuntimeError('boom')\n")
     import importlib
 
     importlib.import_module(fake.lib)
@@ -129,6 +150,16 @@ def test_failing_integration_is_logged_once_and_others_proceed(fake: Any) -> Non
     (where, exc) = _errors.swallowed.pop()
     assert where == f"patch.{fake.name}" and str(exc) == "boom"
     assert "failed" in _patching.status()[fake.name]["reason"]
+
+
+def test_every_contrib_folder_is_declared_once() -> None:
+    # Adding an integration is adding a folder: each contrib/<name>/ package
+    # declares itself, and the registry holds exactly those declarations.
+    contrib = Path(REPO) / "contrib"
+    folders = sorted(p.name for p in contrib.iterdir() if (p / "__init__.py").exists() and not p.name.startswith("_"))
+    assert sorted(_patching.registry()) == folders
+    for name, entry in _patching.registry().items():
+        assert entry.name == name and entry.contrib_module == f"contrib.{name}.patch"
 
 
 def test_unknown_keyword_warns_and_is_ignored(caplog: pytest.LogCaptureFixture) -> None:

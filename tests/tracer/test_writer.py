@@ -294,6 +294,21 @@ def test_slow_receiver_never_blocks_the_app(intake: Intake, settings: Any) -> No
     assert time.perf_counter() - started < 1.5
 
 
+def test_full_queue_drops_without_waiting_when_the_receiver_answers_slowly(intake: Intake, settings: Any) -> None:
+    """A full queue makes app threads wait only while the receiver is healthy
+    (tests/tracer/test_writer_keeps_up.py); one that answers 200, but only
+    after more than _HEALTHY_SEND, gets drops, as when it is down."""
+    intake.mode, intake.delay = "slow", 1.5
+    writer = settings(agent_url=intake.url, writer_timeout=5.0, writer_buffer_bytes=40_000)
+    make_traces(1)
+    assert tracer.flush(5)  # answered 2xx, slowly
+    started = time.perf_counter()
+    make_traces(3000, spans=2)  # the queue holds ~200 spans; the writer is busy for 1.5 s per request
+    elapsed = time.perf_counter() - started
+    assert writer.stats()["spans_dropped_queue_full"] > 0
+    assert elapsed < 1.0  # no wait for room (one would last until the request in flight ends)
+
+
 @pytest.mark.parametrize(("status", "reason"), [(500, "send_failed"), (400, "send_failed"), (413, "too_big")])
 def test_error_statuses_are_dropped_and_counted(intake: Intake, settings: Any, status: int, reason: str) -> None:
     intake.mode, intake.status = "status", status
