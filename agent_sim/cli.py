@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 DEFAULT_URL = "http://127.0.0.1:8126"
-COMMANDS = ("serve", "stats", "traces", "show", "wait", "demo", "insights", "metrics")
+COMMANDS = ("serve", "stats", "traces", "show", "wait", "demo", "insights", "metrics", "monitors")
 
 
 class Unreachable(Exception):
@@ -242,13 +242,14 @@ def _opener(url: str) -> urllib.request.OpenerDirector:
     return urllib.request.build_opener()
 
 
-def api_get(base_url: str, path: str, params: dict[str, Any] | None = None, timeout: float = 10.0) -> Any:
-    """GET ``base_url + path`` and decode JSON. Raises ``Unreachable`` when
+def api_get(base_url: str, path: str, params: dict[str, Any] | None = None, timeout: float = 10.0,
+            data: bytes | None = None) -> Any:
+    """GET (POST with ``data``) ``base_url + path`` and decode JSON. Raises ``Unreachable`` when
     no receiver answers, ``HTTPFailure`` on a non-2xx reply."""
     query = {k: v for k, v in (params or {}).items() if v is not None}
     url = base_url.rstrip("/") + path + ("?" + urllib.parse.urlencode(query) if query else "")
     try:
-        with _opener(url).open(url, timeout=timeout) as resp:
+        with _opener(url).open(url, data, timeout=timeout) as resp:
             return json.loads(resp.read())
     except urllib.error.HTTPError as e:
         raise HTTPFailure(e.code, e.read().decode("utf-8", "replace")) from None
@@ -393,9 +394,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from agent_sim.insights_cli import add_parser
     from agent_sim.metrics_cli import add_parser as add_metrics_parser
+    from agent_sim.monitors.cli import add_parser as add_monitors_parser
 
     add_parser(sub, common)
     add_metrics_parser(sub, common)
+    add_monitors_parser(sub, common)
     return parser
 
 

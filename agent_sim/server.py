@@ -41,6 +41,8 @@ from agent_sim.findings import api_breakdown, api_insights
 from agent_sim.hostmetrics import HostMetrics
 from agent_sim.ingest import KEEP_1H_NS, KEEP_10S_NS, Receiver
 from agent_sim.insights import Thresholds, add_insight_flags, insight_limits
+from agent_sim.monitors import api as monitors_api
+from agent_sim.monitors.service import MonitorService
 
 __all__ = ["KEEP_10S_NS", "KEEP_1H_NS", "Receiver", "ReceiverServer", "build_parser", "serve_main"]
 
@@ -122,6 +124,9 @@ class RequestHandler(BaseHTTPRequestHandler):
 
     def do_HEAD(self) -> None:
         self._dispatch("GET")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
 
     def _dispatch(self, method: str) -> None:
         parts = urlsplit(self.path)
@@ -437,9 +442,11 @@ ROUTES.update({
     ("GET", "/api/breakdown"): _view(api_breakdown),
     ("GET", "/"): lambda h, _a: _static(h, "index.html"),
 })
+ROUTES.update(monitors_api.ROUTES)
 PREFIX_ROUTES: list[tuple[tuple[str, str], Handler]] = [
     (("GET", "/api/traces/"), _trace_by_id),
     (("GET", "/static/"), _static),
+    *monitors_api.PREFIX_ROUTES,
 ]
 
 
@@ -448,6 +455,7 @@ class _HTTPServer(ThreadingHTTPServer):
     request_queue_size = 128
     receiver: Receiver
     statsd: Aggregator
+    monitors: MonitorService
 
 
 class ReceiverServer:
@@ -459,13 +467,15 @@ class ReceiverServer:
     ``statsd_port``: None runs no DogStatsD UDP listener, 0 a free UDP port (``.statsd_port``);
     ``statsd_socket``: a Unix datagram socket path for DogStatsD, or None.
     ``checks_dir``: run its ``*.py`` checks, and ``host_metrics`` the /proc one,
-    every ``check_interval`` seconds (``agent_sim.checks``)."""
+    every ``check_interval`` seconds (``agent_sim.checks``).
+    ``monitors``: a monitors/downtimes definitions file (``agent_sim.monitors.files``), or None."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, db: str = ":memory:",
                  retention_traces: int = 100_000, retention_hours: float = 24,
                  sample_rates: dict[str, float] | None = None, insight_limits: Thresholds | None = None,
                  statsd_port: int | None = None, statsd_socket: str | None = None, checks_dir: str | None = None,
-                 check_interval: float = DEFAULT_INTERVAL_S, host_metrics: bool = False) -> None:
+                 check_interval: float = DEFAULT_INTERVAL_S, host_metrics: bool = False,
+                 monitors: str | None = None) -> None:
         self.receiver = Receiver(db, retention_traces, retention_hours, sample_rates,
                                  insight_limits=insight_limits)
         # before the HTTP port opens: serve_main installs its signal handlers only once this returns
@@ -487,6 +497,7 @@ class ReceiverServer:
         self.checks = CheckRunner(self.statsd, check_interval)
         self._checks_dir = checks_dir
         self._host_metrics = host_metrics
+        self.monitors = self.httpd.monitors = MonitorService(self.statsd, self.receiver, monitors)
         self.host = host
         self.port: int = self.httpd.server_address[1]
         self.url = f"http://{host}:{self.port}"
@@ -517,6 +528,7 @@ class ReceiverServer:
                 self.checks.add(HostMetrics())
             if self._checks_dir:
                 self.checks.load_dir(self._checks_dir)
+            self.monitors.start()
             self._maint = threading.Thread(target=self._maintenance_loop, name="agent_sim-maint", daemon=True)
             self._maint.start()
 
@@ -554,6 +566,7 @@ class ReceiverServer:
         self.checks.stop()
         if self._maint is not None and self._maint is not threading.current_thread():
             self._maint.join(5)
+        self.monitors.stop()
         try:
             self.statsd.flush(time.time(), everything=True)
         except Exception as exc:  # the trace side still closes cleanly
@@ -621,6 +634,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--no-host-metrics", dest="host_metrics", action="store_false",
                    help="do not report system.cpu/load/mem/disk/net metrics from /proc")
     p.add_argument("--db", default="./agent_sim.db", help="SQLite file, or :memory:")
+    p.add_argument("--monitors", metavar="FILE", help="monitors, downtimes and webhooks (Datadog JSON; YAML with "
+                   "PyYAML), reloaded on change; see docs/monitors.md")
     p.add_argument("--retention-traces", type=_positive("whole number of traces", int), default=100_000)
     p.add_argument("--retention-hours", type=_positive("number of hours"), default=24)
     p.add_argument("--sample-rate", action="append", default=[], metavar="RATE|SERVICE=RATE",
@@ -655,7 +670,7 @@ def serve_main(argv: list[str]) -> int:
     def make(statsd_port: int | None, statsd_socket: str | None) -> ReceiverServer:
         return ReceiverServer(args.host, args.port, args.db, args.retention_traces, args.retention_hours, rates,
                               insight_limits(args), statsd_port, statsd_socket, args.checks, args.check_interval,
-                              args.host_metrics)
+                              args.host_metrics, args.monitors)
 
     try:
         try:

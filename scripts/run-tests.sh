@@ -17,6 +17,7 @@ command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 dpkg -s libmariadb-dev >/dev/null 2>&1 || missing+=(libmariadb-dev)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 command -v gcc >/dev/null 2>&1 || missing+=(gcc)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)  # promtool: the monitors' reference check
 # Python headers: tracer._cspan (the C span code) and mysqlclient compile against them.
 python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
   || missing+=(python3-dev)
@@ -43,6 +44,7 @@ fi
 export DDAPM_TEST_AGENT="$PWD/.venv-testagent/bin/ddapm-test-agent"
 export MARIADBD="$(command -v mariadbd || echo /usr/sbin/mariadbd)"
 export CHROMIUM="$(command -v chromium)"
+export PROMTOOL="$(command -v promtool)"
 
 # Other Pythons: tests/tracer with the C code (built for that version) and
 # again with TRACER_PURE_PYTHON=true, on every other CPython >= 3.10 found on

@@ -8,6 +8,7 @@
  *   #/service/<svc>/resource/<res>       one resource: latency, requests per 10 s, its traces
  *   #/trace/<id>[/span/<span_id>]        waterfall + the selected span's details
  *   #/metrics[/...]                      metrics charts (static/metrics.js)
+ *   #/monitors                           monitors, their states and events (static/monitors.js)
  * The landing, service and resource views also list findings (GET /api/insights);
  * the resource view shows where its time goes (GET /api/breakdown); the
  * waterfall marks the spans of the trace's findings. "Errors only" filters
@@ -116,6 +117,7 @@
       return { view: "service", service: parts[1] };
     }
     if (parts[0] === "metrics") return { view: "metrics", params: parts.slice(1) };
+    if (parts[0] === "monitors") return { view: "monitors" };
     if (parts[0] === "trace" && parts.length >= 2) {
       return { view: "trace", id: parts[1], span: parts[2] === "span" ? parts[3] : null };
     }
@@ -184,6 +186,8 @@
       ]).then(done(renderResource), fail);
     } else if (r.view === "metrics") {
       window.agentSimMetrics.render(r, helpers(gen));
+    } else if (r.view === "monitors") {
+      window.agentSimMonitors.render(r, helpers(gen));
     } else {
       setCrumbs([{ text: "trace " + r.id }]);
       document.title = "trace " + r.id + " · agent-sim";
