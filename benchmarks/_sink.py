@@ -113,14 +113,15 @@ def serve(port: int) -> None:
 class Sink:
     """Start the sink in a subprocess; ``count()`` / ``reset()`` / ``wait_spans(n)``."""
 
-    def __init__(self) -> None:
+    def __init__(self, command: list[str] | None = None) -> None:
+        """``command``: another server to run (its last argument is the port)."""
         import socket
 
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([sys.executable, __file__, str(self.port)])
+        self.proc = subprocess.Popen((command or [sys.executable, __file__]) + [str(self.port)])
         deadline = time.monotonic() + 10
         while True:
             try:
