@@ -11,7 +11,11 @@ variants interleaved round by round:
 - ``null``: ``live`` sending to a receiver that does not decode the payloads
   (it counts the traces from their header), so that only our writer runs
   beside the loop;
-- ``si50`` / ``si05`` (``--switch``): ``live`` with ``sys.setswitchinterval``
+- ``defer``: ``live`` sending to the decoding sink in its ``--defer`` mode
+  (it takes the payloads during the run, decodes them when counted after it);
+- ``null1k`` / ``null16k``: ``null`` with the writer waking every 1,024 /
+  16,384 spans instead of 4,096;
+- ``si50`` / ``si05``: ``live`` with ``sys.setswitchinterval``
   at 50 ms / 0.5 ms instead of 5 ms (diagnostics: a tracer must not change it).
 
 For the loop alone it reads the kernel's per-thread scheduler accounting
@@ -22,7 +26,7 @@ thread does no I/O in the loop, so its wall time splits exactly into
 
     on CPU + waiting for a CPU (run queue) + blocked (asleep: the GIL).
 
-    python benchmarks/bench_handoff.py [--rounds 5] [--traces 1000] [--switch]
+    python benchmarks/bench_handoff.py [--rounds 5] [--traces 1000] [--variants live,held,null,si50,si05]
 """
 
 from __future__ import annotations
@@ -41,7 +45,18 @@ import _sink  # noqa: E402
 from _sink import Sink, median  # noqa: E402
 from bench_spans import CHILDREN, make_run  # noqa: E402
 
-SWITCH = {"si50": 0.05, "si05": 0.0005}
+#: What each variant changes: "held" the writer until flush(), "sink" the
+#: receiver, "switch" sys.setswitchinterval, "batch" the writer's wake-up batch.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "live": {},
+    "held": {"held": True},
+    "null": {"sink": "null"},
+    "defer": {"sink": "defer"},
+    "si50": {"switch": 0.05},
+    "si05": {"switch": 0.0005},
+    "null1k": {"sink": "null", "batch": 1024},
+    "null16k": {"sink": "null", "batch": 16384},
+}
 
 
 class _NullHandler(_sink._Handler):
@@ -91,7 +106,8 @@ def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
 
 def worker(variant: str, traces: int, sink_url: str, sink_pid: int) -> dict[str, Any]:
     os.environ["TRACER_AGENT_URL"] = sink_url
-    if variant == "held":
+    how = VARIANTS[variant]
+    if how.get("held"):
         os.environ["TRACER_WRITER_INTERVAL"] = "60"
     from tracer import tracer
 
@@ -99,10 +115,12 @@ def worker(variant: str, traces: int, sink_url: str, sink_pid: int) -> dict[str,
     run(20)
     tracer.flush(10)
     writer = tracer.writer
-    if variant == "held":
+    if how.get("held"):
         writer._batch_spans = writer._max_pending_spans = 1 << 40
-    if variant in SWITCH:
-        sys.setswitchinterval(SWITCH[variant])
+    if "batch" in how:
+        writer._batch_spans = how["batch"]
+    if "switch" in how:
+        sys.setswitchinterval(how["switch"])
     # [cycles, cycle CPU ns, cycle wall ns, send CPU ns, send wall ns] on the writer thread
     acc = [0, 0, 0, 0, 0]
     cycle, send = writer._cycle, writer._send
@@ -172,7 +190,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--traces", type=int, default=1000)
-    parser.add_argument("--switch", action="store_true", help="also run si50 and si05")
+    parser.add_argument("--variants", default="live,held,null", help="any of " + ",".join(VARIANTS))
     parser.add_argument("--worker")
     parser.add_argument("--sink")
     parser.add_argument("--sink-pid", type=int)
@@ -186,12 +204,13 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(args.worker, args.traces, args.sink, args.sink_pid)))
         return
-    variants = ["live", "held", "null"] + (list(SWITCH) if args.switch else [])
+    variants = args.variants.split(",")
     results: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
-    with Sink() as decoding, Sink([sys.executable, __file__, "--null-sink"]) as null:
+    with Sink() as live, Sink([sys.executable, __file__, "--null-sink"]) as null, Sink(defer=True) as defer:
+        sinks = {"live": live, "null": null, "defer": defer}
         for r in range(args.rounds):
             for v in variants:
-                sink = null if v == "null" else decoding
+                sink = sinks[VARIANTS[v].get("sink", "live")]
                 sink.reset()
                 cmd = [sys.executable, __file__, "--worker", v, "--traces", str(args.traces),
                        "--sink", sink.url, "--sink-pid", str(sink.proc.pid)]
@@ -210,10 +229,11 @@ def main() -> None:
     print(f"{'':16s}" + "".join(f"{v:>10s}" for v in variants))
     for key in KEYS:
         print(f"{key:16s}" + "".join(f"{median([x[key] for x in results[v]]):10.2f}" for v in variants))
+    base = variants[0]
     for v in variants[1:]:
         for key in ("app_us", "e2e_us"):
-            rs = [a[key] / b[key] for a, b in zip(results["live"], results[v], strict=True)]
-            print(f"live / {v} {key}: median {median(rs):.2f} (min {min(rs):.2f}, max {max(rs):.2f})")
+            rs = [a[key] / b[key] for a, b in zip(results[base], results[v], strict=True)]
+            print(f"{base} / {v} {key}: median {median(rs):.2f} (min {min(rs):.2f}, max {max(rs):.2f})")
 
 
 if __name__ == "__main__":
