@@ -205,6 +205,11 @@ def main() -> None:
         print(json.dumps(worker(args.worker, args.traces, args.sink, args.sink_pid)))
         return
     variants = args.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
+    if not os.path.exists("/proc/thread-self/schedstat"):
+        raise SystemExit("bench_handoff reads Linux's per-thread /proc/.../schedstat (CONFIG_SCHED_INFO): not here")
     results: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
     with Sink() as live, Sink([sys.executable, __file__, "--null-sink"]) as null, Sink(defer=True) as defer:
         sinks = {"live": live, "null": null, "defer": defer}
