@@ -11,7 +11,7 @@ costs the measured process nothing. It answers:
 
 With ``--defer`` (``Sink(defer=True)``) it keeps the bodies and decodes them
 when ``/count`` is asked, after the measured run: decoding in Python costs it
-1.6-2.8 us of CPU per span, more than our whole app-thread time per span,
+1.6-2.9 us of CPU per span, more than our whole app-thread time per span,
 and on a 2-core machine that CPU is taken from the measured process while it
 runs (``bench_handoff.py``, docs/performance.md "The app/writer hand-off").
 

@@ -26,7 +26,7 @@ thread does no I/O in the loop, so its wall time splits exactly into
 
     on CPU + waiting for a CPU (run queue) + blocked (asleep: the GIL).
 
-    python benchmarks/bench_handoff.py [--rounds 5] [--traces 1000] [--variants live,held,null,si50,si05]
+    python benchmarks/bench_handoff.py [--rounds 5] [--traces 1000] [--variants live,held,null,defer,si50,si05,null1k,null16k]
 """
 
 from __future__ import annotations
