@@ -9,6 +9,12 @@ costs the measured process nothing. It answers:
   opentelemetry-proto when it is installed.
 - ``GET /count``: ``{"spans": N, "traces": N, "payloads": N}``; ``GET /reset`` zeroes it.
 
+With ``--defer`` (``Sink(defer=True)``) it keeps the bodies and decodes them
+when ``/count`` is asked, after the measured run: decoding in Python costs it
+1.6-2.9 us of CPU per span, more than our whole app-thread time per span,
+and on a 2-core machine that CPU is taken from the measured process while it
+runs (``bench_handoff.py``, docs/performance.md "The app/writer hand-off").
+
 Every benchmark checks that what it produced was delivered, so a tracer that
 drops work cannot look fast for it.
 """
@@ -28,6 +34,7 @@ import msgpack
 
 _lock = threading.Lock()
 _counts = {"spans": 0, "traces": 0, "payloads": 0}
+_deferred: list[tuple[str, bytes]] | None = None  # bodies not decoded yet (--defer)
 
 
 def _count_datadog(path: str, body: bytes) -> tuple[int, int]:
@@ -80,17 +87,15 @@ class _Handler(NoDelayHandler):
         # still gates the benchmark's delivery check (wait_spans).
         if path.endswith("/traces") and path.startswith("/v0."):
             self._reply(b'{"rate_by_service": {}}')
-            traces, spans = _count_datadog(path, body)
         elif path == "/v1/traces":
             self._reply(b"", "application/x-protobuf")
-            traces, spans = _count_otlp(body)
         else:
             self._reply(b"{}")
-            traces = spans = 0
-        with _lock:
-            _counts["spans"] += spans
-            _counts["traces"] += traces
-            _counts["payloads"] += 1
+        if _deferred is None:
+            _count(path, body)
+        else:
+            with _lock:
+                _deferred.append((path, body))
 
     do_POST = do_PUT
 
@@ -99,9 +104,29 @@ class _Handler(NoDelayHandler):
             with _lock:
                 for key in _counts:
                     _counts[key] = 0
+                if _deferred is not None:
+                    del _deferred[:]
+        while _deferred:
+            with _lock:
+                path, body = _deferred.pop(0) if _deferred else ("", b"")
+            if path:
+                _count(path, body)
         with _lock:
             body = json.dumps(_counts).encode()
         self._reply(body)
+
+
+def _count(path: str, body: bytes) -> None:
+    if path.endswith("/traces") and path.startswith("/v0."):
+        traces, spans = _count_datadog(path, body)
+    elif path == "/v1/traces":
+        traces, spans = _count_otlp(body)
+    else:
+        traces = spans = 0
+    with _lock:
+        _counts["spans"] += spans
+        _counts["traces"] += traces
+        _counts["payloads"] += 1
 
 
 def serve(port: int) -> None:
@@ -113,14 +138,17 @@ def serve(port: int) -> None:
 class Sink:
     """Start the sink in a subprocess; ``count()`` / ``reset()`` / ``wait_spans(n)``."""
 
-    def __init__(self) -> None:
+    def __init__(self, command: list[str] | None = None, defer: bool = False) -> None:
+        """``command``: another server to run (its last argument is the port);
+        ``defer``: decode the bodies when counted, not while the run goes on."""
         import socket
 
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([sys.executable, __file__, str(self.port)])
+        command = command or [sys.executable, __file__] + (["--defer"] if defer else [])
+        self.proc = subprocess.Popen(command + [str(self.port)])
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -164,4 +192,6 @@ def median(values: list[float]) -> float:
 
 
 if __name__ == "__main__":
-    serve(int(sys.argv[1]))
+    if "--defer" in sys.argv:
+        _deferred = []
+    serve(int(sys.argv[-1]))

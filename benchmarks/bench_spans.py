@@ -19,6 +19,7 @@ Medians over rounds and per-round ratios (ours / peer) are printed.
 
     python benchmarks/bench_spans.py [--rounds 7] [--traces 1000] [--only ours,ddtrace]
     python benchmarks/bench_spans.py --rounds 3 --traces 100,200,300,1000   # sweep: one table row per size
+    python benchmarks/bench_spans.py --defer-decode   # the sink's decoding out of the measured runs
 """
 
 from __future__ import annotations
@@ -213,6 +214,10 @@ def main() -> None:
     parser.add_argument("--only", default="ours,ours_py,ddtrace,otel")
     parser.add_argument("--worker")
     parser.add_argument("--sink")
+    parser.add_argument(
+        "--defer-decode", action="store_true",
+        help="the sink decodes (counts) payloads after each run, not while it runs (see _sink.py)",
+    )
     args = parser.parse_args()
     sizes = [int(t) for t in args.traces.split(",")]
     if args.worker:
@@ -221,7 +226,7 @@ def main() -> None:
         return
     names = args.only.split(",")
     rows = []
-    with Sink() as sink:
+    with Sink(defer=args.defer_decode) as sink:
         for traces in sizes:
             rows.append((traces, measure(names, traces, args.rounds, sink)))
     for traces, results in rows:
