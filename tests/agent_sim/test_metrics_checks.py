@@ -28,6 +28,13 @@ def _docs_example() -> str:
     return code
 
 
+def _serve_checks(d: Path, port: int, interval: float, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "agent_sim", "serve", "--port", str(port), "--db", ":memory:",
+                             "--statsd-port", "0", "--checks", str(d), "--check-interval", str(interval), *extra],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": REPO})
+
+
 def test_checks_dir_runs_the_docs_example_and_survives_a_raising_check(tmp_path: Any) -> None:
     d = tmp_path / "checks.d"
     d.mkdir()
@@ -41,10 +48,7 @@ def test_checks_dir_runs_the_docs_example_and_survives_a_raising_check(tmp_path:
         "        self.monotonic_count('counter.total', Counter.n)\n"
         "        self.service_check('counter.up', AgentCheck.WARNING, message='slow')\n")
     port, interval = free_port(), 1.0
-    proc = subprocess.Popen([sys.executable, "-m", "agent_sim", "serve", "--port", str(port), "--db", ":memory:",
-                             "--statsd-port", "0", "--checks", str(d), "--check-interval", str(interval)],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": REPO})
+    proc = _serve_checks(d, port, interval)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for_port(port, timeout=20)
@@ -152,11 +156,7 @@ def test_checks_read_instances_from_a_json_or_yaml_file_beside_them(tmp_path: An
     (d / "bad.py").write_text(_docs_example().replace("hello.world", "hello.bad"))
     (d / "bad.json").write_text('{"instances": {"tags": []}}')
     port, interval = free_port(), 1.0
-    proc = subprocess.Popen([sys.executable, "-m", "agent_sim", "serve", "--port", str(port), "--db", ":memory:",
-                             "--statsd-port", "0", "--no-host-metrics", "--checks", str(d),
-                             "--check-interval", str(interval)],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": REPO})
+    proc = _serve_checks(d, port, interval, "--no-host-metrics")
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for_port(port, timeout=20)
