@@ -17,8 +17,8 @@ for the histograms' count/max/avg; a histogram's median and 95th percentile
 and a set's distinct count are count-weighted averages once merged.
 
 Thread model: every method takes ``Store.lock`` (through the ``Store``'s
-connection), which trace ingest shares: ``write`` holds it per chunk of rows,
-never for a whole flush. Called from the maintenance thread (``write``,
+connection), which trace ingest shares: ``write`` and ``rollup`` hold it per
+page read and per chunk written, never for a whole flush or roll-up. Called from the maintenance thread (``write``,
 ``rollup``: one writer at a time) and the HTTP handler threads (``rows``,
 ``contexts``). SQLite errors propagate.
 """
@@ -38,8 +38,8 @@ from agent_sim.store import Store
 Tags = tuple[str, ...]
 State = Any  # a list as above, or a Sketch for distributions
 Prepared = tuple[tuple[str, str, int, int], str, State, bytes]  # (primary key, kind, state, packed state)
-CHUNK_ROWS = 1000  # rows per transaction of a flush: ~5 ms of the lock trace ingest shares
-READ_PAGE = 1000  # rows per read of a roll-up
+CHUNK_ROWS = 1000  # rows written per transaction: ~5-10 ms of the lock trace ingest shares
+READ_PAGE = 1000  # rows per paged read (the roll-up's, rows already stored)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS metric_points (
