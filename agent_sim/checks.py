@@ -11,11 +11,14 @@ Agent's methods supported, with the Agent's meaning:
     event(dict with msg_title, msg_text, tags, ...)
     OK / WARNING / CRITICAL / UNKNOWN, self.name, self.init_config, self.instance(s), self.log
 
-There is no YAML configuration: each check runs with one empty instance
-(``instances = [{}]``), every ``min_collection_interval`` seconds (a class
-attribute; else ``--check-interval``, default 15). Each check has its own
-thread, so a slow one delays only itself. A check that raises (or a file that
-does not import) is reported as the service check ``datadog.agent.check_status``
+Configuration, as the Agent's ``conf.d``: an optional ``DIR/<check>.yaml`` (read
+with PyYAML, when installed) or ``DIR/<check>.json`` beside ``DIR/<check>.py``
+holding ``init_config`` (a mapping) and ``instances`` (a non-empty list of
+mappings); without one the check runs with one empty instance. As the Agent
+does, each instance is its own check object run every ``min_collection_interval``
+seconds (the instance's key, else the class attribute, else ``--check-interval``,
+default 15), on its own thread, so a slow one delays only itself. A check that raises (or a file that
+does not import, or a bad configuration file) is reported as the service check ``datadog.agent.check_status``
 CRITICAL tagged ``check:<name>`` plus a log line, retried next interval, and
 never stops the receiver or the other checks; a run that succeeds reports OK.
 """
@@ -23,6 +26,7 @@ never stops the receiver or the other checks; a run that succeeds reports OK.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import math
 import os
@@ -37,6 +41,54 @@ from agent_sim.dogstatsd import Aggregator, Event, Sample, ServiceCheck
 
 DEFAULT_INTERVAL_S = 15.0
 STATUS_CHECK = "datadog.agent.check_status"
+
+
+class ConfigError(ValueError):
+    """A check's configuration file is unreadable or malformed (the message names the file)."""
+
+
+def read_config(directory: str, name: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``(init_config, instances)`` of check ``name`` from ``DIR/<name>.yaml`` or ``.json``;
+    ``({}, [{}])`` without either. Raises ``ConfigError`` saying what is wrong."""
+    found = [f"{name}.{ext}" for ext in ("yaml", "json") if os.path.isfile(os.path.join(directory, f"{name}.{ext}"))]
+    if not found:
+        return {}, [{}]
+    if len(found) > 1:
+        raise ConfigError(f"both {found[0]} and {found[1]}: keep one")
+    (filename,) = found
+    with open(os.path.join(directory, filename), encoding="utf-8") as f:
+        text = f.read()
+    if filename.endswith(".json"):
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"{filename}: not JSON: {exc}") from None
+    else:
+        try:
+            import yaml
+        except ImportError:
+            raise ConfigError(f"{filename}: reading YAML needs PyYAML (pip install pyyaml); "
+                              f"or write the same as {name}.json") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{filename}: not YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{filename}: expected a mapping with an instances list, got {type(data).__name__}")
+    init_config = data.get("init_config")
+    if init_config is None:  # "init_config:" with nothing under it, as the Agent's examples have
+        init_config = {}
+    instances = data.get("instances")
+    if not isinstance(init_config, dict):
+        raise ConfigError(f"{filename}: init_config must be a mapping, got {type(init_config).__name__}")
+    if not isinstance(instances, list) or not instances or not all(isinstance(i, dict) for i in instances):
+        raise ConfigError(f"{filename}: instances must be a non-empty list of mappings, got {instances!r}")
+    for instance in instances:
+        every = instance.get("min_collection_interval")
+        if every is not None and (isinstance(every, bool) or not isinstance(every, (int, float))
+                                  or not 0 < every < math.inf):
+            raise ConfigError(f"{filename}: min_collection_interval must be a number of seconds > 0, got {every!r}")
+    return init_config, instances
 
 
 class AgentCheck:
@@ -164,11 +216,14 @@ class CheckRunner:
                            and c is not AgentCheck and c.__module__ == module.__name__]
                 if not classes:
                     raise ValueError("defines no AgentCheck subclass")
-                check = classes[0](name, {}, [{}])
+                init_config, instances = read_config(directory, name)
+                checks = [(classes[0](name, init_config, [instance]), instance.get("min_collection_interval"))
+                          for instance in instances]
             except Exception as exc:
                 self._report(name, exc)
                 continue
-            self.add(check)
+            for check, every in checks:
+                self.add(check, every)
 
     def add(self, check: AgentCheck, interval: float | None = None) -> None:
         check.aggregator = self.aggregator
@@ -201,6 +256,8 @@ class CheckRunner:
 
     def _report(self, name: str, exc: BaseException, every: float | None = None) -> None:
         where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+        if isinstance(exc, ConfigError):  # its message names the file; checks.py:N would mislead
+            where = None
         at = f" at {os.path.basename(where.filename)}:{where.lineno}" if where else ""
         retry = f"; retried every {every:g} s" if every else "; not loaded"
         print(f"agent_sim: check {name} failed: {type(exc).__name__}: {exc}{at}{retry}", file=sys.stderr, flush=True)

@@ -450,6 +450,11 @@ PREFIX_ROUTES: list[tuple[tuple[str, str], Handler]] = [
 ]
 
 
+class StatsdAddressError(OSError):
+    """A DogStatsD address of ``ReceiverServer`` cannot be bound (the HTTP port was not opened);
+    ``filename``: ``"UDP <port>"`` or the socket path."""
+
+
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128
@@ -478,21 +483,25 @@ class ReceiverServer:
                  monitors: str | None = None) -> None:
         self.receiver = Receiver(db, retention_traces, retention_hours, sample_rates,
                                  insight_limits=insight_limits)
-        # before the HTTP port opens: serve_main installs its signal handlers only once this returns
-        self.statsd = Aggregator(store=MetricStore(self.receiver.store), traces=TraceMetrics(self.receiver))
-        self.httpd = _HTTPServer((host, port), RequestHandler)
-        self.httpd.receiver = self.receiver
-        self.httpd.statsd = self.statsd
         self.statsd_listeners: list[StatsdListener] = []
         addresses = ([(host, statsd_port)] if statsd_port is not None else []) + ([statsd_socket] if statsd_socket else [])
         try:
+            self.statsd = Aggregator(store=MetricStore(self.receiver.store), traces=TraceMetrics(self.receiver))
             for address in addresses:
-                self.statsd_listeners.append(StatsdListener(self.statsd, address))
-        except OSError:
+                try:
+                    self.statsd_listeners.append(StatsdListener(self.statsd, address))
+                except OSError as exc:
+                    where = address if isinstance(address, str) else f"UDP {address[1]}"
+                    raise StatsdAddressError(exc.errno, exc.strerror, where) from exc
+            # The HTTP port last: a taken DogStatsD address fails start-up before it ever opens.
+            self.httpd = _HTTPServer((host, port), RequestHandler)
+        except BaseException:
             for listener in self.statsd_listeners:
                 listener.stop()
-            self.httpd.server_close()
+            self.receiver.close()
             raise
+        self.httpd.receiver = self.receiver
+        self.httpd.statsd = self.statsd
         self.statsd_port = self.statsd_listeners[0].port if statsd_port is not None else None
         self.checks = CheckRunner(self.statsd, check_interval)
         self._checks_dir = checks_dir
@@ -652,6 +661,9 @@ def serve_main(argv: list[str]) -> int:
         print("agent-sim needs its extra: pip install 'tracer-apm[agent]'", file=sys.stderr)
         return 2
     args = build_parser().parse_args(argv)
+    explicit = build_parser()
+    explicit.set_defaults(statsd_port=None)  # tells "--statsd-port given" from its default
+    args.statsd_port_given = explicit.parse_args(argv).statsd_port is not None
     if args.checks and not os.path.isdir(args.checks):
         print(f"agent-sim: --checks {args.checks}: not a directory", file=sys.stderr)
         return 2
@@ -667,31 +679,14 @@ def serve_main(argv: list[str]) -> int:
     # less often, and leave the startup objects (modules, ...) out of it.
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD, 10, 10)
+
     def make(statsd_port: int | None, statsd_socket: str | None) -> ReceiverServer:
         return ReceiverServer(args.host, args.port, args.db, args.retention_traces, args.retention_hours, rates,
                               insight_limits(args), statsd_port, statsd_socket, args.checks, args.check_interval,
                               args.host_metrics, args.monitors)
 
-    try:
-        try:
-            server = make(args.statsd_port or None, args.statsd_socket)
-        except OSError as statsd_exc:
-            if not (args.statsd_port or args.statsd_socket):
-                raise
-            # Traces are the receiver's main job: a taken DogStatsD port (say, a real
-            # Agent on 8125) turns the metrics intake off, loudly, instead of failing.
-            server = make(None, None)
-            where = " and ".join(([f"UDP {args.statsd_port}"] if args.statsd_port else []) +
-                                 ([args.statsd_socket] if args.statsd_socket else []))
-            print(f"agent-sim: DogStatsD intake off, cannot listen on {where}: {statsd_exc.strerror or statsd_exc} "
-                  "(pick another with --statsd-port N / --statsd-socket PATH; --statsd-port 0 silences this)",
-                  file=sys.stderr, flush=True)
-    except OSError as exc:
-        hint = ""
-        if exc.errno == errno.EADDRINUSE:
-            hint = " (is another agent-sim already running there? pick a free port with --port N)"
-        print(f"agent-sim: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}{hint}", file=sys.stderr)
-        return 2
+    # Handlers before any port opens: a SIGTERM sent as soon as the HTTP port answers
+    # (a test harness, a supervisor) must shut down cleanly, not kill mid-start-up.
     done = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -699,15 +694,47 @@ def serve_main(argv: list[str]) -> int:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        server.start()
-        statsd = f", DogStatsD udp://{args.host}:{server.statsd_port}" if server.statsd_port else ""
-        statsd += f", DogStatsD unix://{args.statsd_socket}" if args.statsd_socket else ""
-        print(f"agent-sim listening on {server.url}{statsd} (db {args.db})", flush=True)
+        return _serve(make, args, done)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _serve(make: Callable[[int | None, str | None], ReceiverServer], args: argparse.Namespace,
+           done: threading.Event) -> int:
+    """``serve_main`` once its signal handlers are in: bind every socket (DogStatsD first,
+    HTTP last), serve until ``done``. A DogStatsD address given on the command line
+    that cannot be bound is an error (exit 2, the HTTP port never opened); the default
+    UDP port (8125 or AGENT_SIM_STATSD_PORT) taken, say by a real Agent, only turns the
+    UDP intake off, loudly: traces are the receiver's main job."""
+    try:
+        try:
+            server = make(args.statsd_port or None, args.statsd_socket)
+        except StatsdAddressError as statsd_exc:
+            where, why = statsd_exc.filename, statsd_exc.strerror or statsd_exc
+            if where == args.statsd_socket or args.statsd_port_given:
+                print(f"agent-sim: cannot listen for DogStatsD on {where}: {why} (pick another with "
+                      "--statsd-port N / --statsd-socket PATH, or --statsd-port 0 for none)", file=sys.stderr)
+                return 2
+            server = make(None, args.statsd_socket)
+            print(f"agent-sim: DogStatsD {'UDP ' if args.statsd_socket else ''}intake off, cannot listen on {where}: "
+                  f"{why} (pick another with --statsd-port N; --statsd-port 0 silences this)",
+                  file=sys.stderr, flush=True)
+    except OSError as exc:
+        hint = ""
+        if exc.errno == errno.EADDRINUSE:
+            hint = " (is another agent-sim already running there? pick a free port with --port N)"
+        print(f"agent-sim: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}{hint}", file=sys.stderr)
+        return 2
+    try:
+        if not done.is_set():  # a signal during start-up: stop without serving
+            server.start()
+            statsd = f", DogStatsD udp://{args.host}:{server.statsd_port}" if server.statsd_port else ""
+            statsd += f", DogStatsD unix://{args.statsd_socket}" if args.statsd_socket else ""
+            print(f"agent-sim listening on {server.url}{statsd} (db {args.db})", flush=True)
         while not done.wait(0.5):
             pass
     finally:
         server.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     print("agent-sim stopped", flush=True)
     return 0

@@ -7,9 +7,11 @@ import contextlib
 import json
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -344,3 +346,63 @@ def test_bad_retention_is_one_line_and_exit_2(flag: str, value: str, what: str) 
     assert (proc.returncode, proc.stdout) == (2, ""), proc.stderr
     # argparse's usage, then its one error line naming the flag and the value
     assert proc.stderr.splitlines()[-1].endswith(f"error: argument {flag}: {value!r} is not a positive {what}")
+
+
+# Runs ``agent-sim serve`` logging each socket bind: its type, its address and whether
+# the SIGTERM handler was in by then (an audit hook observes; nothing is replaced).
+_SERVE_LOGGING_BINDS = """
+import signal, socket, sys
+log = open(sys.argv[1], "w", buffering=1)
+
+def hook(event, args):
+    if event == "socket.bind":
+        kind = "tcp" if args[0].type == socket.SOCK_STREAM else "udp"
+        log.write(f"{kind} {args[1][1]} {signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL}\\n")
+
+sys.addaudithook(hook)
+from agent_sim.server import serve_main
+sys.exit(serve_main(sys.argv[2:]))
+"""
+
+
+def _connections_accepted(port: int, stop: threading.Event, accepted: list[int]) -> None:
+    while not stop.is_set():
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            accepted.append(port)
+        time.sleep(0.001)
+
+
+def test_serve_binds_every_socket_after_its_signal_handlers_and_a_taken_statsd_port_is_exit_2(
+        tmp_path: Any) -> None:
+    log = tmp_path / "binds"
+    port, udp = free_port(), free_port()
+    cmd = [sys.executable, "-c", _SERVE_LOGGING_BINDS, str(log), "--port", str(port), "--db", ":memory:",
+           "--statsd-port", str(udp), "--no-host-metrics"]
+    env = {**os.environ, "PYTHONPATH": REPO}
+    # a DogStatsD port asked for and taken: one line, exit 2, the HTTP port never opened
+    stop, accepted = threading.Event(), []
+    prober = threading.Thread(target=_connections_accepted, args=(port, stop, accepted))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", udp))
+        prober.start()
+        try:
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=30, cwd=REPO)
+        finally:
+            stop.set()
+            prober.join()
+    assert (proc.returncode, proc.stdout) == (2, ""), proc.stderr
+    assert proc.stderr == (f"agent-sim: cannot listen for DogStatsD on UDP {udp}: Address already in use (pick another "
+                           "with --statsd-port N / --statsd-socket PATH, or --statsd-port 0 for none)\n")
+    assert log.read_text() == f"udp {udp} True\n"  # no TCP bind at all
+    assert accepted == []
+    # free: DogStatsD, then HTTP, both once the handler is in; a SIGTERM as soon as the
+    # HTTP port answers is a clean shutdown
+    proc2 = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        wait_for_port(port, timeout=20)
+    finally:
+        proc2.send_signal(signal.SIGTERM)
+        out, err = proc2.communicate(timeout=20)
+    assert proc2.returncode == 0, err
+    assert out.splitlines()[-1] == "agent-sim stopped"
+    assert log.read_text() == f"udp {udp} True\ntcp {port} True\n"

@@ -241,12 +241,13 @@ def test_serve_statsd_port_flag_and_bad_port() -> None:
     assert_clean_output(err)
     assert f"DogStatsD udp://127.0.0.1:{udp}" in out
 
-    # the DogStatsD port taken: traces are still served, the intake is off with one clear line
+    # the default DogStatsD port (here from the environment) taken: traces are still served, the
+    # intake is off with one clear line (a port given with --statsd-port is exit 2: test_cli)
     taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     taken.bind(("127.0.0.1", udp))
-    proc = subprocess.Popen([sys.executable, "-m", "agent_sim", "serve", "--port", str(port), "--db", ":memory:",
-                             "--statsd-port", str(udp)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "PYTHONPATH": REPO})
+    proc = subprocess.Popen([sys.executable, "-m", "agent_sim", "serve", "--port", str(port), "--db", ":memory:"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": REPO, "AGENT_SIM_STATSD_PORT": str(udp)})
     try:
         wait_for_port(port)
     finally:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from agent_sim.checks import AgentCheck
+from agent_sim.checks import AgentCheck, ConfigError, read_config
 from agent_sim.dogstatsd import Aggregator
 from agent_sim.hostmetrics import HostMetrics
 from tests.agent_sim.test_dogstatsd import _wait
@@ -26,6 +26,13 @@ DOC = Path(REPO, "docs", "receiver.md").read_text()
 def _docs_example() -> str:
     (code,) = re.findall(r"```python\n# checks.d/hello.py\n(.*?)```", DOC, re.S)
     return code
+
+
+def _serve_checks(d: Path, port: int, interval: float, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "agent_sim", "serve", "--port", str(port), "--db", ":memory:",
+                             "--statsd-port", "0", "--checks", str(d), "--check-interval", str(interval), *extra],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": REPO})
 
 
 def test_checks_dir_runs_the_docs_example_and_survives_a_raising_check(tmp_path: Any) -> None:
@@ -41,10 +48,7 @@ def test_checks_dir_runs_the_docs_example_and_survives_a_raising_check(tmp_path:
         "        self.monotonic_count('counter.total', Counter.n)\n"
         "        self.service_check('counter.up', AgentCheck.WARNING, message='slow')\n")
     port, interval = free_port(), 1.0
-    proc = subprocess.Popen([sys.executable, "-m", "agent_sim", "serve", "--port", str(port), "--db", ":memory:",
-                             "--statsd-port", "0", "--checks", str(d), "--check-interval", str(interval)],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": REPO})
+    proc = _serve_checks(d, port, interval)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for_port(port, timeout=20)
@@ -132,3 +136,71 @@ def test_host_metrics_from_proc() -> None:
     devices = [line.split(":")[0].strip() for line in Path("/proc/net/dev").read_text().splitlines()[2:]]
     if any(d != "lo" for d in devices):
         assert value("system.net.bytes_rcvd", agg="sum") >= 0
+
+
+def _docs_block(lang: str, after: str) -> str:
+    (block,) = re.findall(rf"{re.escape(after)}.*?```{lang}\n(.*?)```", DOC, re.S)
+    return block
+
+
+def test_checks_read_instances_from_a_json_or_yaml_file_beside_them(tmp_path: Any) -> None:
+    d = tmp_path / "checks.d"
+    d.mkdir()
+    (d / "hello.py").write_text(_docs_example())
+    (d / "hello.json").write_text(_docs_block("json", "Configuration sits beside the check"))
+    (d / "yamlcheck.py").write_text(_docs_example().replace("hello.world", "hello.yaml"))
+    (d / "yamlcheck.yaml").write_text(_docs_block("yaml", "The same as `checks.d/hello.yaml`"))
+    (d / "runs.py").write_text("from agent_sim.checks import AgentCheck\n\nclass Runs(AgentCheck):\n"
+                               "    def check(self, instance):\n        self.count('runs', 1, tags=instance['tags'])\n")
+    (d / "runs.json").write_text((d / "hello.json").read_text())
+    (d / "bad.py").write_text(_docs_example().replace("hello.world", "hello.bad"))
+    (d / "bad.json").write_text('{"instances": {"tags": []}}')
+    port, interval = free_port(), 1.0
+    proc = _serve_checks(d, port, interval, "--no-host-metrics")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_port(port, timeout=20)
+        query = f"{base}/api/metrics/query?name=hello.world&by=site"
+        series = _wait(lambda: s if len(s := get(query)["series"]) == 2 else None, timeout=2 * interval)
+        assert series, get(query)
+        assert sorted(s["tags"]["site"] for s in series) == ["a", "b"]
+        time.sleep(2 * interval)
+        statuses = {(c["name"], tuple(c["tags"]), c["status"]) for c in get(f"{base}/api/checks")}
+        yaml_seen = get(f"{base}/api/metrics/query?name=hello.yaml&by=site")["series"]
+        bad_seen = get(f"{base}/api/metrics/query?name=hello.bad")["series"]
+        runs = {s["tags"]["site"]: round(10 * sum(v for _t, v in s["points"]))
+                for s in get(f"{base}/api/metrics/query?name=runs&by=site&agg=sum")["series"]}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert runs["b"] == 1 and runs["a"] >= 3, runs  # site:b's min_collection_interval (30 s): one run so far
+    assert ("datadog.agent.check_status", ("check:bad",), AgentCheck.CRITICAL) in statuses and bad_seen == []
+    assert ("agent_sim: check bad failed: ConfigError: bad.json: instances must be a non-empty list of mappings, "
+            "got {'tags': []}; not loaded") in err.splitlines()
+    try:
+        import yaml  # noqa: F401
+    except ImportError:  # JSON only: the YAML file is a clear error, the other checks run on
+        assert ("datadog.agent.check_status", ("check:yamlcheck",), AgentCheck.CRITICAL) in statuses
+        assert ("agent_sim: check yamlcheck failed: ConfigError: yamlcheck.yaml: reading YAML needs PyYAML "
+                "(pip install pyyaml); or write the same as yamlcheck.json; not loaded") in err.splitlines()
+        assert yaml_seen == []
+    else:
+        assert sorted(s["tags"]["site"] for s in yaml_seen) == ["a", "b"]
+
+
+@pytest.mark.parametrize(("files", "message"), [
+    ({"c.json": "[1]"}, "c.json: expected a mapping with an instances list, got list"),
+    ({"c.json": "{"}, "c.json: not JSON: "),
+    ({"c.json": '{"instances": []}'}, "c.json: instances must be a non-empty list of mappings, got []"),
+    ({"c.json": '{"init_config": [], "instances": [{}]}'}, "c.json: init_config must be a mapping, got list"),
+    ({"c.json": '{"instances": [{"min_collection_interval": 0}]}'},
+     "c.json: min_collection_interval must be a number of seconds > 0, got 0"),
+    ({"c.json": "{}", "c.yaml": ""}, "both c.yaml and c.json: keep one")])
+def test_bad_check_config_is_a_clear_error(tmp_path: Any, files: dict[str, str], message: str) -> None:
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError) as raised:
+        read_config(str(tmp_path), "c")
+    assert str(raised.value).startswith(message)
+    assert read_config(str(tmp_path), "other") == ({}, [{}])
