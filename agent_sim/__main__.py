@@ -9,7 +9,7 @@ def _main() -> int:
     try:
         from agent_sim.cli import main
     except ImportError:
-        from agent_sim.server import serve_main
+        from agent_sim.serve import serve_main
 
         return serve_main(sys.argv[1:])
     return main(sys.argv[1:]) or 0

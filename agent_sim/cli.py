@@ -1,6 +1,6 @@
 """``agent-sim``: run the receiver, or inspect a running one from a terminal.
 
-Subcommands: ``serve`` (the default; handed to ``agent_sim.server.serve_main``),
+Subcommands: ``serve`` (the default; handed to ``agent_sim.serve.serve_main``),
 ``stats``, ``traces``, ``show <trace-id>``, ``wait --count N`` and ``demo``
 (handed to ``agent_sim.demo.demo_main`` when that module exists).
 
@@ -339,7 +339,7 @@ def cmd_wait(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(argv: list[str]) -> int:
-    from agent_sim.server import serve_main
+    from agent_sim.serve import serve_main
 
     return int(serve_main(argv) or 0)
 

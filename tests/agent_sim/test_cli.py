@@ -360,7 +360,7 @@ def hook(event, args):
         log.write(f"{kind} {args[1][1]} {signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL}\\n")
 
 sys.addaudithook(hook)
-from agent_sim.server import serve_main
+from agent_sim.serve import serve_main
 sys.exit(serve_main(sys.argv[2:]))
 """
 

@@ -300,7 +300,7 @@ def test_serve_without_the_agent_extra_says_what_to_install() -> None:
     from tests.utils import REPO
 
     code = ("import sys; sys.modules['ddsketch'] = None; sys.modules['ddsketch.mapping'] = None\n"
-            "from agent_sim.server import serve_main\nsys.exit(serve_main(['--port', '0']))")
+            "from agent_sim.serve import serve_main\nsys.exit(serve_main(['--port', '0']))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2
     assert "pip install 'tracer-apm[agent]'" in proc.stderr and "Traceback" not in proc.stderr
@@ -315,7 +315,7 @@ def test_serve_main_runs_and_stops_on_sigterm(tmp_path: Any) -> None:
     from tests.utils import REPO, assert_clean_output, free_port, wait_for_port
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; from agent_sim.server import serve_main; "
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from agent_sim.serve import serve_main; "
                              f"sys.exit(serve_main(['--port', '{port}', '--db', ':memory:', "
                              "'--sample-rate', '0.3', '--sample-rate', 'api=0.1']))"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

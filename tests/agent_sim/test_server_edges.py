@@ -13,7 +13,7 @@ import msgpack
 import pytest
 
 from agent_sim import server
-from agent_sim.server import serve_main
+from agent_sim.serve import serve_main
 from tests.agent_sim.test_server import span
 from tests.receiver import RunningReceiver
 
