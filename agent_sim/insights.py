@@ -16,7 +16,9 @@ import argparse
 import hashlib
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from agent_sim.model import Span, Trace
@@ -51,6 +53,9 @@ class Finding:
     count: int = 1
     total_duration_ns: int = 0
     span_ids: list[int] = field(default_factory=list)
+
+
+_RESOURCE = itemgetter("resource")
 
 
 def _fingerprint(*parts: str) -> str:
@@ -145,7 +150,11 @@ def detect(spans: Trace, limits: Thresholds = DEFAULT_LIMITS) -> list[Finding]:
             children.setdefault(s["parent_id"], []).append(s)
         if s["error"]:
             failed.append(s)
-    groups = [(pid, kids) for pid, kids in children.items() if len(kids) >= limits.n_plus_one_min]
+    least = limits.n_plus_one_min
+    # a run needs one resource at least ``least`` times among the kids: most
+    # parents with many queries (a view running several different ones) stop here
+    groups = [(pid, kids) for pid, kids in children.items()
+              if len(kids) >= least and max(Counter(map(_RESOURCE, kids)).values()) >= least]
     if not (groups or slow or failed):
         return []
     by_id, endpoint = _endpoints(spans)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from agent_sim.decode import checked_traces, decode_span, get_fields, wire_typed
+from agent_sim.decode import checked_traces, decode_span, get_fields
 from agent_sim.model import Span, Trace
 from sql_obfuscation import obfuscate_error_message, obfuscate_sql
 
@@ -28,6 +28,7 @@ DEFAULT_SERVICE = "unnamed-service"
 DEFAULT_NAME = "unnamed_operation"
 _YEAR_2000_NS = 946_684_800 * 10**9
 _MAX_INT64 = (1 << 63) - 1
+_INT64 = 1 << 63
 _VALID_STATUS = frozenset(str(code) for code in range(100, 600))
 # SQL may hide in these besides the resource; they are stored obfuscated too.
 _SQL_META_KEYS = ("sql.query", "db.statement")
@@ -93,7 +94,7 @@ def normalize_payload(traces: Sequence[Any], version: str = "v0.4") -> tuple[lis
 # Checking a span and normalizing it are one pass over its fields (each alone
 # cost as much bytecode as msgpack takes to decode the span). The common case
 # — every field with its wire type and nothing to fix — is decided with one
-# field fetch and decode's ``wire_typed``; anything else goes to decode's lenient
+# field fetch and decode's ``wire_typed`` tests (inline); anything else goes to decode's lenient
 # ``decode_span`` or to ``_apply_limits``. Meta and metrics keys already
 # seen to be short strings are remembered (bounded), so a span's key check is
 # one set comparison.
@@ -121,7 +122,15 @@ def normalize_chunk(trace: Sequence[Any]) -> Trace | str:
             span_trace_id, span_id, parent_id, service, name, resource, type_, start, duration, error, meta, metrics = (
                 fields
             )
-            if len(span) == 12 and wire_typed(fields):
+            if (
+                len(span) == 12
+                # decode.wire_typed, inline (a call per span costs more than these tests)
+                and type(span_trace_id) is int and type(span_id) is int and type(parent_id) is int
+                and type(start) is int and type(duration) is int and type(error) is int
+                and type(service) is str and type(name) is str and type(resource) is str and type(type_) is str
+                and type(meta) is dict and type(metrics) is dict
+                and span_trace_id >= 0 and span_id >= 0 and parent_id >= 0 and start < _INT64 and duration < _INT64
+            ):
                 # join() rejects anything but str, sum() anything but numbers
                 if meta.keys() <= known:
                     long_meta = len(join(meta.values())) > MAX_META_VALUE // 4 and _long_meta(meta)
@@ -159,9 +168,14 @@ def normalize_chunk(trace: Sequence[Any]) -> Trace | str:
             continue
         if type_ == "sql":
             # before the limits, as the agent does: the obfuscated text is what is truncated
-            _obfuscate_span(span, meta)
-            resource = span["resource"]
-            long_meta = long_meta or _long_sql_meta(meta)
+            if resource and "sql.query" not in meta and "db.statement" not in meta and "error.message" not in meta:
+                # what our integrations send: _obfuscate_span's work, less its
+                # lookups; a sql.query over its limit implies a resource over its own
+                span["resource"] = meta["sql.query"] = resource = obfuscate_sql(resource)
+            else:
+                _obfuscate_span(span, meta)
+                resource = span["resource"]
+                long_meta = long_meta or _long_sql_meta(meta)
         if (
             long_meta
             or not 0 < len(service) <= MAX_SERVICE // 4

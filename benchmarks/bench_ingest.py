@@ -1,8 +1,9 @@
 """Receiver ingest throughput: agent_sim (stats + SQLite persistence on) vs
 Datadog's ddapm-test-agent (which only stores), in the same run.
 
-A load process sends v0.4 msgpack payloads of 1,000 spans (100 traces × 10
-spans, unique ids, realistic tags, SQL spans among them) over one keep-alive
+A load process sends v0.4 msgpack payloads of 1,000 spans (100 Flask
+requests of 10 spans: request, view and 8 PyMySQL queries, tagged as our
+integrations tag them, unique ids) over one keep-alive
 connection for ``--seconds`` per run, and counts spans acknowledged with 200.
 Runs are interleaved (ours, test agent, ours, test agent, ...); medians and
 per-pair ratios are printed, with each receiver's peak RSS (VmHWM). agent_sim
@@ -37,15 +38,24 @@ from collections.abc import Callable
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPANS_PER_TRACE = 10
 TRACES_PER_PAYLOAD = 100
+# What our PyMySQL integration sends as resources: the statement with its
+# literals already replaced by "?" (tracer contrib/_dbapi.py).
 SQL = [
-    "SELECT * FROM users WHERE id = %s",
-    "SELECT id, name FROM items WHERE owner = %s AND state IN (%s, %s, %s)",
-    "UPDATE carts SET updated = %s WHERE id = %s",
-    "INSERT INTO events (kind, payload) VALUES (%s, %s)",
+    "SELECT id, name, email FROM users WHERE id = ?",
+    "SELECT id, sku, qty FROM cart_items WHERE cart_id = ? AND state IN ( ? )",
+    "UPDATE carts SET updated_at = ? WHERE id = ?",
+    "INSERT INTO events ( kind, payload, created_at ) VALUES ( ? )",
 ]
+ROUTES = ["/users/<int:uid>", "/cart/<int:cid>", "/orders", "/checkout", "/items/<sku>", "/search", "/login",
+          "/health"]
 
 
 def make_payload(rng: random.Random) -> bytes:
+    """100 traces of one Flask request each, as our integrations and
+    ``tracer.processor`` send them (tags checked against a live Flask +
+    PyMySQL app): ``flask.request`` → ``flask.view`` → 8 ``mysql.query``
+    spans, in finish order (the queries first), the chunk's sampling tags
+    on its first span and the process tags on the root."""
     import msgpack
 
     now = time.time_ns()
@@ -54,28 +64,44 @@ def make_payload(rng: random.Random) -> bytes:
         # >= 2**63 so msgpack writes it as a fixed 8-byte uint64; the low 16
         # bits are patched per send (see load) so every trace id is unique.
         tid = (1 << 63) | (rng.getrandbits(47) << 16)
-        root = rng.getrandbits(64) | 1
-        spans = [{
-            "trace_id": tid, "span_id": root, "parent_id": 0, "service": "web-store", "name": "flask.request",
-            "resource": f"GET /users/<int:id>/{t % 8}", "type": "web", "start": now, "duration": 5_000_000 + t,
-            "error": int(t % 50 == 0),
-            "meta": {"component": "flask", "span.kind": "server", "http.method": "GET",
-                     "http.status_code": "500" if t % 50 == 0 else "200", "http.url": "http://localhost/users/1",
-                     "http.route": "/users/<int:id>", "_dd.p.tid": "6560000000000000", "_dd.p.dm": "-0",
-                     "language": "python", "runtime-id": "8f1e2d3c4b5a69788f1e2d3c4b5a6978", "env": "bench"},
-            "metrics": {"_dd.top_level": 1, "_dd.measured": 1, "_sampling_priority_v1": 1, "process_id": 4242},
-        }]
-        for i in range(SPANS_PER_TRACE - 1):
-            sql = i % 3 == 0
+        root, view = rng.getrandbits(63) | 1, rng.getrandbits(63) | 1
+        route = ROUTES[t % len(ROUTES)]
+        error = int(t % 50 == 0)
+        queries = SPANS_PER_TRACE - 2
+        spans = []
+        for i in range(queries):
             spans.append({
-                "trace_id": tid, "span_id": rng.getrandbits(64) | 1, "parent_id": root,
-                "service": "mysql" if sql else "web-store", "name": "mysql.query" if sql else "flask.view",
-                "resource": SQL[i % 4] if sql else f"view_{i}", "type": "sql" if sql else "web",
-                "start": now + i * 1000, "duration": 200_000 + i, "error": 0,
+                "trace_id": tid, "span_id": rng.getrandbits(64) | 1, "parent_id": view,
+                "service": "mysql", "name": "mysql.query", "resource": SQL[(t + i) % len(SQL)], "type": "sql",
+                "start": now + 50_000 + i * 400_000, "duration": 300_000 + rng.randrange(100_000), "error": 0,
                 "meta": {"component": "pymysql", "span.kind": "client", "db.system": "mysql", "db.name": "shop",
-                         "out.host": "127.0.0.1"} if sql else {"component": "flask"},
-                "metrics": {"_dd.measured": 1, "_dd.top_level": 1, "db.row_count": 1} if sql else {},
+                         "peer.service": "shop", "db.user": "app", "out.host": "127.0.0.1"},
+                "metrics": {"_dd.measured": 1, "_dd.top_level": 1, "network.destination.port": 3306,
+                            "db.row_count": rng.randrange(20)},
             })
+        spans.append({
+            "trace_id": tid, "span_id": view, "parent_id": root, "service": "web-store", "name": "flask.view",
+            "resource": route.strip("/").split("/")[0] or "index", "type": "web", "start": now + 20_000,
+            "duration": queries * 400_000 + 100_000, "error": error, "meta": {"component": "flask"}, "metrics": {},
+        })
+        spans.append({
+            "trace_id": tid, "span_id": root, "parent_id": 0, "service": "web-store", "name": "flask.request",
+            "resource": f"GET {route}", "type": "web", "start": now, "duration": queries * 400_000 + 200_000,
+            "error": error,
+            "meta": {"component": "flask", "span.kind": "server", "http.method": "GET",
+                     "http.url": f"http://127.0.0.1:8000{route.replace('<int:uid>', str(t)).replace('<int:cid>', '7')}",
+                     "http.useragent": "python-requests/2.31.0", "http.route": route, "flask.endpoint": "view",
+                     "http.status_code": "500" if error else "200", "env": "prod", "version": "1.2.3",
+                     "language": "python", "runtime-id": "8f1e2d3c4b5a69788f1e2d3c4b5a6978"},
+            "metrics": {"_dd.measured": 1, "_dd.top_level": 1, "process_id": 4242},
+        })
+        if error:  # the exception goes through the view to the request span
+            for span in spans[-2:]:
+                span["meta"].update({"error.type": "builtins.KeyError", "error.message": f"'order {t} not found'",
+                                     "error.stack": "Traceback (most recent call last):\n  ...\nKeyError"})
+        first = spans[0]
+        first["meta"].update({"_dd.p.dm": "-0", "_dd.p.tid": "6560000000000000", "env": "prod"})
+        first["metrics"]["_sampling_priority_v1"] = 1
         traces.append(spans)
     return msgpack.packb(traces)
 
@@ -180,6 +206,64 @@ def detector_cost(rounds: int = 5, payloads: int = 30) -> tuple[float, float, fl
     return det, brk, statistics.median(on), statistics.median(off)
 
 
+STAGES = ("decode", "normalize", "duplicates", "stats", "store", "detectors", "breakdown", "findings write")
+
+
+def stage_costs(rounds: int = 5, payloads: int = 30) -> tuple[dict[str, float], float]:
+    """CPU ns per span of each stage of ``Receiver.ingest`` on the bench
+    payloads (SQLite file, insights on), and of the whole call: the stages'
+    functions are wrapped with CPU-time counters in this process only
+    (``stats`` is computing the groups and applying them to the live
+    buckets; ``store`` packing the traces and their SQLite transaction). Medians of ``rounds``; the rest of ``ingest`` (priority,
+    counters, locks) and the counters' own cost are the total's remainder."""
+    from agent_sim import findings, ingest, stats, store
+    from agent_sim.decode import unpack_v04
+
+    rng = random.Random(7)
+    bodies = [make_payload(rng) for _ in range(payloads)]
+    spans = payloads * TRACES_PER_PAYLOAD * SPANS_PER_TRACE
+    clock = time.process_time_ns
+    spent = dict.fromkeys(STAGES, 0)
+
+    def timed(stage: str, fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def run(*args: object, **kwargs: object) -> object:
+            start = clock()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[stage] += clock() - start
+        return run
+
+    per_round: dict[str, list[float]] = {name: [] for name in (*STAGES, "total")}
+    wrapped = [(ingest, "normalize_payload", "normalize"), (ingest.Receiver, "_count_duplicates", "duplicates"),
+               (ingest, "compute_groups", "stats"), (stats.Concentrator, "apply", "stats"),
+               (store.Store, "ingest", "store"), (findings, "detect", "detectors"),
+               (findings, "breakdown", "breakdown"), (findings.FindingStore, "_record", "findings write")]
+    originals = [(owner, attr, getattr(owner, attr)) for owner, attr, _stage in wrapped]
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(rounds):
+            rx = ingest.Receiver(os.path.join(tmp, f"stages-{r}.db"))
+            spent.update(dict.fromkeys(STAGES, 0))
+            total = 0
+            for (owner, attr, stage), (_o, _a, fn) in zip(wrapped, originals, strict=True):
+                setattr(owner, attr, timed(stage, fn))
+            try:
+                for b in bodies:
+                    start = clock()
+                    rx.ingest(timed("decode", unpack_v04)(b), False, True)
+                    total += clock() - start
+            finally:
+                for owner, attr, fn in originals:
+                    setattr(owner, attr, fn)
+                rx.close()
+            for name in STAGES:
+                per_round[name].append(spent[name] / spans)
+            per_round["total"].append(total / spans)
+    medians = {name: statistics.median(v) for name, v in per_round.items()}
+    return {name: medians[name] for name in STAGES}, medians["total"]
+
+
 def free_port() -> int:
     import socket
 
@@ -243,10 +327,17 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=20, help="load duration per run (default 20)")
     p.add_argument("--rounds", type=int, default=2, help="interleaved pairs (default 2)")
+    p.add_argument("--stages", action="store_true", help="only print the per-stage CPU cost in process")
     p.add_argument("--test-agent", default=os.environ.get("DDAPM_TEST_AGENT")
                    or shutil.which("ddapm-test-agent") or "/opt/ddapm-venv/bin/ddapm-test-agent")
     args = p.parse_args(argv)
     have_peer = os.path.exists(args.test_agent) or shutil.which(args.test_agent)
+    costs, total = stage_costs()
+    print("Receiver.ingest, CPU per span in process by stage (medians): "
+          + ", ".join(f"{name} {ns:.0f} ns" for name, ns in costs.items())
+          + f"; total {total:.0f} ns ({1e9 / total:,.0f} spans/s of CPU)", flush=True)
+    if args.stages:
+        return 0
     det, brk, on, off = detector_cost()
     print(f"insights, CPU per span in process: detectors {det:.0f} ns, time breakdown {brk:.0f} ns; "
           f"Receiver.ingest {on:.0f} ns with them, {off:.0f} ns without: {on - off:.0f} ns "
