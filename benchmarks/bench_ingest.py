@@ -3,15 +3,16 @@ Datadog's ddapm-test-agent (which only stores), in the same run.
 
 A load process sends v0.4 msgpack payloads of 1,000 spans (100 Flask
 requests of 10 spans: request, view and 8 PyMySQL queries, tagged as our
-integrations tag them, unique ids) over one keep-alive
-connection for ``--seconds`` per run, and counts spans acknowledged with 200.
-Runs are interleaved (ours, test agent, ours, test agent, ...); medians and
-per-pair ratios are printed, with each receiver's peak RSS (VmHWM). agent_sim
-runs with its insight detectors on (as ``agent-sim serve`` always does); their
-own cost per span (detectors, time breakdown, and persisting both, on the
-same payloads in this process) is printed first.
+integrations tag them, unique ids) over one keep-alive connection for
+``--seconds`` per run, and counts spans acknowledged with 200. Runs are
+interleaved (ours, test agent, ours, test agent, ...); medians and per-pair
+ratios are printed, with each receiver's peak RSS (VmHWM). agent_sim runs
+with its insight detectors on (as ``agent-sim serve`` always does). Printed
+first, measured in this process on the same payloads: the CPU cost per span
+of each stage of ``Receiver.ingest`` (``--stages`` prints only that), then
+the insights' own cost (detectors, time breakdown, and persisting both).
 
-    python benchmarks/bench_ingest.py [--seconds 20] [--rounds 2] [--concurrency 1]
+    python benchmarks/bench_ingest.py [--seconds 20] [--rounds 2] [--stages]
 
 The load process is started with this file's ``load`` sub-command.
 """
