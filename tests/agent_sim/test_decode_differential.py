@@ -20,6 +20,7 @@ not look (a string ``start``, ...). Every other disagreement fails the test.
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 import urllib.request
@@ -55,6 +56,9 @@ EXCEPTIONS = {
     "span-ids-renumbered": "not a decode difference: the test agent's trace printer loops forever (and stops "
                            "answering) on a span whose parent is itself, e.g. span_id 0 and parent_id 0; ids take no "
                            "part in the decision, so the test agent gets integer span ids 1, 2, ... and parent 0",
+    "test-agent-crash": "the test agent answers 500 or drops the connection on a few JSON bodies (seen: a nil "
+                        "trace beside a span whose metrics key is a lone surrogate escape): no reference decision "
+                        "there, so only agent-sim's own rule holds (200, or 400 naming the reason; never 500)",
     "trailing-bytes": "agent-sim is stricter than both, deliberately: bytes after the payload mean the tracer's "
                       "framing is wrong (a count header that does not match what follows: the agent silently "
                       "drops the rest, the test agent logs an error and keeps what it decoded), so agent-sim "
@@ -317,8 +321,13 @@ def compare(rx: Receivers, version: str, payload: Any, body: bytes, content_type
     else:
         if view.used:
             body = msgpack.packb(seen, use_bin_type=True) if content_type == MSGPACK else json.dumps(seen).encode()
-        theirs, why = rx.test_agent.put(f"/{version}/traces", body, content_type)
-        assert theirs in (200, 400), (theirs, why)  # the test agent never answered 500 here
+        try:
+            theirs, why = rx.test_agent.put(f"/{version}/traces", body, content_type)
+        except (ConnectionError, http.client.HTTPException):
+            theirs, why = 500, b"(connection dropped)"
+        if theirs not in (200, 400):
+            event("exception test-agent-crash")  # no reference decision; ours was checked above
+            return
     for name in sorted(view.used):
         event(f"exception {name}")
     event(f"{'accepted' if theirs == 200 else 'rejected'}")
