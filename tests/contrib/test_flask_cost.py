@@ -41,21 +41,23 @@ def settings() -> Iterator[Any]:
         setattr(config, key, value)
 
 
+def before() -> None:
+    pass
+
+
+def after(response: Any) -> Any:
+    return response
+
+
+def user(user_id: int) -> str:
+    return "ok"
+
+
 def _app() -> Any:
     app = flask.Flask("cost_app")
-
-    @app.before_request
-    def before() -> None:
-        pass
-
-    @app.after_request
-    def after(response: Any) -> Any:
-        return response
-
-    @app.route("/users/<int:user_id>")
-    def user(user_id: int) -> str:
-        return "ok"
-
+    app.before_request(before)
+    app.after_request(after)
+    app.add_url_rule("/users/<int:user_id>", view_func=user)
     return app
 
 
@@ -92,7 +94,7 @@ def test_calls_per_request_within_budget(traced: Any, settings: Any) -> None:
     tree = trees(traced)[-1]
     assert tree == (
         "flask.request cost_app 'GET /users/<int:user_id>' http.status_code=200\n"
-        "  flask.before_request cost_app '_app.<locals>.before'\n"
-        "  flask.view cost_app '_app.<locals>.user'\n"
-        "  flask.after_request cost_app '_app.<locals>.after'"
+        "  flask.before_request cost_app 'before'\n"
+        "  flask.view cost_app 'user'\n"
+        "  flask.after_request cost_app 'after'"
     ), tree
