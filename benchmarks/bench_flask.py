@@ -1,6 +1,13 @@
 """Added latency per Flask request: plain vs ours vs ddtrace vs OpenTelemetry.
 
     python benchmarks/bench_flask.py [--rounds 5] [--requests 3000]
+    python benchmarks/bench_flask.py --profile [--requests 2000]
+
+``--profile`` is the deterministic view, for a loaded machine where timings
+are noise: plain and ours each run the requests under cProfile (in their own
+process) and print the Python-level calls per request, the difference, and
+ours' top functions by own time (the profiler inflates each call's cost; the
+call counts are exact).
 
 Each variant runs in its own process, the variants interleaved round by round
 (the order rotates each round), on the same one-route app with a path
@@ -112,7 +119,7 @@ class Sink:
 # -- one variant (child process) ------------------------------------------------------
 
 
-def run_variant(variant: str, port: int, requests: int) -> dict[str, Any]:
+def run_variant(variant: str, port: int, requests: int, profile: bool = False) -> dict[str, Any]:
     url = f"http://127.0.0.1:{port}"
     flush: Any = None
     if variant == "ours":
@@ -185,6 +192,8 @@ def run_variant(variant: str, port: int, requests: int) -> dict[str, Any]:
         return time.perf_counter() - start
 
     batch(WARMUP)
+    if profile:
+        return profiled(batch, requests)
     cpu_start = time.process_time()
     elapsed = batch(requests)
     if flush is not None:
@@ -193,6 +202,52 @@ def run_variant(variant: str, port: int, requests: int) -> dict[str, Any]:
     # requests, including the final flush: robust to other load on the machine.
     cpu = time.process_time() - cpu_start
     return {"us_per_request": elapsed / requests * 1e6, "cpu_us_per_request": cpu / requests * 1e6, "made": WARMUP + requests}
+
+
+def profiled(batch: Any, requests: int) -> dict[str, Any]:
+    """Calls per request over ``requests`` requests under cProfile, and the
+    tracer's own functions (``tracer/``, ``contrib/``) by own time."""
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.runcall(batch, requests)
+    stats: Any = pstats.Stats(profiler)
+    ours = []
+    for (filename, line, name), (_cc, calls, own, _cum, _callers) in stats.stats.items():
+        rel = os.path.relpath(filename, REPO)
+        if rel.startswith(("tracer" + os.sep, "contrib" + os.sep)):
+            ours.append((own, calls, f"{rel}:{line}({name})"))
+    ours.sort(reverse=True)
+    return {
+        "calls_per_request": stats.total_calls / requests,
+        "ours_calls_per_request": sum(c for _, c, _ in ours) / requests,
+        "top": [(calls / requests, own / requests * 1e6, where) for own, calls, where in ours[:15]],
+    }
+
+
+def profile_report(port: int, requests: int, env: dict[str, str]) -> int:
+    results = {}
+    for variant in ("plain", "ours"):
+        proc = subprocess.run(
+            [sys.executable, __file__, "--child", variant, "--port", str(port), "--requests", str(requests), "--profile"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if proc.returncode != 0:
+            print(f"{variant}: exit {proc.returncode}: {proc.stderr[-2000:]}")
+            return 1
+        results[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
+    plain, ours = results["plain"]["calls_per_request"], results["ours"]["calls_per_request"]
+    print(f"Python-level calls per request over {requests} requests (cProfile):")
+    print(f"plain {plain:.1f}  ours {ours:.1f}  added {ours - plain:.1f}"
+          f"  (in tracer/ and contrib/: {results['ours']['ours_calls_per_request']:.1f})")
+    print(f"\n{'calls/req':>9s} {'own us/req (profiled)':>22s}  function")
+    for calls, own, where in results["ours"]["top"]:
+        print(f"{calls:9.2f} {own:22.2f}  {where}")
+    return 0
 
 
 def report(label: str, variants: list[str], results: dict[str, list[float]]) -> None:
@@ -224,11 +279,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--profile", action="store_true", help="calls per request under cProfile, plain and ours")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(run_variant(args.child, args.port, args.requests)))
+        print(json.dumps(run_variant(args.child, args.port, args.requests, args.profile)))
         return 0
 
     variants = [v for v in args.variants.split(",") if v]
@@ -237,6 +293,8 @@ def main() -> int:
     for key in list(env):
         if key.startswith(("TRACER_", "DD_", "OTEL_")):
             del env[key]
+    if args.profile:
+        return profile_report(sink.port, args.requests, env)
     results: dict[str, list[float]] = {v: [] for v in variants}
     cpu_results: dict[str, list[float]] = {v: [] for v in variants}
     failures: list[str] = []

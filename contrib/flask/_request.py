@@ -7,6 +7,11 @@ duration covers a streamed body too. Per-request work is kept to dict
 look-ups and slot writes: anything derivable per app is cached on the app
 (``app.extensions``), the URL is only parsed for redaction when a query string
 is present, and the propagation headers are only parsed when one is present.
+
+The request path is counted in Python calls (``bench_flask.py --profile``):
+the span starts in ``RequestState.__init__`` with its tags set in place,
+``start_response`` is a bound method of the state (no closure per request),
+the ``close()`` and drop fallbacks call nothing once the span has ended.
 """
 
 from __future__ import annotations
@@ -66,23 +71,6 @@ def _header_plan(wanted: dict[str, str | None]) -> _HeaderPlan:
     return plan
 
 
-def _tag_request_headers(span: Span, environ: Mapping[str, Any], wanted: dict[str, str | None]) -> None:
-    meta = span.meta
-    for key, tag in _header_plan(wanted).request:
-        value = environ.get(key)
-        if value is not None:
-            meta[tag] = value[:MAX_VALUE_LEN]
-
-
-def _tag_response_headers(span: Span, headers: list[tuple[str, str]], wanted: dict[str, str | None]) -> None:
-    tags = _header_plan(wanted).response
-    meta = span.meta
-    for key, value in headers:
-        tag = tags.get(key.lower())
-        if tag is not None:
-            meta[tag] = str(value)[:MAX_VALUE_LEN]
-
-
 class _AppInfo:
     """Per-app data computed on the app's first traced request: its service
     and the hook plan of each endpoint seen (see ``_hooks``)."""
@@ -137,26 +125,71 @@ def request_url(environ: Mapping[str, Any]) -> str:
 class RequestState:
     """One traced request: its root span and what the wrappers learn.
 
-    ``plan`` maps the user functions of the matched endpoint to their phase
-    (filled by ``match_rule``); ``exc`` is the exception that made the
-    response a 5xx, if one was seen."""
+    Built by the ``Flask.wsgi_app`` wrapper, which passes ``start_response``
+    (a bound method, no per-request closure) to Flask in place of the
+    server's. ``plan`` maps the user functions of the matched endpoint to
+    their phase (filled by ``match_rule``); ``exc`` is the exception that made
+    the response a 5xx, if one was seen; ``entry`` is the active span the WSGI
+    call started from (the server's context), given back when the app
+    returns."""
 
-    __slots__ = ("span", "environ", "app", "info", "plan", "exc", "matched")
+    __slots__ = ("span", "environ", "app", "info", "plan", "exc", "matched", "entry", "_start_response")
 
-    def __init__(self, span: Span, environ: Any, app: Any, info: _AppInfo) -> None:
-        self.span = span
-        self.environ = environ
+    def __init__(self, app: Any, environ: dict[str, Any], start_response: Callable[..., Any], enclosing: Any) -> None:
+        """Start and activate the root span of a request; record its request
+        tags. ``enclosing`` is the RequestState of a Flask request this one
+        runs inside (an app calling another app's ``wsgi_app``), else None."""
         self.app = app
-        self.info = info
+        self.environ = environ
+        self._start_response = start_response
         self.plan: dict[Any, Phase] = {}
         self.exc: BaseException | None = None
         self.matched = False
+        # Outside another Flask request, a finished span or a flask.request
+        # span still active here was left behind by an earlier request on
+        # this thread (a server that skipped close(), an app that never
+        # finished a span): it is dropped, never the parent of this request.
+        parent: Any = _active.get()
+        if parent is not None and enclosing is None and (parent.duration_ns is not None or parent.name == "flask.request"):
+            _active.set(None)
+            parent = None
+        self.entry = parent
+        if config.distributed_tracing:
+            for key in _PROPAGATION_KEYS:
+                if key in environ:
+                    context = propagation.extract(environ)  # reads HTTP_* keys itself
+                    if context is not None:
+                        parent = context
+                    break
+        info = app.extensions.get(_EXTENSION_KEY)
+        if info is None:
+            info = app_info(app)
+        self.info = info
+        method = environ.get("REQUEST_METHOD", "GET")
+        span = self.span = _tracer.start_span(
+            "flask.request", parent, config.flask_service or config.service or info.service, None, "web", True
+        )
+        meta = span.meta
+        meta["component"] = "flask"
+        meta["span.kind"] = "server"
+        meta["http.method"] = method
+        meta["http.url"] = request_url(environ)
+        useragent = environ.get("HTTP_USER_AGENT")
+        if useragent:
+            meta["http.useragent"] = useragent[:MAX_VALUE_LEN]
+        span.metrics["_dd.measured"] = 1
+        wanted = config.header_tags
+        if wanted:
+            for key, tag in _header_plan(wanted).request:
+                value = environ.get(key)
+                if value is not None:
+                    meta[tag] = value[:MAX_VALUE_LEN]
 
     def match_rule(self) -> None:
         """Once Flask has matched the URL (its request context is pushed, no
         user function has run yet): resource, route tags and the hook plan."""
         self.matched = True
-        request = self.environ.get("werkzeug.request")
+        request: Any = self.environ.get("werkzeug.request")
         rule = getattr(request, "url_rule", None)
         endpoint = None
         if rule is not None:
@@ -178,106 +211,66 @@ class RequestState:
             plan = plans[endpoint] = build_plan(self.app, endpoint)
         self.plan = plan
 
-
-def entry_context(enclosing: RequestState | None) -> Span | None:
-    """The active span a WSGI call starts from: the server's context.
-
-    Outside another Flask request, a finished span or a ``flask.request``
-    span still active here was left behind by an earlier request on this
-    thread (a server that skipped ``close()``, an app that never finished a
-    span): it is dropped, never the parent of this request."""
-    span = _active.get()
-    if span is not None and enclosing is None and (span.duration_ns is not None or span.name == "flask.request"):
-        _active.set(None)
-        return None
-    return span
-
-
-def start_request(app: Any, environ: dict[str, Any]) -> RequestState:
-    """Start and activate the root span of a request; record its request tags."""
-    parent: Any = None
-    if config.distributed_tracing:
-        for key in _PROPAGATION_KEYS:
-            if key in environ:
-                parent = propagation.extract(environ)  # reads HTTP_* keys itself
-                break
-    if parent is None:
-        parent = _active.get()
-    info = app_info(app)
-    service = config.flask_service or config.service or info.service
-    method = environ.get("REQUEST_METHOD", "GET")
-    span = _tracer.start_span("flask.request", parent, service, None, "web", True)
-    meta = span.meta
-    meta["component"] = "flask"
-    meta["span.kind"] = "server"
-    meta["http.method"] = method
-    meta["http.url"] = request_url(environ)
-    useragent = environ.get("HTTP_USER_AGENT")
-    if useragent:
-        meta["http.useragent"] = useragent[:MAX_VALUE_LEN]
-    span.metrics["_dd.measured"] = 1
-    wanted = config.header_tags
-    if wanted:
-        _tag_request_headers(span, environ, wanted)
-    return RequestState(span, environ, app, info)
-
-
-def wrap_start_response(state: RequestState, start_response: Callable[..., Any]) -> Callable[..., Any]:
-    """A ``start_response`` that records the status (and header tags) on the
-    root span before calling the server's."""
-
-    def traced_start_response(status: str, headers: list[tuple[str, str]], *args: Any) -> Any:
+    def start_response(self, status: str, headers: list[tuple[str, str]], *args: Any) -> Any:
+        """The ``start_response`` Flask gets: records the status (and header
+        tags) on the root span, then calls the server's."""
         try:
-            span = state.span
+            span = self.span
+            meta = span.meta
             code = status[:3]
-            span.meta["http.status_code"] = code
-            if not state.matched:
-                state.match_rule()
-            if "http.route" not in span.meta:
+            meta["http.status_code"] = code
+            if not self.matched:
+                self.match_rule()
+            if "http.route" not in meta:
                 # No rule matched: "GET 404" keeps the resource count bounded.
                 # A wrong method (405) or Werkzeug's slash redirect (308) did
                 # match a path, and says so.
-                span.resource = f"{span.meta['http.method']} {code if code in ('405', '308') else '404'}"
+                span.resource = f"{meta['http.method']} {code if code in ('405', '308') else '404'}"
             if code[0] == "5":
-                exc = state.exc
+                exc = self.exc
                 if exc is not None:
                     span.set_exc_info(type(exc), exc, exc.__traceback__)
                 else:
                     span.error = 1
             wanted = config.header_tags
             if wanted:
-                _tag_response_headers(span, headers, wanted)
+                tags = _header_plan(wanted).response
+                for key, value in headers:
+                    tag = tags.get(key.lower())
+                    if tag is not None:
+                        meta[tag] = str(value)[:MAX_VALUE_LEN]
         except Exception:
             internal_error("flask.start_response")
-        return start_response(status, headers, *args)
+        return self._start_response(status, headers, *args)
 
-    return traced_start_response
+    def respond(self, body: Iterable[bytes]) -> Iterable[bytes]:
+        """Flask returned ``body``: the server's context is given back
+        (whatever the app left active: a span it never finished), and the
+        body is returned wrapped so that the request span ends exactly once,
+        whatever the server does with it.
 
+        A ``wsgi.file_wrapper`` body is returned as a new file wrapper of the
+        server's type around the same file, so servers that send files with
+        ``sendfile()`` still recognize it."""
+        _active.set(self.entry)
+        file_wrapper = self.environ.get("wsgi.file_wrapper")
+        if file_wrapper is not None and type(file_wrapper) is type and isinstance(body, file_wrapper):
+            filelike = getattr(body, "filelike", None)
+            if filelike is not None:
+                return file_wrapper(_ClosingFile(filelike, self.span), getattr(body, "blksize", 8192))
+        return _ClosingBody(body, self.span)
 
-def escaped(state: RequestState, exc: BaseException) -> None:
-    """An exception left the WSGI app: the root span records it and ends."""
-    span = state.span
-    if not state.matched:
-        state.match_rule()
-    if "http.route" not in span.meta:
-        span.resource = f"{span.meta['http.method']} 404"
-    span.set_exc_info(type(exc), exc, exc.__traceback__)
-    span.finish()  # restores the previous active span, where this one is active
-
-
-def finish_on_close(state: RequestState, body: Iterable[bytes]) -> Iterable[bytes]:
-    """Return the response body wrapped so that the request span ends exactly
-    once, whatever the server does with it.
-
-    A ``wsgi.file_wrapper`` body is returned as a new file wrapper of the
-    server's type around the same file, so servers that send files with
-    ``sendfile()`` still recognize it."""
-    file_wrapper = state.environ.get("wsgi.file_wrapper")
-    if file_wrapper is not None and type(file_wrapper) is type and isinstance(body, file_wrapper):
-        filelike = getattr(body, "filelike", None)
-        if filelike is not None:
-            return file_wrapper(_ClosingFile(filelike, state.span), getattr(body, "blksize", 8192))
-    return _ClosingBody(body, state.span)
+    def escaped(self, exc: BaseException) -> None:
+        """An exception left the WSGI app: the server's context is given
+        back, and the root span records the exception and ends."""
+        _active.set(self.entry)
+        span = self.span
+        if not self.matched:
+            self.match_rule()
+        if "http.route" not in span.meta:
+            span.resource = f"{span.meta['http.method']} 404"
+        span.set_exc_info(type(exc), exc, exc.__traceback__)
+        span.finish()
 
 
 # Meta tag set when the server stopped sending the body before its end (the
@@ -297,13 +290,15 @@ def _end(span: Span, started: bool) -> None:
 
 def _close_then_end(body: Any, span: Span, started: bool) -> None:
     """Close the app's body (its exceptions propagate, as the server
-    expects), then end the request span whatever happened."""
+    expects), then end the request span whatever happened (most often it
+    ended with the body: nothing left to do)."""
     close = getattr(body, "close", None)
     try:
         if close is not None:
             close()
     finally:
-        guarded_call("flask.response.close", _end, span, started)
+        if span.duration_ns is None:
+            guarded_call("flask.response.close", _end, span, started)
 
 
 class _ClosingBody:
@@ -356,7 +351,9 @@ class _ClosingBody:
         _close_then_end(self._body, self._span, self._it is not None)
 
     def __del__(self) -> None:
-        guarded_call("flask.response.dropped", _end, self._span, self._it is not None)
+        span = self._span
+        if span.duration_ns is None:
+            guarded_call("flask.response.dropped", _end, span, self._it is not None)
 
 
 class _ClosingFile:
@@ -376,4 +373,6 @@ class _ClosingFile:
         _close_then_end(self._filelike, self._span, False)
 
     def __del__(self) -> None:
-        guarded_call("flask.response.dropped", _end, self._span, False)
+        span = self._span
+        if span.duration_ns is None:
+            guarded_call("flask.response.dropped", _end, span, False)

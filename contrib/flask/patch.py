@@ -32,9 +32,9 @@ from werkzeug.exceptions import HTTPException
 import tracer as _pkg
 from contrib.flask import _request
 from contrib.flask._hooks import PHASES, Phase
-from tracer._errors import Start, finish_span, guarded_wrapper, keep_result
+from tracer._errors import finish_span, guarded_call, guarded_wrapper, internal_error, keep_result
 from tracer._patching import Target, integration_functions
-from tracer.context import _active
+from tracer._tracer import _trace_child
 
 _tracer = _pkg.tracer
 _current: ContextVar[Any] = ContextVar("tracer_flask_request", default=None)  # the RequestState
@@ -43,8 +43,6 @@ _current: ContextVar[Any] = ContextVar("tracer_flask_request", default=None)  # 
 # -- traced user functions -------------------------------------------------------
 
 _TRACED_CACHE_MAX = 4096  # functions per phase; apps built per test would grow it forever
-
-
 
 
 def _is_error(exc: BaseException) -> bool:
@@ -62,58 +60,106 @@ def _resource_of(func: Any) -> str:
     return name if name is not None else type(func).__qualname__
 
 
-def _hook_start(name: str, resource: str) -> Start:
-    def start(instance: Any, args: tuple, kwargs: dict) -> tuple[Any, tuple, dict]:
-        span = _tracer.trace(name, None, resource, "web")
-        span.meta["component"] = "flask"
-        return span, args, kwargs
-
-    return start
-
-
-def _hook_finish(instance: Any, span: Any, result: Any, exc: BaseException | None) -> Any:
-    if exc is not None and _is_error(exc):
-        span.set_exc_info(type(exc), exc, exc.__traceback__)
-        state = _current.get()
-        if state is not None:
-            state.exc = exc
-    span.finish()
-    return result
-
-
 def _traced(func: Callable[..., Any], phase: Phase) -> Callable[..., Any]:
-    wrapper = guarded_wrapper("flask.hook", _hook_start(phase.name, _resource_of(func)), _hook_finish)
+    """``func`` in a span named after its phase: the guard shape (guarded
+    pre-work, the call unguarded, guarded post-work) in one frame, as this
+    runs for every user function of every request; the span starts in C
+    (``_trace_child``) when the C extension is there."""
+    name = phase.name
+    resource = _resource_of(func)
 
     def traced_call(*args: Any, **kwargs: Any) -> Any:
-        return wrapper(func, None, args, kwargs)
+        try:
+            span = _trace_child(name, None, resource, "web") if _trace_child is not None else None
+            if span is None:  # no active span, or the pure-Python tracer
+                span = _tracer.trace(name, None, resource, "web")
+            span.meta["component"] = "flask"
+        except Exception:
+            internal_error("flask.hook")
+            return func(*args, **kwargs)
+        try:
+            result = func(*args, **kwargs)
+        except BaseException as exc:
+            guarded_call("flask.hook.finish", _hook_failed, span, exc)
+            raise
+        try:
+            span.finish()
+        except Exception:
+            internal_error("flask.hook.finish")
+        return result
 
     traced_call.__wrapped__ = func  # type: ignore[attr-defined]
     return traced_call
 
 
+def _hook_failed(span: Any, exc: BaseException) -> None:
+    if _is_error(exc):
+        span.set_exc_info(type(exc), exc, exc.__traceback__)
+        state = _current.get()
+        if state is not None:
+            state.exc = exc
+    span.finish()
+
+
 # -- wrappers ------------------------------------------------------------------
+#
+# The two wrappers every request goes through (``wsgi_app`` once,
+# ``ensure_sync`` once per user function) are written out in the guard shape
+# rather than built by ``guarded_wrapper``: its ``start``/``finish`` calls
+# were two of the ~60 Python calls a request cost.
 
 
-def _wsgi_start(instance: Any, args: tuple, kwargs: dict) -> tuple[Any, tuple, dict] | None:
+def _wsgi_app(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
     if not _tracer.enabled or len(args) != 2 or kwargs:
-        return None
-    environ, start_response = args
-    entry = _request.entry_context(_current.get())
-    state = _request.start_request(instance, environ)
-    traced_start_response = _request.wrap_start_response(state, start_response)
-    return (state, _current.set(state), entry), (environ, traced_start_response), kwargs
+        return wrapped(*args, **kwargs)
+    try:
+        environ, start_response = args
+        state = _request.RequestState(instance, environ, start_response, _current.get())
+        token = _current.set(state)
+    except Exception:
+        internal_error("flask.wsgi_app")
+        return wrapped(*args, **kwargs)
+    try:
+        body = wrapped(environ, state.start_response)
+    except BaseException as exc:
+        try:
+            _current.reset(token)
+            state.escaped(exc)
+        except Exception:
+            internal_error("flask.wsgi_app.finish")
+        raise
+    try:
+        _current.reset(token)
+        return state.respond(body)
+    except Exception:
+        internal_error("flask.wsgi_app.finish")
+        return body
 
 
-def _wsgi_finish(instance: Any, started: Any, body: Any, exc: BaseException | None) -> Any:
-    state, token, entry = started
-    _current.reset(token)
-    # The server's context is given back whatever the app left active
-    # (a span it never finished), so nothing after this request joins it.
-    _active.set(entry)
-    if exc is not None:
-        _request.escaped(state, exc)
-        return None
-    return _request.finish_on_close(state, body)
+def _ensure_sync(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
+    state = _current.get()
+    func = wrapped(*args, **kwargs)
+    if state is None:
+        return func
+    try:
+        original = args[0] if args else kwargs.get("func")
+        if not state.matched:
+            state.match_rule()
+        phase = state.plan.get(original)
+        if phase is None or original is None:
+            return func
+        if func is not original:  # async function: Flask made a new sync callable
+            return _traced(func, phase)
+        cache = phase.traced
+        traced = cache.get(func)
+        if traced is None:
+            if len(cache) >= _TRACED_CACHE_MAX:
+                cache.clear()
+            traced = cache[func] = _traced(func, phase)
+        return traced
+    except Exception:
+        internal_error("flask.ensure_sync.finish")
+        return func
 
 
 def _handle_exception_start(instance: Any, args: tuple, kwargs: dict) -> None:
@@ -124,33 +170,6 @@ def _handle_exception_start(instance: Any, args: tuple, kwargs: dict) -> None:
         if isinstance(exc, BaseException) and _is_error(exc):
             state.exc = exc
     return None
-
-
-def _ensure_sync_start(instance: Any, args: tuple, kwargs: dict) -> tuple[Any, tuple, dict] | None:
-    state = _current.get()
-    if state is None:
-        return None
-    return (state, args[0] if args else kwargs.get("func")), args, kwargs
-
-
-def _ensure_sync_finish(instance: Any, started: Any, func: Any, exc: BaseException | None) -> Any:
-    if exc is not None:
-        return None
-    state, original = started
-    if not state.matched:
-        state.match_rule()
-    phase = state.plan.get(original)
-    if phase is None:
-        return func
-    if func is not original:  # async function: Flask made a new sync callable
-        return _traced(func, phase)
-    cache = phase.traced
-    traced = cache.get(func)
-    if traced is None:
-        if len(cache) >= _TRACED_CACHE_MAX:
-            cache.clear()
-        traced = cache[func] = _traced(func, phase)
-    return traced
 
 
 def _render_start(instance: Any, args: tuple, kwargs: dict) -> tuple[Any, tuple, dict]:
@@ -166,8 +185,8 @@ def _render_start(instance: Any, args: tuple, kwargs: dict) -> tuple[Any, tuple,
 
 # What patch() wraps and unpatch() restores.
 TARGETS: tuple[Target, ...] = (
-    Target("flask.app", "Flask.wsgi_app", guarded_wrapper("flask.wsgi_app", _wsgi_start, _wsgi_finish)),
-    Target("flask.app", "Flask.ensure_sync", guarded_wrapper("flask.ensure_sync", _ensure_sync_start, _ensure_sync_finish)),
+    Target("flask.app", "Flask.wsgi_app", _wsgi_app),
+    Target("flask.app", "Flask.ensure_sync", _ensure_sync),
     Target("flask.app", "Flask.handle_exception", guarded_wrapper("flask.handle_exception", _handle_exception_start, keep_result)),
     Target("flask.templating", "_render", guarded_wrapper("flask.render_template", _render_start, finish_span)),
 )

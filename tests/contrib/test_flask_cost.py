@@ -1,0 +1,100 @@
+"""The Flask request path's cost, counted rather than timed: Python-level
+calls of ``contrib/`` per request (cProfile), deterministic on a loaded
+machine where timings are noise. The figures of ``bench_flask.py --profile``;
+the budget is the redesigned path's (issue 17: 41 before it), so a change that
+adds per-request calls has to say so here."""
+
+from __future__ import annotations
+
+import cProfile
+import os
+import pstats
+from collections.abc import Iterator
+from typing import Any
+
+import flask
+import pytest
+
+import tracer as tracer_pkg
+from tests.contrib.apps.flask_helpers import patched_for_module, trees
+from tests.utils import REPO
+from tracer.config import config
+
+# Request span + before_request, view, after_request spans, with view-arg and
+# header tags on (the benchmark's app and settings).
+CONTRIB_CALLS_PER_REQUEST = 23
+REQUESTS = 50
+
+
+@pytest.fixture(scope="module", autouse=True)
+def patched() -> Iterator[None]:
+    yield from patched_for_module("flask")
+
+
+@pytest.fixture
+def settings() -> Iterator[Any]:
+    saved = dict(vars(config))
+    config.flask_view_args = True
+    config.header_tags = {"x-request-id": None}
+    yield config
+    for key, value in saved.items():
+        setattr(config, key, value)
+
+
+def before() -> None:
+    pass
+
+
+def after(response: Any) -> Any:
+    return response
+
+
+def user(user_id: int) -> str:
+    return "ok"
+
+
+def _app() -> Any:
+    app = flask.Flask("cost_app")
+    app.before_request(before)
+    app.after_request(after)
+    app.add_url_rule("/users/<int:user_id>", view_func=user)
+    return app
+
+
+def _contrib_calls(stats: Any) -> dict[str, int]:
+    contrib = os.path.join(REPO, "contrib") + os.sep
+    return {
+        f"{os.path.relpath(filename, REPO)}:{line}({name})": calls
+        for (filename, line, name), (_cc, calls, _own, _cum, _callers) in stats.stats.items()
+        if filename.startswith(contrib)
+    }
+
+
+def test_calls_per_request_within_budget(traced: Any, settings: Any) -> None:
+    client = _app().test_client()
+    headers = {"X-Request-Id": "abc123"}
+
+    def requests(n: int) -> None:
+        for _ in range(n):
+            response = client.get("/users/42", headers=headers)
+            assert response.get_data() == b"ok"
+            response.close()
+
+    requests(3)  # plans and traced hooks built, outside the count
+    profiler = cProfile.Profile()
+    profiler.runcall(requests, REQUESTS)
+    calls = _contrib_calls(pstats.Stats(profiler))
+    per_request = sum(calls.values()) / REQUESTS
+    detail = "\n".join(f"{count / REQUESTS:5.2f} {where}" for where, count in sorted(calls.items()))
+    assert per_request <= CONTRIB_CALLS_PER_REQUEST, f"{per_request} calls of contrib/ per request:\n{detail}"
+
+    # The spans are what they were: the count was not bought by dropping work.
+    assert tracer_pkg.tracer.flush(10)
+    traced.wait_traces(3 + REQUESTS)
+    tree = trees(traced)[-1]
+    assert tree == (
+        "flask.request cost_app 'GET /users/<int:user_id>' http.status_code=200\n"
+        "  flask.before_request cost_app 'before'\n"
+        "  flask.view cost_app 'user'\n"
+        "  flask.after_request cost_app 'after'"
+    ), tree
