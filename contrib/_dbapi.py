@@ -36,7 +36,7 @@ import wrapt
 from tracer import tracer as _tracer
 from tracer._errors import Start, finish_span, guarded_wrapper, internal_error, no_pre_work
 from tracer.config import config
-from tracer.context import _active
+from tracer.context import ACTIVE_SPAN
 
 log = logging.getLogger("tracer")
 
@@ -125,7 +125,7 @@ def _start(info: DBInfo, name: str, sql: Any) -> Any:
     if type(sql) is not str:
         sql = _text(sql) if sql is not None else name
     resource = obfuscate(sql) if config.db_obfuscate else sql
-    span = _tracer.start_span(name, _active.get(), info.service, resource, "sql")
+    span = _tracer.start_span(name, ACTIVE_SPAN.get(), info.service, resource, "sql")
     span.meta.update(info.meta)
     span.metrics.update(info.metrics)
     return span

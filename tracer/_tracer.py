@@ -27,7 +27,7 @@ from typing import Any, Callable, TypeVar
 from tracer._service import service_name
 from tracer.buffer import TraceBuffer, _Trace
 from tracer.config import config as _config
-from tracer.context import Context, _active, current_span, unfinished
+from tracer.context import ACTIVE_SPAN, Context, current_span, unfinished
 from tracer.span import Span, _cspan
 
 log = logging.getLogger("tracer")
@@ -146,8 +146,8 @@ class Tracer:
         else:
             span = self._start_trace(parent, name, service, resource, span_type, mono)
         if activate:
-            span._prev = _active.get()
-            _active.set(span)
+            span._prev = ACTIVE_SPAN.get()
+            ACTIVE_SPAN.set(span)
         return span
 
     def _start_trace(
@@ -214,7 +214,7 @@ class Tracer:
         """``trace()`` in pure Python (with the C span: its slow path, for a
         new trace or a foreign parent)."""
         mono = perf_counter_ns()
-        active = parent = _active.get()
+        active = parent = ACTIVE_SPAN.get()
         if parent is not None and parent.duration_ns is not None:
             parent = unfinished(parent)  # finished elsewhere while its block is open
         if parent is not None and not (trace := parent._trace).foreign:
@@ -243,7 +243,7 @@ class Tracer:
         else:
             span = self._start_trace(parent, name, service, resource, span_type, mono)
             span._prev = active
-        _active.set(span)
+        ACTIVE_SPAN.set(span)
         return span
 
     if _cspan is None:
@@ -273,7 +273,7 @@ class Tracer:
         return current_span()
 
     def current_root_span(self) -> Span | None:
-        span = _active.get()
+        span = ACTIVE_SPAN.get()
         if span is None:
             return None
         # Walk up rather than read trace.root: the writer drops that reference

@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 if TYPE_CHECKING:
     from tracer.span import Span
 
-_active: ContextVar[Span | None] = ContextVar("tracer_active_span", default=None)
+# Internal API, shared by tracer/ and the integrations in contrib/ (not public:
+# apps use current_span()/wrap_context()): the active span of this thread or
+# asyncio task. ``ACTIVE_SPAN.get()`` may return a finished span (a span
+# finished elsewhere while its block is open); current_span() walks up to the
+# nearest unfinished ancestor. Setting it is the integrations' business only,
+# always paired with a reset, as in wrap_context.
+ACTIVE_SPAN: ContextVar[Span | None] = ContextVar("tracer_active_span", default=None)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -76,7 +82,7 @@ def unfinished(span: Span | None) -> Span | None:
 
 
 def current_span() -> Span | None:
-    span = _active.get()
+    span = ACTIVE_SPAN.get()
     if span is not None and span.duration_ns is not None:
         return unfinished(span)
     return span
@@ -89,16 +95,16 @@ def wrap_context(fn: F) -> F:
 
     Only our own span is carried (not every context variable): a worker thread
     keeps the rest of its context, as ``ThreadPoolExecutor`` users expect."""
-    span = _active.get()
+    span = ACTIVE_SPAN.get()
     if span is None:
         return fn
 
     @functools.wraps(fn)
     def run_with_span(*args: Any, **kwargs: Any) -> Any:
-        token = _active.set(span)
+        token = ACTIVE_SPAN.set(span)
         try:
             return fn(*args, **kwargs)
         finally:
-            _active.reset(token)
+            ACTIVE_SPAN.reset(token)
 
     return run_with_span  # type: ignore[return-value]

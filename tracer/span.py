@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from tracer.config import config as _config
-from tracer.context import _active
+from tracer.context import ACTIVE_SPAN
 
 if TYPE_CHECKING:
     from tracer.buffer import _Trace
@@ -211,8 +211,8 @@ class _SpanBase:
             # Finished before its block ended (finish(), or from another
             # thread or context, where this one stayed active): the block
             # still ends with the span active before it.
-            if self._prev is not _NOT_ACTIVATED and _active.get() is self:
-                _active.set(self._prev)
+            if self._prev is not _NOT_ACTIVATED and ACTIVE_SPAN.get() is self:
+                ACTIVE_SPAN.set(self._prev)
             return
         self.duration_ns = perf_counter_ns() - self._mono
         # A `with` block ends in the context it began in, where this span is
@@ -220,7 +220,7 @@ class _SpanBase:
         # restore the previous one without reading the variable first.
         prev = self._prev
         if prev is not _NOT_ACTIVATED:
-            _active.set(prev)  # type: ignore[arg-type]
+            ACTIVE_SPAN.set(prev)  # type: ignore[arg-type]
         self._trace.finish_span(self)  # type: ignore[arg-type]
 
     def finish(self, finish_time_ns: int | None = None) -> None:
@@ -233,8 +233,8 @@ class _SpanBase:
         else:
             self.duration_ns = max(0, finish_time_ns - self.start_ns)
         prev = self._prev
-        if prev is not _NOT_ACTIVATED and _active.get() is self:
-            _active.set(prev)  # type: ignore[arg-type]
+        if prev is not _NOT_ACTIVATED and ACTIVE_SPAN.get() is self:
+            ACTIVE_SPAN.set(prev)  # type: ignore[arg-type]
         self._trace.finish_span(self)  # type: ignore[arg-type]
 
 
@@ -343,4 +343,4 @@ class Span(_Base):
 
 
 if _cspan is not None:
-    _cspan.configure(Span, _active, _NOT_ACTIVATED, getrandbits)
+    _cspan.configure(Span, ACTIVE_SPAN, _NOT_ACTIVATED, getrandbits)

@@ -26,7 +26,7 @@ from contrib.flask._hooks import Phase, build_plan
 from tracer import propagation
 from tracer._errors import guarded_call, internal_error
 from tracer.config import config
-from tracer.context import _active
+from tracer.context import ACTIVE_SPAN
 from tracer.span import MAX_VALUE_LEN, Span
 
 _tracer = _pkg.tracer
@@ -149,9 +149,9 @@ class RequestState:
         # span still active here was left behind by an earlier request on
         # this thread (a server that skipped close(), an app that never
         # finished a span): it is dropped, never the parent of this request.
-        parent: Any = _active.get()
+        parent: Any = ACTIVE_SPAN.get()
         if parent is not None and enclosing is None and (parent.duration_ns is not None or parent.name == "flask.request"):
-            _active.set(None)
+            ACTIVE_SPAN.set(None)
             parent = None
         self.entry = parent
         if config.distributed_tracing:
@@ -252,7 +252,7 @@ class RequestState:
         A ``wsgi.file_wrapper`` body is returned as a new file wrapper of the
         server's type around the same file, so servers that send files with
         ``sendfile()`` still recognize it."""
-        _active.set(self.entry)
+        ACTIVE_SPAN.set(self.entry)
         file_wrapper = self.environ.get("wsgi.file_wrapper")
         if file_wrapper is not None and type(file_wrapper) is type and isinstance(body, file_wrapper):
             filelike = getattr(body, "filelike", None)
@@ -263,7 +263,7 @@ class RequestState:
     def escaped(self, exc: BaseException) -> None:
         """An exception left the WSGI app: the server's context is given
         back, and the root span records the exception and ends."""
-        _active.set(self.entry)
+        ACTIVE_SPAN.set(self.entry)
         span = self.span
         if not self.matched:
             self.match_rule()
@@ -328,8 +328,8 @@ class _ClosingBody:
 
     def __next__(self) -> bytes:
         span = self._span
-        prev = _active.get()
-        _active.set(span)
+        prev = ACTIVE_SPAN.get()
+        ACTIVE_SPAN.set(span)
         try:
             it = self._it
             if it is None:
@@ -345,7 +345,7 @@ class _ClosingBody:
                 span.finish()
             raise
         finally:
-            _active.set(prev)
+            ACTIVE_SPAN.set(prev)
 
     def close(self) -> None:
         _close_then_end(self._body, self._span, self._it is not None)

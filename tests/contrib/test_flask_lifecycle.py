@@ -15,7 +15,7 @@ from flask import Flask, Response, g
 import tracer as tracer_pkg
 from contrib.flask._request import CLIENT_DISCONNECTED
 from tests.contrib.apps.flask_helpers import patched_for_module
-from tracer.context import _active
+from tracer.context import ACTIVE_SPAN
 
 pytestmark = pytest.mark.usefixtures("spans_in_memory")
 
@@ -80,13 +80,13 @@ def test_body_exhausted_without_close_ends_the_span(app: Flask, test_spans: Any)
     assert span.meta["http.status_code"] == "200" and CLIENT_DISCONNECTED not in span.meta
     body.close()  # a late close() ends nothing twice
     assert len(requests_of(test_spans)) == 1
-    assert _active.get() is None
+    assert ACTIVE_SPAN.get() is None
 
 
 def test_body_dropped_mid_stream_without_close(app: Flask, test_spans: Any) -> None:
     status, body = call(app, "/stream")
     assert next(iter(body)) == b"chunk0"
-    assert _active.get() is None  # between chunks the server's context is its own
+    assert ACTIVE_SPAN.get() is None  # between chunks the server's context is its own
     del body  # the server gave up on the client and never called close()
     gc.collect()
     (span,) = requests_of(test_spans)
@@ -117,7 +117,7 @@ def test_exception_inside_the_body_is_recorded(app: Flask, test_spans: Any) -> N
     (span,) = requests_of(test_spans)
     assert (span.error, span.meta["error.type"], span.meta["error.message"]) == (1, "builtins.RuntimeError", "stream broke")
     assert span.meta["http.status_code"] == "200"  # what was sent
-    assert _active.get() is None
+    assert ACTIVE_SPAN.get() is None
 
 
 def test_error_sent_without_close_keeps_flask_error(app: Flask, test_spans: Any) -> None:
@@ -132,7 +132,7 @@ def test_a_leaked_span_is_never_the_next_request_parent(app: Flask, test_spans: 
     status, body = call(app, "/leak")
     assert b"".join(body) == b"leaked"
     body.close()
-    assert _active.get() is None  # the app's unfinished span did not outlive its request
+    assert ACTIVE_SPAN.get() is None  # the app's unfinished span did not outlive its request
     with tracer_pkg.tracer.trace("after.request") as after:
         pass
     assert after.parent_id == 0
@@ -150,6 +150,6 @@ def test_a_request_span_left_active_by_another_path_is_dropped(app: Flask, test_
         b"".join(body)
         (span,) = requests_of(test_spans)
         assert span.parent_id == 0 and span.trace_id != leaked.trace_id
-        assert _active.get() is None
+        assert ACTIVE_SPAN.get() is None
     finally:
         leaked.finish()

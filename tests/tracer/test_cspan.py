@@ -16,7 +16,7 @@ import pytest
 
 from tests.utils import assert_clean_output
 from tracer import encoding, tracer
-from tracer.context import _active
+from tracer.context import ACTIVE_SPAN
 from tracer.span import MAX_KEY_LEN, MAX_VALUE_LEN, SPAN_FIELDS, _cspan
 
 PURE = os.environ.get("TRACER_PURE_PYTHON", "").lower() in ("1", "true", "yes", "on")
@@ -146,7 +146,7 @@ def test_finish_restores_the_previous_span_only_where_it_is_active(test_spans):
         thread.start()
         thread.join()
         assert elsewhere == [None] and tracer.current_span() is root and other.finished
-        assert _active.get() is other
+        assert ACTIVE_SPAN.get() is other
         never_active = tracer.start_span("detached", child_of=root, activate=False)
         never_active.finish()
         assert tracer.current_span() is root
@@ -400,9 +400,9 @@ def test_a_span_finished_elsewhere_while_its_block_is_open(test_spans):
                 assert block.finished and outer.finished and tracer.current_span() is root
                 with tracer.trace("inside") as inside:  # a child of root, never of a finished span
                     assert inside.parent_id == root.span_id and tracer.current_span() is inside
-                assert tracer.current_span() is root and _active.get() is block
-            assert _active.get() is outer and tracer.current_span() is root
-        assert _active.get() is root
+                assert tracer.current_span() is root and ACTIVE_SPAN.get() is block
+            assert ACTIVE_SPAN.get() is outer and tracer.current_span() is root
+        assert ACTIVE_SPAN.get() is root
         late = tracer.trace("late")
         thread = threading.Thread(target=lambda: (late.finish(), root.finish()))
         thread.start()
@@ -411,9 +411,9 @@ def test_a_span_finished_elsewhere_while_its_block_is_open(test_spans):
         assert tracer.current_span() is None
         with tracer.trace("next") as nxt:
             assert nxt.trace_id != root.trace_id and nxt.parent_id == 0 and tracer.current_span() is nxt
-        assert _active.get() is late
+        assert ACTIVE_SPAN.get() is late
         late.__exit__(None, None, None)  # its block ends
-        assert _active.get() is root
-    assert _active.get() is None
+        assert ACTIVE_SPAN.get() is root
+    assert ACTIVE_SPAN.get() is None
     names = sorted(s.name for s in test_spans.spans)
     assert names == ["block", "inside", "late", "next", "outer", "root"]

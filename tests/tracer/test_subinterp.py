@@ -16,7 +16,7 @@ from tests.utils import require_module, run_python
 SCRIPT = r'''
 import _testcapi
 from tracer import tracer
-from tracer.context import _active
+from tracer.context import ACTIVE_SPAN
 from tracer.span import _cspan
 
 def child_span(name):
@@ -32,7 +32,7 @@ def request(name):
             assert tracer.current_span() is child
         assert tracer.current_span() is root
     assert (child.trace_id, child.parent_id) == (root.trace_id, root.span_id)
-    assert _active.get() is None, f"{name}: a finished span is still active: {_active.get()!r}"
+    assert ACTIVE_SPAN.get() is None, f"{name}: a finished span is still active: {ACTIVE_SPAN.get()!r}"
     assert tracer.current_root_span() is None, f"{name}: {tracer.current_root_span()!r}"
     return root
 
