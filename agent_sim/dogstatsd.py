@@ -274,6 +274,23 @@ def point_state(kind: str, live: Any) -> Any:
     return live.state()
 
 
+def _copy(kind: str, state: Any) -> Any:
+    """A distribution's sketch copied (merging and caching must not change or follow the live one)."""
+    if kind != "d":
+        return state
+    copy = Sketch()
+    copy.merge(state)
+    return copy
+
+
+def _discard(index: dict[Any, set[Tags]], key: Any, tags: Tags) -> None:
+    found = index.get(key)
+    if found is not None:
+        found.discard(tags)
+        if not found:
+            del index[key]
+
+
 class Aggregator:
     """10 s buckets of DogStatsD samples, keyed by (name, sorted tags).
 
@@ -289,6 +306,12 @@ class Aggregator:
         self.store = store
         self.traces = traces
         self.types: dict[tuple[str, Tags], str] = store.contexts() if store is not None else {}
+        # The query index, over the contexts of ``types`` (so bounded like them), kept when a context
+        # comes or goes: name -> its contexts' tags, and (name, tag) -> the contexts carrying the tag.
+        self._by_name: dict[str, set[Tags]] = {}
+        self._by_tag: dict[tuple[str, str], set[Tags]] = {}
+        for key in self.types:
+            self._index(key)
         self.buckets: dict[int, dict[tuple[str, Tags], Any]] = {}
         self.events: list[Event] = []
         self.checks: list[ServiceCheck] = []
@@ -336,6 +359,7 @@ class Aggregator:
                 self.counters["contexts_overflowed"] += 1
                 return
             kind = self.types[key] = s.type
+            self._index(key)
         elif kind != s.type and {kind, s.type} != {"h", "ms"}:
             self.counters["type_conflicts"] += 1
             return
@@ -405,8 +429,28 @@ class Aggregator:
             with self._lock:
                 live = {key for bucket in self.buckets.values() for key in bucket}
                 for key in gone:
-                    if key not in live:
-                        self.types.pop(key, None)
+                    if key not in live and self.types.pop(key, None) is not None:
+                        self._unindex(key)
+
+    def _index(self, key: tuple[str, Tags]) -> None:
+        name, tags = key
+        self._by_name.setdefault(name, set()).add(tags)
+        for tag in tags:
+            self._by_tag.setdefault((name, tag), set()).add(tags)
+
+    def _unindex(self, key: tuple[str, Tags]) -> None:
+        name, tags = key
+        _discard(self._by_name, name, tags)
+        for tag in tags:
+            _discard(self._by_tag, (name, tag), tags)
+
+    def contexts(self, name: str, tags: Tags = ()) -> list[Tags]:
+        """The tags of ``name``'s contexts carrying every one of ``tags`` (sorted), from the
+        index: proportional to the smallest of the tags' context sets. Caller holds ``_lock``."""
+        if not tags:
+            return sorted(self._by_name.get(name, ()))
+        sets = sorted((self._by_tag.get((name, t), set()) for t in set(tags)), key=len)
+        return sorted(sets[0].intersection(*sets[1:]))
 
     def metric_list(self, tags: Tags = ()) -> list[dict[str, Any]]:
         """``[{name, type, tag_keys}]`` of the contexts carrying every one of ``tags``;
@@ -430,39 +474,37 @@ class Aggregator:
 
         return query(self, name, tags, since, until, agg, by, rollup)
 
-    def points(self, name: str, since: float, until: float) -> tuple[str, list[tuple[Tags, str, int, int, Any]]]:
-        """``(field, [(tags, kind, width, bucket, state)])`` of metric ``name``
-        (a histogram's ``.max`` etc. resolved to its base name and ``field``)
-        from memory, the pending flush and the store; one entry per context and bucket."""
-        merged: dict[tuple[Tags, int, int], tuple[str, Any]] = {}
-
-        def add(tags: Tags, kind: str, width: int, start: int, state: Any) -> None:
-            if kind == "d":  # merging must not change the live sketch
-                copy = Sketch()
-                copy.merge(state)
-                state = copy
-            k = (tags, width, start)
-            prev = merged.get(k)
-            merged[k] = (kind, state if prev is None else merge_state(kind, prev[1], state))
-
+    def points(self, name: str, since: float, until: float,
+               tags: Tags = ()) -> tuple[str, list[tuple[Tags, str, int, int, Any]]]:
+        """``(field, [(tags, kind, width, bucket, state)])`` of metric ``name``'s contexts carrying
+        every one of ``tags`` (a histogram's ``.max`` etc. resolved to its base name and ``field``)
+        from memory, the pending flush and the store; one entry per context and bucket.
+        In memory it visits only the index's matching contexts in the window's buckets."""
         with self._flush_lock:  # SQLite is read outside ``_lock``: the intake never waits for it
             with self._lock:
                 base, what = self._resolve(name)
-                for n, ctags, kind, width, start, state in self._pending:
-                    if n == base and since <= start + width - 1 and start <= until:
-                        add(ctags, kind, width, start, state)
+                want = set(tags)
+                pending = [(ctags, kind, width, start, _copy(kind, state))
+                           for n, ctags, kind, width, start, state in self._pending
+                           if n == base and since <= start + width - 1 and start <= until and want.issubset(ctags)]
+                keys = [((base, ctags), self.types[(base, ctags)]) for ctags in self.contexts(base, tags)]
+                memory = []
                 for start, bucket in self.buckets.items():
                     if not since <= start + BUCKET_S - 1 or not start <= until:
                         continue
-                    for (n, ctags), live in bucket.items():
-                        if n == base:
-                            kind = self.types[(n, ctags)]
-                            add(ctags, kind, BUCKET_S, start, point_state(kind, live))
+                    for key, kind in keys:
+                        live = bucket.get(key)
+                        if live is not None:
+                            memory.append((key[1], kind, BUCKET_S, start, _copy(kind, point_state(kind, live))))
             stored = self.store.rows(base, since, until) if self.store is not None else []
-        for ctags, kind, width, start, state in stored:  # older than anything in memory
+        stored = [row for row in stored if want.issubset(row[0])]
+        if not pending and not stored:  # one source: one point per context and bucket already
+            return what, memory
+        merged: dict[tuple[Tags, int, int], tuple[str, Any]] = {}
+        for ctags, kind, width, start, state in stored + pending + memory:  # oldest first
             k = (ctags, width, start)
             prev = merged.get(k)
-            merged[k] = (kind, state if prev is None else merge_state(kind, state, prev[1]))
+            merged[k] = (kind, state if prev is None else merge_state(kind, prev[1], state))
         return what, [(ctags, kind, width, start, state) for (ctags, width, start), (kind, state) in merged.items()]
 
     def latest(self, since: float) -> list[tuple[str, Tags, str, Any]]:
@@ -485,6 +527,6 @@ class Aggregator:
 
     def _resolve(self, name: str) -> tuple[str, str]:
         base, _, suffix = name.rpartition(".")
-        if suffix in HISTOGRAM_FIELDS and any(k[0] == base and t in ("h", "ms") for k, t in self.types.items()):
+        if suffix in HISTOGRAM_FIELDS and any(self.types[(base, t)] in ("h", "ms") for t in self._by_name.get(base, ())):
             return base, suffix
         return name, ""
