@@ -497,15 +497,22 @@ class Aggregator:
                         if live is not None:
                             memory.append((key[1], kind, BUCKET_S, start, _copy(kind, point_state(kind, live))))
             stored = self.store.rows(base, since, until) if self.store is not None else []
-        stored = [row for row in stored if want.issubset(row[0])]
         if not pending and not stored:  # one source: one point per context and bucket already
             return what, memory
-        merged: dict[tuple[Tags, int, int], tuple[str, Any]] = {}
-        for ctags, kind, width, start, state in stored + pending + memory:  # oldest first
+        # A bucket can be in SQLite and in memory too (a late |T sample): merged, oldest first.
+        # Only the newer points (memory: the last seconds) go through a dict; stored rows stream past.
+        newer: dict[tuple[Tags, int, int], tuple[str, Any]] = {}
+        for ctags, kind, width, start, state in pending + memory:
             k = (ctags, width, start)
-            prev = merged.get(k)
-            merged[k] = (kind, state if prev is None else merge_state(kind, prev[1], state))
-        return what, [(ctags, kind, width, start, state) for (ctags, width, start), (kind, state) in merged.items()]
+            prev = newer.get(k)
+            newer[k] = (kind, state if prev is None else merge_state(kind, prev[1], state))
+        out = []
+        for ctags, kind, width, start, state in stored:
+            if want.issubset(ctags):
+                new = newer.pop((ctags, width, start), None) if newer else None
+                out.append((ctags, kind, width, start, state if new is None else merge_state(kind, state, new[1])))
+        out += [(ctags, kind, width, start, state) for (ctags, width, start), (kind, state) in newer.items()]
+        return what, out
 
     def latest(self, since: float) -> list[tuple[str, Tags, str, Any]]:
         """``(name, tags, kind, state)`` of each context's newest 10 s bucket since ``since``."""

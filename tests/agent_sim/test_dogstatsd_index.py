@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from agent_sim.dogstatsd import HISTOGRAM_FIELDS, Aggregator, point_state
 from agent_sim.dogstatsd_query import Batch, _combine, point_value
-from agent_sim.dogstatsd_store import MetricStore
+from agent_sim.dogstatsd_store import MetricStore, merge_state
 from agent_sim.store import Store
 
 T0 = 1_700_000_000 // 3600 * 3600
@@ -48,12 +48,13 @@ def brute(agg: Aggregator, name: str, tags: list[str], since: float, until: floa
         for (n, ctags), live in bucket.items():
             if n == base:
                 kind = agg.types[(n, ctags)]
-                assert (ctags, 10, start) not in points  # no late samples here: one source per bucket
-                points[(ctags, 10, start)] = (kind, point_state(kind, live))
+                old = points.get((ctags, 10, start))  # stored too (a late sample): stored, then memory
+                state = point_state(kind, live)
+                points[(ctags, 10, start)] = (kind, state if old is None else merge_state(kind, old[1], state))
     groups: dict[str, dict[int, list[Any]]] = {}
     for (ctags, width, start), (kind, state) in points.items():
         if set(tags) <= set(ctags) and since <= start + width - 1 and start <= until:
-            group = dict(t.split(":", 1) for t in ctags).get(by, "") if by else ""
+            group = next((t.split(":", 1)[1] for t in ctags if t.split(":", 1)[0] == by), "") if by else ""  # the first
             groups.setdefault(group, {}).setdefault(start, []).append(point_value(kind, state, width, what))
     out = []
     for group in sorted(groups):
@@ -101,7 +102,8 @@ def test_with_the_store_memory_and_sqlite_equal_a_full_scan(tmp_path_factory: py
         agg = Aggregator(store=MetricStore(store))
         load(agg, samples)
         agg.flush(T0 + 400)  # every bucket into SQLite
-        load(agg, [(n, t, 31 + b % 3, v, r) for n, t, b, v, r in later])  # newer buckets stay in memory
+        late = [(n, t, b, v + 1, r) for n, t, b, v, r in samples[::2]]  # into buckets already in SQLite
+        load(agg, late + [(n, t, b + 3, v, r) for n, t, b, v, r in later])  # in memory: late and newer buckets
         for name, tags, lo, hi, fn, by, rollup in questions:
             since, until = T0 + lo, T0 + hi
             want = brute(agg, name, tags, since, until, fn, by, rollup)
@@ -125,5 +127,19 @@ def test_the_index_follows_contexts_that_come_and_go(tmp_path: Any) -> None:
         assert agg.types == {} and agg.contexts("a") == [] and agg._by_tag == {}
         agg.ingest(b"a:5|g|#host:y", T0 + 50 * 3600)
         assert agg.query("a", ("host:y",), T0 + 50 * 3600 - 10) == [{"tags": {}, "points": [[T0 + 50 * 3600, 5.0]]}]
+    finally:
+        store.close()
+
+
+def test_a_late_sample_is_merged_after_the_stored_bucket(tmp_path: Any) -> None:
+    store = Store(str(tmp_path / "m.db"))
+    try:
+        agg = Aggregator(store=MetricStore(store))
+        agg.ingest(f"g:1|g|#h:x|T{T0}\nc:2|c|#h:x|T{T0}".encode(), T0)
+        agg.flush(T0 + 30)
+        agg.ingest(f"g:7|g|#h:x|T{T0 + 5}\nc:3|c|#h:x|T{T0 + 5}".encode(), T0 + 30)  # late: that bucket is in SQLite
+        for query in (agg.query, Batch(agg).query):
+            assert query("g", ("h:x",), T0, T0 + 9, "avg", "", 10) == [{"tags": {}, "points": [[T0, 7.0]]}]
+            assert query("c", ("h:x",), T0, T0 + 9, "avg", "", 10) == [{"tags": {}, "points": [[T0, 0.5]]}]
     finally:
         store.close()
