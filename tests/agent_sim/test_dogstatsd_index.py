@@ -9,6 +9,7 @@ summation order: contexts are visited in another order).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -113,33 +114,32 @@ def test_with_the_store_memory_and_sqlite_equal_a_full_scan(tmp_path_factory: py
         store.close()
 
 
-def test_the_index_follows_contexts_that_come_and_go(tmp_path: Any) -> None:
+@pytest.fixture
+def store(tmp_path: Any) -> Iterator[Store]:
     store = Store(str(tmp_path / "m.db"))
-    try:
-        agg = Aggregator(store=MetricStore(store))
-        agg.ingest(b"a:1|g|#host:x,env:dev\na:2|g|#host:y\nb:3|g|#host:x", T0)
-        assert agg.contexts("a") == [("env:dev", "host:x"), ("host:y",)]
-        assert agg.contexts("a", ("host:x",)) == [("env:dev", "host:x")]
-        assert agg.contexts("a", ("host:x", "env:prod")) == [] and agg.contexts("nope") == []
-        agg.flush(T0 + 30)
-        assert Aggregator(store=MetricStore(store)).contexts("a", ("host:y",)) == [("host:y",)]  # rebuilt at start
-        agg.rollup(T0 + 30 + 48 * 3600, 24 * 3600, 24 * 3600)  # every row expired: contexts forgotten
-        assert agg.types == {} and agg.contexts("a") == [] and agg._by_tag == {}
-        agg.ingest(b"a:5|g|#host:y", T0 + 50 * 3600)
-        assert agg.query("a", ("host:y",), T0 + 50 * 3600 - 10) == [{"tags": {}, "points": [[T0 + 50 * 3600, 5.0]]}]
-    finally:
-        store.close()
+    yield store
+    store.close()
 
 
-def test_a_late_sample_is_merged_after_the_stored_bucket(tmp_path: Any) -> None:
-    store = Store(str(tmp_path / "m.db"))
-    try:
-        agg = Aggregator(store=MetricStore(store))
-        agg.ingest(f"g:1|g|#h:x|T{T0}\nc:2|c|#h:x|T{T0}".encode(), T0)
-        agg.flush(T0 + 30)
-        agg.ingest(f"g:7|g|#h:x|T{T0 + 5}\nc:3|c|#h:x|T{T0 + 5}".encode(), T0 + 30)  # late: that bucket is in SQLite
-        for query in (agg.query, Batch(agg).query):
-            assert query("g", ("h:x",), T0, T0 + 9, "avg", "", 10) == [{"tags": {}, "points": [[T0, 7.0]]}]
-            assert query("c", ("h:x",), T0, T0 + 9, "avg", "", 10) == [{"tags": {}, "points": [[T0, 0.5]]}]
-    finally:
-        store.close()
+def test_the_index_follows_contexts_that_come_and_go(store: Store) -> None:
+    agg = Aggregator(store=MetricStore(store))
+    agg.ingest(b"a:1|g|#host:x,env:dev\na:2|g|#host:y\nb:3|g|#host:x", T0)
+    assert agg.contexts("a") == [("env:dev", "host:x"), ("host:y",)]
+    assert agg.contexts("a", ("host:x",)) == [("env:dev", "host:x")]
+    assert agg.contexts("a", ("host:x", "env:prod")) == [] and agg.contexts("nope") == []
+    agg.flush(T0 + 30)
+    assert Aggregator(store=MetricStore(store)).contexts("a", ("host:y",)) == [("host:y",)]  # rebuilt at start
+    agg.rollup(T0 + 30 + 48 * 3600, 24 * 3600, 24 * 3600)  # every row expired: contexts forgotten
+    assert agg.types == {} and agg.contexts("a") == [] and agg._by_tag == {}
+    agg.ingest(b"a:5|g|#host:y", T0 + 50 * 3600)
+    assert agg.query("a", ("host:y",), T0 + 50 * 3600 - 10) == [{"tags": {}, "points": [[T0 + 50 * 3600, 5.0]]}]
+
+
+def test_a_late_sample_is_merged_after_the_stored_bucket(store: Store) -> None:
+    agg = Aggregator(store=MetricStore(store))
+    agg.ingest(f"g:1|g|#h:x|T{T0}\nc:2|c|#h:x|T{T0}".encode(), T0)
+    agg.flush(T0 + 30)
+    agg.ingest(f"g:7|g|#h:x|T{T0 + 5}\nc:3|c|#h:x|T{T0 + 5}".encode(), T0 + 30)  # late: that bucket is in SQLite
+    for query in (agg.query, Batch(agg).query):
+        assert query("g", ("h:x",), T0, T0 + 9, "avg", "", 10) == [{"tags": {}, "points": [[T0, 7.0]]}]
+        assert query("c", ("h:x",), T0, T0 + 9, "avg", "", 10) == [{"tags": {}, "points": [[T0, 0.5]]}]
