@@ -487,15 +487,16 @@ class Aggregator:
                 pending = [(ctags, kind, width, start, _copy(kind, state))
                            for n, ctags, kind, width, start, state in self._pending
                            if n == base and since <= start + width - 1 and start <= until and want.issubset(ctags)]
-                keys = [((base, ctags), self.types[(base, ctags)]) for ctags in self.contexts(base, tags)]
-                memory = []
-                for start, bucket in self.buckets.items():
-                    if not since <= start + BUCKET_S - 1 or not start <= until:
-                        continue
-                    for key, kind in keys:
+                window = [(start, bucket) for start, bucket in sorted(self.buckets.items())
+                          if since <= start + BUCKET_S - 1 and start <= until]
+                memory = []  # by context, then start
+                for ctags in self.contexts(base, tags) if window else ():
+                    key = (base, ctags)
+                    kind = self.types[key]
+                    for start, bucket in window:
                         live = bucket.get(key)
                         if live is not None:
-                            memory.append((key[1], kind, BUCKET_S, start, _copy(kind, point_state(kind, live))))
+                            memory.append((ctags, kind, BUCKET_S, start, _copy(kind, point_state(kind, live))))
             stored = self.store.rows(base, since, until) if self.store is not None else []
         if not pending and not stored:  # one source: one point per context and bucket already
             return what, memory

@@ -97,13 +97,13 @@ def read(aggregator: Aggregator, name: str, since: float, until: float, tags: Ta
     else:
         what, points = aggregator.points(name, since, until, tags)
     valued: Valued = {}
-    for ctags, kind, width, start, state in points:
-        value = (start, width, point_value(kind, state, width, what))
-        mine = valued.get(ctags)
-        if mine is None:
-            valued[ctags] = [value]
-        else:
-            mine.append(value)
+    last: Tags | None = None
+    mine: list[tuple[int, int, Any]] = []
+    for ctags, kind, width, start, state in points:  # a context's points mostly come in a run
+        if ctags is not last:
+            mine = valued.setdefault(ctags, [])
+            last = ctags
+        mine.append((start, width, point_value(kind, state, width, what)))
     for mine in valued.values():
         mine.sort(key=_start)
     return valued, scale
@@ -125,9 +125,12 @@ def _series(read_: tuple[Valued, float], tags: Tags, since: float, until: float,
     series = []
     for group in sorted(members):
         inside = [[p for p in points if since <= p[0] + p[1] - 1 and p[0] <= until] for points in members[group]]
-        if len(inside) == 1 and rollup == BUCKET_S and _plain(inside[0]):
-            # One context, one bucket per window: what _combine gives for a single value
-            points_out = [[start, (value + 0.0) * scale] for start, _width, value in inside[0]]
+        starts = [p[0] for p in inside[0]]
+        if rollup == BUCKET_S and _plain(starts) and all(
+                points and not isinstance(points[0][2], Sketch) and [p[0] for p in points] == starts for points in inside):
+            # The same buckets in every context, one per window: the per-bucket lists by columns
+            columns = zip(*[[p[2] for p in points] for points in inside], strict=True)
+            points_out = [[start, _combine([list(column)], agg) * scale] for start, column in zip(starts, columns, strict=True)]
         else:
             per_bucket: dict[int, list[Any]] = {}
             for points in inside:
@@ -142,10 +145,9 @@ def _series(read_: tuple[Valued, float], tags: Tags, since: float, until: float,
     return series
 
 
-def _plain(points: list[tuple[int, int, Any]]) -> bool:
-    """Scalar values at distinct starts aligned on ``BUCKET_S`` (sorted by start)."""
-    return (bool(points) and not isinstance(points[0][2], Sketch) and not any(p[0] % BUCKET_S for p in points)
-            and all(a[0] < b[0] for a, b in zip(points, points[1:], strict=False)))
+def _plain(starts: list[int]) -> bool:
+    """Distinct starts aligned on ``BUCKET_S`` (sorted): one bucket per ``BUCKET_S`` window."""
+    return len(set(starts)) == len(starts) and all(start % BUCKET_S == 0 for start in starts)
 
 
 def point_value(kind: str, state: Any, width: int, what: str) -> Any:

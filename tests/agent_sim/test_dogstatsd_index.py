@@ -94,6 +94,24 @@ def test_indexed_query_and_batch_equal_a_full_scan(samples: list[tuple], questio
             same(batch.query(name, tuple(tags), since, until, fn, by, rollup), want)
 
 
+@settings(max_examples=100, deadline=None, derandomize=True, database=None)
+@given(contexts=st.lists(st.lists(st.sampled_from(TAGS), max_size=3), min_size=1, max_size=6), buckets=st.integers(1, 8),
+       values=st.lists(st.integers(-50, 1000), min_size=1), questions=st.lists(question, min_size=1, max_size=4))
+def test_dense_contexts_every_bucket_filled(contexts: list[list[str]], buckets: int, values: list[int],
+                                            questions: list[tuple]) -> None:
+    """Every context in every bucket, as monitors over live hosts see them (the by-column path)."""
+    agg = Aggregator()
+    cells = [(name, tags, b) for name in ("web.temp", "web.hits", "web.lat") for tags in contexts for b in range(buckets)]
+    load(agg, [(n, t, b, values[i % len(values)], 1.0) for i, (n, t, b) in enumerate(cells)])
+    agg.expire(T0 + 400)
+    batch = Batch(agg)
+    for name, tags, lo, hi, fn, by, rollup in questions:
+        since, until = T0 + lo % (buckets * 10), T0 + hi
+        want = brute(agg, name, tags, since, until, fn, by, rollup)
+        same(agg.query(name, tuple(tags), since, until, fn, by, rollup), want)
+        same(batch.query(name, tuple(tags), since, until, fn, by, rollup), want)
+
+
 @settings(max_examples=40, deadline=None, derandomize=True, database=None)
 @given(samples=st.lists(sample, max_size=40), later=st.lists(sample, max_size=20), questions=st.lists(question, min_size=1, max_size=4))
 def test_with_the_store_memory_and_sqlite_equal_a_full_scan(tmp_path_factory: pytest.TempPathFactory, samples: list[tuple],
