@@ -493,10 +493,9 @@ class Aggregator:
                 for ctags in self.contexts(base, tags) if window else ():
                     key = (base, ctags)
                     kind = self.types[key]
-                    for start, bucket in window:
-                        live = bucket.get(key)
-                        if live is not None:
-                            memory.append((ctags, kind, BUCKET_S, start, _copy(kind, point_state(kind, live))))
+                    memory += [(ctags, kind, BUCKET_S, start, _copy(kind, point_state(kind, live)) if kind == "d"
+                                else point_state(kind, live))
+                               for start, bucket in window if (live := bucket.get(key)) is not None]
             stored = self.store.rows(base, since, until) if self.store is not None else []
         if not pending and not stored:  # one source: one point per context and bucket already
             return what, memory
