@@ -17,7 +17,10 @@ value; sets the number of distinct values; histograms and timers give
 own timestamp. Thread-safe (one lock); costs one dict lookup and one update
 per sample. Closed buckets go to SQLite (``dogstatsd_store``); queries
 (``dogstatsd_query.query``, the contract for charts and monitors) read both,
-and the trace stats under ``trace.*`` names (``dogstatsd_trace``).
+and the trace stats under ``trace.*`` names (``dogstatsd_trace``). An index
+by name and by (name, tag), updated only when a context is created or
+forgotten (bounded like the contexts; no cost per sample), lets a query
+visit only the contexts it asks for.
 """
 
 from __future__ import annotations

@@ -22,6 +22,12 @@
 
 Raises ValueError (a message for the user) on a bad ``agg`` or ``rollup``.
 Any thread; reads memory under the aggregator's lock and SQLite under the store's.
+
+Cost: the aggregator's index (name, then tag) gives the matching contexts,
+so a query visits those contexts in the window's buckets only (plus the
+store's rows of the name). ``Batch(aggregator).query`` (same signature and
+answers) is for many queries at one moment, as a monitors cycle makes: each
+name is read and valued once, and each query only filters and groups.
 """
 
 from __future__ import annotations
