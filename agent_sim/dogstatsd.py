@@ -17,7 +17,10 @@ value; sets the number of distinct values; histograms and timers give
 own timestamp. Thread-safe (one lock); costs one dict lookup and one update
 per sample. Closed buckets go to SQLite (``dogstatsd_store``); queries
 (``dogstatsd_query.query``, the contract for charts and monitors) read both,
-and the trace stats under ``trace.*`` names (``dogstatsd_trace``).
+and the trace stats under ``trace.*`` names (``dogstatsd_trace``). An index
+by name and by (name, tag), updated only when a context is created or
+forgotten (bounded like the contexts; no cost per sample), lets a query
+visit only the contexts it asks for.
 """
 
 from __future__ import annotations
@@ -274,6 +277,23 @@ def point_state(kind: str, live: Any) -> Any:
     return live.state()
 
 
+def _copy(kind: str, state: Any) -> Any:
+    """A distribution's sketch copied (merging and caching must not change or follow the live one)."""
+    if kind != "d":
+        return state
+    copy = Sketch()
+    copy.merge(state)
+    return copy
+
+
+def _discard(index: dict[Any, set[Tags]], key: Any, tags: Tags) -> None:
+    found = index.get(key)
+    if found is not None:
+        found.discard(tags)
+        if not found:
+            del index[key]
+
+
 class Aggregator:
     """10 s buckets of DogStatsD samples, keyed by (name, sorted tags).
 
@@ -289,6 +309,12 @@ class Aggregator:
         self.store = store
         self.traces = traces
         self.types: dict[tuple[str, Tags], str] = store.contexts() if store is not None else {}
+        # The query index, over the contexts of ``types`` (so bounded like them), kept when a context
+        # comes or goes: name -> its contexts' tags, and (name, tag) -> the contexts carrying the tag.
+        self._by_name: dict[str, set[Tags]] = {}
+        self._by_tag: dict[tuple[str, str], set[Tags]] = {}
+        for key in self.types:
+            self._index(key)
         self.buckets: dict[int, dict[tuple[str, Tags], Any]] = {}
         self.events: list[Event] = []
         self.checks: list[ServiceCheck] = []
@@ -336,6 +362,7 @@ class Aggregator:
                 self.counters["contexts_overflowed"] += 1
                 return
             kind = self.types[key] = s.type
+            self._index(key)
         elif kind != s.type and {kind, s.type} != {"h", "ms"}:
             self.counters["type_conflicts"] += 1
             return
@@ -405,8 +432,28 @@ class Aggregator:
             with self._lock:
                 live = {key for bucket in self.buckets.values() for key in bucket}
                 for key in gone:
-                    if key not in live:
-                        self.types.pop(key, None)
+                    if key not in live and self.types.pop(key, None) is not None:
+                        self._unindex(key)
+
+    def _index(self, key: tuple[str, Tags]) -> None:
+        name, tags = key
+        self._by_name.setdefault(name, set()).add(tags)
+        for tag in tags:
+            self._by_tag.setdefault((name, tag), set()).add(tags)
+
+    def _unindex(self, key: tuple[str, Tags]) -> None:
+        name, tags = key
+        _discard(self._by_name, name, tags)
+        for tag in tags:
+            _discard(self._by_tag, (name, tag), tags)
+
+    def contexts(self, name: str, tags: Tags = ()) -> list[Tags]:
+        """The tags of ``name``'s contexts carrying every one of ``tags`` (sorted), from the
+        index: proportional to the smallest of the tags' context sets. Caller holds ``_lock``."""
+        if not tags:
+            return sorted(self._by_name.get(name, ()))
+        sets = sorted((self._by_tag.get((name, t), set()) for t in set(tags)), key=len)
+        return sorted(sets[0].intersection(*sets[1:]))
 
     def metric_list(self, tags: Tags = ()) -> list[dict[str, Any]]:
         """``[{name, type, tag_keys}]`` of the contexts carrying every one of ``tags``;
@@ -430,40 +477,45 @@ class Aggregator:
 
         return query(self, name, tags, since, until, agg, by, rollup)
 
-    def points(self, name: str, since: float, until: float) -> tuple[str, list[tuple[Tags, str, int, int, Any]]]:
-        """``(field, [(tags, kind, width, bucket, state)])`` of metric ``name``
-        (a histogram's ``.max`` etc. resolved to its base name and ``field``)
-        from memory, the pending flush and the store; one entry per context and bucket."""
-        merged: dict[tuple[Tags, int, int], tuple[str, Any]] = {}
-
-        def add(tags: Tags, kind: str, width: int, start: int, state: Any) -> None:
-            if kind == "d":  # merging must not change the live sketch
-                copy = Sketch()
-                copy.merge(state)
-                state = copy
-            k = (tags, width, start)
-            prev = merged.get(k)
-            merged[k] = (kind, state if prev is None else merge_state(kind, prev[1], state))
-
+    def points(self, name: str, since: float, until: float,
+               tags: Tags = ()) -> tuple[str, list[tuple[Tags, str, int, int, Any]]]:
+        """``(field, [(tags, kind, width, bucket, state)])`` of metric ``name``'s contexts carrying
+        every one of ``tags`` (a histogram's ``.max`` etc. resolved to its base name and ``field``)
+        from memory, the pending flush and the store; one entry per context and bucket.
+        In memory it visits only the index's matching contexts in the window's buckets."""
         with self._flush_lock:  # SQLite is read outside ``_lock``: the intake never waits for it
             with self._lock:
                 base, what = self._resolve(name)
-                for n, ctags, kind, width, start, state in self._pending:
-                    if n == base and since <= start + width - 1 and start <= until:
-                        add(ctags, kind, width, start, state)
-                for start, bucket in self.buckets.items():
-                    if not since <= start + BUCKET_S - 1 or not start <= until:
-                        continue
-                    for (n, ctags), live in bucket.items():
-                        if n == base:
-                            kind = self.types[(n, ctags)]
-                            add(ctags, kind, BUCKET_S, start, point_state(kind, live))
+                want = set(tags)
+                pending = [(ctags, kind, width, start, _copy(kind, state))
+                           for n, ctags, kind, width, start, state in self._pending
+                           if n == base and since <= start + width - 1 and start <= until and want.issubset(ctags)]
+                window = [(start, bucket) for start, bucket in sorted(self.buckets.items())
+                          if since <= start + BUCKET_S - 1 and start <= until]
+                memory = []  # by context, then start
+                for ctags in self.contexts(base, tags) if window else ():
+                    key = (base, ctags)
+                    kind = self.types[key]
+                    memory += [(ctags, kind, BUCKET_S, start, _copy(kind, point_state(kind, live)) if kind == "d"
+                                else point_state(kind, live))
+                               for start, bucket in window if (live := bucket.get(key)) is not None]
             stored = self.store.rows(base, since, until) if self.store is not None else []
-        for ctags, kind, width, start, state in stored:  # older than anything in memory
+        if not pending and not stored:  # one source: one point per context and bucket already
+            return what, memory
+        # A bucket can be in SQLite and in memory too (a late |T sample): merged, oldest first.
+        # Only the newer points (memory: the last seconds) go through a dict; stored rows stream past.
+        newer: dict[tuple[Tags, int, int], tuple[str, Any]] = {}
+        for ctags, kind, width, start, state in pending + memory:
             k = (ctags, width, start)
-            prev = merged.get(k)
-            merged[k] = (kind, state if prev is None else merge_state(kind, state, prev[1]))
-        return what, [(ctags, kind, width, start, state) for (ctags, width, start), (kind, state) in merged.items()]
+            prev = newer.get(k)
+            newer[k] = (kind, state if prev is None else merge_state(kind, prev[1], state))
+        out = []
+        for ctags, kind, width, start, state in stored:
+            if want.issubset(ctags):
+                new = newer.pop((ctags, width, start), None) if newer else None
+                out.append((ctags, kind, width, start, state if new is None else merge_state(kind, state, new[1])))
+        out += [(ctags, kind, width, start, state) for (ctags, width, start), (kind, state) in newer.items()]
+        return what, out
 
     def latest(self, since: float) -> list[tuple[str, Tags, str, Any]]:
         """``(name, tags, kind, state)`` of each context's newest 10 s bucket since ``since``."""
@@ -485,6 +537,6 @@ class Aggregator:
 
     def _resolve(self, name: str) -> tuple[str, str]:
         base, _, suffix = name.rpartition(".")
-        if suffix in HISTOGRAM_FIELDS and any(k[0] == base and t in ("h", "ms") for k, t in self.types.items()):
+        if suffix in HISTOGRAM_FIELDS and any(self.types[(base, t)] in ("h", "ms") for t in self._by_name.get(base, ())):
             return base, suffix
         return name, ""

@@ -22,6 +22,12 @@
 
 Raises ValueError (a message for the user) on a bad ``agg`` or ``rollup``.
 Any thread; reads memory under the aggregator's lock and SQLite under the store's.
+
+Cost: the aggregator's index (name, then tag) gives the matching contexts,
+so a query visits those contexts in the window's buckets only (plus the
+store's rows of the name). ``Batch(aggregator).query`` (same signature and
+answers) is for many queries at one moment, as a monitors cycle makes: each
+name is read and valued once, and each query only filters and groups.
 """
 
 from __future__ import annotations
@@ -38,6 +44,43 @@ from agent_sim.views import _label
 def query(aggregator: Aggregator, name: str, tags: Tags = (), since: float = 0, until: float = math.inf,
           agg: str = "avg", by: str = "", rollup: int = BUCKET_S) -> list[dict[str, Any]]:
     """See the module docstring."""
+    since = _check(since, until, agg, rollup)
+    return _series(read(aggregator, name, since, until, tags), tags, since, until, agg, by, rollup)
+
+
+class Batch:
+    """``query`` for many queries at one moment (a monitors evaluation cycle):
+    each metric name is read once (again only when a query's window reaches
+    past what was read: then over both), its points valued once, and every
+    query of that name filters and groups them. Answers equal ``query``'s
+    over the data as it was at the name's read. One thread; not shared."""
+
+    def __init__(self, aggregator: Aggregator) -> None:
+        self.aggregator = aggregator
+        self._read: dict[str, tuple[float, float, tuple[Valued, float]]] = {}
+
+    def query(self, name: str, tags: Tags = (), since: float = 0, until: float = math.inf, agg: str = "avg",
+              by: str = "", rollup: int = BUCKET_S) -> list[dict[str, Any]]:
+        since = _check(since, until, agg, rollup)
+        got = self._read.get(name)
+        if got is None or until > got[1]:
+            lo, hi = (since, until) if got is None else (min(since, got[0]), max(until, got[1]))
+            got = self._read[name] = (lo, hi, read(self.aggregator, name, lo, hi))
+        elif since < got[0]:  # a longer window: read only the buckets ending before what was read
+            valued, scale = got[2]
+            older, _scale = read(self.aggregator, name, since, got[0])
+            for ctags, points in older.items():
+                mine = valued.setdefault(ctags, [])
+                mine[:0] = [p for p in points if p[0] + p[1] - 1 < got[0]]
+            got = self._read[name] = (since, got[1], (valued, scale))
+        return _series(got[2], tags, since, until, agg, by, rollup)
+
+
+# per context tags: [(bucket start, width, value: a float, or a Sketch for distributions)] by start
+Valued = dict[Tags, list[tuple[int, int, Any]]]
+
+
+def _check(since: float, until: float, agg: str, rollup: int) -> float:
     if agg not in AGGS:
         raise ValueError(f"agg must be one of {', '.join(AGGS)}")
     if rollup < BUCKET_S or rollup % BUCKET_S:
@@ -45,29 +88,72 @@ def query(aggregator: Aggregator, name: str, tags: Tags = (), since: float = 0, 
     since = max(since, 0.0)
     if math.isnan(since) or math.isnan(until) or since == math.inf:
         raise ValueError("since and until must be Unix seconds")
-    scale = 1.0
+    return since
+
+
+def read(aggregator: Aggregator, name: str, since: float, until: float, tags: Tags = ()) -> tuple[Valued, float]:
+    """``name``'s points in the window (the contexts carrying ``tags``, or, for trace
+    metrics, all of them) by context, each valued once (``point_value``), and the
+    factor for the combined values."""
     traces = aggregator.traces
     found = traces.points(name, since, until) if traces is not None else None
+    scale = 1.0
     if found is not None:
         what, points, scale = found
     else:
-        what, points = aggregator.points(name, since, until)
+        what, points = aggregator.points(name, since, until, tags)
+    valued: Valued = {}
+    last: Tags | None = None
+    mine: list[tuple[int, int, Any]] = []
+    for ctags, kind, width, start, state in points:  # a context's points mostly come in a run
+        if ctags is not last:
+            mine = valued.setdefault(ctags, [])
+            last = ctags
+        mine.append((start, width, point_value(kind, state, width, what)))
+    for mine in valued.values():
+        mine.sort(key=_start)
+    return valued, scale
+
+
+def _start(point: tuple[int, int, Any]) -> int:
+    return point[0]
+
+
+def _series(read_: tuple[Valued, float], tags: Tags, since: float, until: float, agg: str, by: str,
+            rollup: int) -> list[dict[str, Any]]:
+    valued, scale = read_
     want = set(tags)
-    groups: dict[str, dict[int, list[Any]]] = {}
-    for ctags, kind, width, start, state in points:
-        if not want.issubset(ctags):
-            continue
-        group = next((t.partition(":")[2] for t in ctags if t.partition(":")[0] == by), "") if by else ""
-        groups.setdefault(group, {}).setdefault(start, []).append(point_value(kind, state, width, what))
+    members: dict[str, list[list[tuple[int, int, Any]]]] = {}
+    for ctags, points in valued.items():
+        if want.issubset(ctags):
+            group = next((t.partition(":")[2] for t in ctags if t.partition(":")[0] == by), "") if by else ""
+            members.setdefault(group, []).append(points)
     series = []
-    for group in sorted(groups):
-        per_bucket = groups[group]
-        windows: dict[int, list[Any]] = {}
-        for start in sorted(per_bucket):
-            windows.setdefault(start - start % rollup, []).append(per_bucket[start])
-        points_out = [[w, _combine(lists, agg) * scale] for w, lists in sorted(windows.items())]
-        series.append({"tags": {by: group} if by else {}, "points": points_out})
+    for group in sorted(members):
+        inside = [[p for p in points if since <= p[0] + p[1] - 1 and p[0] <= until] for points in members[group]]
+        starts = [p[0] for p in inside[0]]
+        if rollup == BUCKET_S and _plain(starts) and all(
+                points and not isinstance(points[0][2], Sketch) and [p[0] for p in points] == starts for points in inside):
+            # The same buckets in every context, one per window: the per-bucket lists by columns
+            columns = zip(*[[p[2] for p in points] for points in inside], strict=True)
+            points_out = [[start, _combine([list(column)], agg) * scale] for start, column in zip(starts, columns, strict=True)]
+        else:
+            per_bucket: dict[int, list[Any]] = {}
+            for points in inside:
+                for start, _width, value in points:
+                    per_bucket.setdefault(start, []).append(value)
+            windows: dict[int, list[Any]] = {}
+            for start in sorted(per_bucket):
+                windows.setdefault(start - start % rollup, []).append(per_bucket[start])
+            points_out = [[w, _combine(lists, agg) * scale] for w, lists in sorted(windows.items())]
+        if points_out:
+            series.append({"tags": {by: group} if by else {}, "points": points_out})
     return series
+
+
+def _plain(starts: list[int]) -> bool:
+    """Distinct starts aligned on ``BUCKET_S`` (sorted): one bucket per ``BUCKET_S`` window."""
+    return len(set(starts)) == len(starts) and all(start % BUCKET_S == 0 for start in starts)
 
 
 def point_value(kind: str, state: Any, width: int, what: str) -> Any:

@@ -8,13 +8,14 @@ all four time aggregations. Prints the median and max of ``--cycles`` cycles
 and how many distinct metric queries a cycle made (identical queries are
 shared within a cycle), then the same cycles with the queries' answers
 replayed from memory: the engine's own cost (states, events, templates)
-apart from the data source's (``Aggregator.query`` scans every context of
-every bucket in the window, for each query). ``--by-name`` loads each metric
-name into its own ``Aggregator`` (the real query code over only that name's
-contexts): what an index by name inside the aggregator would give.
+apart from the data source's (``Aggregator``'s index by name and tag, and
+the engine's per-cycle ``dogstatsd_query.Batch``: each name read once a cycle).
 ``--persist`` saves each cycle's group states and events in a SQLite file, as ``serve`` does.
 
-    python benchmarks/bench_monitors.py [--monitors 1000] [--series 10000] [--names 100] [--cycles 5] [--by-name] [--persist]
+``--store`` keeps the buckets in a SQLite ``MetricStore`` (flushed as ingested,
+as ``serve`` does), so queries read SQLite as well as memory.
+
+    python benchmarks/bench_monitors.py [--monitors 1000] [--series 10000] [--names 100] [--cycles 5] [--store] [--persist]
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import random
 import statistics
 import sys
 import time
-from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from agent_sim.dogstatsd import Aggregator  # noqa: E402
@@ -50,25 +50,6 @@ class CountingSource(MetricSource):
         return got
 
 
-class ByName:
-    """One ``Aggregator`` per metric name, behind ``Aggregator``'s ingest and query signatures."""
-
-    def __init__(self, max_contexts: int) -> None:
-        self.by_name: dict[str, Aggregator] = {}
-        self.types: dict = {}
-        self.max_contexts = max_contexts
-
-    def ingest(self, data: bytes, now: float) -> None:
-        name = data.split(b":", 1)[0].decode()
-        agg = self.by_name.setdefault(name, Aggregator(self.max_contexts))
-        agg.ingest(data, now)
-        self.types.update(agg.types)
-
-    def query(self, name: str, *args: Any) -> list[dict[str, Any]]:
-        agg = self.by_name.get(name)
-        return agg.query(name, *args) if agg is not None else []
-
-
 def cycles(engine: Engine, now: int, n: int) -> tuple[list[float], list[dict]]:
     times = []
     rows: list[dict] = []
@@ -87,28 +68,34 @@ def main() -> None:
     ap.add_argument("--names", type=int, default=100)
     ap.add_argument("--minutes", type=int, default=10)
     ap.add_argument("--cycles", type=int, default=5)
-    ap.add_argument("--by-name", action="store_true", help="one aggregator per metric name (an index by name)")
+    ap.add_argument("--store", action="store_true", help="buckets flushed to SQLite as in serve (the last 20 s in memory)")
     ap.add_argument("--persist", action="store_true", help="save states and events in SQLite each cycle")
     args = ap.parse_args()
     rng = random.Random(7)
     hosts = args.series // args.names
     now = int(time.time()) // 10 * 10
-    agg: Any = ByName(args.series + 1) if args.by_name else Aggregator(max_contexts=args.series + 1)
+    store = None
+    if args.store or args.persist:
+        import tempfile
+
+        from agent_sim.dogstatsd_store import MetricStore
+        from agent_sim.store import Store
+
+        store = Store(os.path.join(tempfile.mkdtemp(), "bench.db"))
+    agg = Aggregator(max_contexts=args.series + 1, store=MetricStore(store) if args.store and store else None)
     began = time.perf_counter()
     for start in range(now - args.minutes * 60, now, 10):
         lines = [f"m{n}.value:{rng.uniform(0, 1000):.1f}|g|#env:dev,host:h{h}"
                  for n in range(args.names) for h in range(hosts)]
         for i in range(0, len(lines), 50):  # 50 lines of one name per datagram
             agg.ingest("\n".join(lines[i:i + 50]).encode(), start)
+        agg.flush(start)
     print(f"{len(agg.types)} series x {args.minutes * 6} buckets loaded in {time.perf_counter() - began:.1f}s")
     persist = None
-    if args.persist:
-        import tempfile
-
+    if args.persist and store is not None:
         from agent_sim.monitors.persist import MonitorStore
-        from agent_sim.store import Store
 
-        persist = MonitorStore(Store(os.path.join(tempfile.mkdtemp(), "bench.db")))
+        persist = MonitorStore(store)
     engine = Engine(CountingSource(agg), Notifier(log=lambda line: None), lambda: float(now), persist=persist)
     windows = ("last_1m", "last_5m", "last_10m")
     for i in range(args.monitors):

@@ -186,7 +186,7 @@ class Engine:
     # -- evaluation --------------------------------------------------------------
     def evaluate(self, now: float | None = None) -> list[dict[str, Any]]:
         """Evaluate every monitor at ``now`` (default: the clock); returns ``list_monitors``."""
-        with self.lock:
+        with self.lock, self.source.cycle():
             now = self.clock() if now is None else now
             cache: dict[tuple, GroupData] = {}
             active = [d for d in self.downtimes.values() if d.active(now)]

@@ -14,13 +14,19 @@ seconds), tags ``service``, ``resource_name``, ``env``.
 ``.as_count()`` turns per-second rates into counts per bucket.
 
 Called from the evaluation thread; each call holds the aggregator's (and
-the store's) lock only for its own read.
+the store's) lock only for its own read. Within ``cycle()`` (the engine wraps
+each evaluation in it) the queries go through one ``dogstatsd_query.Batch``:
+a metric name is read once per cycle (more only when a longer window needs
+it), and its points are shared by every monitor and group on it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+from agent_sim.dogstatsd_query import Batch
 from agent_sim.monitors.query import Query
 from agent_sim.monitors.state import GroupData, Points
 
@@ -32,6 +38,16 @@ Keyed = dict[tuple[tuple[str, str], ...], Points]
 class MetricSource:
     def __init__(self, aggregator: Any) -> None:
         self.aggregator = aggregator
+        self._batch: Batch | None = None
+
+    @contextmanager
+    def cycle(self) -> Iterator[None]:
+        """One evaluation: queries inside share their reads (see the module docstring)."""
+        self._batch = Batch(self.aggregator)
+        try:
+            yield
+        finally:
+            self._batch = None
 
     def fetch(self, q: Query, since: float, until: float) -> GroupData:
         if q.metric.startswith("trace.") and q.metric.endswith(".error_rate"):
@@ -53,7 +69,8 @@ class MetricSource:
 
     def _keyed(self, name: str, scope: tuple[str, ...], since: float, until: float, agg: str,
                by: tuple[str, ...]) -> Keyed:
-        series = self.aggregator.query(name, scope, since, until, agg, by[0] if by else "", BUCKET_S)
+        source = self._batch if self._batch is not None else self.aggregator
+        series = source.query(name, scope, since, until, agg, by[0] if by else "", BUCKET_S)
         out: Keyed = {}
         for s in series:
             points = [(float(t), float(v)) for t, v in s["points"] if v is not None]
