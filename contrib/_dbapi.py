@@ -35,6 +35,8 @@ import wrapt
 
 from tracer import tracer as _tracer
 from tracer._errors import Start, finish_span, guarded_wrapper, internal_error, no_pre_work
+from tracer._tracer import _trace_root
+from tracer.buffer import _Trace
 from tracer.config import config
 from tracer.context import ACTIVE_SPAN
 
@@ -125,7 +127,13 @@ def _start(info: DBInfo, name: str, sql: Any) -> Any:
     if type(sql) is not str:
         sql = _text(sql) if sql is not None else name
     resource = obfuscate(sql) if config.db_obfuscate else sql
-    span = _tracer.start_span(name, ACTIVE_SPAN.get(), info.service, resource, "sql")
+    parent = ACTIVE_SPAN.get()
+    if parent is None and _trace_root is not None:
+        # A query outside any request is a one-span trace: its root is built
+        # in C, as start_span() would, without that call's Python frame.
+        span = _trace_root(_Trace, _tracer._buffer, name, info.service or _tracer.service, resource, "sql", False)
+    else:
+        span = _tracer.start_span(name, parent, info.service, resource, "sql")
     span.meta.update(info.meta)
     span.metrics.update(info.metrics)
     return span

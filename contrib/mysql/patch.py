@@ -31,13 +31,15 @@ class TracedConnectorCursor(_dbapi.TracedMySQLCursor):
 
     defer_finish = _keep_until_read
 
-    def _settle(self, read_to_end: bool) -> None:
-        """End the pending span; ``read_to_end``: only if no row is left unread."""
+    def _settle(self, read_to_end: bool, drained: bool = False) -> None:
+        """End the pending span; ``read_to_end``: only if no row is left
+        unread; ``drained``: the caller knows none is (``fetchall``)."""
         if self._self_pending is not None:
-            guarded_call("mysql.settle", _end_pending, self, read_to_end)
+            guarded_call("mysql.settle", _end_pending, self, read_to_end, drained)
 
     def execute(self, *args: Any, **kwargs: Any) -> Any:
-        self._settle(False)
+        if self._self_pending is not None:  # checked here: a call less per query
+            self._settle(False)
         return super().execute(*args, **kwargs)
 
     def executemany(self, *args: Any, **kwargs: Any) -> Any:
@@ -63,7 +65,7 @@ class TracedConnectorCursor(_dbapi.TracedMySQLCursor):
     def fetchall(self, *args: Any, **kwargs: Any) -> Any:
         rows = super().fetchall(*args, **kwargs)
         if self._self_pending is not None:
-            self._settle(True)
+            self._settle(True, True)  # fetchall read every row: no need to ask the driver
         return rows
 
     def __iter__(self) -> Iterator[Any]:
@@ -85,9 +87,9 @@ class TracedConnectorCursor(_dbapi.TracedMySQLCursor):
         self._settle(False)
 
 
-def _end_pending(proxy: TracedConnectorCursor, read_to_end: bool) -> None:
+def _end_pending(proxy: TracedConnectorCursor, read_to_end: bool, drained: bool) -> None:
     cursor = proxy.__wrapped__
-    unread = cursor._have_unread_result()
+    unread = False if drained else cursor._have_unread_result()
     if unread and read_to_end:
         return
     span, end_ns = proxy._self_pending  # type: ignore[misc]
