@@ -31,11 +31,10 @@ class TracedConnectorCursor(_dbapi.TracedMySQLCursor):
 
     defer_finish = _keep_until_read
 
-    def _settle(self, read_to_end: bool, drained: bool = False) -> None:
-        """End the pending span; ``read_to_end``: only if no row is left
-        unread; ``drained``: the caller knows none is (``fetchall``)."""
+    def _settle(self, read_to_end: bool) -> None:
+        """End the pending span; ``read_to_end``: only if no row is left unread."""
         if self._self_pending is not None:
-            guarded_call("mysql.settle", _end_pending, self, read_to_end, drained)
+            guarded_call("mysql.settle", _end_pending, self, read_to_end, False)
 
     def execute(self, *args: Any, **kwargs: Any) -> Any:
         if self._self_pending is not None:  # checked here: a call less per query
@@ -65,7 +64,8 @@ class TracedConnectorCursor(_dbapi.TracedMySQLCursor):
     def fetchall(self, *args: Any, **kwargs: Any) -> Any:
         rows = super().fetchall(*args, **kwargs)
         if self._self_pending is not None:
-            self._settle(True, True)  # fetchall read every row: no need to ask the driver
+            # fetchall read every row: no need to ask the driver (nor for _settle's call)
+            guarded_call("mysql.settle", _end_pending, self, True, True)
         return rows
 
     def __iter__(self) -> Iterator[Any]:
@@ -88,6 +88,8 @@ class TracedConnectorCursor(_dbapi.TracedMySQLCursor):
 
 
 def _end_pending(proxy: TracedConnectorCursor, read_to_end: bool, drained: bool) -> None:
+    """End ``proxy``'s pending span; ``drained``: the caller knows no row is
+    left unread (``fetchall``)."""
     cursor = proxy.__wrapped__
     unread = False if drained else cursor._have_unread_result()
     if unread and read_to_end:
