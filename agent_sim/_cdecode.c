@@ -35,7 +35,8 @@ typedef struct {
     slot cache[CACHE_SLOTS];
 } ctx;
 
-static uint64_t hash_bytes(const unsigned char *p, Py_ssize_t n) {
+/* p[0..n) lies in a buffer ending at end */
+static uint64_t hash_bytes(const unsigned char *p, Py_ssize_t n, const unsigned char *end) {
     uint64_t h = 0x9E3779B97F4A7C15ull ^ (uint64_t)n, w;
     while (n >= 8) {
         memcpy(&w, p, 8);
@@ -45,7 +46,14 @@ static uint64_t hash_bytes(const unsigned char *p, Py_ssize_t n) {
         n -= 8;
     }
     w = 0;
-    memcpy(&w, p, (size_t)n);
+#if PY_LITTLE_ENDIAN
+    if (n && end - p >= 8) { /* one load, the bytes past the string masked off */
+        memcpy(&w, p, 8);
+        w &= ~0ull >> (64 - 8 * n);
+    } else
+#endif
+        for (Py_ssize_t i = 0; i < n; i++)
+            w |= (uint64_t)p[i] << (8 * i);
     h = (h ^ w) * 0xc4ceb9fe1a85ec53ull;
     return h ^ (h >> 29);
 }
@@ -57,7 +65,7 @@ static PyObject *make_str(ctx *c, const unsigned char *p, Py_ssize_t n, int key)
             PyUnicode_InternInPlace(&s);
         return s;
     }
-    uint64_t h = hash_bytes(p, n);
+    uint64_t h = hash_bytes(p, n, c->end);
     size_t i = (size_t)h & (CACHE_SLOTS - 1);
     for (;;) {
         slot *e = &c->cache[i];
