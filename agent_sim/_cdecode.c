@@ -17,8 +17,7 @@
 #include <string.h>
 
 #define MAX_DEPTH 512
-#define CACHE_SLOTS 1024 /* power of two */
-#define CACHE_FILL 768   /* stop adding past this */
+#define CACHE_SLOTS 1024 /* at most (a power of two); fewer for a small body */
 #define CACHE_MAX_LEN 128
 
 typedef struct {
@@ -31,8 +30,9 @@ typedef struct {
 
 typedef struct {
     const unsigned char *p, *end;
-    Py_ssize_t used;
-    slot cache[CACHE_SLOTS];
+    Py_ssize_t used, fill; /* stop adding past fill (3/4 of the slots) */
+    size_t mask;
+    slot *cache;
 } ctx;
 
 /* p[0..n) lies in a buffer ending at end */
@@ -66,7 +66,7 @@ static PyObject *make_str(ctx *c, const unsigned char *p, Py_ssize_t n, int key)
         return s;
     }
     uint64_t h = hash_bytes(p, n, c->end);
-    size_t i = (size_t)h & (CACHE_SLOTS - 1);
+    size_t i = (size_t)h & c->mask;
     for (;;) {
         slot *e = &c->cache[i];
         if (e->s == NULL)
@@ -79,14 +79,14 @@ static PyObject *make_str(ctx *c, const unsigned char *p, Py_ssize_t n, int key)
             Py_INCREF(e->s);
             return e->s;
         }
-        i = (i + 1) & (CACHE_SLOTS - 1);
+        i = (i + 1) & c->mask;
     }
     PyObject *s = PyUnicode_DecodeUTF8((const char *)p, n, "replace");
     if (s == NULL)
         return NULL;
     if (key)
         PyUnicode_InternInPlace(&s);
-    if (c->used < CACHE_FILL) {
+    if (c->used < c->fill) {
         slot *e = &c->cache[i];
         e->p = p;
         e->n = n;
@@ -261,21 +261,28 @@ str:
 
 static PyObject *unpackb(PyObject *self, PyObject *arg) {
     Py_buffer view;
-    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
-        return NULL;
-    ctx *c = PyMem_Calloc(1, sizeof(ctx));
-    if (c == NULL) {
-        PyBuffer_Release(&view);
-        return PyErr_NoMemory();
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear(); /* not bytes-like: msgpack's error */
+        Py_RETURN_NOTIMPLEMENTED;
     }
-    c->p = view.buf;
-    c->end = c->p + view.len;
-    PyObject *out = dec(c, 0, 0);
-    if (out != NULL && c->p != c->end)
+    /* about one slot per 8 body bytes: clearing and sweeping the table
+       must stay cheap for a one-span payload */
+    size_t slots = 32;
+    while (slots < CACHE_SLOTS && (Py_ssize_t)slots * 8 < view.len)
+        slots *= 2;
+    ctx c = {.p = view.buf, .end = (const unsigned char *)view.buf + view.len,
+             .fill = (Py_ssize_t)(slots / 4 * 3), .mask = slots - 1,
+             .cache = PyMem_Calloc(slots, sizeof(slot))};
+    if (c.cache == NULL) {
+        PyBuffer_Release(&view);
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    PyObject *out = dec(&c, 0, 0);
+    if (out != NULL && c.p != c.end)
         Py_CLEAR(out); /* extra bytes: msgpack's error */
-    for (size_t i = 0; i < CACHE_SLOTS; i++)
-        Py_XDECREF(c->cache[i].s);
-    PyMem_Free(c);
+    for (size_t i = 0; i < slots; i++)
+        Py_XDECREF(c.cache[i].s);
+    PyMem_Free(c.cache);
     PyBuffer_Release(&view);
     if (out == NULL) {
         PyErr_Clear();

@@ -95,6 +95,12 @@ def test_edge_bodies_same_outcome(body: bytes) -> None:
     check(body)
 
 
+def test_not_bytes_is_msgpacks_to_refuse() -> None:
+    assert decode._fast_unpackb("not bytes") is NotImplemented
+    with pytest.raises(PayloadError, match="TypeError"):
+        decode._unpack("not bytes")  # type: ignore[arg-type]
+
+
 def test_many_distinct_strings_past_the_cache() -> None:
     # more distinct strings than the cache keeps, then each again (hits and misses)
     words = [f"k{i}" for i in range(3000)]
