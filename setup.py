@@ -1,5 +1,6 @@
 """Builds the optional C versions of the span hot path (tracer/_cspan.c) and
-of the chunk encoders (tracer/_cencode.c).
+of the chunk encoders (tracer/_cencode.c), and the receiver's msgpack
+unpacking (agent_sim/_cdecode.c).
 
 Everything else is in pyproject.toml. Without a C compiler the build skips
 them (``optional=True``) and the tracer runs its pure-Python code.
@@ -11,5 +12,6 @@ setup(
     ext_modules=[
         Extension("tracer._cspan", ["tracer/_cspan.c"], depends=["tracer/_cmodule.h"], optional=True),
         Extension("tracer._cencode", ["tracer/_cencode.c"], depends=["tracer/_cmodule.h"], optional=True),
+        Extension("agent_sim._cdecode", ["agent_sim/_cdecode.c"], optional=True),
     ]
 )

@@ -29,6 +29,11 @@ import msgpack
 
 from agent_sim.model import MASK64, SPAN_FIELDS, Span, Trace
 
+try:  # the optional C unpacker (setup.py builds it); msgpack alone without it
+    from agent_sim._cdecode import unpackb as _fast_unpackb
+except ImportError:  # pragma: no cover - no compiler at install time
+    _fast_unpackb = None
+
 # Hard caps below the msgpack defaults (which scale with the body size): a
 # 25 MiB body could otherwise declare millions of empty containers.
 MAX_SPANS = 2_000_000
@@ -42,7 +47,20 @@ class PayloadError(ValueError):
 
 
 def _unpack(body: bytes) -> Any:
-    # Arrays come back as tuples: cheaper to build than lists.
+    """``body`` unpacked (arrays as tuples: cheaper to build than lists).
+
+    The C unpacker gives msgpack's result with a payload's repeated short
+    strings built once (keys, services, names, tag values: about half the
+    decode's instructions); anything it does not handle (ext types, errors)
+    it hands back as NotImplemented, and msgpack decides."""
+    if _fast_unpackb is not None:
+        out = _fast_unpackb(body)
+        if out is not NotImplemented:
+            return out
+    return _plain_unpack(body)
+
+
+def _plain_unpack(body: bytes) -> Any:
     try:
         return msgpack.unpackb(body, raw=False, unicode_errors="replace", strict_map_key=False,
                                use_list=False)
