@@ -208,7 +208,8 @@ class MetricStore:
                     if found is None:  # no context row: not a point (as the join had it)
                         continue
                     known = self._known[name]
-                out.append((found[0], found[1], width, bucket, _unpack(found[1], data)))
+                out.append((found[0], found[1], width, bucket,
+                            _unpack("d", data) if found[1] == "d" else msgpack.unpackb(data)))  # no call per row
         return out
 
     def latest(self, since: float) -> list[tuple[str, Tags, str, int, State]]:
