@@ -511,7 +511,7 @@ class Aggregator:
             newer[k] = (kind, state if prev is None else merge_state(kind, prev[1], state))
         out = []
         for ctags, kind, width, start, state in stored:
-            if want.issubset(ctags):
+            if not want or want.issubset(ctags):
                 new = newer.pop((ctags, width, start), None) if newer else None
                 out.append((ctags, kind, width, start, state if new is None else merge_state(kind, state, new[1])))
         out += [(ctags, kind, width, start, state) for (ctags, width, start), (kind, state) in newer.items()]

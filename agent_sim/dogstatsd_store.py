@@ -146,12 +146,25 @@ class MetricStore:
         with store.lock:
             store.db.executescript(_SCHEMA)
         self._stored: set[tuple[str, str]] = set()  # contexts in metric_contexts: only new ones are written
+        # name -> stored tags text -> (its Tags, once split; kind): ``rows`` neither joins
+        # metric_contexts nor splits tags per row. Filled before a context's rows are written.
+        self._known: dict[str, dict[str, tuple[Tags, str]]] = {}
 
     def contexts(self) -> dict[tuple[str, Tags], str]:
         """Every stored (name, tags) -> type (start-up: the aggregator's known contexts)."""
         rows = self.store.execute("SELECT name, tags, kind FROM metric_contexts")
         self._stored = {(name, tags) for name, tags, _kind in rows}
-        return {(name, _split(tags)): kind for name, tags, kind in rows}
+        self._known = {}
+        for name, tags, kind in rows:
+            self._know(name, tags, kind)
+        return {(name, known[0]): known[1] for name, by_text in self._known.items() for known in by_text.values()}
+
+    def _know(self, name: str, tags: str, kind: str) -> tuple[Tags, str]:
+        by_text = self._known.setdefault(name, {})
+        known = by_text.get(tags)
+        if known is None:
+            known = by_text[tags] = (_split(tags), kind)
+        return known
 
     def write(self, points: list[tuple[str, Tags, str, int, int, State]]) -> None:
         """Merge ``(name, tags, kind, width, bucket, state)`` into the stored rows and their
@@ -171,6 +184,8 @@ class MetricStore:
             chunk = prepared[first:first + CHUNK_ROWS]
             new = {(key[0], key[1], kind) for key, kind, _state, _blob in chunk if key[:2] not in self._stored}
             rows = _rows(chunk, existing)
+            for name, tags, kind in new:
+                self._know(name, tags, kind)
             with self._transaction() as db:
                 db.executemany("INSERT OR IGNORE INTO metric_contexts VALUES (?, ?, ?)", new)
                 db.executemany(_INSERT, rows)
@@ -179,12 +194,23 @@ class MetricStore:
 
     def rows(self, name: str, since: float, until: float) -> list[tuple[Tags, str, int, int, State]]:
         """``(tags, kind, width, bucket, state)`` of ``name`` whose bucket starts within [since, until]."""
-        rows = self.store.execute(
-            "SELECT p.tags, c.kind, p.width, p.bucket, p.data FROM metric_points p "
-            "JOIN metric_contexts c ON c.name = p.name AND c.tags = p.tags "
-            "WHERE p.name = ? AND p.bucket >= ? AND p.bucket <= ?", (name, int(since) - 3599, until))
-        return [(_split(tags), kind, width, bucket, _unpack(kind, data))
-                for tags, kind, width, bucket, data in rows if since <= bucket + width - 1 and bucket <= until]
+        rows = self.store.execute("SELECT tags, width, bucket, data FROM metric_points "
+                                  "WHERE name = ? AND bucket >= ? AND bucket <= ?", (name, int(since) - 3599, until))
+        known = self._known.get(name, {})
+        out = []
+        for tags, width, bucket, data in rows:
+            if since <= bucket + width - 1 and bucket <= until:
+                found = known.get(tags)
+                if found is None:  # a context another MetricStore of the file wrote: learn its kind
+                    for text, kind in self.store.execute("SELECT tags, kind FROM metric_contexts WHERE name = ? "
+                                                         "AND tags = ?", (name, tags)):
+                        found = self._know(name, text, kind)
+                    if found is None:  # no context row: not a point (as the join had it)
+                        continue
+                    known = self._known[name]
+                out.append((found[0], found[1], width, bucket,
+                            _unpack("d", data) if found[1] == "d" else msgpack.unpackb(data)))  # no call per row
+        return out
 
     def latest(self, since: float) -> list[tuple[str, Tags, str, int, State]]:
         """``(name, tags, kind, bucket, state)`` of each context's newest 10 s row since ``since``."""
@@ -237,6 +263,8 @@ class MetricStore:
             gone = db.execute("DELETE FROM metric_contexts AS c WHERE NOT EXISTS (SELECT 1 FROM metric_points p "
                               "WHERE p.name = c.name AND p.tags = c.tags) RETURNING name, tags").fetchall()
         self._stored.difference_update(gone)
+        for name, tags in gone:
+            self._known.get(name, {}).pop(tags, None)
         return [(n, _split(t)) for n, t in gone]
 
     def _old_rows(self, cut: float) -> list[tuple]:

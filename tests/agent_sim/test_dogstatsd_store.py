@@ -17,6 +17,7 @@ import pytest
 
 from agent_sim.dogstatsd import Aggregator
 from agent_sim.dogstatsd_store import MetricStore
+from agent_sim.stats import Sketch
 from agent_sim.store import Store
 from tests.agent_sim.test_dogstatsd import _wait
 from tests.agent_sim.test_durability import get
@@ -64,6 +65,24 @@ def test_flush_moves_closed_buckets_to_sqlite_and_rollup_folds_hours(tmp_path: A
     agg.rollup(T0 + 31 * DAY, DAY, 30 * DAY)  # past 30 days: rows and contexts gone
     assert store.execute("SELECT count(*) FROM metric_points") == [(0,)]
     assert not agg.types and agg.metric_list() == []
+    store.close()
+
+
+def test_rows_name_contexts_known_or_written_by_another_store(tmp_path: Any) -> None:
+    # ``rows`` takes a context's tags and kind from its own map, not a join per read: contexts
+    # another MetricStore of the same file wrote, or gone in a roll-up and back, still come out right.
+    store = Store(str(tmp_path / "m.db"))
+    mine, other = MetricStore(store), MetricStore(store)
+    mine.write([("x", ("a:1", "b:2"), "c", 10, T0, [5.0])])
+    other.write([("x", ("a:3",), "g", 10, T0, [7.0, 7.0, 1]), ("x", (), "g", 10, T0 + 10, [1.0, 1.0, 1])])
+    assert sorted(mine.rows("x", T0, T0 + 10)) == [((), "g", 10, T0 + 10, [1.0, 1.0, 1]),
+                                                   (("a:1", "b:2"), "c", 10, T0, [5.0]),
+                                                   (("a:3",), "g", 10, T0, [7.0, 7.0, 1])]
+    assert mine.rows("x", T0 + 20, T0 + 30) == [] and mine.rows("y", T0, T0 + 10) == []
+    assert sorted(mine.rollup(T0 + 31 * DAY, DAY, 30 * DAY)) == [("x", ()), ("x", ("a:1", "b:2")), ("x", ("a:3",))]
+    mine.write([("x", ("a:1", "b:2"), "d", 10, T0 + 31 * DAY, Sketch())])  # back, with another type
+    ((tags, kind, width, bucket, state),) = mine.rows("x", T0 + 31 * DAY, T0 + 31 * DAY)
+    assert (tags, kind, width, bucket, type(state)) == (("a:1", "b:2"), "d", 10, T0 + 31 * DAY, Sketch)
     store.close()
 
 
