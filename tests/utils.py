@@ -184,6 +184,19 @@ def run_python(
     return proc
 
 
+def terminate(proc: subprocess.Popen[str], timeout: float = 20) -> tuple[str, str]:
+    """SIGTERM ``proc`` (an ``agent-sim serve`` or app started with separate
+    stdout/stderr pipes), wait up to ``timeout`` seconds, kill it past that;
+    its (stdout, stderr). The caller asserts on the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(15)
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.communicate()
+
+
 def stop_process(proc: subprocess.Popen[str], sig: int = 15, timeout: float = 20) -> str:
     """Send ``sig`` (SIGTERM by default) if the process still runs, wait up to
     ``timeout`` seconds, kill it past that; its combined output."""

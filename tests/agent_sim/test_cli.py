@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import random
-import signal
 import socket
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import pytest
 
 from agent_sim import cli
 from tests.agent_sim import seed as seeding
-from tests.utils import REPO, free_port, stop_process, wait_for_port
+from tests.utils import REPO, free_port, stop_process, terminate, wait_for_port
 
 # -- pure parts -------------------------------------------------------------------
 
@@ -225,7 +224,6 @@ def test_help_lists_subcommands() -> None:
 def test_bare_agent_sim_serves_the_page_and_api() -> None:
     """``agent-sim`` with only flags means ``serve``: a real receiver process
     that serves the web page and answers the inspection commands."""
-    import signal
     import urllib.request
 
     from tests.utils import wait_for_port
@@ -250,8 +248,7 @@ def test_bare_agent_sim_serves_the_page_and_api() -> None:
         listed = run_cli("traces", "--url", url)
         assert "solo" in listed.stdout and "GET /one" in listed.stdout
     finally:
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=15)
+        out, err = terminate(proc, timeout=15)
     assert proc.returncode == 0, err
     assert f"listening on http://127.0.0.1:{port}" in out
 
@@ -401,8 +398,7 @@ def test_serve_binds_every_socket_after_its_signal_handlers_and_a_taken_statsd_p
     try:
         wait_for_port(port, timeout=20)
     finally:
-        proc2.send_signal(signal.SIGTERM)
-        out, err = proc2.communicate(timeout=20)
+        out, err = terminate(proc2, timeout=20)
     assert proc2.returncode == 0, err
     assert out.splitlines()[-1] == "agent-sim stopped"
     assert log.read_text() == f"udp {udp} True\ntcp {port} True\n"

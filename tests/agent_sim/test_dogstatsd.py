@@ -15,6 +15,7 @@ import pytest
 
 from agent_sim.dogstatsd import Aggregator, parse_packet
 from tests.receiver import RunningReceiver
+from tests.utils import terminate
 
 T0 = 1_700_000_000  # a bucket boundary
 
@@ -210,7 +211,6 @@ def test_query_rejects_bad_parameters() -> None:
 
 def test_serve_statsd_port_flag_and_bad_port() -> None:
     import os
-    import signal
     import subprocess
     import sys
 
@@ -235,8 +235,7 @@ def test_serve_statsd_port_flag_and_bad_port() -> None:
 
         assert _wait(fetched) == [{"name": "cli.gauge", "type": "gauge", "tag_keys": []}]
     finally:
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=10)
+        out, err = terminate(proc, timeout=10)
     assert proc.returncode == 0, err
     assert_clean_output(err)
     assert f"DogStatsD udp://127.0.0.1:{udp}" in out
@@ -251,8 +250,7 @@ def test_serve_statsd_port_flag_and_bad_port() -> None:
     try:
         wait_for_port(port)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=10)
+        out, err = terminate(proc, timeout=10)
         taken.close()
     assert proc.returncode == 0, err
     assert_clean_output(err)

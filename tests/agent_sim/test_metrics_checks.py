@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from agent_sim.dogstatsd import Aggregator
 from agent_sim.hostmetrics import HostMetrics
 from tests.agent_sim.test_dogstatsd import _wait
 from tests.agent_sim.test_durability import get
-from tests.utils import REPO, free_port, wait_for_port
+from tests.utils import REPO, free_port, terminate, wait_for_port
 
 DOC = Path(REPO, "docs", "receiver.md").read_text()
 
@@ -69,8 +68,7 @@ def test_checks_dir_runs_the_docs_example_and_survives_a_raising_check(tmp_path:
         assert len(runs) >= 3 and runs[-1]["message"] == "RuntimeError: boom"
         assert len(get(f"{base}/api/metrics/query?name=hello.world&rollup=10")["series"][0]["points"]) >= 1
     finally:
-        proc.send_signal(signal.SIGTERM)
-        _out, err = proc.communicate(timeout=20)
+        _out, err = terminate(proc, timeout=20)
     assert proc.returncode == 0, err
     logged = [line for line in err.splitlines() if "check broken failed" in line]
     assert logged == ["agent_sim: check broken failed: RuntimeError: boom at broken.py:5; retried every 1 s"]
@@ -171,8 +169,7 @@ def test_checks_read_instances_from_a_json_or_yaml_file_beside_them(tmp_path: An
         runs = {s["tags"]["site"]: round(10 * sum(v for _t, v in s["points"]))
                 for s in get(f"{base}/api/metrics/query?name=runs&by=site&agg=sum")["series"]}
     finally:
-        proc.send_signal(signal.SIGTERM)
-        _out, err = proc.communicate(timeout=20)
+        _out, err = terminate(proc, timeout=20)
     assert proc.returncode == 0, err
     assert runs["b"] == 1 and runs["a"] >= 3, runs  # site:b's min_collection_interval (30 s): one run so far
     assert ("datadog.agent.check_status", ("check:bad",), AgentCheck.CRITICAL) in statuses and bad_seen == []

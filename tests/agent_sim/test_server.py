@@ -14,7 +14,7 @@ import msgpack
 import pytest
 
 from tests.receiver import RunningReceiver
-from tests.utils import render_tree
+from tests.utils import render_tree, terminate
 
 NOW = time.time_ns()
 
@@ -308,7 +308,6 @@ def test_serve_without_the_agent_extra_says_what_to_install() -> None:
 
 def test_serve_main_runs_and_stops_on_sigterm(tmp_path: Any) -> None:
     import os
-    import signal
     import subprocess
     import sys
 
@@ -325,8 +324,7 @@ def test_serve_main_runs_and_stops_on_sigterm(tmp_path: Any) -> None:
         reply = send(f"http://127.0.0.1:{port}", [[span(1, 1, service="api")]])
         assert reply["rate_by_service"] == {"service:,env:": 0.3, "service:api,env:": 0.1}
     finally:
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=10)
+        out, err = terminate(proc, timeout=10)
     assert proc.returncode == 0, err
     assert_clean_output(err)
     assert f"listening on http://127.0.0.1:{port}" in out
