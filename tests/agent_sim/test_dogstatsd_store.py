@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -21,7 +20,7 @@ from agent_sim.stats import Sketch
 from agent_sim.store import Store
 from tests.agent_sim.test_dogstatsd import _wait
 from tests.agent_sim.test_durability import get
-from tests.utils import REPO, free_port, wait_for_port
+from tests.utils import REPO, free_port, terminate, wait_for_port
 
 DAY = 24 * 3600
 T0 = 1_700_000_000 - 1_700_000_000 % 3600  # an hour boundary
@@ -95,8 +94,7 @@ def _serve(db: str, port: int, udp: int) -> subprocess.Popen[str]:
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    _out, err = proc.communicate(timeout=20)
+    _out, err = terminate(proc, timeout=20)
     assert proc.returncode == 0, err
 
 
@@ -180,17 +178,21 @@ def test_a_10000_series_flush_stalls_trace_ingest_briefly(tmp_path: Any) -> None
 
 
 def test_a_rollup_of_many_series_stalls_trace_ingest_briefly(tmp_path: Any) -> None:
-    # Folding 6 buckets of 3,000 series into hours held the shared lock for the whole
-    # roll-up (~1.3 s at 10,000 series, every minute once the receiver is a day old): a
-    # stall as long as the roll-up itself (ratio 1.0). Paged reads, chunked writes: 0.03-0.05.
-    store = Store(str(tmp_path / "m.db"))
-    agg = Aggregator(store=MetricStore(store))
-    for b in range(6):
-        _fill(agg, 3_000, T0 + 10 * b + 1)
-    agg.flush(T0 + 85)
-    ratio = _stall(store, 1 << 40, lambda: agg.rollup(T0 + DAY + 60, DAY, 30 * DAY))
-    assert store.execute("SELECT width, count(*) FROM metric_points GROUP BY width") == [(3600, 3_000)]
-    assert _values(agg, "m.1", tags=("k:v1",)) == [[T0, 1.0]]  # a gauge: the hour's average
-    assert _values(agg, "m.4", tags=("k:v4",), agg="sum") == [[T0, pytest.approx(6 * 4 / 3600)]]  # a count
-    assert ratio[0] < 0.3, ratio
-    store.close()
+    # Folding 6 buckets of 10,000 series into hours held the shared lock for the whole
+    # roll-up (every minute once the receiver is a day old). Best of 3 rounds, on a quiet
+    # machine: paged reads and chunked writes 0.13-0.24; the roll-up written as one
+    # transaction (CHUNK_ROWS = 10**9) 0.32-0.38. (At 3,000 series the two overlapped: the
+    # last step, one DELETE of contexts left without rows, is most of a 0.1 s roll-up.)
+    ratios = []
+    for r in range(3):
+        store = Store(str(tmp_path / f"m{r}.db"))
+        agg = Aggregator(store=MetricStore(store))
+        for b in range(6):
+            _fill(agg, 10_000, T0 + 10 * b + 1)
+        agg.flush(T0 + 85)
+        ratios.append(_stall(store, 1 << 40, lambda agg=agg: agg.rollup(T0 + DAY + 60, DAY, 30 * DAY)))
+        assert store.execute("SELECT width, count(*) FROM metric_points GROUP BY width") == [(3600, 10_000)]
+        assert _values(agg, "m.1", tags=("k:v1",)) == [[T0, 1.0]]  # a gauge: the hour's average
+        assert _values(agg, "m.4", tags=("k:v4",), agg="sum") == [[T0, pytest.approx(6 * 4 / 3600)]]  # a count
+        store.close()
+    assert min(ratios)[0] < 0.25, ratios
