@@ -110,7 +110,7 @@ def test_every_slot_is_set_on_every_construction_path(test_spans):
 
 def test_finish_and_with_block_give_the_same_record(test_spans):
     # The C Span.__exit__ repeats _SpanBase.__exit__ (_cspan.c finish_record), and finish()
-    # goes through the Python one even for the C span: both must build the same record.
+    # goes through the Python one (the C span's too, given an end time): both must build the same record.
     with tracer.trace("root", service="a") as root:
         with tracer.trace("with", service="b", resource="r", span_type="t") as inside:
             inside.set_tag("k", "v")
