@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from tracer.config import config as _config
-from tracer.context import ACTIVE_SPAN
+from tracer.context import ACTIVE_SPAN, get_active, set_active
 
 if TYPE_CHECKING:
     from tracer.buffer import _Trace
@@ -32,12 +32,6 @@ MAX_STACK_LEN = 5000
 MAX_STACK_FRAMES = 30
 
 _NOT_ACTIVATED = object()
-# The active span's accessors, bound once. Python 3.11 and 3.12 compile
-# ``ACTIVE_SPAN.get()`` on an imported name as an attribute load, which binds
-# a new method object on every call (LOAD_METHOD is kept for names defined in
-# the module): a global bound method is one call and no allocation.
-_get_active = ACTIVE_SPAN.get
-_set_active = ACTIVE_SPAN.set
 _S = TypeVar("_S", bound="_SpanBase")
 # Numeric tags that Datadog expects as strings in meta.
 _STRING_TAGS = frozenset(("http.status_code",))
@@ -226,8 +220,8 @@ class _SpanBase:
             # Finished before its block ended (finish(), or from another
             # thread or context, where this one stayed active): the block
             # still ends with the span active before it.
-            if self._prev is not _NOT_ACTIVATED and _get_active() is self:
-                _set_active(self._prev)
+            if self._prev is not _NOT_ACTIVATED and get_active() is self:
+                set_active(self._prev)
             return
         if end_ns is None:
             self.duration_ns = duration = perf_counter_ns() - self._mono
@@ -238,7 +232,7 @@ class _SpanBase:
         # restore the previous one without reading the variable first.
         prev = self._prev
         if prev is not _NOT_ACTIVATED and restore:
-            _set_active(prev)  # type: ignore[arg-type]
+            set_active(prev)  # type: ignore[arg-type]
         trace = self._trace
         parent = self._parent
         metrics = self.metrics
@@ -273,7 +267,7 @@ class _SpanBase:
         """End the span (idempotent). If it is the active span, its previous
         active span becomes active again. Hands the span to its trace buffer."""
         if self.duration_ns is None:
-            _SpanBase.__exit__(self, None, None, None, finish_time_ns, _get_active() is self)
+            _SpanBase.__exit__(self, None, None, None, finish_time_ns, get_active() is self)
 
 
 def load_speedup(name: str) -> Any:
