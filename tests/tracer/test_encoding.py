@@ -233,27 +233,7 @@ def test_v04_python_encoder_writes_msgpacks_default_bytes(make: Any, monkeypatch
     # msgpack's default packer for what the strict one refuses) against the
     # plain reference encoding of the same records; and the C encoder, built.
     chunk = make()
-    expected = msgpack.packb(
-        [
-            [
-                {
-                    "trace_id": r.trace_id & _MASK64,
-                    "span_id": r.span_id,
-                    "parent_id": r.parent_id,
-                    "service": r.service or "",
-                    "name": r.name,
-                    "resource": r.resource,
-                    "type": r.span_type or "",
-                    "start": r.start_ns,
-                    "duration": r.duration_ns,
-                    "error": r.error,
-                    "meta": r.meta,
-                    "metrics": r.metrics,
-                }
-                for r in records(chunk)
-            ]
-        ]
-    )
+    expected = msgpack.packb(spans_to_v04([records(chunk)]))
     if encoding._cencode is not None:
         assert encode_v04([make()]) == expected
     monkeypatch.setattr(encoding, "_cencode", None)
