@@ -178,3 +178,18 @@ def test_set_tag_fast_path_follows_the_rules_at_every_limit(test_spans):
                 assert span.meta == {key[:MAX_KEY_LEN]: value[:MAX_VALUE_LEN]}, (len(key), len(value), type(value))
                 assert type(span.meta[key[:MAX_KEY_LEN]]) is str
                 assert span.metrics == {key[:MAX_KEY_LEN]: 1}
+
+
+def test_hot_paths_read_the_active_span_without_binding_a_method():
+    # ACTIVE_SPAN.get() in a module that imports ACTIVE_SPAN compiles (3.11,
+    # 3.12) to an attribute load that binds a new method object per call; the
+    # pure-Python hot paths call tracer.context.get_active/set_active instead.
+    import dis
+
+    from tracer._tracer import Tracer
+    from tracer.span import _SpanBase
+
+    for fn in (_SpanBase.__exit__, _SpanBase.finish, Tracer._trace_py):
+        loads = [i.argval for i in dis.get_instructions(fn) if i.opname in ("LOAD_GLOBAL", "LOAD_NAME")]
+        assert "ACTIVE_SPAN" not in loads, fn.__qualname__
+        assert "get_active" in loads or "set_active" in loads, fn.__qualname__
