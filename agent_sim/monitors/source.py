@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from agent_sim.dogstatsd_query import Batch
+from agent_sim.dogstatsd_query import Batch, WindowCache
 from agent_sim.monitors.query import Query
 from agent_sim.monitors.state import GroupData, Points
 
@@ -36,14 +36,15 @@ Keyed = dict[tuple[tuple[str, str], ...], Points]
 
 
 class MetricSource:
-    def __init__(self, aggregator: Any) -> None:
+    def __init__(self, aggregator: Any, cache: WindowCache | None = None) -> None:
         self.aggregator = aggregator
+        self.cache = cache if cache is not None else WindowCache()
         self._batch: Batch | None = None
 
     @contextmanager
     def cycle(self) -> Iterator[None]:
         """One evaluation: queries inside share their reads (see the module docstring)."""
-        self._batch = Batch(self.aggregator)
+        self._batch = Batch(self.aggregator, self.cache)
         try:
             yield
         finally:

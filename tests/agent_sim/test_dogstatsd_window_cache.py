@@ -1,0 +1,156 @@
+"""``dogstatsd_query.WindowCache`` (closed buckets' values kept across monitor cycles)
+never answers other than the uncached ``query`` over the data as it is now: after
+late ``|T`` samples, new contexts, roll-ups and retention, over the real
+``Aggregator`` (memory, and the real SQLite ``MetricStore``), and through the
+monitors' ``Engine``."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from agent_sim.dogstatsd import Aggregator
+from agent_sim.dogstatsd_query import Batch, WindowCache
+from agent_sim.dogstatsd_store import MetricStore
+from agent_sim.monitors.engine import Engine
+from agent_sim.monitors.notify import Notifier
+from agent_sim.monitors.source import MetricSource
+from agent_sim.store import Store
+
+T0 = 1_700_000_000 // 3600 * 3600
+HOSTS = ("a", "b", "c")
+# (name, tags, window s, space aggregation, by): the shapes a monitors cycle asks
+SHAPES = [("web.temp", (), 300, "avg", ""), ("web.temp", ("env:dev",), 60, "max", "host"),
+          ("web.temp", ("host:b",), 600, "min", ""), ("web.hits", (), 300, "sum", "host"),
+          ("web.lat.max", (), 120, "max", "host"), ("web.size", (), 300, "p95", ""),
+          ("trace.web.hits", (), 300, "sum", "")]
+
+
+def feed(agg: Aggregator, since: int, until: int, rng: random.Random, hosts: tuple[str, ...] = HOSTS) -> None:
+    """One sample of each metric and host per 10 s bucket in [since, until), integers (sums exact in any order)."""
+    for start in range(since, until, 10):
+        lines = []
+        for h in hosts:
+            tags = f"#env:dev,host:{h}"
+            lines += [f"web.temp:{rng.randrange(1000)}|g|{tags}", f"web.hits:{rng.randrange(50)}|c|{tags}",
+                      f"web.lat:{rng.randrange(900)}|h|{tags}", f"web.size:{rng.randrange(5000)}|d|{tags}",
+                      f"trace.web.hits:{rng.randrange(9)}|c|{tags}"]
+        agg.ingest("\n".join(lines).encode(), start)
+        agg.flush(start)
+
+
+def cycle(agg: Aggregator, cache: WindowCache, now: float, shapes: list[tuple] = SHAPES) -> list[list[dict[str, Any]]]:
+    """One monitors cycle through the cache; each answer must equal the uncached query's."""
+    batch = Batch(agg, cache)
+    answers = []
+    for name, tags, window, fn, by in shapes:
+        got = batch.query(name, tags, now - window, now, fn, by)
+        assert got == agg.query(name, tags, now - window, now, fn, by), (name, tags, window, fn, by)
+        answers.append(got)
+    return answers
+
+
+@pytest.fixture
+def store(tmp_path: Any) -> Iterator[Store]:
+    store = Store(str(tmp_path / "m.db"))
+    yield store
+    store.close()
+
+
+@pytest.mark.parametrize("with_store", [False, True])
+def test_cycles_with_late_samples_and_new_contexts_equal_the_uncached_query(with_store: bool, tmp_path: Any) -> None:
+    store = Store(str(tmp_path / "m.db")) if with_store else None
+    try:
+        agg = Aggregator(store=MetricStore(store) if store is not None else None)
+        rng = random.Random(3)
+        cache = WindowCache()
+        now = T0 + 600
+        feed(agg, T0, now, rng)
+        cycle(agg, cache, now)
+        for step in range(12):  # 20 s of new data a cycle; now and then a late sample or a new host
+            feed(agg, now, now + 20, rng)
+            now += 20
+            if step % 3 == 1:
+                late = now - rng.randrange(30, 300)
+                agg.ingest(f"web.temp:{rng.randrange(5000)}|g|#env:dev,host:a|T{late}\n"
+                           f"web.hits:7|c|#env:dev,host:c|T{late}".encode(), now)
+            if step % 4 == 2:
+                agg.ingest(f"web.temp:4321|g|#env:dev,host:n{step}|T{now - 100}".encode(), now)
+            cycle(agg, cache, now + rng.choice((0, 1, 5)))
+        assert cache.hits > cache.misses > 0  # mostly served from the cache, and recomputed when it had to
+    finally:
+        if store is not None:
+            store.close()
+
+
+def test_a_late_sample_is_never_served_stale() -> None:
+    agg = Aggregator()
+    feed(agg, T0, T0 + 600, random.Random(1))
+    cache = WindowCache()
+    before = cycle(agg, cache, T0 + 600)
+    assert cycle(agg, cache, T0 + 601) == before and cache.hits == 6  # the six DogStatsD shapes from the cache
+    agg.ingest(f"web.temp:99999|g|#env:dev,host:b|T{T0 + 555}\nweb.lat:77777|h|#env:dev,host:a|T{T0 + 575}".encode(),
+               T0 + 602)  # into closed buckets the cache holds (a histogram's only if not yet reduced)
+    after = cycle(agg, cache, T0 + 602)  # equal to the uncached query: the new values, not the cached ones
+    assert after[1] != before[1] and after[2] != before[2]
+    assert [T0 + 550, 99999.0] in after[2][0]["points"]
+
+
+def test_a_new_context_is_never_served_stale() -> None:
+    agg = Aggregator()
+    feed(agg, T0, T0 + 600, random.Random(2))
+    cache = WindowCache()
+    before = cycle(agg, cache, T0 + 600)
+    agg.ingest(f"web.temp:5000|g|#env:dev,host:z|T{T0 + 500}\nweb.temp:6000|g|#env:dev,host:z".encode(), T0 + 600)
+    after = cycle(agg, cache, T0 + 601)
+    assert [s["tags"] for s in after[1]] == [{"host": h} for h in (*HOSTS, "z")] != [s["tags"] for s in before[1]]
+
+
+def test_a_rollup_is_never_served_stale(store: Store) -> None:
+    agg = Aggregator(store=MetricStore(store))
+    now = T0 + 2 * 3600
+    feed(agg, T0, now, random.Random(4), hosts=("a", "b"))
+    cache = WindowCache()
+    shapes = [("web.temp", (), 7200, "avg", "host"), ("web.temp", (), 1800, "max", "")]
+    before = cycle(agg, cache, now, shapes)
+    agg.rollup(now, 3600, 30 * 86400)  # the first hour's 10 s rows folded into one 1 h row each
+    after = cycle(agg, cache, now + 1, shapes)
+    assert after[0] != before[0] and after[0][0]["points"][0][0] == T0  # the 1 h point, not the cached 10 s ones
+    assert after[1] == before[1] and cache.hits == 1  # a window after the roll-up is still served from the cache
+
+
+def test_retention_is_never_served_stale() -> None:
+    agg = Aggregator(keep_s=600)
+    rng = random.Random(5)
+    feed(agg, T0, T0 + 600, rng)
+    cache = WindowCache()
+    shapes = [("web.temp", (), 900, "avg", "host")]
+    cycle(agg, cache, T0 + 600, shapes)
+    feed(agg, T0 + 600, T0 + 900, rng)  # buckets before T0 + 290 expire (the last flush at T0 + 890)
+    after = cycle(agg, cache, T0 + 900, shapes)
+    assert after[0][0]["points"][0][0] == T0 + 290
+
+
+def test_the_cache_is_bounded_and_counts_its_evictions() -> None:
+    agg = Aggregator()
+    feed(agg, T0, T0 + 600, random.Random(6))
+    cache = WindowCache(max_values=100)
+    for now in (T0 + 600, T0 + 601):
+        cycle(agg, cache, now)
+        assert cache.values <= 100
+    assert cache.evictions > 0 and cache.stats()["evictions"] == cache.evictions
+    assert WindowCache().max_values > 0
+
+
+def test_a_monitor_sees_a_late_sample_at_its_next_evaluation() -> None:
+    agg = Aggregator()
+    feed(agg, T0, T0 + 600, random.Random(7))
+    e = Engine(MetricSource(agg), Notifier(log=lambda line: None), lambda: float(T0 + 600))
+    e.put_monitor({"name": "hot", "query": "max(last_5m):max:web.temp{*} > 5000"})
+    assert e.evaluate(T0 + 600)[0]["overall_state"] == "OK"
+    assert e.evaluate(T0 + 601)[0]["overall_state"] == "OK" and e.source.cache.hits == 1
+    agg.ingest(f"web.temp:7000|g|#env:dev,host:a|T{T0 + 400}".encode(), T0 + 602)
+    assert e.evaluate(T0 + 602)[0]["overall_state"] == "Alert"
