@@ -272,8 +272,12 @@ def _series(read_: tuple[Valued, float], tags: Tags, since: float, until: float,
         if rollup == BUCKET_S and _plain(starts) and all(
                 points and not isinstance(points[0][2], Sketch) and [p[0] for p in points] == starts for points in inside):
             # The same buckets in every context, one per window: the per-bucket lists by columns
-            columns = zip(*[[p[2] for p in points] for points in inside], strict=True)
-            points_out = [[start, _combine([list(column)], agg) * scale] for start, column in zip(starts, columns, strict=True)]
+            if len(inside) == 1:  # one context: what _combine gives for one value, 0 + v (sum()'s start)
+                points_out = [[start, (0 + value) * scale] for start, _width, value in inside[0]]
+            else:
+                columns = zip(*[[p[2] for p in points] for points in inside], strict=True)
+                points_out = [[start, _combine([list(column)], agg) * scale]
+                              for start, column in zip(starts, columns, strict=True)]
         else:
             per_bucket: dict[int, list[Any]] = {}
             for points in inside:

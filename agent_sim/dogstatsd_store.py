@@ -194,8 +194,9 @@ class MetricStore:
 
     def rows(self, name: str, since: float, until: float) -> list[tuple[Tags, str, int, int, State]]:
         """``(tags, kind, width, bucket, state)`` of ``name`` whose bucket starts within [since, until]."""
-        rows = self.store.execute("SELECT tags, width, bucket, data FROM metric_points "
-                                  "WHERE name = ? AND bucket >= ? AND bucket <= ?", (name, int(since) - 3599, until))
+        rows = self.store.execute("SELECT tags, width, bucket, data FROM metric_points WHERE name = ? AND bucket >= ? "
+                                  "AND bucket <= ? AND bucket + width > ?",  # in SQLite: only the window's rows come out
+                                  (name, int(since) - 3599, until, since))
         known = self._known.get(name, {})
         out = []
         for tags, width, bucket, data in rows:

@@ -1,8 +1,8 @@
 """``dogstatsd_query.WindowCache`` (closed buckets' values kept across monitor cycles)
 never answers other than the uncached ``query`` over the data as it is now: after
 late ``|T`` samples, new contexts, roll-ups and retention, over the real
-``Aggregator`` (memory, and the real SQLite ``MetricStore``), and through the
-monitors' ``Engine``."""
+``Aggregator`` (memory, and the real SQLite ``MetricStore``), through the
+monitors' ``Engine``, and for trace metrics over the real ``Receiver``'s stats."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 
 from agent_sim.dogstatsd import Aggregator
-from agent_sim.dogstatsd_query import Batch, WindowCache
+from agent_sim.dogstatsd_query import Batch, WindowCache, _combine
 from agent_sim.dogstatsd_store import MetricStore
+from agent_sim.dogstatsd_trace import TraceMetrics
+from agent_sim.ingest import Receiver
 from agent_sim.monitors.engine import Engine
 from agent_sim.monitors.notify import Notifier
 from agent_sim.monitors.source import MetricSource
@@ -154,3 +156,41 @@ def test_a_monitor_sees_a_late_sample_at_its_next_evaluation() -> None:
     assert e.evaluate(T0 + 601)[0]["overall_state"] == "OK" and e.source.cache.hits == 1
     agg.ingest(f"web.temp:7000|g|#env:dev,host:a|T{T0 + 400}".encode(), T0 + 602)
     assert e.evaluate(T0 + 602)[0]["overall_state"] == "Alert"
+
+
+@pytest.mark.parametrize("fn", ["avg", "sum", "min", "max", "p50", "p99"])
+def test_a_group_of_one_context_gets_what_combining_its_values_gives(fn: str) -> None:
+    """The one-context path of ``_series`` (most groups of a ``by {host}`` monitor) answers as ``_combine``, -0.0 included."""
+    agg = Aggregator()
+    values = [-0.0, 0.0, 2.5, -7.0]
+    for i, v in enumerate(values):
+        agg.ingest(f"g:{v}|g|#host:a|T{T0 + 10 * i}\ng:{v}|g|#host:b|T{T0 + 10 * i}".encode(), T0 + 40)
+    got = agg.query("g", (), T0, T0 + 39, fn, "host")
+    want = [_combine([[v]], fn) for v in values]
+    for series in got:
+        assert [repr(v) for _t, v in series["points"]] == [repr(v) for v in want] == ["0.0", "0.0", "2.5", "-7.0"]
+
+
+def trace(tid: int, end_s: float) -> list[dict[str, Any]]:
+    return [{"trace_id": tid, "span_id": tid, "parent_id": 0, "service": "shop", "name": "flask.request",
+             "resource": "GET /a", "type": "web", "start": int(end_s * 1e9) - 10**8, "duration": 10**8, "error": 0,
+             "meta": {}, "metrics": {"_dd.top_level": 1}}]
+
+
+def test_trace_metrics_are_never_served_from_the_cache() -> None:
+    """The trace stats have no change marker: a monitor on ``trace.*`` sees spans arriving for closed buckets."""
+    rx = Receiver(":memory:")
+    try:
+        rx.ingest([trace(i + 1, T0 + i + 0.5) for i in range(20)], False, True)
+        rx.flush()
+        agg = Aggregator(traces=TraceMetrics(rx))
+        agg.flush(T0 + 100)  # buckets before T0 + 80 closed: the cache would keep them
+        e = Engine(MetricSource(agg), Notifier(log=lambda line: None), lambda: float(T0 + 100))
+        e.put_monitor({"name": "hits", "query": "sum(last_5m):sum:trace.flask.request.hits{service:shop}.as_count() > 25"})
+        assert e.evaluate(T0 + 100)[0]["overall_state"] == "OK"
+        rx.ingest([trace(100 + i, T0 + 30 + i + 0.5) for i in range(10)], False, True)  # spans of a closed bucket
+        rx.flush()
+        assert e.evaluate(T0 + 101)[0]["overall_state"] == "Alert"
+        assert e.source.cache.stats()["shapes"] == 0
+    finally:
+        rx.close()
