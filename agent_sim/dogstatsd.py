@@ -20,7 +20,8 @@ per sample. Closed buckets go to SQLite (``dogstatsd_store``); queries
 and the trace stats under ``trace.*`` names (``dogstatsd_trace``). An index
 by name and by (name, tag), updated only when a context is created or
 forgotten (bounded like the contexts; no cost per sample), lets a query
-visit only the contexts it asks for.
+visit only the contexts it asks for. ``changes(name)`` is the change marker
+for caches of closed buckets (one comparison per sample).
 """
 
 from __future__ import annotations

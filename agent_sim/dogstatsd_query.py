@@ -28,6 +28,9 @@ so a query visits those contexts in the window's buckets only (plus the
 store's rows of the name). ``Batch(aggregator).query`` (same signature and
 answers) is for many queries at one moment, as a monitors cycle makes: each
 name is read and valued once, and each query only filters and groups.
+``Batch(aggregator, WindowCache())`` (the monitors' source) also keeps, across
+cycles, each query shape's value per closed 10 s bucket, so a cycle reads only
+the buckets closed since the last one and those still open (see ``WindowCache``).
 """
 
 from __future__ import annotations

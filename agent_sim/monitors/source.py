@@ -17,7 +17,10 @@ Called from the evaluation thread; each call holds the aggregator's (and
 the store's) lock only for its own read. Within ``cycle()`` (the engine wraps
 each evaluation in it) the queries go through one ``dogstatsd_query.Batch``:
 a metric name is read once per cycle (more only when a longer window needs
-it), and its points are shared by every monitor and group on it.
+it), and its points are shared by every monitor and group on it; the
+source's ``WindowCache`` (bounded; ``cache.stats()``) keeps each query's
+values of closed buckets from one cycle to the next, so only the buckets
+closed since the last cycle and the open ones are read.
 """
 
 from __future__ import annotations
