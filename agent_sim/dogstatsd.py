@@ -326,7 +326,7 @@ class Aggregator:
         # a sample into a bucket before ``sealed`` (a late ``|T``) or a new or forgotten context bumps its
         # name's mark; data before ``floor`` may be rolled up or deleted.
         self.sealed = 0
-        self.floor = 0
+        self.floor = store.rolled_until() if store is not None else 0  # 1 h rows of an earlier run
         self._marks: dict[str, int] = {}
         self._mark_count = 0
         self._epoch = 0

@@ -169,12 +169,13 @@ class WindowCache:
         return _answer(shape, fresh, first, until, by)
 
     def _keep(self, shape: _Shape, fresh: dict[str, list[list[Any]]], last: int) -> bool:
-        """The fresh points of buckets up to ``last`` into ``shape``; False (and nothing kept) on a NaN value."""
+        """The fresh points of buckets up to ``last`` into ``shape``; False (and nothing kept) on a NaN
+        value or a point before ``shape.lo`` (a 1 h point: the floor should have kept it out)."""
         grow = (last - shape.hi) // BUCKET_S
         width = (shape.hi - shape.lo) // BUCKET_S + 1
         for group, points in fresh.items():
             for t, v in points:
-                if t <= last and v != v:
+                if t <= last and (v != v or t < shape.lo):
                     return False
             if group not in shape.groups:
                 shape.groups[group] = _NAN * width

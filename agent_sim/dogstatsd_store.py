@@ -213,6 +213,11 @@ class MetricStore:
                             _unpack("d", data) if found[1] == "d" else msgpack.unpackb(data)))  # no call per row
         return out
 
+    def rolled_until(self) -> int:
+        """Where the newest 1 h row ends (0 without any): a window from there on sees only 10 s rows."""
+        rows = self.store.execute("SELECT max(bucket) FROM metric_points WHERE width = 3600")
+        return int(rows[0][0]) + 3600 if rows and rows[0][0] is not None else 0
+
     def latest(self, since: float) -> list[tuple[str, Tags, str, int, State]]:
         """``(name, tags, kind, bucket, state)`` of each context's newest 10 s row since ``since``."""
         rows = self.store.execute(

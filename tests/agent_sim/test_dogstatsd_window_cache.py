@@ -124,6 +124,21 @@ def test_a_rollup_is_never_served_stale(store: Store) -> None:
     assert after[1] == before[1] and cache.hits == 1  # a window after the roll-up is still served from the cache
 
 
+def test_after_a_restart_the_1h_rows_of_the_earlier_run_are_never_missed(store: Store) -> None:
+    first_run = Aggregator(store=MetricStore(store))
+    now = T0 + 2 * 3600
+    feed(first_run, T0, now, random.Random(8), hosts=("a",))
+    first_run.rollup(now, 3600, 30 * 86400)  # a 1 h row at T0
+    agg = Aggregator(store=MetricStore(store))  # restarted: no roll-up yet in this run
+    agg.flush(now)
+    cache = WindowCache()
+    shapes = [("web.temp", (), 5400, "avg", ""), ("web.temp", (), 1800, "avg", "")]
+    for at in (now, now + 1):
+        answers = cycle(agg, cache, at, shapes)
+        assert answers[0][0]["points"][0][0] == T0  # the 1 h point, which starts before the window
+    assert cache.hits == 1  # the window after the 1 h rows is served from the cache
+
+
 def test_retention_is_never_served_stale() -> None:
     agg = Aggregator(keep_s=600)
     rng = random.Random(5)
