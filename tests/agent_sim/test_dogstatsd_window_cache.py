@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent_sim.dogstatsd import Aggregator
 from agent_sim.dogstatsd_query import Batch, WindowCache, _combine
@@ -209,3 +211,33 @@ def test_trace_metrics_are_never_served_from_the_cache() -> None:
         assert e.source.cache.stats()["shapes"] == 0
     finally:
         rx.close()
+
+
+KINDS = {"web.temp": "g", "web.hits": "c", "web.lat": "h", "web.size": "d", "web.users": "s"}
+# each step: (seconds the clock moves on, [(name, host or new host, value, seconds back for a |T sample or None)])
+step = st.tuples(st.sampled_from([1, 10, 20, 60]),
+                 st.lists(st.tuples(st.sampled_from(sorted(KINDS)), st.sampled_from(["a", "b", "c", "new"]),
+                                    st.integers(-50, 500), st.none() | st.integers(0, 30) | st.integers(0, 400)),
+                                   max_size=12))
+shape = st.tuples(st.sampled_from([*KINDS, "web.lat.max", "web.lat.count", "web.lat.95percentile"]),
+                  st.sampled_from([(), ("host:a",), ("env:dev",)]), st.sampled_from([30, 60, 300, 900]),
+                  st.sampled_from(["avg", "sum", "min", "max", "p50", "p95"]), st.sampled_from(["", "host"]))
+
+
+@settings(max_examples=120, deadline=None, derandomize=True, database=None)
+@given(steps=st.lists(step, min_size=1, max_size=10), shapes=st.lists(shape, min_size=1, max_size=5))
+def test_any_history_of_samples_answers_as_the_uncached_query(steps: list[tuple], shapes: list[tuple]) -> None:
+    """Random intake between cycles (every type, late ``|T`` samples, new hosts, clocks moving 1-60 s)."""
+    agg = Aggregator(keep_s=600)
+    feed(agg, T0, T0 + 300, random.Random(9))
+    cache = WindowCache()
+    now = T0 + 300
+    cycle(agg, cache, now, shapes)
+    for i, (gap, samples) in enumerate(steps):
+        now += gap
+        lines = [f"{name}:{value}|{KINDS[name]}|#env:dev,host:{f'n{i}' if host == 'new' else host}"
+                 + (f"|T{now - back}" if back is not None else "") for name, host, value, back in samples]
+        if lines:
+            agg.ingest("\n".join(lines).encode(), now)
+        agg.flush(now)
+        cycle(agg, cache, now, shapes)
