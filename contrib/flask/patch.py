@@ -143,24 +143,33 @@ def _wsgi_app(original: Callable[..., Any]) -> Callable[..., Any]:
 
 def _ensure_sync(original: Callable[..., Any]) -> Callable[..., Any]:
     def ensure_sync(self: Any, func: Any) -> Any:
-        result = original(self, func)
         state = _current.get()
-        if state is None:
+        phase = None
+        if state is not None:
+            try:
+                if not state.matched:
+                    state.match_rule()
+                phase = state.plan.get(func)
+                if phase is not None:
+                    traced = phase.traced.get(func)
+                    if traced is not None:
+                        # Only sync functions are cached: Flask's ensure_sync
+                        # would return ``func`` itself (its coroutine check
+                        # is skipped, ≈ 40 bytecodes per call).
+                        return traced
+            except Exception:
+                internal_error("flask.ensure_sync")
+                phase = None
+        result = original(self, func)
+        if phase is None:
             return result
         try:
-            if not state.matched:
-                state.match_rule()
-            phase = state.plan.get(func)
-            if phase is None:
-                return result
             if result is not func:  # async function: Flask made a new sync callable
                 return _traced(result, phase)
             cache = phase.traced
-            traced = cache.get(func)
-            if traced is None:
-                if len(cache) >= _TRACED_CACHE_MAX:
-                    cache.clear()
-                traced = cache[func] = _traced(func, phase)
+            if len(cache) >= _TRACED_CACHE_MAX:
+                cache.clear()
+            traced = cache[func] = _traced(func, phase)
             return traced
         except Exception:
             internal_error("flask.ensure_sync.finish")
