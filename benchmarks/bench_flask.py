@@ -211,7 +211,8 @@ def run_variant(variant: str, port: int, requests: int, profile: bool = False) -
     # CPU of the whole process (app and exporter threads) for the measured
     # requests, including the final flush: robust to other load on the machine.
     cpu = time.process_time() - cpu_start
-    return {"us_per_request": elapsed / requests * 1e6, "cpu_us_per_request": cpu / requests * 1e6, "made": WARMUP + requests}
+    per = max(requests, 1)  # --instructions runs the warm-up alone (0 requests) too
+    return {"us_per_request": elapsed / per * 1e6, "cpu_us_per_request": cpu / per * 1e6, "made": WARMUP + requests}
 
 
 def profiled(batch: Any, requests: int) -> dict[str, Any]:
