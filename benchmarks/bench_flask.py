@@ -2,8 +2,16 @@
 
     python benchmarks/bench_flask.py [--rounds 5] [--requests 3000]
     python benchmarks/bench_flask.py --profile [--requests 2000]
+    python benchmarks/bench_flask.py --instructions [--requests 1000] [--variants plain,ours,ddtrace]
 
-``--profile`` is the deterministic view, for a loaded machine where timings
+``--instructions`` is the other deterministic view: each variant runs twice
+under ``valgrind --tool=callgrind`` (the warm-up alone, then the warm-up plus
+``--requests``), and the difference over the requests is the instructions
+per request of the whole process (app and exporter threads, the final flush
+included); "added" is a variant's minus plain's, and the ratio ours / ddtrace
+is the CPU-independent figure of the target.
+
+``--profile`` is the other deterministic view, for a loaded machine where timings
 are noise: plain and ours each run the requests under cProfile (in their own
 process) and print the Python-level calls per request, the difference, and
 ours' top functions by own time (the profiler inflates each call's cost; the
@@ -40,6 +48,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -201,7 +211,8 @@ def run_variant(variant: str, port: int, requests: int, profile: bool = False) -
     # CPU of the whole process (app and exporter threads) for the measured
     # requests, including the final flush: robust to other load on the machine.
     cpu = time.process_time() - cpu_start
-    return {"us_per_request": elapsed / requests * 1e6, "cpu_us_per_request": cpu / requests * 1e6, "made": WARMUP + requests}
+    per = max(requests, 1)  # --instructions runs the warm-up alone (0 requests) too
+    return {"us_per_request": elapsed / per * 1e6, "cpu_us_per_request": cpu / per * 1e6, "made": WARMUP + requests}
 
 
 def profiled(batch: Any, requests: int) -> dict[str, Any]:
@@ -250,6 +261,35 @@ def profile_report(port: int, requests: int, env: dict[str, str]) -> int:
     return 0
 
 
+def instructions_report(port: int, requests: int, variants: list[str], env: dict[str, str]) -> int:
+    """Instructions per request (callgrind), see the module docstring."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        print("--instructions needs valgrind (apt-get install valgrind)")
+        return 1
+    per_request: dict[str, float] = {}
+    for variant in variants:
+        counts = []
+        for n in (0, requests):
+            proc = subprocess.run(
+                [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
+                 "--child", variant, "--port", str(port), "--requests", str(n)],
+                env=env, capture_output=True, text=True, timeout=3600,
+            )
+            found = re.search(r"Collected : (\d+)", proc.stderr)
+            if proc.returncode != 0 or found is None:
+                print(f"{variant}: exit {proc.returncode}: {proc.stderr[-2000:]}")
+                return 1
+            counts.append(int(found.group(1)))
+        per_request[variant] = (counts[1] - counts[0]) / requests
+        added = f"  added {per_request[variant] - per_request['plain']:10,.0f}" if "plain" in per_request and variant != "plain" else ""
+        print(f"{variant:8s} {per_request[variant]:12,.0f} instructions/request{added}", flush=True)
+    if {"plain", "ours", "ddtrace"} <= per_request.keys():
+        ours, ddtrace = (per_request[v] - per_request["plain"] for v in ("ours", "ddtrace"))
+        print(f"added ours / added ddtrace: {ours / ddtrace:.3f}")
+    return 0
+
+
 def report(label: str, variants: list[str], results: dict[str, list[float]]) -> None:
     print(f"\n== {label} ==")
     print(f"{'variant':10s} {'median us/req':>14s} {'added us (median of per-round)':>32s}")
@@ -280,6 +320,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--profile", action="store_true", help="calls per request under cProfile, plain and ours")
+    parser.add_argument("--instructions", action="store_true", help="instructions per request under callgrind")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -295,6 +336,8 @@ def main() -> int:
             del env[key]
     if args.profile:
         return profile_report(sink.port, args.requests, env)
+    if args.instructions:
+        return instructions_report(sink.port, args.requests, [v for v in variants if v != "otel"], env)
     results: dict[str, list[float]] = {v: [] for v in variants}
     cpu_results: dict[str, list[float]] = {v: [] for v in variants}
     failures: list[str] = []

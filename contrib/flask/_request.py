@@ -131,9 +131,9 @@ class RequestState:
     their phase (filled by ``match_rule``); ``exc`` is the exception that made
     the response a 5xx, if one was seen; ``entry`` is the active span the WSGI
     call started from (the server's context), given back when the app
-    returns."""
+    returns; ``headers`` the header-tag plan (None: no header tags)."""
 
-    __slots__ = ("span", "environ", "app", "info", "plan", "exc", "matched", "entry", "_start_response")
+    __slots__ = ("span", "environ", "app", "info", "plan", "exc", "matched", "entry", "headers", "_start_response")
 
     def __init__(self, app: Any, environ: dict[str, Any], start_response: Callable[..., Any], enclosing: Any) -> None:
         """Start and activate the root span of a request; record its request
@@ -154,13 +154,10 @@ class RequestState:
             ACTIVE_SPAN.set(None)
             parent = None
         self.entry = parent
-        if config.distributed_tracing:
-            for key in _PROPAGATION_KEYS:
-                if key in environ:
-                    context = propagation.extract(environ)  # reads HTTP_* keys itself
-                    if context is not None:
-                        parent = context
-                    break
+        if config.distributed_tracing and not environ.keys().isdisjoint(_PROPAGATION_KEYS):
+            context = propagation.extract(environ)  # reads HTTP_* keys itself
+            if context is not None:
+                parent = context
         info = app.extensions.get(_EXTENSION_KEY)
         if info is None:
             info = app_info(app)
@@ -179,11 +176,14 @@ class RequestState:
             meta["http.useragent"] = useragent[:MAX_VALUE_LEN]
         span.metrics["_dd.measured"] = 1
         wanted = config.header_tags
+        headers = None
         if wanted:
-            for key, tag in _header_plan(wanted).request:
+            headers = _plan if _plan is not None and _plan.source is wanted else _header_plan(wanted)
+            for key, tag in headers.request:
                 value = environ.get(key)
                 if value is not None:
                     meta[tag] = value[:MAX_VALUE_LEN]
+        self.headers = headers
 
     def match_rule(self) -> None:
         """Once Flask has matched the URL (its request context is pushed, no
@@ -232,9 +232,9 @@ class RequestState:
                     span.set_exc_info(type(exc), exc, exc.__traceback__)
                 else:
                     span.error = 1
-            wanted = config.header_tags
-            if wanted:
-                tags = _header_plan(wanted).response
+            plan = self.headers
+            if plan is not None:
+                tags = plan.response
                 for key, value in headers:
                     tag = tags.get(key.lower())
                     if tag is not None:
@@ -324,28 +324,10 @@ class _ClosingBody:
         self._it: Iterator[bytes] | None = None
 
     def __iter__(self) -> Iterator[bytes]:
-        return self
-
-    def __next__(self) -> bytes:
-        span = self._span
-        prev = ACTIVE_SPAN.get()
-        ACTIVE_SPAN.set(span)
-        try:
-            it = self._it
-            if it is None:
-                it = self._it = iter(self._body)
-            return next(it)
-        except StopIteration:
-            span.finish()
-            raise
-        except BaseException as exc:
-            if span.duration_ns is None:
-                if not isinstance(exc, GeneratorExit):
-                    span.set_exc_info(type(exc), exc, exc.__traceback__)
-                span.finish()
-            raise
-        finally:
-            ACTIVE_SPAN.set(prev)
+        # A generator: the server's next() resumes it (a Python-level
+        # __next__ would be a call from C per chunk), and a server's second
+        # iter() is on the generator (C), not on this object.
+        return _chunks(self, self._span)
 
     def close(self) -> None:
         _close_then_end(self._body, self._span, self._it is not None)
@@ -354,6 +336,33 @@ class _ClosingBody:
         span = self._span
         if span.duration_ns is None:
             guarded_call("flask.response.dropped", _end, span, self._it is not None)
+
+
+def _chunks(owner: _ClosingBody, span: Span) -> Iterator[bytes]:
+    """The app's chunks, each produced with the request span active; the
+    span ends at the body's end or with its exception. ``owner._it`` is the
+    app's iterator (one, however many times the server calls ``iter``);
+    set, it tells ``close()`` that the server started on the body."""
+    while True:
+        prev = ACTIVE_SPAN.get()
+        ACTIVE_SPAN.set(span)
+        try:
+            it = owner._it
+            if it is None:
+                it = owner._it = iter(owner._body)
+            chunk = next(it)
+        except StopIteration:
+            span.finish()
+            return
+        except BaseException as exc:
+            if span.duration_ns is None:
+                if not isinstance(exc, GeneratorExit):
+                    span.set_exc_info(type(exc), exc, exc.__traceback__)
+                span.finish()
+            raise
+        finally:
+            ACTIVE_SPAN.set(prev)
+        yield chunk
 
 
 class _ClosingFile:

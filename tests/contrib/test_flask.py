@@ -370,3 +370,41 @@ def test_class_based_view_and_nested_blueprint(traced: Any) -> None:
         "  flask.before_request nested_app 'test_class_based_view_and_nested_blueprint.<locals>.inner_hook'\n"
         "  flask.view nested_app 'test_class_based_view_and_nested_blueprint.<locals>.Thing'"
     ]
+
+
+def test_async_views_and_hooks_every_request(traced: Any) -> None:
+    # Flask runs coroutine functions through async_to_sync (asgiref when
+    # installed; asyncio.run here): ensure_sync returns a new callable each
+    # time, so only sync functions may come from the traced-function cache.
+    import asyncio
+    import functools
+
+    import flask
+
+    class AsyncioFlask(flask.Flask):
+        def async_to_sync(self, func: Any) -> Any:
+            @functools.wraps(func)
+            def run(*args: Any, **kwargs: Any) -> Any:
+                return asyncio.run(func(*args, **kwargs))
+
+            return run
+
+    app = AsyncioFlask("async_app")
+
+    @app.before_request
+    async def async_hook() -> None:
+        await asyncio.sleep(0)
+
+    @app.route("/async/<int:n>")
+    async def async_view(n: int) -> str:
+        await asyncio.sleep(0)
+        return f"async {n}"
+
+    client = app.test_client()
+    for n in (1, 2):  # the second request takes the cached path
+        assert get(client, f"/async/{n}") == (200, f"async {n}".encode())
+    assert trees(traced, 2) == 2 * [
+        "flask.request async_app 'GET /async/<int:n>' http.status_code=200\n"
+        "  flask.before_request async_app 'test_async_views_and_hooks_every_request.<locals>.async_hook'\n"
+        "  flask.view async_app 'test_async_views_and_hooks_every_request.<locals>.async_view'"
+    ]

@@ -192,6 +192,10 @@ def test_bad_range_raises() -> None:
 
 
 class _Base:
+    @staticmethod
+    def static() -> str:
+        return "static"
+
     def method(self) -> str:
         return "base"
 
@@ -204,9 +208,22 @@ def _tag(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> str:
     return "wrapped " + wrapped(*args, **kwargs)
 
 
-def test_unpatch_of_an_inherited_method_restores_the_class_dict() -> None:
+def _tag_factory(original: Any) -> Any:
+    # A replace=True target: the plain function put in place of ``original``.
+    def method(self: Any) -> str:
+        return "wrapped " + original(self)
+
+    return method
+
+
+# wrapt wrapper, or plain replacement (Target(..., replace=True)).
+KINDS = pytest.mark.parametrize("wrapper, replace", [(_tag, False), (_tag_factory, True)], ids=["wrapt", "replace"])
+
+
+@KINDS
+def test_unpatch_of_an_inherited_method_restores_the_class_dict(wrapper: Any, replace: bool) -> None:
     mod = sys.modules[__name__]
-    targets = (Target(__name__, "_Child.method", _tag),)
+    targets = (Target(__name__, "_Child.method", wrapper, replace),)
     before = dict(vars(_Child))
     assert patch_targets(__name__, targets) is True
     assert patch_targets(__name__, targets) is False  # marker: nothing wrapped twice
@@ -217,22 +234,48 @@ def test_unpatch_of_an_inherited_method_restores_the_class_dict() -> None:
     assert not hasattr(mod, _patching.MARKER)
 
 
-def test_a_foreign_wrapper_on_top_of_ours_is_left_alone() -> None:
-    targets = (Target(__name__, "_Base.method", _tag),)
+@KINDS
+def test_a_foreign_wrapper_on_top_of_ours_is_left_alone(wrapper: Any, replace: bool) -> None:
+    targets = (Target(__name__, "_Base.method", wrapper, replace),)
     original = vars(_Base)["method"]
     patch_targets(__name__, targets)
+    if replace:
+        assert inspect.isfunction(vars(_Base)["method"]) and vars(_Base)["method"].__wrapped__ is original
     wrapt.wrap_function_wrapper(__name__, "_Base.method", lambda w, i, a, k: w(*a, **k) + "!")
     unpatch_targets(__name__, targets)
     assert _Base().method() == "wrapped base!"  # theirs (and ours under it) untouched
     _Base.method = original  # type: ignore[method-assign]
 
 
-def test_missing_target_rolls_back_what_was_wrapped() -> None:
+@KINDS
+def test_missing_target_rolls_back_what_was_wrapped(wrapper: Any, replace: bool) -> None:
     original = vars(_Base)["method"]
-    targets = (Target(__name__, "_Base.method", _tag), Target(__name__, "_Base.nope", _tag))
+    targets = (Target(__name__, "_Base.method", wrapper, replace), Target(__name__, "_Base.nope", wrapper, replace))
     with pytest.raises(AttributeError):
         patch_targets(__name__, targets)
     assert vars(_Base)["method"] is original
+    assert not hasattr(sys.modules[__name__], _patching.MARKER)
+
+
+def test_a_replace_target_over_a_foreign_wrapper_keeps_its_instance() -> None:
+    original = vars(_Base)["method"]
+    seen: list[Any] = []
+    wrapt.wrap_function_wrapper(__name__, "_Base.method", lambda w, i, a, k: seen.append(i) or w(*a, **k) + "!")
+    theirs = vars(_Base)["method"]
+    targets = (Target(__name__, "_Base.method", _tag_factory, True),)
+    patch_targets(__name__, targets)
+    obj = _Base()
+    assert obj.method() == "wrapped base!" and seen == [obj]
+    unpatch_targets(__name__, targets)
+    assert vars(_Base)["method"] is theirs
+    _Base.method = original  # type: ignore[method-assign]
+
+
+def test_a_replace_target_must_be_a_plain_function() -> None:
+    targets = (Target(__name__, "_Base.static", _tag_factory, True),)
+    with pytest.raises(TypeError, match="static: a replace target must be a plain function, not staticmethod"):
+        patch_targets(__name__, targets)
+    assert isinstance(vars(_Base)["static"], staticmethod)
     assert not hasattr(sys.modules[__name__], _patching.MARKER)
 
 
