@@ -15,6 +15,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <limits.h>
 #include <string.h>
 
 #define MAX_DEPTH 512
@@ -483,6 +484,128 @@ static PyObject *packb(PyObject *self, PyObject *arg) {
     return out;
 }
 
+/* -- normalization's common case -------------------------------------------
+ * clean_chunk(spans) tells whether normalize.normalize_chunk has nothing to
+ * do to a chunk but its SQL obfuscation and the copy of _dd.p.tid: False
+ * unless every span is an exact dict of exactly the 12 wire fields with the
+ * wire types (ids as uint64, one non-zero trace id, non-zero span ids), and
+ * within the limits normalize checks without measuring bytes (service and name
+ * 1..25 characters, type ..25, resource 1..1250, start from 2000 on with
+ * start + duration in int64, error 0 or 1, meta keys ..50 and values ..6250
+ * characters, an http.status_code of 100..599, metrics str -> int, float or
+ * bool). Otherwise the chunk's _dd.p.tid (the first span's that has one) or
+ * None. Read only; anything unusual is normalize's Python path to decide.
+ * The limits are normalize.py's, a quarter of their bytes (UTF-8 has at most
+ * 4 bytes a character); CLEAN_LIMITS exposes them to a test. */
+
+#define SHORT_TEXT 25     /* MAX_SERVICE, MAX_NAME, MAX_TYPE // 4 */
+#define SHORT_RESOURCE 1250 /* MAX_RESOURCE // 4 */
+#define SHORT_META_KEY 50   /* MAX_META_KEY // 4 */
+#define SHORT_META_VALUE 6250 /* MAX_META_VALUE // 4 */
+#define YEAR_2000_NS 946684800000000000LL
+
+enum { F_TRACE_ID, F_SPAN_ID, F_PARENT_ID, F_SERVICE, F_NAME, F_RESOURCE, F_TYPE, F_START, F_DURATION, F_ERROR,
+       F_META, F_METRICS, N_FIELDS };
+static const char *field_names[N_FIELDS] = {"trace_id", "span_id", "parent_id", "service", "name", "resource",
+                                            "type", "start", "duration", "error", "meta", "metrics"};
+static PyObject *field_keys[N_FIELDS], *key_status, *key_tid;
+
+static int uint64_of(PyObject *o, unsigned long long *out) {
+    if (Py_TYPE(o) != &PyLong_Type)
+        return 0;
+    *out = PyLong_AsUnsignedLongLong(o); /* negative or beyond 64 bits: an error */
+    if (*out == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    return 1;
+}
+
+static int int64_of(PyObject *o, long long *out) {
+    int overflow;
+    if (Py_TYPE(o) != &PyLong_Type)
+        return 0;
+    *out = PyLong_AsLongLongAndOverflow(o, &overflow);
+    return overflow == 0 && !(*out == -1 && PyErr_Occurred());
+}
+
+static int text_within(PyObject *o, Py_ssize_t lo, Py_ssize_t hi) {
+    return Py_TYPE(o) == &PyUnicode_Type && PyUnicode_GET_LENGTH(o) >= lo && PyUnicode_GET_LENGTH(o) <= hi;
+}
+
+static int status_ok(PyObject *o) { /* "100".."599": the strings of normalize._VALID_STATUS */
+    if (!PyUnicode_IS_COMPACT_ASCII(o) || PyUnicode_GET_LENGTH(o) != 3)
+        return 0;
+    const char *p = (const char *)PyUnicode_DATA(o);
+    return p[0] >= '1' && p[0] <= '5' && p[1] >= '0' && p[1] <= '9' && p[2] >= '0' && p[2] <= '9';
+}
+
+static int clean_meta(PyObject *meta) {
+    Py_ssize_t pos = 0;
+    PyObject *k, *v;
+    while (PyDict_Next(meta, &pos, &k, &v))
+        if (!text_within(k, 0, SHORT_META_KEY) || !text_within(v, 0, SHORT_META_VALUE))
+            return 0;
+    PyObject *status = PyDict_GetItemWithError(meta, key_status);
+    return status == NULL ? !PyErr_Occurred() : status_ok(status);
+}
+
+static int clean_metrics(PyObject *metrics) {
+    Py_ssize_t pos = 0;
+    PyObject *k, *v;
+    while (PyDict_Next(metrics, &pos, &k, &v)) {
+        PyTypeObject *t = Py_TYPE(v);
+        if (Py_TYPE(k) != &PyUnicode_Type || (t != &PyLong_Type && t != &PyFloat_Type && t != &PyBool_Type))
+            return 0;
+    }
+    return 1;
+}
+
+static int clean_span(PyObject *span, unsigned long long *trace_id, PyObject **tid) {
+    PyObject *f[N_FIELDS];
+    unsigned long long tr, id, parent;
+    long long start, duration, error;
+    if (Py_TYPE(span) != &PyDict_Type || PyDict_GET_SIZE(span) != N_FIELDS)
+        return 0;
+    for (int i = 0; i < N_FIELDS; i++)
+        if ((f[i] = PyDict_GetItemWithError(span, field_keys[i])) == NULL) {
+            PyErr_Clear();
+            return 0;
+        }
+    if (!uint64_of(f[F_TRACE_ID], &tr) || !uint64_of(f[F_SPAN_ID], &id) || !uint64_of(f[F_PARENT_ID], &parent)
+        || tr == 0 || id == 0 || (*trace_id != 0 && tr != *trace_id))
+        return 0;
+    *trace_id = tr;
+    if (!int64_of(f[F_START], &start) || !int64_of(f[F_DURATION], &duration) || !int64_of(f[F_ERROR], &error)
+        || duration < 0 || start < YEAR_2000_NS || start > LLONG_MAX - duration || (error != 0 && error != 1))
+        return 0;
+    if (!text_within(f[F_SERVICE], 1, SHORT_TEXT) || !text_within(f[F_NAME], 1, SHORT_TEXT)
+        || !text_within(f[F_TYPE], 0, SHORT_TEXT) || !text_within(f[F_RESOURCE], 1, SHORT_RESOURCE))
+        return 0;
+    if (Py_TYPE(f[F_META]) != &PyDict_Type || Py_TYPE(f[F_METRICS]) != &PyDict_Type || !clean_meta(f[F_META])
+        || !clean_metrics(f[F_METRICS]))
+        return 0;
+    if (*tid == NULL && (*tid = PyDict_GetItemWithError(f[F_META], key_tid)) == NULL && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *clean_chunk(PyObject *self, PyObject *spans) {
+    if (Py_TYPE(spans) != &PyList_Type || PyList_GET_SIZE(spans) == 0)
+        Py_RETURN_FALSE;
+    unsigned long long trace_id = 0;
+    PyObject *tid = NULL; /* borrowed: no Python code runs until it is returned */
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(spans); i++)
+        if (!clean_span(PyList_GET_ITEM(spans, i), &trace_id, &tid))
+            Py_RETURN_FALSE;
+    if (tid == NULL)
+        Py_RETURN_NONE;
+    Py_INCREF(tid);
+    return tid;
+}
+
 static PyMethodDef methods[] = {
     {"unpackb", unpackb, METH_O,
      "unpackb(body) -> msgpack.unpackb(body, raw=False, unicode_errors='replace', strict_map_key=False, "
@@ -490,9 +613,25 @@ static PyMethodDef methods[] = {
     {"packb", packb, METH_O,
      "packb(obj) -> msgpack.packb(obj) for plain data (None, bool, int, float, str, bytes, dict, list, tuple), "
      "or NotImplemented when msgpack itself must decide."},
+    {"clean_chunk", clean_chunk, METH_O,
+     "clean_chunk(spans) -> False when normalize must check the chunk span by span, else its _dd.p.tid or None."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "agent_sim._cdecode", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__cdecode(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__cdecode(void) {
+    for (int i = 0; i < N_FIELDS; i++)
+        if ((field_keys[i] = PyUnicode_InternFromString(field_names[i])) == NULL)
+            return NULL;
+    if ((key_status = PyUnicode_InternFromString("http.status_code")) == NULL
+        || (key_tid = PyUnicode_InternFromString("_dd.p.tid")) == NULL)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    PyObject *limits = Py_BuildValue("(iiiiL)", SHORT_TEXT, SHORT_RESOURCE, SHORT_META_KEY, SHORT_META_VALUE,
+                                     YEAR_2000_NS);
+    if (m != NULL && (limits == NULL || PyModule_AddObjectRef(m, "CLEAN_LIMITS", limits) < 0))
+        Py_CLEAR(m);
+    Py_XDECREF(limits);
+    return m;
+}
