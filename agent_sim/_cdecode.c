@@ -606,6 +606,165 @@ static PyObject *clean_chunk(PyObject *self, PyObject *spans) {
     return tid;
 }
 
+/* -- stats groups --------------------------------------------------------
+ * compute_groups(traces, client_top_level, bucket_ns) returns what
+ * stats.compute_groups returns (same groups, same order, same types), or
+ * NotImplemented for anything it does not handle (a span that is not an
+ * exact dict with the fields normalize leaves, an end time beyond int64, an
+ * http.status_code other than "100".."599"): stats.py then runs the Python
+ * version, which gives the result or the error. */
+
+static PyObject *key_top_level, *key_measured, *key_span_kind, *empty_str, *small_status[600];
+
+static PyObject *field(PyObject *span, int i) {
+    PyObject *v = PyDict_GetItemWithError(span, field_keys[i]);
+    if (v == NULL && !PyErr_Occurred())
+        PyErr_SetNone(PyExc_KeyError);
+    return v;
+}
+
+/* truthiness of metrics.get(key); *found = 0 when that is None */
+static int metric_true(PyObject *metrics, PyObject *key, int *found) {
+    PyObject *v = PyDict_GetItemWithError(metrics, key);
+    *found = v != NULL && v != Py_None; /* metrics.get(key) is None */
+    if (v == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    return PyObject_IsTrue(v);
+}
+
+static PyObject *status_code(PyObject *meta) {
+    PyObject *status = PyDict_GetItemWithError(meta, key_status);
+    if (status == NULL)
+        return PyErr_Occurred() ? NULL : small_status[0];
+    if (Py_TYPE(status) == &PyUnicode_Type && status_ok(status)) {
+        const char *p = (const char *)PyUnicode_DATA(status);
+        return small_status[(p[0] - '0') * 100 + (p[1] - '0') * 10 + (p[2] - '0')];
+    }
+    PyErr_SetNone(PyExc_NotImplementedError); /* int(" 200") and the like: Python's */
+    return NULL;
+}
+
+static int add_span(PyObject *groups, PyObject *s, PyObject *services, int client_top_level, long long bucket_ns) {
+    PyObject *metrics = field(s, F_METRICS), *service, *parent, *meta, *start, *duration, *error;
+    if (metrics == NULL || Py_TYPE(metrics) != &PyDict_Type)
+        return -1;
+    if (PyDict_GET_SIZE(metrics) == 0 && client_top_level)
+        return 0;
+    int found, top = metric_true(metrics, key_top_level, &found);
+    if (top < 0 || (service = field(s, F_SERVICE)) == NULL || (parent = field(s, F_PARENT_ID)) == NULL)
+        return -1;
+    if (!found && !client_top_level) {
+        PyObject *parent_service = PyDict_GetItemWithError(services, parent);
+        if (parent_service == NULL && PyErr_Occurred())
+            return -1;
+        top = parent_service == NULL ? 1 : PyObject_RichCompareBool(parent_service, service, Py_NE);
+        if (top < 0)
+            return -1;
+    }
+    if (!top) {
+        int measured = metric_true(metrics, key_measured, &found);
+        if (measured <= 0)
+            return measured;
+    }
+    long long st, du, er;
+    if ((meta = field(s, F_META)) == NULL || Py_TYPE(meta) != &PyDict_Type || (start = field(s, F_START)) == NULL
+        || (duration = field(s, F_DURATION)) == NULL || (error = field(s, F_ERROR)) == NULL
+        || !int64_of(start, &st) || !int64_of(duration, &du) || !int64_of(error, &er)
+        || (du > 0 ? st > LLONG_MAX - du : st < LLONG_MIN - du) || Py_TYPE(parent) != &PyLong_Type)
+        return -1;
+    long long end = st + du, rem = end % bucket_ns;
+    if (rem < 0)
+        rem += bucket_ns; /* Python's floor modulo */
+    PyObject *kind = PyDict_GetItemWithError(meta, key_span_kind);
+    PyObject *code = status_code(meta);
+    if ((kind == NULL && PyErr_Occurred()) || code == NULL)
+        return -1;
+    int is_root = PyObject_RichCompareBool(parent, small_status[0], Py_EQ);
+    if (is_root < 0)
+        return -1;
+    PyObject *key = Py_BuildValue("(LOOOOOOO)", end - rem, service, field(s, F_NAME), field(s, F_RESOURCE),
+                                  field(s, F_TYPE), kind ? kind : empty_str, code, is_root ? Py_True : Py_False);
+    if (key == NULL)
+        return -1;
+    PyObject *g = PyDict_GetItemWithError(groups, key);
+    if (g == NULL) {
+        PyObject *rest = PyErr_Occurred() ? NULL : PyTuple_GetSlice(key, 1, 8);
+        PyObject *rest_list = rest ? PySequence_List(rest) : NULL;
+        Py_XDECREF(rest);
+        g = rest_list ? Py_BuildValue("[ONiiiiNN]", PyTuple_GET_ITEM(key, 0), rest_list, 0, 0, 0, 0, PyList_New(0),
+                                      PyList_New(0)) : NULL;
+        if (g == NULL || PyDict_SetItem(groups, key, g) < 0) {
+            Py_XDECREF(g);
+            Py_DECREF(key);
+            return -1;
+        }
+        Py_DECREF(g); /* the dict holds it */
+    }
+    Py_DECREF(key);
+    /* g[2] += 1; g[3] += top; g[5] += duration; g[4] += error; durations to g[7] or g[6] */
+    static const int slots[3] = {2, 3, 5};
+    PyObject *adds[3] = {small_status[1], top ? small_status[1] : NULL, duration};
+    for (int i = 0; i < 3; i++) {
+        if (adds[i] == NULL)
+            continue;
+        PyObject *sum = PyNumber_Add(PyList_GET_ITEM(g, slots[i]), adds[i]);
+        if (sum == NULL)
+            return -1;
+        PyList_SetItem(g, slots[i], sum);
+    }
+    if (er) {
+        PyObject *sum = PyNumber_Add(PyList_GET_ITEM(g, 4), small_status[1]);
+        if (sum == NULL)
+            return -1;
+        PyList_SetItem(g, 4, sum);
+    }
+    return PyList_Append(PyList_GET_ITEM(g, er ? 7 : 6), duration);
+}
+
+static PyObject *compute_groups(PyObject *self, PyObject *args) {
+    PyObject *traces;
+    int client_top_level;
+    long long bucket_ns;
+    if (!PyArg_ParseTuple(args, "OpL", &traces, &client_top_level, &bucket_ns))
+        return NULL;
+    if (Py_TYPE(traces) != &PyList_Type || bucket_ns <= 0)
+        Py_RETURN_NOTIMPLEMENTED;
+    PyObject *groups = PyDict_New(), *services = NULL;
+    if (groups == NULL)
+        return NULL;
+    for (Py_ssize_t t = 0; t < PyList_GET_SIZE(traces); t++) {
+        PyObject *spans = PyList_GET_ITEM(traces, t);
+        if (Py_TYPE(spans) != &PyList_Type)
+            goto fallback;
+        Py_ssize_t n = PyList_GET_SIZE(spans);
+        for (Py_ssize_t i = 0; i < n; i++)
+            if (Py_TYPE(PyList_GET_ITEM(spans, i)) != &PyDict_Type)
+                goto fallback;
+        Py_CLEAR(services);
+        if (!client_top_level) { /* {span_id: service}, the last span of an id winning */
+            if ((services = PyDict_New()) == NULL)
+                goto fallback;
+            for (Py_ssize_t i = 0; i < n; i++) {
+                PyObject *s = PyList_GET_ITEM(spans, i), *id = field(s, F_SPAN_ID), *service = field(s, F_SERVICE);
+                if (id == NULL || service == NULL || PyDict_SetItem(services, id, service) < 0)
+                    goto fallback;
+            }
+        }
+        for (Py_ssize_t i = 0; i < n; i++)
+            if (add_span(groups, PyList_GET_ITEM(spans, i), services, client_top_level, bucket_ns) < 0)
+                goto fallback;
+    }
+    Py_XDECREF(services);
+    PyObject *out = PyDict_Values(groups);
+    Py_DECREF(groups);
+    return out;
+fallback:
+    Py_XDECREF(services);
+    Py_DECREF(groups);
+    PyErr_Clear();
+    Py_RETURN_NOTIMPLEMENTED;
+}
+
 static PyMethodDef methods[] = {
     {"unpackb", unpackb, METH_O,
      "unpackb(body) -> msgpack.unpackb(body, raw=False, unicode_errors='replace', strict_map_key=False, "
@@ -615,6 +774,8 @@ static PyMethodDef methods[] = {
      "or NotImplemented when msgpack itself must decide."},
     {"clean_chunk", clean_chunk, METH_O,
      "clean_chunk(spans) -> False when normalize must check the chunk span by span, else its _dd.p.tid or None."},
+    {"compute_groups", compute_groups, METH_VARARGS,
+     "compute_groups(traces, client_top_level, bucket_ns) -> stats.compute_groups's result, or NotImplemented."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -625,8 +786,15 @@ PyMODINIT_FUNC PyInit__cdecode(void) {
         if ((field_keys[i] = PyUnicode_InternFromString(field_names[i])) == NULL)
             return NULL;
     if ((key_status = PyUnicode_InternFromString("http.status_code")) == NULL
-        || (key_tid = PyUnicode_InternFromString("_dd.p.tid")) == NULL)
+        || (key_tid = PyUnicode_InternFromString("_dd.p.tid")) == NULL
+        || (key_top_level = PyUnicode_InternFromString("_dd.top_level")) == NULL
+        || (key_measured = PyUnicode_InternFromString("_dd.measured")) == NULL
+        || (key_span_kind = PyUnicode_InternFromString("span.kind")) == NULL
+        || (empty_str = PyUnicode_InternFromString("")) == NULL)
         return NULL;
+    for (int i = 0; i < 600; i++)
+        if ((small_status[i] = PyLong_FromLong(i)) == NULL)
+            return NULL;
     PyObject *m = PyModule_Create(&module);
     PyObject *limits = Py_BuildValue("(iiiiL)", SHORT_TEXT, SHORT_RESOURCE, SHORT_META_KEY, SHORT_META_VALUE,
                                      YEAR_2000_NS);
