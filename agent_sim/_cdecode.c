@@ -670,7 +670,8 @@ static int add_span(PyObject *groups, PyObject *s, PyObject *services, int clien
     if ((meta = field(s, F_META)) == NULL || Py_TYPE(meta) != &PyDict_Type || (start = field(s, F_START)) == NULL
         || (duration = field(s, F_DURATION)) == NULL || (error = field(s, F_ERROR)) == NULL
         || !int64_of(start, &st) || !int64_of(duration, &du) || !int64_of(error, &er)
-        || (du > 0 ? st > LLONG_MAX - du : st < LLONG_MIN - du) || Py_TYPE(parent) != &PyLong_Type)
+        || (du > 0 ? st > LLONG_MAX - du : st < LLONG_MIN - du) || Py_TYPE(parent) != &PyLong_Type
+        || st + du < LLONG_MIN + bucket_ns) /* its bucket start below int64 */
         return -1;
     long long end = st + du, rem = end % bucket_ns;
     if (rem < 0)

@@ -66,7 +66,7 @@ def span(**fields: Any) -> dict[str, Any]:
     [[span(meta={"http.status_code": " 200"})]],  # int() of an unusual form: Python's
     [[span(meta={"http.status_code": ""})]],
     [[span(meta={"http.status_code": None})]],
-    [[span(start=2**63 - 1, duration=1)]],  # an end past int64
+    [[span(start=2**63 - 1, duration=1)]], [[span(start=-(2**63), duration=0)]],  # an end or bucket past int64
     [[span(start=1.5)]], [[span(parent_id=None)]], [[{"span_id": 1}]], [(span(),)], ([span()],), [[1]],
 ])
 def test_what_is_handed_back(traces: Any) -> None:
