@@ -510,6 +510,14 @@ static const char *field_names[N_FIELDS] = {"trace_id", "span_id", "parent_id", 
                                             "type", "start", "duration", "error", "meta", "metrics"};
 static PyObject *field_keys[N_FIELDS], *key_status, *key_tid;
 
+/* span[field_names[i]], borrowed; NULL with KeyError when missing */
+static PyObject *field(PyObject *span, int i) {
+    PyObject *v = PyDict_GetItemWithError(span, field_keys[i]);
+    if (v == NULL && !PyErr_Occurred())
+        PyErr_SetNone(PyExc_KeyError);
+    return v;
+}
+
 static int uint64_of(PyObject *o, unsigned long long *out) {
     if (Py_TYPE(o) != &PyLong_Type)
         return 0;
@@ -606,6 +614,93 @@ static PyObject *clean_chunk(PyObject *self, PyObject *spans) {
     return tid;
 }
 
+/* normalize_clean(spans, obfuscate_sql) normalizes a chunk clean_chunk
+ * accepts, as normalize.normalize_chunk would: each SQL span as our
+ * integrations send it (none of sql.query, db.statement, error.message in
+ * meta) gets resource = meta["sql.query"] = obfuscate_sql(resource), then
+ * _dd.p.tid is copied to every span that lacks it. Returns False (not clean:
+ * nothing changed), the tid or None (done), or (tid, todo) when some spans are
+ * left to Python: index i for an SQL span of another shape (nothing done to
+ * it), ~i for one whose obfuscated resource is past its limit; the tid is
+ * then not copied yet (Python copies it after, keeping the key order). */
+static PyObject *key_sql_query, *key_db_statement, *key_error_message;
+
+static int copy_tid(PyObject *spans, PyObject *tid) {
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(spans); i++) {
+        PyObject *meta = field(PyList_GET_ITEM(spans, i), F_META);
+        if (meta == NULL)
+            return -1;
+        PyObject *have = PyDict_GetItemWithError(meta, key_tid);
+        if (have == NULL && PyErr_Occurred())
+            return -1;
+        int differ = have == NULL ? 1 : PyObject_RichCompareBool(have, tid, Py_NE);
+        if (differ < 0 || (differ && PyDict_SetItem(meta, key_tid, tid) < 0))
+            return -1;
+    }
+    return 0;
+}
+
+static int obfuscate_span(PyObject *span, PyObject *obfuscate, PyObject **todo, Py_ssize_t i) {
+    PyObject *meta = field(span, F_META), *resource;
+    int plain = PyDict_Contains(meta, key_sql_query) == 0 && PyDict_Contains(meta, key_db_statement) == 0
+                && PyDict_Contains(meta, key_error_message) == 0; /* str keys: no errors */
+    int left = !plain, rc = -1;
+    if (plain) {
+        Py_INCREF(span);
+        Py_INCREF(meta);
+        resource = PyObject_CallOneArg(obfuscate, field(span, F_RESOURCE));
+        if (resource != NULL && PyDict_SetItem(span, field_keys[F_RESOURCE], resource) == 0
+            && PyDict_SetItem(meta, key_sql_query, resource) == 0) {
+            left = !text_within(resource, 1, SHORT_RESOURCE);
+            i = ~i;
+            rc = 0;
+        }
+        Py_XDECREF(resource);
+        Py_DECREF(meta);
+        Py_DECREF(span);
+        if (rc < 0)
+            return -1;
+    }
+    if (left) {
+        PyObject *index = PyLong_FromSsize_t(i);
+        if (index == NULL || (*todo == NULL && (*todo = PyList_New(0)) == NULL) || PyList_Append(*todo, index) < 0) {
+            Py_XDECREF(index);
+            return -1;
+        }
+        Py_DECREF(index);
+    }
+    return 0;
+}
+
+static PyObject *normalize_clean(PyObject *self, PyObject *args) {
+    PyObject *spans, *obfuscate, *todo = NULL;
+    if (!PyArg_ParseTuple(args, "OO", &spans, &obfuscate))
+        return NULL;
+    PyObject *tid = clean_chunk(self, spans);
+    if (tid == Py_False)
+        return tid;
+    Py_INCREF(spans); /* obfuscate is Python code */
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(spans); i++) {
+        PyObject *span = PyList_GET_ITEM(spans, i), *type = field(span, F_TYPE);
+        if (type == NULL || (PyUnicode_CompareWithASCIIString(type, "sql") == 0
+                             && obfuscate_span(span, obfuscate, &todo, i) < 0))
+            goto error;
+    }
+    Py_DECREF(spans);
+    if (todo != NULL)
+        return Py_BuildValue("(NN)", tid, todo);
+    if (tid != Py_None && copy_tid(spans, tid) < 0) {
+        Py_DECREF(tid);
+        return NULL;
+    }
+    return tid;
+error:
+    Py_DECREF(spans);
+    Py_DECREF(tid);
+    Py_XDECREF(todo);
+    return NULL;
+}
+
 /* -- stats groups --------------------------------------------------------
  * compute_groups(traces, client_top_level, bucket_ns) returns what
  * stats.compute_groups returns (same groups, same order, same types), or
@@ -615,13 +710,6 @@ static PyObject *clean_chunk(PyObject *self, PyObject *spans) {
  * version, which gives the result or the error. */
 
 static PyObject *key_top_level, *key_measured, *key_span_kind, *empty_str, *small_status[600];
-
-static PyObject *field(PyObject *span, int i) {
-    PyObject *v = PyDict_GetItemWithError(span, field_keys[i]);
-    if (v == NULL && !PyErr_Occurred())
-        PyErr_SetNone(PyExc_KeyError);
-    return v;
-}
 
 /* truthiness of metrics.get(key); *found = 0 when that is None */
 static int metric_true(PyObject *metrics, PyObject *key, int *found) {
@@ -775,6 +863,8 @@ static PyMethodDef methods[] = {
      "or NotImplemented when msgpack itself must decide."},
     {"clean_chunk", clean_chunk, METH_O,
      "clean_chunk(spans) -> False when normalize must check the chunk span by span, else its _dd.p.tid or None."},
+    {"normalize_clean", normalize_clean, METH_VARARGS,
+     "normalize_clean(spans, obfuscate_sql) -> False, the chunk's tid or None, or (tid, spans left to Python)."},
     {"compute_groups", compute_groups, METH_VARARGS,
      "compute_groups(traces, client_top_level, bucket_ns) -> stats.compute_groups's result, or NotImplemented."},
     {NULL, NULL, 0, NULL},
@@ -791,7 +881,10 @@ PyMODINIT_FUNC PyInit__cdecode(void) {
         || (key_top_level = PyUnicode_InternFromString("_dd.top_level")) == NULL
         || (key_measured = PyUnicode_InternFromString("_dd.measured")) == NULL
         || (key_span_kind = PyUnicode_InternFromString("span.kind")) == NULL
-        || (empty_str = PyUnicode_InternFromString("")) == NULL)
+        || (empty_str = PyUnicode_InternFromString("")) == NULL
+        || (key_sql_query = PyUnicode_InternFromString("sql.query")) == NULL
+        || (key_db_statement = PyUnicode_InternFromString("db.statement")) == NULL
+        || (key_error_message = PyUnicode_InternFromString("error.message")) == NULL)
         return NULL;
     for (int i = 0; i < 600; i++)
         if ((small_status[i] = PyLong_FromLong(i)) == NULL)

@@ -18,10 +18,10 @@ from agent_sim.decode import checked_traces, decode_span, get_fields
 from agent_sim.model import Span, Trace
 from sql_obfuscation import obfuscate_error_message, obfuscate_sql
 
-try:  # the optional C check of a chunk's common case (setup.py builds it)
-    from agent_sim._cdecode import clean_chunk as _clean_chunk
+try:  # the optional C normalization of a chunk's common case (setup.py builds it)
+    from agent_sim._cdecode import normalize_clean as _fast_normalize
 except ImportError:  # pragma: no cover - no compiler at install time
-    _clean_chunk = None
+    _fast_normalize = None
 
 MAX_SERVICE = 100
 MAX_NAME = 100
@@ -115,19 +115,23 @@ def normalize_chunk(trace: Sequence[Any]) -> Trace | str:
     spans = list(trace)
     if not spans:
         return "empty trace"
-    if _clean_chunk is not None:
-        # C decides the common case in one call (~0.1 µs a span against ~1 µs
-        # of bytecode below): every span typed and within the limits, only
-        # SQL obfuscation and the _dd.p.tid copy left to do
-        clean = _clean_chunk(spans)
-        if clean is not False:
-            for span in spans:
-                if span["type"] == "sql":
-                    meta = span["meta"]
-                    if _normalize_sql(span, meta, False) or not 0 < len(span["resource"]) <= MAX_RESOURCE // 4:
+    if _fast_normalize is not None:
+        # C does the common case in one call (~0.1 µs a span against ~1 µs of
+        # bytecode below): every span typed and within the limits, SQL spans
+        # as our integrations send them; it leaves other SQL spans to Python
+        done = _fast_normalize(spans, obfuscate_sql)
+        if done is not False:
+            if type(done) is tuple:
+                tid, todo = done
+                for i in todo:
+                    if i < 0:  # obfuscated, now past a limit
+                        _apply_limits(spans[~i])
+                        continue
+                    span = spans[i]
+                    if _normalize_sql(span, span["meta"], False) or not 0 < len(span["resource"]) <= MAX_RESOURCE // 4:
                         _apply_limits(span)
-            if clean is not None:
-                _copy_tid(spans, clean)
+                if tid is not None:
+                    _copy_tid(spans, tid)
             return spans
     reason = None
     trace_id = -1

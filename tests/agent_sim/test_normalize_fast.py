@@ -1,6 +1,7 @@
-"""normalize's C fast path (``_cdecode.clean_chunk``: a chunk with nothing to
-fix but SQL obfuscation and the ``_dd.p.tid`` copy) gives exactly what the
-Python path gives, on chunks at the edges of every limit it checks."""
+"""normalize's C fast path (``_cdecode.normalize_clean``: a chunk with nothing
+to fix but SQL obfuscation and the ``_dd.p.tid`` copy, as ``clean_chunk``
+decides) gives exactly what the Python path gives, on chunks at the edges of
+every limit it checks."""
 
 from __future__ import annotations
 
@@ -16,16 +17,17 @@ from agent_sim import normalize
 from agent_sim.decode import PayloadError
 from agent_sim.normalize import MAX_META_KEY, MAX_META_VALUE, MAX_NAME, MAX_RESOURCE, normalize_payload
 
-pytestmark = pytest.mark.skipif(normalize._clean_chunk is None, reason="agent_sim._cdecode not built")
+pytestmark = pytest.mark.skipif(normalize._fast_normalize is None, reason="agent_sim._cdecode not built")
 
 Y2000 = 946_684_800 * 10**9
 NOW = 1_700_000_000 * 10**9
 
 
 def run(traces: list, fast: bool) -> tuple:
+    """The outcome, its spans as repr: meta key order is stored and shown too."""
     with pytest.MonkeyPatch.context() as m:
         if not fast:
-            m.setattr(normalize, "_clean_chunk", None)
+            m.setattr(normalize, "_fast_normalize", None)
         since = time.time_ns()
         try:
             kept, dropped, count = normalize_payload(traces)
@@ -35,7 +37,7 @@ def run(traces: list, fast: bool) -> tuple:
         for s in spans:
             if s["start"] + s["duration"] >= since:
                 s["start"] = "now"
-    return ("ok", kept, dropped, count)
+    return ("ok", repr(kept), dropped, count)
 
 
 def span(**fields: Any) -> dict[str, Any]:
