@@ -1,5 +1,8 @@
-/* Optional fast msgpack unpacking for the receiver's decode (agent_sim/decode.py),
- * and packing for its store (agent_sim/store.py, see "packing" below).
+/* Optional C paths of the receiver's ingest, each giving exactly what the
+ * Python code gives or handing the input back to it: msgpack unpacking for
+ * decode.py (below), packing of stored chunks for store.py, the common case
+ * of normalize.py (clean_chunk, normalize_clean) and stats.compute_groups
+ * (see the sections further down).
  *
  * unpackb(body) returns what msgpack.unpackb(body, raw=False,
  * unicode_errors="replace", strict_map_key=False, use_list=False) returns
