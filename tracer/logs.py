@@ -32,7 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tracer.config import config as _config
-from tracer.context import ACTIVE_SPAN
+from tracer.context import get_active
 
 _lock = threading.Lock()
 _factory: Callable[..., logging.LogRecord] | None = None  # ours, while installed
@@ -47,7 +47,7 @@ def _make_factory(original: Callable[..., logging.LogRecord]) -> Callable[..., l
         record = original(*args, **kwargs)
         if not _enabled:
             return record
-        span = ACTIVE_SPAN.get()
+        span = get_active()
         env = cfg.env or ""
         version = cfg.version or ""
         if span is None:

@@ -26,7 +26,7 @@ from contrib.flask._hooks import Phase, build_plan
 from tracer import propagation
 from tracer._errors import guarded_call, internal_error
 from tracer.config import config
-from tracer.context import ACTIVE_SPAN
+from tracer.context import get_active, set_active
 from tracer.span import MAX_VALUE_LEN, Span
 
 _tracer = _pkg.tracer
@@ -149,9 +149,9 @@ class RequestState:
         # span still active here was left behind by an earlier request on
         # this thread (a server that skipped close(), an app that never
         # finished a span): it is dropped, never the parent of this request.
-        parent: Any = ACTIVE_SPAN.get()
+        parent: Any = get_active()
         if parent is not None and enclosing is None and (parent.duration_ns is not None or parent.name == "flask.request"):
-            ACTIVE_SPAN.set(None)
+            set_active(None)
             parent = None
         self.entry = parent
         if config.distributed_tracing and not environ.keys().isdisjoint(_PROPAGATION_KEYS):
@@ -252,7 +252,7 @@ class RequestState:
         A ``wsgi.file_wrapper`` body is returned as a new file wrapper of the
         server's type around the same file, so servers that send files with
         ``sendfile()`` still recognize it."""
-        ACTIVE_SPAN.set(self.entry)
+        set_active(self.entry)
         file_wrapper = self.environ.get("wsgi.file_wrapper")
         if file_wrapper is not None and type(file_wrapper) is type and isinstance(body, file_wrapper):
             filelike = getattr(body, "filelike", None)
@@ -263,7 +263,7 @@ class RequestState:
     def escaped(self, exc: BaseException) -> None:
         """An exception left the WSGI app: the server's context is given
         back, and the root span records the exception and ends."""
-        ACTIVE_SPAN.set(self.entry)
+        set_active(self.entry)
         span = self.span
         if not self.matched:
             self.match_rule()
@@ -344,8 +344,8 @@ def _chunks(owner: _ClosingBody, span: Span) -> Iterator[bytes]:
     app's iterator (one, however many times the server calls ``iter``);
     set, it tells ``close()`` that the server started on the body."""
     while True:
-        prev = ACTIVE_SPAN.get()
-        ACTIVE_SPAN.set(span)
+        prev = get_active()
+        set_active(span)
         try:
             it = owner._it
             if it is None:
@@ -361,7 +361,7 @@ def _chunks(owner: _ClosingBody, span: Span) -> Iterator[bytes]:
                 span.finish()
             raise
         finally:
-            ACTIVE_SPAN.set(prev)
+            set_active(prev)
         yield chunk
 
 
