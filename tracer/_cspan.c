@@ -40,7 +40,19 @@ typedef struct {
     PyObject *_parent;
     PyObject *_prev;
     PyObject *_mono;
+    /* C only: the tracer._cspan module, on a root span built by trace_root
+     * (its state serves finish_lone_root); NULL elsewhere. */
+    PyObject *_cmodule;
 } SpanObject;
+
+/* Per-module state, object references only (see module_traverse): what
+ * finish_lone_root reads beyond the interned names below (tracer.buffer's
+ * _Trace.peeks, TraceBuffer._live and .sink, the sink's write, and
+ * itertools.count, the type of _Trace.starts). */
+typedef struct {
+    PyObject *s_peeks, *s_live, *s_sink, *s_write;
+    PyObject *count_type;
+} ModuleState;
 
 /* Set once by configure(): the Python Span class (a subclass of SpanBase),
  * the active-span ContextVar, the "not activated" sentinel and
@@ -93,6 +105,7 @@ Span_traverse(SpanObject *self, visitproc visit, void *arg)
     Py_VISIT(self->_parent);
     Py_VISIT(self->_prev);
     Py_VISIT(self->_mono);
+    Py_VISIT(self->_cmodule);
     return 0;
 }
 
@@ -115,6 +128,7 @@ Span_clear(SpanObject *self)
     Py_CLEAR(self->_parent);
     Py_CLEAR(self->_prev);
     Py_CLEAR(self->_mono);
+    Py_CLEAR(self->_cmodule);
     return 0;
 }
 
@@ -257,6 +271,123 @@ next_count(PyObject *trace, PyObject *name)
     return value;
 }
 
+#define RECORD_LEN 12
+
+/* The span's record, borrowed: tracer.span.RECORD_FIELDS, in wire order
+ * (fields the caller checked; `service` and `metrics` are the ones it owns). */
+static void
+span_record(SpanObject *self, PyObject *trace_id, PyObject *service, PyObject *metrics, PyObject **out)
+{
+    PyObject *record[RECORD_LEN] = {trace_id,          self->span_id, self->parent_id, service,
+                                    self->name,        self->resource, self->span_type, self->start_ns,
+                                    self->duration_ns, self->error,    self->meta,      metrics};
+    memcpy(out, record, sizeof(record));
+}
+
+/* A local root finishing with nothing else of its trace ever started here
+ * (every query outside a request, every request without children): its
+ * record is the whole trace. It goes to the sink as a chunk of its own,
+ * without _Trace._flush (a Python call, the flush lock, started_count(), the
+ * chunk swap) and without passing through trace.finished. The state it
+ * leaves is the one _Trace.finish_span and _flush leave: the record counted
+ * in `finishes`, the read of `starts` in `peeks`, root_done set, the trace
+ * out of the buffer's live set, then buffer.sink.write(trace, chunk).
+ * 1 when done; 0 when it does not apply (the caller's general path runs);
+ * -1 on error.
+ *
+ * Without tracer.buffer's _flush_lock, and safe so: from the first read to
+ * the hand-over nothing here runs Python code nor releases the GIL (slot and
+ * attribute reads, exact-type checks, itertools.count's next, a set discard
+ * by identity hash), so no other thread sees the trace half-done. A span
+ * started on the trace before (`starts` > 1) sends this one the general way;
+ * one started after sees root_done and leaves as a late chunk. count_lost()
+ * (shutdown) marks the trace foreign under the lock before it counts, and a
+ * foreign trace takes the general path, which waits for the lock. */
+static int
+finish_lone_root_owned(SpanObject *self, ModuleState *st, PyObject *trace, PyObject *metrics,
+                       PyObject *service)
+{
+    PyObject *root = NULL, *foreign = NULL, *finished = NULL, *starts = NULL, *finishes = NULL,
+             *peeks = NULL, *trace_id = NULL, *buffer = NULL, *live = NULL, *sink = NULL, *chunk = NULL;
+    int rc = -1;
+    /* Reads and checks first: nothing changes until every one passed. The
+     * first two turn away a root with finished children (the usual trace). */
+    if ((root = PyObject_GetAttr(trace, s_root)) == NULL || (finished = PyObject_GetAttr(trace, s_finished)) == NULL)
+        goto done;
+    rc = 0;
+    if (root != (PyObject *)self || !PyList_CheckExact(finished) || PyList_GET_SIZE(finished) != 0)
+        goto done;
+    rc = -1;
+    if ((foreign = PyObject_GetAttr(trace, s_foreign)) == NULL || (starts = PyObject_GetAttr(trace, s_starts)) == NULL ||
+        (finishes = PyObject_GetAttr(trace, s_finishes)) == NULL ||
+        (peeks = PyObject_GetAttr(trace, st->s_peeks)) == NULL ||
+        (trace_id = PyObject_GetAttr(trace, s_trace_id)) == NULL ||
+        (buffer = PyObject_GetAttr(trace, s_buffer)) == NULL || (live = PyObject_GetAttr(buffer, st->s_live)) == NULL ||
+        (sink = PyObject_GetAttr(buffer, st->s_sink)) == NULL)
+        goto done;
+    rc = 0;
+    if (foreign != Py_False || Py_TYPE(starts) != (PyTypeObject *)st->count_type ||
+        Py_TYPE(finishes) != (PyTypeObject *)st->count_type || !PyLong_CheckExact(peeks) || !PySet_CheckExact(live))
+        goto done;
+    Py_ssize_t npeeks = PyLong_AsSsize_t(peeks);
+    if (npeeks == -1 && PyErr_Occurred()) {
+        rc = -1;
+        goto done;
+    }
+    PyObject *record[RECORD_LEN];
+    span_record(self, trace_id, service, metrics, record);
+    if ((chunk = PyList_New(RECORD_LEN)) == NULL) {
+        rc = -1;
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < RECORD_LEN; i++)
+        PyList_SET_ITEM(chunk, i, Py_NewRef(record[i]));
+    /* _Trace.started_count(): one next() on `starts`, counted in `peeks`. */
+    PyObject *next = PyIter_Next(starts);
+    Py_ssize_t taken = next == NULL ? -1 : PyLong_AsSsize_t(next);
+    Py_XDECREF(next);
+    PyObject *new_peeks = taken == -1 ? NULL : PyLong_FromSsize_t(npeeks + 1);
+    if (new_peeks == NULL || PyObject_SetAttr(trace, st->s_peeks, new_peeks) < 0) {
+        Py_XDECREF(new_peeks);
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_RuntimeError, "trace.starts is not a count");
+        rc = -1;
+        goto done;
+    }
+    Py_DECREF(new_peeks);
+    if (taken - (npeeks + 1) != 1) /* other spans of the trace started here: the general path */
+        goto done;
+    PyObject *ordinal = PyIter_Next(finishes);
+    if (ordinal == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_RuntimeError, "trace.finishes ended");
+        rc = -1;
+        goto done;
+    }
+    Py_DECREF(ordinal); /* only counted: the trace is complete */
+    if (PyObject_SetAttr(trace, s_root_done, Py_True) < 0 || PySet_Discard(live, trace) < 0) {
+        rc = -1;
+        goto done;
+    }
+    PyObject *r = PyObject_CallMethodObjArgs(sink, st->s_write, trace, chunk, NULL);
+    Py_XDECREF(r);
+    rc = r == NULL ? -1 : 1;
+
+done:
+    Py_XDECREF(root);
+    Py_XDECREF(foreign);
+    Py_XDECREF(finished);
+    Py_XDECREF(starts);
+    Py_XDECREF(finishes);
+    Py_XDECREF(peeks);
+    Py_XDECREF(trace_id);
+    Py_XDECREF(buffer);
+    Py_XDECREF(live);
+    Py_XDECREF(sink);
+    Py_XDECREF(chunk);
+    return rc;
+}
+
 /* Append the span's record to its trace and send the chunk if it can leave:
  * _Trace.finish_span, for a span whose duration is set. */
 static int
@@ -289,6 +420,13 @@ finish_record_owned(SpanObject *self, PyObject *trace, PyObject *metrics, PyObje
         PyErr_SetString(PyExc_AttributeError, "span is missing a field");
         return -1;
     }
+    if (parent == Py_None && self->_cmodule != NULL) {
+        PyObject *module = Py_NewRef(self->_cmodule);
+        int lone = finish_lone_root_owned(self, PyModule_GetState(module), trace, metrics, service);
+        Py_DECREF(module);
+        if (lone != 0)
+            return lone < 0 ? -1 : 0;
+    }
 
     PyObject *finished = PyObject_GetAttr(trace, s_finished);
     if (finished == NULL)
@@ -303,13 +441,11 @@ finish_record_owned(SpanObject *self, PyObject *trace, PyObject *metrics, PyObje
         Py_DECREF(finished);
         return -1;
     }
-    /* The record: tracer.span.RECORD_FIELDS, in wire order. */
-    PyObject *record[12] = {trace_id,          self->span_id, self->parent_id, service,
-                            self->name,        self->resource, self->span_type, self->start_ns,
-                            self->duration_ns, self->error,    self->meta,      metrics};
+    PyObject *record[RECORD_LEN];
+    span_record(self, trace_id, service, metrics, record);
     Py_ssize_t n = PyList_GET_SIZE(finished);
     int rc = 0;
-    for (int i = 0; i < 12 && rc == 0; i++)
+    for (int i = 0; i < RECORD_LEN && rc == 0; i++)
         rc = PyList_Append(finished, record[i]);
     Py_DECREF(trace_id);
     if (rc < 0) {
@@ -696,7 +832,7 @@ error:
  * a change there goes here too. `trace_cls(buffer, trace_id, wall, mono)` is
  * tracer.buffer._Trace; `service` is already the default if empty. */
 static PyObject *
-trace_root(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+trace_root(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     static PyObject *int_96 = NULL;
     if (callable_now("trace_root", nargs, 7) < 0)
@@ -746,6 +882,7 @@ trace_root(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
                     activating ? Py_None : not_activated);
     if (span == NULL)
         goto done;
+    span->_cmodule = Py_NewRef(module);
     if (PyObject_SetAttr(trace, s_root, (PyObject *)span) < 0 || count_start(trace) < 0 ||
         (activating && set_active((PyObject *)span) < 0))
         Py_CLEAR(span);
@@ -852,6 +989,18 @@ exec_module(PyObject *m)
     if ((int_0 = PyLong_FromLong(0)) == NULL || (int_1 = PyLong_FromLong(1)) == NULL ||
         (int_64 = PyLong_FromLong(64)) == NULL)
         return -1;
+    ModuleState *st = PyModule_GetState(m);
+    INTERN(st->s_peeks, "peeks");
+    INTERN(st->s_live, "_live");
+    INTERN(st->s_sink, "sink");
+    INTERN(st->s_write, "write");
+    PyObject *itertools = PyImport_ImportModule("itertools");
+    if (itertools == NULL)
+        return -1;
+    st->count_type = PyObject_GetAttrString(itertools, "count");
+    Py_DECREF(itertools);
+    if (st->count_type == NULL)
+        return -1;
     if (PyType_Ready(&SpanBase_Type) < 0)
         return -1;
     Py_INCREF(&SpanBase_Type);
@@ -862,11 +1011,45 @@ exec_module(PyObject *m)
     return 0;
 }
 
+/* ModuleState holds object references only: walked as an array. */
+#define STATE_NFIELDS ((Py_ssize_t)(sizeof(ModuleState) / sizeof(PyObject *)))
+
+static int
+module_traverse(PyObject *m, visitproc visit, void *arg)
+{
+    PyObject **fields = (PyObject **)PyModule_GetState(m);
+    for (Py_ssize_t i = 0; fields != NULL && i < STATE_NFIELDS; i++)
+        Py_VISIT(fields[i]);
+    return 0;
+}
+
+static int
+module_clear(PyObject *m)
+{
+    PyObject **fields = (PyObject **)PyModule_GetState(m);
+    for (Py_ssize_t i = 0; fields != NULL && i < STATE_NFIELDS; i++)
+        Py_CLEAR(fields[i]);
+    return 0;
+}
+
+static void
+module_free(void *m)
+{
+    module_clear((PyObject *)m);
+}
+
 static PyModuleDef_Slot module_slots[] = MAIN_INTERPRETER_SLOTS(exec_module);
 
 static struct PyModuleDef module_def = {
-    PyModuleDef_HEAD_INIT, "tracer._cspan", "The span hot path in C (see tracer/span.py).", 0, module_methods,
-    module_slots,
+    PyModuleDef_HEAD_INIT,
+    .m_name = "tracer._cspan",
+    .m_doc = "The span hot path in C (see tracer/span.py).",
+    .m_size = sizeof(ModuleState),
+    .m_methods = module_methods,
+    .m_slots = module_slots,
+    .m_traverse = module_traverse,
+    .m_clear = module_clear,
+    .m_free = module_free,
 };
 
 PyMODINIT_FUNC
