@@ -10,6 +10,7 @@ dropped, and racing threads never send a span twice."""
 from __future__ import annotations
 
 import contextvars
+import copy
 import gc
 import sys
 import threading
@@ -167,3 +168,47 @@ def test_roots_raced_by_children_from_another_thread_send_every_span_once(test_s
         pytest.xfail(f"pure Python: {len(live)} of {n} traces left in the live set (tracer/buffer.py race)")
     assert live == []
 
+
+# -- the trace object: built in C by trace_root where the C span is built ----
+
+
+def _trace_state(trace) -> dict:
+    """Every field of a trace, the counters by their position."""
+    state = {}
+    for field in tracer_module._Trace.__slots__:
+        value = getattr(trace, field)
+        if field in ("starts", "finishes"):
+            value = repr(value)
+        state[field] = copy.copy(value) if type(value) in (list, dict) else value  # as they are now
+    state["live"] = trace in trace.buffer._live
+    return state
+
+
+def test_the_root_trace_class_is_trace_with_its_fields_in_c():
+    cls, trace_cls = tracer_module._RootTrace, tracer_module._Trace
+    functions = {k for k, v in vars(trace_cls).items() if callable(v)}
+    assert functions and all(getattr(cls, k) is getattr(trace_cls, k) for k in functions)
+    if _cspan is None:
+        assert cls is trace_cls
+        return
+    members = [k for k, v in vars(_cspan.TraceBase).items() if type(v).__name__ == "member_descriptor"]
+    assert members == list(trace_cls.__slots__), "TraceBase (tracer/_cspan.c) must hold exactly _Trace's fields"
+    assert cls.__slots__ == () and cls.__mro__[1] is _cspan.TraceBase
+
+
+def test_a_trace_built_in_c_equals_one_built_by_trace_init(test_spans):
+    buffer = tracer._buffer
+    with tracer.trace("q") as span:
+        trace = span._trace
+        python = tracer_module._Trace(buffer, trace.trace_id, trace.wall_base, trace.mono_base)
+        called = tracer_module._RootTrace(buffer, trace.trace_id, trace.wall_base, trace.mono_base)
+        try:
+            built, expected, by_call = _trace_state(trace), _trace_state(python), _trace_state(called)
+        finally:
+            buffer._live.discard(python)
+            buffer._live.discard(called)
+    assert built.pop("root") is span and expected.pop("root") is None and by_call.pop("root") is None
+    # trace_root counted the root's start; the fresh ones have started nothing.
+    assert (built.pop("starts"), expected.pop("starts")) == ("count(2)", "count(1)")
+    by_call.pop("starts")
+    assert built == expected == by_call
