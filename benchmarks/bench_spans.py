@@ -22,6 +22,8 @@ Medians over rounds and per-round ratios (ours / peer) are printed.
     python benchmarks/bench_spans.py --defer-decode   # the sink's decoding out of the measured runs
     python benchmarks/bench_spans.py --children 0 --traces 50000 --only ours,ddtrace   # one-span traces
     python benchmarks/bench_spans.py --calls   # Python-level calls per trace, ours (deterministic)
+    valgrind --tool=callgrind python benchmarks/bench_spans.py --loop 6000 --children 0   # minus --loop 1000:
+                                                              # instructions per trace (PYTHONHASHSEED=0)
 """
 
 from __future__ import annotations
@@ -210,19 +212,22 @@ def sweep_table(rows: list[tuple[int, dict[str, list[dict[str, float]]]]]) -> No
         print(f"| {traces} | " + " | ".join(cells) + " |")
 
 
+class NoopWriter:
+    """Ours without sending (``--calls``, ``--loop``): the app thread's work alone."""
+
+    def write(self, trace: Any, chunk: list[Any]) -> None:
+        trace.root = None  # as the writer's processing: breaks the trace <-> root cycle
+
+    def stop(self, timeout: float) -> None:
+        pass
+
+
 def count_calls() -> None:
     """Python-level calls (functions, and C functions called from Python)
     per trace on the app thread, ours, the writer replaced by a no-op: a
     deterministic figure, for 1-span traces and traces of 1 root + 100
-    children. Under callgrind, the same loops give instructions per trace."""
+    children."""
     from tracer import tracer
-
-    class NoopWriter:
-        def write(self, trace: Any, chunk: list[Any]) -> None:
-            trace.root = None  # as the writer's processing: breaks the trace <-> root cycle
-
-        def stop(self, timeout: float) -> None:
-            pass
 
     tracer._writer = NoopWriter()
     counts = {"call": 0, "c_call": 0}
@@ -251,6 +256,7 @@ def main() -> None:
     parser.add_argument("--only", default="ours,ours_py,ddtrace,otel")
     parser.add_argument("--children", type=int, default=CHILDREN, help="children per root (0: one-span traces)")
     parser.add_argument("--calls", action="store_true", help="count Python-level calls per trace (see count_calls)")
+    parser.add_argument("--loop", type=int, help="only run this many traces (after 200), ours, no-op writer")
     parser.add_argument("--worker")
     parser.add_argument("--sink")
     parser.add_argument(
@@ -262,6 +268,14 @@ def main() -> None:
     CHILDREN = args.children
     if args.calls:
         count_calls()
+        return
+    if args.loop is not None:
+        from tracer import tracer
+
+        tracer._writer = NoopWriter()
+        run = make_run(tracer)
+        run(200)
+        run(args.loop)
         return
     if args.worker:
         loop, e2e, warm = WORKERS[args.worker](sizes[0], args.sink)
