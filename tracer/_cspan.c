@@ -415,6 +415,8 @@ finish_lone_root_owned(SpanObject *self, ModuleState *st, PyObject *trace, PyObj
     PyObject *root = NULL, *foreign = NULL, *finished = NULL, *starts = NULL, *finishes = NULL,
              *peeks = NULL, *trace_id = NULL, *buffer = NULL, *live = NULL, *sink = NULL, *chunk = NULL;
     int rc = -1;
+    if (st == NULL || st->count_type == NULL) /* the module's state cleared (interpreter shutdown) */
+        return 0;
     /* Reads and checks first: nothing changes until every one passed. The
      * first two turn away a root with finished children (the usual trace). */
     if ((root = TRACE_GET(trace, root)) == NULL || (finished = TRACE_GET(trace, finished)) == NULL)
@@ -426,8 +428,8 @@ finish_lone_root_owned(SpanObject *self, ModuleState *st, PyObject *trace, PyObj
     if ((foreign = TRACE_GET(trace, foreign)) == NULL || (starts = TRACE_GET(trace, starts)) == NULL ||
         (finishes = TRACE_GET(trace, finishes)) == NULL ||
         (peeks = trace_get(trace, st->s_peeks, offsetof(TraceObject, peeks))) == NULL ||
-        (trace_id = TRACE_GET(trace, trace_id)) == NULL || (buffer = TRACE_GET(trace, buffer)) == NULL || (live = PyObject_GetAttr(buffer, st->s_live)) == NULL ||
-        (sink = PyObject_GetAttr(buffer, st->s_sink)) == NULL)
+        (trace_id = TRACE_GET(trace, trace_id)) == NULL || (buffer = TRACE_GET(trace, buffer)) == NULL ||
+        (live = PyObject_GetAttr(buffer, st->s_live)) == NULL || (sink = PyObject_GetAttr(buffer, st->s_sink)) == NULL)
         goto done;
     rc = 0;
     if (foreign != Py_False || Py_TYPE(starts) != (PyTypeObject *)st->count_type ||
@@ -1025,7 +1027,8 @@ trace_root(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         (mono_obj = PyLong_FromLongLong(mono)) == NULL)
         goto done;
     ModuleState *st = PyModule_GetState(module);
-    if (PyType_Check(args[0]) && PyType_IsSubtype((PyTypeObject *)args[0], (PyTypeObject *)st->trace_base))
+    if (st->trace_base != NULL && PyType_Check(args[0]) &&
+        PyType_IsSubtype((PyTypeObject *)args[0], (PyTypeObject *)st->trace_base))
         trace = new_trace(st, (PyTypeObject *)args[0], args[1], trace_id, wall_obj, mono_obj);
     else {
         PyObject *trace_args[4] = {args[1], trace_id, wall_obj, mono_obj};
