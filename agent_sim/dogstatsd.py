@@ -20,7 +20,8 @@ per sample. Closed buckets go to SQLite (``dogstatsd_store``); queries
 and the trace stats under ``trace.*`` names (``dogstatsd_trace``). An index
 by name and by (name, tag), updated only when a context is created or
 forgotten (bounded like the contexts; no cost per sample), lets a query
-visit only the contexts it asks for.
+visit only the contexts it asks for. ``changes(name)`` is the change marker
+for caches of closed buckets (one comparison per sample).
 """
 
 from __future__ import annotations
@@ -321,6 +322,14 @@ class Aggregator:
         self.counters: dict[str, int] = dict.fromkeys(REASONS, 0)
         self.counters.update(samples=0, packets=0, contexts_overflowed=0, type_conflicts=0, late_histogram_samples=0)
         self._open_from = 0  # buckets before this are closed: their histograms keep aggregates only
+        # The change marker (``changes``), for caches of closed buckets' values (``dogstatsd_query.WindowCache``):
+        # a sample into a bucket before ``sealed`` (a late ``|T``) or a new or forgotten context bumps its
+        # name's mark; data before ``floor`` may be rolled up or deleted.
+        self.sealed = 0
+        self.floor = store.rolled_until() if store is not None else 0  # 1 h rows of an earlier run
+        self._marks: dict[str, int] = {}
+        self._mark_count = 0
+        self._epoch = 0
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()  # flush -> query: a bucket is in memory, pending or stored
         self._pending: list[tuple[str, Tags, str, int, int, Any]] = []  # taken from memory, not yet stored
@@ -363,11 +372,15 @@ class Aggregator:
                 return
             kind = self.types[key] = s.type
             self._index(key)
+            self._mark(s.name)
         elif kind != s.type and {kind, s.type} != {"h", "ms"}:
             self.counters["type_conflicts"] += 1
             return
         ts = s.timestamp if s.timestamp is not None else int(now)
-        bucket = self.buckets.setdefault(ts - ts % BUCKET_S, {})
+        start = ts - ts % BUCKET_S
+        if start < self.sealed:
+            self._mark(s.name)
+        bucket = self.buckets.setdefault(start, {})
         self.counters["samples"] += len(s.values)
         if kind == "c":
             bucket[key] = bucket.get(key, 0.0) + sum(s.values) / s.rate
@@ -398,6 +411,8 @@ class Aggregator:
         with self._lock:
             for start in [b for b in self.buckets if b < now - self.keep_s]:
                 del self.buckets[start]
+            self.floor = max(self.floor, math.ceil((now - self.keep_s) / BUCKET_S) * BUCKET_S)
+            self.sealed = max(self.sealed, close_before)
             for start, bucket in self.buckets.items():
                 if self._open_from <= start < close_before:
                     for state in bucket.values():
@@ -420,6 +435,8 @@ class Aggregator:
                     for (name, tags), live in self.buckets.pop(start).items():
                         kind = self.types[(name, tags)]
                         self._pending.append((name, tags, kind, BUCKET_S, start, point_state(kind, live)))
+                if not everything:
+                    self.sealed = max(self.sealed, int(close_before))
             self.store.write(self._pending)
             self._pending = []
 
@@ -428,12 +445,31 @@ class Aggregator:
         if self.store is None:
             return
         with self._flush_lock:
+            with self._lock:  # a window from the next hour on sees none of the 1 h rows this makes
+                self.floor = max(self.floor, math.ceil((now - keep_10s_s) / 3600) * 3600)
             gone = self.store.rollup(now, keep_10s_s, keep_1h_s)
             with self._lock:
                 live = {key for bucket in self.buckets.values() for key in bucket}
                 for key in gone:
                     if key not in live and self.types.pop(key, None) is not None:
                         self._unindex(key)
+                        self._mark(key[0])
+
+    def _mark(self, name: str) -> None:
+        self._mark_count += 1
+        if len(self._marks) >= 2 * self.max_contexts:  # names long gone: a new epoch, every mark changes
+            self._marks.clear()
+            self._epoch = self._mark_count
+        self._marks[name] = self._mark_count
+
+    def changes(self, name: str) -> tuple[int, int, tuple[int, int, int]]:
+        """``(sealed, floor, mark)`` for a cache of ``name``'s closed buckets: buckets before
+        ``sealed`` change only with ``mark`` (a late sample or a context coming or going; a
+        histogram's ``.max`` etc. follows its base name's), and a window from ``floor`` on
+        sees no rolled-up or deleted data. Read it before the data it vouches for."""
+        with self._lock:
+            marks = self._marks
+            return self.sealed, self.floor, (self._epoch, marks.get(name, 0), marks.get(name.rpartition(".")[0], 0))
 
     def _index(self, key: tuple[str, Tags]) -> None:
         name, tags = key

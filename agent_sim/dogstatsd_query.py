@@ -28,12 +28,17 @@ so a query visits those contexts in the window's buckets only (plus the
 store's rows of the name). ``Batch(aggregator).query`` (same signature and
 answers) is for many queries at one moment, as a monitors cycle makes: each
 name is read and valued once, and each query only filters and groups.
+``Batch(aggregator, WindowCache())`` (the monitors' source) also keeps, across
+cycles, each query shape's value per closed 10 s bucket, so a cycle reads only
+the buckets closed since the last one and those still open (see ``WindowCache``).
 """
 
 from __future__ import annotations
 
 import math
 import re
+from array import array
+from collections import OrderedDict
 from typing import Any
 
 from agent_sim.dogstatsd import AGGS, BUCKET_S, HISTOGRAM_FIELDS, Aggregator, Tags, percentile
@@ -47,6 +52,8 @@ def query(aggregator: Aggregator, name: str, tags: Tags = (), since: float = 0, 
     since = _check(since, until, agg, rollup)
     return _series(read(aggregator, name, since, until, tags), tags, since, until, agg, by, rollup)
 
+MAX_CACHED_VALUES = 2_000_000  # a WindowCache's bucket values: 16 MB of doubles
+
 
 class Batch:
     """``query`` for many queries at one moment (a monitors evaluation cycle):
@@ -55,13 +62,30 @@ class Batch:
     query of that name filters and groups them. Answers equal ``query``'s
     over the data as it was at the name's read. One thread; not shared."""
 
-    def __init__(self, aggregator: Aggregator) -> None:
+    def __init__(self, aggregator: Aggregator, cache: WindowCache | None = None) -> None:
         self.aggregator = aggregator
+        self.cache = cache
         self._read: dict[str, tuple[float, float, tuple[Valued, float]]] = {}
+        self._changes: dict[str, tuple[int, int, tuple[int, int, int]]] = {}
+
+    def changes(self, name: str) -> tuple[int, int, tuple[int, int, int]]:
+        """``Aggregator.changes(name)`` as it was before this batch first read ``name``."""
+        got = self._changes.get(name)
+        if got is None:
+            got = self._changes[name] = self.aggregator.changes(name)
+        return got
 
     def query(self, name: str, tags: Tags = (), since: float = 0, until: float = math.inf, agg: str = "avg",
               by: str = "", rollup: int = BUCKET_S) -> list[dict[str, Any]]:
         since = _check(since, until, agg, rollup)
+        if self.cache is not None and rollup == BUCKET_S and not name.startswith("trace."):
+            return self.cache.query(self, name, tags, since, until, agg, by)
+        return _series(self.valued(name, since, until), tags, since, until, agg, by, rollup)
+
+    def valued(self, name: str, since: float, until: float) -> tuple[Valued, float]:
+        """``read``'s answer for ``name`` covering [since, until] (and maybe more)."""
+        if self.cache is not None:
+            self.changes(name)
         got = self._read.get(name)
         if got is None or until > got[1]:
             lo, hi = (since, until) if got is None else (min(since, got[0]), max(until, got[1]))
@@ -73,8 +97,125 @@ class Batch:
                 mine = valued.setdefault(ctags, [])
                 mine[:0] = [p for p in points if p[0] + p[1] - 1 < got[0]]
             got = self._read[name] = (since, got[1], (valued, scale))
-        return _series(got[2], tags, since, until, agg, by, rollup)
+        return got[2]
 
+
+class _Shape:
+    """One query shape's cached values: per group, its value per 10 s bucket from ``lo`` to ``hi``."""
+
+    __slots__ = ("mark", "lo", "hi", "span", "groups")
+
+    def __init__(self, mark: tuple[int, ...], lo: int) -> None:
+        self.mark = mark
+        self.lo = lo
+        self.hi = lo - BUCKET_S
+        self.span = 0  # the longest window asked: older buckets are trimmed
+        self.groups: dict[str, array[float]] = {}  # NaN: no point in that bucket
+
+    def size(self) -> int:
+        return len(self.groups) * (self.hi - self.lo + BUCKET_S) // BUCKET_S
+
+
+class WindowCache:
+    """Across monitor cycles (``Batch(aggregator, cache)``): per query shape (name, tags,
+    agg, by; 10 s points), each group's value in every closed bucket, as ``_series``
+    computes it. A cycle then reads only the buckets not yet closed (or closed since)
+    instead of the whole window: closed buckets rarely change.
+
+    Never stale: ``Aggregator.changes`` is read before the data; a shape whose name's mark
+    moved (a late ``|T`` sample, a context coming or going) is recomputed, and a window
+    reaching before ``floor`` (roll-ups, retention) bypasses the cache, as do ``trace.*``
+    names (their stats have no marker). Bounded: at most ``max_values`` bucket values
+    (8 bytes each), least recently used shapes evicted (counted in ``evictions``)."""
+
+    def __init__(self, max_values: int = MAX_CACHED_VALUES) -> None:
+        self.max_values = max_values
+        self.values = 0
+        self.hits = self.misses = self.evictions = 0
+        self._shapes: OrderedDict[tuple[str, Tags, str, str], _Shape] = OrderedDict()
+
+    def stats(self) -> dict[str, int]:
+        return {"shapes": len(self._shapes), "values": self.values, "max_values": self.max_values,
+                "hits": self.hits, "misses": self.misses, "evictions": self.evictions}
+
+    def query(self, batch: Batch, name: str, tags: Tags, since: float, until: float, agg: str,
+              by: str) -> list[dict[str, Any]]:
+        sealed, floor, mark = batch.changes(name)
+        first = math.ceil((since - BUCKET_S + 1) / BUCKET_S) * BUCKET_S  # the window's first bucket start
+        last = sealed - BUCKET_S if until >= sealed else int(until // BUCKET_S) * BUCKET_S  # its last closed one
+        if since < floor or first > last:
+            return _series(batch.valued(name, since, until), tags, since, until, agg, by, BUCKET_S)
+        key = (name, tags, agg, by)
+        shape = self._shapes.pop(key, None)
+        if shape is not None:
+            self.values -= shape.size()
+            if shape.mark != mark or shape.lo > first or shape.hi < first - BUCKET_S:
+                shape = None
+        if shape is None:
+            self.misses += 1
+            shape = _Shape(mark, first)
+        else:
+            self.hits += 1
+        shape.span = max(shape.span, last - first)
+        tail_from = shape.hi + BUCKET_S
+        tail = _series(batch.valued(name, tail_from, until), tags, tail_from, until, agg, by,
+                       BUCKET_S) if tail_from <= until else []
+        fresh = {s["tags"][by] if by else "": s["points"] for s in tail}
+        if last > shape.hi and not self._keep(shape, fresh, last):
+            return _series(batch.valued(name, since, until), tags, since, until, agg, by, BUCKET_S)
+        self._shapes[key] = shape
+        self.values += shape.size()
+        self._bound()
+        return _answer(shape, fresh, first, until, by)
+
+    def _keep(self, shape: _Shape, fresh: dict[str, list[list[Any]]], last: int) -> bool:
+        """The fresh points of buckets up to ``last`` into ``shape``; False (and nothing kept) on a NaN
+        value or a point before ``shape.lo`` (a 1 h point: the floor should have kept it out)."""
+        grow = (last - shape.hi) // BUCKET_S
+        width = (shape.hi - shape.lo) // BUCKET_S + 1
+        for group, points in fresh.items():
+            for t, v in points:
+                if t <= last and (v != v or t < shape.lo):
+                    return False
+            if group not in shape.groups:
+                shape.groups[group] = _NAN * width
+        for values in shape.groups.values():
+            values.extend(_NAN * grow)
+        for group, points in fresh.items():
+            values = shape.groups[group]
+            for t, v in points:
+                if t <= last:
+                    values[(t - shape.lo) // BUCKET_S] = v
+        shape.hi = last
+        drop = (shape.hi - shape.span - BUCKET_S - shape.lo) // BUCKET_S  # older than any window asked
+        if drop > width:  # trimmed now and then, not every cycle
+            for values in shape.groups.values():
+                del values[:drop]
+            shape.lo += drop * BUCKET_S
+        return True
+
+    def _bound(self) -> None:
+        while self.values > self.max_values and self._shapes:
+            _key, shape = self._shapes.popitem(last=False)
+            self.values -= shape.size()
+            self.evictions += 1
+
+
+_NAN = array("d", [math.nan])
+
+
+def _answer(shape: _Shape, fresh: dict[str, list[list[Any]]], first: int, until: float, by: str) -> list[dict[str, Any]]:
+    """``_series``'s answer from the cached buckets from ``first`` on and the fresh points after them."""
+    series = []
+    lo, hi = shape.lo, min(shape.hi, until)
+    i0, i1 = (first - lo) // BUCKET_S, int((hi - lo) // BUCKET_S) + 1
+    for group in sorted(shape.groups.keys() | fresh.keys()):
+        values = shape.groups.get(group)
+        points = [] if values is None else [[lo + i * BUCKET_S, v] for i in range(i0, i1) if (v := values[i]) == v]
+        points += [p for p in fresh.get(group, ()) if p[0] > shape.hi]
+        if points:
+            series.append({"tags": {by: group} if by else {}, "points": points})
+    return series
 
 # per context tags: [(bucket start, width, value: a float, or a Sketch for distributions)] by start
 Valued = dict[Tags, list[tuple[int, int, Any]]]
@@ -135,8 +276,12 @@ def _series(read_: tuple[Valued, float], tags: Tags, since: float, until: float,
         if rollup == BUCKET_S and _plain(starts) and all(
                 points and not isinstance(points[0][2], Sketch) and [p[0] for p in points] == starts for points in inside):
             # The same buckets in every context, one per window: the per-bucket lists by columns
-            columns = zip(*[[p[2] for p in points] for points in inside], strict=True)
-            points_out = [[start, _combine([list(column)], agg) * scale] for start, column in zip(starts, columns, strict=True)]
+            if len(inside) == 1:  # one context: what _combine gives for one value, 0 + v (sum()'s start)
+                points_out = [[start, (0 + value) * scale] for start, _width, value in inside[0]]
+            else:
+                columns = zip(*[[p[2] for p in points] for points in inside], strict=True)
+                points_out = [[start, _combine([list(column)], agg) * scale]
+                              for start, column in zip(starts, columns, strict=True)]
         else:
             per_bucket: dict[int, list[Any]] = {}
             for points in inside:

@@ -26,6 +26,7 @@ page read and per chunk written, never for a whole flush or roll-up. Called from
 from __future__ import annotations
 
 import contextlib
+import math
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -193,24 +194,32 @@ class MetricStore:
             del points[:len(chunk)]
 
     def rows(self, name: str, since: float, until: float) -> list[tuple[Tags, str, int, int, State]]:
-        """``(tags, kind, width, bucket, state)`` of ``name`` whose bucket starts within [since, until]."""
-        rows = self.store.execute("SELECT tags, width, bucket, data FROM metric_points "
-                                  "WHERE name = ? AND bucket >= ? AND bucket <= ?", (name, int(since) - 3599, until))
+        """``(tags, kind, width, bucket, state)`` of ``name`` whose bucket starts within [since, until].
+
+        The rows of each of the name's contexts (``metric_contexts``: a row without one is not a
+        point) are a range of the primary key that SQLite seeks: a window costs its own rows, not
+        every row of the name (0.15 s a name with a day of 10 s rows of 100 contexts)."""
+        rows = self.store.execute(
+            "SELECT c.tags, c.kind, p.width, p.bucket, p.data FROM metric_contexts AS c "
+            "CROSS JOIN (SELECT 10 AS width, ? AS lo UNION ALL SELECT 3600, ?) AS w CROSS JOIN metric_points AS p "
+            "ON p.name = c.name AND p.tags = c.tags AND p.width = w.width AND p.bucket >= w.lo AND p.bucket <= ? "
+            "WHERE c.name = ?", (math.floor(since) - 9, math.floor(since) - 3599, until, name))
         known = self._known.get(name, {})
         out = []
-        for tags, width, bucket, data in rows:
+        for tags, kind, width, bucket, data in rows:
             if since <= bucket + width - 1 and bucket <= until:
                 found = known.get(tags)
-                if found is None:  # a context another MetricStore of the file wrote: learn its kind
-                    for text, kind in self.store.execute("SELECT tags, kind FROM metric_contexts WHERE name = ? "
-                                                         "AND tags = ?", (name, tags)):
-                        found = self._know(name, text, kind)
-                    if found is None:  # no context row: not a point (as the join had it)
-                        continue
+                if found is None:  # a context another MetricStore of the file wrote: learn it
+                    found = self._know(name, tags, kind)
                     known = self._known[name]
                 out.append((found[0], found[1], width, bucket,
                             _unpack("d", data) if found[1] == "d" else msgpack.unpackb(data)))  # no call per row
         return out
+
+    def rolled_until(self) -> int:
+        """Where the newest 1 h row ends (0 without any): a window from there on sees only 10 s rows."""
+        rows = self.store.execute("SELECT max(bucket) FROM metric_points WHERE width = 3600")
+        return int(rows[0][0]) + 3600 if rows and rows[0][0] is not None else 0
 
     def latest(self, since: float) -> list[tuple[str, Tags, str, int, State]]:
         """``(name, tags, kind, bucket, state)`` of each context's newest 10 s row since ``since``."""
@@ -258,10 +267,25 @@ class MetricStore:
                 db.executemany("DELETE FROM metric_points WHERE name = ? AND tags = ? AND width = 10 AND bucket < ?",
                                [(n, t, cut) for n, t in dict.fromkeys(key[:2] for key, _k, _s, _b in chunk)])
             first = end
-        with self._transaction() as db:
-            db.execute("DELETE FROM metric_points WHERE width = 3600 AND bucket < ?", (now_s - keep_1h_s,))
-            gone = db.execute("DELETE FROM metric_contexts AS c WHERE NOT EXISTS (SELECT 1 FROM metric_points p "
-                              "WHERE p.name = c.name AND p.tags = c.tags) RETURNING name, tags").fetchall()
+        # Expired 1 h rows, then contexts left without rows: keys read in pages, deleted
+        # CHUNK_ROWS per transaction (one DELETE of every context held the lock 40-75 ms at
+        # 3,000 contexts, the longest step of the roll-up).
+        expired = _paged(self.store.execute, "SELECT name, tags, bucket FROM metric_points WHERE width = 3600 "
+                         "AND bucket < ?{after} ORDER BY bucket, name, tags LIMIT ?", (now_s - keep_1h_s,),
+                         "bucket, name, tags", lambda row: (row[2], row[0], row[1]))
+        for i in range(0, len(expired), CHUNK_ROWS):
+            with self._transaction() as db:
+                db.executemany("DELETE FROM metric_points WHERE name = ? AND tags = ? AND width = 3600 AND bucket = ?",
+                               expired[i:i + CHUNK_ROWS])
+        keys = _paged(self.store.execute, "SELECT name, tags FROM metric_contexts WHERE 1{after} "
+                      "ORDER BY name, tags LIMIT ?", (), "name, tags", lambda row: row)
+        gone = []
+        for i in range(0, len(keys), CHUNK_ROWS):
+            low, high = keys[i], keys[min(i + CHUNK_ROWS, len(keys)) - 1]
+            with self._transaction() as db:  # re-checked under the lock: a write may have added a row since
+                gone += db.execute("DELETE FROM metric_contexts AS c WHERE (c.name, c.tags) BETWEEN (?, ?) AND (?, ?) "
+                                   "AND NOT EXISTS (SELECT 1 FROM metric_points p WHERE p.name = c.name "
+                                   "AND p.tags = c.tags) RETURNING name, tags", (*low, *high)).fetchall()
         self._stored.difference_update(gone)
         for name, tags in gone:
             self._known.get(name, {}).pop(tags, None)

@@ -21,7 +21,7 @@ Medians over rounds and per-round ratios (ours / peer) are printed.
     python benchmarks/bench_spans.py --rounds 3 --traces 100,200,300,1000   # sweep: one table row per size
     python benchmarks/bench_spans.py --defer-decode   # the sink's decoding out of the measured runs
     python benchmarks/bench_spans.py --children 0 --traces 50000 --only ours,ddtrace   # one-span traces
-    python benchmarks/bench_spans.py --calls   # Python-level calls per trace, ours (deterministic)
+    python benchmarks/bench_spans.py --app-calls   # Python-level calls per 1- and 101-span trace, no-op writer
     valgrind --tool=callgrind python benchmarks/bench_spans.py --loop 6000 --children 0   # minus --loop 1000:
                                                               # instructions per trace (PYTHONHASHSEED=0)
 """
@@ -135,6 +135,64 @@ def worker_ours_py(traces: int, sink_url: str) -> tuple[float, float, int]:
     return worker_ours(traces, sink_url)
 
 
+def worker_calls(traces: int, pure: bool) -> dict[str, float]:
+    """Deterministic cost: function calls (cProfile, Python and builtin) per
+    span on the app thread (the loop, chunks collected rather than sent) and
+    for the writer's work on them (``process_chunk`` and the payload's
+    ``put``/``finish``, as its ``_cycle`` runs them; HTTP left out)."""
+    import cProfile
+    import pstats
+
+    if pure:
+        os.environ["TRACER_PURE_PYTHON"] = "true"
+    from tracer import tracer
+    from tracer.encoding import PAYLOADS
+    from tracer.processor import process_chunk
+
+    chunks: list[tuple[Any, list[Any]]] = []
+
+    class Collect:
+        def write(self, trace: Any, chunk: list[Any]) -> None:
+            chunks.append((trace, chunk))
+
+        def stop(self, timeout: float) -> None:
+            pass
+
+    tracer._writer = Collect()
+    run = make_run(tracer)
+    run(2)
+    chunks.clear()
+    spans = traces * (CHILDREN + 1)
+
+    def calls(fn: Callable[[], None]) -> tuple[int, list[str]]:
+        prof = cProfile.Profile()
+        prof.runcall(fn)
+        stats = pstats.Stats(prof)
+        rows = sorted(stats.stats.items(), key=lambda kv: -kv[1][1])  # type: ignore[attr-defined]
+        top = [f"{nc / spans:7.3f}/span  {pstats.func_std_string(f)}" for f, (_, nc, *_r) in rows[:8]]
+        return stats.total_calls, top  # type: ignore[attr-defined]
+
+    app, app_top = calls(lambda: run(traces))
+    sampler = tracer.sampler
+
+    def write() -> None:
+        payload = PAYLOADS[os.environ.get("TRACER_API_VERSION", "v0.4")]()
+        for trace, chunk in chunks:
+            process_chunk(trace, chunk, sampler)
+            payload.put(chunk)
+        payload.finish()
+
+    writer, writer_top = calls(write)
+    return {
+        "app_calls_per_span": app / spans,
+        "writer_calls_per_span": writer / spans,
+        "app_calls_per_trace": app / traces,
+        "writer_calls_per_trace": writer / traces,
+        "app_top": app_top,  # type: ignore[dict-item]
+        "writer_top": writer_top,  # type: ignore[dict-item]
+    }
+
+
 WORKERS = {"ours": worker_ours, "ours_py": worker_ours_py, "ddtrace": worker_ddtrace, "otel": worker_otel}
 
 
@@ -213,7 +271,7 @@ def sweep_table(rows: list[tuple[int, dict[str, list[dict[str, float]]]]]) -> No
 
 
 class NoopWriter:
-    """Ours without sending (``--calls``, ``--loop``): the app thread's work alone."""
+    """Ours without sending (``--app-calls``, ``--loop``): the app thread's work alone."""
 
     def write(self, trace: Any, chunk: list[Any]) -> None:
         trace.root = None  # as the writer's processing: breaks the trace <-> root cycle
@@ -255,10 +313,14 @@ def main() -> None:
     parser.add_argument("--traces", default="1000", help="traces per run; a comma-separated list runs a sweep")
     parser.add_argument("--only", default="ours,ours_py,ddtrace,otel")
     parser.add_argument("--children", type=int, default=CHILDREN, help="children per root (0: one-span traces)")
-    parser.add_argument("--calls", action="store_true", help="count Python-level calls per trace (see count_calls)")
+    parser.add_argument("--app-calls", action="store_true", help="Python-level calls per trace, no-op writer (count_calls)")
     parser.add_argument("--loop", type=int, help="only run this many traces (after 200), ours, no-op writer")
     parser.add_argument("--worker")
     parser.add_argument("--sink")
+    parser.add_argument(
+        "--calls", action="store_true",
+        help="print function calls per span and per trace (cProfile) for ours and ours_py, app thread and writer",
+    )
     parser.add_argument(
         "--defer-decode", action="store_true",
         help="the sink decodes (counts) payloads after each run, not while it runs (see _sink.py)",
@@ -266,7 +328,7 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(t) for t in args.traces.split(",")]
     CHILDREN = args.children
-    if args.calls:
+    if args.app_calls:
         count_calls()
         return
     if args.loop is not None:
@@ -276,6 +338,23 @@ def main() -> None:
         run = make_run(tracer)
         run(200)
         run(args.loop)
+        return
+    if args.calls:
+        for name in ("ours", "ours_py"):
+            proc = subprocess.run(
+                [sys.executable, __file__, "--worker", "calls_" + name, "--traces", str(min(sizes[0], 100)),
+                 "--children", str(CHILDREN)],
+                capture_output=True, text=True, check=True,
+            )
+            out = json.loads(proc.stdout.strip().splitlines()[-1])
+            print(f"{name}: calls per span app {out['app_calls_per_span']:.2f} writer "
+                  f"{out['writer_calls_per_span']:.2f}; per {CHILDREN + 1}-span trace app "
+                  f"{out['app_calls_per_trace']:.0f} writer {out['writer_calls_per_trace']:.0f}")
+            for label in ("app_top", "writer_top"):
+                print(f"  {label}:\n    " + "\n    ".join(out[label]))
+        return
+    if args.worker and args.worker.startswith("calls_"):
+        print(json.dumps(worker_calls(sizes[0], args.worker == "calls_ours_py")))
         return
     if args.worker:
         loop, e2e, warm = WORKERS[args.worker](sizes[0], args.sink)

@@ -46,20 +46,29 @@ export MARIADBD="$(command -v mariadbd || echo /usr/sbin/mariadbd)"
 export CHROMIUM="$(command -v chromium)"
 export PROMTOOL="$(command -v promtool)"
 
-# Other Pythons: tests/tracer with the C code (built for that version) and
-# again with TRACER_PURE_PYTHON=true, on every other CPython >= 3.10 found on
-# this machine (pyenv's versions, python3.1x on PATH); tests/contrib and the
-# rest run on the default one only. Each version has its own .venv-<x.y>,
-# installed again only when pyproject.toml changes; the C extensions are
-# rebuilt in place when their sources change. Both passes leave out
+# Other Pythons. Every CPython >= 3.10 found on this machine (pyenv's
+# versions, python3.1x on PATH) runs tests/tracer and tests/contrib twice: with
+# the C code built for that version and with TRACER_PURE_PYTHON=true (the
+# default version runs the whole suite with the C code, then this pure-Python
+# pass). Each other version has its own .venv-<x.y>, installed again only when
+# pyproject.toml changes; its C extensions are rebuilt in place. To fit the time
+# budget on a 2-core machine the venvs are prepared in the background while the
+# default version's pure-Python pass runs, and each version's two passes run
+# side by side (the tests mostly wait on servers and subprocesses); their
+# outputs are printed one after the other. Both passes leave out
 # test_encoding_threads.py (45-90 s under -X dev and PYTHONMALLOC=debug; the
 # default version runs it, and test_stress.py covers the same races on each
-# version in ~1 s). Sets `status`.
-other_pythons() {
-  local self_ver py ver seen venv stamp ran=() failed=() started skip=(--deselect tests/tracer/test_encoding_threads.py)
+# version in ~1 s).
+PASS_PATHS=(tests/tracer tests/contrib)
+WORK=.ci-work  # the side-by-side passes' outputs and the venvs' build logs
+rm -rf "$WORK" && mkdir -p "$WORK"
+OTHER_SKIP=(--deselect tests/tracer/test_encoding_threads.py)
+
+# Prints "version python" for each other CPython >= 3.10, one per line.
+find_other_pythons() {
+  local self_ver py ver seen
   self_ver=$(python -c 'import sys; print("%d.%d" % sys.version_info[:2])')
   seen=" $self_ver "
-  stamp=".installed-$(cksum < pyproject.toml | cut -d' ' -f1)"
   for py in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.1[0-9]*/bin/python \
     $(compgen -c python3.1 | grep -xE 'python3\.1[0-9]+' | sort -u); do
     py=$(command -v "$py" 2>/dev/null) || continue
@@ -67,27 +76,64 @@ other_pythons() {
     case "$ver" in None | "" | *" "*) continue ;; esac
     case "$seen" in *" $ver "*) continue ;; esac
     seen="$seen$ver "
+    echo "$ver $py"
+  done
+}
+
+# prepare_venv VERSION PYTHON: .venv-VERSION with the package, its mysql and
+# test extras, and the C extensions built in place for that version. Output
+# goes to $WORK/venv-VERSION.log.
+prepare_venv() {
+  local ver=$1 py=$2 venv=".venv-$1" stamp
+  stamp=".installed-$(cksum < pyproject.toml | cut -d' ' -f1)"
+  {
+    if [ ! -e "$venv/$stamp" ]; then
+      rm -rf "$venv" && "$py" -m venv "$venv" \
+        && "$venv/bin/python" -m pip install -q --disable-pip-version-check setuptools -e '.[agent,mysql,test]' \
+        && touch "$venv/$stamp"
+    fi && "$venv/bin/python" setup.py -q build_ext --inplace
+  } >"$WORK/venv-$ver.log" 2>&1
+}
+
+# two_passes LABEL BIN_DIR [pytest args...]: the C pass and the pure-Python
+# pass of PASS_PATHS side by side with BIN_DIR first on PATH (the tests run its
+# console scripts: gunicorn, tracer-run); prints both outputs; fails if either
+# fails.
+two_passes() {
+  local label=$1 bin=$2 rc_c=0 rc_p=0 pid_c pid_p
+  shift 2
+  PATH="$bin:$PATH" python -m pytest -p no:cacheprovider -q "${PASS_PATHS[@]}" "$@" >"$WORK/$label-c.log" 2>&1 &
+  pid_c=$!
+  PATH="$bin:$PATH" TRACER_PURE_PYTHON=true python -m pytest -p no:cacheprovider -q "${PASS_PATHS[@]}" "$@" >"$WORK/$label-pure.log" 2>&1 &
+  pid_p=$!
+  wait "$pid_c" || rc_c=$?
+  wait "$pid_p" || rc_p=$?
+  log "Python $label, C code: ${PASS_PATHS[*]}"; cat "$WORK/$label-c.log"
+  log "Python $label, TRACER_PURE_PYTHON=true: ${PASS_PATHS[*]}"; cat "$WORK/$label-pure.log"
+  [ "$rc_c" -eq 0 ] && [ "$rc_p" -eq 0 ]
+}
+
+# other_pythons PREP_PID VERSIONS...: waits for the background venv
+# preparation, then runs each version's two passes. Sets `status`.
+other_pythons() {
+  local prep_pid=$1 entry ver started ran=() failed=()
+  shift
+  wait "$prep_pid" || true
+  for entry in "$@"; do
+    ver=${entry%% *}
     started=$SECONDS
-    venv=".venv-$ver"
-    log "Python $ver ($py): $venv, tests/tracer, C and pure Python"
-    # The venv's bin first: tests run its console scripts (gunicorn, tracer-run).
-    if { [ -e "$venv/$stamp" ] || { rm -rf "$venv" && "$py" -m venv "$venv" \
-          && "$venv/bin/python" -m pip install -q --disable-pip-version-check setuptools -e '.[agent,test]' \
-          && touch "$venv/$stamp"; }; } \
-      && { "$venv/bin/python" setup.py -q build_ext --inplace >"$venv/build.log" 2>&1 || { cat "$venv/build.log"; false; }; } \
-      && PATH="$PWD/$venv/bin:$PATH" python -m pytest -p no:cacheprovider -q tests/tracer "${skip[@]}" \
-      && PATH="$PWD/$venv/bin:$PATH" TRACER_PURE_PYTHON=true python -m pytest -p no:cacheprovider -q tests/tracer "${skip[@]}"; then
+    if [ ! -e "$WORK/venv-$ver.ready" ]; then
+      log "Python $ver: preparing .venv-$ver failed"; cat "$WORK/venv-$ver.log"
+      failed+=("$ver (venv)"); status=1; continue
+    fi
+    if two_passes "$ver" "$PWD/.venv-$ver/bin" "${OTHER_SKIP[@]}"; then
       ran+=("$ver ($((SECONDS - started))s)")
     else
       failed+=("$ver ($((SECONDS - started))s)")
       status=1
     fi
   done
-  if [ ${#ran[@]} -eq 0 ] && [ ${#failed[@]} -eq 0 ]; then
-    log "only Python $self_ver on this machine: no other version to test"
-    return
-  fi
-  log "other Pythons: passed: ${ran[*]:-none}; failed: ${failed[*]:-none} (the whole suite ran on $self_ver)"
+  log "other Pythons: passed: ${ran[*]:-none}; failed: ${failed[*]:-none} (the whole suite ran on $(python -c 'import sys; print("%d.%d" % sys.version_info[:2])'))"
 }
 
 log "ruff, mypy"
@@ -107,17 +153,28 @@ if [ "$status" -eq 5 ]; then
   echo "pytest collected no tests"; exit 1
 fi
 if [ "$status" -eq 0 ] && [ $# -eq 0 ]; then
+  others=()
+  if [ "${OTHER_PYTHONS:-1}" != "0" ]; then  # on by default; OTHER_PYTHONS=0 skips them
+    mapfile -t others < <(find_other_pythons)
+  fi
+  # The venvs of the other versions are prepared in the background (one at a
+  # time) while this version's pure-Python pass runs.
+  (
+    for entry in "${others[@]}"; do
+      if prepare_venv "${entry%% *}" "${entry#* }"; then touch "$WORK/venv-${entry%% *}.ready"; fi
+    done
+  ) &
+  prep_pid=$!
   # The span hot path runs in C (tracer._cspan) where it builds, else in pure
-  # Python: the core's tests once more with the pure-Python code.
-  log "pytest tests/tracer with TRACER_PURE_PYTHON=true"
-  TRACER_PURE_PYTHON=true python -m pytest -p no:cacheprovider -q tests/tracer || status=$?
-fi
-if [ "$status" -eq 0 ] && [ $# -eq 0 ]; then
-  # On by default; OTHER_PYTHONS=0 skips them.
-  if [ "${OTHER_PYTHONS:-1}" != "0" ]; then
-    other_pythons
+  # Python: the core's and the integrations' tests once more with the
+  # pure-Python code.
+  log "pytest ${PASS_PATHS[*]} with TRACER_PURE_PYTHON=true"
+  TRACER_PURE_PYTHON=true python -m pytest -p no:cacheprovider -q "${PASS_PATHS[@]}" || status=$?
+  if [ ${#others[@]} -gt 0 ]; then
+    other_pythons "$prep_pid" "${others[@]}"
   else
-    log "other CPython versions not run (OTHER_PYTHONS=0)"
+    wait "$prep_pid" || true
+    log "no other CPython >= 3.10 on this machine (or OTHER_PYTHONS=0): only $(python -c 'import sys; print("%d.%d" % sys.version_info[:2])') tested"
   fi
 fi
 exit "$status"

@@ -27,7 +27,7 @@ from typing import Any, Callable, TypeVar
 from tracer._service import service_name
 from tracer.buffer import TraceBuffer, _Trace
 from tracer.config import config as _config
-from tracer.context import ACTIVE_SPAN, Context, current_span, unfinished
+from tracer.context import ACTIVE_SPAN, Context, current_span, get_active, set_active, unfinished
 from tracer.span import Span, _cspan
 
 log = logging.getLogger("tracer")
@@ -221,7 +221,7 @@ class Tracer:
         """``trace()`` in pure Python (with the C span: its slow path, for a
         new trace or a foreign parent)."""
         mono = perf_counter_ns()
-        active = parent = ACTIVE_SPAN.get()
+        active = parent = get_active()
         if parent is not None and parent.duration_ns is not None:
             parent = unfinished(parent)  # finished elsewhere while its block is open
         if parent is not None and not (trace := parent._trace).foreign:
@@ -250,7 +250,7 @@ class Tracer:
         else:
             span = self._start_trace(parent, name, service, resource, span_type, mono)
             span._prev = active
-        ACTIVE_SPAN.set(span)
+        set_active(span)
         return span
 
     if _cspan is None:

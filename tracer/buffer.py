@@ -117,41 +117,12 @@ class _Trace:
         """A child started after the local root finished: the trace is live again."""
         self.buffer._live.add(self)
 
-    def finish_span(self, span: Span) -> None:
-        """Append the span's record; send the chunk if it can leave. (The C
-        span's ``__exit__`` does the same, in ``tracer/_cspan.c``'s
-        ``finish_record``: a change here goes there too.)"""
-        parent = span._parent
-        metrics = span.metrics
-        service = span.service
-        if parent is None or parent.service != service:
-            metrics["_dd.top_level"] = 1
-        finished = self.finished
-        # The record: tracer.span.RECORD_FIELDS, in wire order.
-        finished += (
-            self.trace_id,
-            span.span_id,
-            span.parent_id,
-            service,
-            span.name,
-            span.resource,
-            span.span_type,
-            span.start_ns,
-            span.duration_ns,
-            span.error,
-            span.meta,
-            metrics,
-        )
-        ordinal = next(self.finishes)
-        if span is self.root:
-            self.root_done = True
-            self._flush(ordinal, True)
-        elif self.root_done or len(finished) >= self.buffer.partial_flush_len:
-            self._flush(ordinal, False)
-
     def _flush(self, ordinal: int, root_finished: bool) -> None:
         """Rare path: the root just finished, a late span finished after it,
-        or enough finished spans piled up for a partial flush."""
+        or enough finished spans piled up for a partial flush. A finishing
+        span appends its record to ``finished`` and takes its ``ordinal``
+        from ``finishes`` itself (``Span.__exit__``, inlined there), then
+        calls this."""
         with _flush_lock:
             if self.foreign:  # inherited across fork(): the parent sends it
                 del self.finished[:]

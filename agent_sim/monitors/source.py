@@ -17,7 +17,10 @@ Called from the evaluation thread; each call holds the aggregator's (and
 the store's) lock only for its own read. Within ``cycle()`` (the engine wraps
 each evaluation in it) the queries go through one ``dogstatsd_query.Batch``:
 a metric name is read once per cycle (more only when a longer window needs
-it), and its points are shared by every monitor and group on it.
+it), and its points are shared by every monitor and group on it; the
+source's ``WindowCache`` (bounded; ``cache.stats()``) keeps each query's
+values of closed buckets from one cycle to the next, so only the buckets
+closed since the last cycle and the open ones are read.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from agent_sim.dogstatsd_query import Batch
+from agent_sim.dogstatsd_query import Batch, WindowCache
 from agent_sim.monitors.query import Query
 from agent_sim.monitors.state import GroupData, Points
 
@@ -36,14 +39,15 @@ Keyed = dict[tuple[tuple[str, str], ...], Points]
 
 
 class MetricSource:
-    def __init__(self, aggregator: Any) -> None:
+    def __init__(self, aggregator: Any, cache: WindowCache | None = None) -> None:
         self.aggregator = aggregator
+        self.cache = cache if cache is not None else WindowCache()
         self._batch: Batch | None = None
 
     @contextmanager
     def cycle(self) -> Iterator[None]:
         """One evaluation: queries inside share their reads (see the module docstring)."""
-        self._batch = Batch(self.aggregator)
+        self._batch = Batch(self.aggregator, self.cache)
         try:
             yield
         finally:

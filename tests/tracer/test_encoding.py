@@ -3,14 +3,17 @@ with plain msgpack."""
 
 from __future__ import annotations
 
+import collections
+import enum
 from typing import Any
 
 import msgpack
 import pytest
 
 from tests.conftest import SpanSink
-from tracer import tracer
+from tracer import encoding, tracer
 from tracer.encoding import PayloadV04, PayloadV05, TraceTooBig, encode_v04, encode_v05, v05_to_v04
+from tracer.span import records
 
 _MASK64 = (1 << 64) - 1
 V04_KEYS = {
@@ -194,3 +197,47 @@ def test_unencodable_values_are_coerced(test_spans: SpanSink) -> None:
     assert v4[0]["meta"]["obj"].startswith("<object object at") and v4[0]["meta"]["surrogate"] == "?"
     assert v4[0]["metrics"]["huge"] == float(1 << 80)
     assert v05_to_dicts(encode_v05(flat(chunks))) == [v4]
+
+
+class _Str(str):
+    pass
+
+
+class _Level(enum.IntEnum):
+    HIGH = 7
+
+
+def _odd_types_chunk() -> list[Any]:
+    """Two spans whose fields are subclasses of str, int, float and dict, and
+    a tuple: what the v0.4 encoder's strict packer refuses."""
+    tid = (5 << 64) | 9
+    return [
+        tid, 1, 0, _Str("svc"), "op", _Str("res"), None, 10, 20, 0,
+        collections.OrderedDict([(_Str("k"), _Str("v")), ("t", "x")]), {"e": _Level.HIGH, "b": True},
+        tid, 2, 1, None, _Str("child"), "r", "web", 11, 5, 1,
+        {"tuple": ("a", 1)}, collections.defaultdict(float, {"f": 1.5}),
+    ]  # fmt: skip
+
+
+def _exact_types_chunk() -> list[Any]:
+    tid = (5 << 64) | 9
+    return [
+        tid, 1, 0, "svc", "op", "res", None, 10, 20, 0, {"k": "v", "t": "x"}, {"e": 7, "b": True, "f": -1.5},
+        tid, 2, 1, None, "child", "r", "web", 2**64 - 1, 5, 1, {"bin": b"\xff"}, {"n": -(2**63)},
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("make", [_exact_types_chunk, _odd_types_chunk])
+def test_v04_python_encoder_writes_msgpacks_default_bytes(make: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Differential: the v0.4 Python encoder (strict packer, refilled span maps,
+    # msgpack's default packer for what the strict one refuses) against the
+    # plain reference encoding of the same records; and the C encoder, built.
+    chunk = make()
+    expected = msgpack.packb(spans_to_v04([records(chunk)]))
+    if encoding._cencode is not None:
+        assert encode_v04([make()]) == expected
+    monkeypatch.setattr(encoding, "_cencode", None)
+    assert encode_v04([chunk]) == expected
+    payload = PayloadV04()  # the strict packer is reused after a refusal
+    assert payload.put(make()) and payload.put(_exact_types_chunk())
+    assert payload.finish() == encode_v04([make(), _exact_types_chunk()])

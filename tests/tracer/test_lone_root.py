@@ -158,14 +158,14 @@ def test_roots_raced_by_children_from_another_thread_send_every_span_once(test_s
     live = [root._trace for root in roots if root._trace in tracer._buffer._live]
     assert tracer._buffer.count_lost() == 0
     if _cspan is None and live:
-        # A race of _Trace.finish_span (tracer/buffer.py), not of the C code:
+        # A race of the pure-Python finish (_SpanBase's, tracer/span.py), not of the C code:
         # the child appends its record, the root appends its own and takes
         # ordinal 1, the child takes 2 and reads root_done (still False) so
         # does not flush, then the root's _flush sees 1 < 2 started: both
         # records leave (nothing lost or doubled) but the trace stays in the
         # live set until shutdown. The C finish runs those steps without a
         # switch.
-        pytest.xfail(f"pure Python: {len(live)} of {n} traces left in the live set (tracer/buffer.py race)")
+        pytest.xfail(f"pure Python: {len(live)} of {n} traces left in the live set (tracer/span.py race)")
     assert live == []
 
 

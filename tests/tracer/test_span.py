@@ -109,7 +109,8 @@ def test_every_slot_is_set_on_every_construction_path(test_spans):
 
 
 def test_finish_and_with_block_give_the_same_record(test_spans):
-    # The C Span.__exit__ repeats _Trace.finish_span (_cspan.c finish_record): both must build the same record.
+    # The C Span.__exit__ repeats _SpanBase.__exit__ (_cspan.c finish_record), and finish()
+    # goes through the Python one (the C span's too, given an end time): both must build the same record.
     with tracer.trace("root", service="a") as root:
         with tracer.trace("with", service="b", resource="r", span_type="t") as inside:
             inside.set_tag("k", "v")
@@ -156,3 +157,39 @@ def test_methods_take_keyword_arguments_and_copy_works_in_both_versions(test_spa
     assert chunk[0].name == "exit-kw"
     kw = [s for c in test_spans.chunks for s in c if s.name == "kw"][0]
     assert kw.meta["k"] == "v" and kw.metrics["k2"] == 2 and kw.metrics["m"] == 1.5
+
+
+class _Text(str):
+    pass
+
+
+def test_set_tag_fast_path_follows_the_rules_at_every_limit(test_spans):
+    # Differential: set_tag's fast path (a str value within both limits) and
+    # its slow path against the rules written out, on each side of each limit.
+    keys = ["k" * n for n in (1, MAX_KEY_LEN - 1, MAX_KEY_LEN, MAX_KEY_LEN + 1)]
+    values = ["", "v"] + ["v" * n for n in (MAX_VALUE_LEN - 1, MAX_VALUE_LEN, MAX_VALUE_LEN + 1)]
+    with tracer.trace("op") as span:
+        for key in keys:
+            for value in values + [_Text(v) for v in values]:
+                span.meta.clear()
+                span.metrics.clear()
+                span.metrics[key[:MAX_KEY_LEN]] = 1  # a str tag leaves a metric of the same key alone
+                span.set_tag(key, value)
+                assert span.meta == {key[:MAX_KEY_LEN]: value[:MAX_VALUE_LEN]}, (len(key), len(value), type(value))
+                assert type(span.meta[key[:MAX_KEY_LEN]]) is str
+                assert span.metrics == {key[:MAX_KEY_LEN]: 1}
+
+
+def test_hot_paths_read_the_active_span_without_binding_a_method():
+    # ACTIVE_SPAN.get() in a module that imports ACTIVE_SPAN compiles (3.11,
+    # 3.12) to an attribute load that binds a new method object per call; the
+    # pure-Python hot paths call tracer.context.get_active/set_active instead.
+    import dis
+
+    from tracer._tracer import Tracer
+    from tracer.span import _SpanBase
+
+    for fn in (_SpanBase.__exit__, _SpanBase.finish, Tracer._trace_py):
+        loads = [i.argval for i in dis.get_instructions(fn) if i.opname in ("LOAD_GLOBAL", "LOAD_NAME")]
+        assert "ACTIVE_SPAN" not in loads, fn.__qualname__
+        assert "get_active" in loads or "set_active" in loads, fn.__qualname__

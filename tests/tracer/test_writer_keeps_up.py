@@ -17,6 +17,7 @@ import pytest
 
 from tests.utils import REPO, free_port, stop_process, wait_for_port
 from tracer import tracer
+from tracer import writer as writer_module
 from tracer.config import config
 
 _SETTINGS = ("agent_url", "writer_interval", "writer_buffer_bytes")
@@ -42,8 +43,17 @@ def agent_sim() -> Iterator[str]:
 
 
 @pytest.fixture
-def small_queue(agent_sim: str) -> Iterator[Any]:
-    """The global tracer sending to ``agent_sim`` with a queue of ~5,000 spans."""
+def small_queue(agent_sim: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The global tracer sending to ``agent_sim`` with a queue of ~5,000 spans.
+
+    The receiver counts as healthy while it answers within 5 s, not 0.5 s, and
+    an app thread waits up to 5 s for room: at a load of 12 on 2 cores (CI's
+    passes side by side, other jobs) a pure-Python writer's cycle took longer
+    than the defaults and 5,151 spans were dropped as for a slow receiver. The
+    defaults are a policy for slow receivers; this checks the mechanism (a
+    healthy receiver loses nothing), which breaks the same way without it."""
+    monkeypatch.setattr(writer_module, "_HEALTHY_SEND", 5.0)
+    monkeypatch.setattr(writer_module, "_ROOM_WAIT", 5.0)
     saved = {name: getattr(config, name) for name in _SETTINGS}
     config.agent_url = agent_sim
     config.writer_interval = 1.0
