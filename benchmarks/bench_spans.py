@@ -20,6 +20,10 @@ Medians over rounds and per-round ratios (ours / peer) are printed.
     python benchmarks/bench_spans.py [--rounds 7] [--traces 1000] [--only ours,ddtrace]
     python benchmarks/bench_spans.py --rounds 3 --traces 100,200,300,1000   # sweep: one table row per size
     python benchmarks/bench_spans.py --defer-decode   # the sink's decoding out of the measured runs
+    python benchmarks/bench_spans.py --children 0 --traces 50000 --only ours,ddtrace   # one-span traces
+    python benchmarks/bench_spans.py --app-calls   # Python-level calls per 1- and 101-span trace, no-op writer
+    valgrind --tool=callgrind python benchmarks/bench_spans.py --loop 6000 --children 0   # minus --loop 1000:
+                                                              # instructions per trace (PYTHONHASHSEED=0)
 """
 
 from __future__ import annotations
@@ -195,7 +199,8 @@ WORKERS = {"ours": worker_ours, "ours_py": worker_ours_py, "ddtrace": worker_ddt
 def run_worker(name: str, traces: int, sink: Sink) -> dict[str, float]:
     sink.reset()
     proc = subprocess.run(
-        [sys.executable, __file__, "--worker", name, "--traces", str(traces), "--sink", sink.url],
+        [sys.executable, __file__, "--worker", name, "--traces", str(traces), "--sink", sink.url,
+         "--children", str(CHILDREN)],
         capture_output=True,
         text=True,
     )
@@ -265,11 +270,51 @@ def sweep_table(rows: list[tuple[int, dict[str, list[dict[str, float]]]]]) -> No
         print(f"| {traces} | " + " | ".join(cells) + " |")
 
 
+class NoopWriter:
+    """Ours without sending (``--app-calls``, ``--loop``): the app thread's work alone."""
+
+    def write(self, trace: Any, chunk: list[Any]) -> None:
+        trace.root = None  # as the writer's processing: breaks the trace <-> root cycle
+
+    def stop(self, timeout: float) -> None:
+        pass
+
+
+def count_calls() -> None:
+    """Python-level calls (functions, and C functions called from Python)
+    per trace on the app thread, ours, the writer replaced by a no-op: a
+    deterministic figure, for 1-span traces and traces of 1 root + 100
+    children."""
+    from tracer import tracer
+
+    tracer._writer = NoopWriter()
+    counts = {"call": 0, "c_call": 0}
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        if event in counts:
+            counts[event] += 1
+
+    global CHILDREN
+    for CHILDREN in (0, 100):
+        run = make_run(tracer)
+        run(50)
+        counts.update(call=0, c_call=0)
+        sys.setprofile(profile)
+        run(10)
+        sys.setprofile(None)
+        print(f"{CHILDREN + 1:3d}-span traces: {counts['call'] / 10:.0f} Python calls, "
+              f"{counts['c_call'] / 10:.0f} C calls from Python per trace")
+
+
 def main() -> None:
+    global CHILDREN
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--traces", default="1000", help="traces per run; a comma-separated list runs a sweep")
     parser.add_argument("--only", default="ours,ours_py,ddtrace,otel")
+    parser.add_argument("--children", type=int, default=CHILDREN, help="children per root (0: one-span traces)")
+    parser.add_argument("--app-calls", action="store_true", help="Python-level calls per trace, no-op writer (count_calls)")
+    parser.add_argument("--loop", type=int, help="only run this many traces (after 200), ours, no-op writer")
     parser.add_argument("--worker")
     parser.add_argument("--sink")
     parser.add_argument(
@@ -282,10 +327,23 @@ def main() -> None:
     )
     args = parser.parse_args()
     sizes = [int(t) for t in args.traces.split(",")]
+    CHILDREN = args.children
+    if args.app_calls:
+        count_calls()
+        return
+    if args.loop is not None:
+        from tracer import tracer
+
+        tracer._writer = NoopWriter()
+        run = make_run(tracer)
+        run(200)
+        run(args.loop)
+        return
     if args.calls:
         for name in ("ours", "ours_py"):
             proc = subprocess.run(
-                [sys.executable, __file__, "--worker", "calls_" + name, "--traces", str(min(sizes[0], 100))],
+                [sys.executable, __file__, "--worker", "calls_" + name, "--traces", str(min(sizes[0], 100)),
+                 "--children", str(CHILDREN)],
                 capture_output=True, text=True, check=True,
             )
             out = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -35,8 +35,7 @@ import wrapt
 
 from tracer import tracer as _tracer
 from tracer._errors import Start, finish_span, guarded_wrapper, internal_error, no_pre_work
-from tracer._tracer import _trace_root
-from tracer.buffer import _Trace
+from tracer._tracer import _RootTrace, _trace_root
 from tracer.config import config
 from tracer.context import ACTIVE_SPAN
 
@@ -131,7 +130,7 @@ def _start(info: DBInfo, name: str, sql: Any) -> Any:
     if parent is None and _trace_root is not None:
         # A query outside any request is a one-span trace: its root is built
         # in C, as start_span() would, without that call's Python frame.
-        span = _trace_root(_Trace, _tracer._buffer, name, info.service or _tracer.service, resource, "sql", False)
+        span = _trace_root(_RootTrace, _tracer._buffer, name, info.service or _tracer.service, resource, "sql", False)
     else:
         span = _tracer.start_span(name, parent, info.service, resource, "sql")
     span.meta.update(info.meta)

@@ -40,7 +40,34 @@ typedef struct {
     PyObject *_parent;
     PyObject *_prev;
     PyObject *_mono;
+    /* C only: the tracer._cspan module, on a root span built by trace_root
+     * (its state serves finish_lone_root); NULL elsewhere. */
+    PyObject *_cmodule;
 } SpanObject;
+
+/* Per-module state, object references only (see module_traverse): what
+ * finish_lone_root reads beyond the interned names below (tracer.buffer's
+ * _Trace.peeks, TraceBuffer._live and .sink, the sink's write, and
+ * itertools.count, the type of _Trace.starts). */
+typedef struct {
+    PyObject *s_peeks, *s_live, *s_sink, *s_write;
+    PyObject *count_type, *count_args; /* itertools.count, (1,) */
+    PyObject *trace_base;              /* TraceBase */
+} ModuleState;
+
+/* TraceBase: the fields of tracer.buffer._Trace (in its __slots__ order) in
+ * C, so that trace_root builds a new trace without running _Trace.__init__.
+ * tracer._tracer makes the class it uses from it and _Trace's methods (the
+ * rules stay in tracer/buffer.py); test_lone_root.py checks that the fields
+ * are _Trace's and that a trace built here equals one built there. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *trace_id, *buffer, *starts, *finishes, *finished, *root, *root_done, *priority, *mechanism, *origin,
+        *dd_tags, *tracestate, *wall_base, *mono_base, *foreign, *remote_parent, *peeks;
+} TraceObject;
+
+#define TRACE_NFIELDS ((Py_ssize_t)((sizeof(TraceObject) - offsetof(TraceObject, trace_id)) / sizeof(PyObject *)))
+#define TRACE_FIELDS(t) (&((TraceObject *)(t))->trace_id)
 
 /* Set once by configure(): the Python Span class (a subclass of SpanBase),
  * the active-span ContextVar, the "not activated" sentinel and
@@ -56,6 +83,96 @@ static PyObject *s_foreign, *s_root_done, *s_starts, *s_finishes, *s_finished, *
 static PyObject *int_0, *int_1, *int_64;
 
 static PyTypeObject SpanBase_Type;
+
+static int
+Trace_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    for (Py_ssize_t i = 0; i < TRACE_NFIELDS; i++)
+        Py_VISIT(TRACE_FIELDS(self)[i]);
+    return 0;
+}
+
+static int
+Trace_clear(PyObject *self)
+{
+    for (Py_ssize_t i = 0; i < TRACE_NFIELDS; i++)
+        Py_CLEAR(TRACE_FIELDS(self)[i]);
+    return 0;
+}
+
+static void
+Trace_dealloc(PyObject *self)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    Trace_clear(self);
+    type->tp_free(self);
+    Py_DECREF(type);
+}
+
+#define TRACE_MEMBER(field) {#field, T_OBJECT_EX, offsetof(TraceObject, field), 0, NULL}
+
+static PyMemberDef Trace_members[] = {
+    TRACE_MEMBER(trace_id),   TRACE_MEMBER(buffer),   TRACE_MEMBER(starts),        TRACE_MEMBER(finishes),
+    TRACE_MEMBER(finished),   TRACE_MEMBER(root),     TRACE_MEMBER(root_done),     TRACE_MEMBER(priority),
+    TRACE_MEMBER(mechanism),  TRACE_MEMBER(origin),   TRACE_MEMBER(dd_tags),       TRACE_MEMBER(tracestate),
+    TRACE_MEMBER(wall_base),  TRACE_MEMBER(mono_base), TRACE_MEMBER(foreign),      TRACE_MEMBER(remote_parent),
+    TRACE_MEMBER(peeks),      {NULL},
+};
+
+static PyType_Slot Trace_slots[] = {
+    {Py_tp_doc, "The fields of tracer.buffer._Trace (see tracer._tracer)."},
+    {Py_tp_traverse, Trace_traverse},
+    {Py_tp_clear, Trace_clear},
+    {Py_tp_dealloc, Trace_dealloc},
+    {Py_tp_members, Trace_members},
+    {Py_tp_new, PyType_GenericNew},
+    {0, NULL},
+};
+
+/* Built on TraceBase: tracer._tracer's _RootTrace (a subclass adding no field). */
+static int
+is_c_trace(PyObject *trace)
+{
+    for (PyTypeObject *type = Py_TYPE(trace); type != NULL; type = type->tp_base)
+        if (type->tp_dealloc == Trace_dealloc)
+            return 1;
+    return 0;
+}
+
+/* A field of a trace, as a new reference: from the struct where the trace is
+ * built on TraceBase and the field is set, else by attribute (a _Trace built
+ * in Python; the attribute's error for a deleted field). */
+static PyObject *
+trace_get(PyObject *trace, PyObject *name, size_t offset)
+{
+    if (is_c_trace(trace)) {
+        PyObject *value = *(PyObject **)((char *)trace + offset);
+        if (value != NULL)
+            return Py_NewRef(value);
+    }
+    return PyObject_GetAttr(trace, name);
+}
+
+static int
+trace_set(PyObject *trace, PyObject *name, size_t offset, PyObject *value)
+{
+    if (!is_c_trace(trace))
+        return PyObject_SetAttr(trace, name, value);
+    Py_XSETREF(*(PyObject **)((char *)trace + offset), Py_NewRef(value));
+    return 0;
+}
+
+#define TRACE_GET(trace, field) trace_get((trace), s_##field, offsetof(TraceObject, field))
+#define TRACE_SET(trace, field, value) trace_set((trace), s_##field, offsetof(TraceObject, field), (value))
+
+static PyType_Spec Trace_spec = {
+    .name = "tracer._cspan.TraceBase",
+    .basicsize = sizeof(TraceObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .slots = Trace_slots,
+};
 
 static inline long long
 clock_ns(int wall)
@@ -93,6 +210,7 @@ Span_traverse(SpanObject *self, visitproc visit, void *arg)
     Py_VISIT(self->_parent);
     Py_VISIT(self->_prev);
     Py_VISIT(self->_mono);
+    Py_VISIT(self->_cmodule);
     return 0;
 }
 
@@ -115,6 +233,7 @@ Span_clear(SpanObject *self)
     Py_CLEAR(self->_parent);
     Py_CLEAR(self->_prev);
     Py_CLEAR(self->_mono);
+    Py_CLEAR(self->_cmodule);
     return 0;
 }
 
@@ -245,9 +364,9 @@ set_active(PyObject *span)
 
 /* next(getattr(trace, name)): trace.starts or trace.finishes (itertools.count). */
 static PyObject *
-next_count(PyObject *trace, PyObject *name)
+next_count(PyObject *trace, PyObject *name, size_t offset)
 {
-    PyObject *counter = PyObject_GetAttr(trace, name);
+    PyObject *counter = trace_get(trace, name, offset);
     if (counter == NULL)
         return NULL;
     PyObject *value = PyIter_Next(counter);
@@ -255,6 +374,124 @@ next_count(PyObject *trace, PyObject *name)
     if (value == NULL && !PyErr_Occurred())
         PyErr_Format(PyExc_RuntimeError, "trace.%U ended", name);
     return value;
+}
+
+#define RECORD_LEN 12
+
+/* The span's record, borrowed: tracer.span.RECORD_FIELDS, in wire order
+ * (fields the caller checked; `service` and `metrics` are the ones it owns). */
+static void
+span_record(SpanObject *self, PyObject *trace_id, PyObject *service, PyObject *metrics, PyObject **out)
+{
+    PyObject *record[RECORD_LEN] = {trace_id,          self->span_id, self->parent_id, service,
+                                    self->name,        self->resource, self->span_type, self->start_ns,
+                                    self->duration_ns, self->error,    self->meta,      metrics};
+    memcpy(out, record, sizeof(record));
+}
+
+/* A local root finishing with nothing else of its trace ever started here
+ * (every query outside a request, every request without children): its
+ * record is the whole trace. It goes to the sink as a chunk of its own,
+ * without _Trace._flush (a Python call, the flush lock, started_count(), the
+ * chunk swap) and without passing through trace.finished. The state it
+ * leaves is the one _Trace.finish_span and _flush leave: the record counted
+ * in `finishes`, the read of `starts` in `peeks`, root_done set, the trace
+ * out of the buffer's live set, then buffer.sink.write(trace, chunk).
+ * 1 when done; 0 when it does not apply (the caller's general path runs);
+ * -1 on error.
+ *
+ * Without tracer.buffer's _flush_lock, and safe so: from the first read to
+ * the hand-over nothing here runs Python code nor releases the GIL (slot and
+ * attribute reads, exact-type checks, itertools.count's next, a set discard
+ * by identity hash), so no other thread sees the trace half-done. A span
+ * started on the trace before (`starts` > 1) sends this one the general way;
+ * one started after sees root_done and leaves as a late chunk. count_lost()
+ * (shutdown) marks the trace foreign under the lock before it counts, and a
+ * foreign trace takes the general path, which waits for the lock. */
+static int
+finish_lone_root_owned(SpanObject *self, ModuleState *st, PyObject *trace, PyObject *metrics,
+                       PyObject *service)
+{
+    PyObject *root = NULL, *foreign = NULL, *finished = NULL, *starts = NULL, *finishes = NULL,
+             *peeks = NULL, *trace_id = NULL, *buffer = NULL, *live = NULL, *sink = NULL, *chunk = NULL;
+    int rc = -1;
+    if (st == NULL || st->count_type == NULL) /* the module's state cleared (interpreter shutdown) */
+        return 0;
+    /* Reads and checks first: nothing changes until every one passed. The
+     * first two turn away a root with finished children (the usual trace). */
+    if ((root = TRACE_GET(trace, root)) == NULL || (finished = TRACE_GET(trace, finished)) == NULL)
+        goto done;
+    rc = 0;
+    if (root != (PyObject *)self || !PyList_CheckExact(finished) || PyList_GET_SIZE(finished) != 0)
+        goto done;
+    rc = -1;
+    if ((foreign = TRACE_GET(trace, foreign)) == NULL || (starts = TRACE_GET(trace, starts)) == NULL ||
+        (finishes = TRACE_GET(trace, finishes)) == NULL ||
+        (peeks = trace_get(trace, st->s_peeks, offsetof(TraceObject, peeks))) == NULL ||
+        (trace_id = TRACE_GET(trace, trace_id)) == NULL || (buffer = TRACE_GET(trace, buffer)) == NULL ||
+        (live = PyObject_GetAttr(buffer, st->s_live)) == NULL || (sink = PyObject_GetAttr(buffer, st->s_sink)) == NULL)
+        goto done;
+    rc = 0;
+    if (foreign != Py_False || Py_TYPE(starts) != (PyTypeObject *)st->count_type ||
+        Py_TYPE(finishes) != (PyTypeObject *)st->count_type || !PyLong_CheckExact(peeks) || !PySet_CheckExact(live))
+        goto done;
+    Py_ssize_t npeeks = PyLong_AsSsize_t(peeks);
+    if (npeeks == -1 && PyErr_Occurred()) {
+        rc = -1;
+        goto done;
+    }
+    PyObject *record[RECORD_LEN];
+    span_record(self, trace_id, service, metrics, record);
+    if ((chunk = PyList_New(RECORD_LEN)) == NULL) {
+        rc = -1;
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < RECORD_LEN; i++)
+        PyList_SET_ITEM(chunk, i, Py_NewRef(record[i]));
+    /* _Trace.started_count(): one next() on `starts`, counted in `peeks`. */
+    PyObject *next = PyIter_Next(starts);
+    Py_ssize_t taken = next == NULL ? -1 : PyLong_AsSsize_t(next);
+    Py_XDECREF(next);
+    PyObject *new_peeks = taken == -1 ? NULL : PyLong_FromSsize_t(npeeks + 1);
+    if (new_peeks == NULL || trace_set(trace, st->s_peeks, offsetof(TraceObject, peeks), new_peeks) < 0) {
+        Py_XDECREF(new_peeks);
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_RuntimeError, "trace.starts is not a count");
+        rc = -1;
+        goto done;
+    }
+    Py_DECREF(new_peeks);
+    if (taken - (npeeks + 1) != 1) /* other spans of the trace started here: the general path */
+        goto done;
+    PyObject *ordinal = PyIter_Next(finishes);
+    if (ordinal == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_RuntimeError, "trace.finishes ended");
+        rc = -1;
+        goto done;
+    }
+    Py_DECREF(ordinal); /* only counted: the trace is complete */
+    if (TRACE_SET(trace, root_done, Py_True) < 0 || PySet_Discard(live, trace) < 0) {
+        rc = -1;
+        goto done;
+    }
+    PyObject *r = PyObject_CallMethodObjArgs(sink, st->s_write, trace, chunk, NULL);
+    Py_XDECREF(r);
+    rc = r == NULL ? -1 : 1;
+
+done:
+    Py_XDECREF(root);
+    Py_XDECREF(foreign);
+    Py_XDECREF(finished);
+    Py_XDECREF(starts);
+    Py_XDECREF(finishes);
+    Py_XDECREF(peeks);
+    Py_XDECREF(trace_id);
+    Py_XDECREF(buffer);
+    Py_XDECREF(live);
+    Py_XDECREF(sink);
+    Py_XDECREF(chunk);
+    return rc;
 }
 
 /* Append the span's record to its trace and send the chunk if it can leave:
@@ -289,8 +526,15 @@ finish_record_owned(SpanObject *self, PyObject *trace, PyObject *metrics, PyObje
         PyErr_SetString(PyExc_AttributeError, "span is missing a field");
         return -1;
     }
+    if (parent == Py_None && self->_cmodule != NULL) {
+        PyObject *module = Py_NewRef(self->_cmodule);
+        int lone = finish_lone_root_owned(self, PyModule_GetState(module), trace, metrics, service);
+        Py_DECREF(module);
+        if (lone != 0)
+            return lone < 0 ? -1 : 0;
+    }
 
-    PyObject *finished = PyObject_GetAttr(trace, s_finished);
+    PyObject *finished = TRACE_GET(trace, finished);
     if (finished == NULL)
         return -1;
     if (!PyList_CheckExact(finished)) {
@@ -298,18 +542,16 @@ finish_record_owned(SpanObject *self, PyObject *trace, PyObject *metrics, PyObje
         PyErr_SetString(PyExc_TypeError, "trace.finished is not a list");
         return -1;
     }
-    PyObject *trace_id = PyObject_GetAttr(trace, s_trace_id);
+    PyObject *trace_id = TRACE_GET(trace, trace_id);
     if (trace_id == NULL) {
         Py_DECREF(finished);
         return -1;
     }
-    /* The record: tracer.span.RECORD_FIELDS, in wire order. */
-    PyObject *record[12] = {trace_id,          self->span_id, self->parent_id, service,
-                            self->name,        self->resource, self->span_type, self->start_ns,
-                            self->duration_ns, self->error,    self->meta,      metrics};
+    PyObject *record[RECORD_LEN];
+    span_record(self, trace_id, service, metrics, record);
     Py_ssize_t n = PyList_GET_SIZE(finished);
     int rc = 0;
-    for (int i = 0; i < 12 && rc == 0; i++)
+    for (int i = 0; i < RECORD_LEN && rc == 0; i++)
         rc = PyList_Append(finished, record[i]);
     Py_DECREF(trace_id);
     if (rc < 0) {
@@ -321,11 +563,11 @@ finish_record_owned(SpanObject *self, PyObject *trace, PyObject *metrics, PyObje
     Py_ssize_t length = PyList_GET_SIZE(finished);
     Py_DECREF(finished);
 
-    PyObject *ordinal = next_count(trace, s_finishes);
+    PyObject *ordinal = next_count(trace, s_finishes, offsetof(TraceObject, finishes));
     if (ordinal == NULL)
         return -1;
 
-    PyObject *root = PyObject_GetAttr(trace, s_root);
+    PyObject *root = TRACE_GET(trace, root);
     if (root == NULL) {
         Py_DECREF(ordinal);
         return -1;
@@ -334,14 +576,14 @@ finish_record_owned(SpanObject *self, PyObject *trace, PyObject *metrics, PyObje
     Py_DECREF(root);
     PyObject *result = NULL;
     if (is_root) {
-        if (PyObject_SetAttr(trace, s_root_done, Py_True) < 0) {
+        if (TRACE_SET(trace, root_done, Py_True) < 0) {
             Py_DECREF(ordinal);
             return -1;
         }
         result = PyObject_CallMethodObjArgs(trace, s__flush, ordinal, Py_True, NULL);
     }
     else {
-        PyObject *root_done = PyObject_GetAttr(trace, s_root_done);
+        PyObject *root_done = TRACE_GET(trace, root_done);
         if (root_done == NULL) {
             Py_DECREF(ordinal);
             return -1;
@@ -349,7 +591,7 @@ finish_record_owned(SpanObject *self, PyObject *trace, PyObject *metrics, PyObje
         int flush = PyObject_IsTrue(root_done);
         Py_DECREF(root_done);
         if (flush == 0) {
-            PyObject *buffer = PyObject_GetAttr(trace, s_buffer);
+            PyObject *buffer = TRACE_GET(trace, buffer);
             PyObject *limit = buffer ? PyObject_GetAttr(buffer, s_partial_flush_len) : NULL;
             Py_XDECREF(buffer);
             if (limit == NULL) {
@@ -498,9 +740,9 @@ Span_finish(SpanObject *self, PyObject *const *args, size_t nargsf, PyObject *kw
 /* -- starting a child span ------------------------------------------------ */
 
 static int
-get_ll(PyObject *obj, PyObject *name, long long *out)
+get_ll(PyObject *trace, PyObject *name, size_t offset, long long *out)
 {
-    PyObject *v = PyObject_GetAttr(obj, name);
+    PyObject *v = trace_get(trace, name, offset);
     if (v == NULL)
         return -1;
     *out = PyLong_AsLongLong(v);
@@ -586,7 +828,7 @@ callable_now(const char *fn, Py_ssize_t nargs, Py_ssize_t expected)
 static int
 count_start(PyObject *trace)
 {
-    PyObject *started = next_count(trace, s_starts);
+    PyObject *started = next_count(trace, s_starts, offsetof(TraceObject, starts));
     Py_XDECREF(started); /* only counted */
     return started == NULL ? -1 : 0;
 }
@@ -630,7 +872,7 @@ trace_child(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
     PyObject *parent_ref = Py_NewRef((PyObject *)parent); /* span->_parent takes it */
     Py_INCREF(trace);
     SpanObject *span = NULL;
-    PyObject *foreign = PyObject_GetAttr(trace, s_foreign);
+    PyObject *foreign = TRACE_GET(trace, foreign);
     if (foreign == NULL)
         goto error;
     int is_foreign = PyObject_IsTrue(foreign);
@@ -644,7 +886,8 @@ trace_child(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
         Py_RETURN_NONE;
     }
     long long wall_base, mono_base;
-    if (get_ll(trace, s_wall_base, &wall_base) < 0 || get_ll(trace, s_mono_base, &mono_base) < 0)
+    if (get_ll(trace, s_wall_base, offsetof(TraceObject, wall_base), &wall_base) < 0 ||
+        get_ll(trace, s_mono_base, offsetof(TraceObject, mono_base), &mono_base) < 0)
         goto error;
 
     int has_service = PyObject_IsTrue(service);
@@ -661,7 +904,7 @@ trace_child(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
     /* As Tracer._trace_py: counted, a late start noted, then activated. */
     if (count_start(span->_trace) < 0)
         goto error;
-    PyObject *root_done = PyObject_GetAttr(span->_trace, s_root_done);
+    PyObject *root_done = TRACE_GET(span->_trace, root_done);
     if (root_done == NULL)
         goto error;
     int late = PyObject_IsTrue(root_done);
@@ -686,6 +929,50 @@ error:
     return NULL;
 }
 
+/* What _Trace.__init__(buffer, trace_id, wall_base, mono_base) makes, for
+ * a class built on TraceBase: every field set, the trace in buffer._live. */
+static PyObject *
+new_trace(ModuleState *st, PyTypeObject *cls, PyObject *buffer, PyObject *trace_id, PyObject *wall_base,
+          PyObject *mono_base)
+{
+    PyObject *trace = cls->tp_alloc(cls, 0);
+    if (trace == NULL)
+        return NULL;
+    TraceObject *t = (TraceObject *)trace;
+    t->trace_id = Py_NewRef(trace_id);
+    t->buffer = Py_NewRef(buffer);
+    t->root = Py_NewRef(Py_None);
+    t->root_done = Py_NewRef(Py_False);
+    t->priority = Py_NewRef(Py_None);
+    t->mechanism = Py_NewRef(Py_None);
+    t->origin = Py_NewRef(Py_None);
+    t->tracestate = Py_NewRef(Py_None);
+    t->wall_base = Py_NewRef(wall_base);
+    t->mono_base = Py_NewRef(mono_base);
+    t->foreign = Py_NewRef(Py_False);
+    t->remote_parent = Py_NewRef(Py_False);
+    t->peeks = Py_NewRef(int_0);
+    if ((t->starts = PyObject_Call(st->count_type, st->count_args, NULL)) == NULL ||
+        (t->finishes = PyObject_Call(st->count_type, st->count_args, NULL)) == NULL ||
+        (t->finished = PyList_New(0)) == NULL || (t->dd_tags = PyDict_New()) == NULL)
+        goto error;
+    PyObject *live = PyObject_GetAttr(buffer, st->s_live);
+    if (live == NULL)
+        goto error;
+    int rc = -1;
+    if (PySet_Check(live))
+        rc = PySet_Add(live, trace);
+    else
+        PyErr_SetString(PyExc_TypeError, "buffer._live is not a set");
+    Py_DECREF(live);
+    if (rc == 0)
+        return trace;
+
+error:
+    Py_DECREF(trace);
+    return NULL;
+}
+
 /* trace_root(trace_cls, buffer, name, service, resource, span_type, activate) -> Span | None
  *
  * A new trace and its root span: Tracer.trace() without an active span, and
@@ -696,7 +983,7 @@ error:
  * a change there goes here too. `trace_cls(buffer, trace_id, wall, mono)` is
  * tracer.buffer._Trace; `service` is already the default if empty. */
 static PyObject *
-trace_root(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+trace_root(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     static PyObject *int_96 = NULL;
     if (callable_now("trace_root", nargs, 7) < 0)
@@ -739,14 +1026,22 @@ trace_root(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     if (trace_id == NULL || (wall_obj = PyLong_FromLongLong(wall)) == NULL ||
         (mono_obj = PyLong_FromLongLong(mono)) == NULL)
         goto done;
-    PyObject *trace_args[4] = {args[1], trace_id, wall_obj, mono_obj};
-    if ((trace = PyObject_Vectorcall(args[0], trace_args, 4, NULL)) == NULL)
+    ModuleState *st = PyModule_GetState(module);
+    if (st->trace_base != NULL && PyType_Check(args[0]) &&
+        PyType_IsSubtype((PyTypeObject *)args[0], (PyTypeObject *)st->trace_base))
+        trace = new_trace(st, (PyTypeObject *)args[0], args[1], trace_id, wall_obj, mono_obj);
+    else {
+        PyObject *trace_args[4] = {args[1], trace_id, wall_obj, mono_obj};
+        trace = PyObject_Vectorcall(args[0], trace_args, 4, NULL);
+    }
+    if (trace == NULL)
         goto done;
     span = new_span(trace, trace_id, int_0, Py_None, args[2], args[3], args[4], args[5], mono, wall,
                     activating ? Py_None : not_activated);
     if (span == NULL)
         goto done;
-    if (PyObject_SetAttr(trace, s_root, (PyObject *)span) < 0 || count_start(trace) < 0 ||
+    span->_cmodule = Py_NewRef(module);
+    if (TRACE_SET(trace, root, (PyObject *)span) < 0 || count_start(trace) < 0 ||
         (activating && set_active((PyObject *)span) < 0))
         Py_CLEAR(span);
 
@@ -852,6 +1147,21 @@ exec_module(PyObject *m)
     if ((int_0 = PyLong_FromLong(0)) == NULL || (int_1 = PyLong_FromLong(1)) == NULL ||
         (int_64 = PyLong_FromLong(64)) == NULL)
         return -1;
+    ModuleState *st = PyModule_GetState(m);
+    INTERN(st->s_peeks, "peeks");
+    INTERN(st->s_live, "_live");
+    INTERN(st->s_sink, "sink");
+    INTERN(st->s_write, "write");
+    PyObject *itertools = PyImport_ImportModule("itertools");
+    if (itertools == NULL)
+        return -1;
+    st->count_type = PyObject_GetAttrString(itertools, "count");
+    Py_DECREF(itertools);
+    if (st->count_type == NULL || (st->count_args = PyTuple_Pack(1, int_1)) == NULL)
+        return -1;
+    if ((st->trace_base = PyType_FromModuleAndSpec(m, &Trace_spec, NULL)) == NULL ||
+        PyModule_AddObjectRef(m, "TraceBase", st->trace_base) < 0)
+        return -1;
     if (PyType_Ready(&SpanBase_Type) < 0)
         return -1;
     Py_INCREF(&SpanBase_Type);
@@ -862,11 +1172,45 @@ exec_module(PyObject *m)
     return 0;
 }
 
+/* ModuleState holds object references only: walked as an array. */
+#define STATE_NFIELDS ((Py_ssize_t)(sizeof(ModuleState) / sizeof(PyObject *)))
+
+static int
+module_traverse(PyObject *m, visitproc visit, void *arg)
+{
+    PyObject **fields = (PyObject **)PyModule_GetState(m);
+    for (Py_ssize_t i = 0; fields != NULL && i < STATE_NFIELDS; i++)
+        Py_VISIT(fields[i]);
+    return 0;
+}
+
+static int
+module_clear(PyObject *m)
+{
+    PyObject **fields = (PyObject **)PyModule_GetState(m);
+    for (Py_ssize_t i = 0; fields != NULL && i < STATE_NFIELDS; i++)
+        Py_CLEAR(fields[i]);
+    return 0;
+}
+
+static void
+module_free(void *m)
+{
+    module_clear((PyObject *)m);
+}
+
 static PyModuleDef_Slot module_slots[] = MAIN_INTERPRETER_SLOTS(exec_module);
 
 static struct PyModuleDef module_def = {
-    PyModuleDef_HEAD_INIT, "tracer._cspan", "The span hot path in C (see tracer/span.py).", 0, module_methods,
-    module_slots,
+    PyModuleDef_HEAD_INIT,
+    .m_name = "tracer._cspan",
+    .m_doc = "The span hot path in C (see tracer/span.py).",
+    .m_size = sizeof(ModuleState),
+    .m_methods = module_methods,
+    .m_slots = module_slots,
+    .m_traverse = module_traverse,
+    .m_clear = module_clear,
+    .m_free = module_free,
 };
 
 PyMODINIT_FUNC

@@ -36,6 +36,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 _new_span = Span.__new__
 _trace_child: Any = _cspan.trace_child if _cspan is not None else None
 _trace_root: Any = _cspan.trace_root if _cspan is not None else None
+# The traces trace_root starts: _Trace's fields in C (_cspan.TraceBase, built
+# there without running __init__), _Trace's methods (the rules stay there).
+_RootTrace: Any = _Trace if _cspan is None else type(
+    "_Trace",
+    (_cspan.TraceBase,),
+    {"__slots__": (), "__module__": _Trace.__module__, **{k: v for k, v in vars(_Trace).items() if inspect.isfunction(v)}},
+)
 
 def default_service() -> str:
     """``TRACER_SERVICE``/``DD_SERVICE``, else the script or module name
@@ -142,7 +149,7 @@ class Tracer:
             if trace.root_done:
                 trace.start_span_late()
         elif parent is None and _trace_root is not None:  # a new trace, built in C
-            span = _trace_root(_Trace, self._buffer, name, service or self.service, resource, span_type, False)
+            span = _trace_root(_RootTrace, self._buffer, name, service or self.service, resource, span_type, False)
         else:
             span = self._start_trace(parent, name, service, resource, span_type, mono)
         if activate:
@@ -258,7 +265,7 @@ class Tracer:
         ) -> Span:
             span: Span | None = _trace_child(name, service, resource, span_type)
             if span is None:  # no active span: a new trace (in C); or a foreign or finished one
-                span = _trace_root(_Trace, self._buffer, name, service or self.service, resource, span_type, True)
+                span = _trace_root(_RootTrace, self._buffer, name, service or self.service, resource, span_type, True)
                 if span is None:
                     span = self._trace_py(name, service, resource, span_type)
             return span
