@@ -160,7 +160,7 @@ def _counted_or_kept(proxy: Any, cursor: Any, span: Any) -> bool:
             return False
         # A type lookup, not the proxy's: this branch runs for every sqlite3 SELECT.
         defer = type(proxy).defer_finish
-        return defer is not None and bool(defer(proxy, span))
+        return defer is not None and bool(defer(proxy, cursor, span))
     except Exception:
         internal_error("dbapi.rowcount")  # the span still ends: an unfinished one loses its trace
         return False
@@ -335,9 +335,10 @@ class TracedCursor(wrapt.ObjectProxy):
         super().__init__(cursor)
         self._self_info = info
 
-    #: ``defer_finish(proxy, span) -> bool``, called when the driver does not
-    #: know the row count after a query: True if the cursor keeps ``span`` and
-    #: ends it later (contrib/mysql's streaming cursor); None: end it now.
+    #: ``defer_finish(proxy, cursor, span) -> bool`` (``cursor``: the
+    #: driver's), called when the driver does not know the row count after a
+    #: query: True if the cursor keeps ``span`` and ends it later
+    #: (contrib/mysql's streaming cursor); None: end it now.
     defer_finish: ClassVar[Callable[..., bool] | None] = None
 
     execute = execute_method(settle_first=False)

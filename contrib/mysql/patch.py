@@ -22,8 +22,8 @@ class TracedConnectorCursor(_dbapi.TracedMySQLCursor):
 
     _self_pending: tuple[Any, int] | None = None  # (span, perf_counter_ns() at its end) while rows are unread
 
-    def _keep_until_read(self, span: Any) -> bool:
-        unread = getattr(self.__wrapped__, "_have_unread_result", None)
+    def _keep_until_read(self, cursor: Any, span: Any) -> bool:
+        unread = getattr(cursor, "_have_unread_result", None)
         if self._self_pending is not None or unread is None or not unread():
             return False
         self._self_pending = (span, perf_counter_ns())
