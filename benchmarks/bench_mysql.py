@@ -1,6 +1,6 @@
 """Added cost per ``cursor.execute("SELECT 1")`` round trip: plain vs ours vs ddtrace.
 
-    python benchmarks/bench_mysql.py [--rounds 5] [--batches 30] [--batch 100] [--drivers pymysql,mysqldb,mysql] [--cpu last|none|N] [--calls]
+    python benchmarks/bench_mysql.py [--rounds 5] [--batches 30] [--batch 100] [--drivers pymysql,mysqldb,mysql] [--cpu last|none|N] [--calls | --instructions N]
 
 Starts a private MariaDB (tests/mariadb.py) and a live trace sink (answers
 200 ``{"rate_by_service": {}}``, counts ``X-Datadog-Trace-Count``). For each
@@ -30,6 +30,12 @@ calls of 1,000 queries under cProfile instead of timing them (calls on the
 app thread only; the writer threads' work is not in it). Deterministic, so a
 change's effect on the per-query path shows on a busy machine where timings
 are noise.
+
+``--instructions N``: one round; each process runs under valgrind's callgrind
+twice, with 0 and with N queries after the warm-up, and the difference per
+query is reported: instructions on the application thread and in the whole
+process (the tracers' writer threads included). Deterministic on the app
+thread; the whole-process figure moves by ±1-2 k with the writers' batching.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 from http.server import ThreadingHTTPServer
 
@@ -92,8 +99,12 @@ for _ in range(batches):
     for _ in range(batch):
         cur.execute("SELECT 1"); cur.fetchall()
     times.append((clock() - t0) / batch)
-times.sort()
 queries = 200 + batches * batch
+if os.environ.get("B_QUERIES"):  # --instructions: untimed queries, counted by callgrind
+    for _ in range(int(os.environ["B_QUERIES"])):
+        cur.execute("SELECT 1"); cur.fetchall()
+    times, queries = [0], 200 + int(os.environ["B_QUERIES"])
+times.sort()
 if variant == "ours":
     from tracer import tracer as t
     assert t.flush(30), "flush timed out"
@@ -144,9 +155,18 @@ def main() -> None:
     parser.add_argument(
         "--calls", action="store_true", help="count calls per query under cProfile instead of timing (deterministic)"
     )
+    parser.add_argument(
+        "--instructions",
+        type=int,
+        default=0,
+        metavar="N",
+        help="count instructions per query under callgrind (runs with 0 and N queries) instead of timing",
+    )
     args = parser.parse_args()
-    if args.calls:
+    if args.calls or args.instructions:
         args.rounds = 1
+    if args.instructions:
+        args.batches = 0
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -180,32 +200,26 @@ def main() -> None:
     variants = ["plain", "ours", "ddtrace"]
     drivers = args.drivers.split(",")
     results: dict[tuple[str, str], list[float]] = {}
+    app_thread: dict[tuple[str, str], list[float]] = {}  # --instructions: the application thread's share
     try:
         for rnd in range(args.rounds):
             order = variants[rnd % 3 :] + variants[: rnd % 3]
             for driver in drivers:
                 for variant in order:
-                    before = Sink.traces
-                    proc = subprocess.run(
-                        [sys.executable, "-c", CHILD, variant, driver, str(args.batches), str(args.batch)],
-                        env=env,
-                        capture_output=True,
-                        text=True,
-                        timeout=300,
-                    )
-                    if proc.returncode != 0:
-                        raise SystemExit(f"{driver}/{variant} failed:\n{proc.stderr}")
-                    out = json.loads(proc.stdout.strip().splitlines()[-1])
-                    delivered = Sink.traces - before
-                    if variant != "plain" and delivered < out["queries"]:
-                        raise SystemExit(f"{driver}/{variant}: sink got {delivered} traces of {out['queries']}")
-                    results.setdefault((driver, variant), []).append(out["ns"])
+                    command = [sys.executable, "-c", CHILD, variant, driver, str(args.batches), str(args.batch)]
+                    if not args.instructions:
+                        results.setdefault((driver, variant), []).append(run_child(command, env, driver, variant)[0])
+                        continue
+                    counts = [callgrind(command, {**env, "B_QUERIES": str(n)}, driver, variant) for n in (0, args.instructions)]
+                    per_query = [(b - a) / args.instructions for a, b in zip(*counts, strict=True)]
+                    results.setdefault((driver, variant), []).append(per_query[1])  # whole process
+                    app_thread.setdefault((driver, variant), []).append(per_query[0])
             print(f"round {rnd + 1}/{args.rounds} done", file=sys.stderr)
     finally:
         db.stop()
         server.shutdown()
 
-    unit = "calls (cProfile)" if args.calls else "ns"
+    unit = "calls (cProfile)" if args.calls else "instructions (callgrind, whole process)" if args.instructions else "ns"
     print(
         f"{unit} per cursor.execute('SELECT 1') + fetchall(), TCP 127.0.0.1, {args.rounds} rounds, "
         f"median of {args.batches} batches x {args.batch} per process, pinned: {pinned}"
@@ -224,6 +238,42 @@ def main() -> None:
             f"{statistics.median(ratios) if ratios else float('nan'):8.2f}"
             f"{f'{min(ratios):.2f}-{max(ratios):.2f}' if ratios else '':>12}"
         )
+    if app_thread:
+        print("application thread only:")
+        for driver in drivers:
+            plain, ours, dd = (app_thread[(driver, v)][0] for v in variants)
+            print(
+                f"{driver:10} {plain:9.0f} {ours:9.0f} {dd:9.0f} {ours - plain:8.0f} {dd - plain:9.0f} "
+                f"{(ours - plain) / (dd - plain):8.2f}"
+            )
+
+
+def run_child(command: list[str], env: dict[str, str], driver: str, variant: str) -> tuple[float, int]:
+    """Run one measured process; (its reported figure, traces it sent), after
+    checking that the sink received every trace of a traced variant."""
+    before = Sink.traces
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        raise SystemExit(f"{driver}/{variant} failed:\n{proc.stderr}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    delivered = Sink.traces - before
+    if variant != "plain" and delivered < out["queries"]:
+        raise SystemExit(f"{driver}/{variant}: sink got {delivered} traces of {out['queries']}")
+    return out["ns"], delivered
+
+
+def callgrind(command: list[str], env: dict[str, str], driver: str, variant: str) -> tuple[int, int]:
+    """``command`` under callgrind: (instructions of the main thread, of the whole process)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "cg.out")
+        valgrind = ["valgrind", "--tool=callgrind", "--separate-threads=yes", f"--callgrind-out-file={out}"]
+        run_child(valgrind + command, env, driver, variant)
+        totals = {}
+        for name in os.listdir(tmp):  # cg.out-01 is the main thread, one file per thread
+            with open(os.path.join(tmp, name)) as f:
+                lines = [line for line in f if line.startswith(("summary:", "totals:"))]
+            totals[name] = int(lines[0].split()[1]) if lines else 0  # a thread that ran no code has none
+    return totals["cg.out-01"], sum(totals.values())
 
 
 if __name__ == "__main__":

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
+from time import perf_counter_ns
 from typing import Any
 
 from contrib import _dbapi
-from tracer._errors import guarded_call
+from tracer._errors import guarded_call, internal_error
 from tracer._patching import Target, integration_functions
 
 
@@ -20,26 +20,24 @@ class TracedConnectorCursor(_dbapi.TracedMySQLCursor):
     no count, when the cursor runs its next statement, is closed, or is
     garbage-collected. Costs one attribute read per fetch."""
 
-    _self_pending: tuple[Any, int] | None = None  # (span, end ns) while rows are unread
+    _self_pending: tuple[Any, int] | None = None  # (span, perf_counter_ns() at its end) while rows are unread
 
-    def _keep_until_read(self, span: Any) -> bool:
-        unread = getattr(self.__wrapped__, "_have_unread_result", None)
+    def _keep_until_read(self, cursor: Any, span: Any) -> bool:
+        unread = getattr(cursor, "_have_unread_result", None)
         if self._self_pending is not None or unread is None or not unread():
             return False
-        self._self_pending = (span, time.time_ns())
+        self._self_pending = (span, perf_counter_ns())
         return True
 
     defer_finish = _keep_until_read
 
     def _settle(self, read_to_end: bool) -> None:
         """End the pending span; ``read_to_end``: only if no row is left unread."""
-        if self._self_pending is not None:
-            guarded_call("mysql.settle", _end_pending, self, read_to_end, False)
+        pending = self._self_pending
+        if pending is not None:
+            guarded_call("mysql.settle", _end_pending, self, self.__wrapped__, pending, read_to_end, False)
 
-    def execute(self, *args: Any, **kwargs: Any) -> Any:
-        if self._self_pending is not None:  # checked here: a call less per query
-            self._settle(False)
-        return super().execute(*args, **kwargs)
+    execute = _dbapi.execute_method(settle_first=True)
 
     def executemany(self, *args: Any, **kwargs: Any) -> Any:
         self._settle(False)
@@ -49,23 +47,30 @@ class TracedConnectorCursor(_dbapi.TracedMySQLCursor):
         self._settle(False)
         return super().callproc(*args, **kwargs)
 
+    # The driver's fetch* straight from the proxy (not through super(): a
+    # frame less per read); with db_trace_fetch the mixin above still wraps them.
     def fetchone(self, *args: Any, **kwargs: Any) -> Any:
-        row = super().fetchone(*args, **kwargs)
+        row = self.__wrapped__.fetchone(*args, **kwargs)
         if self._self_pending is not None:
             self._settle(True)
         return row
 
     def fetchmany(self, *args: Any, **kwargs: Any) -> Any:
-        rows = super().fetchmany(*args, **kwargs)
+        rows = self.__wrapped__.fetchmany(*args, **kwargs)
         if self._self_pending is not None:
             self._settle(True)
         return rows
 
     def fetchall(self, *args: Any, **kwargs: Any) -> Any:
-        rows = super().fetchall(*args, **kwargs)
-        if self._self_pending is not None:
+        cursor = self.__wrapped__
+        rows = cursor.fetchall(*args, **kwargs)
+        pending = self._self_pending  # each proxy attribute read costs ≈ 1 k instructions: once each
+        if pending is not None:
             # fetchall read every row: no need to ask the driver (nor for _settle's call)
-            guarded_call("mysql.settle", _end_pending, self, True, True)
+            try:
+                _end_pending(self, cursor, pending, True, True)
+            except Exception:
+                internal_error("mysql.settle")
         return rows
 
     def __iter__(self) -> Iterator[Any]:
@@ -87,19 +92,25 @@ class TracedConnectorCursor(_dbapi.TracedMySQLCursor):
         self._settle(False)
 
 
-def _end_pending(proxy: TracedConnectorCursor, read_to_end: bool, drained: bool) -> None:
-    """End ``proxy``'s pending span; ``drained``: the caller knows no row is
-    left unread (``fetchall``)."""
-    cursor = proxy.__wrapped__
+def _end_pending(
+    proxy: TracedConnectorCursor, cursor: Any, pending: tuple[Any, int], read_to_end: bool, drained: bool
+) -> None:
+    """End ``proxy``'s ``pending`` span (``cursor``: the driver's);
+    ``drained``: the caller knows no row is left unread (``fetchall``)."""
     unread = False if drained else cursor._have_unread_result()
     if unread and read_to_end:
         return
-    span, end_ns = proxy._self_pending  # type: ignore[misc]
+    span, end = pending
     proxy._self_pending = None
     rowcount = cursor.rowcount
     if not unread and type(rowcount) is int and rowcount >= 0:
         span.metrics["db.row_count"] = rowcount
-    span.finish(end_ns)
+    # The span ends at `end`: finish() makes its duration perf_counter_ns()
+    # - _mono (C and Python spans alike), so the start moves by the time
+    # since. finish(end_time) would do the same through the Python slow path
+    # (≈ 4 k instructions more per query, callgrind).
+    span._mono += perf_counter_ns() - end
+    span.finish()
 
 
 class TracedConnectorConnection(_dbapi.TracedMySQLConnection):

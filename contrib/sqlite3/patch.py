@@ -11,7 +11,7 @@ from tracer._patching import Target, integration_functions
 from tracer.config import config
 
 _EXECUTESCRIPT = guarded_wrapper(
-    "sqlite3.executescript", _dbapi.statement_start("sql_script", False), _dbapi.query_finish
+    "sqlite3.executescript", _dbapi.statement_start("sql_script"), _dbapi.query_finish
 )
 
 

@@ -124,6 +124,31 @@ def test_a_broken_post_step_keeps_the_result(monkeypatch: pytest.MonkeyPatch, te
     conn.close()
 
 
+def test_execute_keeps_the_drivers_result_and_exception_when_our_post_step_breaks(
+    monkeypatch: pytest.MonkeyPatch, test_spans: Any
+) -> None:
+    # execute() is guarded_wrapper's shape written out in one frame (the
+    # hottest call): the same guarantee, checked on that frame itself.
+    conn = sqlite3.connect(":memory:")
+    cur = conn.cursor()
+    raw = conn.__wrapped__.cursor()
+    with pytest.raises(sqlite3.OperationalError) as untraced:
+        raw.execute("SELEC 1")
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("tracer bug")
+
+    monkeypatch.setattr(_dbapi, "_counted_or_kept", broken)  # after a query that ran
+    monkeypatch.setattr(_dbapi, "query_finish", broken)  # after one that raised
+    assert cur.execute("SELECT ?", (7,)) is cur
+    assert cur.fetchall() == [(7,)]
+    with pytest.raises(sqlite3.OperationalError) as traced:
+        cur.execute("SELEC 1")
+    assert traced.value.args == untraced.value.args
+    assert _take_swallowed() == ["dbapi.execute.finish", "dbapi.execute.finish"]
+    conn.close()
+
+
 def test_connect_failure_is_the_drivers(tmp_path: Any, test_spans: Any) -> None:
     missing = tmp_path / "no" / "such" / "dir" / "x.db"
     with pytest.raises(sqlite3.OperationalError):

@@ -27,6 +27,7 @@ from tests.contrib.apps.flask_helpers import patched_for_module
 from tests.contrib.contract import IntegrationContract
 from tests.mariadb import MariaDBInfo
 from tests.utils import REPO, free_port, render_tree, wait_for_port
+from tracer import _errors
 from tracer import tracer as global_tracer
 from tracer.config import config
 
@@ -191,6 +192,30 @@ def test_connect_returns_traced_connection_that_passes_isinstance(driver: Driver
     cur = conn.cursor()
     assert issubclass(type(cur), TracedMySQLCursor)
     assert isinstance(cur, driver.cursor_class)
+    cur.close()
+
+
+def test_driver_specific_methods_and_attributes_pass_through(driver: Driver, conn: Any, test_spans: Any) -> None:
+    # Only a few methods are the proxies' own; users call the rest of the
+    # driver's API (mogrify, statement, server info...) through them.
+    if driver.keyword == "mysql":  # its get_server_info() is deprecated for this property
+        assert conn.server_info == conn.__wrapped__.server_info
+    else:
+        assert conn.get_server_info() == conn.__wrapped__.get_server_info()
+    cur = conn.cursor()
+    assert isinstance(cur, type(cur.__wrapped__))
+    cur.arraysize = 7  # set on the driver's cursor, where the driver reads it
+    assert cur.__wrapped__.arraysize == cur.arraysize == 7
+    test_spans.reset()
+    cur.execute("SELECT %s", (42,))
+    assert [tuple(row) for row in cur.fetchall()] == [(42,)]
+    assert cur.rowcount == cur.__wrapped__.rowcount == 1
+    if driver.keyword == "mysql":
+        assert cur.statement == "SELECT 42"
+    else:
+        assert cur.mogrify("SELECT %s", (42,)) in ("SELECT 42", b"SELECT 42")
+    (span,) = spans_named(test_spans)
+    assert span.resource == "SELECT %s"
     cur.close()
 
 
@@ -422,6 +447,25 @@ def test_unbuffered_select_left_unread_ends_without_a_count(
     connector.consume_results()
     if end == "next statement":
         connector.close()
+
+
+@pytest.mark.internal_errors
+@pytest.mark.parametrize("read", list(_READS))
+def test_a_broken_settle_keeps_the_rows(connector: Any, test_spans: Any, monkeypatch: pytest.MonkeyPatch, read: str) -> None:
+    from contrib.mysql import patch as mysql_patch
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("tracer bug")
+
+    monkeypatch.setattr(mysql_patch, "_end_pending", broken)
+    cur = connector.cursor()
+    cur.execute("SELECT id FROM rows3 ORDER BY id")
+    assert [tuple(row) for row in _READS[read](cur)] == [(1,), (2,), (3,)]
+    assert {where for where, _ in _errors.swallowed} == {"mysql.settle"}
+    monkeypatch.undo()
+    test_spans.reset()
+    cur.close()  # the span still pending ends now, with its count
+    assert spans_named(test_spans)[0].metrics["db.row_count"] == 3
 
 
 def test_fetch_methods_pass_arguments_and_results_through(
