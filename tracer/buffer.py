@@ -128,6 +128,12 @@ class _Trace:
                 del self.finished[:]
                 return
             complete = ordinal >= self.started_count()
+            if root_finished and not complete:
+                # A child may have taken a later ordinal before the root set
+                # root_done (the pure-Python finish can switch threads between
+                # the two): it did not flush, so the root counts every ordinal
+                # taken, or the trace would stay live until shutdown.
+                complete = _taken(self.finishes) >= self.started_count()
             if not (root_finished or complete or len(self.finished) >= self.buffer.partial_flush_len):
                 return
             if complete:
