@@ -200,18 +200,22 @@ def test_a_rollup_of_many_series_stalls_trace_ingest_briefly(tmp_path: Any) -> N
 
 
 def test_expiring_many_series_stalls_trace_ingest_briefly(tmp_path: Any) -> None:
-    # Once 10,000 series' hourly rows pass retention, the roll-up deletes them and their
-    # contexts. One DELETE of the contexts left without rows held the shared lock for the
-    # whole step; in chunks of CHUNK_ROWS, best of 3 rounds on a loaded 2-core machine:
-    # 0.07 chunked, 0.63-0.73 as one transaction each (the code before the chunking).
+    # Once 10,000 series' hourly rows (3 hours of them) pass retention, the roll-up deletes
+    # them and their contexts. One DELETE of the rows and one of the contexts left without
+    # rows held the shared lock for the whole step; in chunks of CHUNK_ROWS, best of 3 rounds
+    # on a loaded 2-core machine: 0.05-0.08 chunked, 0.59-0.79 with the two DELETEs (the code
+    # before the chunking). With one hour of rows the chunked step took ~80 ms, and a
+    # full CI run paused the ingest thread ~42 ms in each round (0.50): 3 hours make a
+    # pause of that size 0.15.
     ratios = []
     for r in range(3):
         store = Store(str(tmp_path / f"e{r}.db"))
         agg = Aggregator(store=MetricStore(store))
-        _fill(agg, 10_000, T0 + 1)
-        agg.flush(T0 + 25)
-        agg.rollup(T0 + DAY + 60, DAY, 30 * DAY)  # 10 s rows into hours
-        assert store.execute("SELECT width, count(*) FROM metric_points GROUP BY width") == [(3600, 10_000)]
+        for hour in range(3):
+            _fill(agg, 10_000, T0 + 3600 * hour + 1)
+            agg.flush(T0 + 3600 * hour + 25)
+        agg.rollup(T0 + 3 * 3600 + DAY + 60, DAY, 30 * DAY)  # 10 s rows into hours
+        assert store.execute("SELECT width, count(*) FROM metric_points GROUP BY width") == [(3600, 30_000)]
         ratios.append(_stall(store, 1 << 40, lambda agg=agg: agg.rollup(T0 + 40 * DAY, DAY, 30 * DAY)))
         assert store.execute("SELECT count(*) FROM metric_points") == [(0,)]
         assert store.execute("SELECT count(*) FROM metric_contexts") == [(0,)]
