@@ -43,10 +43,8 @@ def runtime_id() -> str:
 
 
 def _root_index(chunk: list[Any], root_span_id: int) -> int | None:
-    """Where the local root's record starts in ``chunk``, if it is there.
-    It usually finishes last, so its record is usually the last one."""
-    if chunk[-RECORD_LEN + 1] == root_span_id:
-        return len(chunk) - RECORD_LEN
+    """Where the local root's record starts in ``chunk``, if it is there
+    (``process_chunk`` has checked the first and the last record)."""
     try:
         return chunk[1::RECORD_LEN].index(root_span_id) * RECORD_LEN
     except ValueError:
@@ -65,7 +63,15 @@ def process_chunk(trace: _Trace, chunk: list[Any], sampler: Any) -> bool:
     priority = trace.priority if trace.priority is not None else 1
     root = None
     if root_span is not None and root_span.duration_ns is not None:
-        root = _root_index(chunk, root_span.span_id)
+        # The root is usually the first record (a one-span chunk) or the last
+        # (it finishes last): both checked inline, no call per chunk.
+        span_id = root_span.span_id
+        if chunk[1] == span_id:
+            root = 0
+        elif chunk[-RECORD_LEN + 1] == span_id:
+            root = len(chunk) - RECORD_LEN
+        else:
+            root = _root_index(chunk, span_id)
         if root is not None:
             # The sampling decision is made, so nothing needs trace.root any
             # more: dropping it breaks the trace <-> root reference cycle, and
@@ -81,8 +87,10 @@ def process_chunk(trace: _Trace, chunk: list[Any], sampler: Any) -> bool:
             meta.setdefault("env", env)
         if cfg.version:
             meta.setdefault("version", cfg.version)
-        for key, value in cfg.tags.items():
-            meta.setdefault(key, value)
+        tags = cfg.tags
+        if tags:
+            for key, value in tags.items():
+                meta.setdefault(key, value)
         meta["language"] = "python"
         meta["runtime-id"] = _runtime_id
         chunk[root + METRICS]["process_id"] = _pid
@@ -95,8 +103,10 @@ def process_chunk(trace: _Trace, chunk: list[Any], sampler: Any) -> bool:
         meta["_dd.p.tid"] = _tid_high(high)
     if trace.origin:
         meta["_dd.origin"] = trace.origin
-    for key, value in trace.dd_tags.items():
-        meta.setdefault(key, value)
+    dd_tags = trace.dd_tags
+    if dd_tags:
+        for key, value in dd_tags.items():
+            meta.setdefault(key, value)
     if env and root != 0:
         meta.setdefault("env", env)
     return True
