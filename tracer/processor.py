@@ -6,7 +6,6 @@ first span and the local root, as the Datadog intake expects them.
 
 from __future__ import annotations
 
-import functools
 import os
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -31,11 +30,14 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_after_fork)
 
 
-@functools.lru_cache(maxsize=4)
-def _tid_high(high: int) -> str:
-    """``_dd.p.tid``: the high half holds the trace's start second, so
-    consecutive traces share it (one format per second, not per trace)."""
-    return f"{high:016x}"
+# ``_dd.p.tid``: the high half holds the trace's start second, so consecutive
+# traces share it: the last one formatted is kept (one format per second, not
+# per trace, and no call per chunk). Replaced whole, so a reader on another
+# thread sees a matching pair.
+_last_tid: tuple[int, str] = (0, "")
+
+# ``_dd.p.dm`` for the usual mechanisms, formatted once.
+_DECISION_MAKERS = {mechanism: f"-{mechanism}" for mechanism in range(16)}
 
 
 def runtime_id() -> str:
@@ -56,6 +58,7 @@ def process_chunk(trace: _Trace, chunk: list[Any], sampler: Any) -> bool:
     return False when it must not be sent (dropped by sampling and
     TRACER_WRITER_SEND_DROPPED=false). Top-level spans were marked when they
     finished; this adds the trace-level tags."""
+    global _last_tid
     cfg = _config
     root_span = trace.root
     if trace.priority is None:
@@ -96,11 +99,18 @@ def process_chunk(trace: _Trace, chunk: list[Any], sampler: Any) -> bool:
         chunk[root + METRICS]["process_id"] = _pid
     meta = chunk[META]
     chunk[METRICS]["_sampling_priority_v1"] = priority
-    if trace.mechanism is not None and priority > 0:
-        meta["_dd.p.dm"] = f"-{trace.mechanism}"
+    mechanism = trace.mechanism
+    if mechanism is not None and priority > 0:
+        try:
+            meta["_dd.p.dm"] = _DECISION_MAKERS[mechanism]
+        except (KeyError, TypeError):
+            meta["_dd.p.dm"] = f"-{mechanism}"
     high = trace.trace_id >> 64
     if high:
-        meta["_dd.p.tid"] = _tid_high(high)
+        tid = _last_tid
+        if tid[0] != high:
+            tid = _last_tid = (high, f"{high:016x}")
+        meta["_dd.p.tid"] = tid[1]
     if trace.origin:
         meta["_dd.origin"] = trace.origin
     dd_tags = trace.dd_tags

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from tracer import tracer
+from tracer import processor, tracer
 from tracer.config import config
 from tracer.processor import process_chunk, runtime_id
 from tracer.span import RECORD_LEN, records
@@ -70,3 +70,19 @@ def test_root_found_wherever_it_is_in_the_chunk(test_spans, monkeypatch, where, 
     assert first.metrics["_sampling_priority_v1"] >= 1 and first.meta["_dd.p.usr"] == "x"
     assert [s.name for s in spans if "_sampling_priority_v1" in s.metrics] == [first.name]
     assert [s.name for s in spans if s.meta.get("_dd.p.usr")] == [first.name]
+
+
+@pytest.mark.parametrize("mechanism", [0, 3, 99])
+def test_trace_id_high_half_and_decision_maker_formatted_once(test_spans, monkeypatch, mechanism):
+    """``_dd.p.tid`` comes from the last one formatted only when the high
+    half matches (it changes every second); ``_dd.p.dm`` from a table, or
+    formatted for a mechanism outside it."""
+    monkeypatch.setattr(processor, "_last_tid", (1, "0000000000000001"))
+    for _ in range(2):
+        with tracer.trace("op") as span:
+            span._trace.priority = 2
+            span._trace.mechanism = mechanism
+    for first, *_ in test_spans.processed():
+        assert first.meta["_dd.p.tid"] == f"{first.trace_id >> 64:016x}" != "0000000000000001"
+        assert first.meta["_dd.p.dm"] == f"-{mechanism}"
+    assert processor._last_tid[0] == test_spans.chunks[-1][0].trace_id >> 64
