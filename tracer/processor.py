@@ -6,7 +6,6 @@ first span and the local root, as the Datadog intake expects them.
 
 from __future__ import annotations
 
-import functools
 import os
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -31,11 +30,14 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_after_fork)
 
 
-@functools.lru_cache(maxsize=4)
-def _tid_high(high: int) -> str:
-    """``_dd.p.tid``: the high half holds the trace's start second, so
-    consecutive traces share it (one format per second, not per trace)."""
-    return f"{high:016x}"
+# ``_dd.p.tid``: the high half holds the trace's start second, so consecutive
+# traces share it: the last one formatted is kept (one format per second, not
+# per trace, and no call per chunk). Replaced whole, so a reader on another
+# thread sees a matching pair.
+_last_tid: tuple[int, str] = (0, "")
+
+# ``_dd.p.dm`` for the usual mechanisms, formatted once.
+_DECISION_MAKERS = {mechanism: f"-{mechanism}" for mechanism in range(16)}
 
 
 def runtime_id() -> str:
@@ -43,10 +45,8 @@ def runtime_id() -> str:
 
 
 def _root_index(chunk: list[Any], root_span_id: int) -> int | None:
-    """Where the local root's record starts in ``chunk``, if it is there.
-    It usually finishes last, so its record is usually the last one."""
-    if chunk[-RECORD_LEN + 1] == root_span_id:
-        return len(chunk) - RECORD_LEN
+    """Where the local root's record starts in ``chunk``, if it is there
+    (``process_chunk`` has checked the first and the last record)."""
     try:
         return chunk[1::RECORD_LEN].index(root_span_id) * RECORD_LEN
     except ValueError:
@@ -58,6 +58,7 @@ def process_chunk(trace: _Trace, chunk: list[Any], sampler: Any) -> bool:
     return False when it must not be sent (dropped by sampling and
     TRACER_WRITER_SEND_DROPPED=false). Top-level spans were marked when they
     finished; this adds the trace-level tags."""
+    global _last_tid
     cfg = _config
     root_span = trace.root
     if trace.priority is None:
@@ -65,7 +66,15 @@ def process_chunk(trace: _Trace, chunk: list[Any], sampler: Any) -> bool:
     priority = trace.priority if trace.priority is not None else 1
     root = None
     if root_span is not None and root_span.duration_ns is not None:
-        root = _root_index(chunk, root_span.span_id)
+        # The root is usually the first record (a one-span chunk) or the last
+        # (it finishes last): both checked inline, no call per chunk.
+        span_id = root_span.span_id
+        if chunk[1] == span_id:
+            root = 0
+        elif chunk[-RECORD_LEN + 1] == span_id:
+            root = len(chunk) - RECORD_LEN
+        else:
+            root = _root_index(chunk, span_id)
         if root is not None:
             # The sampling decision is made, so nothing needs trace.root any
             # more: dropping it breaks the trace <-> root reference cycle, and
@@ -81,22 +90,33 @@ def process_chunk(trace: _Trace, chunk: list[Any], sampler: Any) -> bool:
             meta.setdefault("env", env)
         if cfg.version:
             meta.setdefault("version", cfg.version)
-        for key, value in cfg.tags.items():
-            meta.setdefault(key, value)
+        tags = cfg.tags
+        if tags:
+            for key, value in tags.items():
+                meta.setdefault(key, value)
         meta["language"] = "python"
         meta["runtime-id"] = _runtime_id
         chunk[root + METRICS]["process_id"] = _pid
     meta = chunk[META]
     chunk[METRICS]["_sampling_priority_v1"] = priority
-    if trace.mechanism is not None and priority > 0:
-        meta["_dd.p.dm"] = f"-{trace.mechanism}"
+    mechanism = trace.mechanism
+    if mechanism is not None and priority > 0:
+        try:
+            meta["_dd.p.dm"] = _DECISION_MAKERS[mechanism]
+        except (KeyError, TypeError):
+            meta["_dd.p.dm"] = f"-{mechanism}"
     high = trace.trace_id >> 64
     if high:
-        meta["_dd.p.tid"] = _tid_high(high)
+        tid = _last_tid
+        if tid[0] != high:
+            tid = _last_tid = (high, f"{high:016x}")
+        meta["_dd.p.tid"] = tid[1]
     if trace.origin:
         meta["_dd.origin"] = trace.origin
-    for key, value in trace.dd_tags.items():
-        meta.setdefault(key, value)
+    dd_tags = trace.dd_tags
+    if dd_tags:
+        for key, value in dd_tags.items():
+            meta.setdefault(key, value)
     if env and root != 0:
         meta.setdefault("env", env)
     return True

@@ -2,9 +2,12 @@ from __future__ import annotations
 
 import os
 
-from tracer import tracer
+import pytest
+
+from tracer import processor, tracer
 from tracer.config import config
-from tracer.processor import runtime_id
+from tracer.processor import process_chunk, runtime_id
+from tracer.span import RECORD_LEN, records
 
 
 def test_trace_level_tags_on_root_and_top_level_marks(test_spans, monkeypatch):
@@ -34,3 +37,52 @@ def test_dropped_traces_not_sent_when_configured(test_spans, monkeypatch):
     assert len(test_spans.processed()) == 1, "priority 0 is sent by default (the receiver counts it)"
     monkeypatch.setattr(config, "send_dropped", False)
     assert test_spans.processed() == []
+
+
+@pytest.mark.parametrize("where", ["first", "middle", "last", "absent"])
+@pytest.mark.parametrize("tags", [{}, {"team": "core"}])
+def test_root_found_wherever_it_is_in_the_chunk(test_spans, monkeypatch, where, tags):
+    """The local root gets the root-level tags whether its record is first
+    (a one-span chunk), last (it finished last), in the middle, or not in
+    this chunk at all; the chunk-level tags go on the first record."""
+    monkeypatch.setattr(config, "tags", tags)
+    with tracer.trace("web", service="web") as root:
+        with tracer.trace("a"), tracer.trace("b"):
+            pass
+        root._trace.dd_tags["_dd.p.usr"] = "x"
+    ((trace, chunk),) = test_spans.raw
+    n = len(chunk) // RECORD_LEN
+    ids = chunk[1::RECORD_LEN]
+    at = ids.index(root.span_id)
+    order = [i for i in range(n) if i != at]
+    position = {"first": 0, "middle": 1, "last": n - 1, "absent": None}[where]
+    if position is not None:
+        order.insert(position, at)
+    chunk[:] = [v for i in order for v in chunk[i * RECORD_LEN : (i + 1) * RECORD_LEN]]
+    assert process_chunk(trace, chunk, tracer.sampler)
+    spans = records(chunk)
+    with_root_tags = [s.name for s in spans if s.meta.get("language") == "python"]
+    assert with_root_tags == ([] if position is None else ["web"])
+    assert [s.name for s in spans if "process_id" in s.metrics] == with_root_tags
+    assert [s.name for s in spans if s.meta.get("team") == "core"] == (with_root_tags if tags else [])
+    assert trace.root is (root if position is None else None), "the root is let go once its tags are on"
+    first = spans[0]
+    assert first.metrics["_sampling_priority_v1"] >= 1 and first.meta["_dd.p.usr"] == "x"
+    assert [s.name for s in spans if "_sampling_priority_v1" in s.metrics] == [first.name]
+    assert [s.name for s in spans if s.meta.get("_dd.p.usr")] == [first.name]
+
+
+@pytest.mark.parametrize("mechanism", [0, 3, 99])
+def test_trace_id_high_half_and_decision_maker_formatted_once(test_spans, monkeypatch, mechanism):
+    """``_dd.p.tid`` comes from the last one formatted only when the high
+    half matches (it changes every second); ``_dd.p.dm`` from a table, or
+    formatted for a mechanism outside it."""
+    monkeypatch.setattr(processor, "_last_tid", (1, "0000000000000001"))
+    for _ in range(2):
+        with tracer.trace("op") as span:
+            span._trace.priority = 2
+            span._trace.mechanism = mechanism
+    for first, *_ in test_spans.processed():
+        assert first.meta["_dd.p.tid"] == f"{first.trace_id >> 64:016x}" != "0000000000000001"
+        assert first.meta["_dd.p.dm"] == f"-{mechanism}"
+    assert processor._last_tid[0] == test_spans.chunks[-1][0].trace_id >> 64
