@@ -120,7 +120,7 @@ callable_now(const char *fn, Py_ssize_t nargs, Py_ssize_t expected)
 static int
 count_start(PyObject *trace)
 {
-    PyObject *started = _cspan_next_count(trace, s_starts, offsetof(TraceObject, starts));
+    PyObject *started = next_count(trace, s_starts, offsetof(TraceObject, starts));
     Py_XDECREF(started); /* only counted */
     return started == NULL ? -1 : 0;
 }
@@ -209,7 +209,7 @@ trace_child(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
             goto error;
         Py_DECREF(r);
     }
-    if (_cspan_set_active((PyObject *)span) < 0)
+    if (set_active((PyObject *)span) < 0)
         goto error;
     return (PyObject *)span;
 
@@ -334,7 +334,7 @@ trace_root(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         goto done;
     span->_cmodule = Py_NewRef(module);
     if (TRACE_SET(trace, root, (PyObject *)span) < 0 || count_start(trace) < 0 ||
-        (activating && _cspan_set_active((PyObject *)span) < 0))
+        (activating && set_active((PyObject *)span) < 0))
         Py_CLEAR(span);
 
 done:

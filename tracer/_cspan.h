@@ -180,12 +180,33 @@ span_record(SpanObject *self, PyObject *trace_id, PyObject *service, PyObject *m
     memcpy(out, record, sizeof(record));
 }
 
-/* _cspan_span.c */
-int _cspan_set_active(PyObject *span);
+/* The active span becomes `span`. */
+static inline int
+set_active(PyObject *span)
+{
+    PyObject *token = PyContextVar_Set(active_var, span);
+    if (token == NULL)
+        return -1;
+    Py_DECREF(token);
+    return 0;
+}
+
+/* next(getattr(trace, name)): trace.starts or trace.finishes (itertools.count). */
+static inline PyObject *
+next_count(PyObject *trace, PyObject *name, size_t offset)
+{
+    PyObject *counter = trace_get(trace, name, offset);
+    if (counter == NULL)
+        return NULL;
+    PyObject *value = PyIter_Next(counter);
+    Py_DECREF(counter);
+    if (value == NULL && !PyErr_Occurred())
+        PyErr_Format(PyExc_RuntimeError, "trace.%U ended", name);
+    return value;
+}
 
 /* _cspan_trace.c */
-PyObject *_cspan_next_count(PyObject *trace, PyObject *name, size_t offset);
 int _cspan_finish_lone_root_owned(SpanObject *self, ModuleState *st, PyObject *trace, PyObject *metrics,
-                           PyObject *service);
+                                  PyObject *service);
 
 #endif

@@ -163,18 +163,6 @@ Span_enter(PyObject *self, PyObject *Py_UNUSED(ignored))
     return Py_NewRef(self);
 }
 
-/* The active span becomes `span`. */
-int
-_cspan_set_active(PyObject *span)
-{
-    PyObject *token = PyContextVar_Set(active_var, span);
-    if (token == NULL)
-        return -1;
-    Py_DECREF(token);
-    return 0;
-}
-
-
 /* Append the span's record to its trace and send the chunk if it can leave:
  * _Trace.finish_span, for a span whose duration is set. */
 static int
@@ -244,7 +232,7 @@ finish_record_owned(SpanObject *self, PyObject *trace, PyObject *metrics, PyObje
     Py_ssize_t length = PyList_GET_SIZE(finished);
     Py_DECREF(finished);
 
-    PyObject *ordinal = _cspan_next_count(trace, s_finishes, offsetof(TraceObject, finishes));
+    PyObject *ordinal = next_count(trace, s_finishes, offsetof(TraceObject, finishes));
     if (ordinal == NULL)
         return -1;
 
@@ -344,7 +332,7 @@ restore_prev(SpanObject *self, int only_if_active)
         if (current != (PyObject *)self)
             return 0;
     }
-    return _cspan_set_active(prev);
+    return set_active(prev);
 }
 
 /* End the span unless it has ended: duration from the monotonic start, the

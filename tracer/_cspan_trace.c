@@ -56,20 +56,6 @@ PyType_Spec _cspan_Trace_spec = {
     .slots = Trace_slots,
 };
 
-/* next(getattr(trace, name)): trace.starts or trace.finishes (itertools.count). */
-PyObject *
-_cspan_next_count(PyObject *trace, PyObject *name, size_t offset)
-{
-    PyObject *counter = trace_get(trace, name, offset);
-    if (counter == NULL)
-        return NULL;
-    PyObject *value = PyIter_Next(counter);
-    Py_DECREF(counter);
-    if (value == NULL && !PyErr_Occurred())
-        PyErr_Format(PyExc_RuntimeError, "trace.%U ended", name);
-    return value;
-}
-
 /* A local root finishing with nothing else of its trace ever started here
  * (every query outside a request, every request without children): its
  * record is the whole trace. It goes to the sink as a chunk of its own,
