@@ -15,6 +15,12 @@
 #include <limits.h>
 #include <string.h>
 
+/* What the units share stays inside the extension module (PyInit_ is
+ * exported by PyMODINIT_FUNC itself), and links as a static would. */
+#if defined(__GNUC__)
+#pragma GCC visibility push(hidden)
+#endif
+
 #define MAX_DEPTH 512 /* nesting unpackb and packb leave to msgpack beyond */
 
 /* _cdecode_pack.c */
@@ -28,5 +34,9 @@ PyObject *_cdecode_compute_groups(PyObject *self, PyObject *args);
 int _cdecode_normalize_init(void);
 /* m.CLEAN_LIMITS: the limits clean_chunk checks (for a test). */
 int _cdecode_add_clean_limits(PyObject *m);
+
+#if defined(__GNUC__)
+#pragma GCC visibility pop
+#endif
 
 #endif

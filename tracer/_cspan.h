@@ -16,6 +16,12 @@
 #include <Python.h>
 #include <structmember.h>
 
+/* What the units share stays inside the extension module (PyInit_ is
+ * exported by PyMODINIT_FUNC itself), and links as a static would. */
+#if defined(__GNUC__)
+#pragma GCC visibility push(hidden)
+#endif
+
 #define MAX_KEY_LEN 200
 #define MAX_VALUE_LEN 25000
 
@@ -208,5 +214,9 @@ next_count(PyObject *trace, PyObject *name, size_t offset)
 /* _cspan_trace.c */
 int _cspan_finish_lone_root_owned(SpanObject *self, ModuleState *st, PyObject *trace, PyObject *metrics,
                                   PyObject *service);
+
+#if defined(__GNUC__)
+#pragma GCC visibility pop
+#endif
 
 #endif
