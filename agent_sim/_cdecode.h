@@ -1,0 +1,42 @@
+/* Private to agent_sim._cdecode, whose C code is in three units compiled
+ * into the one extension module (setup.py):
+ *   _cdecode.c            msgpack unpacking (unpackb) and the module's init;
+ *   _cdecode_pack.c       msgpack packing (packb);
+ *   _cdecode_normalize.c  normalization's common case (clean_chunk,
+ *                         normalize_clean) and stats.compute_groups.
+ * What they share is declared here; functions one unit calls in another are
+ * prefixed _cdecode_. */
+#ifndef AGENT_SIM_CDECODE_H
+#define AGENT_SIM_CDECODE_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <limits.h>
+#include <string.h>
+
+/* What the units share stays inside the extension module (PyInit_ is
+ * exported by PyMODINIT_FUNC itself), and links as a static would. */
+#if defined(__GNUC__)
+#pragma GCC visibility push(hidden)
+#endif
+
+#define MAX_DEPTH 512 /* nesting unpackb and packb leave to msgpack beyond */
+
+/* _cdecode_pack.c */
+PyObject *_cdecode_packb(PyObject *self, PyObject *arg);
+
+/* _cdecode_normalize.c */
+PyObject *_cdecode_clean_chunk(PyObject *self, PyObject *spans);
+PyObject *_cdecode_normalize_clean(PyObject *self, PyObject *args);
+PyObject *_cdecode_compute_groups(PyObject *self, PyObject *args);
+/* The interned keys and small ints of the two: 0, or -1 with an exception. */
+int _cdecode_normalize_init(void);
+/* m.CLEAN_LIMITS: the limits clean_chunk checks (for a test). */
+int _cdecode_add_clean_limits(PyObject *m);
+
+#if defined(__GNUC__)
+#pragma GCC visibility pop
+#endif
+
+#endif

@@ -1,0 +1,222 @@
+/* Private to tracer._cspan, whose C code is in three units compiled into the
+ * one extension module (setup.py):
+ *   _cspan.c        module state and init, configure(), starting spans
+ *                   (trace_child, trace_root);
+ *   _cspan_span.c   SpanBase: set_tag, set_metric, __enter__, __exit__,
+ *                   finish, and appending a finished span to its trace;
+ *   _cspan_trace.c  TraceBase and the lone-root finish.
+ * What they share is declared here: the structs, the process-wide globals
+ * set by exec_module and configure() (defined in _cspan.c), the small field
+ * helpers of the hot path (static inline, so that they stay inlined), and
+ * the functions one unit calls in another (prefixed _cspan_). */
+#ifndef TRACER_CSPAN_H
+#define TRACER_CSPAN_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+/* What the units share stays inside the extension module (PyInit_ is
+ * exported by PyMODINIT_FUNC itself), and links as a static would. */
+#if defined(__GNUC__)
+#pragma GCC visibility push(hidden)
+#endif
+
+#define MAX_KEY_LEN 200
+#define MAX_VALUE_LEN 25000
+
+typedef struct {
+    PyObject_HEAD
+    /* Field order: tracer.span.SPAN_FIELDS. */
+    PyObject *trace_id;
+    PyObject *span_id;
+    PyObject *parent_id;
+    PyObject *name;
+    PyObject *service;
+    PyObject *resource;
+    PyObject *span_type;
+    PyObject *start_ns;
+    PyObject *duration_ns;
+    PyObject *error;
+    PyObject *meta;
+    PyObject *metrics;
+    PyObject *_trace;
+    PyObject *_parent;
+    PyObject *_prev;
+    PyObject *_mono;
+    /* C only: the tracer._cspan module, on a root span built by trace_root
+     * (its state serves finish_lone_root); NULL elsewhere. */
+    PyObject *_cmodule;
+} SpanObject;
+
+/* Per-module state, object references only (see module_traverse): what
+ * finish_lone_root reads beyond the interned names below (tracer.buffer's
+ * _Trace.peeks, TraceBuffer._live and .sink, the sink's write, and
+ * itertools.count, the type of _Trace.starts). */
+typedef struct {
+    PyObject *s_peeks, *s_live, *s_sink, *s_write;
+    PyObject *count_type, *count_args; /* itertools.count, (1,) */
+    PyObject *trace_base;              /* TraceBase */
+} ModuleState;
+
+/* TraceBase: the fields of tracer.buffer._Trace (in its __slots__ order) in
+ * C, so that trace_root builds a new trace without running _Trace.__init__.
+ * tracer._tracer makes the class it uses from it and _Trace's methods (the
+ * rules stay in tracer/buffer.py); test_lone_root.py checks that the fields
+ * are _Trace's and that a trace built here equals one built there. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *trace_id, *buffer, *starts, *finishes, *finished, *root, *root_done, *priority, *mechanism, *origin,
+        *dd_tags, *tracestate, *wall_base, *mono_base, *foreign, *remote_parent, *peeks;
+} TraceObject;
+
+#define TRACE_NFIELDS ((Py_ssize_t)((sizeof(TraceObject) - offsetof(TraceObject, trace_id)) / sizeof(PyObject *)))
+#define TRACE_FIELDS(t) (&((TraceObject *)(t))->trace_id)
+
+/* The globals below keep their short names in the code and link as
+ * _cspan_<name> (not static: every unit reads them). */
+#define span_cls _cspan_span_cls
+#define active_var _cspan_active_var
+#define not_activated _cspan_not_activated
+#define getrandbits _cspan_getrandbits
+#define s_foreign _cspan_s_foreign
+#define s_root_done _cspan_s_root_done
+#define s_starts _cspan_s_starts
+#define s_finishes _cspan_s_finishes
+#define s_finished _cspan_s_finished
+#define s_root _cspan_s_root
+#define s_trace_id _cspan_s_trace_id
+#define s_buffer _cspan_s_buffer
+#define s_partial_flush_len _cspan_s_partial_flush_len
+#define s__flush _cspan_s__flush
+#define s_start_span_late _cspan_s_start_span_late
+#define s_wall_base _cspan_s_wall_base
+#define s_mono_base _cspan_s_mono_base
+#define s_set_exc_info _cspan_s_set_exc_info
+#define s__set_tag_slow _cspan_s__set_tag_slow
+#define s__set_metric_slow _cspan_s__set_metric_slow
+#define s__finish_slow _cspan_s__finish_slow
+#define s_top_level _cspan_s_top_level
+#define s_status_code _cspan_s_status_code
+#define int_0 _cspan_int_0
+#define int_1 _cspan_int_1
+#define int_64 _cspan_int_64
+
+/* Set once by configure(): the Python Span class (a subclass of SpanBase),
+ * the active-span ContextVar, the "not activated" sentinel and
+ * random.getrandbits. */
+extern PyTypeObject *span_cls;
+extern PyObject *active_var;
+extern PyObject *not_activated;
+extern PyObject *getrandbits;
+
+extern PyObject *s_foreign, *s_root_done, *s_starts, *s_finishes, *s_finished, *s_root, *s_trace_id,
+    *s_buffer, *s_partial_flush_len, *s__flush, *s_start_span_late, *s_wall_base, *s_mono_base,
+    *s_set_exc_info, *s__set_tag_slow, *s__set_metric_slow, *s__finish_slow, *s_top_level, *s_status_code;
+extern PyObject *int_0, *int_1, *int_64;
+
+extern PyTypeObject _cspan_SpanBase_Type;
+extern PyType_Spec _cspan_Trace_spec;
+
+void _cspan_Trace_dealloc(PyObject *self);
+
+/* Built on TraceBase: tracer._tracer's _RootTrace (a subclass adding no field). */
+static inline int
+is_c_trace(PyObject *trace)
+{
+    for (PyTypeObject *type = Py_TYPE(trace); type != NULL; type = type->tp_base)
+        if (type->tp_dealloc == _cspan_Trace_dealloc)
+            return 1;
+    return 0;
+}
+
+/* A field of a trace, as a new reference: from the struct where the trace is
+ * built on TraceBase and the field is set, else by attribute (a _Trace built
+ * in Python; the attribute's error for a deleted field). */
+static inline PyObject *
+trace_get(PyObject *trace, PyObject *name, size_t offset)
+{
+    if (is_c_trace(trace)) {
+        PyObject *value = *(PyObject **)((char *)trace + offset);
+        if (value != NULL)
+            return Py_NewRef(value);
+    }
+    return PyObject_GetAttr(trace, name);
+}
+
+static inline int
+trace_set(PyObject *trace, PyObject *name, size_t offset, PyObject *value)
+{
+    if (!is_c_trace(trace))
+        return PyObject_SetAttr(trace, name, value);
+    Py_XSETREF(*(PyObject **)((char *)trace + offset), Py_NewRef(value));
+    return 0;
+}
+
+#define TRACE_GET(trace, field) trace_get((trace), s_##field, offsetof(TraceObject, field))
+#define TRACE_SET(trace, field, value) trace_set((trace), s_##field, offsetof(TraceObject, field), (value))
+
+static inline long long
+clock_ns(int wall)
+{
+    /* The clocks of time.perf_counter_ns() and (wall) time.time_ns(): Python
+     * code reads them too (start_span, the Python root path), and durations
+     * mix the two. */
+#if PY_VERSION_HEX >= 0x030D0000
+    PyTime_t t;
+    (void)(wall ? PyTime_TimeRaw(&t) : PyTime_PerfCounterRaw(&t));
+    return (long long)t;
+#else
+    return (long long)(wall ? _PyTime_GetSystemClock() : _PyTime_GetPerfCounter());
+#endif
+}
+
+#define perf_counter_ns() clock_ns(0)
+
+#define RECORD_LEN 12
+
+/* The span's record, borrowed: tracer.span.RECORD_FIELDS, in wire order
+ * (fields the caller checked; `service` and `metrics` are the ones it owns). */
+static inline void
+span_record(SpanObject *self, PyObject *trace_id, PyObject *service, PyObject *metrics, PyObject **out)
+{
+    PyObject *record[RECORD_LEN] = {trace_id,          self->span_id, self->parent_id, service,
+                                    self->name,        self->resource, self->span_type, self->start_ns,
+                                    self->duration_ns, self->error,    self->meta,      metrics};
+    memcpy(out, record, sizeof(record));
+}
+
+/* The active span becomes `span`. */
+static inline int
+set_active(PyObject *span)
+{
+    PyObject *token = PyContextVar_Set(active_var, span);
+    if (token == NULL)
+        return -1;
+    Py_DECREF(token);
+    return 0;
+}
+
+/* next(getattr(trace, name)): trace.starts or trace.finishes (itertools.count). */
+static inline PyObject *
+next_count(PyObject *trace, PyObject *name, size_t offset)
+{
+    PyObject *counter = trace_get(trace, name, offset);
+    if (counter == NULL)
+        return NULL;
+    PyObject *value = PyIter_Next(counter);
+    Py_DECREF(counter);
+    if (value == NULL && !PyErr_Occurred())
+        PyErr_Format(PyExc_RuntimeError, "trace.%U ended", name);
+    return value;
+}
+
+/* _cspan_trace.c */
+int _cspan_finish_lone_root_owned(SpanObject *self, ModuleState *st, PyObject *trace, PyObject *metrics,
+                                  PyObject *service);
+
+#if defined(__GNUC__)
+#pragma GCC visibility pop
+#endif
+
+#endif

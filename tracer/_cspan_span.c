@@ -1,0 +1,440 @@
+/* tracer._cspan's SpanBase (see _cspan.h): the methods every span runs:
+ * set_tag, set_metric, __enter__, __exit__ and finish, and appending the
+ * finished span's record to its trace. */
+#include "_cspan.h"
+
+static int
+Span_traverse(SpanObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->trace_id);
+    Py_VISIT(self->span_id);
+    Py_VISIT(self->parent_id);
+    Py_VISIT(self->name);
+    Py_VISIT(self->service);
+    Py_VISIT(self->resource);
+    Py_VISIT(self->span_type);
+    Py_VISIT(self->start_ns);
+    Py_VISIT(self->duration_ns);
+    Py_VISIT(self->error);
+    Py_VISIT(self->meta);
+    Py_VISIT(self->metrics);
+    Py_VISIT(self->_trace);
+    Py_VISIT(self->_parent);
+    Py_VISIT(self->_prev);
+    Py_VISIT(self->_mono);
+    Py_VISIT(self->_cmodule);
+    return 0;
+}
+
+static int
+Span_clear(SpanObject *self)
+{
+    Py_CLEAR(self->trace_id);
+    Py_CLEAR(self->span_id);
+    Py_CLEAR(self->parent_id);
+    Py_CLEAR(self->name);
+    Py_CLEAR(self->service);
+    Py_CLEAR(self->resource);
+    Py_CLEAR(self->span_type);
+    Py_CLEAR(self->start_ns);
+    Py_CLEAR(self->duration_ns);
+    Py_CLEAR(self->error);
+    Py_CLEAR(self->meta);
+    Py_CLEAR(self->metrics);
+    Py_CLEAR(self->_trace);
+    Py_CLEAR(self->_parent);
+    Py_CLEAR(self->_prev);
+    Py_CLEAR(self->_mono);
+    Py_CLEAR(self->_cmodule);
+    return 0;
+}
+
+static void
+Span_dealloc(SpanObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    /* A long chain of parents freed at once must not overflow the C stack. */
+    Py_TRASHCAN_BEGIN(self, Span_dealloc)
+    Span_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+    Py_TRASHCAN_END
+}
+
+/* -- tags ----------------------------------------------------------------- */
+
+/* Bind a vectorcall's positional and keyword arguments to the n parameters
+ * `names` of method `fn` (all required), as Python does: out[i] is borrowed.
+ * The hot path (positional only) costs one test. */
+static int
+bind_args(const char *fn, const char *const *names, Py_ssize_t n, PyObject *const *args, size_t nargsf,
+          PyObject *kwnames, PyObject **out)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (kwnames == NULL && nargs == n) {
+        for (Py_ssize_t i = 0; i < n; i++)
+            out[i] = args[i];
+        return 0;
+    }
+    if (nargs > n) {
+        PyErr_Format(PyExc_TypeError, "%s() takes %zd positional arguments but %zd were given", fn, n, nargs);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++)
+        out[i] = i < nargs ? args[i] : NULL;
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    for (Py_ssize_t k = 0; k < nkw; k++) {
+        PyObject *kw = PyTuple_GET_ITEM(kwnames, k);
+        Py_ssize_t i = 0;
+        while (i < n && PyUnicode_CompareWithASCIIString(kw, names[i]) != 0)
+            i++;
+        if (i == n) {
+            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'", fn, kw);
+            return -1;
+        }
+        if (out[i] != NULL) {
+            PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%s'", fn, names[i]);
+            return -1;
+        }
+        out[i] = args[nargs + k];
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (out[i] == NULL) {
+            PyErr_Format(PyExc_TypeError, "%s() missing required argument: '%s'", fn, names[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static const char *const key_value_names[] = {"key", "value"};
+static const char *const exit_names[] = {"exc_type", "exc_value", "tb"};
+
+static PyObject *
+Span_set_tag(SpanObject *self, PyObject *const *argv, size_t nargsf, PyObject *kwnames)
+{
+    PyObject *args[2];
+    if (bind_args("set_tag", key_value_names, 2, argv, nargsf, kwnames, args) < 0)
+        return NULL;
+    PyObject *key = args[0], *value = args[1];
+    if (PyUnicode_CheckExact(key) && PyUnicode_GET_LENGTH(key) <= MAX_KEY_LEN && self->meta != NULL &&
+        self->metrics != NULL) {
+        PyTypeObject *cls = Py_TYPE(value);
+        if (cls == &PyUnicode_Type) {
+            if (PyUnicode_GET_LENGTH(value) <= MAX_VALUE_LEN) {
+                if (PyDict_SetItem(self->meta, key, value) < 0)
+                    return NULL;
+                Py_RETURN_NONE;
+            }
+        }
+        else if (cls == &PyLong_Type || cls == &PyFloat_Type) {
+            int string_tag = PyUnicode_Compare(key, s_status_code) == 0;
+            if (!string_tag) {
+                if (PyDict_SetItem(self->metrics, key, value) < 0)
+                    return NULL;
+                Py_RETURN_NONE;
+            }
+        }
+    }
+    /* Everything else (truncation, None, bool, other types): the Python rules. */
+    return PyObject_CallMethodObjArgs((PyObject *)self, s__set_tag_slow, key, value, NULL);
+}
+
+static PyObject *
+Span_set_metric(SpanObject *self, PyObject *const *argv, size_t nargsf, PyObject *kwnames)
+{
+    PyObject *args[2];
+    if (bind_args("set_metric", key_value_names, 2, argv, nargsf, kwnames, args) < 0)
+        return NULL;
+    PyObject *key = args[0], *value = args[1];
+    if (PyUnicode_CheckExact(key) && PyUnicode_GET_LENGTH(key) <= MAX_KEY_LEN && self->metrics != NULL &&
+        (PyLong_CheckExact(value) || PyFloat_CheckExact(value))) {
+        if (PyDict_SetItem(self->metrics, key, value) < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    return PyObject_CallMethodObjArgs((PyObject *)self, s__set_metric_slow, key, value, NULL);
+}
+
+/* -- life cycle ----------------------------------------------------------- */
+
+static PyObject *
+Span_enter(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return Py_NewRef(self);
+}
+
+/* Append the span's record to its trace and send the chunk if it can leave:
+ * _Trace.finish_span, for a span whose duration is set. */
+static int
+finish_record_owned(SpanObject *self, PyObject *trace, PyObject *metrics, PyObject *service, PyObject *parent)
+{
+    int top_level;
+    if (parent == Py_None)
+        top_level = 1;
+    else if (Py_TYPE(parent) == span_cls && ((SpanObject *)parent)->service != NULL) {
+        PyObject *pservice = Py_NewRef(((SpanObject *)parent)->service);
+        top_level = PyObject_RichCompareBool(pservice, service, Py_NE);
+        Py_DECREF(pservice);
+    }
+    else {
+        PyObject *pservice = PyObject_GetAttrString(parent, "service");
+        if (pservice == NULL)
+            return -1;
+        top_level = PyObject_RichCompareBool(pservice, service, Py_NE);
+        Py_DECREF(pservice);
+    }
+    if (top_level < 0)
+        return -1;
+    if (top_level && PyDict_SetItem(metrics, s_top_level, int_1) < 0)
+        return -1;
+    /* Read after the comparison (a str subclass's __ne__ runs Python code,
+     * which may have changed or deleted fields). */
+    if (self->span_id == NULL || self->parent_id == NULL || self->name == NULL || self->resource == NULL ||
+        self->span_type == NULL || self->start_ns == NULL || self->duration_ns == NULL || self->error == NULL ||
+        self->meta == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "span is missing a field");
+        return -1;
+    }
+    if (parent == Py_None && self->_cmodule != NULL) {
+        PyObject *module = Py_NewRef(self->_cmodule);
+        int lone = _cspan_finish_lone_root_owned(self, PyModule_GetState(module), trace, metrics, service);
+        Py_DECREF(module);
+        if (lone != 0)
+            return lone < 0 ? -1 : 0;
+    }
+
+    PyObject *finished = TRACE_GET(trace, finished);
+    if (finished == NULL)
+        return -1;
+    if (!PyList_CheckExact(finished)) {
+        Py_DECREF(finished);
+        PyErr_SetString(PyExc_TypeError, "trace.finished is not a list");
+        return -1;
+    }
+    PyObject *trace_id = TRACE_GET(trace, trace_id);
+    if (trace_id == NULL) {
+        Py_DECREF(finished);
+        return -1;
+    }
+    PyObject *record[RECORD_LEN];
+    span_record(self, trace_id, service, metrics, record);
+    Py_ssize_t n = PyList_GET_SIZE(finished);
+    int rc = 0;
+    for (int i = 0; i < RECORD_LEN && rc == 0; i++)
+        rc = PyList_Append(finished, record[i]);
+    Py_DECREF(trace_id);
+    if (rc < 0) {
+        /* Leave no half record behind. */
+        PyList_SetSlice(finished, n, PyList_GET_SIZE(finished), NULL);
+        Py_DECREF(finished);
+        return -1;
+    }
+    Py_ssize_t length = PyList_GET_SIZE(finished);
+    Py_DECREF(finished);
+
+    PyObject *ordinal = next_count(trace, s_finishes, offsetof(TraceObject, finishes));
+    if (ordinal == NULL)
+        return -1;
+
+    PyObject *root = TRACE_GET(trace, root);
+    if (root == NULL) {
+        Py_DECREF(ordinal);
+        return -1;
+    }
+    int is_root = root == (PyObject *)self;
+    Py_DECREF(root);
+    PyObject *result = NULL;
+    if (is_root) {
+        if (TRACE_SET(trace, root_done, Py_True) < 0) {
+            Py_DECREF(ordinal);
+            return -1;
+        }
+        result = PyObject_CallMethodObjArgs(trace, s__flush, ordinal, Py_True, NULL);
+    }
+    else {
+        PyObject *root_done = TRACE_GET(trace, root_done);
+        if (root_done == NULL) {
+            Py_DECREF(ordinal);
+            return -1;
+        }
+        int flush = PyObject_IsTrue(root_done);
+        Py_DECREF(root_done);
+        if (flush == 0) {
+            PyObject *buffer = TRACE_GET(trace, buffer);
+            PyObject *limit = buffer ? PyObject_GetAttr(buffer, s_partial_flush_len) : NULL;
+            Py_XDECREF(buffer);
+            if (limit == NULL) {
+                Py_DECREF(ordinal);
+                return -1;
+            }
+            Py_ssize_t max_len = PyLong_AsSsize_t(limit);
+            Py_DECREF(limit);
+            if (max_len == -1 && PyErr_Occurred()) {
+                Py_DECREF(ordinal);
+                return -1;
+            }
+            flush = length >= max_len;
+        }
+        if (flush < 0) {
+            Py_DECREF(ordinal);
+            return -1;
+        }
+        if (!flush) {
+            Py_DECREF(ordinal);
+            return 0;
+        }
+        result = PyObject_CallMethodObjArgs(trace, s__flush, ordinal, Py_False, NULL);
+    }
+    Py_DECREF(ordinal);
+    if (result == NULL)
+        return -1;
+    Py_DECREF(result);
+    return 0;
+}
+
+/* Owns what it uses across calls into Python (the service comparison, the
+ * flush): a str subclass's __ne__ or a flush may replace the span's fields
+ * and free the objects they held. */
+static int
+finish_record(SpanObject *self)
+{
+    PyObject *trace = self->_trace, *metrics = self->metrics, *service = self->service;
+    PyObject *parent = self->_parent;
+    if (trace == NULL || metrics == NULL || service == NULL || parent == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "span is missing a field");
+        return -1;
+    }
+    Py_INCREF(trace);
+    Py_INCREF(metrics);
+    Py_INCREF(service);
+    Py_INCREF(parent);
+    int rc = finish_record_owned(self, trace, metrics, service, parent);
+    Py_DECREF(trace);
+    Py_DECREF(metrics);
+    Py_DECREF(service);
+    Py_DECREF(parent);
+    return rc;
+}
+
+/* Make the span active before this one active again, if this one was
+ * activated (with only_if_active, only where it is the active one). */
+static int
+restore_prev(SpanObject *self, int only_if_active)
+{
+    PyObject *prev = self->_prev;
+    if (prev == NULL || prev == not_activated)
+        return 0;
+    if (only_if_active) {
+        PyObject *current;
+        if (PyContextVar_Get(active_var, NULL, &current) < 0)
+            return -1;
+        Py_XDECREF(current); /* only compared */
+        if (current != (PyObject *)self)
+            return 0;
+    }
+    return set_active(prev);
+}
+
+/* End the span unless it has ended: duration from the monotonic start, the
+ * previous span active again (see restore_prev), the record to the trace. */
+static int
+end_span(SpanObject *self, int only_if_active)
+{
+    if (self->duration_ns != NULL && self->duration_ns != Py_None)
+        return 0;
+    if (self->_mono == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "_mono");
+        return -1;
+    }
+    long long mono = PyLong_AsLongLong(self->_mono);
+    if (mono == -1 && PyErr_Occurred())
+        return -1;
+    PyObject *duration = PyLong_FromLongLong(perf_counter_ns() - mono);
+    if (duration == NULL)
+        return -1;
+    Py_XSETREF(self->duration_ns, duration);
+    if (restore_prev(self, only_if_active) < 0)
+        return -1;
+    return finish_record(self);
+}
+
+static PyObject *
+Span_exit(SpanObject *self, PyObject *const *argv, size_t nargsf, PyObject *kwnames)
+{
+    PyObject *args[3];
+    if (bind_args("__exit__", exit_names, 3, argv, nargsf, kwnames, args) < 0)
+        return NULL;
+    if (args[0] != Py_None) {
+        PyObject *r = PyObject_CallMethodObjArgs((PyObject *)self, s_set_exc_info, args[0], args[1], args[2], NULL);
+        if (r == NULL)
+            PyErr_Clear(); /* never mask the user's exception */
+        else
+            Py_DECREF(r);
+    }
+    /* Finished before its block ended (finish(), or from another thread or
+     * context, where this one stayed active): the block still ends with the
+     * span active before it. */
+    if (self->duration_ns != NULL && self->duration_ns != Py_None) {
+        if (restore_prev(self, 1) < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    /* The block ends in the context it began in, where this span is still
+     * the active one: restore the previous one without reading the variable. */
+    if (end_span(self, 0) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* finish(): _SpanBase.finish without an explicit end time (which goes to
+ * the Python method). */
+static PyObject *
+Span_finish(SpanObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    if (PyVectorcall_NARGS(nargsf) != 0 || kwnames != NULL) {
+        PyObject *slow = PyObject_GetAttr((PyObject *)self, s__finish_slow);
+        if (slow == NULL)
+            return NULL;
+        PyObject *r = PyObject_Vectorcall(slow, args, nargsf, kwnames);
+        Py_DECREF(slow);
+        return r;
+    }
+    /* Unlike a `with` block, finish() may run anywhere: restore the
+     * previous span only where this one is the active one. */
+    if (end_span(self, 1) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* -- starting a child span ------------------------------------------------ */
+
+#define MEMBER(field) {#field, T_OBJECT_EX, offsetof(SpanObject, field), 0, NULL}
+
+static PyMemberDef Span_members[] = {
+    MEMBER(trace_id), MEMBER(span_id), MEMBER(parent_id), MEMBER(name),    MEMBER(service), MEMBER(resource),
+    MEMBER(span_type), MEMBER(start_ns), MEMBER(duration_ns), MEMBER(error), MEMBER(meta),  MEMBER(metrics),
+    MEMBER(_trace),   MEMBER(_parent),  MEMBER(_prev),       MEMBER(_mono), {NULL},
+};
+
+static PyMethodDef Span_methods[] = {
+    {"set_tag", (PyCFunction)(void (*)(void))Span_set_tag, METH_FASTCALL | METH_KEYWORDS, "Set a tag (see Span.set_tag)."},
+    {"set_metric", (PyCFunction)(void (*)(void))Span_set_metric, METH_FASTCALL | METH_KEYWORDS, "Set a numeric tag."},
+    {"__enter__", Span_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)(void (*)(void))Span_exit, METH_FASTCALL | METH_KEYWORDS, NULL},
+    {"finish", (PyCFunction)(void (*)(void))Span_finish, METH_FASTCALL | METH_KEYWORDS,
+     "End the span (see Span.finish)."},
+    {NULL},
+};
+
+PyTypeObject _cspan_SpanBase_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "tracer._cspan.SpanBase",
+    .tp_basicsize = sizeof(SpanObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The fields and hot-path methods of tracer.span.Span.",
+    .tp_traverse = (traverseproc)Span_traverse,
+    .tp_clear = (inquiry)Span_clear,
+    .tp_dealloc = (destructor)Span_dealloc,
+    .tp_members = Span_members,
+    .tp_methods = Span_methods,
+    .tp_new = PyType_GenericNew,
+};
