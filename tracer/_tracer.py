@@ -27,7 +27,7 @@ from typing import Any, Callable, TypeVar
 from tracer._service import service_name
 from tracer.buffer import TraceBuffer, _Trace
 from tracer.config import config as _config
-from tracer.context import ACTIVE_SPAN, Context, current_span, get_active, set_active, unfinished
+from tracer.context import Context, current_span, get_active, set_active, unfinished
 from tracer.span import Span, _cspan
 
 log = logging.getLogger("tracer")
@@ -153,8 +153,8 @@ class Tracer:
         else:
             span = self._start_trace(parent, name, service, resource, span_type, mono)
         if activate:
-            span._prev = ACTIVE_SPAN.get()
-            ACTIVE_SPAN.set(span)
+            span._prev = get_active()
+            set_active(span)
         return span
 
     def _start_trace(
@@ -280,7 +280,7 @@ class Tracer:
         return current_span()
 
     def current_root_span(self) -> Span | None:
-        span = ACTIVE_SPAN.get()
+        span = get_active()
         if span is None:
             return None
         # Walk up rather than read trace.root: the writer drops that reference
