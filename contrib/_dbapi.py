@@ -37,7 +37,7 @@ from tracer import tracer as _tracer
 from tracer._errors import Start, finish_span, guarded_wrapper, internal_error, no_pre_work
 from tracer._tracer import _RootTrace, _trace_root
 from tracer.config import config
-from tracer.context import ACTIVE_SPAN
+from tracer.context import get_active
 
 log = logging.getLogger("tracer")
 
@@ -126,7 +126,7 @@ def _start(info: DBInfo, name: str, sql: Any) -> Any:
     if type(sql) is not str:
         sql = _text(sql) if sql is not None else name
     resource = obfuscate(sql) if config.db_obfuscate else sql
-    parent = ACTIVE_SPAN.get()
+    parent = get_active()
     if parent is None and _trace_root is not None:
         # A query outside any request is a one-span trace: its root is built
         # in C, as start_span() would, without that call's Python frame.
