@@ -199,25 +199,44 @@ def test_a_rollup_of_many_series_stalls_trace_ingest_briefly(tmp_path: Any) -> N
     assert min(ratios)[0] < 0.25, ratios
 
 
-def test_expiring_many_series_stalls_trace_ingest_briefly(tmp_path: Any) -> None:
+class _TimedLock:
+    """``Store.lock`` itself, with its longest hold recorded."""
+
+    def __init__(self, lock: Any) -> None:
+        self.lock, self.longest, self.began = lock, 0.0, 0.0
+
+    def __enter__(self) -> _TimedLock:
+        self.lock.acquire()
+        self.began = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.longest = max(self.longest, time.perf_counter() - self.began)
+        self.lock.release()
+
+
+def test_expiring_many_series_holds_the_store_lock_briefly(tmp_path: Any) -> None:
     # Once 10,000 series' hourly rows (3 hours of them) pass retention, the roll-up deletes
     # them and their contexts. One DELETE of the rows and one of the contexts left without
-    # rows held the shared lock for the whole step; in chunks of CHUNK_ROWS, best of 3 rounds
-    # on a loaded 2-core machine: 0.05-0.08 chunked, 0.59-0.79 with the two DELETEs (the code
-    # before the chunking). With one hour of rows the chunked step took ~80 ms, and a
-    # full CI run paused the ingest thread ~42 ms in each round (0.50): 3 hours make a
-    # pause of that size 0.15.
-    ratios = []
-    for r in range(3):
-        store = Store(str(tmp_path / f"e{r}.db"))
-        agg = Aggregator(store=MetricStore(store))
-        for hour in range(3):
-            _fill(agg, 10_000, T0 + 3600 * hour + 1)
-            agg.flush(T0 + 3600 * hour + 25)
-        agg.rollup(T0 + 3 * 3600 + DAY + 60, DAY, 30 * DAY)  # 10 s rows into hours
-        assert store.execute("SELECT width, count(*) FROM metric_points GROUP BY width") == [(3600, 30_000)]
-        ratios.append(_stall(store, 1 << 40, lambda agg=agg: agg.rollup(T0 + 40 * DAY, DAY, 30 * DAY)))
-        assert store.execute("SELECT count(*) FROM metric_points") == [(0,)]
-        assert store.execute("SELECT count(*) FROM metric_contexts") == [(0,)]
-        store.close()
-    assert min(ratios)[0] < 0.3, ratios
+    # rows held the lock trace ingest shares for the whole step; deleted in chunks of
+    # CHUNK_ROWS, the longest hold is a chunk's. Measured as the lock's longest hold over
+    # the step's duration, not as an ingest thread's longest wait (as the tests above): on
+    # an idle 2-core machine that wait also holds GIL hand-offs behind the roll-up's Python
+    # work (a steady 43-75 ms in some runs, whatever the lock did). Here: 0.02 chunked
+    # (2-3 ms of 110-130 ms), 0.62-0.67 with the two DELETEs (the code before the chunking).
+    store = Store(str(tmp_path / "e.db"))
+    agg = Aggregator(store=MetricStore(store))
+    for hour in range(3):
+        _fill(agg, 10_000, T0 + 3600 * hour + 1)
+        agg.flush(T0 + 3600 * hour + 25)
+    agg.rollup(T0 + 3 * 3600 + DAY + 60, DAY, 30 * DAY)  # 10 s rows into hours
+    assert store.execute("SELECT width, count(*) FROM metric_points GROUP BY width") == [(3600, 30_000)]
+    timed = store.lock = _TimedLock(store.lock)
+    began = time.perf_counter()
+    agg.rollup(T0 + 40 * DAY, DAY, 30 * DAY)
+    took = time.perf_counter() - began
+    store.lock = timed.lock
+    assert store.execute("SELECT count(*) FROM metric_points") == [(0,)]
+    assert store.execute("SELECT count(*) FROM metric_contexts") == [(0,)]
+    store.close()
+    assert timed.longest / took < 0.2, f"held {timed.longest * 1000:.1f} ms of {took * 1000:.0f} ms"
