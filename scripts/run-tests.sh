@@ -60,15 +60,14 @@ export PROMTOOL="$(command -v promtool)"
 # default version runs it, and test_stress.py covers the same races on each
 # version in ~1 s).
 PASS_PATHS=(tests/tracer tests/contrib)
+SELF_VER=$(python -c 'import sys; print("%d.%d" % sys.version_info[:2])')  # the default version
 WORK=.ci-work  # the side-by-side passes' outputs and the venvs' build logs
 rm -rf "$WORK" && mkdir -p "$WORK"
 OTHER_SKIP=(--deselect tests/tracer/test_encoding_threads.py)
 
 # Prints "version python" for each other CPython >= 3.10, one per line.
 find_other_pythons() {
-  local self_ver py ver seen
-  self_ver=$(python -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-  seen=" $self_ver "
+  local py ver seen=" $SELF_VER "
   for py in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.1[0-9]*/bin/python \
     $(compgen -c python3.1 | grep -xE 'python3\.1[0-9]+' | sort -u); do
     py=$(command -v "$py" 2>/dev/null) || continue
@@ -133,7 +132,7 @@ other_pythons() {
       status=1
     fi
   done
-  log "other Pythons: passed: ${ran[*]:-none}; failed: ${failed[*]:-none} (the whole suite ran on $(python -c 'import sys; print("%d.%d" % sys.version_info[:2])'))"
+  log "other Pythons: passed: ${ran[*]:-none}; failed: ${failed[*]:-none} (the whole suite ran on $SELF_VER)"
 }
 
 log "ruff, mypy"
@@ -174,7 +173,7 @@ if [ "$status" -eq 0 ] && [ $# -eq 0 ]; then
     other_pythons "$prep_pid" "${others[@]}"
   else
     wait "$prep_pid" || true
-    log "no other CPython >= 3.10 on this machine (or OTHER_PYTHONS=0): only $(python -c 'import sys; print("%d.%d" % sys.version_info[:2])') tested"
+    log "no other CPython >= 3.10 on this machine (or OTHER_PYTHONS=0): only $SELF_VER tested"
   fi
 fi
 exit "$status"
