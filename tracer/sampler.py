@@ -169,7 +169,8 @@ class Sampler:
 
     ``decide`` runs on the writer thread (``tracer.processor``) or on an app
     thread (``propagation.inject`` needs the decision before sending headers);
-    it never blocks beyond two short locks and never raises for bad input.
+    it never blocks beyond two short locks (none in the default case) and
+    never raises for bad input.
     """
 
     def __init__(self, config: Any, clock: Callable[[], float] = time.monotonic) -> None:
@@ -193,16 +194,35 @@ class Sampler:
     def decide(self, trace: _Trace, root: Span) -> None:
         """Set ``trace.priority`` and ``trace.mechanism`` unless already set
         (by propagated headers or an earlier call). Exactly once per trace:
-        the sampler's lock makes concurrent callers agree and the rate limiter
-        sees each trace once. Sampling metrics go on ``root.metrics``."""
+        with rules or an explicit rate, the sampler's lock makes concurrent
+        callers agree and the rate limiter sees each trace once. Without them
+        (the default) the decision needs no lock: it depends only on the trace
+        id, the root and the receiver's rates, an immutable snapshot (see
+        below). Sampling metrics go on ``root.metrics``."""
         if trace.priority is not None:
             return
-        with self._lock:
-            if trace.priority is not None:
-                return
-            priority, mechanism = self._decide(trace.trace_id, root)
+        if self.rules or self.sample_rate is not None:
+            # The rate limiter must see each trace once: one decision at a time.
+            with self._lock:
+                if trace.priority is not None:
+                    return
+                priority, mechanism = self._decide(trace.trace_id, root)
+                trace.mechanism = mechanism
+                trace.priority = priority  # last: readers check priority without the lock
+            return
+        # The default: no rules, no explicit rate, no rate limiter. Callers on
+        # two threads (the writer, an app thread's ``inject``) compute the same
+        # decision from the same snapshot; the check and the two stores below
+        # call nothing, so no other thread runs between them (GIL), and a
+        # decision already made is never replaced.
+        rates = self._agent_rates
+        if rates:
+            priority, mechanism = self._by_rates(rates, trace.trace_id, root)
+        else:
+            priority, mechanism = AUTO_KEEP, MECHANISM_DEFAULT
+        if trace.priority is None:
             trace.mechanism = mechanism
-            trace.priority = priority  # last: readers check priority without the lock
+            trace.priority = priority
 
     def _decide(self, trace_id: int, root: Span) -> tuple[int, int]:
         metrics = root.metrics
@@ -219,13 +239,18 @@ class Sampler:
             return (USER_KEEP if keeps(trace_id, self._sample_bound) else USER_REJECT), MECHANISM_RULE
         rates = self._agent_rates
         if rates:
-            env = root.meta.get("env") or self.env or ""
-            found = rates.get(f"service:{root.service or ''},env:{env}") or rates.get(DEFAULT_KEY)
-            if found is not None:
-                rate, bound = found
-                metrics["_dd.agent_psr"] = rate
-                return (AUTO_KEEP if keeps(trace_id, bound) else AUTO_REJECT), MECHANISM_AGENT_RATE
+            return self._by_rates(rates, trace_id, root)
         return AUTO_KEEP, MECHANISM_DEFAULT
+
+    def _by_rates(self, rates: dict[str, tuple[float, float]], trace_id: int, root: Span) -> tuple[int, int]:
+        """The decision by the receiver's ``rates`` (a non-empty snapshot)."""
+        env = root.meta.get("env") or self.env or ""
+        found = rates.get(f"service:{root.service or ''},env:{env}") or rates.get(DEFAULT_KEY)
+        if found is None:
+            return AUTO_KEEP, MECHANISM_DEFAULT
+        rate, bound = found
+        root.metrics["_dd.agent_psr"] = rate
+        return (AUTO_KEEP if keeps(trace_id, bound) else AUTO_REJECT), MECHANISM_AGENT_RATE
 
     def update_rates(self, rate_by_service: dict[str, float]) -> None:
         """Adopt the receiver's ``rate_by_service`` (writer thread). Bad

@@ -257,3 +257,79 @@ def test_global_tracer_chunks_carry_priority_and_mechanism(test_spans: Any, monk
     assert dropped[0].metrics["_sampling_priority_v1"] == AUTO_REJECT
     assert dropped[0].metrics["_dd.agent_psr"] == 0.0
     assert "_dd.p.dm" not in dropped[0].meta
+
+
+@pytest.mark.parametrize(
+    "rates",
+    [{}, {"service:web,env:": 0.5}, {"service:,env:": 0.3}, {"service:web,env:prod": 0.0, "service:,env:": 1.0}],
+)
+def test_default_decisions_without_the_lock_are_the_general_ones(rates: dict[str, float]) -> None:
+    """No rules and no explicit rate: ``decide`` takes its lock-free path and
+    reaches what the general (locked) computation reaches, metrics included."""
+    sampler = make_sampler()
+    sampler.update_rates(rates)
+    for trace_id in [1, 10, 17, (5 << 64) | 3, *range(1000, 1400, 7)]:
+        for service, env in [("web", None), ("web", "prod"), ("db", None)]:
+            trace, span = make_root(trace_id, service=service, env=env)
+            sampler.decide(trace, span)
+            _, general = make_root(trace_id, service=service, env=env)
+            assert (trace.priority, trace.mechanism) == sampler._decide(trace_id, general)
+            assert span.metrics == general.metrics
+
+
+@pytest.mark.parametrize("settings", [{}, {"sample_rate": 0.5}, {"sampling_rules": [{"sample_rate": 1.0}]}])
+def test_only_rules_and_an_explicit_rate_take_the_lock(settings: dict[str, Any]) -> None:
+    """While another thread holds the sampler's lock, a default decision is
+    made at once; one with rules or an explicit rate waits for the lock."""
+    sampler = make_sampler(**settings)
+    sampler.update_rates({"service:,env:": 1.0})
+    trace, span = make_root()
+    thread = threading.Thread(target=sampler.decide, args=(trace, span))
+    with sampler._lock:
+        thread.start()
+        thread.join(0.5)
+        waited = thread.is_alive()
+    thread.join(5)
+    assert waited is bool(settings)
+    assert trace.priority is not None
+
+
+def test_concurrent_default_decisions_agree_while_the_rates_change() -> None:
+    """Threads deciding the same traces while the receiver's rates flip
+    between keep-all and drop-all: each trace gets one decision, the one
+    every caller reads right after its own ``decide`` (never replaced)."""
+    import sys
+
+    sampler = make_sampler()
+    traces = [make_root(trace_id) for trace_id in range(1, 3001)]
+    seen: list[list[int | None]] = [[] for _ in range(4)]
+    stop = threading.Event()
+    barrier = threading.Barrier(5)
+
+    def flip() -> None:
+        barrier.wait()
+        while not stop.is_set():
+            sampler.update_rates({"service:,env:": 0.0})
+            sampler.update_rates({"service:,env:": 1.0})
+
+    def run(out: list[int | None]) -> None:
+        barrier.wait()
+        for trace, span in traces:
+            sampler.decide(trace, span)
+            out.append(trace.priority)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=flip)] + [threading.Thread(target=run, args=(out,)) for out in seen]
+        for t in threads:
+            t.start()
+        for t in threads[1:]:
+            t.join()
+        stop.set()
+        threads[0].join()
+    finally:
+        sys.setswitchinterval(interval)
+    final = [trace.priority for trace, _ in traces]
+    assert all(out == final for out in seen)
+    assert set(final) <= {AUTO_KEEP, AUTO_REJECT}
