@@ -54,69 +54,108 @@ def _root_index(chunk: list[Any], root_span_id: int) -> int | None:
 
 
 def process_chunk(trace: _Trace, chunk: list[Any], sampler: Any) -> bool:
-    """Tag the chunk (flat span records, see ``tracer.buffer``) in place;
+    """Tag one chunk (flat span records, see ``tracer.buffer``) in place;
     return False when it must not be sent (dropped by sampling and
-    TRACER_WRITER_SEND_DROPPED=false). Top-level spans were marked when they
-    finished; this adds the trace-level tags."""
+    TRACER_WRITER_SEND_DROPPED=false). ``process_chunks`` for a batch."""
+    batch: list[Any] = [(trace, chunk)]
+    _, failed = process_chunks(batch, sampler)
+    if failed:
+        raise failed[0][2]
+    return batch[0] is not None
+
+
+def process_chunks(batch: list[Any], sampler: Any) -> tuple[int, list[tuple[int, int, Exception]]]:
+    """Tag the ``(trace, chunk)`` pairs of ``batch`` (the writer's drained
+    queue) in place, in one loop: no call per chunk, the settings read once.
+    An entry that must not be sent (an empty chunk, dropped by sampling with
+    TRACER_WRITER_SEND_DROPPED=false, or failing here) is replaced by None.
+    Returns the spans not sent because of sampling, and ``(index, spans,
+    exception)`` for each entry that failed (its chunk as it was when it raised).
+    Top-level spans were marked when they finished; this adds the
+    trace-level tags."""
     global _last_tid
     cfg = _config
-    root_span = trace.root
-    if trace.priority is None:
-        sampler.decide(trace, root_span or FinishedSpan._make(chunk[:RECORD_LEN]))
-    priority = trace.priority if trace.priority is not None else 1
-    root = None
-    if root_span is not None and root_span.duration_ns is not None:
-        # The root is usually the first record (a one-span chunk) or the last
-        # (it finishes last): both checked inline, no call per chunk.
-        span_id = root_span.span_id
-        if chunk[1] == span_id:
-            root = 0
-        elif chunk[-RECORD_LEN + 1] == span_id:
-            root = len(chunk) - RECORD_LEN
-        else:
-            root = _root_index(chunk, span_id)
-        if root is not None:
-            # The sampling decision is made, so nothing needs trace.root any
-            # more: dropping it breaks the trace <-> root reference cycle, and
-            # the root is freed by reference counting instead of waiting for
-            # (and lengthening) a cyclic garbage collection.
-            trace.root = None
-    if priority <= 0 and not cfg.send_dropped:
-        return False
     env = cfg.env
-    if root is not None:
-        meta = chunk[root + META]
-        if env:
-            meta.setdefault("env", env)
-        if cfg.version:
-            meta.setdefault("version", cfg.version)
-        tags = cfg.tags
-        if tags:
-            for key, value in tags.items():
-                meta.setdefault(key, value)
-        meta["language"] = "python"
-        meta["runtime-id"] = _runtime_id
-        chunk[root + METRICS]["process_id"] = _pid
-    meta = chunk[META]
-    chunk[METRICS]["_sampling_priority_v1"] = priority
-    mechanism = trace.mechanism
-    if mechanism is not None and priority > 0:
+    version = cfg.version
+    tags = cfg.tags
+    send_dropped = cfg.send_dropped
+    decide = sampler.decide
+    runtime = _runtime_id
+    pid = _pid
+    makers = _DECISION_MAKERS
+    not_sent = 0
+    failed: list[tuple[int, int, Exception]] = []
+    index = -1
+    for trace, chunk in batch:
+        index += 1
         try:
-            meta["_dd.p.dm"] = _DECISION_MAKERS[mechanism]
-        except (KeyError, TypeError):
-            meta["_dd.p.dm"] = f"-{mechanism}"
-    high = trace.trace_id >> 64
-    if high:
-        tid = _last_tid
-        if tid[0] != high:
-            tid = _last_tid = (high, f"{high:016x}")
-        meta["_dd.p.tid"] = tid[1]
-    if trace.origin:
-        meta["_dd.origin"] = trace.origin
-    dd_tags = trace.dd_tags
-    if dd_tags:
-        for key, value in dd_tags.items():
-            meta.setdefault(key, value)
-    if env and root != 0:
-        meta.setdefault("env", env)
-    return True
+            if not chunk:
+                batch[index] = None
+                continue
+            root_span = trace.root
+            priority = trace.priority
+            if priority is None:
+                decide(trace, root_span or FinishedSpan._make(chunk[:RECORD_LEN]))
+                priority = trace.priority
+                if priority is None:
+                    priority = 1
+            root = None
+            if root_span is not None and root_span.duration_ns is not None:
+                # The root is usually the first record (a one-span chunk) or
+                # the last (it finishes last): both checked inline.
+                span_id = root_span.span_id
+                if chunk[1] == span_id:
+                    root = 0
+                elif chunk[-RECORD_LEN + 1] == span_id:
+                    root = len(chunk) - RECORD_LEN
+                else:
+                    root = _root_index(chunk, span_id)
+                if root is not None:
+                    # The sampling decision is made, so nothing needs
+                    # trace.root any more: dropping it breaks the trace <->
+                    # root reference cycle, and the root is freed by reference
+                    # counting instead of waiting for (and lengthening) a
+                    # cyclic garbage collection.
+                    trace.root = None
+            if priority <= 0 and not send_dropped:
+                not_sent += len(chunk) // RECORD_LEN
+                batch[index] = None
+                continue
+            if root is not None:
+                meta = chunk[root + META]
+                if env:
+                    meta.setdefault("env", env)
+                if version:
+                    meta.setdefault("version", version)
+                if tags:
+                    for key, value in tags.items():
+                        meta.setdefault(key, value)
+                meta["language"] = "python"
+                meta["runtime-id"] = runtime
+                chunk[root + METRICS]["process_id"] = pid
+            meta = chunk[META]
+            chunk[METRICS]["_sampling_priority_v1"] = priority
+            mechanism = trace.mechanism
+            if mechanism is not None and priority > 0:
+                try:
+                    meta["_dd.p.dm"] = makers[mechanism]
+                except (KeyError, TypeError):
+                    meta["_dd.p.dm"] = f"-{mechanism}"
+            high = trace.trace_id >> 64
+            if high:
+                tid = _last_tid
+                if tid[0] != high:
+                    tid = _last_tid = (high, f"{high:016x}")
+                meta["_dd.p.tid"] = tid[1]
+            if trace.origin:
+                meta["_dd.origin"] = trace.origin
+            dd_tags = trace.dd_tags
+            if dd_tags:
+                for key, value in dd_tags.items():
+                    meta.setdefault(key, value)
+            if env and root != 0:
+                meta.setdefault("env", env)
+        except Exception as exc:
+            failed.append((index, len(chunk) // RECORD_LEN, exc))
+            batch[index] = None
+    return not_sent, failed

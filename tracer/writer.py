@@ -9,7 +9,7 @@ faster than the receiver takes them is slowed to the receiver's pace instead
 of losing spans. Otherwise (the receiver down, slow or erroring, or the wait
 ran out) the chunk is dropped and counted. One daemon thread, started on the first write, wakes every
 ``TRACER_WRITER_INTERVAL`` seconds or when a batch fills, runs
-``tracer.processor.process_chunk`` on each chunk, encodes them (v0.4 or v0.5)
+``tracer.processor.process_chunks`` on the batch, encodes them (v0.4 or v0.5)
 into payloads below the receiver's 25 MiB limit, and PUTs them on one
 keep-alive ``http.client`` connection (stdlib on purpose: the writer's own
 traffic must never be traced by the ``requests`` integration).
@@ -37,7 +37,7 @@ from typing import Any
 
 from tracer._errors import internal_error
 from tracer.encoding import PAYLOADS, TraceTooBig, v05_to_v04
-from tracer.processor import process_chunk
+from tracer.processor import process_chunks
 from tracer.span import RECORD_LEN
 from tracer.version import __version__
 
@@ -290,16 +290,22 @@ class AgentWriter:
     def _cycle(self) -> None:
         chunks, seq = self._take_pending()
         payload = None
-        sampler = self._tracer.sampler
         first_seq = seq + 1
-        for trace, chunk in chunks:
+        if chunks:
+            # One loop over the whole batch (no call per chunk); entries not
+            # to be sent come back as None.
+            not_sent, failed = process_chunks(chunks, self._tracer.sampler)
+            if not_sent:
+                self._counts["spans_not_sent_sampling"] += not_sent
+            for index, spans, exc in failed:
+                internal_error("writer.process", exc)
+                self._drop(spans, "encode_failed", seq + index + 1)
+        for item in chunks:
             seq += 1
-            if not chunk:
+            if item is None:
                 continue
+            chunk = item[1]
             try:
-                if not process_chunk(trace, chunk, sampler):
-                    self._counts["spans_not_sent_sampling"] += len(chunk) // RECORD_LEN
-                    continue
                 if payload is None:
                     payload = PAYLOADS[self._version](self._payload_limit)
                     first_seq = seq

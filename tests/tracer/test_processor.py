@@ -86,3 +86,60 @@ def test_trace_id_high_half_and_decision_maker_formatted_once(test_spans, monkey
         assert first.meta["_dd.p.tid"] == f"{first.trace_id >> 64:016x}" != "0000000000000001"
         assert first.meta["_dd.p.dm"] == f"-{mechanism}"
     assert processor._last_tid[0] == test_spans.chunks[-1][0].trace_id >> 64
+
+
+def _mixed_batch(test_spans, broken: bool) -> list:
+    """(trace, chunk) pairs: two-span trace, an empty chunk, a trace sampled
+    out, a trace whose processing raises (``broken``), a one-span trace, and a
+    chunk without its root (sent earlier: record taken out, ``trace.root`` None)."""
+    test_spans.reset()
+    with tracer.trace("a", service="web"), tracer.trace("a.child"):
+        pass
+    with tracer.trace("b", service="web") as b:
+        b._trace.priority = 0
+        b._trace.mechanism = 0
+    with tracer.trace("c", service="web") as c:
+        c._trace.dd_tags["_dd.p.usr"] = "x"
+    with tracer.trace("d", service="web"):
+        pass
+    with tracer.trace("e", service="web") as e, tracer.trace("e.child"), tracer.trace("e.grandchild"):
+        pass
+    pairs = list(test_spans.raw)
+    pairs.insert(1, (pairs[0][0], []))
+    if broken:
+        pairs[3][0].dd_tags = 5  # not a dict: processing this chunk raises
+    trace, chunk = pairs[-1]
+    at = chunk[1::RECORD_LEN].index(e.span_id) * RECORD_LEN
+    del chunk[at : at + RECORD_LEN]
+    trace.root = None  # as after an earlier chunk of this trace held the root
+    return pairs
+
+
+def _tags(chunk: list) -> list:
+    return [(s.name, {k: v for k, v in s.meta.items() if k != "_dd.p.tid"}, s.metrics) for s in records(chunk)]
+
+
+def test_a_batch_tags_each_chunk_as_one_chunk_calls_do(test_spans, monkeypatch):
+    """``process_chunks`` over a mixed batch: each chunk gets exactly the tags
+    ``process_chunk`` gives it alone; entries not to be sent become None
+    (empty, sampled out, failed), a failure stops nothing after it, and the
+    spans not sent and the failure are reported."""
+    monkeypatch.setattr(config, "env", "prod")
+    monkeypatch.setattr(config, "version", "1.2")
+    monkeypatch.setattr(config, "send_dropped", False)
+    alone = [(trace, chunk) for trace, chunk in _mixed_batch(test_spans, broken=False) if chunk]
+    expected = [_tags(chunk) if process_chunk(trace, chunk, tracer.sampler) else None for trace, chunk in alone]
+    expected.insert(1, None)  # the empty chunk
+    assert [e is None for e in expected] == [False, True, True, False, False, False]
+
+    batch = _mixed_batch(test_spans, broken=False)
+    assert processor.process_chunks(batch, tracer.sampler) == (1, [])
+    assert [None if item is None else _tags(item[1]) for item in batch] == expected
+
+    batch = _mixed_batch(test_spans, broken=True)
+    spans = len(batch[3][1]) // RECORD_LEN
+    not_sent, failed = processor.process_chunks(batch, tracer.sampler)
+    assert not_sent == 1
+    assert [(index, n, type(exc)) for index, n, exc in failed] == [(3, spans, AttributeError)]
+    expected[3] = None
+    assert [None if item is None else _tags(item[1]) for item in batch] == expected

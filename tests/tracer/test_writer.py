@@ -430,3 +430,25 @@ def test_exit_sends_what_finished_and_is_bounded(intake: Intake) -> None:
     # And with nothing listening, exit still happens promptly (stop() is bounded).
     run_python(script, env={"TRACER_AGENT_URL": f"http://127.0.0.1:{free_port()}", "TRACER_WRITER_INTERVAL": "60"})
     assert time.perf_counter() - started < 10
+
+
+@pytest.mark.internal_errors
+def test_a_chunk_failing_in_a_batch_is_counted_and_the_rest_sent(intake: Intake, settings: Any) -> None:
+    """One cycle processes the whole queue in one loop: a trace whose
+    processing raises is dropped and counted (``encode_failed``), the
+    traces before and after it in the same batch are sent."""
+    from tracer import _errors
+
+    writer = settings(agent_url=intake.url, writer_interval=5.0)
+    with tracer.trace("first", service="svc"):
+        pass
+    with tracer.trace("broken", service="svc") as broken, tracer.trace("broken.child"):
+        broken._trace.dd_tags = 5  # not a dict: the writer's processing raises
+    with tracer.trace("last", service="svc"):
+        pass
+    assert tracer.flush(5) is False
+    assert sorted(s["name"] for s in intake.spans()) == ["first", "last"]
+    assert len(intake.requests) == 1, "one batch, one payload"
+    stats = writer.stats()
+    assert stats["spans_dropped_encode_failed"] == 2 and stats["spans_sent"] == 2
+    assert [where for where, _ in _errors.swallowed] == ["writer.process"]
