@@ -138,8 +138,8 @@ def worker_ours_py(traces: int, sink_url: str) -> tuple[float, float, int]:
 def worker_calls(traces: int, pure: bool) -> dict[str, float]:
     """Deterministic cost: function calls (cProfile, Python and builtin) per
     span on the app thread (the loop, chunks collected rather than sent) and
-    for the writer's work on them (``process_chunk`` and the payload's
-    ``put``/``finish``, as its ``_cycle`` runs them; HTTP left out)."""
+    for the writer's work on them (``process_chunks`` and the payload's
+    ``put_many``/``finish``, as its ``_cycle`` runs them; HTTP left out)."""
     import cProfile
     import pstats
 
@@ -147,7 +147,7 @@ def worker_calls(traces: int, pure: bool) -> dict[str, float]:
         os.environ["TRACER_PURE_PYTHON"] = "true"
     from tracer import tracer
     from tracer.encoding import PAYLOADS
-    from tracer.processor import process_chunk
+    from tracer.processor import process_chunks
 
     chunks: list[tuple[Any, list[Any]]] = []
 
@@ -177,9 +177,9 @@ def worker_calls(traces: int, pure: bool) -> dict[str, float]:
 
     def write() -> None:
         payload = PAYLOADS[os.environ.get("TRACER_API_VERSION", "v0.4")]()
-        for trace, chunk in chunks:
-            process_chunk(trace, chunk, sampler)
-            payload.put(chunk)
+        batch = list(chunks)
+        process_chunks(batch, sampler)
+        payload.put_many(batch)
         payload.finish()
 
     writer, writer_top = calls(write)

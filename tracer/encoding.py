@@ -205,6 +205,41 @@ class PayloadV04:
         self.spans += len(chunk) // RECORD_LEN
         return True
 
+    def put_many(self, batch: list[Any], start: int = 0) -> int:
+        """Add the chunks of ``batch[start:]`` (the writer's ``(trace, chunk)``
+        pairs; None entries skipped) in one loop, until one does not fit or
+        does not encode as it is. Returns that one's index (``len(batch)``
+        when all were added): ``put`` handles it alone, with its fallbacks."""
+        encode = self._encode if _cencode is None else _cencode.encode_v04
+        parts = self._parts
+        limit = self.limit
+        size = self.size
+        traces = self.traces
+        spans = self.spans
+        index = start - 1
+        for item in batch[start:] if start else batch:
+            index += 1
+            if item is None:
+                continue
+            chunk = item[1]
+            try:
+                body = encode(chunk)
+            except Exception:
+                break
+            grown = size + len(body)
+            if grown > limit:
+                break
+            parts.append(body)
+            size = grown
+            traces += 1
+            spans += len(chunk) // RECORD_LEN
+        else:
+            index = len(batch)
+        self.size = size
+        self.traces = traces
+        self.spans = spans
+        return index
+
     def finish(self) -> bytes:
         """The body (one copy of the parts). Call once."""
         self._rows = []  # drop the last trace's meta/metrics references
@@ -414,6 +449,21 @@ class PayloadV05:
         self.traces += 1
         self.spans += len(chunk) // RECORD_LEN
         return True
+
+    def put_many(self, batch: list[Any], start: int = 0) -> int:
+        """As ``PayloadV04.put_many`` (here a ``put`` per chunk: each has its
+        own string table mark)."""
+        index = start - 1
+        for item in batch[start:] if start else batch:
+            index += 1
+            if item is None:
+                continue
+            try:
+                if not self.put(item[1]):
+                    return index
+            except Exception:
+                return index
+        return len(batch)
 
     def finish(self) -> bytes:
         """The body (one copy of the parts). Call once."""

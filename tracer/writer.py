@@ -300,15 +300,23 @@ class AgentWriter:
             for index, spans, exc in failed:
                 internal_error("writer.process", exc)
                 self._drop(spans, "encode_failed", seq + index + 1)
-        for item in chunks:
-            seq += 1
-            if item is None:
-                continue
-            chunk = item[1]
+        # Seq of chunks[i] is base + i + 1. The payload takes the batch in one
+        # loop (put_many); a chunk that does not fit, or needs a fallback,
+        # goes through put() alone.
+        base = seq
+        index = 0
+        end = len(chunks)
+        while index < end:
+            if payload is None:
+                payload = PAYLOADS[self._version](self._payload_limit)
+                first_seq = base + index + 1
+            index = payload.put_many(chunks, index)
+            if index == end:
+                break
+            chunk = chunks[index][1]
+            index += 1
+            seq = base + index
             try:
-                if payload is None:
-                    payload = PAYLOADS[self._version](self._payload_limit)
-                    first_seq = seq
                 if not payload.put(chunk):
                     self._queue_payload(payload, first_seq, seq - 1)
                     payload = PAYLOADS[self._version](self._payload_limit)
@@ -319,6 +327,7 @@ class AgentWriter:
             except Exception:
                 internal_error("writer.encode")
                 self._drop(len(chunk) // RECORD_LEN, "encode_failed", seq)
+        seq = base + end
         if payload is not None and payload.traces:
             self._queue_payload(payload, first_seq, seq)
         self._send_backlog()

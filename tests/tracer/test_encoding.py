@@ -241,3 +241,45 @@ def test_v04_python_encoder_writes_msgpacks_default_bytes(make: Any, monkeypatch
     payload = PayloadV04()  # the strict packer is reused after a refusal
     assert payload.put(make()) and payload.put(_exact_types_chunk())
     assert payload.finish() == encode_v04([make(), _exact_types_chunk()])
+
+
+@pytest.mark.parametrize("payload_cls", [PayloadV04, PayloadV05])
+def test_put_many_writes_what_put_writes_and_stops_where_put_must_take_over(
+    test_spans: SpanSink, payload_cls: Any
+) -> None:
+    """``put_many`` over the writer's batch (``(trace, chunk)`` pairs, None
+    skipped) gives the bytes of one ``put`` per chunk; it stops, returning
+    the index, at a chunk that does not fit or does not encode as it is (left
+    to ``put``: its fallback or a new payload), and resumes from ``start``."""
+    for i in range(8):
+        with tracer.trace("t", service=f"s{i % 3}") as span:
+            span.set_tag("blob", str(i) * 300)
+    with tracer.trace("odd") as span:
+        span.meta["obj"] = object()  # type: ignore[assignment]
+    chunks = flat(test_spans.processed())
+    batch: list[Any] = [(None, c) for c in chunks]
+    batch[2] = batch[5] = None
+    one_by_one = payload_cls()
+    for item in batch:
+        if item is not None:
+            one_by_one.put(item[1])
+    expected = one_by_one.finish()
+
+    payload = payload_cls()
+    stop = payload.put_many(batch)
+    # v0.4 encodes in one loop and leaves the fallback to put; v0.5 puts each.
+    assert stop == (8 if payload_cls is PayloadV04 else len(batch))
+    if stop < len(batch):
+        assert payload.put(batch[stop][1])
+        assert payload.put_many(batch, stop + 1) == len(batch)
+    assert (payload.traces, payload.spans) == (one_by_one.traces, one_by_one.spans)
+    assert payload.finish() == expected
+
+    reference = payload_cls(limit=1700)
+    fits = [reference.put(item[1]) for item in batch[:8] if item is not None]
+    limited = payload_cls(limit=1700)
+    stop = limited.put_many(batch[:8])
+    assert 0 < stop < 8 and not limited.put(batch[stop][1]), "full: put agrees"
+    assert limited.traces == sum(item is not None for item in batch[:stop]) == fits.index(False)
+    assert limited.finish() == reference.finish()
+    assert payload_cls().put_many([]) == 0 and payload_cls().put_many([None, None]) == 2
