@@ -333,3 +333,36 @@ def test_concurrent_default_decisions_agree_while_the_rates_change() -> None:
     final = [trace.priority for trace, _ in traces]
     assert all(out == final for out in seen)
     assert set(final) <= {AUTO_KEEP, AUTO_REJECT}
+
+
+@pytest.mark.parametrize("rate", [0.0, 1e-12, 0.1, 1 / 3, 0.5, 0.7, 0.999999, 1.0])
+def test_integer_bound_decides_as_ddtraces_float_comparison(rate: float) -> None:
+    """``threshold`` is the floor of ``rate * (2**64-1)``: for the hashes at,
+    just below and just above it, the decision is ddtrace's float comparison."""
+    inverse = pow(1111111111111111111, -1, 1 << 64)
+    bound = rate * ((1 << 64) - 1)
+    edge = int(bound)
+    for h in (edge - 1, edge, edge + 1, 0, (1 << 64) - 1):
+        h %= 1 << 64
+        trace_id = (h * inverse) % (1 << 64)
+        assert (trace_id * 1111111111111111111) % (1 << 64) == h
+        assert keeps(trace_id, threshold(rate)) is (h <= bound), (rate, h)
+        assert keeps((3 << 64) | trace_id, threshold(rate)) is (h <= bound)
+
+
+def test_rate_lookups_are_remembered_per_rates_snapshot() -> None:
+    """The (service, env) lookups made in the receiver's rates are kept with
+    those rates only: new rates are looked up again; an unhashable env tag is
+    looked up each time."""
+    sampler = make_sampler()
+    sampler.update_rates({"service:web,env:": 0.0, "service:,env:": 1.0})
+    assert [decide(sampler, service="web")[0] for _ in range(2)] == [AUTO_REJECT] * 2
+    sampler.update_rates({"service:web,env:": 1.0, "service:,env:": 0.0})
+    assert decide(sampler, service="web")[:2] == (AUTO_KEEP, 1)
+    assert decide(sampler, service="db")[:2] == (AUTO_REJECT, 1)
+    trace, span = make_root(service="web")
+    span.meta["env"] = ["not", "hashable"]  # type: ignore[assignment]
+    for _ in range(2):
+        trace.priority = None
+        sampler.decide(trace, span)
+        assert (trace.priority, span.metrics["_dd.agent_psr"]) == (AUTO_REJECT, 0.0)
