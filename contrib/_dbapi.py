@@ -34,7 +34,7 @@ from urllib.parse import quote
 import wrapt
 
 from tracer import tracer as _tracer
-from tracer._errors import Start, finish_span, guarded_wrapper, internal_error, no_pre_work
+from tracer._errors import Start, finish_span, guarded_wrapper, internal_error
 from tracer._tracer import _RootTrace, _trace_root
 from tracer.config import config
 from tracer.context import get_active
@@ -330,9 +330,10 @@ class TracedCursor(wrapt.ObjectProxy):
     attribute read costs ~80 ns), and ``fetch*`` are methods of the proxy
     rather than forwarded (see below)."""
 
-    def __init__(self, cursor: Any, info: DBInfo) -> None:
-        super().__init__(cursor)
-        self._self_info = info
+    # No __init__ of its own: TracedConnection.cursor() builds it with
+    # wrapt's (C) one and sets ``_self_info`` (the connection's DBInfo)
+    # after, a Python frame and a super() call less per cursor.
+    _self_info: DBInfo
 
     #: ``defer_finish(proxy, cursor, span) -> bool`` (``cursor``: the
     #: driver's), called when the driver does not know the row count after a
@@ -359,8 +360,9 @@ class TracedCursor(wrapt.ObjectProxy):
         return self.__wrapped__.fetchall(*args, **kwargs)
 
     def __enter__(self) -> Any:
-        result = self.__wrapped__.__enter__()
-        return self if result is self.__wrapped__ else result
+        wrapped = self.__wrapped__
+        result = wrapped.__enter__()
+        return self if result is wrapped else result
 
 
 class _FetchTracing:
@@ -417,7 +419,17 @@ class TracedConnection(wrapt.ObjectProxy):
         self._self_info = info
 
     def cursor(self, *args: Any, **kwargs: Any) -> Any:
-        return _CURSOR(self.__wrapped__.cursor, self, args, kwargs)
+        # guarded_wrapper's shape in one frame (a web app opens a cursor per
+        # request): the driver's call unguarded, then the proxy, guarded
+        # (place ``dbapi.cursor.finish``); a failure returns the driver's cursor.
+        cursor = self.__wrapped__.cursor(*args, **kwargs)
+        try:
+            proxy = type(self).cursor_types[1 if config.db_trace_fetch else 0](cursor)
+            proxy._self_info = self._self_info
+            return proxy
+        except Exception:
+            internal_error("dbapi.cursor.finish")
+            return cursor
 
     def commit(self, *args: Any, **kwargs: Any) -> Any:
         return _COMMIT(self.__wrapped__.commit, self, args, kwargs)
@@ -441,11 +453,6 @@ def _transaction_start(attr: str) -> Start:
     return start
 
 
-def _traced_cursor(proxy: Any, state: None, cursor: Any, exc: BaseException | None) -> Any:
-    return cursor if exc is not None else proxy.cursor_types[1 if config.db_trace_fetch else 0](cursor, proxy._self_info)
-
-
-_CURSOR = guarded_wrapper("dbapi.cursor", no_pre_work, _traced_cursor)
 _COMMIT = guarded_wrapper("dbapi.commit", _transaction_start("commit_name"), finish_span)
 _ROLLBACK = guarded_wrapper("dbapi.rollback", _transaction_start("rollback_name"), finish_span)
 

@@ -80,16 +80,21 @@ class TracedConnectorCursor(_dbapi.TracedMySQLCursor):
         yield from iter(self.__wrapped__.fetchone, None)
         self._settle(True)
 
+    # Run for every cursor (a web app opens one per request), mostly with
+    # nothing pending: the check first, without _settle's lookup and frame.
     def close(self, *args: Any, **kwargs: Any) -> Any:
-        self._settle(False)
+        if self._self_pending is not None:
+            self._settle(False)
         return self.__wrapped__.close(*args, **kwargs)
 
     def __exit__(self, *exc_info: Any) -> Any:
-        self._settle(False)
+        if self._self_pending is not None:
+            self._settle(False)
         return self.__wrapped__.__exit__(*exc_info)
 
     def __del__(self) -> None:
-        self._settle(False)
+        if self._self_pending is not None:
+            self._settle(False)
 
 
 def _end_pending(

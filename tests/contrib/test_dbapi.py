@@ -149,6 +149,39 @@ def test_execute_keeps_the_drivers_result_and_exception_when_our_post_step_break
     conn.close()
 
 
+def test_cursor_keeps_the_drivers_cursor_and_exception_when_wrapping_breaks(
+    monkeypatch: pytest.MonkeyPatch, test_spans: Any
+) -> None:
+    # cursor() is written out in one frame too (a web app opens a cursor per
+    # request): the driver's call unguarded, the proxy's creation guarded.
+    conn = sqlite3.connect(":memory:")
+
+    class Rows(sqlite3.Cursor):
+        pass
+
+    cur = conn.cursor(Rows)  # arguments reach the driver
+    assert type(cur.__wrapped__) is Rows and isinstance(cur, Rows)
+    assert cur.execute("SELECT 1").fetchall() == [(1,)]
+    assert test_spans.spans[-1].resource == "SELECT 1"
+
+    def broken(cursor: Any) -> Any:
+        raise RuntimeError("tracer bug")
+
+    monkeypatch.setattr(type(conn), "cursor_types", (broken, broken))
+    raw = conn.cursor()
+    assert type(raw) is sqlite3.Cursor  # the driver's own, untraced but working
+    assert raw.execute("SELECT 2").fetchall() == [(2,)]
+    assert _take_swallowed() == ["dbapi.cursor.finish"]
+    monkeypatch.undo()
+    conn.close()
+    with pytest.raises(sqlite3.ProgrammingError) as traced:
+        conn.cursor()
+    with pytest.raises(sqlite3.ProgrammingError) as untraced:
+        conn.__wrapped__.cursor()
+    assert traced.value.args == untraced.value.args
+    assert _take_swallowed() == []
+
+
 def test_connect_failure_is_the_drivers(tmp_path: Any, test_spans: Any) -> None:
     missing = tmp_path / "no" / "such" / "dir" / "x.db"
     with pytest.raises(sqlite3.OperationalError):
