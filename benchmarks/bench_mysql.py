@@ -1,6 +1,6 @@
 """Added cost per ``cursor.execute("SELECT 1")`` round trip: plain vs ours vs ddtrace.
 
-    python benchmarks/bench_mysql.py [--rounds 5] [--batches 30] [--batch 100] [--drivers pymysql,mysqldb,mysql] [--cpu last|none|N] [--calls | --instructions N]
+    python benchmarks/bench_mysql.py [--rounds 5] [--batches 30] [--batch 100] [--drivers pymysql,mysqldb,mysql] [--cpu last|none|N] [--cursor-per-query] [--calls | --instructions N]
 
 Starts a private MariaDB (tests/mariadb.py) and a live trace sink (answers
 200 ``{"rate_by_service": {}}``, counts ``X-Datadog-Trace-Count``). For each
@@ -24,6 +24,11 @@ counted in full, for both tracers. ``--cpu none`` turns pinning off.
 Reported per driver: the median ns per query of each variant, the median of
 per-round added costs (variant − plain of the same round), and the median
 (and range) of per-round ratios ours_added / ddtrace_added (target ≤ 0.12).
+
+``--cursor-per-query``: each query on a cursor of its own, ``with
+conn.cursor() as cur: cur.execute("SELECT 1"); cur.fetchall()``, as a web
+app that opens one per request does: the traced ``cursor()``, the proxy's
+creation and its ``__enter__``/``__exit__`` are then measured too.
 
 ``--calls``: one round; each process counts the Python and builtin function
 calls of 1,000 queries under cProfile instead of timing them (calls on the
@@ -81,28 +86,33 @@ else:
 if variant != "plain":
     assert type(conn).__module__ != type(conn.__wrapped__).__module__, "not traced"
 cur = conn.cursor()
-for _ in range(200):
-    cur.execute("SELECT 1"); cur.fetchall()
+if os.environ.get("B_CURSOR"):  # --cursor-per-query
+    def run(n):
+        for _ in range(n):
+            with conn.cursor() as c:
+                c.execute("SELECT 1"); c.fetchall()
+else:
+    def run(n):
+        for _ in range(n):
+            cur.execute("SELECT 1"); cur.fetchall()
+run(200)
 if os.environ.get("B_CALLS"):  # --calls: Python and builtin calls per query, counted by cProfile
     import cProfile, pstats
     prof = cProfile.Profile()
     prof.enable()
-    for _ in range(1000):
-        cur.execute("SELECT 1"); cur.fetchall()
+    run(1000)
     prof.disable()
-    print(json.dumps({"ns": pstats.Stats(prof).total_calls / 1000, "queries": 1200}))
+    print(json.dumps({"ns": (pstats.Stats(prof).total_calls - 1) / 1000, "queries": 1200}))
     sys.exit(0)
 times = []
 clock = time.perf_counter_ns
 for _ in range(batches):
     t0 = clock()
-    for _ in range(batch):
-        cur.execute("SELECT 1"); cur.fetchall()
+    run(batch)
     times.append((clock() - t0) / batch)
 queries = 200 + batches * batch
 if os.environ.get("B_QUERIES"):  # --instructions: untimed queries, counted by callgrind
-    for _ in range(int(os.environ["B_QUERIES"])):
-        cur.execute("SELECT 1"); cur.fetchall()
+    run(int(os.environ["B_QUERIES"]))
     times, queries = [0], 200 + int(os.environ["B_QUERIES"])
 times.sort()
 if variant == "ours":
@@ -153,6 +163,9 @@ def main() -> None:
         "--cpu", default="last", help="CPU for MariaDB and the measured processes: last, none or a number"
     )
     parser.add_argument(
+        "--cursor-per-query", action="store_true", help="a new cursor per query (with conn.cursor() as cur: ...)"
+    )
+    parser.add_argument(
         "--calls", action="store_true", help="count calls per query under cProfile instead of timing (deterministic)"
     )
     parser.add_argument(
@@ -196,6 +209,7 @@ def main() -> None:
         "DD_TRACE_STATS_COMPUTATION_ENABLED": "false",
         "DD_DATA_STREAMS_ENABLED": "false",
         "B_CALLS": "1" if args.calls else "",
+        "B_CURSOR": "1" if args.cursor_per_query else "",
     }
     variants = ["plain", "ours", "ddtrace"]
     drivers = args.drivers.split(",")
@@ -220,8 +234,9 @@ def main() -> None:
         server.shutdown()
 
     unit = "calls (cProfile)" if args.calls else "instructions (callgrind, whole process)" if args.instructions else "ns"
+    query = "with conn.cursor() as cur: cur.execute('SELECT 1'); cur.fetchall()" if args.cursor_per_query else "cur.execute('SELECT 1'); cur.fetchall()"
     print(
-        f"{unit} per cursor.execute('SELECT 1') + fetchall(), TCP 127.0.0.1, {args.rounds} rounds, "
+        f"{unit} per {query}, TCP 127.0.0.1, {args.rounds} rounds, "
         f"median of {args.batches} batches x {args.batch} per process, pinned: {pinned}"
     )
     print(

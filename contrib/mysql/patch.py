@@ -50,19 +50,19 @@ class TracedConnectorCursor(_dbapi.TracedMySQLCursor):
     # The driver's fetch* straight from the proxy (not through super(): a
     # frame less per read); with db_trace_fetch the mixin above still wraps them.
     def fetchone(self, *args: Any, **kwargs: Any) -> Any:
-        row = self.__wrapped__.fetchone(*args, **kwargs)
+        row = _dbapi.wrapped_of(self).fetchone(*args, **kwargs)
         if self._self_pending is not None:
             self._settle(True)
         return row
 
     def fetchmany(self, *args: Any, **kwargs: Any) -> Any:
-        rows = self.__wrapped__.fetchmany(*args, **kwargs)
+        rows = _dbapi.wrapped_of(self).fetchmany(*args, **kwargs)
         if self._self_pending is not None:
             self._settle(True)
         return rows
 
     def fetchall(self, *args: Any, **kwargs: Any) -> Any:
-        cursor = self.__wrapped__
+        cursor = _dbapi.wrapped_of(self)
         rows = cursor.fetchall(*args, **kwargs)
         pending = self._self_pending  # each proxy attribute read costs ≈ 1 k instructions: once each
         if pending is not None:
@@ -80,16 +80,21 @@ class TracedConnectorCursor(_dbapi.TracedMySQLCursor):
         yield from iter(self.__wrapped__.fetchone, None)
         self._settle(True)
 
+    # Run for every cursor (a web app opens one per request), mostly with
+    # nothing pending: the check first, without _settle's lookup and frame.
     def close(self, *args: Any, **kwargs: Any) -> Any:
-        self._settle(False)
-        return self.__wrapped__.close(*args, **kwargs)
+        if self._self_pending is not None:
+            self._settle(False)
+        return _dbapi.wrapped_of(self).close(*args, **kwargs)
 
     def __exit__(self, *exc_info: Any) -> Any:
-        self._settle(False)
-        return self.__wrapped__.__exit__(*exc_info)
+        if self._self_pending is not None:
+            self._settle(False)
+        return _dbapi.wrapped_of(self).__exit__(*exc_info)
 
     def __del__(self) -> None:
-        self._settle(False)
+        if self._self_pending is not None:
+            self._settle(False)
 
 
 def _end_pending(

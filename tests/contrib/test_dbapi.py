@@ -6,7 +6,10 @@ the guard tests here use sqlite3 as a real driver and sabotage our own code.
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +17,7 @@ import pytest
 
 from contrib import _dbapi
 from tests.contrib.apps.flask_helpers import patched_for_module
+from tests.utils import REPO
 from tracer import _errors
 from tracer import tracer as global_tracer
 from tracer.config import config
@@ -147,6 +151,84 @@ def test_execute_keeps_the_drivers_result_and_exception_when_our_post_step_break
     assert traced.value.args == untraced.value.args
     assert _take_swallowed() == ["dbapi.execute.finish", "dbapi.execute.finish"]
     conn.close()
+
+
+def test_cursor_keeps_the_drivers_cursor_and_exception_when_wrapping_breaks(
+    monkeypatch: pytest.MonkeyPatch, test_spans: Any
+) -> None:
+    # cursor() is written out in one frame too (a web app opens a cursor per
+    # request): the driver's call unguarded, the proxy's creation guarded.
+    conn = sqlite3.connect(":memory:")
+
+    class Rows(sqlite3.Cursor):
+        pass
+
+    cur = conn.cursor(Rows)  # arguments reach the driver
+    assert type(cur.__wrapped__) is Rows and isinstance(cur, Rows)
+    assert cur.execute("SELECT 1").fetchall() == [(1,)]
+    assert test_spans.spans[-1].resource == "SELECT 1"
+
+    def broken(cursor: Any) -> Any:
+        raise RuntimeError("tracer bug")
+
+    monkeypatch.setattr(type(conn), "cursor_types", (broken, broken))
+    raw = conn.cursor()
+    assert type(raw) is sqlite3.Cursor  # the driver's own, untraced but working
+    assert raw.execute("SELECT 2").fetchall() == [(2,)]
+    assert _take_swallowed() == ["dbapi.cursor.finish"]
+    monkeypatch.undo()
+    conn.close()
+    with pytest.raises(sqlite3.ProgrammingError) as traced:
+        conn.cursor()
+    with pytest.raises(sqlite3.ProgrammingError) as untraced:
+        conn.__wrapped__.cursor()
+    assert traced.value.args == untraced.value.args
+    assert _take_swallowed() == []
+
+
+def test_proxies_use_the_wrapped_object_as_it_is_now(test_spans: Any) -> None:
+    # The hot paths read __wrapped__ through wrapt's descriptor (wrapped_of),
+    # not through the proxy's attribute lookup, nor from a copy taken earlier.
+    conn = sqlite3.connect(":memory:")
+    cur = conn.cursor()
+    assert _dbapi.wrapped_of(cur) is cur.__wrapped__ and _dbapi.wrapped_of(conn) is conn.__wrapped__
+    other = sqlite3.connect(":memory:")
+    cur.__wrapped__ = other.__wrapped__.cursor()
+    other.__wrapped__.execute("CREATE TABLE only_here (x)")
+    assert cur.execute("SELECT name FROM sqlite_master").fetchall() == [("only_here",)]
+    conn.__wrapped__ = other.__wrapped__
+    assert conn.cursor().execute("SELECT count(*) FROM only_here").fetchall() == [(0,)]
+    assert [s.resource for s in test_spans.spans[-2:]] == ["SELECT name FROM sqlite_master", "SELECT count(*) FROM only_here"]
+    other.close()
+
+
+_PURE_WRAPT = """
+import sqlite3, wrapt
+import tracer
+from contrib import _dbapi
+assert not hasattr(wrapt.BaseObjectProxy, "__wrapped__"), "wrapt's C extension is in use"
+chunks = []
+class Sink:
+    def write(self, trace, chunk): chunks.append(chunk)
+    def flush(self, timeout=0): return True
+    def stop(self, timeout=0): pass
+    def stats(self): return {}
+tracer.tracer._writer = Sink()
+tracer.patch(sqlite3=True)
+conn = sqlite3.connect(":memory:")
+cur = conn.cursor()
+assert _dbapi.wrapped_of(cur) is cur.__wrapped__
+assert cur.execute("SELECT 1").fetchall() == [(1,)]
+assert conn.execute("SELECT 2").fetchone() == (2,)
+assert len(chunks) == 2, chunks
+print("ok")
+"""
+
+
+def test_the_integration_works_on_wrapts_pure_python_proxies() -> None:
+    env = {**os.environ, "PYTHONPATH": REPO, "WRAPT_DISABLE_EXTENSIONS": "1"}
+    proc = subprocess.run([sys.executable, "-c", _PURE_WRAPT], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
 
 
 def test_connect_failure_is_the_drivers(tmp_path: Any, test_spans: Any) -> None:

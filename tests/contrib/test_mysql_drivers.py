@@ -8,7 +8,9 @@ contract (patch before/after import, twice, unpatch…) for each driver.
 
 from __future__ import annotations
 
+import cProfile
 import os
+import pstats
 import re
 import signal
 import subprocess
@@ -504,6 +506,49 @@ def test_cursor_context_manager_and_iteration(driver: Driver, conn: Any, table: 
     with pytest.raises(driver.module.Error):
         cur.execute("SELECT 1")
     conn.rollback()
+
+
+# Python calls of the integration's own code (contrib/, tracer/_errors.py)
+# per query, once the cursor type's path is warm: (one cursor for every
+# query, a cursor per query as `with conn.cursor() as cur:`). The core span
+# and the writer are not counted (their own tests budget them).
+# mysql-connector keeps the span until the rows are read (_keep_until_read,
+# _end_pending) and ends a still-pending one on exit or collection.
+_CALL_BUDGET = {"pymysql": (4, 6), "mysqldb": (4, 6), "mysql": (6, 10)}
+
+
+def _our_calls_per_query(run: Callable[[], None], n: int = 50) -> dict[str, float]:
+    run()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(n):
+        run()
+    prof.disable()
+    ours = (os.path.join(REPO, "contrib") + os.sep, os.path.join(REPO, "tracer", "_errors.py"))
+    calls: dict[str, float] = {}
+    for (path, _line, name), (_prim, ncalls, *_rest) in pstats.Stats(prof).stats.items():  # type: ignore[attr-defined]
+        if path.startswith(ours[0]) or path == ours[1]:
+            calls[name] = calls.get(name, 0) + ncalls / n
+    return calls
+
+
+def test_calls_our_code_adds_per_query(driver: Driver, conn: Any, test_spans: Any) -> None:
+    cur = conn.cursor()
+
+    def one_cursor() -> None:
+        cur.execute("SELECT 1")
+        cur.fetchall()
+
+    def cursor_per_query() -> None:
+        with conn.cursor() as c:
+            c.execute("SELECT 1")
+            c.fetchall()
+
+    for run, budget in zip((one_cursor, cursor_per_query), _CALL_BUDGET[driver.keyword], strict=True):
+        calls = _our_calls_per_query(run)
+        assert sum(calls.values()) <= budget, (run.__name__, calls)
+    assert len(spans_named(test_spans)) == 2 * 51  # every query traced, warm-ups included
+    cur.close()
 
 
 def test_connection_context_manager(driver: Driver, mariadb: MariaDBInfo, test_spans: Any) -> None:
