@@ -312,13 +312,15 @@ static PyMethodDef methods[] = {
      "else False (out unchanged)."},
     {"detect_clear", _cdecode_detect_clear, METH_VARARGS,
      "detect_clear(spans, slow_ns, least) -> True when insights.detect cannot find anything in the chunk."},
+    {"count_duplicates", _cdecode_count_duplicates, METH_VARARGS,
+     "count_duplicates(traces, recent, first_seen) -> Receiver._count_duplicates's loop, or NotImplemented."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "agent_sim._cdecode", NULL, -1, methods};
 
 PyMODINIT_FUNC PyInit__cdecode(void) {
-    if (_cdecode_normalize_init() < 0 || _cdecode_insights_init() < 0)
+    if (_cdecode_normalize_init() < 0 || _cdecode_insights_init() < 0 || _cdecode_ingest_init() < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m != NULL && _cdecode_add_clean_limits(m) < 0)

@@ -5,7 +5,8 @@
  *   _cdecode_normalize.c  normalization's common case (clean_chunk,
  *                         normalize_clean) and stats.compute_groups;
  *   _cdecode_insights.c   the insights' common case (breakdown_chunk,
- *                         detect_clear).
+ *                         detect_clear);
+ *   _cdecode_ingest.c     the receiver's duplicate span ids (count_duplicates).
  * What they share is declared here; functions one unit calls in another are
  * prefixed _cdecode_. */
 #ifndef AGENT_SIM_CDECODE_H
@@ -41,6 +42,10 @@ int _cdecode_add_clean_limits(PyObject *m);
 PyObject *_cdecode_breakdown_chunk(PyObject *self, PyObject *args);
 PyObject *_cdecode_detect_clear(PyObject *self, PyObject *args);
 int _cdecode_insights_init(void); /* its interned strings: 0, or -1 with an exception */
+
+/* _cdecode_ingest.c */
+PyObject *_cdecode_count_duplicates(PyObject *self, PyObject *args);
+int _cdecode_ingest_init(void); /* as _cdecode_insights_init */
 
 #if defined(__GNUC__)
 #pragma GCC visibility pop

@@ -268,11 +268,12 @@ def stage_costs(rounds: int = 5, payloads: int = 30) -> tuple[dict[str, float], 
 
 def stages_ab(rounds: int) -> None:
     """``stage_costs`` in alternate rounds with the optional C paths of
-    normalize, stats, store and the insights off (their Python code runs) and on; medians."""
-    from agent_sim import insights, normalize, stats, store
+    normalize, stats, store, the insights and the duplicate count off (their
+    Python code runs) and on; medians."""
+    from agent_sim import ingest, insights, normalize, stats, store
 
     paths = [(store, "_fast_packb"), (normalize, "_fast_normalize"), (stats, "_fast_groups"),
-             (insights, "_fast_breakdown"), (insights, "_fast_detect_clear")]
+             (insights, "_fast_breakdown"), (insights, "_fast_detect_clear"), (ingest, "_fast_duplicates")]
     saved = [getattr(module, attr) for module, attr in paths]
     runs: dict[str, list[tuple[dict[str, float], float]]] = {"C paths off": [], "C paths on": []}
     try:

@@ -21,7 +21,7 @@ if sys.argv[1] == "pure":
     sys.modules["agent_sim._cdecode"] = None  # its import fails: every Python fallback runs
 sys.path.insert(0, os.path.join(sys.argv[2], "benchmarks"))
 import bench_ingest
-from agent_sim import insights, normalize, stats, store
+from agent_sim import ingest, insights, normalize, stats, store
 from agent_sim.decode import unpack_v04
 from agent_sim.ingest import Receiver
 
@@ -49,7 +49,7 @@ with tempfile.TemporaryDirectory() as d:
         h.update(repr(rx.store.execute(sql)).encode())
     h.update(repr(sorted(rx.counters().items())).encode())
     c_paths = (store._fast_packb, normalize._fast_normalize, stats._fast_groups, insights._fast_breakdown,
-               insights._fast_detect_clear)
+               insights._fast_detect_clear, ingest._fast_duplicates)
     print(sum(f is not None for f in c_paths), rx.store.execute("SELECT count(*) FROM traces")[0][0], h.hexdigest())
     rx.close()
 """
@@ -63,6 +63,6 @@ def _run(mode: str) -> list[str]:
 
 def test_pure_python_receiver_stores_the_same() -> None:
     c_run, pure_run = _run("c"), _run("pure")
-    assert c_run[0] == "5" and pure_run[0] == "0"  # the C paths did run in one, not in the other
+    assert c_run[0] == "6" and pure_run[0] == "0"  # the C paths did run in one, not in the other
     assert c_run[1] == pure_run[1] == "300"  # the odd chunk joins a stored trace
     assert c_run[2] == pure_run[2]
