@@ -6,7 +6,8 @@
  *                         normalize_clean) and stats.compute_groups;
  *   _cdecode_insights.c   the insights' common case (breakdown_chunk,
  *                         detect_clear);
- *   _cdecode_ingest.c     the receiver's duplicate span ids (count_duplicates).
+ *   _cdecode_ingest.c     the receiver's duplicate span ids (count_duplicates)
+ *                         and the store's index rows (index_rows).
  * What they share is declared here; functions one unit calls in another are
  * prefixed _cdecode_. */
 #ifndef AGENT_SIM_CDECODE_H
@@ -45,7 +46,9 @@ int _cdecode_insights_init(void); /* its interned strings: 0, or -1 with an exce
 
 /* _cdecode_ingest.c */
 PyObject *_cdecode_count_duplicates(PyObject *self, PyObject *args);
+PyObject *_cdecode_index_rows(PyObject *self, PyObject *args);
 int _cdecode_ingest_init(void); /* as _cdecode_insights_init */
+int _cdecode_rows_init(void);
 
 #if defined(__GNUC__)
 #pragma GCC visibility pop

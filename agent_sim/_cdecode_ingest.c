@@ -152,3 +152,130 @@ int _cdecode_ingest_init(void) {
         return -1;
     return (k_span_id = PyUnicode_InternFromString("span_id")) == NULL ? -1 : 0;
 }
+
+/* -- the traces' index rows -------------------------------------------------
+ * index_rows(traces, now, first_id) is the rows Store.ingest upserts:
+ * [(*store.trace_row(spans), now, str(first_id + i)) for i, spans in
+ * enumerate(traces)], or NotImplemented for a chunk that is not a non-empty
+ * list or tuple of exact dicts with int parent ids, an int trace id of 64
+ * bits (the root's) and a dict meta (the first span's); field values are
+ * passed through as trace_row does. A chunk without a root needs int starts
+ * (the earliest span is its row's). */
+
+static PyObject *k_parent_id, *k_start, *k_meta, *k_high, *k_error, *row_keys[5];
+
+/* trace_row(spans) + (now, str(cid)): a new tuple, NULL with an exception,
+   or NULL without one when Python must decide */
+static PyObject *index_row(PyObject *spans, PyObject *now, long long cid) {
+    if ((!PyList_CheckExact(spans) && !PyTuple_CheckExact(spans)) || PySequence_Fast_GET_SIZE(spans) == 0)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(spans);
+    PyObject **items = PySequence_Fast_ITEMS(spans), *root = NULL, *earliest = NULL, *earliest_start = NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *pid, *start;
+        if (!PyDict_CheckExact(items[i]) || !(pid = PyDict_GetItemWithError(items[i], k_parent_id))
+            || !PyLong_CheckExact(pid))
+            return NULL;
+        int overflow;
+        long long parent = PyLong_AsLongLongAndOverflow(pid, &overflow);
+        if (parent == 0 && overflow == 0) { /* -1 with an error is not 0 */
+            root = items[i];
+            break;
+        }
+        if (!(start = PyDict_GetItemWithError(items[i], k_start)) || !PyLong_CheckExact(start))
+            return NULL;
+        if (earliest == NULL) {
+            earliest = items[i];
+            earliest_start = start;
+        } else {
+            int less = PyObject_RichCompareBool(start, earliest_start, Py_LT);
+            if (less < 0)
+                return NULL;
+            if (less) {
+                earliest = items[i];
+                earliest_start = start;
+            }
+        }
+    }
+    int has_root = root != NULL;
+    if (!has_root)
+        root = earliest;
+    PyObject *meta = PyDict_GetItemWithError(items[0], k_meta), *high = Py_None, *tid_obj;
+    if (meta == NULL || !PyDict_CheckExact(meta))
+        return NULL;
+    if (PyDict_GET_SIZE(meta) && (high = PyDict_GetItemWithError(meta, k_high)) == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        high = Py_None;
+    }
+    if (!(tid_obj = PyDict_GetItemWithError(root, k_trace_id)) || !PyLong_CheckExact(tid_obj))
+        return NULL;
+    unsigned long long tid = PyLong_AsUnsignedLongLong(tid_obj);
+    if (tid == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    PyObject *row = PyTuple_New(12);
+    if (row == NULL)
+        return NULL;
+    PyObject *v = PyLong_FromLongLong((long long)tid); /* to_signed: uint64 -> int64 */
+    if (v == NULL)
+        goto fail;
+    PyTuple_SET_ITEM(row, 0, v);
+    PyTuple_SET_ITEM(row, 1, Py_NewRef(high));
+    for (int k = 0; k < 5; k++) { /* service, resource, name, start, duration */
+        if ((v = PyDict_GetItemWithError(root, row_keys[k])) == NULL)
+            goto fail;
+        PyTuple_SET_ITEM(row, 2 + k, Py_NewRef(v));
+    }
+    if ((v = PyDict_GetItemWithError(root, k_error)) == NULL)
+        goto fail;
+    PyTuple_SET_ITEM(row, 7, Py_NewRef(v));
+    if ((v = PyLong_FromSsize_t(n)) == NULL)
+        goto fail;
+    PyTuple_SET_ITEM(row, 8, v);
+    PyTuple_SET_ITEM(row, 9, PyLong_FromLong(has_root)); /* a small int: cannot fail */
+    PyTuple_SET_ITEM(row, 10, Py_NewRef(now));
+    if ((v = PyUnicode_FromFormat("%lld", cid)) == NULL)
+        goto fail;
+    PyTuple_SET_ITEM(row, 11, v);
+    return row;
+fail:
+    Py_DECREF(row);
+    return NULL;
+}
+
+PyObject *_cdecode_index_rows(PyObject *self, PyObject *args) {
+    PyObject *traces, *now;
+    long long first;
+    if (!PyArg_ParseTuple(args, "OOL", &traces, &now, &first))
+        return NULL;
+    if (!PyList_CheckExact(traces))
+        Py_RETURN_NOTIMPLEMENTED;
+    Py_ssize_t n = PyList_GET_SIZE(traces);
+    PyObject *rows = PyList_New(n);
+    if (rows == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *row = index_row(PyList_GET_ITEM(traces, i), now, first + i);
+        if (row == NULL) {
+            Py_DECREF(rows);
+            if (PyErr_ExceptionMatches(PyExc_MemoryError))
+                return NULL;
+            PyErr_Clear();
+            Py_RETURN_NOTIMPLEMENTED;
+        }
+        PyList_SET_ITEM(rows, i, row);
+    }
+    return rows;
+}
+
+int _cdecode_rows_init(void) {
+    static const char *names[5] = {"service", "resource", "name", "start", "duration"};
+    for (int k = 0; k < 5; k++)
+        if ((row_keys[k] = PyUnicode_InternFromString(names[k])) == NULL)
+            return -1;
+    return (k_parent_id = PyUnicode_InternFromString("parent_id")) && (k_start = PyUnicode_InternFromString("start"))
+                   && (k_meta = PyUnicode_InternFromString("meta")) && (k_high = PyUnicode_InternFromString("_dd.p.tid"))
+                   && (k_error = PyUnicode_InternFromString("error"))
+               ? 0
+               : -1;
+}

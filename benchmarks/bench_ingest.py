@@ -272,7 +272,7 @@ def stages_ab(rounds: int) -> None:
     Python code runs) and on; medians."""
     from agent_sim import ingest, insights, normalize, stats, store
 
-    paths = [(store, "_fast_packb"), (normalize, "_fast_normalize"), (stats, "_fast_groups"),
+    paths = [(store, "_fast_packb"), (store, "_fast_rows"), (normalize, "_fast_normalize"), (stats, "_fast_groups"),
              (insights, "_fast_breakdown"), (insights, "_fast_detect_clear"), (ingest, "_fast_duplicates")]
     saved = [getattr(module, attr) for module, attr in paths]
     runs: dict[str, list[tuple[dict[str, float], float]]] = {"C paths off": [], "C paths on": []}
