@@ -1,6 +1,6 @@
 """Builds the optional C versions of the span hot path (tracer/_cspan*.c) and
 of the chunk encoders (tracer/_cencode.c), and the receiver's msgpack
-unpacking, packing, normalize and stats fast paths (agent_sim/_cdecode*.c).
+unpacking, packing, normalize, stats, insights and duplicate-id fast paths (agent_sim/_cdecode*.c).
 
 Everything else is in pyproject.toml. Without a C compiler the build skips
 them (``optional=True``) and the tracer runs its pure-Python code.
@@ -19,7 +19,8 @@ setup(
         Extension("tracer._cencode", ["tracer/_cencode.c"], depends=["tracer/_cmodule.h"], optional=True),
         Extension(
             "agent_sim._cdecode",
-            ["agent_sim/_cdecode.c", "agent_sim/_cdecode_pack.c", "agent_sim/_cdecode_normalize.c"],
+            ["agent_sim/_cdecode.c", "agent_sim/_cdecode_pack.c", "agent_sim/_cdecode_normalize.c",
+             "agent_sim/_cdecode_insights.c", "agent_sim/_cdecode_ingest.c"],
             depends=["agent_sim/_cdecode.h"],
             optional=True,
         ),

@@ -307,13 +307,24 @@ static PyMethodDef methods[] = {
      "normalize_clean(spans, obfuscate_sql) -> False, the chunk's tid or None, or (tid, spans left to Python)."},
     {"compute_groups", _cdecode_compute_groups, METH_VARARGS,
      "compute_groups(traces, client_top_level, bucket_ns) -> stats.compute_groups's result, or NotImplemented."},
+    {"breakdown_chunk", _cdecode_breakdown_chunk, METH_VARARGS,
+     "breakdown_chunk(spans, out, bucket_ns) -> True after adding insights.breakdown's common chunk to out, "
+     "else False (out unchanged)."},
+    {"detect_clear", _cdecode_detect_clear, METH_VARARGS,
+     "detect_clear(spans, slow_ns, least) -> True when insights.detect cannot find anything in the chunk."},
+    {"count_duplicates", _cdecode_count_duplicates, METH_VARARGS,
+     "count_duplicates(traces, recent, first_seen) -> Receiver._count_duplicates's loop, or NotImplemented."},
+    {"index_rows", _cdecode_index_rows, METH_VARARGS,
+     "index_rows(traces, now, first_id) -> the traces' index rows as store.Store.ingest builds them, "
+     "or NotImplemented."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "agent_sim._cdecode", NULL, -1, methods};
 
 PyMODINIT_FUNC PyInit__cdecode(void) {
-    if (_cdecode_normalize_init() < 0)
+    if (_cdecode_normalize_init() < 0 || _cdecode_insights_init() < 0 || _cdecode_ingest_init() < 0
+        || _cdecode_rows_init() < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m != NULL && _cdecode_add_clean_limits(m) < 0)

@@ -3,7 +3,11 @@
  *   _cdecode.c            msgpack unpacking (unpackb) and the module's init;
  *   _cdecode_pack.c       msgpack packing (packb);
  *   _cdecode_normalize.c  normalization's common case (clean_chunk,
- *                         normalize_clean) and stats.compute_groups.
+ *                         normalize_clean) and stats.compute_groups;
+ *   _cdecode_insights.c   the insights' common case (breakdown_chunk,
+ *                         detect_clear);
+ *   _cdecode_ingest.c     the receiver's duplicate span ids (count_duplicates)
+ *                         and the store's index rows (index_rows).
  * What they share is declared here; functions one unit calls in another are
  * prefixed _cdecode_. */
 #ifndef AGENT_SIM_CDECODE_H
@@ -34,6 +38,17 @@ PyObject *_cdecode_compute_groups(PyObject *self, PyObject *args);
 int _cdecode_normalize_init(void);
 /* m.CLEAN_LIMITS: the limits clean_chunk checks (for a test). */
 int _cdecode_add_clean_limits(PyObject *m);
+
+/* _cdecode_insights.c */
+PyObject *_cdecode_breakdown_chunk(PyObject *self, PyObject *args);
+PyObject *_cdecode_detect_clear(PyObject *self, PyObject *args);
+int _cdecode_insights_init(void); /* its interned strings: 0, or -1 with an exception */
+
+/* _cdecode_ingest.c */
+PyObject *_cdecode_count_duplicates(PyObject *self, PyObject *args);
+PyObject *_cdecode_index_rows(PyObject *self, PyObject *args);
+int _cdecode_ingest_init(void); /* as _cdecode_insights_init */
+int _cdecode_rows_init(void);
 
 #if defined(__GNUC__)
 #pragma GCC visibility pop

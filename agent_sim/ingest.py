@@ -29,6 +29,11 @@ from agent_sim.normalize import normalize_payload
 from agent_sim.stats import BUCKET_NS, HOUR_NS, OVERFLOW, Concentrator, Entry, compute_groups
 from agent_sim.store import JOURNAL_CLIENT_STATS, JOURNAL_GROUPS, Store
 
+try:  # the optional C loop of _count_duplicates (setup.py builds it); the Python loop without it
+    from agent_sim._cdecode import count_duplicates as _fast_duplicates
+except ImportError:  # pragma: no cover - no compiler at install time
+    _fast_duplicates = None
+
 log = logging.getLogger("agent_sim")
 
 KEEP_10S_NS = 24 * HOUR_NS
@@ -174,6 +179,10 @@ class Receiver:
                     recent.pop(old_tid, None)
             seconds.append((now, []))
         first_seen = seconds[-1][1]
+        if _fast_duplicates is not None:  # the same loop in C (ids kept sorted), or NotImplemented
+            counted = _fast_duplicates(traces, recent, first_seen)
+            if counted is not NotImplemented:
+                return counted
         duplicates = 0
         for spans in traces:
             ids = set(map(_SPAN_ID, spans))

@@ -31,10 +31,11 @@ import msgpack
 from agent_sim.model import Span, to_signed
 from agent_sim.stats import HOUR_NS, Entry, Key
 
-try:  # the optional C packer (setup.py builds it); msgpack alone without it
+try:  # the optional C packer and index rows (setup.py builds them); msgpack and trace_row without them
+    from agent_sim._cdecode import index_rows as _fast_rows
     from agent_sim._cdecode import packb as _fast_packb
 except ImportError:  # pragma: no cover - no compiler at install time
-    _fast_packb = None
+    _fast_packb = _fast_rows = None
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS traces (
@@ -116,6 +117,16 @@ def trace_row(spans: list[Span]) -> tuple:
         high = meta.get("_dd.p.tid")
     return (to_signed(root["trace_id"]), high, root["service"], root["resource"], root["name"],
             root["start"], root["duration"], root["error"], len(spans), has_root)
+
+
+def index_rows(traces: list[list[Span]], now: int, first_id: int) -> list[tuple]:
+    """The index rows of chunks numbered from ``first_id``: ``trace_row`` and
+    the arrival second and chunk number (by the C code when it can)."""
+    if _fast_rows is not None:
+        rows = _fast_rows(traces, now, first_id)
+        if rows is not NotImplemented:
+            return rows
+    return [(*trace_row(spans), now, str(cid)) for cid, spans in enumerate(traces, first_id)]
 
 
 def window_select(table: str, columns: str, since_ns: int | None, until_ns: int | None,
@@ -208,13 +219,12 @@ class Store:
         """Commit traces (already normalized, priority > 0), journal rows and
         counter increments in one transaction. Returns once committed."""
         now = int(time.time())
-        index = [trace_row(spans) for spans in traces]
         data = [pack_chunk(spans) for spans in traces]
         with self.lock:
             db = self.db
             first = self._next_chunk
-            ids = range(first, first + len(index))
-            rows = [(*row, now, str(cid)) for row, cid in zip(index, ids, strict=True)]
+            ids = range(first, first + len(traces))
+            rows = index_rows(traces, now, first)
             blobs = list(zip(ids, data, strict=True))
             db.execute("BEGIN")
             try:

@@ -13,7 +13,7 @@ of each stage of ``Receiver.ingest`` (``--stages`` prints only that), then
 the insights' own cost (detectors, time breakdown, and persisting both).
 
     python benchmarks/bench_ingest.py [--seconds 20] [--rounds 2] [--stages] [--baseline CHECKOUT]
-    python benchmarks/bench_ingest.py --stages-ab ROUNDS
+    python benchmarks/bench_ingest.py --stages-ab ROUNDS [--paths store._fast_rows,...]
 
 The load process is started with this file's ``load`` sub-command.
 """
@@ -266,12 +266,22 @@ def stage_costs(rounds: int = 5, payloads: int = 30) -> tuple[dict[str, float], 
     return {name: medians[name] for name in STAGES}, medians["total"]
 
 
-def stages_ab(rounds: int) -> None:
-    """``stage_costs`` in alternate rounds with the optional C paths of
-    normalize, stats and store off (their Python code runs) and on; medians."""
-    from agent_sim import normalize, stats, store
+C_PATHS = ("store._fast_packb", "store._fast_rows", "normalize._fast_normalize", "stats._fast_groups",
+           "insights._fast_breakdown", "insights._fast_detect_clear", "ingest._fast_duplicates")
 
-    paths = [(store, "_fast_packb"), (normalize, "_fast_normalize"), (stats, "_fast_groups")]
+
+def stages_ab(rounds: int, names: tuple[str, ...] = C_PATHS) -> None:
+    """``stage_costs`` in alternate rounds with the optional C paths ``names``
+    (module.attribute in ``agent_sim``; default all) off (their Python code
+    runs) and on; medians."""
+    import importlib
+
+    paths = []
+    for name in names:
+        module, _, attr = name.partition(".")
+        if name not in C_PATHS:
+            raise SystemExit(f"unknown C path {name!r}; known: {', '.join(C_PATHS)}")
+        paths.append((importlib.import_module(f"agent_sim.{module}"), attr))
     saved = [getattr(module, attr) for module, attr in paths]
     runs: dict[str, list[tuple[dict[str, float], float]]] = {"C paths off": [], "C paths on": []}
     try:
@@ -359,6 +369,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--stages", action="store_true", help="only print the per-stage CPU cost in process")
     p.add_argument("--stages-ab", type=int, metavar="ROUNDS", help="only print the per-stage CPU cost with the "
                    "optional C paths (agent_sim/_cdecode.c) off and on, in alternate rounds")
+    p.add_argument("--paths", metavar="NAMES", help="with --stages-ab: only these C paths (comma-separated, e.g. "
+                   "insights._fast_breakdown,ingest._fast_duplicates)")
     p.add_argument("--baseline", metavar="CHECKOUT", help="also run the agent_sim of this checkout (built, e.g. "
                    "a worktree of main) in each round, after ours: its rate and ratios are printed too")
     p.add_argument("--test-agent", default=os.environ.get("DDAPM_TEST_AGENT")
@@ -366,7 +378,7 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     have_peer = os.path.exists(args.test_agent) or shutil.which(args.test_agent)
     if args.stages_ab:
-        stages_ab(args.stages_ab)
+        stages_ab(args.stages_ab, tuple(args.paths.split(",")) if args.paths else C_PATHS)
         return 0
     costs, total = stage_costs()
     print("Receiver.ingest, CPU per span in process by stage (medians): "

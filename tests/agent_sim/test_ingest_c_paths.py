@@ -1,6 +1,6 @@
 """A receiver without the optional C extension (``agent_sim._cdecode``, every
 Python fallback) stores exactly what one with it stores: the same chunk bytes,
-index rows, stats rows and counters for the same payloads, each run in its own
+index rows, stats rows, time breakdown, findings and counters for the same payloads, each run in its own
 process."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ if sys.argv[1] == "pure":
     sys.modules["agent_sim._cdecode"] = None  # its import fails: every Python fallback runs
 sys.path.insert(0, os.path.join(sys.argv[2], "benchmarks"))
 import bench_ingest
-from agent_sim import normalize, stats, store
+from agent_sim import ingest, insights, normalize, stats, store
 from agent_sim.decode import unpack_v04
 from agent_sim.ingest import Receiver
 
@@ -44,10 +44,12 @@ with tempfile.TemporaryDirectory() as d:
     for (blob,) in rx.store.execute("SELECT data FROM chunks ORDER BY id"):
         h.update(blob)
     for sql in ("SELECT tid, high, service, resource, name, start, duration, error, span_count, has_root,"
-                " chunk_ids FROM traces ORDER BY seq", "SELECT * FROM stats ORDER BY 1, 2, 3, 4, 5, 6, 7, 8, 9"):
+                " chunk_ids FROM traces ORDER BY seq", "SELECT * FROM stats ORDER BY 1, 2, 3, 4, 5, 6, 7, 8, 9",
+                "SELECT * FROM breakdown ORDER BY 1, 2, 3, 4, 5, 6", "SELECT * FROM findings ORDER BY 1"):
         h.update(repr(rx.store.execute(sql)).encode())
     h.update(repr(sorted(rx.counters().items())).encode())
-    c_paths = (store._fast_packb, normalize._fast_normalize, stats._fast_groups)
+    c_paths = (store._fast_packb, store._fast_rows, normalize._fast_normalize, stats._fast_groups, insights._fast_breakdown,
+               insights._fast_detect_clear, ingest._fast_duplicates)
     print(sum(f is not None for f in c_paths), rx.store.execute("SELECT count(*) FROM traces")[0][0], h.hexdigest())
     rx.close()
 """
@@ -61,6 +63,6 @@ def _run(mode: str) -> list[str]:
 
 def test_pure_python_receiver_stores_the_same() -> None:
     c_run, pure_run = _run("c"), _run("pure")
-    assert c_run[0] == "3" and pure_run[0] == "0"  # the C paths did run in one, not in the other
+    assert c_run[0] == "7" and pure_run[0] == "0"  # the C paths did run in one, not in the other
     assert c_run[1] == pure_run[1] == "300"  # the odd chunk joins a stored trace
     assert c_run[2] == pure_run[2]
