@@ -172,6 +172,37 @@ def test_finish_with_an_end_time(test_spans):
     assert sorted(s.name for s in test_spans.spans) == ["early", "late", "root", "unset"]
 
 
+def test_finish_with_an_end_time_runs_no_python_code_and_keeps_the_rules(test_spans):
+    # finish(t) in C (contrib/mysql ends its spans at a time taken earlier):
+    # no Python frame for an exact int end within +-2**62 ns; anything else
+    # (past that bound, a float, a start_ns changed to a non-int) takes the
+    # Python method, with the same results.
+    calls: list[str] = []
+
+    def profile(frame, event, arg):  # type: ignore[no-untyped-def]
+        if event == "call":
+            calls.append(frame.f_code.co_name)
+
+    ends = {}
+    with tracer.trace("root") as root:
+        for name, end in (("fast", 1 << 62), ("past", (1 << 62) + 1), ("float", 2.5), ("kw", 7)):
+            span = tracer.trace(name)
+            span.start_ns = 2 if name != "kw" else 10
+            sys.setprofile(profile)
+            try:
+                span.finish(end) if name != "kw" else span.finish(finish_time_ns=end)
+            finally:
+                sys.setprofile(None)
+            ends[name] = (span.duration_ns, list(calls))
+            del calls[:]
+            assert tracer.current_span() is root
+    assert ends["fast"][0] == (1 << 62) - 2 and ends["past"][0] == (1 << 62) - 1 and ends["float"][0] == 0.5
+    assert ends["kw"][0] == 0  # before its start: zero, not negative
+    if not PURE:
+        assert ends["fast"][1] == ends["kw"][1] == [] and ends["past"][1] and ends["float"][1]
+    assert sorted(s.name for s in test_spans.spans) == ["fast", "float", "kw", "past", "root"]
+
+
 def test_children_started_after_the_root_finished_leave_as_a_late_chunk(test_spans):
     def run() -> None:  # in a context of its own: it ends with the finished root active
         root = tracer.start_span("root", activate=True)
