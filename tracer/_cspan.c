@@ -244,10 +244,13 @@ new_trace(ModuleState *st, PyTypeObject *cls, PyObject *buffer, PyObject *trace_
     t->foreign = Py_NewRef(Py_False);
     t->remote_parent = Py_NewRef(Py_False);
     t->peeks = Py_NewRef(int_0);
-    if ((t->starts = PyObject_Call(st->count_type, st->count_args, NULL)) == NULL ||
-        (t->finishes = PyObject_Call(st->count_type, st->count_args, NULL)) == NULL ||
-        (t->finished = PyList_New(0)) == NULL || (t->dd_tags = PyDict_New()) == NULL)
+    if ((t->starts = _cspan_new_counter(st->counter)) == NULL ||
+        (t->finishes = _cspan_new_counter(st->counter)) == NULL || (t->finished = PyList_New(0)) == NULL ||
+        (t->dd_tags = PyDict_New()) == NULL)
         goto error;
+    /* The first chunk is this list: not walked by the cyclic GC while it waits
+     * for the writer (see _cspan_trace.c, "Objects the GC does not walk"). */
+    PyObject_GC_UnTrack(t->finished);
     PyObject *live = PyObject_GetAttr(buffer, st->s_live);
     if (live == NULL)
         goto error;
@@ -492,10 +495,12 @@ exec_module(PyObject *m)
         return -1;
     st->count_type = PyObject_GetAttrString(itertools, "count");
     Py_DECREF(itertools);
-    if (st->count_type == NULL || (st->count_args = PyTuple_Pack(1, int_1)) == NULL)
+    if (st->count_type == NULL)
         return -1;
     if ((st->trace_base = PyType_FromModuleAndSpec(m, &_cspan_Trace_spec, NULL)) == NULL ||
-        PyModule_AddObjectRef(m, "TraceBase", st->trace_base) < 0)
+        PyModule_AddObjectRef(m, "TraceBase", st->trace_base) < 0 ||
+        (st->counter = PyType_FromModuleAndSpec(m, &_cspan_Counter_spec, NULL)) == NULL ||
+        PyModule_AddObjectRef(m, "Counter", st->counter) < 0)
         return -1;
     if (PyType_Ready(&_cspan_SpanBase_Type) < 0)
         return -1;

@@ -4,7 +4,7 @@
  *                   (trace_child, trace_root);
  *   _cspan_span.c   SpanBase: set_tag, set_metric, __enter__, __exit__,
  *                   finish, and appending a finished span to its trace;
- *   _cspan_trace.c  TraceBase and the lone-root finish.
+ *   _cspan_trace.c  TraceBase, Counter and the lone-root finish.
  * What they share is declared here: the structs, the process-wide globals
  * set by exec_module and configure() (defined in _cspan.c), the small field
  * helpers of the hot path (static inline, so that they stay inlined), and
@@ -55,8 +55,9 @@ typedef struct {
  * itertools.count, the type of _Trace.starts). */
 typedef struct {
     PyObject *s_peeks, *s_live, *s_sink, *s_write;
-    PyObject *count_type, *count_args; /* itertools.count, (1,) */
+    PyObject *count_type;              /* itertools.count */
     PyObject *trace_base;              /* TraceBase */
+    PyObject *counter;                 /* Counter */
 } ModuleState;
 
 /* TraceBase: the fields of tracer.buffer._Trace (in its __slots__ order) in
@@ -116,7 +117,7 @@ extern PyObject *s_foreign, *s_root_done, *s_starts, *s_finishes, *s_finished, *
 extern PyObject *int_0, *int_1, *int_64;
 
 extern PyTypeObject _cspan_SpanBase_Type;
-extern PyType_Spec _cspan_Trace_spec;
+extern PyType_Spec _cspan_Trace_spec, _cspan_Counter_spec;
 
 void _cspan_Trace_dealloc(PyObject *self);
 
@@ -212,6 +213,7 @@ next_count(PyObject *trace, PyObject *name, size_t offset)
 }
 
 /* _cspan_trace.c */
+PyObject *_cspan_new_counter(PyObject *counter_type);
 int _cspan_finish_lone_root_owned(SpanObject *self, ModuleState *st, PyObject *trace, PyObject *metrics,
                                   PyObject *service);
 
