@@ -37,7 +37,7 @@ get_ll(PyObject *trace, PyObject *name, size_t offset, long long *out)
     PyObject *v = trace_get(trace, name, offset);
     if (v == NULL)
         return -1;
-    *out = PyLong_AsLongLong(v);
+    *out = as_long_long(v);
     Py_DECREF(v);
     return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
 }

@@ -349,7 +349,7 @@ end_span(SpanObject *self, int only_if_active, const long long *end_ns)
         PyErr_SetString(PyExc_AttributeError, end_ns == NULL ? "_mono" : "start_ns");
         return -1;
     }
-    long long start = PyLong_AsLongLong(since);
+    long long start = as_long_long(since);
     if (start == -1 && PyErr_Occurred())
         return -1;
     long long elapsed = end_ns == NULL ? perf_counter_ns() - start : *end_ns - start;

@@ -204,6 +204,28 @@ def test_finish_with_an_end_time_runs_no_python_code_and_keeps_the_rules(test_sp
     assert sorted(s.name for s in test_spans.spans) == ["fast", "float", "kw", "past", "root"]
 
 
+def test_durations_from_clock_values_of_every_size(test_spans):
+    # The C span reads the clocks' ints (one to three 30-bit digits, and
+    # negative ones) without PyLong_AsLongLong's byte-array path.
+    with tracer.trace("root"):
+        for back in (5, 2**31, 2**45, 2**61):
+            span = tracer.trace("x")
+            span._mono -= back
+            span.finish()
+            assert back <= span.duration_ns < back + 10**10
+        span = tracer.trace("end")
+        span.start_ns = -(2**50)
+        span.finish(2**50)
+        assert span.duration_ns == 2**51
+        if not PURE:
+            span = tracer.trace("huge")
+            span._mono = 2**64
+            with pytest.raises(OverflowError):
+                span.finish()
+            span._mono = 0
+            span.finish()
+
+
 def test_children_started_after_the_root_finished_leave_as_a_late_chunk(test_spans):
     def run() -> None:  # in a context of its own: it ends with the finished root active
         root = tracer.start_span("root", activate=True)
