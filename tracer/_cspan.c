@@ -37,7 +37,7 @@ get_ll(PyObject *trace, PyObject *name, size_t offset, long long *out)
     PyObject *v = trace_get(trace, name, offset);
     if (v == NULL)
         return -1;
-    *out = PyLong_AsLongLong(v);
+    *out = as_long_long(v);
     Py_DECREF(v);
     return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
 }
@@ -244,10 +244,13 @@ new_trace(ModuleState *st, PyTypeObject *cls, PyObject *buffer, PyObject *trace_
     t->foreign = Py_NewRef(Py_False);
     t->remote_parent = Py_NewRef(Py_False);
     t->peeks = Py_NewRef(int_0);
-    if ((t->starts = PyObject_Call(st->count_type, st->count_args, NULL)) == NULL ||
-        (t->finishes = PyObject_Call(st->count_type, st->count_args, NULL)) == NULL ||
-        (t->finished = PyList_New(0)) == NULL || (t->dd_tags = PyDict_New()) == NULL)
+    if ((t->starts = _cspan_new_counter(st->counter)) == NULL ||
+        (t->finishes = _cspan_new_counter(st->counter)) == NULL || (t->finished = PyList_New(0)) == NULL ||
+        (t->dd_tags = PyDict_New()) == NULL)
         goto error;
+    /* The first chunk is this list: not walked by the cyclic GC while it waits
+     * for the writer (see _cspan_trace.c, "Objects the GC does not walk"). */
+    PyObject_GC_UnTrack(t->finished);
     PyObject *live = PyObject_GetAttr(buffer, st->s_live);
     if (live == NULL)
         goto error;
@@ -265,20 +268,79 @@ error:
     return NULL;
 }
 
-/* trace_root(trace_cls, buffer, name, service, resource, span_type, activate) -> Span | None
+/* A field of a new trace: in the struct for a trace built on TraceBase, else
+ * by attribute. Steals `value` (NULL: an error is set). */
+static int
+set_new_field(PyObject *trace, const char *name, size_t offset, PyObject *value)
+{
+    if (value == NULL)
+        return -1;
+    if (is_c_trace(trace)) {
+        Py_XSETREF(*(PyObject **)((char *)trace + offset), value);
+        return 0;
+    }
+    int rc = PyObject_SetAttrString(trace, name, value);
+    Py_DECREF(value);
+    return rc;
+}
+
+/* ctx.dd_tags without _dd.p.tid (a new dict), as Tracer._start_trace. */
+static PyObject *
+propagated_tags(PyObject *ctx)
+{
+    static const char tid[] = "_dd.p.tid";
+    PyObject *tags = PyObject_GetAttrString(ctx, "dd_tags");
+    if (tags == NULL)
+        return NULL;
+    PyObject *copy = NULL;
+    if (PyDict_CheckExact(tags))
+        copy = PyDict_Copy(tags);
+    else {
+        PyObject *items = PyMapping_Items(tags);
+        if (items != NULL && (copy = PyDict_New()) != NULL && PyDict_MergeFromSeq2(copy, items, 1) < 0)
+            Py_CLEAR(copy);
+        Py_XDECREF(items);
+    }
+    Py_DECREF(tags);
+    /* Looked up only in a non-empty dict. */
+    if (copy != NULL && PyDict_GET_SIZE(copy) != 0 && PyDict_GetItemString(copy, tid) != NULL &&
+        PyDict_DelItemString(copy, tid) < 0)
+        Py_CLEAR(copy);
+    return copy;
+}
+
+/* A trace continued from `ctx` (a tracer.context.Context): the fields
+ * Tracer._start_trace copies from it. */
+static int
+continue_trace(PyObject *trace, PyObject *ctx)
+{
+#define FIELD(name, value) set_new_field(trace, #name, offsetof(TraceObject, name), (value))
+    if (FIELD(priority, PyObject_GetAttrString(ctx, "sampling_priority")) < 0 ||
+        FIELD(origin, PyObject_GetAttrString(ctx, "origin")) < 0 || FIELD(dd_tags, propagated_tags(ctx)) < 0 ||
+        FIELD(tracestate, PyObject_GetAttrString(ctx, "tracestate")) < 0 ||
+        FIELD(remote_parent, Py_NewRef(Py_True)) < 0)
+        return -1;
+#undef FIELD
+    return 0;
+}
+
+/* trace_root(trace_cls, buffer, name, service, resource, span_type, activate[, ctx]) -> Span | None
  *
  * A new trace and its root span: Tracer.trace() without an active span, and
- * Tracer.start_span() without a parent (a query outside any request). With
+ * Tracer.start_span() without a parent (a query outside any request) or
+ * with a propagated Context `ctx` (a request with trace headers). With
  * `activate` the span becomes the active one, and None is returned when a
- * span is active already (the caller's Python code decides then). As
- * Tracer._start_trace for no parent, which stays the statement of the rules:
+ * span is active already (the caller's Python code decides then); None too
+ * for a `ctx` whose trace_id is not a non-zero int (a decision-only b3
+ * header). As Tracer._start_trace, which stays the statement of the rules:
  * a change there goes here too. `trace_cls(buffer, trace_id, wall, mono)` is
  * tracer.buffer._Trace; `service` is already the default if empty. */
 static PyObject *
 trace_root(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     static PyObject *int_96 = NULL;
-    if (callable_now("trace_root", nargs, 7) < 0)
+    PyObject *ctx = nargs == 8 ? args[7] : Py_None;
+    if (callable_now("trace_root", nargs, nargs == 8 ? 8 : 7) < 0)
         return NULL;
     if (int_96 == NULL && (int_96 = PyLong_FromLong(96)) == NULL)
         return NULL;
@@ -297,8 +359,19 @@ trace_root(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_DECREF(active);
     }
     long long wall = clock_ns(1);
-    PyObject *trace = NULL, *trace_id = NULL, *wall_obj = NULL, *mono_obj = NULL;
+    PyObject *trace = NULL, *trace_id = NULL, *wall_obj = NULL, *mono_obj = NULL, *parent_id = NULL;
     SpanObject *span = NULL;
+    if (ctx != Py_None) {
+        if ((trace_id = PyObject_GetAttrString(ctx, "trace_id")) == NULL)
+            return NULL;
+        if (!PyLong_CheckExact(trace_id) || !PyObject_IsTrue(trace_id)) {
+            Py_DECREF(trace_id);
+            Py_RETURN_NONE;
+        }
+        if ((parent_id = PyObject_GetAttrString(ctx, "span_id")) == NULL)
+            goto done;
+        goto ids_done;
+    }
     /* As ddtrace: upper 32 bits unix seconds, 32 zero bits, 64 random bits. */
     PyObject *seconds = PyLong_FromLongLong(wall / 1000000000);
     if (seconds == NULL)
@@ -315,6 +388,9 @@ trace_root(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     trace_id = PyNumber_Or(high, low);
     Py_DECREF(high);
     Py_DECREF(low);
+    parent_id = Py_NewRef(int_0);
+
+ids_done:
     if (trace_id == NULL || (wall_obj = PyLong_FromLongLong(wall)) == NULL ||
         (mono_obj = PyLong_FromLongLong(mono)) == NULL)
         goto done;
@@ -326,9 +402,9 @@ trace_root(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyObject *trace_args[4] = {args[1], trace_id, wall_obj, mono_obj};
         trace = PyObject_Vectorcall(args[0], trace_args, 4, NULL);
     }
-    if (trace == NULL)
+    if (trace == NULL || (ctx != Py_None && continue_trace(trace, ctx) < 0))
         goto done;
-    span = new_span(trace, trace_id, int_0, Py_None, args[2], args[3], args[4], args[5], mono, wall,
+    span = new_span(trace, trace_id, parent_id, Py_None, args[2], args[3], args[4], args[5], mono, wall,
                     activating ? Py_None : not_activated);
     if (span == NULL)
         goto done;
@@ -340,6 +416,7 @@ trace_root(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 done:
     Py_XDECREF(trace);
     Py_XDECREF(trace_id);
+    Py_XDECREF(parent_id);
     Py_XDECREF(wall_obj);
     Py_XDECREF(mono_obj);
     return (PyObject *)span;
@@ -371,7 +448,7 @@ static PyMethodDef module_methods[] = {
     {"trace_child", (PyCFunction)(void (*)(void))trace_child, METH_FASTCALL,
      "trace_child(name, service, resource, span_type): a new active child of the active span, or None."},
     {"trace_root", (PyCFunction)(void (*)(void))trace_root, METH_FASTCALL,
-     "trace_root(trace_cls, buffer, name, service, resource, span_type, activate): a new root span, or None."},
+     "trace_root(trace_cls, buffer, name, service, resource, span_type, activate[, ctx]): a new root span, or None."},
     {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL, NULL},
     {NULL},
 };
@@ -418,10 +495,12 @@ exec_module(PyObject *m)
         return -1;
     st->count_type = PyObject_GetAttrString(itertools, "count");
     Py_DECREF(itertools);
-    if (st->count_type == NULL || (st->count_args = PyTuple_Pack(1, int_1)) == NULL)
+    if (st->count_type == NULL)
         return -1;
     if ((st->trace_base = PyType_FromModuleAndSpec(m, &_cspan_Trace_spec, NULL)) == NULL ||
-        PyModule_AddObjectRef(m, "TraceBase", st->trace_base) < 0)
+        PyModule_AddObjectRef(m, "TraceBase", st->trace_base) < 0 ||
+        (st->counter = PyType_FromModuleAndSpec(m, &_cspan_Counter_spec, NULL)) == NULL ||
+        PyModule_AddObjectRef(m, "Counter", st->counter) < 0)
         return -1;
     if (PyType_Ready(&_cspan_SpanBase_Type) < 0)
         return -1;

@@ -4,7 +4,7 @@
  *                   (trace_child, trace_root);
  *   _cspan_span.c   SpanBase: set_tag, set_metric, __enter__, __exit__,
  *                   finish, and appending a finished span to its trace;
- *   _cspan_trace.c  TraceBase and the lone-root finish.
+ *   _cspan_trace.c  TraceBase, Counter and the lone-root finish.
  * What they share is declared here: the structs, the process-wide globals
  * set by exec_module and configure() (defined in _cspan.c), the small field
  * helpers of the hot path (static inline, so that they stay inlined), and
@@ -55,8 +55,9 @@ typedef struct {
  * itertools.count, the type of _Trace.starts). */
 typedef struct {
     PyObject *s_peeks, *s_live, *s_sink, *s_write;
-    PyObject *count_type, *count_args; /* itertools.count, (1,) */
+    PyObject *count_type;              /* itertools.count */
     PyObject *trace_base;              /* TraceBase */
+    PyObject *counter;                 /* Counter */
 } ModuleState;
 
 /* TraceBase: the fields of tracer.buffer._Trace (in its __slots__ order) in
@@ -116,7 +117,7 @@ extern PyObject *s_foreign, *s_root_done, *s_starts, *s_finishes, *s_finished, *
 extern PyObject *int_0, *int_1, *int_64;
 
 extern PyTypeObject _cspan_SpanBase_Type;
-extern PyType_Spec _cspan_Trace_spec;
+extern PyType_Spec _cspan_Trace_spec, _cspan_Counter_spec;
 
 void _cspan_Trace_dealloc(PyObject *self);
 
@@ -173,6 +174,22 @@ clock_ns(int wall)
 
 #define perf_counter_ns() clock_ns(0)
 
+/* PyLong_AsLongLong, cheaper for the clocks' multi-digit ints: on 3.11 and
+ * 3.12 PyLong_AsLongLong converts any int of more than one digit through
+ * _PyLong_AsByteArray (≈ 300 instructions; three per child span), while
+ * the ...AndOverflow variant loops over its two or three digits. */
+static inline long long
+as_long_long(PyObject *value)
+{
+    int overflow;
+    long long x = PyLong_AsLongLongAndOverflow(value, &overflow);
+    if (overflow) {
+        PyErr_SetString(PyExc_OverflowError, "Python int too large to convert to C long long");
+        return -1;
+    }
+    return x;
+}
+
 #define RECORD_LEN 12
 
 /* The span's record, borrowed: tracer.span.RECORD_FIELDS, in wire order
@@ -212,6 +229,7 @@ next_count(PyObject *trace, PyObject *name, size_t offset)
 }
 
 /* _cspan_trace.c */
+PyObject *_cspan_new_counter(PyObject *counter_type);
 int _cspan_finish_lone_root_owned(SpanObject *self, ModuleState *st, PyObject *trace, PyObject *metrics,
                                   PyObject *service);
 

@@ -335,21 +335,25 @@ restore_prev(SpanObject *self, int only_if_active)
     return set_active(prev);
 }
 
-/* End the span unless it has ended: duration from the monotonic start, the
- * previous span active again (see restore_prev), the record to the trace. */
+/* End the span unless it has ended: duration from the monotonic start, or
+ * with an explicit end time (`end_ns`, epoch ns, not NULL) from the wall
+ * start, never below 0 (as _SpanBase.__exit__); the previous span active
+ * again (see restore_prev), the record to the trace. */
 static int
-end_span(SpanObject *self, int only_if_active)
+end_span(SpanObject *self, int only_if_active, const long long *end_ns)
 {
     if (self->duration_ns != NULL && self->duration_ns != Py_None)
         return 0;
-    if (self->_mono == NULL) {
-        PyErr_SetString(PyExc_AttributeError, "_mono");
+    PyObject *since = end_ns == NULL ? self->_mono : self->start_ns;
+    if (since == NULL) {
+        PyErr_SetString(PyExc_AttributeError, end_ns == NULL ? "_mono" : "start_ns");
         return -1;
     }
-    long long mono = PyLong_AsLongLong(self->_mono);
-    if (mono == -1 && PyErr_Occurred())
+    long long start = as_long_long(since);
+    if (start == -1 && PyErr_Occurred())
         return -1;
-    PyObject *duration = PyLong_FromLongLong(perf_counter_ns() - mono);
+    long long elapsed = end_ns == NULL ? perf_counter_ns() - start : *end_ns - start;
+    PyObject *duration = PyLong_FromLongLong(end_ns != NULL && elapsed < 0 ? 0 : elapsed);
     if (duration == NULL)
         return -1;
     Py_XSETREF(self->duration_ns, duration);
@@ -381,27 +385,46 @@ Span_exit(SpanObject *self, PyObject *const *argv, size_t nargsf, PyObject *kwna
     }
     /* The block ends in the context it began in, where this span is still
      * the active one: restore the previous one without reading the variable. */
-    if (end_span(self, 0) < 0)
+    if (end_span(self, 0, NULL) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
 
-/* finish(): _SpanBase.finish without an explicit end time (which goes to
- * the Python method). */
+static const char *const finish_names[] = {"finish_time_ns"};
+
+/* An exact int within ±2**62 (146 years of ns), so that end - start fits. */
+static int
+small_ns(PyObject *value, long long *out)
+{
+    int overflow = 1;
+    if (value != NULL && PyLong_CheckExact(value))
+        *out = PyLong_AsLongLongAndOverflow(value, &overflow);
+    return !overflow && *out <= (1LL << 62) && *out >= -(1LL << 62);
+}
+
+/* finish() and finish(finish_time_ns): _SpanBase.finish. An end time or a
+ * start that is not an exact int of that size goes to the Python method,
+ * which states the rules. */
 static PyObject *
 Span_finish(SpanObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
-    if (PyVectorcall_NARGS(nargsf) != 0 || kwnames != NULL) {
-        PyObject *slow = PyObject_GetAttr((PyObject *)self, s__finish_slow);
-        if (slow == NULL)
+    PyObject *end = Py_None;
+    long long end_ns = 0, start_ns = 0;
+    if (PyVectorcall_NARGS(nargsf) != 0 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
+        if (bind_args("finish", finish_names, 1, args, nargsf, kwnames, &end) < 0)
             return NULL;
-        PyObject *r = PyObject_Vectorcall(slow, args, nargsf, kwnames);
-        Py_DECREF(slow);
-        return r;
+        if (end != Py_None && !(small_ns(end, &end_ns) && small_ns(self->start_ns, &start_ns))) {
+            PyObject *slow = PyObject_GetAttr((PyObject *)self, s__finish_slow);
+            if (slow == NULL)
+                return NULL;
+            PyObject *r = PyObject_Vectorcall(slow, args, nargsf, kwnames);
+            Py_DECREF(slow);
+            return r;
+        }
     }
     /* Unlike a `with` block, finish() may run anywhere: restore the
      * previous span only where this one is the active one. */
-    if (end_span(self, 1) < 0)
+    if (end_span(self, 1, end == Py_None ? NULL : &end_ns) < 0)
         return NULL;
     Py_RETURN_NONE;
 }

@@ -56,6 +56,76 @@ PyType_Spec _cspan_Trace_spec = {
     .slots = Trace_slots,
 };
 
+/* -- Objects the GC does not walk -----------------------------------------
+ *
+ * A finished trace waits in the writer's queue until the writer thread
+ * takes it (up to a second): its tracked objects are walked by every young
+ * collection meanwhile, promoted, and counted towards the next full one.
+ * Two of them need no walking: the trace's two counts (Counter: a C integer,
+ * not a container, so not tracked at all) and its first chunk list (records
+ * of ints, strs and tag dicts: untracked, as a list holding no cycle; what a
+ * record holds is kept alive by the list's references, which the GC counts
+ * as outside references, so nothing is freed early; a cycle through a tag
+ * dict is found once the chunk is sent and freed). */
+
+/* Counter: itertools.count(1) for _Trace.starts and .finishes (what
+ * tracer.buffer uses of it: next() and the repr `count(N)`), without the
+ * GC header and the argument parsing of itertools.count. next() is atomic
+ * under the GIL, as itertools.count's. */
+typedef struct {
+    PyObject_HEAD
+    Py_ssize_t next;
+} CounterObject;
+
+PyObject *
+_cspan_new_counter(PyObject *counter_type)
+{
+    CounterObject *c = PyObject_New(CounterObject, (PyTypeObject *)counter_type);
+    if (c != NULL)
+        c->next = 1;
+    return (PyObject *)c;
+}
+
+static void
+Counter_dealloc(PyObject *self)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    PyObject_Free(self);
+    Py_DECREF(type);
+}
+
+static PyObject *
+Counter_next(CounterObject *self)
+{
+    if (self->next == PY_SSIZE_T_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "Counter overflow");
+        return NULL;
+    }
+    return PyLong_FromSsize_t(self->next++);
+}
+
+static PyObject *
+Counter_repr(CounterObject *self)
+{
+    return PyUnicode_FromFormat("count(%zd)", self->next);
+}
+
+static PyType_Slot Counter_slots[] = {
+    {Py_tp_doc, "itertools.count(1) for a trace's starts and finishes: next() and repr() only."},
+    {Py_tp_dealloc, Counter_dealloc},
+    {Py_tp_iter, PyObject_SelfIter},
+    {Py_tp_iternext, Counter_next},
+    {Py_tp_repr, Counter_repr},
+    {0, NULL},
+};
+
+PyType_Spec _cspan_Counter_spec = {
+    .name = "tracer._cspan.Counter",
+    .basicsize = sizeof(CounterObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = Counter_slots,
+};
+
 /* A local root finishing with nothing else of its trace ever started here
  * (every query outside a request, every request without children): its
  * record is the whole trace. It goes to the sink as a chunk of its own,
@@ -75,6 +145,13 @@ PyType_Spec _cspan_Trace_spec = {
  * one started after sees root_done and leaves as a late chunk. count_lost()
  * (shutdown) marks the trace foreign under the lock before it counts, and a
  * foreign trace takes the general path, which waits for the lock. */
+/* A count whose next() runs no Python code. */
+static int
+is_count(ModuleState *st, PyObject *count)
+{
+    return Py_TYPE(count) == (PyTypeObject *)st->counter || Py_TYPE(count) == (PyTypeObject *)st->count_type;
+}
+
 int
 _cspan_finish_lone_root_owned(SpanObject *self, ModuleState *st, PyObject *trace, PyObject *metrics,
                        PyObject *service)
@@ -82,7 +159,7 @@ _cspan_finish_lone_root_owned(SpanObject *self, ModuleState *st, PyObject *trace
     PyObject *root = NULL, *foreign = NULL, *finished = NULL, *starts = NULL, *finishes = NULL,
              *peeks = NULL, *trace_id = NULL, *buffer = NULL, *live = NULL, *sink = NULL, *chunk = NULL;
     int rc = -1;
-    if (st == NULL || st->count_type == NULL) /* the module's state cleared (interpreter shutdown) */
+    if (st == NULL || st->count_type == NULL || st->counter == NULL) /* the module's state cleared (shutdown) */
         return 0;
     /* Reads and checks first: nothing changes until every one passed. The
      * first two turn away a root with finished children (the usual trace). */
@@ -99,8 +176,8 @@ _cspan_finish_lone_root_owned(SpanObject *self, ModuleState *st, PyObject *trace
         (live = PyObject_GetAttr(buffer, st->s_live)) == NULL || (sink = PyObject_GetAttr(buffer, st->s_sink)) == NULL)
         goto done;
     rc = 0;
-    if (foreign != Py_False || Py_TYPE(starts) != (PyTypeObject *)st->count_type ||
-        Py_TYPE(finishes) != (PyTypeObject *)st->count_type || !PyLong_CheckExact(peeks) || !PySet_CheckExact(live))
+    if (foreign != Py_False || !is_count(st, starts) || !is_count(st, finishes) || !PyLong_CheckExact(peeks) ||
+        !PySet_CheckExact(live))
         goto done;
     Py_ssize_t npeeks = PyLong_AsSsize_t(peeks);
     if (npeeks == -1 && PyErr_Occurred()) {
@@ -113,6 +190,7 @@ _cspan_finish_lone_root_owned(SpanObject *self, ModuleState *st, PyObject *trace
         rc = -1;
         goto done;
     }
+    PyObject_GC_UnTrack(chunk); /* see "Objects the GC does not walk" */
     for (Py_ssize_t i = 0; i < RECORD_LEN; i++)
         PyList_SET_ITEM(chunk, i, Py_NewRef(record[i]));
     /* _Trace.started_count(): one next() on `starts`, counted in `peeks`. */

@@ -148,8 +148,12 @@ class Tracer:
             next(trace.starts)
             if trace.root_done:
                 trace.start_span_late()
-        elif parent is None and _trace_root is not None:  # a new trace, built in C
-            span = _trace_root(_RootTrace, self._buffer, name, service or self.service, resource, span_type, False)
+        elif _trace_root is not None and (parent is None or type(parent) is Context):
+            # A new trace, or one continued from headers, built in C (None
+            # for a context with a sampling decision only: _start_trace's).
+            span = _trace_root(
+                _RootTrace, self._buffer, name, service or self.service, resource, span_type, False, parent
+            ) or self._start_trace(parent, name, service, resource, span_type, mono)
         else:
             span = self._start_trace(parent, name, service, resource, span_type, mono)
         if activate:

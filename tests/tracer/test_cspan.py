@@ -11,12 +11,13 @@ import gc
 import os
 import sys
 import threading
+from typing import Any
 
 import pytest
 
 from tests.utils import assert_clean_output
 from tracer import encoding, tracer
-from tracer.context import ACTIVE_SPAN
+from tracer.context import ACTIVE_SPAN, Context
 from tracer.span import MAX_KEY_LEN, MAX_VALUE_LEN, SPAN_FIELDS, _cspan
 
 PURE = os.environ.get("TRACER_PURE_PYTHON", "").lower() in ("1", "true", "yes", "on")
@@ -172,6 +173,59 @@ def test_finish_with_an_end_time(test_spans):
     assert sorted(s.name for s in test_spans.spans) == ["early", "late", "root", "unset"]
 
 
+def test_finish_with_an_end_time_runs_no_python_code_and_keeps_the_rules(test_spans):
+    # finish(t) in C (contrib/mysql ends its spans at a time taken earlier):
+    # no Python frame for an exact int end within +-2**62 ns; anything else
+    # (past that bound, a float, a start_ns changed to a non-int) takes the
+    # Python method, with the same results.
+    calls: list[str] = []
+
+    def profile(frame, event, arg):  # type: ignore[no-untyped-def]
+        if event == "call":
+            calls.append(frame.f_code.co_name)
+
+    ends = {}
+    with tracer.trace("root") as root:
+        for name, end in (("fast", 1 << 62), ("past", (1 << 62) + 1), ("float", 2.5), ("kw", 7)):
+            span = tracer.trace(name)
+            span.start_ns = 2 if name != "kw" else 10
+            sys.setprofile(profile)
+            try:
+                span.finish(end) if name != "kw" else span.finish(finish_time_ns=end)
+            finally:
+                sys.setprofile(None)
+            ends[name] = (span.duration_ns, list(calls))
+            del calls[:]
+            assert tracer.current_span() is root
+    assert ends["fast"][0] == (1 << 62) - 2 and ends["past"][0] == (1 << 62) - 1 and ends["float"][0] == 0.5
+    assert ends["kw"][0] == 0  # before its start: zero, not negative
+    if not PURE:
+        assert ends["fast"][1] == ends["kw"][1] == [] and ends["past"][1] and ends["float"][1]
+    assert sorted(s.name for s in test_spans.spans) == ["fast", "float", "kw", "past", "root"]
+
+
+def test_durations_from_clock_values_of_every_size(test_spans):
+    # The C span reads the clocks' ints (one to three 30-bit digits, and
+    # negative ones) without PyLong_AsLongLong's byte-array path.
+    with tracer.trace("root"):
+        for back in (5, 2**31, 2**45, 2**61):
+            span = tracer.trace("x")
+            span._mono -= back
+            span.finish()
+            assert back <= span.duration_ns < back + 10**10
+        span = tracer.trace("end")
+        span.start_ns = -(2**50)
+        span.finish(2**50)
+        assert span.duration_ns == 2**51
+        if not PURE:
+            span = tracer.trace("huge")
+            span._mono = 2**64
+            with pytest.raises(OverflowError):
+                span.finish()
+            span._mono = 0
+            span.finish()
+
+
 def test_children_started_after_the_root_finished_leave_as_a_late_chunk(test_spans):
     def run() -> None:  # in a context of its own: it ends with the finished root active
         root = tracer.start_span("root", activate=True)
@@ -281,6 +335,73 @@ def test_root_spans_from_c_match_the_python_root_path(test_spans, how, service, 
     assert built == expected
     assert expected["service"] == (service or tracer.service)
     assert [[s.name for s in chunk] for chunk in test_spans.chunks] == [["root"], ["root"]]
+
+
+class _Tags(dict):
+    """Propagated tags in a mapping that is not an exact dict."""
+
+
+_CONTEXTS = {
+    "datadog": lambda: Context(0xAB << 64 | 7, 9, 2, "synthetics", {"_dd.p.tid": "00000000000000ab", "_dd.p.dm": "-4"}),
+    "tracecontext": lambda: Context(11, 12, 1, None, {"_dd.p.dm": "-0"}, "other=x", {"k": "v"}),
+    "bare": lambda: Context(13, 14),
+    "tag_mapping": lambda: Context(15, 16, 0, None, _Tags({"_dd.p.tid": "1", "_dd.p.a": "b"})),
+    "decision_only": lambda: Context(0, 0, 1),  # a b3 "1": no parent, the Python path
+}
+
+
+@pytest.mark.parametrize("ctx", list(_CONTEXTS))
+def test_traces_continued_from_headers_are_built_in_c_as_in_python(test_spans, ctx):
+    """``start_span(child_of=Context)`` (a request with trace headers) builds
+    in C what Tracer._start_trace builds, and sends the same chunk."""
+    tracer_module = sys.modules["tracer._tracer"]
+
+    def start() -> tuple[dict, Any]:
+        context = _CONTEXTS[ctx]()
+        span = tracer.start_span("req", context, "svc", None, "web", activate=True)
+        trace = span._trace
+        fields = _root_fields(span)
+        del fields["tid_rule"]
+        fields.update(
+            ids=(span.trace_id, trace.trace_id == context.trace_id or not context.trace_id, span.parent_id),
+            remote=(trace.origin, trace.dd_tags, type(trace.dd_tags), trace.tracestate, trace.mechanism),
+        )
+        span.finish()
+        return fields, trace
+
+    built, trace = start()
+    saved, tracer_module._trace_root = tracer_module._trace_root, None
+    try:
+        expected, python_trace = start()
+    finally:
+        tracer_module._trace_root = saved
+    if ctx == "decision_only":  # random trace ids
+        built.pop("ids"), expected.pop("ids")
+    assert built == expected
+    if _cspan is not None:  # built in C, but for a decision only
+        assert isinstance(trace, _cspan.TraceBase) == (ctx != "decision_only")
+        assert not isinstance(python_trace, _cspan.TraceBase)
+    first, second = ([s._replace(span_id=0, start_ns=0, duration_ns=0) for s in chunk] for chunk in test_spans.chunks)
+    if ctx == "decision_only":
+        first, second = ([s._replace(trace_id=0) for s in chunk] for chunk in (first, second))
+    assert first == second and len(first) == 1
+
+
+@pytest.mark.skipif(PURE, reason="the C span code")
+def test_traces_continued_from_headers_leak_no_reference(test_spans):
+    origin, tracestate, name = (f"{word}-{id(test_spans)}" for word in ("origin", "state", "name"))
+    tags = {"_dd.p.tid": "00000000000000ab", "_dd.p.dm": "-4"}
+    context = Context(id(test_spans) << 64 | 7, id(tags) << 1, 2, origin, tags, tracestate)
+    objects = (context, origin, tracestate, name, tags, context.trace_id, context.span_id)
+    test_spans.raw.clear()
+    gc.collect()
+    before = [sys.getrefcount(o) for o in objects]
+    for _ in range(1000):
+        tracer.start_span(name, child_of=context).finish()
+    test_spans.raw.clear()
+    gc.collect()
+    assert [sys.getrefcount(o) for o in objects] == before
+    assert tags == {"_dd.p.tid": "00000000000000ab", "_dd.p.dm": "-4"}, "the context's tags are copied, not changed"
 
 
 @pytest.mark.skipif(PURE, reason="the C span code")

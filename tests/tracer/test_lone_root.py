@@ -209,3 +209,34 @@ def test_a_trace_built_in_c_equals_one_built_by_trace_init(test_spans):
     assert (built.pop("starts"), expected.pop("starts")) == ("count(2)", "count(1)")
     by_call.pop("starts")
     assert built == expected == by_call
+
+
+def test_a_c_traces_counts_and_first_chunk_are_not_walked_by_the_gc(test_spans):
+    """While a finished trace waits for the writer, the cyclic GC walks what
+    it holds. A C-built trace's two counts (``_cspan.Counter``) are not
+    tracked at all and count as ``itertools.count(1)`` does for what
+    tracer.buffer uses (next(), repr); its first chunk list and a lone
+    root's chunk are untracked."""
+    span = tracer.start_span("q")
+    trace = span._trace
+    python = tracer_module._Trace(trace.buffer, 1, 0, 0)
+    trace.buffer._live.discard(python)
+    next(python.starts)  # as the root's start
+    counts, expected = [trace.starts, trace.finishes], [python.starts, python.finishes]
+    assert [repr(c) for c in counts] == [repr(c) for c in expected] == ["count(2)", "count(1)"]
+    assert [[next(c) for c in counts] for _ in range(3)] == [[next(c) for c in expected] for _ in range(3)]
+    assert [_taken(c) for c in counts] == [_taken(c) for c in expected] == [4, 3]
+    first = trace.finished
+    tracer.start_span("child", child_of=span).finish()
+    span.finish()
+    lone = tracer.start_span("lone")
+    lone.finish()
+    (_, chunk), (_, lone_chunk) = test_spans.raw
+    assert chunk is first and [s.name for s in test_spans.spans] == ["child", "q", "lone"]
+    if _cspan is None:
+        assert type(trace.starts) is type(python.starts)
+        return
+    assert all(type(c) is _cspan.Counter and not gc.is_tracked(c) for c in counts + [lone._trace.starts])
+    assert not gc.is_tracked(chunk) and not gc.is_tracked(lone_chunk)
+    with pytest.raises(TypeError):
+        type(trace.starts)()
