@@ -190,6 +190,7 @@ def test_proxies_use_the_wrapped_object_as_it_is_now(test_spans: Any) -> None:
     # The hot paths read __wrapped__ through wrapt's descriptor (wrapped_of),
     # not through the proxy's attribute lookup, nor from a copy taken earlier.
     conn = sqlite3.connect(":memory:")
+    first = conn.__wrapped__  # closed at the end: 3.13 warns of an unclosed sqlite3 connection
     cur = conn.cursor()
     assert _dbapi.wrapped_of(cur) is cur.__wrapped__ and _dbapi.wrapped_of(conn) is conn.__wrapped__
     other = sqlite3.connect(":memory:")
@@ -200,6 +201,7 @@ def test_proxies_use_the_wrapped_object_as_it_is_now(test_spans: Any) -> None:
     assert conn.cursor().execute("SELECT count(*) FROM only_here").fetchall() == [(0,)]
     assert [s.resource for s in test_spans.spans[-2:]] == ["SELECT name FROM sqlite_master", "SELECT count(*) FROM only_here"]
     other.close()
+    first.close()
 
 
 _PURE_WRAPT = """
