@@ -159,19 +159,21 @@ def _fill(agg: Aggregator, contexts: int, now: int) -> None:
                               for j in range(i, min(i + 50, contexts))), now)
 
 
-def test_a_10000_series_flush_stalls_trace_ingest_briefly(tmp_path: Any) -> None:
+def test_a_10000_series_flush_holds_the_store_lock_briefly(tmp_path: Any) -> None:
     # The store's lock is shared with trace ingest: a flush written in one transaction held it
     # ~0.1 s and every trace payload arriving meanwhile waited that long. Written in chunks, the
-    # longest wait is a chunk's (~10 ms). As a share of the flush's own duration (so a slower
-    # machine slows both sides alike), best of 5 rounds (3 let a busy run reach 0.207): 5-9 %
-    # chunked, 28-60 % in one transaction.
+    # longest hold is a chunk's. Measured as the lock's longest hold over the flush's duration
+    # (as the expiry test below), not as an ingest thread's longest wait: in a full CI run that
+    # wait also held GIL hand-offs behind the flush's Python work (0.44-0.49 in 4 of 5 rounds,
+    # whatever the lock did). Best of 3 rounds: 0.06 chunked (8-9 ms of 130-170 ms); CHUNK_ROWS = 10**9 (one
+    # transaction, the code before the chunking) 0.49-0.54.
     store = Store(str(tmp_path / "m.db"))
     agg = Aggregator(store=MetricStore(store))
     ratios = []
-    for r in range(5):
+    for r in range(3):
         start = T0 + 10 * r
         _fill(agg, 10_000, start + 1)
-        ratios.append(_stall(store, r << 32, lambda start=start: agg.flush(start + 25)))
+        ratios.append(_longest_hold(store, lambda start=start: agg.flush(start + 25)))
         assert store.execute("SELECT count(*) FROM metric_points WHERE bucket = ?", (start,)) == [(10_000,)]
         assert not agg._pending
     assert min(ratios)[0] < 0.2, ratios
@@ -215,6 +217,18 @@ class _TimedLock:
         self.lock.release()
 
 
+def _longest_hold(store: Store, work: Callable[[], object]) -> tuple[float, str]:
+    """Run ``work`` with ``store.lock`` timed: (its longest hold / work's duration, a note)."""
+    timed = store.lock = _TimedLock(store.lock)
+    began = time.perf_counter()
+    try:
+        work()
+    finally:
+        took = time.perf_counter() - began
+        store.lock = timed.lock
+    return timed.longest / took, f"held {timed.longest * 1000:.1f} ms of {took * 1000:.0f} ms"
+
+
 def test_expiring_many_series_holds_the_store_lock_briefly(tmp_path: Any) -> None:
     # Once 10,000 series' hourly rows (3 hours of them) pass retention, the roll-up deletes
     # them and their contexts. One DELETE of the rows and one of the contexts left without
@@ -231,12 +245,8 @@ def test_expiring_many_series_holds_the_store_lock_briefly(tmp_path: Any) -> Non
         agg.flush(T0 + 3600 * hour + 25)
     agg.rollup(T0 + 3 * 3600 + DAY + 60, DAY, 30 * DAY)  # 10 s rows into hours
     assert store.execute("SELECT width, count(*) FROM metric_points GROUP BY width") == [(3600, 30_000)]
-    timed = store.lock = _TimedLock(store.lock)
-    began = time.perf_counter()
-    agg.rollup(T0 + 40 * DAY, DAY, 30 * DAY)
-    took = time.perf_counter() - began
-    store.lock = timed.lock
+    ratio = _longest_hold(store, lambda: agg.rollup(T0 + 40 * DAY, DAY, 30 * DAY))
     assert store.execute("SELECT count(*) FROM metric_points") == [(0,)]
     assert store.execute("SELECT count(*) FROM metric_contexts") == [(0,)]
     store.close()
-    assert timed.longest / took < 0.2, f"held {timed.longest * 1000:.1f} ms of {took * 1000:.0f} ms"
+    assert ratio[0] < 0.2, ratio
