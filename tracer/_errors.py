@@ -118,8 +118,3 @@ def guarded_call(where: str, fn: Callable[..., Any], *args: Any) -> None:
 def keep_result(instance: Any, state: Any, result: Any, exc: BaseException | None) -> Any:
     """A ``finish`` with no post-work (the pre-work was all there was to do)."""
     return result
-
-
-def no_pre_work(instance: Any, args: tuple, kwargs: dict) -> tuple[None, tuple, dict]:
-    """A ``start`` with nothing to do before the call (post-work only)."""
-    return None, args, kwargs
