@@ -125,17 +125,13 @@ count_start(PyObject *trace)
     return started == NULL ? -1 : 0;
 }
 
-/* trace_child(name, service, resource, span_type) -> Span | None
- *
- * Tracer.trace() for the common case: start a child of the active span and
+/* Tracer.trace() for the common case: start a child of the active span and
  * activate it. None when there is no active span or its trace is foreign
- * (inherited across fork): the caller starts a new trace then. */
-static PyObject *
-trace_child(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+ * (inherited across fork): the caller starts a new trace then. Arguments
+ * borrowed; span_cls is set (configure). */
+PyObject *
+_cspan_trace_child(PyObject *name, PyObject *service, PyObject *resource, PyObject *span_type)
 {
-    if (callable_now("trace_child", nargs, 4) < 0)
-        return NULL;
-    PyObject *name = args[0], *service = args[1], *resource = args[2], *span_type = args[3];
     long long mono = perf_counter_ns();
     PyObject *parent_obj;
     if (PyContextVar_Get(active_var, Py_None, &parent_obj) < 0)
@@ -219,6 +215,15 @@ error:
     Py_XDECREF(parent_obj);
     Py_XDECREF(span);
     return NULL;
+}
+
+/* trace_child(name, service, resource, span_type) -> Span | None */
+static PyObject *
+trace_child(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (callable_now("trace_child", nargs, 4) < 0)
+        return NULL;
+    return _cspan_trace_child(args[0], args[1], args[2], args[3]);
 }
 
 /* What _Trace.__init__(buffer, trace_id, wall_base, mono_base) makes, for
@@ -501,6 +506,9 @@ exec_module(PyObject *m)
         PyModule_AddObjectRef(m, "TraceBase", st->trace_base) < 0 ||
         (st->counter = PyType_FromModuleAndSpec(m, &_cspan_Counter_spec, NULL)) == NULL ||
         PyModule_AddObjectRef(m, "Counter", st->counter) < 0)
+        return -1;
+    if (PyType_Ready(&_cspan_TraceMethod_Type) < 0 ||
+        PyModule_AddObjectRef(m, "TraceMethod", (PyObject *)&_cspan_TraceMethod_Type) < 0)
         return -1;
     if (PyType_Ready(&_cspan_SpanBase_Type) < 0)
         return -1;

@@ -4,7 +4,8 @@
  *                   (trace_child, trace_root);
  *   _cspan_span.c   SpanBase: set_tag, set_metric, __enter__, __exit__,
  *                   finish, and appending a finished span to its trace;
- *   _cspan_trace.c  TraceBase, Counter and the lone-root finish.
+ *   _cspan_trace.c  TraceBase, Counter and the lone-root finish;
+ *   _cspan_method.c TraceMethod: Tracer.trace as a C method descriptor.
  * What they share is declared here: the structs, the process-wide globals
  * set by exec_module and configure() (defined in _cspan.c), the small field
  * helpers of the hot path (static inline, so that they stay inlined), and
@@ -227,6 +228,16 @@ next_count(PyObject *trace, PyObject *name, size_t offset)
         PyErr_Format(PyExc_RuntimeError, "trace.%U ended", name);
     return value;
 }
+
+/* _cspan.c */
+PyObject *_cspan_trace_child(PyObject *name, PyObject *service, PyObject *resource, PyObject *span_type);
+
+/* _cspan_span.c */
+int _cspan_bind_args(const char *fn, const char *const *names, Py_ssize_t n, Py_ssize_t required,
+                     PyObject *const *args, size_t nargsf, PyObject *kwnames, PyObject **out);
+
+/* _cspan_method.c */
+extern PyTypeObject _cspan_TraceMethod_Type;
 
 /* _cspan_trace.c */
 PyObject *_cspan_new_counter(PyObject *counter_type);

@@ -63,11 +63,12 @@ Span_dealloc(SpanObject *self)
 /* -- tags ----------------------------------------------------------------- */
 
 /* Bind a vectorcall's positional and keyword arguments to the n parameters
- * `names` of method `fn` (all required), as Python does: out[i] is borrowed.
+ * `names` of method `fn`, as Python does: out[i] is borrowed, NULL for an
+ * optional parameter not given (the first `required` ones are required).
  * The hot path (positional only) costs one test. */
-static int
-bind_args(const char *fn, const char *const *names, Py_ssize_t n, PyObject *const *args, size_t nargsf,
-          PyObject *kwnames, PyObject **out)
+int
+_cspan_bind_args(const char *fn, const char *const *names, Py_ssize_t n, Py_ssize_t required, PyObject *const *args,
+                 size_t nargsf, PyObject *kwnames, PyObject **out)
 {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     if (kwnames == NULL && nargs == n) {
@@ -97,7 +98,7 @@ bind_args(const char *fn, const char *const *names, Py_ssize_t n, PyObject *cons
         }
         out[i] = args[nargs + k];
     }
-    for (Py_ssize_t i = 0; i < n; i++) {
+    for (Py_ssize_t i = 0; i < required; i++) {
         if (out[i] == NULL) {
             PyErr_Format(PyExc_TypeError, "%s() missing required argument: '%s'", fn, names[i]);
             return -1;
@@ -113,7 +114,7 @@ static PyObject *
 Span_set_tag(SpanObject *self, PyObject *const *argv, size_t nargsf, PyObject *kwnames)
 {
     PyObject *args[2];
-    if (bind_args("set_tag", key_value_names, 2, argv, nargsf, kwnames, args) < 0)
+    if (_cspan_bind_args("set_tag", key_value_names, 2, 2, argv, nargsf, kwnames, args) < 0)
         return NULL;
     PyObject *key = args[0], *value = args[1];
     if (PyUnicode_CheckExact(key) && PyUnicode_GET_LENGTH(key) <= MAX_KEY_LEN && self->meta != NULL &&
@@ -143,7 +144,7 @@ static PyObject *
 Span_set_metric(SpanObject *self, PyObject *const *argv, size_t nargsf, PyObject *kwnames)
 {
     PyObject *args[2];
-    if (bind_args("set_metric", key_value_names, 2, argv, nargsf, kwnames, args) < 0)
+    if (_cspan_bind_args("set_metric", key_value_names, 2, 2, argv, nargsf, kwnames, args) < 0)
         return NULL;
     PyObject *key = args[0], *value = args[1];
     if (PyUnicode_CheckExact(key) && PyUnicode_GET_LENGTH(key) <= MAX_KEY_LEN && self->metrics != NULL &&
@@ -366,7 +367,7 @@ static PyObject *
 Span_exit(SpanObject *self, PyObject *const *argv, size_t nargsf, PyObject *kwnames)
 {
     PyObject *args[3];
-    if (bind_args("__exit__", exit_names, 3, argv, nargsf, kwnames, args) < 0)
+    if (_cspan_bind_args("__exit__", exit_names, 3, 3, argv, nargsf, kwnames, args) < 0)
         return NULL;
     if (args[0] != Py_None) {
         PyObject *r = PyObject_CallMethodObjArgs((PyObject *)self, s_set_exc_info, args[0], args[1], args[2], NULL);
@@ -411,7 +412,7 @@ Span_finish(SpanObject *self, PyObject *const *args, size_t nargsf, PyObject *kw
     PyObject *end = Py_None;
     long long end_ns = 0, start_ns = 0;
     if (PyVectorcall_NARGS(nargsf) != 0 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
-        if (bind_args("finish", finish_names, 1, args, nargsf, kwnames, &end) < 0)
+        if (_cspan_bind_args("finish", finish_names, 1, 1, args, nargsf, kwnames, &end) < 0)
             return NULL;
         if (end != Py_None && !(small_ns(end, &end_ns) && small_ns(self->start_ns, &start_ns))) {
             PyObject *slow = PyObject_GetAttr((PyObject *)self, s__finish_slow);

@@ -1,0 +1,77 @@
+"""The C child span's fast paths of issue 17's tenth session (tracer/_cspan*.c):
+``Tracer.trace`` as a C method descriptor, span ids from ``random``'s
+stream without a 64-bit call, and the record appended at finish. Each test
+runs with the C code and with TRACER_PURE_PYTHON (same results; only the
+"no Python code" checks are C-only)."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+from typing import Any
+
+import pytest
+
+from tracer import Tracer, tracer
+from tracer.span import _cspan
+
+PURE = os.environ.get("TRACER_PURE_PYTHON", "").lower() in ("1", "true", "yes", "on")
+
+
+def _python_calls(fn: Any) -> tuple[Any, list[str]]:
+    """fn()'s result and the Python functions it ran."""
+    calls: list[str] = []
+
+    def profile(frame, event, arg):  # type: ignore[no-untyped-def]
+        if event == "call":
+            calls.append(frame.f_code.co_name)
+
+    sys.setprofile(profile)
+    try:
+        result = fn()
+    finally:
+        sys.setprofile(None)
+    return result, calls
+
+
+def test_trace_starts_a_child_without_python_code_and_binds_as_python(test_spans):
+    with tracer.trace("root", service="svc") as root:
+        child, calls = _python_calls(lambda: tracer.trace("c", resource="r"))
+        assert (child.parent_id, child.service, child.resource, child.span_type) == (root.span_id, "svc", "r", None)
+        assert tracer.current_span() is child
+        child.finish()
+        if not PURE:
+            assert calls == ["<lambda>"], calls  # the lambda only: no Tracer.trace frame
+        # Every way of passing the arguments binds as a Python method would.
+        bound = tracer.trace
+        for span in (
+            bound("a", "s2", "res", "web"),
+            Tracer.trace(tracer, "a", "s2", span_type="web", resource="res"),
+            tracer.trace(span_type="web", name="a", service="s2", resource="res"),
+        ):
+            assert (span.name, span.service, span.resource, span.span_type) == ("a", "s2", "res", "web")
+            span.finish()
+        for bad in (
+            lambda: tracer.trace(),
+            lambda: tracer.trace("a", "b", "c", "d", "e"),
+            lambda: tracer.trace("a", nme="b"),
+            lambda: tracer.trace("a", name="b"),
+        ):
+            with pytest.raises(TypeError):
+                bad()
+        assert tracer.current_span() is root
+    # A new trace (no active span) goes through the fallback, as before.
+    with tracer.trace("other") as other:
+        assert other.parent_id == 0 and other.trace_id != root.trace_id
+    assert sorted(s.name for s in test_spans.spans) == ["a", "a", "a", "c", "other", "root"]
+
+
+def test_trace_keeps_its_name_doc_and_signature():
+    assert "context manager" in (Tracer.trace.__doc__ or "")
+    assert list(inspect.signature(tracer.trace).parameters) == ["name", "service", "resource", "span_type"]
+    if not PURE:  # (the pure-Python Tracer.trace is Tracer._trace_py)
+        assert Tracer.trace.__name__ == "trace" and Tracer.trace.__qualname__ == "Tracer.trace"
+        assert type(Tracer.__dict__["trace"]) is _cspan.TraceMethod
+        with pytest.raises(TypeError, match="callable"):
+            _cspan.TraceMethod(1)
