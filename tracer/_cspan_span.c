@@ -164,6 +164,30 @@ Span_enter(PyObject *self, PyObject *Py_UNUSED(ignored))
     return Py_NewRef(self);
 }
 
+/* PyList_Append of each item of `items` to `list` (an exact list): stored
+ * straight into the list's spare capacity where it has some, as
+ * list.append does itself (PyListObject's ob_item and allocated), the rest
+ * through PyList_Append, which grows it. ~8 instructions an item instead of
+ * ~45 for the call. */
+static int
+list_append_all(PyObject *list, PyObject *const *items, Py_ssize_t n)
+{
+    PyListObject *l = (PyListObject *)list;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t size = Py_SIZE(l);
+#ifndef Py_GIL_DISABLED
+        if (size < l->allocated) {
+            l->ob_item[size] = Py_NewRef(items[i]);
+            Py_SET_SIZE(l, size + 1);
+            continue;
+        }
+#endif
+        if (PyList_Append(list, items[i]) < 0)
+            return -1;
+    }
+    return 0;
+}
+
 /* Append the span's record to its trace and send the chunk if it can leave:
  * _Trace.finish_span, for a span whose duration is set. */
 static int
@@ -220,9 +244,7 @@ finish_record_owned(SpanObject *self, PyObject *trace, PyObject *metrics, PyObje
     PyObject *record[RECORD_LEN];
     span_record(self, trace_id, service, metrics, record);
     Py_ssize_t n = PyList_GET_SIZE(finished);
-    int rc = 0;
-    for (int i = 0; i < RECORD_LEN && rc == 0; i++)
-        rc = PyList_Append(finished, record[i]);
+    int rc = list_append_all(finished, record, RECORD_LEN);
     Py_DECREF(trace_id);
     if (rc < 0) {
         /* Leave no half record behind. */

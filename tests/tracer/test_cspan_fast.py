@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tracer import Tracer, tracer
-from tracer.span import _cspan
+from tracer.span import METRICS, RECORD_FIELDS, RECORD_LEN, _cspan, iter_records
 
 PURE = os.environ.get("TRACER_PURE_PYTHON", "").lower() in ("1", "true", "yes", "on")
 
@@ -75,3 +75,36 @@ def test_trace_keeps_its_name_doc_and_signature():
         assert type(Tracer.__dict__["trace"]) is _cspan.TraceMethod
         with pytest.raises(TypeError, match="callable"):
             _cspan.TraceMethod(1)
+
+
+def _expected_record(span: Any) -> tuple:
+    return tuple(getattr(span, f) for f in RECORD_FIELDS if f != "metrics")
+
+
+@pytest.mark.parametrize("partial", [None, 3])
+def test_records_are_appended_whole_and_in_order_across_list_growth(test_spans, partial):
+    # The C finish stores records straight into the chunk list's spare room
+    # and appends (growing the list) when there is none: every record, every
+    # size from empty through many resizes, with and without partial flushes.
+    buffer = tracer._buffer
+    before = buffer.partial_flush_min_spans
+    if partial:
+        buffer.partial_flush_min_spans = partial
+    try:
+        for children in (0, 1, 2, 5, 13, 40, 77):
+            test_spans.reset()
+            done: list[Any] = []
+            with tracer.trace("root") as root:
+                for i in range(children):
+                    with tracer.trace(f"c{i}", "svc" if i % 2 else None, f"r{i}", "web") as span:
+                        span.set_tag("i", str(i))
+                    done.append(span)
+            done.append(root)
+            chunks = [chunk for _, chunk in test_spans.raw]
+            assert all(len(chunk) % RECORD_LEN == 0 for chunk in chunks)
+            got = [tuple(r[:METRICS]) for chunk in chunks for r in iter_records(chunk)]
+            assert got == [_expected_record(s) for s in done], children
+            if partial and children >= partial:
+                assert len(chunks) > 1
+    finally:
+        buffer.partial_flush_min_spans = before
