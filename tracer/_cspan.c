@@ -31,15 +31,37 @@ PyObject *s_foreign, *s_root_done, *s_starts, *s_finishes, *s_finished, *s_root,
     *s_set_exc_info, *s__set_tag_slow, *s__set_metric_slow, *s__finish_slow, *s_top_level, *s_status_code;
 PyObject *int_0, *int_1, *int_64;
 
+/* trace.wall_base and trace.mono_base as C values. Kept in a C trace for
+ * the exact ints they came from: the next child of the trace finds the same
+ * objects and reads no int (~200 instructions less per child). */
 static int
-get_ll(PyObject *trace, PyObject *name, size_t offset, long long *out)
+base_clocks(PyObject *trace, long long *wall, long long *mono)
 {
-    PyObject *v = trace_get(trace, name, offset);
-    if (v == NULL)
-        return -1;
-    *out = as_long_long(v);
-    Py_DECREF(v);
-    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+    TraceObject *t = is_c_trace(trace) ? (TraceObject *)trace : NULL;
+    if (t != NULL && t->seen_wall != NULL && t->seen_wall == t->wall_base && t->seen_mono == t->mono_base) {
+        *wall = t->wall_ns;
+        *mono = t->mono_ns;
+        return 0;
+    }
+    PyObject *wall_obj = TRACE_GET(trace, wall_base);
+    PyObject *mono_obj = wall_obj == NULL ? NULL : TRACE_GET(trace, mono_base);
+    int rc = -1;
+    if (mono_obj != NULL && !((*wall = as_long_long(wall_obj)) == -1 && PyErr_Occurred()) &&
+        !((*mono = as_long_long(mono_obj)) == -1 && PyErr_Occurred())) {
+        rc = 0;
+        /* Kept only for exact ints still in place (converting another
+         * object runs its __index__, which may change the fields). */
+        if (t != NULL && PyLong_CheckExact(wall_obj) && PyLong_CheckExact(mono_obj) && wall_obj == t->wall_base &&
+            mono_obj == t->mono_base) {
+            Py_XSETREF(t->seen_wall, Py_NewRef(wall_obj));
+            Py_XSETREF(t->seen_mono, Py_NewRef(mono_obj));
+            t->wall_ns = *wall;
+            t->mono_ns = *mono;
+        }
+    }
+    Py_XDECREF(wall_obj);
+    Py_XDECREF(mono_obj);
+    return rc;
 }
 
 /* random.getrandbits(64) or 1: a span id, or a trace id's low half. */
@@ -174,8 +196,7 @@ _cspan_trace_child(PyObject *name, PyObject *service, PyObject *resource, PyObje
         Py_RETURN_NONE;
     }
     long long wall_base, mono_base;
-    if (get_ll(trace, s_wall_base, offsetof(TraceObject, wall_base), &wall_base) < 0 ||
-        get_ll(trace, s_mono_base, offsetof(TraceObject, mono_base), &mono_base) < 0)
+    if (base_clocks(trace, &wall_base, &mono_base) < 0)
         goto error;
 
     int has_service = PyObject_IsTrue(service);

@@ -70,9 +70,16 @@ typedef struct {
     PyObject_HEAD
     PyObject *trace_id, *buffer, *starts, *finishes, *finished, *root, *root_done, *priority, *mechanism, *origin,
         *dd_tags, *tracestate, *wall_base, *mono_base, *foreign, *remote_parent, *peeks;
+    /* C only (no member): the clocks' bases as C values for the exact ints
+     * seen_wall and seen_mono they were read from (held, so that finding the
+     * same objects in wall_base and mono_base means the same values): a
+     * child's start without converting two ints (see base_clocks). */
+    PyObject *seen_wall, *seen_mono;
+    long long wall_ns, mono_ns;
 } TraceObject;
 
-#define TRACE_NFIELDS ((Py_ssize_t)((sizeof(TraceObject) - offsetof(TraceObject, trace_id)) / sizeof(PyObject *)))
+/* The object fields (traversed and cleared as an array): up to wall_ns. */
+#define TRACE_NFIELDS ((Py_ssize_t)((offsetof(TraceObject, wall_ns) - offsetof(TraceObject, trace_id)) / sizeof(PyObject *)))
 #define TRACE_FIELDS(t) (&((TraceObject *)(t))->trace_id)
 
 /* The globals below keep their short names in the code and link as

@@ -108,3 +108,34 @@ def test_records_are_appended_whole_and_in_order_across_list_growth(test_spans, 
                 assert len(chunks) > 1
     finally:
         buffer.partial_flush_min_spans = before
+
+
+def test_child_starts_follow_the_traces_clock_bases_when_they_change(test_spans):
+    # The C trace keeps its bases as C values for the int objects they came
+    # from; a child's start must still follow a base replaced from Python.
+    class Int(int):
+        pass
+
+    def start_after(step: Any) -> int:
+        step()
+        span = tracer.trace("c")
+        span.finish()
+        return span.start_ns
+
+    with tracer.trace("root") as root:
+        trace = root._trace
+        first = start_after(lambda: None)
+        assert start_after(lambda: None) - first < 10**10
+        shifts = [
+            ("wall_base", 10**12),  # a new int object
+            ("mono_base", -(10**12)),  # start = wall_base + (mono - mono_base)
+            ("wall_base", Int(3 * 10**12)),  # an int subclass: read, not kept
+            ("wall_base", 0),  # the same object set again: no change
+        ]
+        expected = 0
+        for field, shift in shifts:
+            before = getattr(trace, field)
+            value = type(shift)(before + shift) if shift else before
+            got = start_after(lambda: setattr(trace, field, value)) - first
+            expected += shift if field == "wall_base" else -shift
+            assert expected <= got < expected + 10**10, (field, shift, got)
