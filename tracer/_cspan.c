@@ -142,9 +142,11 @@ callable_now(const char *fn, Py_ssize_t nargs, Py_ssize_t expected)
 static int
 count_start(PyObject *trace)
 {
-    PyObject *started = next_count(trace, s_starts, offsetof(TraceObject, starts));
+    Py_ssize_t n;
+    PyObject *started;
+    int rc = take_count(trace, s_starts, offsetof(TraceObject, starts), &n, &started);
     Py_XDECREF(started); /* only counted */
-    return started == NULL ? -1 : 0;
+    return rc;
 }
 
 /* Tracer.trace() for the common case: start a child of the active span and

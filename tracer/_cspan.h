@@ -222,18 +222,27 @@ set_active(PyObject *span)
     return 0;
 }
 
-/* next(getattr(trace, name)): trace.starts or trace.finishes (itertools.count). */
-static inline PyObject *
-next_count(PyObject *trace, PyObject *name, size_t offset)
+int _cspan_counter_take(PyObject *counter, Py_ssize_t *n); /* _cspan_trace.c */
+
+/* next(getattr(trace, name)): trace.starts or trace.finishes. A Counter
+ * gives its value in *n and *value is NULL (no int made); another iterator
+ * (itertools.count of a trace built in Python) gives *value. -1 on error. */
+static inline int
+take_count(PyObject *trace, PyObject *name, size_t offset, Py_ssize_t *n, PyObject **value)
 {
     PyObject *counter = trace_get(trace, name, offset);
+    *value = NULL;
     if (counter == NULL)
-        return NULL;
-    PyObject *value = PyIter_Next(counter);
+        return -1;
+    int rc = _cspan_counter_take(counter, n);
+    if (rc == 0) {
+        *value = PyIter_Next(counter);
+        rc = *value != NULL ? 1 : -1;
+        if (*value == NULL && !PyErr_Occurred())
+            PyErr_Format(PyExc_RuntimeError, "trace.%U ended", name);
+    }
     Py_DECREF(counter);
-    if (value == NULL && !PyErr_Occurred())
-        PyErr_Format(PyExc_RuntimeError, "trace.%U ended", name);
-    return value;
+    return rc < 0 ? -1 : 0;
 }
 
 /* _cspan.c */

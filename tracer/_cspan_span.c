@@ -188,6 +188,38 @@ list_append_all(PyObject *list, PyObject *const *items, Py_ssize_t n)
     return 0;
 }
 
+/* Whether the trace's chunk leaves after this span's record (`length`
+ * values in trace.finished): 2 for the root (root_done set), 1 for a late
+ * span or a full partial chunk, 0 for none, -1 on error. */
+static int
+flush_kind(SpanObject *self, PyObject *trace, Py_ssize_t length)
+{
+    PyObject *root = TRACE_GET(trace, root);
+    if (root == NULL)
+        return -1;
+    int is_root = root == (PyObject *)self;
+    Py_DECREF(root);
+    if (is_root)
+        return TRACE_SET(trace, root_done, Py_True) < 0 ? -1 : 2;
+    PyObject *root_done = TRACE_GET(trace, root_done);
+    if (root_done == NULL)
+        return -1;
+    int late = PyObject_IsTrue(root_done);
+    Py_DECREF(root_done);
+    if (late != 0)
+        return late;
+    PyObject *buffer = TRACE_GET(trace, buffer);
+    PyObject *limit = buffer ? PyObject_GetAttr(buffer, s_partial_flush_len) : NULL;
+    Py_XDECREF(buffer);
+    if (limit == NULL)
+        return -1;
+    Py_ssize_t max_len = PyLong_AsSsize_t(limit);
+    Py_DECREF(limit);
+    if (max_len == -1 && PyErr_Occurred())
+        return -1;
+    return length >= max_len;
+}
+
 /* Append the span's record to its trace and send the chunk if it can leave:
  * _Trace.finish_span, for a span whose duration is set. */
 static int
@@ -255,60 +287,19 @@ finish_record_owned(SpanObject *self, PyObject *trace, PyObject *metrics, PyObje
     Py_ssize_t length = PyList_GET_SIZE(finished);
     Py_DECREF(finished);
 
-    PyObject *ordinal = next_count(trace, s_finishes, offsetof(TraceObject, finishes));
-    if (ordinal == NULL)
+    /* The finish ordinal is taken now (after the append, as
+     * _Trace.finish_span); its int is made only for a flush. */
+    Py_ssize_t ordinal_n;
+    PyObject *ordinal;
+    if (take_count(trace, s_finishes, offsetof(TraceObject, finishes), &ordinal_n, &ordinal) < 0)
         return -1;
-
-    PyObject *root = TRACE_GET(trace, root);
-    if (root == NULL) {
-        Py_DECREF(ordinal);
-        return -1;
-    }
-    int is_root = root == (PyObject *)self;
-    Py_DECREF(root);
+    int flush = flush_kind(self, trace, length);
     PyObject *result = NULL;
-    if (is_root) {
-        if (TRACE_SET(trace, root_done, Py_True) < 0) {
-            Py_DECREF(ordinal);
-            return -1;
-        }
-        result = PyObject_CallMethodObjArgs(trace, s__flush, ordinal, Py_True, NULL);
-    }
-    else {
-        PyObject *root_done = TRACE_GET(trace, root_done);
-        if (root_done == NULL) {
-            Py_DECREF(ordinal);
-            return -1;
-        }
-        int flush = PyObject_IsTrue(root_done);
-        Py_DECREF(root_done);
-        if (flush == 0) {
-            PyObject *buffer = TRACE_GET(trace, buffer);
-            PyObject *limit = buffer ? PyObject_GetAttr(buffer, s_partial_flush_len) : NULL;
-            Py_XDECREF(buffer);
-            if (limit == NULL) {
-                Py_DECREF(ordinal);
-                return -1;
-            }
-            Py_ssize_t max_len = PyLong_AsSsize_t(limit);
-            Py_DECREF(limit);
-            if (max_len == -1 && PyErr_Occurred()) {
-                Py_DECREF(ordinal);
-                return -1;
-            }
-            flush = length >= max_len;
-        }
-        if (flush < 0) {
-            Py_DECREF(ordinal);
-            return -1;
-        }
-        if (!flush) {
-            Py_DECREF(ordinal);
-            return 0;
-        }
-        result = PyObject_CallMethodObjArgs(trace, s__flush, ordinal, Py_False, NULL);
-    }
-    Py_DECREF(ordinal);
+    if (flush > 0 && (ordinal != NULL || (ordinal = PyLong_FromSsize_t(ordinal_n)) != NULL))
+        result = PyObject_CallMethodObjArgs(trace, s__flush, ordinal, flush == 2 ? Py_True : Py_False, NULL);
+    Py_XDECREF(ordinal);
+    if (flush <= 0)
+        return flush;
     if (result == NULL)
         return -1;
     Py_DECREF(result);

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tracer import Tracer, tracer
+from tracer import Context, Tracer, tracer
 from tracer.span import METRICS, RECORD_FIELDS, RECORD_LEN, _cspan, iter_records
 
 PURE = os.environ.get("TRACER_PURE_PYTHON", "").lower() in ("1", "true", "yes", "on")
@@ -139,3 +139,37 @@ def test_child_starts_follow_the_traces_clock_bases_when_they_change(test_spans)
             got = start_after(lambda: setattr(trace, field, value)) - first
             expected += shift if field == "wall_base" else -shift
             assert expected <= got < expected + 10**10, (field, shift, got)
+
+
+@pytest.mark.parametrize("partial", [None, 4])
+@pytest.mark.parametrize("root_from", ["trace", "decision_only_context"])
+def test_starts_and_finishes_are_counted_per_span(test_spans, root_from, partial):
+    # A C trace's counts are taken in C without making their ints (the
+    # finish ordinal's only for a flush); a trace built in Python (a b3
+    # decision-only context) keeps itertools.count.
+    buffer = tracer._buffer
+    before = buffer.partial_flush_min_spans
+    if partial:
+        buffer.partial_flush_min_spans = partial
+    try:
+        if root_from == "trace":
+            root = tracer.trace("root")
+        else:
+            root = tracer.start_span("root", child_of=Context(0, 0, 1), activate=True)
+        trace = root._trace
+        for i in range(9):
+            with tracer.trace(f"c{i}"):
+                pass
+            if not partial:  # (a partial flush moves the counts on)
+                assert (repr(trace.starts), repr(trace.finishes)) == (f"count({i + 3})", f"count({i + 2})")
+            assert trace in buffer._live, i  # the finish ordinals: not complete while the root is open
+        late = tracer.trace("open")
+        root.finish()
+        assert trace in buffer._live
+        late.finish()
+        assert trace not in buffer._live
+    finally:
+        buffer.partial_flush_min_spans = before
+    sizes = [len(chunk) // RECORD_LEN for _, chunk in test_spans.raw]
+    # partial: two chunks of 4, the rest with the root, the late span alone.
+    assert sizes == ([4, 4, 2, 1] if partial else [10, 1]), sizes
