@@ -280,7 +280,7 @@ class Tracer:
     if _cspan is not None:
         # Tracer.trace in C (a method descriptor, no Python frame per child
         # span), named and documented as the function above, its fallback.
-        trace = functools.update_wrapper(_cspan.TraceMethod(trace), trace)
+        trace = functools.update_wrapper(_cspan.TraceMethod(trace, _trace_root, _RootTrace), trace)
 
     def current_span(self) -> Span | None:
         """The active span; never a finished one: a span finished from another

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from tracer import Context, Tracer, tracer
+from tracer.context import set_active
 from tracer.span import METRICS, RECORD_FIELDS, RECORD_LEN, _cspan, iter_records
 
 PURE = os.environ.get("TRACER_PURE_PYTHON", "").lower() in ("1", "true", "yes", "on")
@@ -61,10 +62,16 @@ def test_trace_starts_a_child_without_python_code_and_binds_as_python(test_spans
             with pytest.raises(TypeError):
                 bad()
         assert tracer.current_span() is root
-    # A new trace (no active span) goes through the fallback, as before.
-    with tracer.trace("other") as other:
+    # A new trace (no active span): started in C too; only the tracer's
+    # service property (Python) runs when no service is given.
+    for service, expected in (("s", ["<lambda>"]), (None, ["<lambda>", "service"])):
+        other, calls = _python_calls(lambda: tracer.trace("other", service))
+        other.finish()
         assert other.parent_id == 0 and other.trace_id != root.trace_id
-    assert sorted(s.name for s in test_spans.spans) == ["a", "a", "a", "c", "other", "root"]
+        assert other.service == (service or tracer.service) and tracer.current_span() is None
+        if not PURE:  # (the property's first read finds the default service)
+            assert [c for c in calls if c not in ("default_service", "service_name")] == expected, calls
+    assert sorted(s.name for s in test_spans.spans) == ["a", "a", "a", "c", "other", "other", "root"]
 
 
 def test_trace_keeps_its_name_doc_and_signature():
@@ -169,6 +176,7 @@ def test_starts_and_finishes_are_counted_per_span(test_spans, root_from, partial
         late.finish()
         assert trace not in buffer._live
     finally:
+        set_active(None)  # late.finish() made the (finished) root active again
         buffer.partial_flush_min_spans = before
     sizes = [len(chunk) // RECORD_LEN for _, chunk in test_spans.raw]
     # partial: two chunks of 4, the rest with the root, the late span alone.
