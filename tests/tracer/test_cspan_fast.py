@@ -65,7 +65,7 @@ def test_trace_starts_a_child_without_python_code_and_binds_as_python(test_spans
     # A new trace (no active span): started in C too; only the tracer's
     # service property (Python) runs when no service is given.
     for service, expected in (("s", ["<lambda>"]), (None, ["<lambda>", "service"])):
-        other, calls = _python_calls(lambda: tracer.trace("other", service))
+        other, calls = _python_calls(lambda service=service: tracer.trace("other", service))
         other.finish()
         assert other.parent_id == 0 and other.trace_id != root.trace_id
         assert other.service == (service or tracer.service) and tracer.current_span() is None
@@ -143,7 +143,7 @@ def test_child_starts_follow_the_traces_clock_bases_when_they_change(test_spans)
         for field, shift in shifts:
             before = getattr(trace, field)
             value = type(shift)(before + shift) if shift else before
-            got = start_after(lambda: setattr(trace, field, value)) - first
+            got = start_after(lambda field=field, value=value: setattr(trace, field, value)) - first
             expected += shift if field == "wall_base" else -shift
             assert expected <= got < expected + 10**10, (field, shift, got)
 
