@@ -6,8 +6,9 @@ a child span costs one clock read, one random id and the slot writes, and its
 finish appends a flat record (with its top-level mark) to the trace, without
 a lock. Trace-level tags and sampling are applied by the writer thread
 (``tracer.processor``), off the app's threads. Where
-``tracer._cspan`` is built, ``trace()`` starts child spans in C
-(``_cspan.trace_child``) and ``_trace_py`` serves the rest.
+``tracer._cspan`` is built, ``trace()`` is ``_cspan.TraceMethod``: it starts
+child spans and new traces in C (no Python frame), and ``_trace_py`` serves
+the rest.
 """
 
 from __future__ import annotations
