@@ -228,8 +228,22 @@ _cspan_trace_child(PyObject *name, PyObject *service, PyObject *resource, PyObje
             goto error;
         Py_DECREF(r);
     }
-    if (set_active((PyObject *)span) < 0)
+    /* Activated with its token kept when the value it replaces is _prev
+     * (code run above, a start_span_late or a str subclass's __bool__, may
+     * have changed the active span). */
+    PyObject *current;
+    if (PyContextVar_Get(active_var, NULL, &current) < 0)
         goto error;
+    Py_XDECREF(current); /* only compared */
+    PyObject *token = PyContextVar_Set(active_var, (PyObject *)span);
+    if (token == NULL)
+        goto error;
+    if (current != NULL && current == span->_prev) {
+        span->_token = token;
+        span->_token_prev = current;
+    }
+    else
+        Py_DECREF(token);
     return (PyObject *)span;
 
 error:

@@ -48,6 +48,11 @@ typedef struct {
     /* C only: the tracer._cspan module, on a root span built by trace_root
      * (its state serves finish_lone_root); NULL elsewhere. */
     PyObject *_cmodule;
+    /* C only: the ContextVar token of a child's activation, while its old
+     * value was _prev (token_prev, kept alive by the token): the restore at
+     * its end is then a reset, which makes no new token. */
+    PyObject *_token;
+    PyObject *_token_prev;
 } SpanObject;
 
 /* Per-module state, object references only (see module_traverse): what

@@ -23,6 +23,7 @@ Span_traverse(SpanObject *self, visitproc visit, void *arg)
     Py_VISIT(self->_prev);
     Py_VISIT(self->_mono);
     Py_VISIT(self->_cmodule);
+    Py_VISIT(self->_token);
     return 0;
 }
 
@@ -46,6 +47,7 @@ Span_clear(SpanObject *self)
     Py_CLEAR(self->_prev);
     Py_CLEAR(self->_mono);
     Py_CLEAR(self->_cmodule);
+    Py_CLEAR(self->_token);
     return 0;
 }
 
@@ -336,8 +338,32 @@ static int
 restore_prev(SpanObject *self, int only_if_active)
 {
     PyObject *prev = self->_prev;
-    if (prev == NULL || prev == not_activated)
+    PyObject *token = self->_token; /* owned here: used once at most */
+    self->_token = NULL;
+    if (prev == NULL || prev == not_activated) {
+        Py_XDECREF(token);
         return 0;
+    }
+    if (token != NULL && prev == self->_token_prev) {
+        /* The reset restores prev as a set would, without a new token;
+         * where it cannot (another context, or where this span is not the
+         * active one for finish()), the general path below decides. */
+        PyObject *current = NULL;
+        if (!only_if_active || PyContextVar_Get(active_var, NULL, &current) < 0 || current == (PyObject *)self) {
+            int rc = PyErr_Occurred() ? -1 : PyContextVar_Reset(active_var, token);
+            Py_XDECREF(current);
+            Py_DECREF(token);
+            if (rc == 0)
+                return 0;
+            PyErr_Clear();
+        }
+        else {
+            Py_XDECREF(current);
+            Py_DECREF(token);
+        }
+    }
+    else
+        Py_XDECREF(token);
     if (only_if_active) {
         PyObject *current;
         if (PyContextVar_Get(active_var, NULL, &current) < 0)

@@ -6,6 +6,7 @@ runs with the C code and with TRACER_PURE_PYTHON (same results; only the
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import os
 import sys
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 
 from tracer import Context, Tracer, tracer
-from tracer.context import set_active
+from tracer.context import ACTIVE_SPAN, set_active
 from tracer.span import METRICS, RECORD_FIELDS, RECORD_LEN, _cspan, iter_records
 
 PURE = os.environ.get("TRACER_PURE_PYTHON", "").lower() in ("1", "true", "yes", "on")
@@ -181,3 +182,38 @@ def test_starts_and_finishes_are_counted_per_span(test_spans, root_from, partial
     sizes = [len(chunk) // RECORD_LEN for _, chunk in test_spans.raw]
     # partial: two chunks of 4, the rest with the root, the late span alone.
     assert sizes == ([4, 4, 2, 1] if partial else [10, 1]), sizes
+
+
+def test_a_childs_end_restores_the_span_before_it_in_every_case(test_spans):
+    # The C child keeps its activation's token and resets the variable at
+    # its end (no new token) only where that is what setting _prev does.
+    with tracer.trace("root") as root:
+        with tracer.trace("a") as a:
+            with tracer.trace("b"):
+                assert tracer.current_span().parent_id == a.span_id
+            assert tracer.current_span() is a
+        assert tracer.current_span() is root
+        # _prev replaced after the start: the end restores the new one.
+        c = tracer.trace("c")
+        other = tracer.trace("other")
+        other.finish()
+        c._prev = other
+        c.__exit__(None, None, None)
+        assert tracer.current_span() is root  # other is finished: its nearest unfinished ancestor
+        assert ACTIVE_SPAN.get() is other
+        set_active(root)
+        # The block ends in another context: restored there, as a set would.
+        d = tracer.trace("d")
+        ctx = contextvars.copy_context()
+        ctx.run(d.__exit__, None, None, None)
+        assert ctx[ACTIVE_SPAN] is root and ACTIVE_SPAN.get() is d  # (still here: ended elsewhere)
+        set_active(root)
+        # finish() where the span is not the active one: nothing restored.
+        e = tracer.trace("e")
+        f = tracer.trace("f")
+        e.finish()
+        assert tracer.current_span() is f
+        f.finish()
+        assert ACTIVE_SPAN.get() is e  # f restores e, finished before it
+        set_active(root)
+    assert tracer.current_span() is None
