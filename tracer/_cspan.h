@@ -1,11 +1,12 @@
-/* Private to tracer._cspan, whose C code is in three units compiled into the
+/* Private to tracer._cspan, whose C code is in four units compiled into the
  * one extension module (setup.py):
  *   _cspan.c        module state and init, configure(), starting spans
- *                   (trace_child, trace_root);
+ *                   (trace_root, the new span both starts build);
  *   _cspan_span.c   SpanBase: set_tag, set_metric, __enter__, __exit__,
  *                   finish, and appending a finished span to its trace;
  *   _cspan_trace.c  TraceBase, Counter and the lone-root finish;
- *   _cspan_method.c TraceMethod: Tracer.trace as a C method descriptor.
+ *   _cspan_method.c starting a child span (trace_child) and TraceMethod:
+ *                   Tracer.trace as a C method descriptor.
  * What they share is declared here: the structs, the process-wide globals
  * set by exec_module and configure() (defined in _cspan.c), the small field
  * helpers of the hot path (static inline, so that they stay inlined), and
@@ -251,13 +252,18 @@ take_count(PyObject *trace, PyObject *name, size_t offset, Py_ssize_t *n, PyObje
 }
 
 /* _cspan.c */
+SpanObject *_cspan_new_span(PyObject *trace, PyObject *trace_id, PyObject *parent_id, PyObject *parent,
+                            PyObject *name, PyObject *service, PyObject *resource, PyObject *span_type,
+                            long long mono, long long start_ns, PyObject *prev);
+int _cspan_count_start(PyObject *trace);
+
+/* _cspan_method.c */
 PyObject *_cspan_trace_child(PyObject *name, PyObject *service, PyObject *resource, PyObject *span_type);
 
 /* _cspan_span.c */
 int _cspan_bind_args(const char *fn, const char *const *names, Py_ssize_t n, Py_ssize_t required,
                      PyObject *const *args, size_t nargsf, PyObject *kwnames, PyObject **out);
 
-/* _cspan_method.c */
 extern PyTypeObject _cspan_TraceMethod_Type;
 
 /* _cspan_trace.c */

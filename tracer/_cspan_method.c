@@ -1,4 +1,5 @@
-/* tracer._cspan's TraceMethod: Tracer.trace itself in C (see _cspan.h).
+/* tracer._cspan's child span start (_cspan_trace_child) and TraceMethod:
+ * Tracer.trace itself in C (see _cspan.h).
  *
  * `with tracer.trace("child") as span:` used to run a Python function that
  * called _cspan.trace_child: a Python frame per span. A TraceMethod is a
@@ -8,10 +9,153 @@
  * starts the child in C, and calls the Python function it was made from,
  * `fallback(self, name, service, resource, span_type)`, for everything else
  * (a foreign or finished active span; no active span unless made with
- * trace_root: then a new trace is started in C as the fallback would). tracer._tracer copies the
- * fallback's name, doc and signature onto it (functools.update_wrapper;
- * the instance has a __dict__), so inspect.signature() sees Tracer.trace's. */
+ * trace_root: then a new trace is started in C as the fallback would).
+ * tracer._tracer copies the fallback's name, doc and signature onto it
+ * (functools.update_wrapper; the instance has a __dict__), so
+ * inspect.signature() sees Tracer.trace's. */
 #include "_cspan.h"
+
+/* -- starting a child span ------------------------------------------------ */
+
+/* trace.wall_base and trace.mono_base as C values. Kept in a C trace for
+ * the exact ints they came from: the next child of the trace finds the same
+ * objects and reads no int (~200 instructions less per child). */
+static int
+base_clocks(PyObject *trace, long long *wall, long long *mono)
+{
+    TraceObject *t = is_c_trace(trace) ? (TraceObject *)trace : NULL;
+    if (t != NULL && t->seen_wall != NULL && t->seen_wall == t->wall_base && t->seen_mono == t->mono_base) {
+        *wall = t->wall_ns;
+        *mono = t->mono_ns;
+        return 0;
+    }
+    PyObject *wall_obj = TRACE_GET(trace, wall_base);
+    PyObject *mono_obj = wall_obj == NULL ? NULL : TRACE_GET(trace, mono_base);
+    int rc = -1;
+    if (mono_obj != NULL && !((*wall = as_long_long(wall_obj)) == -1 && PyErr_Occurred()) &&
+        !((*mono = as_long_long(mono_obj)) == -1 && PyErr_Occurred())) {
+        rc = 0;
+        /* Kept only for exact ints still in place (converting another
+         * object runs its __index__, which may change the fields). */
+        if (t != NULL && PyLong_CheckExact(wall_obj) && PyLong_CheckExact(mono_obj) && wall_obj == t->wall_base &&
+            mono_obj == t->mono_base) {
+            Py_XSETREF(t->seen_wall, Py_NewRef(wall_obj));
+            Py_XSETREF(t->seen_mono, Py_NewRef(mono_obj));
+            t->wall_ns = *wall;
+            t->mono_ns = *mono;
+        }
+    }
+    Py_XDECREF(wall_obj);
+    Py_XDECREF(mono_obj);
+    return rc;
+}
+
+/* Tracer.trace() for the common case: start a child of the active span and
+ * activate it. None when there is no active span or its trace is foreign
+ * (inherited across fork): the caller starts a new trace then. Arguments
+ * borrowed; span_cls is set (configure). */
+PyObject *
+_cspan_trace_child(PyObject *name, PyObject *service, PyObject *resource, PyObject *span_type)
+{
+    long long mono = perf_counter_ns();
+    PyObject *parent_obj;
+    if (PyContextVar_Get(active_var, Py_None, &parent_obj) < 0)
+        return NULL;
+    if (parent_obj == NULL || Py_TYPE(parent_obj) != span_cls) {
+        Py_XDECREF(parent_obj);
+        Py_RETURN_NONE;
+    }
+    /* A span finished from another thread or context stays active until its
+     * block ends: the parent is its nearest unfinished ancestor (ddtrace's
+     * rule, tracer.context.unfinished). parent_obj stays the span to restore. */
+    SpanObject *parent = (SpanObject *)parent_obj;
+    while (parent->duration_ns != NULL && parent->duration_ns != Py_None) {
+        PyObject *up = parent->_parent;
+        if (up == NULL || Py_TYPE(up) != span_cls) { /* none unfinished: the Python code starts a trace */
+            Py_DECREF(parent_obj);
+            Py_RETURN_NONE;
+        }
+        parent = (SpanObject *)up;
+    }
+    PyObject *trace = parent->_trace;
+    if (trace == NULL || parent->trace_id == NULL || parent->span_id == NULL || parent->service == NULL) {
+        Py_DECREF(parent_obj);
+        Py_RETURN_NONE;
+    }
+    PyObject *parent_ref = Py_NewRef((PyObject *)parent); /* span->_parent takes it */
+    Py_INCREF(trace);
+    SpanObject *span = NULL;
+    PyObject *foreign = TRACE_GET(trace, foreign);
+    if (foreign == NULL)
+        goto error;
+    int is_foreign = PyObject_IsTrue(foreign);
+    Py_DECREF(foreign);
+    if (is_foreign < 0)
+        goto error;
+    if (is_foreign) {
+        Py_DECREF(trace);
+        Py_DECREF(parent_ref);
+        Py_DECREF(parent_obj);
+        Py_RETURN_NONE;
+    }
+    long long wall_base, mono_base;
+    if (base_clocks(trace, &wall_base, &mono_base) < 0)
+        goto error;
+
+    int has_service = PyObject_IsTrue(service);
+    if (has_service < 0)
+        goto error;
+    span = _cspan_new_span(trace, parent->trace_id, parent->span_id, (PyObject *)parent, name,
+                    has_service ? service : parent->service, resource, span_type, mono,
+                    wall_base + (mono - mono_base), parent_obj);
+    if (span == NULL)
+        goto error;
+    Py_CLEAR(trace);
+    Py_CLEAR(parent_ref);
+    Py_CLEAR(parent_obj);
+    /* As Tracer._trace_py: counted, a late start noted, then activated. */
+    if (_cspan_count_start(span->_trace) < 0)
+        goto error;
+    PyObject *root_done = TRACE_GET(span->_trace, root_done);
+    if (root_done == NULL)
+        goto error;
+    int late = PyObject_IsTrue(root_done);
+    Py_DECREF(root_done);
+    if (late < 0)
+        goto error;
+    if (late) {
+        PyObject *r = PyObject_CallMethodNoArgs(span->_trace, s_start_span_late);
+        if (r == NULL)
+            goto error;
+        Py_DECREF(r);
+    }
+    /* Activated with its token kept when the value it replaces is _prev
+     * (code run above, a start_span_late or a str subclass's __bool__, may
+     * have changed the active span). */
+    PyObject *current;
+    if (PyContextVar_Get(active_var, NULL, &current) < 0)
+        goto error;
+    Py_XDECREF(current); /* only compared */
+    PyObject *token = PyContextVar_Set(active_var, (PyObject *)span);
+    if (token == NULL)
+        goto error;
+    if (current != NULL && current == span->_prev) {
+        span->_token = token;
+        span->_token_prev = current;
+    }
+    else
+        Py_DECREF(token);
+    return (PyObject *)span;
+
+error:
+    Py_XDECREF(trace);
+    Py_XDECREF(parent_ref);
+    Py_XDECREF(parent_obj);
+    Py_XDECREF(span);
+    return NULL;
+}
+
+/* -- TraceMethod ---------------------------------------------------------- */
 
 typedef struct {
     PyObject_HEAD
