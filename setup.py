@@ -12,7 +12,7 @@ setup(
     ext_modules=[
         Extension(
             "tracer._cspan",
-            ["tracer/_cspan.c", "tracer/_cspan_span.c", "tracer/_cspan_trace.c"],
+            ["tracer/_cspan.c", "tracer/_cspan_span.c", "tracer/_cspan_trace.c", "tracer/_cspan_method.c"],
             depends=["tracer/_cmodule.h", "tracer/_cspan.h"],
             optional=True,
         ),

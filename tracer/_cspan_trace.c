@@ -104,6 +104,22 @@ Counter_next(CounterObject *self)
     return PyLong_FromSsize_t(self->next++);
 }
 
+/* next(counter) without its int, for a Counter: 1 and its value in *n; 0
+ * for another object; -1 at the end (as Counter_next). */
+int
+_cspan_counter_take(PyObject *counter, Py_ssize_t *n)
+{
+    if (Py_TYPE(counter)->tp_iternext != (iternextfunc)Counter_next)
+        return 0;
+    CounterObject *c = (CounterObject *)counter;
+    if (c->next == PY_SSIZE_T_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "Counter overflow");
+        return -1;
+    }
+    *n = c->next++;
+    return 1;
+}
+
 static PyObject *
 Counter_repr(CounterObject *self)
 {
