@@ -27,6 +27,19 @@
 
 #define MAX_DEPTH 512 /* nesting unpackb and packb leave to msgpack beyond */
 
+/* PyLong_AsUnsignedLongLong's result and errors (TypeError for a non-int,
+ * OverflowError when negative or beyond 64 bits). CPython 3.11's version
+ * goes through _PyLong_AsByteArray for every int of two digits or more
+ * (~300 instructions: every trace and span id); PyLong_AsUnsignedLong reads
+ * the digits directly, and is the same function where long has 64 bits. */
+static inline unsigned long long _cdecode_u64(PyObject *o) {
+#if ULONG_MAX == ULLONG_MAX
+    return PyLong_AsUnsignedLong(o);
+#else
+    return PyLong_AsUnsignedLongLong(o);
+#endif
+}
+
 /* _cdecode_pack.c */
 PyObject *_cdecode_packb(PyObject *self, PyObject *arg);
 

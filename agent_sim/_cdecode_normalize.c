@@ -37,7 +37,7 @@ static PyObject *field(PyObject *span, int i) {
 static int uint64_of(PyObject *o, unsigned long long *out) {
     if (Py_TYPE(o) != &PyLong_Type)
         return 0;
-    *out = PyLong_AsUnsignedLongLong(o); /* negative or beyond 64 bits: an error */
+    *out = _cdecode_u64(o); /* negative or beyond 64 bits: an error */
     if (*out == (unsigned long long)-1 && PyErr_Occurred()) {
         PyErr_Clear();
         return 0;

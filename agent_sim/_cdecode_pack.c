@@ -112,7 +112,7 @@ static int enc_int(wbuf *w, PyObject *o) {
     }
     if (overflow < 0)
         return -1;
-    unsigned long long u = PyLong_AsUnsignedLongLong(o);
+    unsigned long long u = _cdecode_u64(o);
     if (u == (unsigned long long)-1 && PyErr_Occurred())
         return -1;
     put_be(w, 0xcf, u, 8);
