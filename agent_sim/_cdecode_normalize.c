@@ -248,7 +248,51 @@ static PyObject *status_code(PyObject *meta) {
     return NULL;
 }
 
-static int add_span(PyObject *groups, PyObject *s, PyObject *services, int client_top_level, long long bucket_ns) {
+/* A group's counts, kept in C while the call runs (the lists get them at
+   its end); a duration sum beyond int64 hands the call back to Python. */
+typedef struct {
+    long long hits, top, errors, duration;
+} counts;
+
+typedef struct {
+    PyObject *groups, *order; /* {key: index}, [group lists] in first-seen order */
+    counts *acc;
+    Py_ssize_t cap;
+    long long bucket; /* the last bucket start and its int */
+    PyObject *bucket_obj;
+} grouping;
+
+/* the index of key's group (a new group at the end when it has none); -1 on error */
+static Py_ssize_t group_of(grouping *g, PyObject *key) {
+    PyObject *at = PyDict_GetItemWithError(g->groups, key);
+    if (at != NULL)
+        return PyLong_AsSsize_t(at);
+    if (PyErr_Occurred())
+        return -1;
+    Py_ssize_t n = PyList_GET_SIZE(g->order);
+    if (n == g->cap) {
+        Py_ssize_t cap = g->cap ? 2 * g->cap : 16;
+        counts *acc = PyMem_Realloc(g->acc, (size_t)cap * sizeof(counts));
+        if (acc == NULL)
+            return -1;
+        g->acc = acc;
+        g->cap = cap;
+    }
+    PyObject *rest = PyTuple_GetSlice(key, 1, 8), *rest_list = rest ? PySequence_List(rest) : NULL;
+    Py_XDECREF(rest);
+    PyObject *list = rest_list ? Py_BuildValue("[ONiiiiNN]", PyTuple_GET_ITEM(key, 0), rest_list, 0, 0, 0, 0,
+                                                PyList_New(0), PyList_New(0)) : NULL;
+    PyObject *index = list ? PyLong_FromSsize_t(n) : NULL;
+    int rc = index == NULL || PyList_Append(g->order, list) < 0 || PyDict_SetItem(g->groups, key, index) < 0;
+    Py_XDECREF(list);
+    Py_XDECREF(index);
+    if (rc)
+        return -1;
+    memset(&g->acc[n], 0, sizeof(counts));
+    return n;
+}
+
+static int add_span(grouping *g, PyObject *s, PyObject *services, int client_top_level, long long bucket_ns) {
     PyObject *metrics = field(s, F_METRICS), *service, *parent, *meta, *start, *duration, *error;
     if (metrics == NULL || Py_TYPE(metrics) != &PyDict_Type)
         return -1;
@@ -287,43 +331,36 @@ static int add_span(PyObject *groups, PyObject *s, PyObject *services, int clien
     int is_root = PyObject_RichCompareBool(parent, small_status[0], Py_EQ);
     if (is_root < 0)
         return -1;
-    PyObject *key = Py_BuildValue("(LOOOOOOO)", end - rem, service, field(s, F_NAME), field(s, F_RESOURCE),
-                                  field(s, F_TYPE), kind ? kind : empty_str, code, is_root ? Py_True : Py_False);
+    if (g->bucket_obj == NULL || g->bucket != end - rem) {
+        Py_XSETREF(g->bucket_obj, PyLong_FromLongLong(end - rem));
+        if (g->bucket_obj == NULL)
+            return -1;
+        g->bucket = end - rem;
+    }
+    PyObject *key = PyTuple_New(8), *items[8] = {g->bucket_obj, service, field(s, F_NAME), field(s, F_RESOURCE),
+                                                   field(s, F_TYPE), kind ? kind : empty_str, code,
+                                                   is_root ? Py_True : Py_False};
     if (key == NULL)
         return -1;
-    PyObject *g = PyDict_GetItemWithError(groups, key);
-    if (g == NULL) {
-        PyObject *rest = PyErr_Occurred() ? NULL : PyTuple_GetSlice(key, 1, 8);
-        PyObject *rest_list = rest ? PySequence_List(rest) : NULL;
-        Py_XDECREF(rest);
-        g = rest_list ? Py_BuildValue("[ONiiiiNN]", PyTuple_GET_ITEM(key, 0), rest_list, 0, 0, 0, 0, PyList_New(0),
-                                      PyList_New(0)) : NULL;
-        if (g == NULL || PyDict_SetItem(groups, key, g) < 0) {
-            Py_XDECREF(g);
+    for (int i = 0; i < 8; i++) {
+        if (items[i] == NULL) { /* a name, resource or type missing: KeyError */
             Py_DECREF(key);
             return -1;
         }
-        Py_DECREF(g); /* the dict holds it */
+        PyTuple_SET_ITEM(key, i, Py_NewRef(items[i]));
     }
+    Py_ssize_t at = group_of(g, key);
     Py_DECREF(key);
-    /* g[2] += 1; g[3] += top; g[5] += duration; g[4] += error; durations to g[7] or g[6] */
-    static const int slots[3] = {2, 3, 5};
-    PyObject *adds[3] = {small_status[1], top ? small_status[1] : NULL, duration};
-    for (int i = 0; i < 3; i++) {
-        if (adds[i] == NULL)
-            continue;
-        PyObject *sum = PyNumber_Add(PyList_GET_ITEM(g, slots[i]), adds[i]);
-        if (sum == NULL)
-            return -1;
-        PyList_SetItem(g, slots[i], sum);
-    }
-    if (er) {
-        PyObject *sum = PyNumber_Add(PyList_GET_ITEM(g, 4), small_status[1]);
-        if (sum == NULL)
-            return -1;
-        PyList_SetItem(g, 4, sum);
-    }
-    return PyList_Append(PyList_GET_ITEM(g, er ? 7 : 6), duration);
+    if (at < 0)
+        return -1;
+    counts *c = &g->acc[at]; /* g[2] += 1; g[3] += top; g[5] += duration; g[4] += error */
+    c->hits++;
+    c->top += top != 0;
+    c->errors += er != 0;
+    if (__builtin_add_overflow(c->duration, du, &c->duration))
+        return -1;
+    PyObject *list = PyList_GET_ITEM(g->order, at);
+    return PyList_Append(PyList_GET_ITEM(list, er ? 7 : 6), duration);
 }
 
 PyObject *_cdecode_compute_groups(PyObject *self, PyObject *args) {
@@ -334,9 +371,10 @@ PyObject *_cdecode_compute_groups(PyObject *self, PyObject *args) {
         return NULL;
     if (Py_TYPE(traces) != &PyList_Type || bucket_ns <= 0)
         Py_RETURN_NOTIMPLEMENTED;
-    PyObject *groups = PyDict_New(), *services = NULL;
-    if (groups == NULL)
-        return NULL;
+    grouping g = {.groups = PyDict_New(), .order = PyList_New(0)};
+    PyObject *services = NULL;
+    if (g.groups == NULL || g.order == NULL)
+        goto fallback;
     for (Py_ssize_t t = 0; t < PyList_GET_SIZE(traces); t++) {
         PyObject *spans = PyList_GET_ITEM(traces, t);
         if (Py_TYPE(spans) != &PyList_Type)
@@ -356,16 +394,30 @@ PyObject *_cdecode_compute_groups(PyObject *self, PyObject *args) {
             }
         }
         for (Py_ssize_t i = 0; i < n; i++)
-            if (add_span(groups, PyList_GET_ITEM(spans, i), services, client_top_level, bucket_ns) < 0)
+            if (add_span(&g, PyList_GET_ITEM(spans, i), services, client_top_level, bucket_ns) < 0)
                 goto fallback;
     }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(g.order); i++) {
+        PyObject *list = PyList_GET_ITEM(g.order, i);
+        long long values[4] = {g.acc[i].hits, g.acc[i].top, g.acc[i].errors, g.acc[i].duration};
+        for (int k = 0; k < 4; k++) {
+            PyObject *v = PyLong_FromLongLong(values[k]);
+            if (v == NULL)
+                goto fallback;
+            PyList_SetItem(list, 2 + k, v);
+        }
+    }
     Py_XDECREF(services);
-    PyObject *out = PyDict_Values(groups);
-    Py_DECREF(groups);
-    return out;
+    Py_XDECREF(g.bucket_obj);
+    Py_DECREF(g.groups);
+    PyMem_Free(g.acc);
+    return g.order;
 fallback:
     Py_XDECREF(services);
-    Py_DECREF(groups);
+    Py_XDECREF(g.bucket_obj);
+    Py_XDECREF(g.groups);
+    Py_XDECREF(g.order);
+    PyMem_Free(g.acc);
     PyErr_Clear();
     Py_RETURN_NOTIMPLEMENTED;
 }
