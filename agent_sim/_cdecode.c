@@ -394,7 +394,7 @@ static PyMethodDef methods[] = {
     {"clean_chunk", _cdecode_clean_chunk, METH_O,
      "clean_chunk(spans) -> False when normalize must check the chunk span by span, else its _dd.p.tid or None."},
     {"normalize_clean", _cdecode_normalize_clean, METH_VARARGS,
-     "normalize_clean(spans, obfuscate_sql) -> False, the chunk's tid or None, or (tid, spans left to Python)."},
+     "normalize_clean(spans, obfuscate_sql, memo=None) -> False, the chunk's tid or None, or (tid, spans left to Python)."},
     {"compute_groups", _cdecode_compute_groups, METH_VARARGS,
      "compute_groups(traces, client_top_level, bucket_ns) -> stats.compute_groups's result, or NotImplemented."},
     {"breakdown_chunk", _cdecode_breakdown_chunk, METH_VARARGS,

@@ -130,7 +130,7 @@ PyObject *_cdecode_clean_chunk(PyObject *self, PyObject *spans) {
     return tid;
 }
 
-/* normalize_clean(spans, obfuscate_sql) normalizes a chunk clean_chunk
+/* normalize_clean(spans, obfuscate_sql, memo=None) normalizes a chunk clean_chunk
  * accepts, as normalize.normalize_chunk would: each SQL span as our
  * integrations send it (none of sql.query, db.statement, error.message in
  * meta) gets resource = meta["sql.query"] = obfuscate_sql(resource), then
@@ -156,7 +156,23 @@ static int copy_tid(PyObject *spans, PyObject *tid) {
     return 0;
 }
 
-static int obfuscate_span(PyObject *span, PyObject *obfuscate, PyObject **todo, Py_ssize_t i) {
+/* obfuscate(raw), or memo[raw] (memo: a dict the caller keeps for a payload,
+   filled here; NULL: none). The function must be pure: a payload's spans
+   repeat a few statements, and a call of the Python function costs ~1 k
+   instructions where a lookup of a str costs ~50. */
+static PyObject *obfuscated(PyObject *obfuscate, PyObject *memo, PyObject *raw) {
+    PyObject *out = memo ? PyDict_GetItemWithError(memo, raw) : NULL;
+    if (out != NULL || PyErr_Occurred())
+        return Py_XNewRef(out);
+    Py_INCREF(raw);
+    out = PyObject_CallOneArg(obfuscate, raw);
+    if (out != NULL && memo != NULL && PyDict_SetItem(memo, raw, out) < 0)
+        Py_CLEAR(out);
+    Py_DECREF(raw);
+    return out;
+}
+
+static int obfuscate_span(PyObject *span, PyObject *obfuscate, PyObject *memo, PyObject **todo, Py_ssize_t i) {
     PyObject *meta = field(span, F_META), *resource;
     int plain = PyDict_Contains(meta, key_sql_query) == 0 && PyDict_Contains(meta, key_db_statement) == 0
                 && PyDict_Contains(meta, key_error_message) == 0; /* str keys: no errors */
@@ -164,7 +180,7 @@ static int obfuscate_span(PyObject *span, PyObject *obfuscate, PyObject **todo, 
     if (plain) {
         Py_INCREF(span);
         Py_INCREF(meta);
-        resource = PyObject_CallOneArg(obfuscate, field(span, F_RESOURCE));
+        resource = obfuscated(obfuscate, memo, field(span, F_RESOURCE));
         if (resource != NULL && PyDict_SetItem(span, field_keys[F_RESOURCE], resource) == 0
             && PyDict_SetItem(meta, key_sql_query, resource) == 0) {
             left = !text_within(resource, 1, SHORT_RESOURCE);
@@ -189,9 +205,14 @@ static int obfuscate_span(PyObject *span, PyObject *obfuscate, PyObject **todo, 
 }
 
 PyObject *_cdecode_normalize_clean(PyObject *self, PyObject *args) {
-    PyObject *spans, *obfuscate, *todo = NULL;
-    if (!PyArg_ParseTuple(args, "OO", &spans, &obfuscate))
+    PyObject *spans, *obfuscate, *memo = NULL, *todo = NULL;
+    if (!PyArg_ParseTuple(args, "OO|O", &spans, &obfuscate, &memo))
         return NULL;
+    if (memo == Py_None)
+        memo = NULL;
+    else if (memo != NULL && !PyDict_CheckExact(memo))
+        return PyErr_Format(PyExc_TypeError, "normalize_clean: memo must be a dict or None, not %.100s",
+                            Py_TYPE(memo)->tp_name);
     PyObject *tid = _cdecode_clean_chunk(self, spans);
     if (tid == Py_False)
         return tid;
@@ -199,7 +220,7 @@ PyObject *_cdecode_normalize_clean(PyObject *self, PyObject *args) {
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(spans); i++) {
         PyObject *span = PyList_GET_ITEM(spans, i), *type = field(span, F_TYPE);
         if (type == NULL || (PyUnicode_CompareWithASCIIString(type, "sql") == 0
-                             && obfuscate_span(span, obfuscate, &todo, i) < 0))
+                             && obfuscate_span(span, obfuscate, memo, &todo, i) < 0))
             goto error;
     }
     Py_DECREF(spans);

@@ -149,3 +149,35 @@ def test_mixed_trace_ids_and_tid_order() -> None:
     assert clean_chunk([span()]) is None
     assert clean_chunk([span(trace_id=2**64 - 1), span(trace_id=2**64 - 1, span_id=2)]) is None
     assert clean_chunk([]) is False and clean_chunk((span(),)) is False
+
+
+# past the clean limit once obfuscated (1,210 characters, then 1,808): the C
+# path obfuscates, Python applies the limit; and one that becomes empty
+_LONG_SQL = "SELECT 'x'" + ",(1)" * 300
+
+
+def test_a_payloads_statements_are_obfuscated_once_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    statements = ["SELECT a FROM t WHERE b = 'x'", "SELECT 1", _LONG_SQL, "/* c */"]
+    assert len(_LONG_SQL) <= MAX_RESOURCE // 4 < len(normalize.obfuscate_sql(_LONG_SQL))
+    # equal statements as distinct str objects, as separate decodes give them
+    traces = [[span(span_id=i + 1, type="sql", resource="".join(list(statements[(t + i) % 4])),
+                    meta={"_dd.p.tid": "6560000000000000"} if i == 0 else {"env": "prod"})
+               for i in range(5)] + [span(span_id=9)] for t in range(6)]
+    traces[2][1]["meta"] = {"sql.query": "SELECT 3"}  # another shape: Python's path, its own statement
+    traces[2][1]["resource"] = "SELECT 3"
+    want = run(copy.deepcopy(traces), False)
+    calls: list[str] = []
+    real = normalize.obfuscate_sql
+
+    def counting(sql: str) -> str:
+        calls.append(sql)
+        return real(sql)
+
+    monkeypatch.setattr(normalize, "obfuscate_sql", counting)
+    assert run(copy.deepcopy(traces), True) == want
+    # once each in the payload; Python's path obfuscates its span's resource and sql.query
+    assert sorted(calls) == sorted([*statements, "SELECT 3", "SELECT 3"])
+    calls.clear()
+    for _ in range(2):  # the memo is the payload's: the next payload calls again
+        normalize_payload(copy.deepcopy(traces[:1]))
+    assert sorted(calls) == sorted(statements * 2)
