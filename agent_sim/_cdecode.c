@@ -397,6 +397,9 @@ static PyMethodDef methods[] = {
      "normalize_clean(spans, obfuscate_sql, memo=None) -> False, the chunk's tid or None, or (tid, spans left to Python)."},
     {"compute_groups", _cdecode_compute_groups, METH_VARARGS,
      "compute_groups(traces, client_top_level, bucket_ns) -> stats.compute_groups's result, or NotImplemented."},
+    {"sketch_add", _cdecode_sketch_add, METH_VARARGS,
+     "sketch_add(bins, values, mult, offset, min_positive, zero, top) -> (zero, top) after adding values to bins "
+     "as stats.Sketch.add_many does, or NotImplemented (nothing changed)."},
     {"breakdown_chunk", _cdecode_breakdown_chunk, METH_VARARGS,
      "breakdown_chunk(spans, out, bucket_ns) -> True after adding insights.breakdown's common chunk to out, "
      "else False (out unchanged)."},

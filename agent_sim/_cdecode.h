@@ -7,7 +7,8 @@
  *   _cdecode_insights.c   the insights' common case (breakdown_chunk,
  *                         detect_clear);
  *   _cdecode_ingest.c     the receiver's duplicate span ids (count_duplicates)
- *                         and the store's index rows (index_rows).
+ *                         and the store's index rows (index_rows);
+ *   _cdecode_stats.c      stats.Sketch.add_many's loop (sketch_add).
  * What they share is declared here; functions one unit calls in another are
  * prefixed _cdecode_. */
 #ifndef AGENT_SIM_CDECODE_H
@@ -51,6 +52,9 @@ PyObject *_cdecode_compute_groups(PyObject *self, PyObject *args);
 int _cdecode_normalize_init(void);
 /* m.CLEAN_LIMITS: the limits clean_chunk checks (for a test). */
 int _cdecode_add_clean_limits(PyObject *m);
+
+/* _cdecode_stats.c */
+PyObject *_cdecode_sketch_add(PyObject *self, PyObject *args);
 
 /* _cdecode_insights.c */
 PyObject *_cdecode_breakdown_chunk(PyObject *self, PyObject *args);
