@@ -181,3 +181,27 @@ def test_a_payloads_statements_are_obfuscated_once_each(monkeypatch: pytest.Monk
     for _ in range(2):  # the memo is the payload's: the next payload calls again
         normalize_payload(copy.deepcopy(traces[:1]))
     assert sorted(calls) == sorted(statements * 2)
+
+
+@pytest.mark.parametrize("order", ["reversed", "rotated", "swapped"])
+def test_fields_in_another_order_same_on_both_paths(order: str) -> None:
+    # the C paths read a span's fields in one pass when they are in the usual order, else by key
+    from agent_sim import stats
+
+    def reorder(s: dict[str, Any]) -> dict[str, Any]:
+        items = list(s.items())
+        if order == "reversed":
+            items.reverse()
+        elif order == "rotated":
+            items = items[1:] + items[:1]
+        else:
+            items[3], items[4] = items[4], items[3]  # service and name
+        return dict(items)
+
+    chunk = [reorder(span(span_id=1, service="web", name="flask.request", start=NOW, duration=70)),
+             reorder(span(span_id=2, parent_id=1, service="db", name="mysql.query", type="sql", resource="SELECT 1",
+                          start=NOW + 5, duration=20, error=1, metrics={"_dd.measured": 1}))]
+    assert run(copy.deepcopy([chunk]), True) == run(copy.deepcopy([chunk]), False)
+    for top_level in (True, False):
+        fast = stats._fast_groups(copy.deepcopy([chunk]), top_level, stats.BUCKET_NS)
+        assert repr(fast) == repr(stats._compute_groups(copy.deepcopy([chunk]), top_level))
