@@ -58,6 +58,14 @@ _V04_KEYS = (
 )
 
 
+# _encode's layout: the keys at even positions, a record's values at odd ones.
+_V04_KEYED = [item for key in _V04_KEYS for item in (key, None)]
+_V04_KEYED_LEN = len(_V04_KEYED)
+_V04_OR_EMPTY = (2 * _V04_KEYS.index("service") + 1, 2 * _V04_KEYS.index("type") + 1)
+_V04_FIRST_KEY = msgpack.packb(_V04_KEYS[0])
+_V04_MAP_HEADER = bytes((0x80 | len(_V04_KEYS),))
+
+
 def _pack_loose(obj: Any) -> bytes:
     """msgpack's default packing (subclasses of str, int, dict, tuples), for
     what the v0.4 encoder's strict packer refused; raises as msgpack does."""
@@ -138,6 +146,44 @@ class PayloadV04:
         self._rows: list[dict[str, Any]] = []  # span maps reused by _encode, in wire key order
 
     def _encode(self, chunk: list[Any]) -> bytes:
+        """The chunk's array of span maps, packed in one call: the records'
+        values interleaved with the constant keys (list slice stores, no
+        Python code per span) pack as one array of key, value, key, ...;
+        then each span's map header (``0x8c``, 12 entries) goes in front of
+        its first key, ``trace_id``, and the array header becomes the span
+        count's. The same bytes as packing span maps (``_encode_maps``),
+        which this falls back to if the packed values hold that key's bytes
+        too (a tag named ``trace_id``): the replacement count tells."""
+        n = len(chunk) // RECORD_LEN
+        if n * RECORD_LEN != len(chunk):
+            raise ValueError("a chunk is a whole number of span records")
+        tid = chunk[0] & _MASK64  # the wire's trace_id: the low 64 bits
+        flat = _V04_KEYED * n
+        flat[1::2] = chunk
+        flat[1::_V04_KEYED_LEN] = [tid] * n
+        for at in _V04_OR_EMPTY:  # service, type: None (or any falsy value) is "" on the wire
+            column = flat[at::_V04_KEYED_LEN]
+            if not all(column):
+                flat[at::_V04_KEYED_LEN] = [value or "" for value in column]
+        # Packed inside a one-item list: the values sit as deep as in a span
+        # map, so msgpack's nesting limit refuses the same ones.
+        try:
+            body = self._pack([flat])
+        except TypeError:
+            body = _pack_loose([flat])
+        # Search for the key with the trace id after it (2.4x faster than the
+        # key alone, ~0.3 µs per span) unless a 0xa8 byte in the id's bytes
+        # could let a stray match overlap a span's own start (none can in
+        # the key alone): then every stray match adds to the count.
+        first = _V04_FIRST_KEY + self._pack(tid)
+        if b"\xa8" in first[1:]:
+            first = _V04_FIRST_KEY
+        maps = body.replace(first, _V04_MAP_HEADER + first)
+        if len(maps) != len(body) + n:
+            return self._encode_maps(chunk)
+        return _array_header(n) + maps[4 if n * _V04_KEYED_LEN < 0x10000 else 6 :]  # [array(24n)
+
+    def _encode_maps(self, chunk: list[Any]) -> bytes:
         tid = chunk[0] & _MASK64
         n = len(chunk) // RECORD_LEN
         rows = self._rows

@@ -1,0 +1,134 @@
+"""The pure-Python v0.4 encoder packs a chunk in one call (keys interleaved
+with the flat records' values, then a map header put in front of each span's
+first key): differential against the span-map encoder it replaced
+(``_encode_maps``) and against msgpack's packing of the wire maps, with the
+values that could fool the header's placement (a ``trace_id`` tag, that
+key's bytes inside a string, trace ids whose bytes hold its first byte)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from tracer.encoding import PayloadV04
+from tracer.span import RECORD_LEN, records
+
+_MASK64 = (1 << 64) - 1
+# 0xa8 is the first byte of the packed key "trace_id" (a 8-byte fixstr);
+# U+00A8 encodes as C2 A8, so "¨trace_id" holds the key's bytes.
+BAIT = ["trace_id", "¨trace_id", "x¨trace_id\u00a8", "\u00a8", "span_id"]
+text = st.one_of(st.sampled_from(["", "web", "child", "é", *BAIT]), st.text(max_size=12))
+number = st.one_of(
+    st.integers(min_value=-(2**63), max_value=2**64 - 1),
+    st.sampled_from([0xA8, 0xA874726163655F69, 0xA8 << 56, 2**64 - 1]),
+    st.floats(allow_nan=False),
+)
+# Trace ids whose packed low 64 bits hold 0xa8 (the search then uses the key alone).
+trace_ids = st.one_of(
+    st.integers(min_value=1, max_value=2**128 - 1),
+    st.sampled_from([0xA8, 0xA8A8, (7 << 64) | 0xA8, 0x00A8_0000_0000_00A8, 0xA874726163655F69]),
+)
+
+
+@st.composite
+def chunks(draw: Any) -> list[Any]:
+    trace_id = draw(trace_ids)
+    out: list[Any] = []
+    for _ in range(draw(st.integers(min_value=1, max_value=5))):
+        out += (
+            trace_id,
+            draw(st.one_of(number.filter(lambda v: type(v) is int and v >= 0), st.just(0xA8))),
+            draw(st.integers(min_value=0, max_value=2**64 - 1)),
+            draw(st.one_of(st.sampled_from([None, "", 0]), text)),
+            draw(text),
+            draw(text),
+            draw(st.one_of(st.sampled_from([None, "", 0]), text)),
+            draw(st.integers(min_value=0, max_value=2**63 - 1)),
+            draw(st.integers(min_value=0, max_value=2**40)),
+            draw(st.sampled_from([0, 1])),
+            draw(st.dictionaries(text, text, max_size=4)),
+            draw(st.dictionaries(text, number, max_size=3)),
+        )
+    return out
+
+
+def wire_maps(chunk: list[Any]) -> bytes:
+    """What DESIGN says a v0.4 trace is: msgpack's packing of the span maps."""
+    return msgpack.packb(  # type: ignore[no-any-return]
+        [
+            {
+                "trace_id": s.trace_id & _MASK64,
+                "span_id": s.span_id,
+                "parent_id": s.parent_id,
+                "service": s.service or "",
+                "name": s.name,
+                "resource": s.resource,
+                "type": s.span_type or "",
+                "start": s.start_ns,
+                "duration": s.duration_ns,
+                "error": s.error,
+                "meta": s.meta,
+                "metrics": s.metrics,
+            }
+            for s in records(chunk)
+        ]
+    )
+
+
+@settings(max_examples=400, deadline=None)
+@given(chunks())
+@example([0xA8, 0xA8, 0, "trace_id", "trace_id", "trace_id", None, 1, 1, 0, {"trace_id": "¨trace_id"}, {"trace_id": 0xA8}])
+@example([(3 << 64) | 0xA8, 1, 0, "s", "n", "r", "t", 1, 1, 0, {}, {}] * 3)
+def test_one_call_packing_writes_the_span_maps_bytes(chunk: list[Any]) -> None:
+    payload = PayloadV04()
+    fast = payload._encode(chunk)
+    assert fast == payload._encode_maps(chunk) == wire_maps(chunk)
+
+
+@pytest.mark.parametrize("spans", [1, 2, 0x10000 // 24, 0x10000 // 24 + 1, 3000])
+def test_every_array_header_size(spans: int) -> None:
+    # The interleaved list's header (array16 up to 2,730 spans, array32 past
+    # it) is replaced by the span count's (fixarray, array16).
+    tid = (9 << 64) | 0xDEADBEEF
+    chunk: list[Any] = []
+    for i in range(spans):
+        chunk += (tid, i + 1, 0, "svc", "op", "res", None, 10 + i, 5, 0, {"k": "v"}, {"m": i})
+    assert PayloadV04()._encode(chunk) == wire_maps(chunk)
+
+
+def test_a_trace_id_tag_falls_back_to_the_span_maps() -> None:
+    # The searched bytes (the key, then the trace id) inside the values: more
+    # replacements than spans, so the encoder packs span maps instead (the
+    # same bytes, checked above).
+    chunk = [5, 1, 0, "s", "n", "r", None, 1, 1, 0, {}, {"trace_id": 5}]
+    calls = []
+
+    class Spy(PayloadV04):
+        def _encode_maps(self, chunk: list[Any]) -> bytes:
+            calls.append(len(chunk) // RECORD_LEN)
+            return super()._encode_maps(chunk)
+
+    spy = Spy()
+    assert spy._encode(chunk) == wire_maps(chunk)
+    assert calls == [1]
+    assert spy._encode([5, 1, 0, "s", "n", "r", None, 1, 1, 0, {"trace_id": "5"}, {"trace_id": 6}]) and calls == [1]
+
+
+def test_a_match_overlapping_a_spans_start_is_not_taken_for_it() -> None:
+    # Trace id 0xa8 packs as CC A8: the key then the id end with the key's
+    # first byte. A bin value ending in the key and CC, just before the next
+    # span, would match there and swallow that span's own start (the count
+    # still right) if the id were searched with the key: the key alone is.
+    tid = 0xA8
+    chunk = [tid, 1, 0, "s", "n", "r", None, 1, 1, 0, {}, {"k": b"\xa8trace_id\xcc"}]
+    chunk += [tid, 2, 1, "s", "n", "r", None, 1, 1, 0, {}, {}]
+    assert PayloadV04()._encode(chunk) == wire_maps(chunk)
+
+
+def test_a_chunk_of_a_partial_record_is_refused() -> None:
+    with pytest.raises(ValueError, match="whole number"):
+        PayloadV04()._encode([1, 2, 3])
