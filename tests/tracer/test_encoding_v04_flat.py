@@ -14,10 +14,10 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from tests.tracer.test_encoding import spans_to_v04
 from tracer.encoding import PayloadV04
 from tracer.span import RECORD_LEN, records
 
-_MASK64 = (1 << 64) - 1
 # 0xa8 is the first byte of the packed key "trace_id" (a 8-byte fixstr);
 # U+00A8 encodes as C2 A8, so "¨trace_id" holds the key's bytes.
 BAIT = ["trace_id", "¨trace_id", "x¨trace_id\u00a8", "\u00a8", "span_id"]
@@ -58,25 +58,7 @@ def chunks(draw: Any) -> list[Any]:
 
 def wire_maps(chunk: list[Any]) -> bytes:
     """What DESIGN says a v0.4 trace is: msgpack's packing of the span maps."""
-    return msgpack.packb(  # type: ignore[no-any-return]
-        [
-            {
-                "trace_id": s.trace_id & _MASK64,
-                "span_id": s.span_id,
-                "parent_id": s.parent_id,
-                "service": s.service or "",
-                "name": s.name,
-                "resource": s.resource,
-                "type": s.span_type or "",
-                "start": s.start_ns,
-                "duration": s.duration_ns,
-                "error": s.error,
-                "meta": s.meta,
-                "metrics": s.metrics,
-            }
-            for s in records(chunk)
-        ]
-    )
+    return msgpack.packb(spans_to_v04([records(chunk)])[0])  # type: ignore[no-any-return]
 
 
 @settings(max_examples=400, deadline=None)
