@@ -1,7 +1,7 @@
 """The pure-Python v0.4 encoder packs a chunk in one call (keys interleaved
 with the flat records' values, then a map header put in front of each span's
 first key): differential against the span-map encoder it replaced
-(``_encode_maps``) and against msgpack's packing of the wire maps, with the
+(``_encode``) and against msgpack's packing of the wire maps, with the
 values that could fool the header's placement (a ``trace_id`` tag, that
 key's bytes inside a string, trace ids whose bytes hold its first byte)."""
 
@@ -56,6 +56,12 @@ def chunks(draw: Any) -> list[Any]:
     return out
 
 
+def flat_encode(payload: PayloadV04, chunk: list[Any]) -> bytes:
+    """The one-call packing whatever the chunk's size (``_encode`` packs
+    chunks of fewer than ``_V04_FLAT_MIN_SPANS`` spans as span maps)."""
+    return payload._encode_flat(chunk, len(chunk) // RECORD_LEN)
+
+
 def wire_maps(chunk: list[Any]) -> bytes:
     """What DESIGN says a v0.4 trace is: msgpack's packing of the span maps."""
     return msgpack.packb(spans_to_v04([records(chunk)])[0])  # type: ignore[no-any-return]
@@ -67,8 +73,8 @@ def wire_maps(chunk: list[Any]) -> bytes:
 @example([(3 << 64) | 0xA8, 1, 0, "s", "n", "r", "t", 1, 1, 0, {}, {}] * 3)
 def test_one_call_packing_writes_the_span_maps_bytes(chunk: list[Any]) -> None:
     payload = PayloadV04()
-    fast = payload._encode(chunk)
-    assert fast == payload._encode_maps(chunk) == wire_maps(chunk)
+    fast = flat_encode(payload, chunk)
+    assert fast == payload._encode(chunk, 1 << 62) == payload._encode(chunk) == wire_maps(chunk)
 
 
 @pytest.mark.parametrize("spans", [1, 2, 0x10000 // 24, 0x10000 // 24 + 1, 3000])
@@ -79,7 +85,7 @@ def test_every_array_header_size(spans: int) -> None:
     chunk: list[Any] = []
     for i in range(spans):
         chunk += (tid, i + 1, 0, "svc", "op", "res", None, 10 + i, 5, 0, {"k": "v"}, {"m": i})
-    assert PayloadV04()._encode(chunk) == wire_maps(chunk)
+    assert flat_encode(PayloadV04(), chunk) == wire_maps(chunk)
 
 
 def test_a_trace_id_tag_falls_back_to_the_span_maps() -> None:
@@ -90,14 +96,14 @@ def test_a_trace_id_tag_falls_back_to_the_span_maps() -> None:
     calls = []
 
     class Spy(PayloadV04):
-        def _encode_maps(self, chunk: list[Any]) -> bytes:
-            calls.append(len(chunk) // RECORD_LEN)
-            return super()._encode_maps(chunk)
+        def _encode(self, chunk: list[Any], flat_from: int = 3) -> bytes:
+            calls.append(flat_from)
+            return super()._encode(chunk, flat_from)
 
     spy = Spy()
-    assert spy._encode(chunk) == wire_maps(chunk)
-    assert calls == [1]
-    assert spy._encode([5, 1, 0, "s", "n", "r", None, 1, 1, 0, {"trace_id": "5"}, {"trace_id": 6}]) and calls == [1]
+    assert flat_encode(spy, chunk) == wire_maps(chunk)
+    assert calls == [1 << 62]
+    assert flat_encode(spy, [5, 1, 0, "s", "n", "r", None, 1, 1, 0, {"trace_id": "5"}, {"trace_id": 6}]) and calls == [1 << 62]
 
 
 def test_a_match_overlapping_a_spans_start_is_not_taken_for_it() -> None:
@@ -108,9 +114,26 @@ def test_a_match_overlapping_a_spans_start_is_not_taken_for_it() -> None:
     tid = 0xA8
     chunk = [tid, 1, 0, "s", "n", "r", None, 1, 1, 0, {}, {"k": b"\xa8trace_id\xcc"}]
     chunk += [tid, 2, 1, "s", "n", "r", None, 1, 1, 0, {}, {}]
-    assert PayloadV04()._encode(chunk) == wire_maps(chunk)
+    assert flat_encode(PayloadV04(), chunk) == wire_maps(chunk)
 
 
 def test_a_chunk_of_a_partial_record_is_refused() -> None:
     with pytest.raises(ValueError, match="whole number"):
-        PayloadV04()._encode([1, 2, 3])
+        flat_encode(PayloadV04(), [1, 2, 3] * 13)
+
+
+def test_chunks_of_three_spans_or_more_take_the_one_call_packing() -> None:
+    # Below _V04_FLAT_MIN_SPANS the span maps cost less per chunk; from it on
+    # the one-call packing must not be left unused by mistake.
+    taken = []
+
+    class Spy(PayloadV04):
+        def _encode_flat(self, chunk: list[Any], n: int) -> bytes:
+            taken.append(n)
+            return super()._encode_flat(chunk, n)
+
+    span = [7, 1, 0, "s", "n", "r", None, 1, 1, 0, {"k": "v"}, {"m": 1}]
+    payload = Spy()
+    for spans in (1, 2, 3, 101):
+        assert payload._encode(span * spans) == wire_maps(span * spans)
+    assert taken == [3, 101]
