@@ -169,7 +169,11 @@ class PayloadV04:
         for at in _V04_OR_EMPTY:  # service, type: None (or any falsy value) is "" on the wire
             column = flat[at::_V04_KEYED_LEN]
             if not all(column):
-                flat[at::_V04_KEYED_LEN] = [value or "" for value in column]
+                # Usually None throughout (children without a type): no Python loop then.
+                if column.count(None) == n:
+                    flat[at::_V04_KEYED_LEN] = [""] * n
+                else:
+                    flat[at::_V04_KEYED_LEN] = [value or "" for value in column]
         # Packed inside a one-item list: the values sit as deep as in a span
         # map, so msgpack's nesting limit refuses the same ones.
         try:
