@@ -58,6 +58,18 @@ _V04_KEYS = (
 )
 
 
+# _encode's layout: the keys at even positions, a record's values at odd ones.
+_V04_KEYED = [item for key in _V04_KEYS for item in (key, None)]
+_V04_KEYED_LEN = len(_V04_KEYED)
+_V04_OR_EMPTY = (2 * _V04_KEYS.index("service") + 1, 2 * _V04_KEYS.index("type") + 1)
+_V04_FIRST_KEY = msgpack.packb(_V04_KEYS[0])
+_V04_MAP_HEADER = bytes((0x80 | len(_V04_KEYS),))
+# Below this many spans a chunk's span maps cost less (callgrind, per chunk:
+# 1 span 20.9 k vs 29.4 k, 2 spans 39.2 k vs 40.4 k, 3 spans 52.6 k vs 51.4 k).
+_V04_FLAT_MIN_SPANS = 3
+_NEVER = 1 << 62
+
+
 def _pack_loose(obj: Any) -> bytes:
     """msgpack's default packing (subclasses of str, int, dict, tuples), for
     what the v0.4 encoder's strict packer refused; raises as msgpack does."""
@@ -137,9 +149,57 @@ class PayloadV04:
         self._pack = msgpack.Packer(strict_types=True).pack
         self._rows: list[dict[str, Any]] = []  # span maps reused by _encode, in wire key order
 
-    def _encode(self, chunk: list[Any]) -> bytes:
+    def _encode_flat(self, chunk: list[Any], n: int) -> bytes:
+        """The chunk's array of span maps, packed in one call: the records'
+        values interleaved with the constant keys (list slice stores, no
+        Python code per span) pack as one array of key, value, key, ...;
+        then each span's map header (``0x8c``, 12 entries) goes in front of
+        its first key, ``trace_id``, and the array header becomes the span
+        count's. The same bytes as packing span maps (``_encode``), which
+        this falls back to if the packed values hold the searched
+        bytes too (a metric named ``trace_id`` holding the trace id): the
+        replacement count tells. ~2.7 k instructions per span less than the
+        span maps, ~11 k more per chunk (``_V04_FLAT_MIN_SPANS``)."""
+        if n * RECORD_LEN != len(chunk):
+            raise ValueError("a chunk is a whole number of span records")
+        tid = chunk[0] & _MASK64  # the wire's trace_id: the low 64 bits
+        flat = _V04_KEYED * n
+        flat[1::2] = chunk
+        flat[1::_V04_KEYED_LEN] = [tid] * n
+        for at in _V04_OR_EMPTY:  # service, type: None (or any falsy value) is "" on the wire
+            column = flat[at::_V04_KEYED_LEN]
+            if not all(column):
+                # Usually None throughout (children without a type): no Python loop then.
+                if column.count(None) == n:
+                    flat[at::_V04_KEYED_LEN] = [""] * n
+                else:
+                    flat[at::_V04_KEYED_LEN] = [value or "" for value in column]
+        # Packed inside a one-item list: the values sit as deep as in a span
+        # map, so msgpack's nesting limit refuses the same ones.
+        try:
+            body = self._pack([flat])
+        except TypeError:
+            body = _pack_loose([flat])
+        # Search for the key with the trace id after it (2.4x faster than the
+        # key alone, ~0.3 µs per span) unless a 0xa8 byte in the id's bytes
+        # could let a stray match overlap a span's own start (none can in
+        # the key alone): then every stray match adds to the count.
+        first = _V04_FIRST_KEY + self._pack(tid)
+        if first.find(b"\xa8", 1) >= 0:  # (not `in`: bytes' `in` tries an int first, ~1.8 k instructions)
+            first = _V04_FIRST_KEY
+        maps = body.replace(first, _V04_MAP_HEADER + first)
+        if len(maps) != len(body) + n:
+            return self._encode(chunk, _NEVER)
+        return _array_header(n) + maps[4 if n * _V04_KEYED_LEN < 0x10000 else 6 :]  # [array(24n)
+
+    def _encode(self, chunk: list[Any], flat_from: int = _V04_FLAT_MIN_SPANS) -> bytes:
+        """The chunk's array of span maps; from ``flat_from`` spans on, by
+        ``_encode_flat`` (the span maps are in here, not in a method of
+        their own: a call more costs a one-span chunk 3 %)."""
         tid = chunk[0] & _MASK64
         n = len(chunk) // RECORD_LEN
+        if n >= flat_from:
+            return self._encode_flat(chunk, n)
         rows = self._rows
         if len(rows) < n:
             rows.extend(dict.fromkeys(_V04_KEYS) for _ in range(n - len(rows)))

@@ -1,0 +1,139 @@
+"""The pure-Python v0.4 encoder packs a chunk in one call (keys interleaved
+with the flat records' values, then a map header put in front of each span's
+first key): differential against the span-map encoder it replaced
+(``_encode``) and against msgpack's packing of the wire maps, with the
+values that could fool the header's placement (a ``trace_id`` tag, that
+key's bytes inside a string, trace ids whose bytes hold its first byte)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from tests.tracer.test_encoding import spans_to_v04
+from tracer.encoding import PayloadV04
+from tracer.span import RECORD_LEN, records
+
+# 0xa8 is the first byte of the packed key "trace_id" (a 8-byte fixstr);
+# U+00A8 encodes as C2 A8, so "¨trace_id" holds the key's bytes.
+BAIT = ["trace_id", "¨trace_id", "x¨trace_id\u00a8", "\u00a8", "span_id"]
+text = st.one_of(st.sampled_from(["", "web", "child", "é", *BAIT]), st.text(max_size=12))
+number = st.one_of(
+    st.integers(min_value=-(2**63), max_value=2**64 - 1),
+    st.sampled_from([0xA8, 0xA874726163655F69, 0xA8 << 56, 2**64 - 1]),
+    st.floats(allow_nan=False),
+)
+# Trace ids whose packed low 64 bits hold 0xa8 (the search then uses the key alone).
+trace_ids = st.one_of(
+    st.integers(min_value=1, max_value=2**128 - 1),
+    st.sampled_from([0xA8, 0xA8A8, (7 << 64) | 0xA8, 0x00A8_0000_0000_00A8, 0xA874726163655F69]),
+)
+
+
+@st.composite
+def chunks(draw: Any) -> list[Any]:
+    trace_id = draw(trace_ids)
+    out: list[Any] = []
+    for _ in range(draw(st.integers(min_value=1, max_value=5))):
+        out += (
+            trace_id,
+            draw(st.one_of(number.filter(lambda v: type(v) is int and v >= 0), st.just(0xA8))),
+            draw(st.integers(min_value=0, max_value=2**64 - 1)),
+            draw(st.one_of(st.sampled_from([None, "", 0]), text)),
+            draw(text),
+            draw(text),
+            draw(st.one_of(st.sampled_from([None, "", 0]), text)),
+            draw(st.integers(min_value=0, max_value=2**63 - 1)),
+            draw(st.integers(min_value=0, max_value=2**40)),
+            draw(st.sampled_from([0, 1])),
+            draw(st.dictionaries(text, text, max_size=4)),
+            draw(st.dictionaries(text, number, max_size=3)),
+        )
+    return out
+
+
+def flat_encode(payload: PayloadV04, chunk: list[Any]) -> bytes:
+    """The one-call packing whatever the chunk's size (``_encode`` packs
+    chunks of fewer than ``_V04_FLAT_MIN_SPANS`` spans as span maps)."""
+    return payload._encode_flat(chunk, len(chunk) // RECORD_LEN)
+
+
+def wire_maps(chunk: list[Any]) -> bytes:
+    """What DESIGN says a v0.4 trace is: msgpack's packing of the span maps."""
+    return msgpack.packb(spans_to_v04([records(chunk)])[0])  # type: ignore[no-any-return]
+
+
+@settings(max_examples=400, deadline=None)
+@given(chunks())
+@example([0xA8, 0xA8, 0, "trace_id", "trace_id", "trace_id", None, 1, 1, 0, {"trace_id": "¨trace_id"}, {"trace_id": 0xA8}])
+@example([(3 << 64) | 0xA8, 1, 0, "s", "n", "r", "t", 1, 1, 0, {}, {}] * 3)
+def test_one_call_packing_writes_the_span_maps_bytes(chunk: list[Any]) -> None:
+    payload = PayloadV04()
+    fast = flat_encode(payload, chunk)
+    assert fast == payload._encode(chunk, 1 << 62) == payload._encode(chunk) == wire_maps(chunk)
+
+
+@pytest.mark.parametrize("spans", [1, 2, 0x10000 // 24, 0x10000 // 24 + 1, 3000])
+def test_every_array_header_size(spans: int) -> None:
+    # The interleaved list's header (array16 up to 2,730 spans, array32 past
+    # it) is replaced by the span count's (fixarray, array16).
+    tid = (9 << 64) | 0xDEADBEEF
+    chunk: list[Any] = []
+    for i in range(spans):
+        chunk += (tid, i + 1, 0, "svc", "op", "res", None, 10 + i, 5, 0, {"k": "v"}, {"m": i})
+    assert flat_encode(PayloadV04(), chunk) == wire_maps(chunk)
+
+
+def test_a_trace_id_tag_falls_back_to_the_span_maps() -> None:
+    # The searched bytes (the key, then the trace id) inside the values: more
+    # replacements than spans, so the encoder packs span maps instead (the
+    # same bytes, checked above).
+    chunk = [5, 1, 0, "s", "n", "r", None, 1, 1, 0, {}, {"trace_id": 5}]
+    calls = []
+
+    class Spy(PayloadV04):
+        def _encode(self, chunk: list[Any], flat_from: int = 3) -> bytes:
+            calls.append(flat_from)
+            return super()._encode(chunk, flat_from)
+
+    spy = Spy()
+    assert flat_encode(spy, chunk) == wire_maps(chunk)
+    assert calls == [1 << 62]
+    assert flat_encode(spy, [5, 1, 0, "s", "n", "r", None, 1, 1, 0, {"trace_id": "5"}, {"trace_id": 6}]) and calls == [1 << 62]
+
+
+def test_a_match_overlapping_a_spans_start_is_not_taken_for_it() -> None:
+    # Trace id 0xa8 packs as CC A8: the key then the id end with the key's
+    # first byte. A bin value ending in the key and CC, just before the next
+    # span, would match there and swallow that span's own start (the count
+    # still right) if the id were searched with the key: the key alone is.
+    tid = 0xA8
+    chunk = [tid, 1, 0, "s", "n", "r", None, 1, 1, 0, {}, {"k": b"\xa8trace_id\xcc"}]
+    chunk += [tid, 2, 1, "s", "n", "r", None, 1, 1, 0, {}, {}]
+    assert flat_encode(PayloadV04(), chunk) == wire_maps(chunk)
+
+
+def test_a_chunk_of_a_partial_record_is_refused() -> None:
+    with pytest.raises(ValueError, match="whole number"):
+        flat_encode(PayloadV04(), [1, 2, 3] * 13)
+
+
+def test_chunks_of_three_spans_or_more_take_the_one_call_packing() -> None:
+    # Below _V04_FLAT_MIN_SPANS the span maps cost less per chunk; from it on
+    # the one-call packing must not be left unused by mistake.
+    taken = []
+
+    class Spy(PayloadV04):
+        def _encode_flat(self, chunk: list[Any], n: int) -> bytes:
+            taken.append(n)
+            return super()._encode_flat(chunk, n)
+
+    span = [7, 1, 0, "s", "n", "r", None, 1, 1, 0, {"k": "v"}, {"m": 1}]
+    payload = Spy()
+    for spans in (1, 2, 3, 101):
+        assert payload._encode(span * spans) == wire_maps(span * spans)
+    assert taken == [3, 101]
