@@ -249,6 +249,15 @@ finish_record_owned(SpanObject *self, PyObject *trace, PyObject *metrics, PyObje
             Py_DECREF(ordinal);
             return -1;
         }
+        if (self->_cmodule != NULL) { /* a C-built root: hand over in C (_cspan_trace.c) */
+            PyObject *module = Py_NewRef(self->_cmodule);
+            int done = _cspan_flush_root_owned(PyModule_GetState(module), trace, ordinal);
+            Py_DECREF(module);
+            if (done != 0) {
+                Py_DECREF(ordinal);
+                return done < 0 ? -1 : 0;
+            }
+        }
         result = PyObject_CallMethodObjArgs(trace, s__flush, ordinal, Py_True, NULL);
     }
     else {
