@@ -25,8 +25,8 @@ from contrib._http import header_tag_name, redact_url
 from contrib.flask._hooks import Phase, build_plan
 from tracer import propagation
 from tracer._errors import guarded_call, internal_error
-from tracer.config import config
 from tracer._tracer import _RootTrace, _trace_root
+from tracer.config import config
 from tracer.context import Context, get_active, set_active
 from tracer.span import MAX_KEY_LEN, MAX_VALUE_LEN, Span
 
