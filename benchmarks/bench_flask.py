@@ -3,7 +3,13 @@
     python benchmarks/bench_flask.py [--rounds 5] [--requests 3000]
     python benchmarks/bench_flask.py --profile [--requests 2000]
     python benchmarks/bench_flask.py --instructions [--requests 1000] [--variants plain,ours,ddtrace]
+    python benchmarks/bench_flask.py --baseline /path/to/other/checkout [--variants plain,ours,base,ddtrace]
     python benchmarks/bench_flask.py --breakdown [--rounds 5] [--requests 2000] [--variants plain,ours]
+
+``--baseline DIR`` adds the variant ``base``: ours as the checkout in DIR has
+it (its own ``bench_flask.py`` and C extensions built in place), run in the
+same rounds as the others, so that old and new code share the machine's
+load; "added ours / added base" is the same-run ratio.
 
 ``--breakdown`` says where the CPU goes that instruction counts do not show
 (hardware counters are not available on every machine): per request, the
@@ -392,7 +398,7 @@ def report(label: str, variants: list[str], results: dict[str, list[float]]) -> 
         else:
             extra = f"{'-':>32s}"
         print(f"{variant:10s} {statistics.median(row):14.1f} {extra}")
-    for a, b in (("ours", "ddtrace"), ("ours", "otel"), ("otel", "ddtrace")):
+    for a, b in (("ours", "ddtrace"), ("base", "ddtrace"), ("ours", "base"), ("ours", "otel"), ("otel", "ddtrace")):
         if a in added and b in added:
             ratios = [added[a][i] / added[b][i] for i in range(rounds) if added[b][i] > 0]
             if ratios:
@@ -411,6 +417,7 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="calls per request under cProfile, plain and ours")
     parser.add_argument("--instructions", action="store_true", help="instructions per request under callgrind")
     parser.add_argument("--breakdown", action="store_true", help="per-thread CPU, GC and allocations per request")
+    parser.add_argument("--baseline", help="another checkout: its ours runs as the variant 'base'")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -419,6 +426,8 @@ def main() -> int:
         return 0
 
     variants = [v for v in args.variants.split(",") if v]
+    if args.baseline and "base" not in variants:
+        variants.insert(variants.index("ours") + 1 if "ours" in variants else len(variants), "base")
     sink = Sink()
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
     for key in list(env):
@@ -437,9 +446,13 @@ def main() -> int:
         shift = round_no % len(variants)
         for variant in variants[shift:] + variants[:shift]:
             sink.take()
+            script, child, child_env = __file__, variant, env
+            if variant == "base":
+                script, child = os.path.join(args.baseline, "benchmarks", "bench_flask.py"), "ours"
+                child_env = {**env, "PYTHONPATH": args.baseline}
             proc = subprocess.run(
-                [sys.executable, __file__, "--child", variant, "--port", str(sink.port), "--requests", str(args.requests)],
-                env=env,
+                [sys.executable, script, "--child", child, "--port", str(sink.port), "--requests", str(args.requests)],
+                env=child_env,
                 capture_output=True,
                 text=True,
                 timeout=600,

@@ -19,6 +19,7 @@ import weakref
 
 import pytest
 
+from tests.utils import run_interleaved
 from tracer import tracer
 from tracer.buffer import _taken
 from tracer.span import _cspan
@@ -164,39 +165,25 @@ def test_roots_finishing_while_their_children_finish_in_another_thread_send_ever
     buffer.partial_flush_min_spans = 2
     pending: list = []
     ready = threading.Semaphore(0)
-    errors: list[BaseException] = []
     roots: list = []
 
     def make_roots() -> None:
-        try:
-            for _ in range(n):
-                root = tracer.start_span("root")
-                roots.append(root)
-                pending.append([tracer.start_span("child", child_of=root) for _ in range(3)])
-                ready.release()
-                root.finish()
-        except BaseException as e:  # pragma: no cover - reported below
-            errors.append(e)
+        for _ in range(n):
+            root = tracer.start_span("root")
+            roots.append(root)
+            pending.append([tracer.start_span("child", child_of=root) for _ in range(3)])
+            ready.release()
+            root.finish()
 
     def finish_children() -> None:
-        try:
-            for i in range(n):
-                ready.acquire()
-                for child in pending[i]:
-                    child.finish()
-        except BaseException as e:  # pragma: no cover - reported below
-            errors.append(e)
+        for i in range(n):
+            ready.acquire()
+            for child in pending[i]:
+                child.finish()
 
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
     try:
-        threads = [threading.Thread(target=make_roots), threading.Thread(target=finish_children)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        errors = run_interleaved(make_roots, finish_children)
     finally:
-        sys.setswitchinterval(interval)
         buffer.partial_flush_min_spans = saved
     assert errors == []
     spans = test_spans.spans
