@@ -232,7 +232,7 @@ next_count(PyObject *trace, PyObject *name, size_t offset)
 PyObject *_cspan_new_counter(PyObject *counter_type);
 int _cspan_finish_lone_root_owned(SpanObject *self, ModuleState *st, PyObject *trace, PyObject *metrics,
                                   PyObject *service);
-int _cspan_flush_root_owned(ModuleState *st, PyObject *trace, PyObject *ordinal);
+int _cspan_flush_root_owned(SpanObject *root, ModuleState *st, PyObject *trace, PyObject *ordinal);
 
 #if defined(__GNUC__)
 #pragma GCC visibility pop

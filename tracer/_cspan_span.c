@@ -251,7 +251,7 @@ finish_record_owned(SpanObject *self, PyObject *trace, PyObject *metrics, PyObje
         }
         if (self->_cmodule != NULL) { /* a C-built root: hand over in C (_cspan_trace.c) */
             PyObject *module = Py_NewRef(self->_cmodule);
-            int done = _cspan_flush_root_owned(PyModule_GetState(module), trace, ordinal);
+            int done = _cspan_flush_root_owned(self, PyModule_GetState(module), trace, ordinal);
             Py_DECREF(module);
             if (done != 0) {
                 Py_DECREF(ordinal);

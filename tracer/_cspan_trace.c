@@ -220,6 +220,41 @@ handover_send(ModuleState *st, PyObject *trace, HandOver *h, PyObject *chunk)
     return r == NULL ? -1 : 1;
 }
 
+/* trace.root becomes a tracer.span.FinishedSpan of the root's record (the
+ * chunk's last, checked by its span id), untracked when none of its values
+ * is tracked: what the writer reads of the root (the sampling decision, the
+ * root's record) without the Span, which is then freed by reference
+ * counting instead of waiting in the writer's queue in a trace <-> root
+ * cycle, walked and promoted by young collections. 0 also when the view
+ * does not apply (the Span stays); -1 on error. */
+static int
+root_view(SpanObject *root, PyObject *trace, PyObject *chunk)
+{
+    Py_ssize_t first = PyList_GET_SIZE(chunk) - RECORD_LEN;
+    if (first < 0 || PyList_GET_ITEM(chunk, first + 1) != root->span_id)
+        return 0;
+    PyObject *module = PyImport_AddModule("tracer.span"); /* borrowed */
+    PyObject *cls = module == NULL ? NULL : PyObject_GetAttrString(module, "FinishedSpan");
+    if (cls == NULL)
+        return -1;
+    int rc = 0;
+    if (PyType_Check(cls) && PyType_IsSubtype((PyTypeObject *)cls, &PyTuple_Type)) {
+        PyObject *view = ((PyTypeObject *)cls)->tp_alloc((PyTypeObject *)cls, RECORD_LEN);
+        int tracked = 0;
+        for (Py_ssize_t i = 0; view != NULL && i < RECORD_LEN; i++) {
+            PyObject *value = PyList_GET_ITEM(chunk, first + i);
+            tracked |= PyObject_GC_IsTracked(value);
+            PyTuple_SET_ITEM(view, i, Py_NewRef(value));
+        }
+        if (view != NULL && !tracked)
+            PyObject_GC_UnTrack(view); /* a record of flat values: part of no cycle */
+        rc = view == NULL ? -1 : TRACE_SET(trace, root, view);
+        Py_XDECREF(view);
+    }
+    Py_DECREF(cls);
+    return rc;
+}
+
 int
 _cspan_finish_lone_root_owned(SpanObject *self, ModuleState *st, PyObject *trace, PyObject *metrics,
                        PyObject *service)
@@ -262,7 +297,8 @@ _cspan_finish_lone_root_owned(SpanObject *self, ModuleState *st, PyObject *trace
         goto done;
     }
     Py_DECREF(ordinal); /* only counted: the trace is complete */
-    rc = TRACE_SET(trace, root_done, Py_True) < 0 ? -1 : handover_send(st, trace, &h, chunk);
+    rc = TRACE_SET(trace, root_done, Py_True) < 0 || root_view(self, trace, chunk) < 0 ? -1
+                                                                     : handover_send(st, trace, &h, chunk);
 
 done:
     Py_XDECREF(root);
@@ -290,7 +326,7 @@ done:
  * of the same trace that can be under way in another thread holding the
  * lock is a partial flush, which only runs with the list at its length. */
 int
-_cspan_flush_root_owned(ModuleState *st, PyObject *trace, PyObject *ordinal)
+_cspan_flush_root_owned(SpanObject *root, ModuleState *st, PyObject *trace, PyObject *ordinal)
 {
     PyObject *finished = NULL, *limit = NULL, *fresh = NULL;
     HandOver h = {0};
@@ -320,7 +356,7 @@ _cspan_flush_root_owned(ModuleState *st, PyObject *trace, PyObject *ordinal)
         goto done;
     PyObject_GC_UnTrack(fresh);
     PyObject_GC_UnTrack(finished); /* records only, referenced by nothing but the sink from now on */
-    if (TRACE_SET(trace, finished, fresh) < 0)
+    if (TRACE_SET(trace, finished, fresh) < 0 || root_view(root, trace, finished) < 0)
         goto done;
     rc = handover_send(st, trace, &h, finished);
 

@@ -73,6 +73,9 @@ def _run_trace(test_spans, python_root: bool, children: int = 2, open_child: boo
             "flush_calls": calls.count,
             "new_list_tracked": gc.is_tracked(trace.finished),
             "chunk_tracked": [gc.is_tracked(chunk) for _, chunk in test_spans.raw],
+            # The root's record in place of the Span once the trace is complete.
+            "root": (type(trace.root).__name__, trace.root.span_id == root.span_id, root in gc.get_referents(trace)),
+            "root_tracked": gc.is_tracked(trace.root),
         }
         test_spans.reset()
         if still_open is not None:
@@ -91,6 +94,7 @@ def _built_apart(*states: dict) -> None:
     for state in states:
         state.pop("new_list_tracked")
         state.pop("chunk_tracked")
+        state.pop("root_tracked")
 
 
 def _c_only(fast: dict, general: dict) -> None:
@@ -100,6 +104,7 @@ def _c_only(fast: dict, general: dict) -> None:
     assert fast.pop("flush_calls") == (0 if c_built else 1) and general.pop("flush_calls") == 1
     assert fast.pop("new_list_tracked") is not c_built and general.pop("new_list_tracked") is True
     assert fast.pop("chunk_tracked") == [not c_built]
+    assert fast.pop("root_tracked") is not c_built and general.pop("root_tracked") is True
     general.pop("chunk_tracked")  # the first list of a Python-built trace is tracked, a C one's not
 
 
@@ -113,6 +118,7 @@ def test_a_root_finishing_last_leaves_what_flush_leaves(test_spans, children):
     assert fast["sent"] == [[(name, True) for name in names]] and fast["sent_trace"] == [True]
     assert fast["finished"] == [] and fast["live"] is False and fast["root_done"] is True
     assert fast["counts"] == (children + 1, children + 1, 2)
+    assert fast["root"] == ("FinishedSpan", True, False), "the trace no longer holds the root Span"
 
 
 def test_a_root_finishing_before_a_child_takes_the_general_path(test_spans):
@@ -124,6 +130,7 @@ def test_a_root_finishing_before_a_child_takes_the_general_path(test_spans):
     assert fast == general
     assert fast["sent"] == [[("child0", True), ("child1", True), ("root", True)]]
     assert (fast["live"], fast["late"], fast["live_after_late"]) == (True, [["open"]], False)
+    assert fast["root"] == ("Span", True, True), "incomplete: the root Span stays"
     assert tracer._buffer.count_lost() == 0
 
 
@@ -216,6 +223,7 @@ def test_a_cycle_through_a_tag_is_kept_while_the_chunk_waits_and_freed_after(tes
     assert holder_ref() is not None and holder_ref().span.name == "root", "the waiting chunk keeps its tags alive"
     assert [s.name for s in test_spans.spans] == ["child", "root"]
     assert any(type(value) is dict and value.get("holder") is holder_ref() for value in chunk)
+    assert gc.is_tracked(trace.root), "a record holding a tracked tag dict stays tracked: it is in the cycle"
     del trace, chunk
     test_spans.reset()  # the writer sent the chunk and dropped it
     gc.collect()
