@@ -12,7 +12,7 @@ setup(
     ext_modules=[
         Extension(
             "tracer._cspan",
-            ["tracer/_cspan.c", "tracer/_cspan_span.c", "tracer/_cspan_trace.c"],
+            ["tracer/_cspan.c", "tracer/_cspan_span.c", "tracer/_cspan_trace.c", "tracer/_cspan_method.c"],
             depends=["tracer/_cmodule.h", "tracer/_cspan.h"],
             optional=True,
         ),
@@ -20,7 +20,7 @@ setup(
         Extension(
             "agent_sim._cdecode",
             ["agent_sim/_cdecode.c", "agent_sim/_cdecode_pack.c", "agent_sim/_cdecode_normalize.c",
-             "agent_sim/_cdecode_insights.c", "agent_sim/_cdecode_ingest.c"],
+             "agent_sim/_cdecode_insights.c", "agent_sim/_cdecode_ingest.c", "agent_sim/_cdecode_stats.c"],
             depends=["agent_sim/_cdecode.h"],
             optional=True,
         ),

@@ -14,6 +14,10 @@
  * strings: a payload's repeated keys and values (span keys, service, name,
  * meta keys and values) are built once and shared, and map keys are interned
  * as msgpack interns them. Equal results; fewer objects, fewer hashes.
+ * Likewise a small map of scalars (str, bin, int, float, nil, bool) whose
+ * exact bytes came earlier in the body (a payload's spans repeat their meta
+ * and metrics maps) is a copy of the dict built then (PyDict_Copy: the same
+ * keys in the same order, the same values), not built again.
  *
  * This unit: unpackb and the module's init; the others are listed in
  * _cdecode.h.
@@ -36,7 +40,13 @@ typedef struct {
     Py_ssize_t used, fill; /* stop adding past fill (3/4 of the slots) */
     size_t mask;
     slot *cache;
+    Py_ssize_t map_used, map_fill; /* the same for maps (s: a dict) */
+    size_t map_mask;
+    slot *maps;
 } ctx;
+
+#define MAP_MAX_ITEMS 32  /* maps cached: at most this many entries ... */
+#define MAP_MAX_LEN 2048  /* ... in at most this many bytes */
 
 /* p[0..n) lies in a buffer ending at end */
 static uint64_t hash_bytes(const unsigned char *p, Py_ssize_t n, const unsigned char *end) {
@@ -117,6 +127,71 @@ static inline uint64_t be(const unsigned char *p, int k) {
 
 static PyObject *dec(ctx *c, int depth, int key);
 
+/* The end of the k scalars (str, bin, int, float, nil, bool) from p, or NULL
+   at anything else (a container, an ext type, 0xc1) or past end. */
+static const unsigned char *skip_scalars(const unsigned char *p, const unsigned char *end, Py_ssize_t k) {
+    static const unsigned char fixed[32] = { /* 0xc0..0xdf: bytes after the tag; 0xff: not a scalar */
+        0, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 4, 8, 1, 2, 4, 8,
+        1, 2, 4, 8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+    while (k-- > 0) {
+        if (p >= end)
+            return NULL;
+        unsigned char b = *p++;
+        size_t n;
+        if (b <= 0x7f || b >= 0xe0)
+            continue;
+        if (b >= 0xa0 && b <= 0xbf) {
+            n = b & 0x1f;
+        } else if (b < 0xc0) { /* fixmap, fixarray */
+            return NULL;
+        } else if (b == 0xd9 || b == 0xda || b == 0xdb || b == 0xc4 || b == 0xc5 || b == 0xc6) {
+            int w = 1 << (b >= 0xd9 ? b - 0xd9 : b - 0xc4);
+            if (end - p < w)
+                return NULL;
+            n = (size_t)be(p, w);
+            p += w;
+        } else if ((n = fixed[b - 0xc0]) == 0xff) {
+            return NULL;
+        }
+        if ((size_t)(end - p) < n)
+            return NULL;
+        p += n;
+    }
+    return p;
+}
+
+/* The map of n entries at c->p as a copy of an equal map decoded earlier, or
+   NULL (nothing consumed) when none was or it is not a small map of scalars:
+   then *at and *len say where to remember it (*at NULL: not at all). */
+static PyObject *cached_map(ctx *c, Py_ssize_t n, slot **at, Py_ssize_t *len) {
+    *at = NULL;
+    if (n == 0 || n > MAP_MAX_ITEMS)
+        return NULL;
+    const unsigned char *q = skip_scalars(c->p, c->end, 2 * n);
+    if (q == NULL || q - c->p > MAP_MAX_LEN)
+        return NULL;
+    *len = q - c->p;
+    uint64_t h = hash_bytes(c->p, *len, c->end) ^ (uint64_t)n;
+    size_t i = (size_t)h & c->map_mask;
+    for (;;) {
+        slot *e = &c->maps[i];
+        if (e->s == NULL)
+            break;
+        if (e->h == h && e->n == *len && memcmp(e->p, c->p, (size_t)*len) == 0) {
+            PyObject *d = PyDict_Copy(e->s);
+            if (d != NULL)
+                c->p = q;
+            return d; /* NULL: out of memory, unpackb's NotImplemented */
+        }
+        i = (i + 1) & c->map_mask;
+    }
+    if (c->map_used < c->map_fill) {
+        *at = &c->maps[i];
+        (*at)->h = h;
+    }
+    return NULL;
+}
+
 static PyObject *dec_array(ctx *c, Py_ssize_t n, int depth) {
     if (n > c->end - c->p)
         return NULL;
@@ -137,6 +212,12 @@ static PyObject *dec_array(ctx *c, Py_ssize_t n, int depth) {
 static PyObject *dec_map(ctx *c, Py_ssize_t n, int depth) {
     if (n > (c->end - c->p) / 2)
         return NULL;
+    slot *at;
+    Py_ssize_t len;
+    const unsigned char *start = c->p;
+    PyObject *copy = cached_map(c, n, &at, &len);
+    if (copy != NULL || PyErr_Occurred())
+        return copy;
 #if PY_VERSION_HEX < 0x030D0000
     PyObject *d = _PyDict_NewPresized(n);
 #else
@@ -159,6 +240,12 @@ static PyObject *dec_map(ctx *c, Py_ssize_t n, int depth) {
         }
         Py_DECREF(k);
         Py_DECREF(v);
+    }
+    if (at != NULL) {
+        at->p = start;
+        at->n = len;
+        at->s = Py_NewRef(d);
+        c->map_used++;
     }
     return d;
 }
@@ -273,17 +360,20 @@ static PyObject *unpackb(PyObject *self, PyObject *arg) {
     size_t slots = 32;
     while (slots < CACHE_SLOTS && (Py_ssize_t)slots * 8 < view.len)
         slots *= 2;
+    size_t map_slots = slots / 4; /* 8 to 256 */
     ctx c = {.p = view.buf, .end = (const unsigned char *)view.buf + view.len,
              .fill = (Py_ssize_t)(slots / 4 * 3), .mask = slots - 1,
-             .cache = PyMem_Calloc(slots, sizeof(slot))};
+             .cache = PyMem_Calloc(slots + map_slots, sizeof(slot)),
+             .map_fill = (Py_ssize_t)(map_slots / 4 * 3), .map_mask = map_slots - 1};
     if (c.cache == NULL) {
         PyBuffer_Release(&view);
         Py_RETURN_NOTIMPLEMENTED;
     }
+    c.maps = c.cache + slots;
     PyObject *out = dec(&c, 0, 0);
     if (out != NULL && c.p != c.end)
         Py_CLEAR(out); /* extra bytes: msgpack's error */
-    for (size_t i = 0; i < slots; i++)
+    for (size_t i = 0; i < slots + map_slots; i++)
         Py_XDECREF(c.cache[i].s);
     PyMem_Free(c.cache);
     PyBuffer_Release(&view);
@@ -304,9 +394,12 @@ static PyMethodDef methods[] = {
     {"clean_chunk", _cdecode_clean_chunk, METH_O,
      "clean_chunk(spans) -> False when normalize must check the chunk span by span, else its _dd.p.tid or None."},
     {"normalize_clean", _cdecode_normalize_clean, METH_VARARGS,
-     "normalize_clean(spans, obfuscate_sql) -> False, the chunk's tid or None, or (tid, spans left to Python)."},
+     "normalize_clean(spans, obfuscate_sql, memo=None) -> False, the chunk's tid or None, or (tid, spans left to Python)."},
     {"compute_groups", _cdecode_compute_groups, METH_VARARGS,
      "compute_groups(traces, client_top_level, bucket_ns) -> stats.compute_groups's result, or NotImplemented."},
+    {"sketch_add", _cdecode_sketch_add, METH_VARARGS,
+     "sketch_add(bins, values, mult, offset, min_positive, zero, top) -> (zero, top) after adding values to bins "
+     "as stats.Sketch.add_many does, or NotImplemented (nothing changed)."},
     {"breakdown_chunk", _cdecode_breakdown_chunk, METH_VARARGS,
      "breakdown_chunk(spans, out, bucket_ns) -> True after adding insights.breakdown's common chunk to out, "
      "else False (out unchanged)."},

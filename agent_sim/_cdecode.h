@@ -7,7 +7,8 @@
  *   _cdecode_insights.c   the insights' common case (breakdown_chunk,
  *                         detect_clear);
  *   _cdecode_ingest.c     the receiver's duplicate span ids (count_duplicates)
- *                         and the store's index rows (index_rows).
+ *                         and the store's index rows (index_rows);
+ *   _cdecode_stats.c      stats.Sketch.add_many's loop (sketch_add).
  * What they share is declared here; functions one unit calls in another are
  * prefixed _cdecode_. */
 #ifndef AGENT_SIM_CDECODE_H
@@ -27,6 +28,19 @@
 
 #define MAX_DEPTH 512 /* nesting unpackb and packb leave to msgpack beyond */
 
+/* PyLong_AsUnsignedLongLong's result and errors (TypeError for a non-int,
+ * OverflowError when negative or beyond 64 bits). CPython 3.11's version
+ * goes through _PyLong_AsByteArray for every int of two digits or more
+ * (~300 instructions: every trace and span id); PyLong_AsUnsignedLong reads
+ * the digits directly, and is the same function where long has 64 bits. */
+static inline unsigned long long _cdecode_u64(PyObject *o) {
+#if ULONG_MAX == ULLONG_MAX
+    return PyLong_AsUnsignedLong(o);
+#else
+    return PyLong_AsUnsignedLongLong(o);
+#endif
+}
+
 /* _cdecode_pack.c */
 PyObject *_cdecode_packb(PyObject *self, PyObject *arg);
 
@@ -38,6 +52,9 @@ PyObject *_cdecode_compute_groups(PyObject *self, PyObject *args);
 int _cdecode_normalize_init(void);
 /* m.CLEAN_LIMITS: the limits clean_chunk checks (for a test). */
 int _cdecode_add_clean_limits(PyObject *m);
+
+/* _cdecode_stats.c */
+PyObject *_cdecode_sketch_add(PyObject *self, PyObject *args);
 
 /* _cdecode_insights.c */
 PyObject *_cdecode_breakdown_chunk(PyObject *self, PyObject *args);

@@ -66,7 +66,7 @@ PyObject *_cdecode_count_duplicates(PyObject *self, PyObject *args) {
                 PyErr_Clear();
                 goto done;
             }
-            unsigned long long v = PyLong_AsUnsignedLongLong(sid);
+            unsigned long long v = _cdecode_u64(sid);
             if (v == (unsigned long long)-1 && PyErr_Occurred()) {
                 PyErr_Clear();
                 goto done;
@@ -210,7 +210,7 @@ static PyObject *index_row(PyObject *spans, PyObject *now, long long cid) {
     }
     if (!(tid_obj = PyDict_GetItemWithError(root, k_trace_id)) || !PyLong_CheckExact(tid_obj))
         return NULL;
-    unsigned long long tid = PyLong_AsUnsignedLongLong(tid_obj);
+    unsigned long long tid = _cdecode_u64(tid_obj);
     if (tid == (unsigned long long)-1 && PyErr_Occurred())
         return NULL;
     PyObject *row = PyTuple_New(12);

@@ -58,7 +58,7 @@ static Slot *table_find(Table *t, uint64_t sid) { /* the slot of sid, or the emp
 static int as_u64(PyObject *o, uint64_t *out) {
     if (!PyLong_CheckExact(o))
         return 0;
-    unsigned long long v = PyLong_AsUnsignedLongLong(o);
+    unsigned long long v = _cdecode_u64(o);
     if (v == (unsigned long long)-1 && PyErr_Occurred()) {
         PyErr_Clear();
         return 0;

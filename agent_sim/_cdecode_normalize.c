@@ -34,10 +34,25 @@ static PyObject *field(PyObject *span, int i) {
     return v;
 }
 
+/* 1 with span's 12 field values (borrowed) in f when span is a dict of
+   exactly the 12 fields in SPAN_FIELDS order, keyed by the interned names
+   (what the decoder builds from the usual wire order): one pass over the
+   dict instead of 12 lookups. Else 0, f undefined: the caller looks up. */
+static int fields_in_order(PyObject *span, PyObject **f) {
+    if (Py_TYPE(span) != &PyDict_Type || PyDict_GET_SIZE(span) != N_FIELDS)
+        return 0;
+    Py_ssize_t pos = 0;
+    PyObject *k;
+    for (int i = 0; i < N_FIELDS; i++)
+        if (!PyDict_Next(span, &pos, &k, &f[i]) || k != field_keys[i])
+            return 0;
+    return 1;
+}
+
 static int uint64_of(PyObject *o, unsigned long long *out) {
     if (Py_TYPE(o) != &PyLong_Type)
         return 0;
-    *out = PyLong_AsUnsignedLongLong(o); /* negative or beyond 64 bits: an error */
+    *out = _cdecode_u64(o); /* negative or beyond 64 bits: an error */
     if (*out == (unsigned long long)-1 && PyErr_Occurred()) {
         PyErr_Clear();
         return 0;
@@ -91,11 +106,12 @@ static int clean_span(PyObject *span, unsigned long long *trace_id, PyObject **t
     long long start, duration, error;
     if (Py_TYPE(span) != &PyDict_Type || PyDict_GET_SIZE(span) != N_FIELDS)
         return 0;
-    for (int i = 0; i < N_FIELDS; i++)
-        if ((f[i] = PyDict_GetItemWithError(span, field_keys[i])) == NULL) {
-            PyErr_Clear();
-            return 0;
-        }
+    if (!fields_in_order(span, f))
+        for (int i = 0; i < N_FIELDS; i++)
+            if ((f[i] = PyDict_GetItemWithError(span, field_keys[i])) == NULL) {
+                PyErr_Clear();
+                return 0;
+            }
     if (!uint64_of(f[F_TRACE_ID], &tr) || !uint64_of(f[F_SPAN_ID], &id) || !uint64_of(f[F_PARENT_ID], &parent)
         || tr == 0 || id == 0 || (*trace_id != 0 && tr != *trace_id))
         return 0;
@@ -130,7 +146,7 @@ PyObject *_cdecode_clean_chunk(PyObject *self, PyObject *spans) {
     return tid;
 }
 
-/* normalize_clean(spans, obfuscate_sql) normalizes a chunk clean_chunk
+/* normalize_clean(spans, obfuscate_sql, memo=None) normalizes a chunk clean_chunk
  * accepts, as normalize.normalize_chunk would: each SQL span as our
  * integrations send it (none of sql.query, db.statement, error.message in
  * meta) gets resource = meta["sql.query"] = obfuscate_sql(resource), then
@@ -156,7 +172,23 @@ static int copy_tid(PyObject *spans, PyObject *tid) {
     return 0;
 }
 
-static int obfuscate_span(PyObject *span, PyObject *obfuscate, PyObject **todo, Py_ssize_t i) {
+/* obfuscate(raw), or memo[raw] (memo: a dict the caller keeps for a payload,
+   filled here; NULL: none). The function must be pure: a payload's spans
+   repeat a few statements, and a call of the Python function costs ~1 k
+   instructions where a lookup of a str costs ~50. */
+static PyObject *obfuscated(PyObject *obfuscate, PyObject *memo, PyObject *raw) {
+    PyObject *out = memo ? PyDict_GetItemWithError(memo, raw) : NULL;
+    if (out != NULL || PyErr_Occurred())
+        return Py_XNewRef(out);
+    Py_INCREF(raw);
+    out = PyObject_CallOneArg(obfuscate, raw);
+    if (out != NULL && memo != NULL && PyDict_SetItem(memo, raw, out) < 0)
+        Py_CLEAR(out);
+    Py_DECREF(raw);
+    return out;
+}
+
+static int obfuscate_span(PyObject *span, PyObject *obfuscate, PyObject *memo, PyObject **todo, Py_ssize_t i) {
     PyObject *meta = field(span, F_META), *resource;
     int plain = PyDict_Contains(meta, key_sql_query) == 0 && PyDict_Contains(meta, key_db_statement) == 0
                 && PyDict_Contains(meta, key_error_message) == 0; /* str keys: no errors */
@@ -164,7 +196,7 @@ static int obfuscate_span(PyObject *span, PyObject *obfuscate, PyObject **todo, 
     if (plain) {
         Py_INCREF(span);
         Py_INCREF(meta);
-        resource = PyObject_CallOneArg(obfuscate, field(span, F_RESOURCE));
+        resource = obfuscated(obfuscate, memo, field(span, F_RESOURCE));
         if (resource != NULL && PyDict_SetItem(span, field_keys[F_RESOURCE], resource) == 0
             && PyDict_SetItem(meta, key_sql_query, resource) == 0) {
             left = !text_within(resource, 1, SHORT_RESOURCE);
@@ -189,9 +221,14 @@ static int obfuscate_span(PyObject *span, PyObject *obfuscate, PyObject **todo, 
 }
 
 PyObject *_cdecode_normalize_clean(PyObject *self, PyObject *args) {
-    PyObject *spans, *obfuscate, *todo = NULL;
-    if (!PyArg_ParseTuple(args, "OO", &spans, &obfuscate))
+    PyObject *spans, *obfuscate, *memo = NULL, *todo = NULL;
+    if (!PyArg_ParseTuple(args, "OO|O", &spans, &obfuscate, &memo))
         return NULL;
+    if (memo == Py_None)
+        memo = NULL;
+    else if (memo != NULL && !PyDict_CheckExact(memo))
+        return PyErr_Format(PyExc_TypeError, "normalize_clean: memo must be a dict or None, not %.100s",
+                            Py_TYPE(memo)->tp_name);
     PyObject *tid = _cdecode_clean_chunk(self, spans);
     if (tid == Py_False)
         return tid;
@@ -199,7 +236,7 @@ PyObject *_cdecode_normalize_clean(PyObject *self, PyObject *args) {
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(spans); i++) {
         PyObject *span = PyList_GET_ITEM(spans, i), *type = field(span, F_TYPE);
         if (type == NULL || (PyUnicode_CompareWithASCIIString(type, "sql") == 0
-                             && obfuscate_span(span, obfuscate, &todo, i) < 0))
+                             && obfuscate_span(span, obfuscate, memo, &todo, i) < 0))
             goto error;
     }
     Py_DECREF(spans);
@@ -248,14 +285,61 @@ static PyObject *status_code(PyObject *meta) {
     return NULL;
 }
 
-static int add_span(PyObject *groups, PyObject *s, PyObject *services, int client_top_level, long long bucket_ns) {
-    PyObject *metrics = field(s, F_METRICS), *service, *parent, *meta, *start, *duration, *error;
+/* A group's counts, kept in C while the call runs (the lists get them at
+   its end); a duration sum beyond int64 hands the call back to Python. */
+typedef struct {
+    long long hits, top, errors, duration;
+} counts;
+
+typedef struct {
+    PyObject *groups, *order; /* {key: index}, [group lists] in first-seen order */
+    counts *acc;
+    Py_ssize_t cap;
+    long long bucket; /* the last bucket start and its int */
+    PyObject *bucket_obj;
+} grouping;
+
+/* the index of key's group (a new group at the end when it has none); -1 on error */
+static Py_ssize_t group_of(grouping *g, PyObject *key) {
+    PyObject *at = PyDict_GetItemWithError(g->groups, key);
+    if (at != NULL)
+        return PyLong_AsSsize_t(at);
+    if (PyErr_Occurred())
+        return -1;
+    Py_ssize_t n = PyList_GET_SIZE(g->order);
+    if (n == g->cap) {
+        Py_ssize_t cap = g->cap ? 2 * g->cap : 16;
+        counts *acc = PyMem_Realloc(g->acc, (size_t)cap * sizeof(counts));
+        if (acc == NULL)
+            return -1;
+        g->acc = acc;
+        g->cap = cap;
+    }
+    PyObject *rest = PyTuple_GetSlice(key, 1, 8), *rest_list = rest ? PySequence_List(rest) : NULL;
+    Py_XDECREF(rest);
+    PyObject *list = rest_list ? Py_BuildValue("[ONiiiiNN]", PyTuple_GET_ITEM(key, 0), rest_list, 0, 0, 0, 0,
+                                                PyList_New(0), PyList_New(0)) : NULL;
+    PyObject *index = list ? PyLong_FromSsize_t(n) : NULL;
+    int rc = index == NULL || PyList_Append(g->order, list) < 0 || PyDict_SetItem(g->groups, key, index) < 0;
+    Py_XDECREF(list);
+    Py_XDECREF(index);
+    if (rc)
+        return -1;
+    memset(&g->acc[n], 0, sizeof(counts));
+    return n;
+}
+
+static int add_span(grouping *g, PyObject *s, PyObject *services, int client_top_level, long long bucket_ns) {
+    PyObject *f[N_FIELDS];
+    int in_order = fields_in_order(s, f);
+#define FIELD(i) (in_order ? f[i] : field(s, i))
+    PyObject *metrics = FIELD(F_METRICS), *service, *parent, *meta, *start, *duration, *error;
     if (metrics == NULL || Py_TYPE(metrics) != &PyDict_Type)
         return -1;
     if (PyDict_GET_SIZE(metrics) == 0 && client_top_level)
         return 0;
     int found, top = metric_true(metrics, key_top_level, &found);
-    if (top < 0 || (service = field(s, F_SERVICE)) == NULL || (parent = field(s, F_PARENT_ID)) == NULL)
+    if (top < 0 || (service = FIELD(F_SERVICE)) == NULL || (parent = FIELD(F_PARENT_ID)) == NULL)
         return -1;
     if (!found && !client_top_level) {
         PyObject *parent_service = PyDict_GetItemWithError(services, parent);
@@ -271,8 +355,8 @@ static int add_span(PyObject *groups, PyObject *s, PyObject *services, int clien
             return measured;
     }
     long long st, du, er;
-    if ((meta = field(s, F_META)) == NULL || Py_TYPE(meta) != &PyDict_Type || (start = field(s, F_START)) == NULL
-        || (duration = field(s, F_DURATION)) == NULL || (error = field(s, F_ERROR)) == NULL
+    if ((meta = FIELD(F_META)) == NULL || Py_TYPE(meta) != &PyDict_Type || (start = FIELD(F_START)) == NULL
+        || (duration = FIELD(F_DURATION)) == NULL || (error = FIELD(F_ERROR)) == NULL
         || !int64_of(start, &st) || !int64_of(duration, &du) || !int64_of(error, &er)
         || (du > 0 ? st > LLONG_MAX - du : st < LLONG_MIN - du) || Py_TYPE(parent) != &PyLong_Type
         || st + du < LLONG_MIN + bucket_ns) /* its bucket start below int64 */
@@ -287,44 +371,38 @@ static int add_span(PyObject *groups, PyObject *s, PyObject *services, int clien
     int is_root = PyObject_RichCompareBool(parent, small_status[0], Py_EQ);
     if (is_root < 0)
         return -1;
-    PyObject *key = Py_BuildValue("(LOOOOOOO)", end - rem, service, field(s, F_NAME), field(s, F_RESOURCE),
-                                  field(s, F_TYPE), kind ? kind : empty_str, code, is_root ? Py_True : Py_False);
+    if (g->bucket_obj == NULL || g->bucket != end - rem) {
+        Py_XSETREF(g->bucket_obj, PyLong_FromLongLong(end - rem));
+        if (g->bucket_obj == NULL)
+            return -1;
+        g->bucket = end - rem;
+    }
+    PyObject *key = PyTuple_New(8), *items[8] = {g->bucket_obj, service, FIELD(F_NAME), FIELD(F_RESOURCE),
+                                                   FIELD(F_TYPE), kind ? kind : empty_str, code,
+                                                   is_root ? Py_True : Py_False};
     if (key == NULL)
         return -1;
-    PyObject *g = PyDict_GetItemWithError(groups, key);
-    if (g == NULL) {
-        PyObject *rest = PyErr_Occurred() ? NULL : PyTuple_GetSlice(key, 1, 8);
-        PyObject *rest_list = rest ? PySequence_List(rest) : NULL;
-        Py_XDECREF(rest);
-        g = rest_list ? Py_BuildValue("[ONiiiiNN]", PyTuple_GET_ITEM(key, 0), rest_list, 0, 0, 0, 0, PyList_New(0),
-                                      PyList_New(0)) : NULL;
-        if (g == NULL || PyDict_SetItem(groups, key, g) < 0) {
-            Py_XDECREF(g);
+    for (int i = 0; i < 8; i++) {
+        if (items[i] == NULL) { /* a name, resource or type missing: KeyError */
             Py_DECREF(key);
             return -1;
         }
-        Py_DECREF(g); /* the dict holds it */
+        PyTuple_SET_ITEM(key, i, Py_NewRef(items[i]));
     }
+    Py_ssize_t at = group_of(g, key);
     Py_DECREF(key);
-    /* g[2] += 1; g[3] += top; g[5] += duration; g[4] += error; durations to g[7] or g[6] */
-    static const int slots[3] = {2, 3, 5};
-    PyObject *adds[3] = {small_status[1], top ? small_status[1] : NULL, duration};
-    for (int i = 0; i < 3; i++) {
-        if (adds[i] == NULL)
-            continue;
-        PyObject *sum = PyNumber_Add(PyList_GET_ITEM(g, slots[i]), adds[i]);
-        if (sum == NULL)
-            return -1;
-        PyList_SetItem(g, slots[i], sum);
-    }
-    if (er) {
-        PyObject *sum = PyNumber_Add(PyList_GET_ITEM(g, 4), small_status[1]);
-        if (sum == NULL)
-            return -1;
-        PyList_SetItem(g, 4, sum);
-    }
-    return PyList_Append(PyList_GET_ITEM(g, er ? 7 : 6), duration);
+    if (at < 0)
+        return -1;
+    counts *c = &g->acc[at]; /* g[2] += 1; g[3] += top; g[5] += duration; g[4] += error */
+    c->hits++;
+    c->top += top != 0;
+    c->errors += er != 0;
+    if (__builtin_add_overflow(c->duration, du, &c->duration))
+        return -1;
+    PyObject *list = PyList_GET_ITEM(g->order, at);
+    return PyList_Append(PyList_GET_ITEM(list, er ? 7 : 6), duration);
 }
+#undef FIELD
 
 PyObject *_cdecode_compute_groups(PyObject *self, PyObject *args) {
     PyObject *traces;
@@ -334,9 +412,10 @@ PyObject *_cdecode_compute_groups(PyObject *self, PyObject *args) {
         return NULL;
     if (Py_TYPE(traces) != &PyList_Type || bucket_ns <= 0)
         Py_RETURN_NOTIMPLEMENTED;
-    PyObject *groups = PyDict_New(), *services = NULL;
-    if (groups == NULL)
-        return NULL;
+    grouping g = {.groups = PyDict_New(), .order = PyList_New(0)};
+    PyObject *services = NULL;
+    if (g.groups == NULL || g.order == NULL)
+        goto fallback;
     for (Py_ssize_t t = 0; t < PyList_GET_SIZE(traces); t++) {
         PyObject *spans = PyList_GET_ITEM(traces, t);
         if (Py_TYPE(spans) != &PyList_Type)
@@ -356,16 +435,30 @@ PyObject *_cdecode_compute_groups(PyObject *self, PyObject *args) {
             }
         }
         for (Py_ssize_t i = 0; i < n; i++)
-            if (add_span(groups, PyList_GET_ITEM(spans, i), services, client_top_level, bucket_ns) < 0)
+            if (add_span(&g, PyList_GET_ITEM(spans, i), services, client_top_level, bucket_ns) < 0)
                 goto fallback;
     }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(g.order); i++) {
+        PyObject *list = PyList_GET_ITEM(g.order, i);
+        long long values[4] = {g.acc[i].hits, g.acc[i].top, g.acc[i].errors, g.acc[i].duration};
+        for (int k = 0; k < 4; k++) {
+            PyObject *v = PyLong_FromLongLong(values[k]);
+            if (v == NULL)
+                goto fallback;
+            PyList_SetItem(list, 2 + k, v);
+        }
+    }
     Py_XDECREF(services);
-    PyObject *out = PyDict_Values(groups);
-    Py_DECREF(groups);
-    return out;
+    Py_XDECREF(g.bucket_obj);
+    Py_DECREF(g.groups);
+    PyMem_Free(g.acc);
+    return g.order;
 fallback:
     Py_XDECREF(services);
-    Py_DECREF(groups);
+    Py_XDECREF(g.bucket_obj);
+    Py_XDECREF(g.groups);
+    Py_XDECREF(g.order);
+    PyMem_Free(g.acc);
     PyErr_Clear();
     Py_RETURN_NOTIMPLEMENTED;
 }

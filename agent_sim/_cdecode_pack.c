@@ -81,6 +81,14 @@ static int enc_str(wbuf *w, PyObject *o) {
     if (PyUnicode_IS_COMPACT_ASCII(o)) {
         p = (const char *)PyUnicode_DATA(o);
         n = PyUnicode_GET_LENGTH(o);
+        if (n < 32) { /* a fixstr, the usual key or tag: header and bytes in one reservation */
+            ROOM(1 + n);
+            char *out = w->buf + w->len;
+            *out = (char)(0xa0 | n);
+            memcpy(out + 1, p, (size_t)n);
+            w->len += 1 + (size_t)n;
+            return 0;
+        }
     } else if ((p = PyUnicode_AsUTF8AndSize(o, &n)) == NULL) {
         return -1;
     }
@@ -112,7 +120,7 @@ static int enc_int(wbuf *w, PyObject *o) {
     }
     if (overflow < 0)
         return -1;
-    unsigned long long u = PyLong_AsUnsignedLongLong(o);
+    unsigned long long u = _cdecode_u64(o);
     if (u == (unsigned long long)-1 && PyErr_Occurred())
         return -1;
     put_be(w, 0xcf, u, 8);
@@ -120,12 +128,17 @@ static int enc_int(wbuf *w, PyObject *o) {
 }
 
 static int enc_dict(wbuf *w, PyObject *o, int depth) {
-    if (put_len(w, (size_t)PyDict_GET_SIZE(o), 0x80, 16, -1, 0xde) < 0)
+    Py_ssize_t size = PyDict_GET_SIZE(o);
+    if (size < 16) {
+        ROOM(1);
+        w->buf[w->len++] = (char)(0x80 | size);
+    } else if (put_len(w, (size_t)size, 0x80, 16, -1, 0xde) < 0) {
         return -1;
+    }
     Py_ssize_t pos = 0;
     PyObject *k, *v;
-    while (PyDict_Next(o, &pos, &k, &v))
-        if (enc(w, k, depth + 1) < 0 || enc(w, v, depth + 1) < 0)
+    while (PyDict_Next(o, &pos, &k, &v)) /* keys are str but for odd payloads: no dispatch for them */
+        if ((Py_TYPE(k) == &PyUnicode_Type ? enc_str(w, k) : enc(w, k, depth + 1)) < 0 || enc(w, v, depth + 1) < 0)
             return -1;
     return 0;
 }

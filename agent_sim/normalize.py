@@ -86,9 +86,10 @@ def normalize_payload(traces: Sequence[Any], version: str = "v0.4") -> tuple[lis
     kept: list[Trace] = []
     dropped = 0
     count = 0
+    memo: dict[str, str] = {}  # the payload's SQL resources obfuscated (see normalize_chunk)
     for trace in checked_traces(traces, version):
         count += len(trace)
-        out = normalize_chunk(trace)
+        out = normalize_chunk(trace, memo)
         if isinstance(out, str):
             dropped += 1
         else:
@@ -107,11 +108,13 @@ _KNOWN_KEYS_MAX = 4096
 _known_keys: set[str] = set()
 
 
-def normalize_chunk(trace: Sequence[Any]) -> Trace | str:
+def normalize_chunk(trace: Sequence[Any], memo: dict[str, str] | None = None) -> Trace | str:
     """One chunk (an array of span maps) → its normalized spans, or the reason
     it is dropped. Span dicts are normalized in place; a span without the wire
     types is rebuilt by ``decode.decode_span``, which raises PayloadError for
-    what leniency cannot repair (checked for every span, dropped or not)."""
+    what leniency cannot repair (checked for every span, dropped or not).
+    ``memo``: a dict kept for one payload, in which the C path remembers each
+    SQL resource it obfuscated (a payload repeats a few statements)."""
     spans = list(trace)
     if not spans:
         return "empty trace"
@@ -119,7 +122,7 @@ def normalize_chunk(trace: Sequence[Any]) -> Trace | str:
         # C does the common case in one call (~0.1 µs a span against ~1 µs of
         # bytecode below): every span typed and within the limits, SQL spans
         # as our integrations send them; it leaves other SQL spans to Python
-        done = _fast_normalize(spans, obfuscate_sql)
+        done = _fast_normalize(spans, obfuscate_sql, memo)
         if done is not False:
             if type(done) is tuple:
                 tid, todo = done

@@ -20,10 +20,11 @@ from typing import Any
 
 import msgpack
 
-try:  # the optional C grouping (setup.py builds it)
+try:  # the optional C grouping and sketch loop (setup.py builds them)
     from agent_sim._cdecode import compute_groups as _fast_groups
+    from agent_sim._cdecode import sketch_add as _fast_sketch
 except ImportError:  # pragma: no cover - no compiler at install time
-    _fast_groups = None
+    _fast_groups = _fast_sketch = None
 
 try:
     from ddsketch.mapping import LogarithmicMapping
@@ -64,6 +65,13 @@ class Sketch:
         self.max = 0.0
 
     def add_many(self, values: list[int]) -> None:
+        if _fast_sketch is not None:  # the loop below in C, for int durations (NotImplemented: nothing done)
+            out = _fast_sketch(self.bins, values, _MULT, _OFFSET, _MIN_POSITIVE, self.zero, self.max)
+            if out is not NotImplemented:
+                self.zero, self.max = out
+                self.count += len(values)
+                self.sum += sum(values)
+                return
         bins = self.bins
         log = math.log2
         ceil = math.ceil

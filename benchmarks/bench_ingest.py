@@ -266,7 +266,7 @@ def stage_costs(rounds: int = 5, payloads: int = 30) -> tuple[dict[str, float], 
     return {name: medians[name] for name in STAGES}, medians["total"]
 
 
-C_PATHS = ("store._fast_packb", "store._fast_rows", "normalize._fast_normalize", "stats._fast_groups",
+C_PATHS = ("store._fast_packb", "store._fast_rows", "normalize._fast_normalize", "stats._fast_groups", "stats._fast_sketch",
            "insights._fast_breakdown", "insights._fast_detect_clear", "ingest._fast_duplicates")
 
 

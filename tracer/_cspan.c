@@ -12,8 +12,8 @@
  * Python fast paths must be made here too; tests/tracer run against both
  * (TRACER_PURE_PYTHON=1 selects the Python code).
  *
- * This unit: module state and init, configure(), starting spans; the others
- * are listed in _cspan.h.
+ * This unit: module state and init, configure(), starting spans (a child's
+ * start is in _cspan_method.c); the others are listed in _cspan.h.
  */
 #include "_cspan.h"
 #include "_cmodule.h"
@@ -30,17 +30,6 @@ PyObject *s_foreign, *s_root_done, *s_starts, *s_finishes, *s_finished, *s_root,
     *s_buffer, *s_partial_flush_len, *s__flush, *s_start_span_late, *s_wall_base, *s_mono_base,
     *s_set_exc_info, *s__set_tag_slow, *s__set_metric_slow, *s__finish_slow, *s_top_level, *s_status_code;
 PyObject *int_0, *int_1, *int_64;
-
-static int
-get_ll(PyObject *trace, PyObject *name, size_t offset, long long *out)
-{
-    PyObject *v = trace_get(trace, name, offset);
-    if (v == NULL)
-        return -1;
-    *out = as_long_long(v);
-    Py_DECREF(v);
-    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
-}
 
 /* random.getrandbits(64) or 1: a span id, or a trace id's low half. */
 static PyObject *
@@ -64,8 +53,8 @@ random_id(void)
  * trace_root share it: the fields Python's Span.__init__ sets. Every
  * borrowed argument is owned before the first call that may run Python
  * code (getrandbits, a str subclass's __bool__). */
-static SpanObject *
-new_span(PyObject *trace, PyObject *trace_id, PyObject *parent_id, PyObject *parent, PyObject *name,
+SpanObject *
+_cspan_new_span(PyObject *trace, PyObject *trace_id, PyObject *parent_id, PyObject *parent, PyObject *name,
          PyObject *service, PyObject *resource, PyObject *span_type, long long mono, long long start_ns,
          PyObject *prev)
 {
@@ -117,108 +106,23 @@ callable_now(const char *fn, Py_ssize_t nargs, Py_ssize_t expected)
 }
 
 /* next(trace.starts) */
-static int
-count_start(PyObject *trace)
+int
+_cspan_count_start(PyObject *trace)
 {
-    PyObject *started = next_count(trace, s_starts, offsetof(TraceObject, starts));
+    Py_ssize_t n;
+    PyObject *started;
+    int rc = take_count(trace, s_starts, offsetof(TraceObject, starts), &n, &started);
     Py_XDECREF(started); /* only counted */
-    return started == NULL ? -1 : 0;
+    return rc;
 }
 
-/* trace_child(name, service, resource, span_type) -> Span | None
- *
- * Tracer.trace() for the common case: start a child of the active span and
- * activate it. None when there is no active span or its trace is foreign
- * (inherited across fork): the caller starts a new trace then. */
+/* trace_child(name, service, resource, span_type) -> Span | None */
 static PyObject *
 trace_child(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
     if (callable_now("trace_child", nargs, 4) < 0)
         return NULL;
-    PyObject *name = args[0], *service = args[1], *resource = args[2], *span_type = args[3];
-    long long mono = perf_counter_ns();
-    PyObject *parent_obj;
-    if (PyContextVar_Get(active_var, Py_None, &parent_obj) < 0)
-        return NULL;
-    if (parent_obj == NULL || Py_TYPE(parent_obj) != span_cls) {
-        Py_XDECREF(parent_obj);
-        Py_RETURN_NONE;
-    }
-    /* A span finished from another thread or context stays active until its
-     * block ends: the parent is its nearest unfinished ancestor (ddtrace's
-     * rule, tracer.context.unfinished). parent_obj stays the span to restore. */
-    SpanObject *parent = (SpanObject *)parent_obj;
-    while (parent->duration_ns != NULL && parent->duration_ns != Py_None) {
-        PyObject *up = parent->_parent;
-        if (up == NULL || Py_TYPE(up) != span_cls) { /* none unfinished: the Python code starts a trace */
-            Py_DECREF(parent_obj);
-            Py_RETURN_NONE;
-        }
-        parent = (SpanObject *)up;
-    }
-    PyObject *trace = parent->_trace;
-    if (trace == NULL || parent->trace_id == NULL || parent->span_id == NULL || parent->service == NULL) {
-        Py_DECREF(parent_obj);
-        Py_RETURN_NONE;
-    }
-    PyObject *parent_ref = Py_NewRef((PyObject *)parent); /* span->_parent takes it */
-    Py_INCREF(trace);
-    SpanObject *span = NULL;
-    PyObject *foreign = TRACE_GET(trace, foreign);
-    if (foreign == NULL)
-        goto error;
-    int is_foreign = PyObject_IsTrue(foreign);
-    Py_DECREF(foreign);
-    if (is_foreign < 0)
-        goto error;
-    if (is_foreign) {
-        Py_DECREF(trace);
-        Py_DECREF(parent_ref);
-        Py_DECREF(parent_obj);
-        Py_RETURN_NONE;
-    }
-    long long wall_base, mono_base;
-    if (get_ll(trace, s_wall_base, offsetof(TraceObject, wall_base), &wall_base) < 0 ||
-        get_ll(trace, s_mono_base, offsetof(TraceObject, mono_base), &mono_base) < 0)
-        goto error;
-
-    int has_service = PyObject_IsTrue(service);
-    if (has_service < 0)
-        goto error;
-    span = new_span(trace, parent->trace_id, parent->span_id, (PyObject *)parent, name,
-                    has_service ? service : parent->service, resource, span_type, mono,
-                    wall_base + (mono - mono_base), parent_obj);
-    if (span == NULL)
-        goto error;
-    Py_CLEAR(trace);
-    Py_CLEAR(parent_ref);
-    Py_CLEAR(parent_obj);
-    /* As Tracer._trace_py: counted, a late start noted, then activated. */
-    if (count_start(span->_trace) < 0)
-        goto error;
-    PyObject *root_done = TRACE_GET(span->_trace, root_done);
-    if (root_done == NULL)
-        goto error;
-    int late = PyObject_IsTrue(root_done);
-    Py_DECREF(root_done);
-    if (late < 0)
-        goto error;
-    if (late) {
-        PyObject *r = PyObject_CallMethodNoArgs(span->_trace, s_start_span_late);
-        if (r == NULL)
-            goto error;
-        Py_DECREF(r);
-    }
-    if (set_active((PyObject *)span) < 0)
-        goto error;
-    return (PyObject *)span;
-
-error:
-    Py_XDECREF(trace);
-    Py_XDECREF(parent_ref);
-    Py_XDECREF(parent_obj);
-    Py_XDECREF(span);
-    return NULL;
+    return _cspan_trace_child(args[0], args[1], args[2], args[3]);
 }
 
 /* What _Trace.__init__(buffer, trace_id, wall_base, mono_base) makes, for
@@ -404,12 +308,12 @@ ids_done:
     }
     if (trace == NULL || (ctx != Py_None && continue_trace(trace, ctx) < 0))
         goto done;
-    span = new_span(trace, trace_id, parent_id, Py_None, args[2], args[3], args[4], args[5], mono, wall,
+    span = _cspan_new_span(trace, trace_id, parent_id, Py_None, args[2], args[3], args[4], args[5], mono, wall,
                     activating ? Py_None : not_activated);
     if (span == NULL)
         goto done;
     span->_cmodule = Py_NewRef(module);
-    if (TRACE_SET(trace, root, (PyObject *)span) < 0 || count_start(trace) < 0 ||
+    if (TRACE_SET(trace, root, (PyObject *)span) < 0 || _cspan_count_start(trace) < 0 ||
         (activating && set_active((PyObject *)span) < 0))
         Py_CLEAR(span);
 
@@ -501,6 +405,9 @@ exec_module(PyObject *m)
         PyModule_AddObjectRef(m, "TraceBase", st->trace_base) < 0 ||
         (st->counter = PyType_FromModuleAndSpec(m, &_cspan_Counter_spec, NULL)) == NULL ||
         PyModule_AddObjectRef(m, "Counter", st->counter) < 0)
+        return -1;
+    if (PyType_Ready(&_cspan_TraceMethod_Type) < 0 ||
+        PyModule_AddObjectRef(m, "TraceMethod", (PyObject *)&_cspan_TraceMethod_Type) < 0)
         return -1;
     if (PyType_Ready(&_cspan_SpanBase_Type) < 0)
         return -1;

@@ -1,10 +1,12 @@
-/* Private to tracer._cspan, whose C code is in three units compiled into the
+/* Private to tracer._cspan, whose C code is in four units compiled into the
  * one extension module (setup.py):
  *   _cspan.c        module state and init, configure(), starting spans
- *                   (trace_child, trace_root);
+ *                   (trace_root, the new span both starts build);
  *   _cspan_span.c   SpanBase: set_tag, set_metric, __enter__, __exit__,
  *                   finish, and appending a finished span to its trace;
- *   _cspan_trace.c  TraceBase, Counter and the lone-root finish.
+ *   _cspan_trace.c  TraceBase, Counter and the lone-root finish;
+ *   _cspan_method.c starting a child span (trace_child) and TraceMethod:
+ *                   Tracer.trace as a C method descriptor.
  * What they share is declared here: the structs, the process-wide globals
  * set by exec_module and configure() (defined in _cspan.c), the small field
  * helpers of the hot path (static inline, so that they stay inlined), and
@@ -47,6 +49,11 @@ typedef struct {
     /* C only: the tracer._cspan module, on a root span built by trace_root
      * (its state serves finish_lone_root); NULL elsewhere. */
     PyObject *_cmodule;
+    /* C only: the ContextVar token of a child's activation, while its old
+     * value was _prev (token_prev, kept alive by the token): the restore at
+     * its end is then a reset, which makes no new token. */
+    PyObject *_token;
+    PyObject *_token_prev;
 } SpanObject;
 
 /* Per-module state, object references only (see module_traverse): what
@@ -69,9 +76,16 @@ typedef struct {
     PyObject_HEAD
     PyObject *trace_id, *buffer, *starts, *finishes, *finished, *root, *root_done, *priority, *mechanism, *origin,
         *dd_tags, *tracestate, *wall_base, *mono_base, *foreign, *remote_parent, *peeks;
+    /* C only (no member): the clocks' bases as C values for the exact ints
+     * seen_wall and seen_mono they were read from (held, so that finding the
+     * same objects in wall_base and mono_base means the same values): a
+     * child's start without converting two ints (see base_clocks). */
+    PyObject *seen_wall, *seen_mono;
+    long long wall_ns, mono_ns;
 } TraceObject;
 
-#define TRACE_NFIELDS ((Py_ssize_t)((sizeof(TraceObject) - offsetof(TraceObject, trace_id)) / sizeof(PyObject *)))
+/* The object fields (traversed and cleared as an array): up to wall_ns. */
+#define TRACE_NFIELDS ((Py_ssize_t)((offsetof(TraceObject, wall_ns) - offsetof(TraceObject, trace_id)) / sizeof(PyObject *)))
 #define TRACE_FIELDS(t) (&((TraceObject *)(t))->trace_id)
 
 /* The globals below keep their short names in the code and link as
@@ -214,25 +228,49 @@ set_active(PyObject *span)
     return 0;
 }
 
-/* next(getattr(trace, name)): trace.starts or trace.finishes (itertools.count). */
-static inline PyObject *
-next_count(PyObject *trace, PyObject *name, size_t offset)
+int _cspan_counter_take(PyObject *counter, Py_ssize_t *n); /* _cspan_trace.c */
+
+/* next(getattr(trace, name)): trace.starts or trace.finishes. A Counter
+ * gives its value in *n and *value is NULL (no int made); another iterator
+ * (itertools.count of a trace built in Python) gives *value. -1 on error. */
+static inline int
+take_count(PyObject *trace, PyObject *name, size_t offset, Py_ssize_t *n, PyObject **value)
 {
     PyObject *counter = trace_get(trace, name, offset);
+    *value = NULL;
     if (counter == NULL)
-        return NULL;
-    PyObject *value = PyIter_Next(counter);
+        return -1;
+    int rc = _cspan_counter_take(counter, n);
+    if (rc == 0) {
+        *value = PyIter_Next(counter);
+        rc = *value != NULL ? 1 : -1;
+        if (*value == NULL && !PyErr_Occurred())
+            PyErr_Format(PyExc_RuntimeError, "trace.%U ended", name);
+    }
     Py_DECREF(counter);
-    if (value == NULL && !PyErr_Occurred())
-        PyErr_Format(PyExc_RuntimeError, "trace.%U ended", name);
-    return value;
+    return rc < 0 ? -1 : 0;
 }
+
+/* _cspan.c */
+SpanObject *_cspan_new_span(PyObject *trace, PyObject *trace_id, PyObject *parent_id, PyObject *parent,
+                            PyObject *name, PyObject *service, PyObject *resource, PyObject *span_type,
+                            long long mono, long long start_ns, PyObject *prev);
+int _cspan_count_start(PyObject *trace);
+
+/* _cspan_method.c */
+PyObject *_cspan_trace_child(PyObject *name, PyObject *service, PyObject *resource, PyObject *span_type);
+
+/* _cspan_span.c */
+int _cspan_bind_args(const char *fn, const char *const *names, Py_ssize_t n, Py_ssize_t required,
+                     PyObject *const *args, size_t nargsf, PyObject *kwnames, PyObject **out);
+
+extern PyTypeObject _cspan_TraceMethod_Type;
 
 /* _cspan_trace.c */
 PyObject *_cspan_new_counter(PyObject *counter_type);
 int _cspan_finish_lone_root_owned(SpanObject *self, ModuleState *st, PyObject *trace, PyObject *metrics,
                                   PyObject *service);
-int _cspan_flush_root_owned(SpanObject *root, ModuleState *st, PyObject *trace, PyObject *ordinal);
+int _cspan_flush_root_owned(SpanObject *root, ModuleState *st, PyObject *trace, Py_ssize_t nth);
 
 #if defined(__GNUC__)
 #pragma GCC visibility pop

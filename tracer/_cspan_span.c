@@ -23,6 +23,7 @@ Span_traverse(SpanObject *self, visitproc visit, void *arg)
     Py_VISIT(self->_prev);
     Py_VISIT(self->_mono);
     Py_VISIT(self->_cmodule);
+    Py_VISIT(self->_token);
     return 0;
 }
 
@@ -46,6 +47,7 @@ Span_clear(SpanObject *self)
     Py_CLEAR(self->_prev);
     Py_CLEAR(self->_mono);
     Py_CLEAR(self->_cmodule);
+    Py_CLEAR(self->_token);
     return 0;
 }
 
@@ -63,11 +65,12 @@ Span_dealloc(SpanObject *self)
 /* -- tags ----------------------------------------------------------------- */
 
 /* Bind a vectorcall's positional and keyword arguments to the n parameters
- * `names` of method `fn` (all required), as Python does: out[i] is borrowed.
+ * `names` of method `fn`, as Python does: out[i] is borrowed, NULL for an
+ * optional parameter not given (the first `required` ones are required).
  * The hot path (positional only) costs one test. */
-static int
-bind_args(const char *fn, const char *const *names, Py_ssize_t n, PyObject *const *args, size_t nargsf,
-          PyObject *kwnames, PyObject **out)
+int
+_cspan_bind_args(const char *fn, const char *const *names, Py_ssize_t n, Py_ssize_t required, PyObject *const *args,
+                 size_t nargsf, PyObject *kwnames, PyObject **out)
 {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     if (kwnames == NULL && nargs == n) {
@@ -97,7 +100,7 @@ bind_args(const char *fn, const char *const *names, Py_ssize_t n, PyObject *cons
         }
         out[i] = args[nargs + k];
     }
-    for (Py_ssize_t i = 0; i < n; i++) {
+    for (Py_ssize_t i = 0; i < required; i++) {
         if (out[i] == NULL) {
             PyErr_Format(PyExc_TypeError, "%s() missing required argument: '%s'", fn, names[i]);
             return -1;
@@ -113,7 +116,7 @@ static PyObject *
 Span_set_tag(SpanObject *self, PyObject *const *argv, size_t nargsf, PyObject *kwnames)
 {
     PyObject *args[2];
-    if (bind_args("set_tag", key_value_names, 2, argv, nargsf, kwnames, args) < 0)
+    if (_cspan_bind_args("set_tag", key_value_names, 2, 2, argv, nargsf, kwnames, args) < 0)
         return NULL;
     PyObject *key = args[0], *value = args[1];
     if (PyUnicode_CheckExact(key) && PyUnicode_GET_LENGTH(key) <= MAX_KEY_LEN && self->meta != NULL &&
@@ -143,7 +146,7 @@ static PyObject *
 Span_set_metric(SpanObject *self, PyObject *const *argv, size_t nargsf, PyObject *kwnames)
 {
     PyObject *args[2];
-    if (bind_args("set_metric", key_value_names, 2, argv, nargsf, kwnames, args) < 0)
+    if (_cspan_bind_args("set_metric", key_value_names, 2, 2, argv, nargsf, kwnames, args) < 0)
         return NULL;
     PyObject *key = args[0], *value = args[1];
     if (PyUnicode_CheckExact(key) && PyUnicode_GET_LENGTH(key) <= MAX_KEY_LEN && self->metrics != NULL &&
@@ -161,6 +164,62 @@ static PyObject *
 Span_enter(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
     return Py_NewRef(self);
+}
+
+/* PyList_Append of each item of `items` to `list` (an exact list): stored
+ * straight into the list's spare capacity where it has some, as
+ * list.append does itself (PyListObject's ob_item and allocated), the rest
+ * through PyList_Append, which grows it. ~8 instructions an item instead of
+ * ~45 for the call. */
+static int
+list_append_all(PyObject *list, PyObject *const *items, Py_ssize_t n)
+{
+    PyListObject *l = (PyListObject *)list;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t size = Py_SIZE(l);
+#ifndef Py_GIL_DISABLED
+        if (size < l->allocated) {
+            l->ob_item[size] = Py_NewRef(items[i]);
+            Py_SET_SIZE(l, size + 1);
+            continue;
+        }
+#endif
+        if (PyList_Append(list, items[i]) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* Whether the trace's chunk leaves after this span's record (`length`
+ * values in trace.finished): 2 for the root (root_done set), 1 for a late
+ * span or a full partial chunk, 0 for none, -1 on error. */
+static int
+flush_kind(SpanObject *self, PyObject *trace, Py_ssize_t length)
+{
+    PyObject *root = TRACE_GET(trace, root);
+    if (root == NULL)
+        return -1;
+    int is_root = root == (PyObject *)self;
+    Py_DECREF(root);
+    if (is_root)
+        return TRACE_SET(trace, root_done, Py_True) < 0 ? -1 : 2;
+    PyObject *root_done = TRACE_GET(trace, root_done);
+    if (root_done == NULL)
+        return -1;
+    int late = PyObject_IsTrue(root_done);
+    Py_DECREF(root_done);
+    if (late != 0)
+        return late;
+    PyObject *buffer = TRACE_GET(trace, buffer);
+    PyObject *limit = buffer ? PyObject_GetAttr(buffer, s_partial_flush_len) : NULL;
+    Py_XDECREF(buffer);
+    if (limit == NULL)
+        return -1;
+    Py_ssize_t max_len = PyLong_AsSsize_t(limit);
+    Py_DECREF(limit);
+    if (max_len == -1 && PyErr_Occurred())
+        return -1;
+    return length >= max_len;
 }
 
 /* Append the span's record to its trace and send the chunk if it can leave:
@@ -219,9 +278,7 @@ finish_record_owned(SpanObject *self, PyObject *trace, PyObject *metrics, PyObje
     PyObject *record[RECORD_LEN];
     span_record(self, trace_id, service, metrics, record);
     Py_ssize_t n = PyList_GET_SIZE(finished);
-    int rc = 0;
-    for (int i = 0; i < RECORD_LEN && rc == 0; i++)
-        rc = PyList_Append(finished, record[i]);
+    int rc = list_append_all(finished, record, RECORD_LEN);
     Py_DECREF(trace_id);
     if (rc < 0) {
         /* Leave no half record behind. */
@@ -232,69 +289,28 @@ finish_record_owned(SpanObject *self, PyObject *trace, PyObject *metrics, PyObje
     Py_ssize_t length = PyList_GET_SIZE(finished);
     Py_DECREF(finished);
 
-    PyObject *ordinal = next_count(trace, s_finishes, offsetof(TraceObject, finishes));
-    if (ordinal == NULL)
+    /* The finish ordinal is taken now (after the append, as
+     * _Trace.finish_span); its int is made only for a flush. */
+    Py_ssize_t ordinal_n;
+    PyObject *ordinal;
+    if (take_count(trace, s_finishes, offsetof(TraceObject, finishes), &ordinal_n, &ordinal) < 0)
         return -1;
-
-    PyObject *root = TRACE_GET(trace, root);
-    if (root == NULL) {
-        Py_DECREF(ordinal);
-        return -1;
-    }
-    int is_root = root == (PyObject *)self;
-    Py_DECREF(root);
+    int flush = flush_kind(self, trace, length);
     PyObject *result = NULL;
-    if (is_root) {
-        if (TRACE_SET(trace, root_done, Py_True) < 0) {
-            Py_DECREF(ordinal);
-            return -1;
+    if (flush == 2 && self->_cmodule != NULL) { /* a C-built root: hand over in C (_cspan_trace.c) */
+        PyObject *module = Py_NewRef(self->_cmodule);
+        int done = _cspan_flush_root_owned(self, PyModule_GetState(module), trace, ordinal_n);
+        Py_DECREF(module);
+        if (done != 0) {
+            Py_XDECREF(ordinal);
+            return done < 0 ? -1 : 0;
         }
-        if (self->_cmodule != NULL) { /* a C-built root: hand over in C (_cspan_trace.c) */
-            PyObject *module = Py_NewRef(self->_cmodule);
-            int done = _cspan_flush_root_owned(self, PyModule_GetState(module), trace, ordinal);
-            Py_DECREF(module);
-            if (done != 0) {
-                Py_DECREF(ordinal);
-                return done < 0 ? -1 : 0;
-            }
-        }
-        result = PyObject_CallMethodObjArgs(trace, s__flush, ordinal, Py_True, NULL);
     }
-    else {
-        PyObject *root_done = TRACE_GET(trace, root_done);
-        if (root_done == NULL) {
-            Py_DECREF(ordinal);
-            return -1;
-        }
-        int flush = PyObject_IsTrue(root_done);
-        Py_DECREF(root_done);
-        if (flush == 0) {
-            PyObject *buffer = TRACE_GET(trace, buffer);
-            PyObject *limit = buffer ? PyObject_GetAttr(buffer, s_partial_flush_len) : NULL;
-            Py_XDECREF(buffer);
-            if (limit == NULL) {
-                Py_DECREF(ordinal);
-                return -1;
-            }
-            Py_ssize_t max_len = PyLong_AsSsize_t(limit);
-            Py_DECREF(limit);
-            if (max_len == -1 && PyErr_Occurred()) {
-                Py_DECREF(ordinal);
-                return -1;
-            }
-            flush = length >= max_len;
-        }
-        if (flush < 0) {
-            Py_DECREF(ordinal);
-            return -1;
-        }
-        if (!flush) {
-            Py_DECREF(ordinal);
-            return 0;
-        }
-        result = PyObject_CallMethodObjArgs(trace, s__flush, ordinal, Py_False, NULL);
-    }
-    Py_DECREF(ordinal);
+    if (flush > 0 && (ordinal != NULL || (ordinal = PyLong_FromSsize_t(ordinal_n)) != NULL))
+        result = PyObject_CallMethodObjArgs(trace, s__flush, ordinal, flush == 2 ? Py_True : Py_False, NULL);
+    Py_XDECREF(ordinal);
+    if (flush <= 0)
+        return flush;
     if (result == NULL)
         return -1;
     Py_DECREF(result);
@@ -331,8 +347,32 @@ static int
 restore_prev(SpanObject *self, int only_if_active)
 {
     PyObject *prev = self->_prev;
-    if (prev == NULL || prev == not_activated)
+    PyObject *token = self->_token; /* owned here: used once at most */
+    self->_token = NULL;
+    if (prev == NULL || prev == not_activated) {
+        Py_XDECREF(token);
         return 0;
+    }
+    if (token != NULL && prev == self->_token_prev) {
+        /* The reset restores prev as a set would, without a new token;
+         * where it cannot (another context, or where this span is not the
+         * active one for finish()), the general path below decides. */
+        PyObject *current = NULL;
+        if (!only_if_active || PyContextVar_Get(active_var, NULL, &current) < 0 || current == (PyObject *)self) {
+            int rc = PyErr_Occurred() ? -1 : PyContextVar_Reset(active_var, token);
+            Py_XDECREF(current);
+            Py_DECREF(token);
+            if (rc == 0)
+                return 0;
+            PyErr_Clear();
+        }
+        else {
+            Py_XDECREF(current);
+            Py_DECREF(token);
+        }
+    }
+    else
+        Py_XDECREF(token);
     if (only_if_active) {
         PyObject *current;
         if (PyContextVar_Get(active_var, NULL, &current) < 0)
@@ -375,7 +415,7 @@ static PyObject *
 Span_exit(SpanObject *self, PyObject *const *argv, size_t nargsf, PyObject *kwnames)
 {
     PyObject *args[3];
-    if (bind_args("__exit__", exit_names, 3, argv, nargsf, kwnames, args) < 0)
+    if (_cspan_bind_args("__exit__", exit_names, 3, 3, argv, nargsf, kwnames, args) < 0)
         return NULL;
     if (args[0] != Py_None) {
         PyObject *r = PyObject_CallMethodObjArgs((PyObject *)self, s_set_exc_info, args[0], args[1], args[2], NULL);
@@ -420,7 +460,7 @@ Span_finish(SpanObject *self, PyObject *const *args, size_t nargsf, PyObject *kw
     PyObject *end = Py_None;
     long long end_ns = 0, start_ns = 0;
     if (PyVectorcall_NARGS(nargsf) != 0 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
-        if (bind_args("finish", finish_names, 1, args, nargsf, kwnames, &end) < 0)
+        if (_cspan_bind_args("finish", finish_names, 1, 1, args, nargsf, kwnames, &end) < 0)
             return NULL;
         if (end != Py_None && !(small_ns(end, &end_ns) && small_ns(self->start_ns, &start_ns))) {
             PyObject *slow = PyObject_GetAttr((PyObject *)self, s__finish_slow);

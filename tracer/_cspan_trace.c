@@ -104,6 +104,22 @@ Counter_next(CounterObject *self)
     return PyLong_FromSsize_t(self->next++);
 }
 
+/* next(counter) without its int, for a Counter: 1 and its value in *n; 0
+ * for another object; -1 at the end (as Counter_next). */
+int
+_cspan_counter_take(PyObject *counter, Py_ssize_t *n)
+{
+    if (Py_TYPE(counter)->tp_iternext != (iternextfunc)Counter_next)
+        return 0;
+    CounterObject *c = (CounterObject *)counter;
+    if (c->next == PY_SSIZE_T_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "Counter overflow");
+        return -1;
+    }
+    *n = c->next++;
+    return 1;
+}
+
 static PyObject *
 Counter_repr(CounterObject *self)
 {
@@ -326,7 +342,7 @@ done:
  * of the same trace that can be under way in another thread holding the
  * lock is a partial flush, which only runs with the list at its length. */
 int
-_cspan_flush_root_owned(SpanObject *root, ModuleState *st, PyObject *trace, PyObject *ordinal)
+_cspan_flush_root_owned(SpanObject *root, ModuleState *st, PyObject *trace, Py_ssize_t nth)
 {
     PyObject *finished = NULL, *limit = NULL, *fresh = NULL;
     HandOver h = {0};
@@ -339,8 +355,8 @@ _cspan_flush_root_owned(SpanObject *root, ModuleState *st, PyObject *trace, PyOb
     if ((finished = TRACE_GET(trace, finished)) == NULL ||
         (limit = PyObject_GetAttr(h.buffer, s_partial_flush_len)) == NULL)
         goto done;
-    Py_ssize_t max_len = PyLong_AsSsize_t(limit), nth = PyLong_AsSsize_t(ordinal);
-    if ((max_len == -1 || nth == -1) && PyErr_Occurred())
+    Py_ssize_t max_len = PyLong_AsSsize_t(limit);
+    if (max_len == -1 && PyErr_Occurred())
         goto done;
     rc = 0;
     /* Spans still open: the general path, the trace untouched (a Counter's

@@ -6,8 +6,9 @@ a child span costs one clock read, one random id and the slot writes, and its
 finish appends a flat record (with its top-level mark) to the trace, without
 a lock. Trace-level tags and sampling are applied by the writer thread
 (``tracer.processor``), off the app's threads. Where
-``tracer._cspan`` is built, ``trace()`` starts child spans in C
-(``_cspan.trace_child``) and ``_trace_py`` serves the rest.
+``tracer._cspan`` is built, ``trace()`` is ``_cspan.TraceMethod``: it starts
+child spans and new traces in C (no Python frame), and ``_trace_py`` serves
+the rest.
 """
 
 from __future__ import annotations
@@ -267,16 +268,20 @@ class Tracer:
             resource: str | None = None,
             span_type: str | None = None,
         ) -> Span:
-            span: Span | None = _trace_child(name, service, resource, span_type)
-            if span is None:  # no active span: a new trace (in C); or a foreign or finished one
-                span = _trace_root(_RootTrace, self._buffer, name, service or self.service, resource, span_type, True)
-                if span is None:
-                    span = self._trace_py(name, service, resource, span_type)
-            return span
+            # What _cspan.TraceMethod (below) runs when it started no child in
+            # C: no active span, a new trace (in C); or a foreign or finished one.
+            span: Span | None = _trace_root(
+                _RootTrace, self._buffer, name, service or self.service, resource, span_type, True
+            )
+            return span if span is not None else self._trace_py(name, service, resource, span_type)
 
     trace.__doc__ = """Start a span as a child of the active one and activate it. Use as a
         context manager: ``with tracer.trace("work") as span: ...``; an
         exception leaving the block marks the span and propagates unchanged."""
+    if _cspan is not None:
+        # Tracer.trace in C (a method descriptor, no Python frame per child
+        # span), named and documented as the function above, its fallback.
+        trace = functools.update_wrapper(_cspan.TraceMethod(trace, _trace_root, _RootTrace), trace)
 
     def current_span(self) -> Span | None:
         """The active span; never a finished one: a span finished from another

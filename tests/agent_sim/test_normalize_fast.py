@@ -149,3 +149,59 @@ def test_mixed_trace_ids_and_tid_order() -> None:
     assert clean_chunk([span()]) is None
     assert clean_chunk([span(trace_id=2**64 - 1), span(trace_id=2**64 - 1, span_id=2)]) is None
     assert clean_chunk([]) is False and clean_chunk((span(),)) is False
+
+
+# past the clean limit once obfuscated (1,210 characters, then 1,808): the C
+# path obfuscates, Python applies the limit; and one that becomes empty
+_LONG_SQL = "SELECT 'x'" + ",(1)" * 300
+
+
+def test_a_payloads_statements_are_obfuscated_once_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    statements = ["SELECT a FROM t WHERE b = 'x'", "SELECT 1", _LONG_SQL, "/* c */"]
+    assert len(_LONG_SQL) <= MAX_RESOURCE // 4 < len(normalize.obfuscate_sql(_LONG_SQL))
+    # equal statements as distinct str objects, as separate decodes give them
+    traces = [[span(span_id=i + 1, type="sql", resource="".join(list(statements[(t + i) % 4])),
+                    meta={"_dd.p.tid": "6560000000000000"} if i == 0 else {"env": "prod"})
+               for i in range(5)] + [span(span_id=9)] for t in range(6)]
+    traces[2][1]["meta"] = {"sql.query": "SELECT 3"}  # another shape: Python's path, its own statement
+    traces[2][1]["resource"] = "SELECT 3"
+    want = run(copy.deepcopy(traces), False)
+    calls: list[str] = []
+    real = normalize.obfuscate_sql
+
+    def counting(sql: str) -> str:
+        calls.append(sql)
+        return real(sql)
+
+    monkeypatch.setattr(normalize, "obfuscate_sql", counting)
+    assert run(copy.deepcopy(traces), True) == want
+    # once each in the payload; Python's path obfuscates its span's resource and sql.query
+    assert sorted(calls) == sorted([*statements, "SELECT 3", "SELECT 3"])
+    calls.clear()
+    for _ in range(2):  # the memo is the payload's: the next payload calls again
+        normalize_payload(copy.deepcopy(traces[:1]))
+    assert sorted(calls) == sorted(statements * 2)
+
+
+@pytest.mark.parametrize("order", ["reversed", "rotated", "swapped"])
+def test_fields_in_another_order_same_on_both_paths(order: str) -> None:
+    # the C paths read a span's fields in one pass when they are in the usual order, else by key
+    from agent_sim import stats
+
+    def reorder(s: dict[str, Any]) -> dict[str, Any]:
+        items = list(s.items())
+        if order == "reversed":
+            items.reverse()
+        elif order == "rotated":
+            items = items[1:] + items[:1]
+        else:
+            items[3], items[4] = items[4], items[3]  # service and name
+        return dict(items)
+
+    chunk = [reorder(span(span_id=1, service="web", name="flask.request", start=NOW, duration=70)),
+             reorder(span(span_id=2, parent_id=1, service="db", name="mysql.query", type="sql", resource="SELECT 1",
+                          start=NOW + 5, duration=20, error=1, metrics={"_dd.measured": 1}))]
+    assert run(copy.deepcopy([chunk]), True) == run(copy.deepcopy([chunk]), False)
+    for top_level in (True, False):
+        fast = stats._fast_groups(copy.deepcopy([chunk]), top_level, stats.BUCKET_NS)
+        assert repr(fast) == repr(stats._compute_groups(copy.deepcopy([chunk]), top_level))

@@ -92,3 +92,19 @@ def test_benchmark_payload_takes_the_fast_path() -> None:
         fast, plain = both(traces, client_top_level)
         assert fast is not NotImplemented and repr(fast) == repr(plain)
         assert sum(g[2] for g in fast) == 900  # 9 of each trace's 10 spans are counted
+
+
+def test_a_duration_sum_beyond_int64_is_pythons() -> None:
+    # each duration fits in int64, their sum in one group does not: the C counts hand back
+    traces = [[span(span_id=i, duration=2**62, start=1_700_000_000 * 10**9) for i in range(1, 4)]]
+    assert stats._fast_groups(traces, True, stats.BUCKET_NS) is NotImplemented
+    (group,) = stats.compute_groups(traces, True)
+    assert group[5] == 3 * 2**62
+
+
+def test_many_groups_in_one_call() -> None:
+    # more groups than the C counts start with (16), errors and top-level marks mixed
+    traces = [[span(span_id=i, resource=f"GET /{i % 40}", error=int(i % 3 == 0), duration=i,
+                    metrics={"_dd.top_level": i % 2, "_dd.measured": 1}) for i in range(1, 200)]]
+    fast, plain = both(traces, True)
+    assert len(plain) == 40 and repr(fast) == repr(plain)
