@@ -3,6 +3,21 @@
     python benchmarks/bench_flask.py [--rounds 5] [--requests 3000]
     python benchmarks/bench_flask.py --profile [--requests 2000]
     python benchmarks/bench_flask.py --instructions [--requests 1000] [--variants plain,ours,ddtrace]
+    python benchmarks/bench_flask.py --baseline /path/to/other/checkout [--variants plain,ours,base,ddtrace]
+    python benchmarks/bench_flask.py --breakdown [--rounds 5] [--requests 2000] [--variants plain,ours]
+
+``--baseline DIR`` adds the variant ``base``: ours as the checkout in DIR has
+it (its own ``bench_flask.py`` and C extensions built in place), run in the
+same rounds as the others, so that old and new code share the machine's
+load; "added ours / added base" is the same-run ratio.
+
+``--breakdown`` says where the CPU goes that instruction counts do not show
+(hardware counters are not available on every machine): per request, the
+CPU time of the request thread and of every other thread (the writer, its
+HTTP client) from Linux's ``/proc/self/task/TID/schedstat``, the cyclic
+GC's collections per generation (per 10,000 requests) and its pauses
+(``gc.callbacks``), and the net allocated blocks left after the final flush
+(``sys.getallocatedblocks``); each variant in its own process, interleaved.
 
 ``--instructions`` is the other deterministic view: each variant runs twice
 under ``valgrind --tool=callgrind`` (the warm-up alone, then the warm-up plus
@@ -129,7 +144,7 @@ class Sink:
 # -- one variant (child process) ------------------------------------------------------
 
 
-def run_variant(variant: str, port: int, requests: int, profile: bool = False) -> dict[str, Any]:
+def run_variant(variant: str, port: int, requests: int, profile: bool = False, breakdown: bool = False) -> dict[str, Any]:
     url = f"http://127.0.0.1:{port}"
     flush: Any = None
     if variant == "ours":
@@ -204,6 +219,8 @@ def run_variant(variant: str, port: int, requests: int, profile: bool = False) -
     batch(WARMUP)
     if profile:
         return profiled(batch, requests)
+    if breakdown:
+        return broken_down(batch, requests, flush)
     cpu_start = time.process_time()
     elapsed = batch(requests)
     if flush is not None:
@@ -213,6 +230,84 @@ def run_variant(variant: str, port: int, requests: int, profile: bool = False) -
     cpu = time.process_time() - cpu_start
     per = max(requests, 1)  # --instructions runs the warm-up alone (0 requests) too
     return {"us_per_request": elapsed / per * 1e6, "cpu_us_per_request": cpu / per * 1e6, "made": WARMUP + requests}
+
+
+def _threads_cpu() -> dict[int, int]:
+    """ns on a CPU of each live thread of this process (schedstat)."""
+    cpu = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                cpu[int(tid)] = int(f.read().split()[0])
+        except (OSError, ValueError):
+            pass  # the thread ended meanwhile
+    return cpu
+
+
+def broken_down(batch: Any, requests: int, flush: Any) -> dict[str, Any]:
+    """The ``--breakdown`` figures of one run (see the module docstring)."""
+    import gc
+
+    collections = [0, 0, 0]
+    pause_ns = [0, 0, 0]  # per generation
+    started = [0]
+
+    def on_gc(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter_ns()
+        else:
+            pause_ns[info["generation"]] += time.perf_counter_ns() - started[0]
+            collections[info["generation"]] += 1
+
+    request_thread = threading.get_native_id()
+    before = _threads_cpu()
+    blocks = sys.getallocatedblocks()
+    gc.callbacks.append(on_gc)
+    batch(requests)
+    if flush is not None:
+        flush()
+    gc.callbacks.remove(on_gc)
+    blocks = sys.getallocatedblocks() - blocks
+    after = _threads_cpu()
+    spent = {tid: ns - before.get(tid, 0) for tid, ns in after.items()}
+    own = spent.pop(request_thread)
+    return {
+        "request_thread_us": own / requests / 1e3,
+        "other_threads_us": sum(spent.values()) / requests / 1e3,
+        "gc_pause_us": sum(pause_ns) / requests / 1e3,
+        "gc_pause_us_per_generation": [ns / requests / 1e3 for ns in pause_ns],
+        "collections_per_10k": [c * 10_000 / requests for c in collections],
+        "blocks_per_request": blocks / requests,
+    }
+
+
+def breakdown_report(port: int, requests: int, rounds: int, variants: list[str], env: dict[str, str]) -> int:
+    rows: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+    for round_no in range(rounds):
+        shift = round_no % len(variants)
+        for variant in variants[shift:] + variants[:shift]:
+            proc = subprocess.run(
+                [sys.executable, __file__, "--child", variant, "--port", str(port), "--requests", str(requests), "--breakdown"],
+                env=env, capture_output=True, text=True, timeout=600,
+            )
+            if proc.returncode != 0:
+                print(f"{variant}: exit {proc.returncode}: {proc.stderr[-2000:]}")
+                return 1
+            rows[variant].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    print(f"per request, medians of {rounds} rounds x {requests} requests (per-round range):")
+    print(f"{'variant':8s} {'request thread us':>22s} {'other threads us':>20s} {'GC pause us':>18s}"
+          f" {'gen0/1/2 pause us':>18s} {'gen0/1/2 per 10k':>17s} {'net blocks':>10s}")
+
+    def cell(values: list[float]) -> str:
+        return f"{statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f})"
+
+    for variant, runs in rows.items():
+        gens = "/".join(f"{statistics.median(r['collections_per_10k'][g] for r in runs):.0f}" for g in range(3))
+        pauses = "/".join(f"{statistics.median(r['gc_pause_us_per_generation'][g] for r in runs):.1f}" for g in range(3))
+        print(f"{variant:8s} {cell([r['request_thread_us'] for r in runs]):>22s}"
+              f" {cell([r['other_threads_us'] for r in runs]):>20s} {cell([r['gc_pause_us'] for r in runs]):>18s}"
+              f" {pauses:>18s} {gens:>17s} {statistics.median(r['blocks_per_request'] for r in runs):10.2f}")
+    return 0
 
 
 def profiled(batch: Any, requests: int) -> dict[str, Any]:
@@ -233,7 +328,7 @@ def profiled(batch: Any, requests: int) -> dict[str, Any]:
     return {
         "calls_per_request": stats.total_calls / requests,
         "ours_calls_per_request": sum(c for _, c, _ in ours) / requests,
-        "top": [(calls / requests, own / requests * 1e6, where) for own, calls, where in ours[:15]],
+        "top": [(calls / requests, own / requests * 1e6, where) for own, calls, where in ours[:40]],
     }
 
 
@@ -303,7 +398,7 @@ def report(label: str, variants: list[str], results: dict[str, list[float]]) -> 
         else:
             extra = f"{'-':>32s}"
         print(f"{variant:10s} {statistics.median(row):14.1f} {extra}")
-    for a, b in (("ours", "ddtrace"), ("ours", "otel"), ("otel", "ddtrace")):
+    for a, b in (("ours", "ddtrace"), ("base", "ddtrace"), ("ours", "base"), ("ours", "otel"), ("otel", "ddtrace")):
         if a in added and b in added:
             ratios = [added[a][i] / added[b][i] for i in range(rounds) if added[b][i] > 0]
             if ratios:
@@ -321,14 +416,18 @@ def main() -> int:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--profile", action="store_true", help="calls per request under cProfile, plain and ours")
     parser.add_argument("--instructions", action="store_true", help="instructions per request under callgrind")
+    parser.add_argument("--breakdown", action="store_true", help="per-thread CPU, GC and allocations per request")
+    parser.add_argument("--baseline", help="another checkout: its ours runs as the variant 'base'")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(run_variant(args.child, args.port, args.requests, args.profile)))
+        print(json.dumps(run_variant(args.child, args.port, args.requests, args.profile, args.breakdown)))
         return 0
 
     variants = [v for v in args.variants.split(",") if v]
+    if args.baseline and "base" not in variants:
+        variants.insert(variants.index("ours") + 1 if "ours" in variants else len(variants), "base")
     sink = Sink()
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
     for key in list(env):
@@ -336,6 +435,8 @@ def main() -> int:
             del env[key]
     if args.profile:
         return profile_report(sink.port, args.requests, env)
+    if args.breakdown:
+        return breakdown_report(sink.port, args.requests, args.rounds, variants, env)
     if args.instructions:
         return instructions_report(sink.port, args.requests, [v for v in variants if v != "otel"], env)
     results: dict[str, list[float]] = {v: [] for v in variants}
@@ -345,9 +446,13 @@ def main() -> int:
         shift = round_no % len(variants)
         for variant in variants[shift:] + variants[:shift]:
             sink.take()
+            script, child, child_env = __file__, variant, env
+            if variant == "base":
+                script, child = os.path.join(args.baseline, "benchmarks", "bench_flask.py"), "ours"
+                child_env = {**env, "PYTHONPATH": args.baseline}
             proc = subprocess.run(
-                [sys.executable, __file__, "--child", variant, "--port", str(sink.port), "--requests", str(args.requests)],
-                env=env,
+                [sys.executable, script, "--child", child, "--port", str(sink.port), "--requests", str(args.requests)],
+                env=child_env,
                 capture_output=True,
                 text=True,
                 timeout=600,

@@ -9,8 +9,9 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
-from typing import Any, Iterable, NoReturn
+from typing import Any, Callable, Iterable, NoReturn
 
 import pytest
 
@@ -208,3 +209,28 @@ def stop_process(proc: subprocess.Popen[str], sig: int = 15, timeout: float = 20
         proc.kill()
         out, _ = proc.communicate()
     return out
+
+
+def run_interleaved(*targets: Callable[[], None]) -> list[BaseException]:
+    """Run each target in its own thread with the GIL handed over as often as
+    it can be (``sys.setswitchinterval(1e-6)``), for races; the exceptions
+    the targets raised."""
+    errors: list[BaseException] = []
+
+    def guarded(target: Callable[[], None]) -> None:
+        try:
+            target()
+        except BaseException as e:  # reported to the caller
+            errors.append(e)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=guarded, args=(target,)) for target in targets]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    return errors

@@ -270,6 +270,7 @@ extern PyTypeObject _cspan_TraceMethod_Type;
 PyObject *_cspan_new_counter(PyObject *counter_type);
 int _cspan_finish_lone_root_owned(SpanObject *self, ModuleState *st, PyObject *trace, PyObject *metrics,
                                   PyObject *service);
+int _cspan_flush_root_owned(SpanObject *root, ModuleState *st, PyObject *trace, Py_ssize_t nth);
 
 #if defined(__GNUC__)
 #pragma GCC visibility pop

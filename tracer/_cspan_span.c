@@ -297,6 +297,15 @@ finish_record_owned(SpanObject *self, PyObject *trace, PyObject *metrics, PyObje
         return -1;
     int flush = flush_kind(self, trace, length);
     PyObject *result = NULL;
+    if (flush == 2 && self->_cmodule != NULL) { /* a C-built root: hand over in C (_cspan_trace.c) */
+        PyObject *module = Py_NewRef(self->_cmodule);
+        int done = _cspan_flush_root_owned(self, PyModule_GetState(module), trace, ordinal_n);
+        Py_DECREF(module);
+        if (done != 0) {
+            Py_XDECREF(ordinal);
+            return done < 0 ? -1 : 0;
+        }
+    }
     if (flush > 0 && (ordinal != NULL || (ordinal = PyLong_FromSsize_t(ordinal_n)) != NULL))
         result = PyObject_CallMethodObjArgs(trace, s__flush, ordinal, flush == 2 ? Py_True : Py_False, NULL);
     Py_XDECREF(ordinal);

@@ -168,12 +168,115 @@ is_count(ModuleState *st, PyObject *count)
     return Py_TYPE(count) == (PyTypeObject *)st->counter || Py_TYPE(count) == (PyTypeObject *)st->count_type;
 }
 
+/* What a hand-over reads of a trace and its buffer (new references; a field
+ * NULL until read). */
+typedef struct {
+    PyObject *foreign, *starts, *finishes, *peeks, *buffer, *live, *sink;
+    Py_ssize_t npeeks;
+} HandOver;
+
+static void
+handover_clear(HandOver *h)
+{
+    Py_CLEAR(h->foreign);
+    Py_CLEAR(h->starts);
+    Py_CLEAR(h->finishes);
+    Py_CLEAR(h->peeks);
+    Py_CLEAR(h->buffer);
+    Py_CLEAR(h->live);
+    Py_CLEAR(h->sink);
+}
+
+/* 1: `h` filled and the trace can be handed over here (not foreign, counts
+ * whose next() runs no Python code, the live set a set); 0: the general
+ * path; -1: error. */
+static int
+handover_read(ModuleState *st, PyObject *trace, HandOver *h)
+{
+    if ((h->foreign = TRACE_GET(trace, foreign)) == NULL || (h->starts = TRACE_GET(trace, starts)) == NULL ||
+        (h->finishes = TRACE_GET(trace, finishes)) == NULL ||
+        (h->peeks = trace_get(trace, st->s_peeks, offsetof(TraceObject, peeks))) == NULL ||
+        (h->buffer = TRACE_GET(trace, buffer)) == NULL || (h->live = PyObject_GetAttr(h->buffer, st->s_live)) == NULL ||
+        (h->sink = PyObject_GetAttr(h->buffer, st->s_sink)) == NULL)
+        return -1;
+    if (h->foreign != Py_False || !is_count(st, h->starts) || !is_count(st, h->finishes) ||
+        !PyLong_CheckExact(h->peeks) || !PySet_CheckExact(h->live))
+        return 0;
+    h->npeeks = PyLong_AsSsize_t(h->peeks);
+    return h->npeeks == -1 && PyErr_Occurred() ? -1 : 1;
+}
+
+/* _Trace.started_count(): one next() on `starts`, counted in `peeks`. How
+ * many spans of the trace started here; -1 on error. */
+static Py_ssize_t
+handover_started(ModuleState *st, PyObject *trace, HandOver *h)
+{
+    PyObject *next = PyIter_Next(h->starts);
+    Py_ssize_t taken = next == NULL ? -1 : PyLong_AsSsize_t(next);
+    Py_XDECREF(next);
+    PyObject *new_peeks = taken == -1 ? NULL : PyLong_FromSsize_t(h->npeeks + 1);
+    if (new_peeks == NULL || trace_set(trace, st->s_peeks, offsetof(TraceObject, peeks), new_peeks) < 0) {
+        Py_XDECREF(new_peeks);
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_RuntimeError, "trace.starts is not a count");
+        return -1;
+    }
+    Py_DECREF(new_peeks);
+    return taken - (h->npeeks + 1);
+}
+
+/* The trace out of the buffer's live set, its chunk to the sink. */
+static int
+handover_send(ModuleState *st, PyObject *trace, HandOver *h, PyObject *chunk)
+{
+    if (PySet_Discard(h->live, trace) < 0)
+        return -1;
+    PyObject *r = PyObject_CallMethodObjArgs(h->sink, st->s_write, trace, chunk, NULL);
+    Py_XDECREF(r);
+    return r == NULL ? -1 : 1;
+}
+
+/* trace.root becomes a tracer.span.FinishedSpan of the root's record (the
+ * chunk's last, checked by its span id), untracked when none of its values
+ * is tracked: what the writer reads of the root (the sampling decision, the
+ * root's record) without the Span, which is then freed by reference
+ * counting instead of waiting in the writer's queue in a trace <-> root
+ * cycle, walked and promoted by young collections. 0 also when the view
+ * does not apply (the Span stays); -1 on error. */
+static int
+root_view(SpanObject *root, PyObject *trace, PyObject *chunk)
+{
+    Py_ssize_t first = PyList_GET_SIZE(chunk) - RECORD_LEN;
+    if (first < 0 || PyList_GET_ITEM(chunk, first + 1) != root->span_id)
+        return 0;
+    PyObject *module = PyImport_AddModule("tracer.span"); /* borrowed */
+    PyObject *cls = module == NULL ? NULL : PyObject_GetAttrString(module, "FinishedSpan");
+    if (cls == NULL)
+        return -1;
+    int rc = 0;
+    if (PyType_Check(cls) && PyType_IsSubtype((PyTypeObject *)cls, &PyTuple_Type)) {
+        PyObject *view = ((PyTypeObject *)cls)->tp_alloc((PyTypeObject *)cls, RECORD_LEN);
+        int tracked = 0;
+        for (Py_ssize_t i = 0; view != NULL && i < RECORD_LEN; i++) {
+            PyObject *value = PyList_GET_ITEM(chunk, first + i);
+            tracked |= PyObject_GC_IsTracked(value);
+            PyTuple_SET_ITEM(view, i, Py_NewRef(value));
+        }
+        if (view != NULL && !tracked)
+            PyObject_GC_UnTrack(view); /* a record of flat values: part of no cycle */
+        rc = view == NULL ? -1 : TRACE_SET(trace, root, view);
+        Py_XDECREF(view);
+    }
+    Py_DECREF(cls);
+    return rc;
+}
+
 int
 _cspan_finish_lone_root_owned(SpanObject *self, ModuleState *st, PyObject *trace, PyObject *metrics,
                        PyObject *service)
 {
-    PyObject *root = NULL, *foreign = NULL, *finished = NULL, *starts = NULL, *finishes = NULL,
-             *peeks = NULL, *trace_id = NULL, *buffer = NULL, *live = NULL, *sink = NULL, *chunk = NULL;
+    PyObject *root = NULL, *finished = NULL, *trace_id = NULL, *chunk = NULL;
+    HandOver h = {0};
     int rc = -1;
     if (st == NULL || st->count_type == NULL || st->counter == NULL) /* the module's state cleared (shutdown) */
         return 0;
@@ -184,47 +287,25 @@ _cspan_finish_lone_root_owned(SpanObject *self, ModuleState *st, PyObject *trace
     rc = 0;
     if (root != (PyObject *)self || !PyList_CheckExact(finished) || PyList_GET_SIZE(finished) != 0)
         goto done;
-    rc = -1;
-    if ((foreign = TRACE_GET(trace, foreign)) == NULL || (starts = TRACE_GET(trace, starts)) == NULL ||
-        (finishes = TRACE_GET(trace, finishes)) == NULL ||
-        (peeks = trace_get(trace, st->s_peeks, offsetof(TraceObject, peeks))) == NULL ||
-        (trace_id = TRACE_GET(trace, trace_id)) == NULL || (buffer = TRACE_GET(trace, buffer)) == NULL ||
-        (live = PyObject_GetAttr(buffer, st->s_live)) == NULL || (sink = PyObject_GetAttr(buffer, st->s_sink)) == NULL)
-        goto done;
-    rc = 0;
-    if (foreign != Py_False || !is_count(st, starts) || !is_count(st, finishes) || !PyLong_CheckExact(peeks) ||
-        !PySet_CheckExact(live))
-        goto done;
-    Py_ssize_t npeeks = PyLong_AsSsize_t(peeks);
-    if (npeeks == -1 && PyErr_Occurred()) {
-        rc = -1;
+    if ((trace_id = TRACE_GET(trace, trace_id)) == NULL || (rc = handover_read(st, trace, &h)) <= 0) {
+        rc = trace_id == NULL ? -1 : rc;
         goto done;
     }
+    rc = -1;
     PyObject *record[RECORD_LEN];
     span_record(self, trace_id, service, metrics, record);
-    if ((chunk = PyList_New(RECORD_LEN)) == NULL) {
-        rc = -1;
+    if ((chunk = PyList_New(RECORD_LEN)) == NULL)
         goto done;
-    }
     PyObject_GC_UnTrack(chunk); /* see "Objects the GC does not walk" */
     for (Py_ssize_t i = 0; i < RECORD_LEN; i++)
         PyList_SET_ITEM(chunk, i, Py_NewRef(record[i]));
-    /* _Trace.started_count(): one next() on `starts`, counted in `peeks`. */
-    PyObject *next = PyIter_Next(starts);
-    Py_ssize_t taken = next == NULL ? -1 : PyLong_AsSsize_t(next);
-    Py_XDECREF(next);
-    PyObject *new_peeks = taken == -1 ? NULL : PyLong_FromSsize_t(npeeks + 1);
-    if (new_peeks == NULL || trace_set(trace, st->s_peeks, offsetof(TraceObject, peeks), new_peeks) < 0) {
-        Py_XDECREF(new_peeks);
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_RuntimeError, "trace.starts is not a count");
-        rc = -1;
+    Py_ssize_t started = handover_started(st, trace, &h);
+    if (started < 0)
         goto done;
-    }
-    Py_DECREF(new_peeks);
-    if (taken - (npeeks + 1) != 1) /* other spans of the trace started here: the general path */
+    rc = 0;
+    if (started != 1) /* other spans of the trace started here: the general path */
         goto done;
-    PyObject *ordinal = PyIter_Next(finishes);
+    PyObject *ordinal = PyIter_Next(h.finishes);
     if (ordinal == NULL) {
         if (!PyErr_Occurred())
             PyErr_SetString(PyExc_RuntimeError, "trace.finishes ended");
@@ -232,25 +313,73 @@ _cspan_finish_lone_root_owned(SpanObject *self, ModuleState *st, PyObject *trace
         goto done;
     }
     Py_DECREF(ordinal); /* only counted: the trace is complete */
-    if (TRACE_SET(trace, root_done, Py_True) < 0 || PySet_Discard(live, trace) < 0) {
-        rc = -1;
-        goto done;
-    }
-    PyObject *r = PyObject_CallMethodObjArgs(sink, st->s_write, trace, chunk, NULL);
-    Py_XDECREF(r);
-    rc = r == NULL ? -1 : 1;
+    rc = TRACE_SET(trace, root_done, Py_True) < 0 || root_view(self, trace, chunk) < 0 ? -1
+                                                                     : handover_send(st, trace, &h, chunk);
 
 done:
     Py_XDECREF(root);
-    Py_XDECREF(foreign);
     Py_XDECREF(finished);
-    Py_XDECREF(starts);
-    Py_XDECREF(finishes);
-    Py_XDECREF(peeks);
     Py_XDECREF(trace_id);
-    Py_XDECREF(buffer);
-    Py_XDECREF(live);
-    Py_XDECREF(sink);
     Py_XDECREF(chunk);
+    handover_clear(&h);
+    return rc;
+}
+
+/* A local root finishing last in a trace with children (every traced
+ * request): its record is already in `finished`, its ordinal taken and
+ * root_done set by the caller. What _Trace._flush(ordinal, True) does for a
+ * complete trace, without its Python call and lock: the chunk (the whole
+ * `finished` list) to the sink, a new untracked list in its place (a late
+ * child's chunk; a tracked one would wait in the writer's queue with the
+ * trace, walked and promoted by young collections, see "Objects the GC does
+ * not walk"), the trace out of the live set. 1 when done, 0 when the general
+ * path must run (spans of the trace still open, a foreign trace, or the
+ * chunk at the partial-flush length: another thread may be between its
+ * partial flush's slice and delete, under the lock), -1 on error.
+ *
+ * Without the lock for the reason the lone root's finish gives: nothing here
+ * runs Python code nor releases the GIL before the hand-over. The one flush
+ * of the same trace that can be under way in another thread holding the
+ * lock is a partial flush, which only runs with the list at its length. */
+int
+_cspan_flush_root_owned(SpanObject *root, ModuleState *st, PyObject *trace, Py_ssize_t nth)
+{
+    PyObject *finished = NULL, *limit = NULL, *fresh = NULL;
+    HandOver h = {0};
+    if (st == NULL || st->count_type == NULL || st->counter == NULL)
+        return 0;
+    int rc = handover_read(st, trace, &h);
+    if (rc <= 0)
+        goto done;
+    rc = -1;
+    if ((finished = TRACE_GET(trace, finished)) == NULL ||
+        (limit = PyObject_GetAttr(h.buffer, s_partial_flush_len)) == NULL)
+        goto done;
+    Py_ssize_t max_len = PyLong_AsSsize_t(limit);
+    if (max_len == -1 && PyErr_Occurred())
+        goto done;
+    rc = 0;
+    /* Spans still open: the general path, the trace untouched (a Counter's
+     * count read in place; started_count() advances it). */
+    if (!PyList_CheckExact(finished) || PyList_GET_SIZE(finished) == 0 || PyList_GET_SIZE(finished) >= max_len ||
+        Py_TYPE(h.starts) != (PyTypeObject *)st->counter ||
+        nth < ((CounterObject *)h.starts)->next - 1 - h.npeeks)
+        goto done;
+    rc = -1;
+    if (handover_started(st, trace, &h) < 0) /* as _flush leaves `peeks` */
+        goto done;
+    if ((fresh = PyList_New(0)) == NULL)
+        goto done;
+    PyObject_GC_UnTrack(fresh);
+    PyObject_GC_UnTrack(finished); /* records only, referenced by nothing but the sink from now on */
+    if (TRACE_SET(trace, finished, fresh) < 0 || root_view(root, trace, finished) < 0)
+        goto done;
+    rc = handover_send(st, trace, &h, finished);
+
+done:
+    Py_XDECREF(finished);
+    Py_XDECREF(limit);
+    Py_XDECREF(fresh);
+    handover_clear(&h);
     return rc;
 }

@@ -32,7 +32,7 @@ import itertools
 import threading
 from typing import TYPE_CHECKING, Any, Protocol
 
-from tracer.span import RECORD_LEN
+from tracer.span import RECORD_LEN, FinishedSpan
 
 if TYPE_CHECKING:
     from tracer.span import Span
@@ -92,7 +92,7 @@ class _Trace:
         self.starts = itertools.count(1)
         self.finishes = itertools.count(1)
         self.finished: list[Any] = []  # flat span records, RECORD_LEN values each
-        self.root: Span | None = None  # local root: first span of the trace in this process
+        self.root: Span | FinishedSpan | None = None  # local root (first span of the trace here); its record once sent
         self.root_done = False
         self.priority: int | None = None  # sampling priority, decided once (see sampler)
         self.mechanism: int | None = None  # sampling mechanism for _dd.p.dm
@@ -141,6 +141,11 @@ class _Trace:
                 # its ordinal: nothing can append to this list any more.
                 chunk, self.finished = self.finished, []
                 self.buffer._live.discard(self)
+                root = self.root
+                if root_finished and root is not None and chunk and chunk[1 - RECORD_LEN] == root.span_id:
+                    # What the writer reads of the root, without the Span (and
+                    # the trace <-> root cycle) waiting in its queue.
+                    self.root = FinishedSpan._make(chunk[-RECORD_LEN:])
             else:
                 # Slice then delete: an append racing with us lands past `n` and stays.
                 n = len(self.finished)

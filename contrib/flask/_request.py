@@ -25,9 +25,10 @@ from contrib._http import header_tag_name, redact_url
 from contrib.flask._hooks import Phase, build_plan
 from tracer import propagation
 from tracer._errors import guarded_call, internal_error
+from tracer._tracer import _RootTrace, _trace_root
 from tracer.config import config
-from tracer.context import get_active, set_active
-from tracer.span import MAX_VALUE_LEN, Span
+from tracer.context import Context, get_active, set_active
+from tracer.span import MAX_KEY_LEN, MAX_VALUE_LEN, Span
 
 _tracer = _pkg.tracer
 
@@ -122,6 +123,18 @@ def request_url(environ: Mapping[str, Any]) -> str:
     return url
 
 
+# Tag name of each view argument seen (the names come from the app's URL
+# rules: a bounded set); cut to the longest key set_tag keeps.
+_VIEW_ARG_TAGS: dict[str, str] = {}
+
+
+def _view_arg_tag(key: str) -> str:
+    tag = f"flask.view_args.{key}"[:MAX_KEY_LEN]
+    if len(_VIEW_ARG_TAGS) < 4096:
+        _VIEW_ARG_TAGS[key] = tag
+    return tag
+
+
 class RequestState:
     """One traced request: its root span and what the wrappers learn.
 
@@ -163,9 +176,18 @@ class RequestState:
             info = app_info(app)
         self.info = info
         method = environ.get("REQUEST_METHOD", "GET")
-        span = self.span = _tracer.start_span(
-            "flask.request", parent, config.flask_service or config.service or info.service, None, "web", True
-        )
+        service = config.flask_service or config.service or info.service
+        span = None
+        if _trace_root is not None and (parent is None or type(parent) is Context):
+            # What start_span does for a new trace or one continued from
+            # headers, without its frame: the root and its trace built in C
+            # (None: a context with a sampling decision only).
+            span = _trace_root(_RootTrace, _tracer._buffer, "flask.request", service, None, "web", False, parent)
+        if span is None:
+            span = _tracer.start_span("flask.request", parent, service, None, "web")
+        self.span = span
+        span._prev = self.entry  # activated, as start_span(activate=True) does
+        set_active(span)
         meta = span.meta
         meta["component"] = "flask"
         meta["span.kind"] = "server"
@@ -204,7 +226,12 @@ class RequestState:
                 view_args = request.view_args
                 if view_args:
                     for key, value in view_args.items():
-                        span.set_tag(f"flask.view_args.{key}", value if type(value) is str else str(value))
+                        tag = _VIEW_ARG_TAGS.get(key) or _view_arg_tag(key)
+                        text = value if type(value) is str else str(value)
+                        if len(text) <= MAX_VALUE_LEN:
+                            meta[tag] = text  # what set_tag does with a short str
+                        else:
+                            span.set_tag(tag, text)
         plans = self.info.plans
         plan = plans.get(endpoint)
         if plan is None:

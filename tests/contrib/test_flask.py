@@ -13,6 +13,7 @@ from tests.contrib.apps.flask_helpers import load_app, patched_for_module, root_
 from tests.contrib.contract import IntegrationContract
 from tests.utils import free_port
 from tracer.config import config
+from tracer.span import MAX_VALUE_LEN
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -408,3 +409,26 @@ def test_async_views_and_hooks_every_request(traced: Any) -> None:
         "  flask.before_request async_app 'test_async_views_and_hooks_every_request.<locals>.async_hook'\n"
         "  flask.view async_app 'test_async_views_and_hooks_every_request.<locals>.async_view'"
     ]
+
+
+def test_a_sampling_decision_only_header_starts_a_new_trace(traced: Any, client: Any) -> None:
+    # b3 single header "0" / "1": a decision without a trace to continue. The
+    # C root builder hands such a context back (None), start_span takes it:
+    # the request is traced in a new trace that keeps the caller's decision.
+    get(client, "/", headers={"b3": "0"})
+    get(client, "/", headers={"b3": "1"})
+    spans = one_trace(traced)  # the "0" trace was sampled out
+    (request_span,) = [s for s in spans if s["name"] == "flask.request"]
+    assert request_span["parent_id"] is None and len(spans) == 2
+    assert [s["metrics"].get("_sampling_priority_v1") for s in spans if s["name"] == "flask.view"] == [1]
+
+
+def test_view_args_tags_are_cut_as_set_tag_cuts_them(test_spans: Any, client: Any, settings: Any) -> None:
+    # In memory: the receiver cuts long values too, which would hide ours.
+    settings.flask_view_args = True
+    get(client, "/api/items/" + "n" * (MAX_VALUE_LEN + 10))
+    get(client, "/users/7")
+    long, short = (s for s in test_spans.spans if s.name == "flask.request")
+    value = long.meta["flask.view_args.name"]
+    assert (len(value), set(value)) == (MAX_VALUE_LEN, {"n"})  # not the value itself: 25,000 characters
+    assert short.meta["flask.view_args.user_id"] == "7"

@@ -17,6 +17,7 @@ import threading
 
 import pytest
 
+from tests.utils import run_interleaved
 from tracer import tracer
 from tracer.buffer import _taken
 from tracer.span import _cspan
@@ -126,36 +127,20 @@ def test_roots_raced_by_children_from_another_thread_send_every_span_once(test_s
     tracer._buffer.count_lost()  # forget earlier tests' unfinished traces (they count as lost too)
     roots: list = []
     ready = threading.Semaphore(0)
-    errors: list[BaseException] = []
 
     def make_roots() -> None:
-        try:
-            for _ in range(n):
-                root = tracer.start_span("root")
-                roots.append(root)
-                ready.release()
-                root.finish()
-        except BaseException as e:  # pragma: no cover - reported below
-            errors.append(e)
+        for _ in range(n):
+            root = tracer.start_span("root")
+            roots.append(root)
+            ready.release()
+            root.finish()
 
     def add_children() -> None:
-        try:
-            for i in range(n):
-                ready.acquire()
-                tracer.start_span("child", child_of=roots[i]).finish()
-        except BaseException as e:  # pragma: no cover - reported below
-            errors.append(e)
+        for i in range(n):
+            ready.acquire()
+            tracer.start_span("child", child_of=roots[i]).finish()
 
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # as many interleavings as the GIL gives
-    try:
-        threads = [threading.Thread(target=make_roots), threading.Thread(target=add_children)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        sys.setswitchinterval(interval)
+    errors = run_interleaved(make_roots, add_children)
     assert errors == []
     spans = test_spans.spans
     assert len(spans) == 2 * n
