@@ -210,7 +210,10 @@ class PayloadV04:
         pairs; None entries skipped) in one loop, until one does not fit or
         does not encode as it is. Returns that one's index (``len(batch)``
         when all were added): ``put`` handles it alone, with its fallbacks."""
-        encode = self._encode if _cencode is None else _cencode.encode_v04
+        # The C encoder takes the entry itself: a processor descriptor's
+        # trace-level tags go straight into the output (processor.process_chunks).
+        encode = self._encode
+        encode_item = None if _cencode is None else _cencode.encode_v04_item
         parts = self._parts
         limit = self.limit
         size = self.size
@@ -223,7 +226,7 @@ class PayloadV04:
                 continue
             chunk = item[1]
             try:
-                body = encode(chunk)
+                body = encode(chunk) if encode_item is None else encode_item(item)
             except Exception:
                 break
             grown = size + len(body)

@@ -64,25 +64,34 @@ def process_chunk(trace: _Trace, chunk: list[Any], sampler: Any) -> bool:
     return batch[0] is not None
 
 
-def process_chunks(batch: list[Any], sampler: Any) -> tuple[int, list[tuple[int, int, Exception]]]:
-    """Tag the ``(trace, chunk)`` pairs of ``batch`` (the writer's drained
+# The settings part of a chunk descriptor (see ``process_chunks``): the
+# values, then the keys the tags go under (also the C encoder's, so that it
+# holds no Python objects of its own).
+_TAG_KEYS = (
+    "env", "version", "language", "python", "runtime-id", "process_id",
+    "_sampling_priority_v1", "_dd.p.dm", "_dd.p.tid", "_dd.origin",
+)  # fmt: skip
+
+
+def process_chunks(
+    batch: list[Any], sampler: Any, defer: bool = False
+) -> tuple[int, list[tuple[int, int, Exception]]]:
+    """Process the ``(trace, chunk)`` pairs of ``batch`` (the writer's drained
     queue) in place, in one loop: no call per chunk, the settings read once.
     An entry that must not be sent (an empty chunk, dropped by sampling with
     TRACER_WRITER_SEND_DROPPED=false, or failing here) is replaced by None.
     Returns the spans not sent because of sampling, and ``(index, spans,
     exception)`` for each entry that failed (its chunk as it was when it raised).
     Top-level spans were marked when they finished; this adds the
-    trace-level tags."""
-    global _last_tid
+    trace-level tags to the span dicts, or with ``defer`` leaves each entry as
+    a descriptor ``(settings, chunk, priority, root, mechanism, trace_id,
+    origin, dd_tags)`` from which the C encoder writes them
+    (``_cencode.encode_v04_item``; ``settle`` puts them in the dicts when a
+    chunk goes the Python way). Either way ``entry[1]`` is the chunk."""
     cfg = _config
-    env = cfg.env
-    version = cfg.version
-    tags = cfg.tags
+    settings = (cfg.env, cfg.version, cfg.tags, _runtime_id, _pid, *_TAG_KEYS)
     send_dropped = cfg.send_dropped
     decide = sampler.decide
-    runtime = _runtime_id
-    pid = _pid
-    makers = _DECISION_MAKERS
     not_sent = 0
     failed: list[tuple[int, int, Exception]] = []
     index = -1
@@ -117,10 +126,59 @@ def process_chunks(batch: list[Any], sampler: Any) -> tuple[int, list[tuple[int,
                     # counting instead of waiting for (and lengthening) a
                     # cyclic garbage collection.
                     trace.root = None
-            if priority <= 0 and not send_dropped:
-                not_sent += len(chunk) // RECORD_LEN
-                batch[index] = None
-                continue
+            if priority <= 0:
+                if not send_dropped:
+                    not_sent += len(chunk) // RECORD_LEN
+                    batch[index] = None
+                    continue
+                mechanism = None
+            else:
+                mechanism = trace.mechanism
+            batch[index] = (settings, chunk, priority, root, mechanism, trace.trace_id, trace.origin, trace.dd_tags)
+        except Exception as exc:
+            failed.append((index, len(chunk) // RECORD_LEN, exc))
+            batch[index] = None
+    if not defer:
+        _tag(batch, failed)
+        failed.sort(key=_first)
+    return not_sent, failed
+
+
+def _first(item: tuple[int, int, Exception]) -> int:
+    return item[0]
+
+
+def settle(item: Any) -> list[Any]:
+    """The chunk of a batch entry, with its trace-level tags in its span dicts
+    (a descriptor's are put there; a ``(trace, chunk)`` pair has them).
+    Raises what tagging raised."""
+    one = [item]
+    failed: list[tuple[int, int, Exception]] = []
+    _tag(one, failed)
+    if failed:
+        raise failed[0][2]
+    return item[1]  # type: ignore[no-any-return]
+
+
+def _tag(batch: list[Any], failed: list[tuple[int, int, Exception]]) -> None:
+    """Put the trace-level tags of each descriptor in ``batch`` into its span
+    dicts (what ``_cencode.encode_v04_item`` writes without them); the entry
+    becomes ``(None, chunk)``, or None (reported in ``failed``) if that raises."""
+    global _last_tid
+    makers = _DECISION_MAKERS
+    settings = None
+    env = version = tags = runtime = pid = None
+    index = -1
+    for item in batch:
+        index += 1
+        if item is None or len(item) == 2:
+            continue
+        chunk = item[1]
+        try:
+            if item[0] is not settings:
+                settings = item[0]
+                env, version, tags, runtime, pid = settings[:5]
+            _, _, priority, root, mechanism, trace_id, origin, dd_tags = item
             if root is not None:
                 meta = chunk[root + META]
                 if env:
@@ -135,27 +193,25 @@ def process_chunks(batch: list[Any], sampler: Any) -> tuple[int, list[tuple[int,
                 chunk[root + METRICS]["process_id"] = pid
             meta = chunk[META]
             chunk[METRICS]["_sampling_priority_v1"] = priority
-            mechanism = trace.mechanism
-            if mechanism is not None and priority > 0:
+            if mechanism is not None:
                 try:
                     meta["_dd.p.dm"] = makers[mechanism]
                 except (KeyError, TypeError):
                     meta["_dd.p.dm"] = f"-{mechanism}"
-            high = trace.trace_id >> 64
+            high = trace_id >> 64
             if high:
                 tid = _last_tid
                 if tid[0] != high:
                     tid = _last_tid = (high, f"{high:016x}")
                 meta["_dd.p.tid"] = tid[1]
-            if trace.origin:
-                meta["_dd.origin"] = trace.origin
-            dd_tags = trace.dd_tags
+            if origin:
+                meta["_dd.origin"] = origin
             if dd_tags:
                 for key, value in dd_tags.items():
                     meta.setdefault(key, value)
             if env and root != 0:
                 meta.setdefault("env", env)
+            batch[index] = (None, chunk)
         except Exception as exc:
             failed.append((index, len(chunk) // RECORD_LEN, exc))
             batch[index] = None
-    return not_sent, failed
