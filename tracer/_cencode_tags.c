@@ -5,7 +5,7 @@
  *
  * The writer's descriptor (processor.process_chunks with defer=True):
  *   (settings, chunk, priority, root, mechanism, trace_id, origin, dd_tags)
- *   settings = (env, version, tags, runtime_id, pid,
+ *   settings = (env, version, tags, runtime_id, pid, send_dropped,
  *               "env", "version", "language", "python", "runtime-id",
  *               "process_id", "_sampling_priority_v1", "_dd.p.dm",
  *               "_dd.p.tid", "_dd.origin")
@@ -15,7 +15,7 @@
  * Python and encodes it as before, so the outcome is Python's own. */
 #include "_cencode.h"
 
-enum { S_ENV, S_VERSION, S_TAGS, S_RUNTIME, S_PID, K_ENV, K_VERSION, K_LANGUAGE, V_PYTHON, K_RUNTIME,
+enum { S_ENV, S_VERSION, S_TAGS, S_RUNTIME, S_PID, S_SEND_DROPPED, K_ENV, K_VERSION, K_LANGUAGE, V_PYTHON, K_RUNTIME,
        K_PID, K_PRIORITY, K_DM, K_TID, K_ORIGIN, SETTINGS_LEN };
 enum { D_SETTINGS, D_CHUNK, D_PRIORITY, D_ROOT, D_MECHANISM, D_TRACE_ID, D_ORIGIN, D_DD_TAGS };
 

@@ -64,9 +64,9 @@ def process_chunk(trace: _Trace, chunk: list[Any], sampler: Any) -> bool:
     return batch[0] is not None
 
 
-# The settings part of a chunk descriptor (see ``process_chunks``): the
-# values, then the keys the tags go under (also the C encoder's, so that it
-# holds no Python objects of its own).
+# The per-batch settings of ``process_chunks``: the values, then the keys the
+# tags go under (also the C encoder's, so that it holds no Python objects of
+# its own).
 _TAG_KEYS = (
     "env", "version", "language", "python", "runtime-id", "process_id",
     "_sampling_priority_v1", "_dd.p.dm", "_dd.p.tid", "_dd.origin",
@@ -74,24 +74,29 @@ _TAG_KEYS = (
 
 
 def process_chunks(
-    batch: list[Any], sampler: Any, defer: bool = False
+    batch: list[Any], sampler: Any, defer: bool = False, settings: tuple[Any, ...] | None = None
 ) -> tuple[int, list[tuple[int, int, Exception]]]:
-    """Process the ``(trace, chunk)`` pairs of ``batch`` (the writer's drained
+    """Tag the ``(trace, chunk)`` pairs of ``batch`` (the writer's drained
     queue) in place, in one loop: no call per chunk, the settings read once.
     An entry that must not be sent (an empty chunk, dropped by sampling with
     TRACER_WRITER_SEND_DROPPED=false, or failing here) is replaced by None.
     Returns the spans not sent because of sampling, and ``(index, spans,
     exception)`` for each entry that failed (its chunk as it was when it raised).
     Top-level spans were marked when they finished; this adds the
-    trace-level tags to the span dicts, or with ``defer`` leaves each entry as
-    a descriptor ``(settings, chunk, priority, root, mechanism, trace_id,
-    origin, dd_tags)`` from which the C encoder writes them
-    (``_cencode.encode_v04_item``; ``settle`` puts them in the dicts when a
-    chunk goes the Python way). Either way ``entry[1]`` is the chunk."""
-    cfg = _config
-    settings = (cfg.env, cfg.version, cfg.tags, _runtime_id, _pid, *_TAG_KEYS)
-    send_dropped = cfg.send_dropped
-    decide = sampler.decide
+    trace-level tags.
+
+    With ``defer`` the span dicts are left as they are: each entry becomes a
+    descriptor ``(settings, chunk, priority, root, mechanism, trace_id,
+    origin, dd_tags)`` from which the C encoder writes the tags
+    (``_cencode.encode_v04_item``); ``settle`` puts them in the dicts instead
+    for a chunk that goes the Python way. Either way ``entry[1]`` is the chunk."""
+    global _last_tid
+    if settings is None:
+        cfg = _config
+        settings = (cfg.env, cfg.version, cfg.tags, _runtime_id, _pid, cfg.send_dropped, *_TAG_KEYS)
+    env, version, tags, runtime, pid, send_dropped = settings[:6]
+    decide = sampler.decide  # (settle's traces are decided)
+    makers = _DECISION_MAKERS
     not_sent = 0
     failed: list[tuple[int, int, Exception]] = []
     index = -1
@@ -126,59 +131,16 @@ def process_chunks(
                     # counting instead of waiting for (and lengthening) a
                     # cyclic garbage collection.
                     trace.root = None
-            if priority <= 0:
-                if not send_dropped:
-                    not_sent += len(chunk) // RECORD_LEN
-                    batch[index] = None
-                    continue
-                mechanism = None
-            else:
-                mechanism = trace.mechanism
-            batch[index] = (settings, chunk, priority, root, mechanism, trace.trace_id, trace.origin, trace.dd_tags)
-        except Exception as exc:
-            failed.append((index, len(chunk) // RECORD_LEN, exc))
-            batch[index] = None
-    if not defer:
-        _tag(batch, failed)
-        failed.sort(key=_first)
-    return not_sent, failed
-
-
-def _first(item: tuple[int, int, Exception]) -> int:
-    return item[0]
-
-
-def settle(item: Any) -> list[Any]:
-    """The chunk of a batch entry, with its trace-level tags in its span dicts
-    (a descriptor's are put there; a ``(trace, chunk)`` pair has them).
-    Raises what tagging raised."""
-    one = [item]
-    failed: list[tuple[int, int, Exception]] = []
-    _tag(one, failed)
-    if failed:
-        raise failed[0][2]
-    return item[1]  # type: ignore[no-any-return]
-
-
-def _tag(batch: list[Any], failed: list[tuple[int, int, Exception]]) -> None:
-    """Put the trace-level tags of each descriptor in ``batch`` into its span
-    dicts (what ``_cencode.encode_v04_item`` writes without them); the entry
-    becomes ``(None, chunk)``, or None (reported in ``failed``) if that raises."""
-    global _last_tid
-    makers = _DECISION_MAKERS
-    settings = None
-    env = version = tags = runtime = pid = None
-    index = -1
-    for item in batch:
-        index += 1
-        if item is None or len(item) == 2:
-            continue
-        chunk = item[1]
-        try:
-            if item[0] is not settings:
-                settings = item[0]
-                env, version, tags, runtime, pid = settings[:5]
-            _, _, priority, root, mechanism, trace_id, origin, dd_tags = item
+            if priority <= 0 and not send_dropped:
+                not_sent += len(chunk) // RECORD_LEN
+                batch[index] = None
+                continue
+            if defer:
+                batch[index] = (
+                    settings, chunk, priority, root, trace.mechanism if priority > 0 else None, trace.trace_id,
+                    trace.origin, trace.dd_tags,
+                )  # fmt: skip
+                continue
             if root is not None:
                 meta = chunk[root + META]
                 if env:
@@ -193,25 +155,68 @@ def _tag(batch: list[Any], failed: list[tuple[int, int, Exception]]) -> None:
                 chunk[root + METRICS]["process_id"] = pid
             meta = chunk[META]
             chunk[METRICS]["_sampling_priority_v1"] = priority
-            if mechanism is not None:
+            mechanism = trace.mechanism
+            if mechanism is not None and priority > 0:
                 try:
                     meta["_dd.p.dm"] = makers[mechanism]
                 except (KeyError, TypeError):
                     meta["_dd.p.dm"] = f"-{mechanism}"
-            high = trace_id >> 64
+            high = trace.trace_id >> 64
             if high:
                 tid = _last_tid
                 if tid[0] != high:
                     tid = _last_tid = (high, f"{high:016x}")
                 meta["_dd.p.tid"] = tid[1]
-            if origin:
-                meta["_dd.origin"] = origin
+            if trace.origin:
+                meta["_dd.origin"] = trace.origin
+            dd_tags = trace.dd_tags
             if dd_tags:
                 for key, value in dd_tags.items():
                     meta.setdefault(key, value)
             if env and root != 0:
                 meta.setdefault("env", env)
-            batch[index] = (None, chunk)
         except Exception as exc:
             failed.append((index, len(chunk) // RECORD_LEN, exc))
             batch[index] = None
+    return not_sent, failed
+
+
+class _Root:
+    __slots__ = ("span_id", "duration_ns")
+
+    def __init__(self, span_id: int) -> None:
+        self.span_id = span_id
+        self.duration_ns = 0  # finished
+
+
+class _Decided:
+    """A chunk's trace as ``process_chunks`` reads it, rebuilt from a
+    descriptor: decided, its root (if in the chunk) found by its span id."""
+
+    __slots__ = ("root", "priority", "mechanism", "trace_id", "origin", "dd_tags")
+
+    def __init__(self, item: tuple[Any, ...]) -> None:
+        _, chunk, self.priority, root, self.mechanism, self.trace_id, self.origin, self.dd_tags = item
+        self.root = None if root is None else _Root(chunk[root + 1])
+
+
+class _NoSampler:
+    def decide(self, trace: Any, root: Any) -> None:
+        raise AssertionError("a descriptor's trace is decided")
+
+
+_DECIDED = _NoSampler()
+
+
+def settle(item: Any) -> list[Any]:
+    """The chunk of a writer batch entry, with its trace-level tags in its
+    span dicts: a descriptor's (``process_chunks`` with ``defer``) are put
+    there by ``process_chunks`` itself, from the descriptor's settings; a
+    ``(trace, chunk)`` pair has them. Raises what tagging raised."""
+    chunk = item[1]
+    if len(item) != 2:
+        batch: list[Any] = [(_Decided(item), chunk)]
+        _, failed = process_chunks(batch, _DECIDED, False, (*item[0][:5], True))
+        if failed:
+            raise failed[0][2]
+    return chunk  # type: ignore[no-any-return]

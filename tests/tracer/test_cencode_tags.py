@@ -32,7 +32,7 @@ number = st.one_of(st.integers(min_value=-(2**63), max_value=2**64 - 1), st.floa
 
 
 def settings_of(env: Any, version: Any, tags: Any, runtime: str = "rt", pid: int = 4242) -> tuple[Any, ...]:
-    return (env, version, tags, runtime, pid, *processor._TAG_KEYS)
+    return (env, version, tags, runtime, pid, True, *processor._TAG_KEYS)
 
 
 @st.composite
@@ -60,7 +60,7 @@ def items(draw: Any) -> tuple[Any, ...]:
 def tagged_in_python(item: tuple[Any, ...]) -> list[Any]:
     """A copy of the chunk, with its span dicts tagged by the processor."""
     chunk = [copy.copy(v) if isinstance(v, dict) else v for v in item[1]]
-    return processor.settle((*item[:1], chunk, *item[2:]))
+    return processor.settle((item[0], chunk, *item[2:]))
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
