@@ -96,6 +96,7 @@ def process_chunks(
         settings = (cfg.env, cfg.version, cfg.tags, _runtime_id, _pid, cfg.send_dropped, *_TAG_KEYS)
     env, version, tags, runtime, pid, send_dropped = settings[:6]
     decide = sampler.decide  # (settle's traces are decided)
+    default = sampler.default_decision()
     makers = _DECISION_MAKERS
     not_sent = 0
     failed: list[tuple[int, int, Exception]] = []
@@ -109,10 +110,17 @@ def process_chunks(
             root_span = trace.root
             priority = trace.priority
             if priority is None:
-                decide(trace, root_span or FinishedSpan._make(chunk[:RECORD_LEN]))
-                priority = trace.priority
-                if priority is None:
-                    priority = 1
+                if default is None:
+                    decide(trace, root_span or FinishedSpan._make(chunk[:RECORD_LEN]))
+                    priority = trace.priority
+                    if priority is None:
+                        priority = 1
+                else:
+                    # What decide() stores for this batch, without the call
+                    # (nothing is called between the check and the stores).
+                    priority = default[0]
+                    trace.mechanism = default[1]
+                    trace.priority = priority
             root = None
             if root_span is not None and root_span.duration_ns is not None:
                 # The root is usually the first record (a one-span chunk) or
@@ -203,6 +211,9 @@ class _Decided:
 class _NoSampler:
     def decide(self, trace: Any, root: Any) -> None:
         raise AssertionError("a descriptor's trace is decided")
+
+    def default_decision(self) -> None:
+        return None
 
 
 _DECIDED = _NoSampler()
