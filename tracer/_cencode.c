@@ -322,6 +322,59 @@ encode_v04_item(PyObject *Py_UNUSED(module), PyObject *item)
     return encode_chunk_v04(fields[1], n == 8 ? fields : NULL);
 }
 
+/* put_many_v04(batch, start, parts, limit, size, traces, spans) ->
+ * (index, size, traces, spans): PayloadV04.put_many's loop in C. Each entry
+ * of batch[start:] (None skipped) is encoded by encode_v04_item and appended
+ * to parts while the payload stays within limit; index: the entry that did
+ * not fit or raised an Exception (len(batch) when all were added). */
+static PyObject *
+put_many_v04(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t start, limit, size, traces, spans;
+    if (nargs != 7 || !PyList_CheckExact(args[0]) || !PyList_CheckExact(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "put_many_v04(batch: list, start, parts: list, limit, size, traces, spans)");
+        return NULL;
+    }
+    PyObject *numbers[5] = {args[1], args[3], args[4], args[5], args[6]};
+    Py_ssize_t *values[5] = {&start, &limit, &size, &traces, &spans};
+    for (int i = 0; i < 5; i++) {
+        *values[i] = PyLong_AsSsize_t(numbers[i]);
+        if (*values[i] == -1 && PyErr_Occurred())
+            return NULL;
+    }
+    PyObject *batch = args[0], *parts = args[2];
+    Py_ssize_t index = start < 0 ? 0 : start;
+    for (; index < PyList_GET_SIZE(batch); index++) { /* encoding may run Python code: the size is read each time */
+        PyObject *item = PyList_GET_ITEM(batch, index);
+        if (item == Py_None)
+            continue;
+        Py_INCREF(item);
+        PyObject *body = encode_v04_item(module, item);
+        /* encoded: item is a tuple, item[1] a list or tuple of records */
+        Py_ssize_t n = body == NULL ? 0 : PySequence_Fast_GET_SIZE(PyTuple_GET_ITEM(item, 1));
+        Py_DECREF(item);
+        if (body == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_Exception))
+                return NULL; /* as put_many's `except Exception` */
+            PyErr_Clear();
+            break;
+        }
+        Py_ssize_t grown = size + PyBytes_GET_SIZE(body);
+        if (grown > limit) {
+            Py_DECREF(body);
+            break;
+        }
+        int rc = PyList_Append(parts, body);
+        Py_DECREF(body);
+        if (rc < 0)
+            return NULL;
+        size = grown;
+        traces += 1;
+        spans += n / RECORD_LEN;
+    }
+    return Py_BuildValue("nnnn", index, size, traces, spans);
+}
+
 /* The string-table index of value: index[value], or add(value) (the Python
  * table's miss path: it cleans, counts and records the new string). */
 static int
@@ -466,6 +519,8 @@ encode_v05(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 
 static PyMethodDef module_methods[] = {
     {"encode_v04", (PyCFunction)encode_v04, METH_O, "encode_v04(chunk) -> bytes: one trace, v0.4."},
+    {"put_many_v04", (PyCFunction)(void (*)(void))put_many_v04, METH_FASTCALL,
+     "put_many_v04(batch, start, parts, limit, size, traces, spans) -> (index, size, traces, spans)."},
     {"encode_v04_item", (PyCFunction)encode_v04_item, METH_O,
      "encode_v04_item(item) -> bytes: a writer batch entry, v0.4, with its trace-level tags."},
     {"encode_v05", (PyCFunction)(void (*)(void))encode_v05, METH_FASTCALL,

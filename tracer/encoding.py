@@ -210,10 +210,15 @@ class PayloadV04:
         pairs; None entries skipped) in one loop, until one does not fit or
         does not encode as it is. Returns that one's index (``len(batch)``
         when all were added): ``put`` handles it alone, with its fallbacks."""
-        # The C encoder takes the entry itself: a processor descriptor's
-        # trace-level tags go straight into the output (processor.process_chunks).
+        if _cencode is not None:
+            # The loop in C; it encodes each entry itself: a processor
+            # descriptor's trace-level tags go straight into the output
+            # (processor.process_chunks).
+            index, self.size, self.traces, self.spans = _cencode.put_many_v04(
+                batch, start, self._parts, self.limit, self.size, self.traces, self.spans
+            )
+            return index  # type: ignore[no-any-return]
         encode = self._encode
-        encode_item = None if _cencode is None else _cencode.encode_v04_item
         parts = self._parts
         limit = self.limit
         size = self.size
@@ -226,7 +231,7 @@ class PayloadV04:
                 continue
             chunk = item[1]
             try:
-                body = encode(chunk) if encode_item is None else encode_item(item)
+                body = encode(chunk)
             except Exception:
                 break
             grown = size + len(body)

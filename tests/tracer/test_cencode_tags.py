@@ -141,3 +141,49 @@ def test_no_reference_leaks() -> None:
         del chunk, item
     del meta
     assert [sys.getrefcount(o) for o in objects] == before
+
+
+class _Interrupting(str):
+    """A service whose truth test raises what ``except Exception`` lets through."""
+
+    def __bool__(self) -> bool:
+        raise KeyboardInterrupt
+
+
+def test_put_many_in_c_stops_where_the_python_loop_stops(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``_cencode.put_many_v04`` (PayloadV04.put_many with the C encoder)
+    adds the same entries, stops at the same index (an entry that does not
+    encode, or does not fit) and counts the same as the pure-Python loop; an
+    exception that is not an ``Exception`` goes through."""
+
+    def chunk(span_id: int, service: Any = "svc") -> list[Any]:
+        return [(1 << 64) | 5, span_id, 0, service, "op", "res", None, 10, 5, 0, {"a": "b"}, {}]
+
+    settings = settings_of("prod", "", {})
+    batch: list[Any] = [
+        None,
+        (None, chunk(1)),
+        (settings, chunk(2), 1, 0, 0, (1 << 64) | 5, None, {}),
+        None,
+        (None, chunk(3) + chunk(4)),
+        (None, chunk(5, service=object())),  # does not encode
+        (None, chunk(6)),
+    ]
+
+    def run(limit: int, start: int) -> tuple[int, bytes, int, int, int]:
+        payload = PayloadV04(limit)
+        index = payload.put_many([tagged(item) for item in batch] if encoding._cencode is None else batch, start)
+        return index, payload.finish(), payload.size, payload.traces, payload.spans
+
+    def tagged(item: Any) -> Any:  # what the writer does without the C encoder: tags in the dicts
+        return item if item is None or len(item) == 2 else (None, tagged_in_python(item))
+
+    sizes = [len(encoding._cencode.encode_v04_item(item)) for item in batch[1:5] if item is not None]
+    cases = [(1 << 30, 0), (1 << 30, 6), (1 << 30, 7), (5 + sum(sizes[:2]), 0), (5 + sum(sizes[:2]) - 1, 1), (4, 0)]
+    in_c = [run(limit, start) for limit, start in cases]
+    assert [r[0] for r in in_c] == [5, 7, 7, 4, 2, 1]
+    monkeypatch.setattr(encoding, "_cencode", None)
+    assert [run(limit, start) for limit, start in cases] == in_c
+    monkeypatch.undo()
+    with pytest.raises(KeyboardInterrupt):
+        PayloadV04().put_many([(None, chunk(7, service=_Interrupting("svc")))])
