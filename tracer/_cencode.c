@@ -199,7 +199,7 @@ static PyObject *
 finish(Out *o, int ok)
 {
     PyObject *result = ok ? PyBytes_FromStringAndSize(o->buf, o->len) : NULL;
-    out_free(o);
+    PyMem_Free(o->buf);
     return result;
 }
 
@@ -225,7 +225,8 @@ begin_chunk(PyObject *chunk, Py_ssize_t *spans, uint64_t *tid, Out *o)
         return NULL;
     *tid = low;
     if (pack_array_header(o, *spans) < 0) {
-        out_free(o);
+        PyMem_Free(o->buf);
+        o->buf = NULL;
         return NULL;
     }
     return items;
@@ -269,8 +270,7 @@ encode_chunk_v04(PyObject *chunk, PyObject *const *item)
 {
     Py_ssize_t spans;
     uint64_t tid;
-    Out o;
-    out_init(&o);
+    Out o = {NULL, 0, 0};
     PyObject **items = begin_chunk(chunk, &spans, &tid, &o);
     if (items == NULL)
         return NULL;
@@ -496,8 +496,7 @@ encode_v05(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     PyObject *chunk = args[0], *index = args[1], *add = args[2];
     Py_ssize_t spans;
     uint64_t tid;
-    Out o;
-    out_init(&o);
+    Out o = {NULL, 0, 0};
     PyObject **items = begin_chunk(chunk, &spans, &tid, &o);
     if (items == NULL)
         return NULL;

@@ -24,38 +24,18 @@
 #define META 10
 #define METRICS 11
 
-/* The output: a chunk usually fits `local` (a one-span trace is ~300
- * bytes), so no allocation but the bytes object; larger ones move to the heap. */
-#define OUT_LOCAL 1024
 typedef struct {
     char *buf;
     Py_ssize_t len;
     Py_ssize_t cap;
-    char local[OUT_LOCAL];
 } Out;
-
-static inline void
-out_init(Out *o)
-{
-    o->buf = o->local;
-    o->len = 0;
-    o->cap = OUT_LOCAL;
-}
-
-static inline void
-out_free(Out *o)
-{
-    if (o->buf != o->local)
-        PyMem_Free(o->buf);
-    o->buf = o->local;
-}
 
 static inline int
 reserve(Out *o, Py_ssize_t n)
 {
     if (o->len + n <= o->cap)
         return 0;
-    Py_ssize_t cap = o->cap;
+    Py_ssize_t cap = o->cap ? o->cap : 4096;
     while (cap < o->len + n) {
         if (cap > PY_SSIZE_T_MAX / 2) {
             PyErr_NoMemory();
@@ -63,13 +43,11 @@ reserve(Out *o, Py_ssize_t n)
         }
         cap *= 2;
     }
-    char *buf = o->buf == o->local ? PyMem_Malloc((size_t)cap) : PyMem_Realloc(o->buf, (size_t)cap);
+    char *buf = PyMem_Realloc(o->buf, (size_t)cap);
     if (buf == NULL) {
         PyErr_NoMemory();
         return -1;
     }
-    if (o->buf == o->local)
-        memcpy(buf, o->local, (size_t)o->len);
     o->buf = buf;
     o->cap = cap;
     return 0;
