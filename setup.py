@@ -16,7 +16,12 @@ setup(
             depends=["tracer/_cmodule.h", "tracer/_cspan.h"],
             optional=True,
         ),
-        Extension("tracer._cencode", ["tracer/_cencode.c"], depends=["tracer/_cmodule.h"], optional=True),
+        Extension(
+            "tracer._cencode",
+            ["tracer/_cencode.c", "tracer/_cencode_tags.c"],
+            depends=["tracer/_cmodule.h", "tracer/_cencode.h"],
+            optional=True,
+        ),
         Extension(
             "agent_sim._cdecode",
             ["agent_sim/_cdecode.c", "agent_sim/_cdecode_pack.c", "agent_sim/_cdecode_normalize.c",

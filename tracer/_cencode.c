@@ -14,9 +14,9 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "_cencode.h"
 #include "_cmodule.h"
 
-#define RECORD_LEN 12
 /* msgpack.Packer() (1.1 and later, in C and in its fallback.py:
  * DEFAULT_RECURSE_LIMIT) refuses objects nested deeper than 1024 levels from
  * the top object it packs. The Python encoders pack [span, ...] (v0.4: a span is a
@@ -25,59 +25,7 @@
  * and a v0.5 metric value is packed at depth 1, as inside its map. */
 #define MAX_DEPTH (1024 - 2)
 
-typedef struct {
-    char *buf;
-    Py_ssize_t len;
-    Py_ssize_t cap;
-} Out;
-
-static int
-reserve(Out *o, Py_ssize_t n)
-{
-    if (o->len + n <= o->cap)
-        return 0;
-    Py_ssize_t cap = o->cap ? o->cap : 4096;
-    while (cap < o->len + n) {
-        if (cap > PY_SSIZE_T_MAX / 2) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        cap *= 2;
-    }
-    char *buf = PyMem_Realloc(o->buf, (size_t)cap);
-    if (buf == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    o->buf = buf;
-    o->cap = cap;
-    return 0;
-}
-
-static inline int
-put1(Out *o, uint8_t b)
-{
-    if (reserve(o, 1) < 0)
-        return -1;
-    o->buf[o->len++] = (char)b;
-    return 0;
-}
-
-/* A type byte and an n-byte big-endian number. */
-static inline int
-put_be(Out *o, uint8_t type, uint64_t value, int n)
-{
-    if (reserve(o, 1 + n) < 0)
-        return -1;
-    char *p = o->buf + o->len;
-    p[0] = (char)type;
-    for (int i = 0; i < n; i++)
-        p[1 + i] = (char)(value >> (8 * (n - 1 - i)));
-    o->len += 1 + n;
-    return 0;
-}
-
-static int
+int
 pack_uint(Out *o, uint64_t v)
 {
     if (v < 0x80)
@@ -124,7 +72,7 @@ pack_int(Out *o, PyObject *obj)
     return -1;
 }
 
-static int
+int
 pack_header(Out *o, Py_ssize_t n, uint8_t fix, uint8_t b16, uint8_t b32)
 {
     if (n < 16)
@@ -188,7 +136,7 @@ pack_float(Out *o, double d)
 }
 
 /* Any value, as msgpack.Packer() (default options) packs it. */
-static int
+int
 pack_obj(Out *o, PyObject *obj, int depth)
 {
     if (depth > MAX_DEPTH) {
@@ -301,9 +249,24 @@ put_key(Out *o, int i)
     return 0;
 }
 
-/* encode_v04(chunk) -> bytes: one trace as a v0.4 array of span maps. */
+/* The meta (i == META) or metrics of record s, with the chunk's trace-level
+ * tags when it is the local root or the first record. */
+static int
+pack_span_dict(Out *o, PyObject *dict, int i, Py_ssize_t s, const ChunkTags *tags)
+{
+    int root = s == tags->root, first = s == 0;
+    if (!root && !first)
+        return pack_obj(o, dict, 0);
+    if (i == META)
+        return _cencode_pack_tagged(o, dict, tags->root_meta, root ? tags->n_root_meta : 0, tags->first_meta,
+                                    first ? tags->n_first_meta : 0);
+    return _cencode_pack_tagged(o, dict, tags->root_metrics, root, tags->first_metrics, first);
+}
+
+/* One trace as a v0.4 array of span maps; tags: the trace-level tags to add
+ * (encode_v04_item), or NULL. */
 static PyObject *
-encode_v04(PyObject *Py_UNUSED(module), PyObject *chunk)
+encode_chunk_v04(PyObject *chunk, PyObject *const *item)
 {
     Py_ssize_t spans;
     uint64_t tid;
@@ -311,6 +274,9 @@ encode_v04(PyObject *Py_UNUSED(module), PyObject *chunk)
     PyObject **items = begin_chunk(chunk, &spans, &tid, &o);
     if (items == NULL)
         return NULL;
+    ChunkTags tags;
+    if (item != NULL && _cencode_chunk_tags(item, spans, &tags) < 0)
+        return finish(&o, 0);
     for (Py_ssize_t s = 0; s < spans; s++) {
         PyObject **r = items + s * RECORD_LEN;
         if (put1(&o, 0x80 | RECORD_LEN) < 0)
@@ -323,6 +289,8 @@ encode_v04(PyObject *Py_UNUSED(module), PyObject *chunk)
                 rc = pack_uint(&o, tid);
             else if (i == 3 || i == 6) /* service, type */
                 rc = pack_str_or_empty(&o, r[i]);
+            else if (i >= META && item != NULL)
+                rc = pack_span_dict(&o, r[i], i, s, &tags);
             else
                 rc = pack_obj(&o, r[i], 0);
             if (rc < 0)
@@ -330,6 +298,81 @@ encode_v04(PyObject *Py_UNUSED(module), PyObject *chunk)
         }
     }
     return finish(&o, 1);
+}
+
+/* encode_v04(chunk) -> bytes: one trace as a v0.4 array of span maps. */
+static PyObject *
+encode_v04(PyObject *Py_UNUSED(module), PyObject *chunk)
+{
+    return encode_chunk_v04(chunk, NULL);
+}
+
+/* encode_v04_item(item) -> bytes: an entry of the writer's batch, either
+ * (trace, chunk) (tagged already) or the descriptor of processor.process_chunks
+ * with defer=True, whose trace-level tags are written here (_cencode_tags.c). */
+static PyObject *
+encode_v04_item(PyObject *Py_UNUSED(module), PyObject *item)
+{
+    Py_ssize_t n = PyTuple_CheckExact(item) ? PyTuple_GET_SIZE(item) : 0;
+    if (n != 2 && n != 8) {
+        PyErr_SetString(PyExc_TypeError, "encode_v04_item((trace, chunk) or a chunk descriptor)");
+        return NULL;
+    }
+    PyObject *const *fields = &PyTuple_GET_ITEM(item, 0);
+    return encode_chunk_v04(fields[1], n == 8 ? fields : NULL);
+}
+
+/* put_many_v04(batch, start, parts, limit, size, traces, spans) ->
+ * (index, size, traces, spans): PayloadV04.put_many's loop in C. Each entry
+ * of batch[start:] (None skipped) is encoded by encode_v04_item and appended
+ * to parts while the payload stays within limit; index: the entry that did
+ * not fit or raised an Exception (len(batch) when all were added). */
+static PyObject *
+put_many_v04(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t start, limit, size, traces, spans;
+    if (nargs != 7 || !PyList_CheckExact(args[0]) || !PyList_CheckExact(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "put_many_v04(batch: list, start, parts: list, limit, size, traces, spans)");
+        return NULL;
+    }
+    PyObject *numbers[5] = {args[1], args[3], args[4], args[5], args[6]};
+    Py_ssize_t *values[5] = {&start, &limit, &size, &traces, &spans};
+    for (int i = 0; i < 5; i++) {
+        *values[i] = PyLong_AsSsize_t(numbers[i]);
+        if (*values[i] == -1 && PyErr_Occurred())
+            return NULL;
+    }
+    PyObject *batch = args[0], *parts = args[2];
+    Py_ssize_t index = start < 0 ? 0 : start;
+    for (; index < PyList_GET_SIZE(batch); index++) { /* encoding may run Python code: the size is read each time */
+        PyObject *item = PyList_GET_ITEM(batch, index);
+        if (item == Py_None)
+            continue;
+        Py_INCREF(item);
+        PyObject *body = encode_v04_item(module, item);
+        /* encoded: item is a tuple, item[1] a list or tuple of records */
+        Py_ssize_t n = body == NULL ? 0 : PySequence_Fast_GET_SIZE(PyTuple_GET_ITEM(item, 1));
+        Py_DECREF(item);
+        if (body == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_Exception))
+                return NULL; /* as put_many's `except Exception` */
+            PyErr_Clear();
+            break;
+        }
+        Py_ssize_t grown = size + PyBytes_GET_SIZE(body);
+        if (grown > limit) {
+            Py_DECREF(body);
+            break;
+        }
+        int rc = PyList_Append(parts, body);
+        Py_DECREF(body);
+        if (rc < 0)
+            return NULL;
+        size = grown;
+        traces += 1;
+        spans += n / RECORD_LEN;
+    }
+    return Py_BuildValue("nnnn", index, size, traces, spans);
 }
 
 /* The string-table index of value: index[value], or add(value) (the Python
@@ -475,6 +518,10 @@ encode_v05(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 
 static PyMethodDef module_methods[] = {
     {"encode_v04", (PyCFunction)encode_v04, METH_O, "encode_v04(chunk) -> bytes: one trace, v0.4."},
+    {"put_many_v04", (PyCFunction)(void (*)(void))put_many_v04, METH_FASTCALL,
+     "put_many_v04(batch, start, parts, limit, size, traces, spans) -> (index, size, traces, spans)."},
+    {"encode_v04_item", (PyCFunction)encode_v04_item, METH_O,
+     "encode_v04_item(item) -> bytes: a writer batch entry, v0.4, with its trace-level tags."},
     {"encode_v05", (PyCFunction)(void (*)(void))encode_v05, METH_FASTCALL,
      "encode_v05(chunk, index, add) -> bytes: one trace, v0.5, strings through the payload's table."},
     {NULL},

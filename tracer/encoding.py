@@ -270,7 +270,15 @@ class PayloadV04:
         pairs; None entries skipped) in one loop, until one does not fit or
         does not encode as it is. Returns that one's index (``len(batch)``
         when all were added): ``put`` handles it alone, with its fallbacks."""
-        encode = self._encode if _cencode is None else _cencode.encode_v04
+        if _cencode is not None:
+            # The loop in C; it encodes each entry itself: a processor
+            # descriptor's trace-level tags go straight into the output
+            # (processor.process_chunks).
+            index, self.size, self.traces, self.spans = _cencode.put_many_v04(
+                batch, start, self._parts, self.limit, self.size, self.traces, self.spans
+            )
+            return index  # type: ignore[no-any-return]
+        encode = self._encode
         parts = self._parts
         limit = self.limit
         size = self.size

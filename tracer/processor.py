@@ -64,7 +64,18 @@ def process_chunk(trace: _Trace, chunk: list[Any], sampler: Any) -> bool:
     return batch[0] is not None
 
 
-def process_chunks(batch: list[Any], sampler: Any) -> tuple[int, list[tuple[int, int, Exception]]]:
+# The per-batch settings of ``process_chunks``: the values, then the keys the
+# tags go under (also the C encoder's, so that it holds no Python objects of
+# its own).
+_TAG_KEYS = (
+    "env", "version", "language", "python", "runtime-id", "process_id",
+    "_sampling_priority_v1", "_dd.p.dm", "_dd.p.tid", "_dd.origin",
+)  # fmt: skip
+
+
+def process_chunks(
+    batch: list[Any], sampler: Any, defer: bool = False, settings: tuple[Any, ...] | None = None
+) -> tuple[int, list[tuple[int, int, Exception]]]:
     """Tag the ``(trace, chunk)`` pairs of ``batch`` (the writer's drained
     queue) in place, in one loop: no call per chunk, the settings read once.
     An entry that must not be sent (an empty chunk, dropped by sampling with
@@ -72,16 +83,20 @@ def process_chunks(batch: list[Any], sampler: Any) -> tuple[int, list[tuple[int,
     Returns the spans not sent because of sampling, and ``(index, spans,
     exception)`` for each entry that failed (its chunk as it was when it raised).
     Top-level spans were marked when they finished; this adds the
-    trace-level tags."""
+    trace-level tags.
+
+    With ``defer`` the span dicts are left as they are: each entry becomes a
+    descriptor ``(settings, chunk, priority, root, mechanism, trace_id,
+    origin, dd_tags)`` from which the C encoder writes the tags
+    (``_cencode.encode_v04_item``); ``settle`` puts them in the dicts instead
+    for a chunk that goes the Python way. Either way ``entry[1]`` is the chunk."""
     global _last_tid
-    cfg = _config
-    env = cfg.env
-    version = cfg.version
-    tags = cfg.tags
-    send_dropped = cfg.send_dropped
-    decide = sampler.decide
-    runtime = _runtime_id
-    pid = _pid
+    if settings is None:
+        cfg = _config
+        settings = (cfg.env, cfg.version, cfg.tags, _runtime_id, _pid, cfg.send_dropped, *_TAG_KEYS)
+    env, version, tags, runtime, pid, send_dropped = settings[:6]
+    decide = sampler.decide  # (settle's traces are decided)
+    default = sampler.default_decision()
     makers = _DECISION_MAKERS
     not_sent = 0
     failed: list[tuple[int, int, Exception]] = []
@@ -95,10 +110,17 @@ def process_chunks(batch: list[Any], sampler: Any) -> tuple[int, list[tuple[int,
             root_span = trace.root
             priority = trace.priority
             if priority is None:
-                decide(trace, root_span or FinishedSpan._make(chunk[:RECORD_LEN]))
-                priority = trace.priority
-                if priority is None:
-                    priority = 1
+                if default is None:
+                    decide(trace, root_span or FinishedSpan._make(chunk[:RECORD_LEN]))
+                    priority = trace.priority
+                    if priority is None:
+                        priority = 1
+                else:
+                    # What decide() stores for this batch, without the call
+                    # (nothing is called between the check and the stores).
+                    priority = default[0]
+                    trace.mechanism = default[1]
+                    trace.priority = priority
             root = None
             if root_span is not None and root_span.duration_ns is not None:
                 # The root is usually the first record (a one-span chunk) or
@@ -120,6 +142,12 @@ def process_chunks(batch: list[Any], sampler: Any) -> tuple[int, list[tuple[int,
             if priority <= 0 and not send_dropped:
                 not_sent += len(chunk) // RECORD_LEN
                 batch[index] = None
+                continue
+            if defer:
+                batch[index] = (
+                    settings, chunk, priority, root, trace.mechanism if priority > 0 else None, trace.trace_id,
+                    trace.origin, trace.dd_tags,
+                )  # fmt: skip
                 continue
             if root is not None:
                 meta = chunk[root + META]
@@ -159,3 +187,47 @@ def process_chunks(batch: list[Any], sampler: Any) -> tuple[int, list[tuple[int,
             failed.append((index, len(chunk) // RECORD_LEN, exc))
             batch[index] = None
     return not_sent, failed
+
+
+class _Root:
+    __slots__ = ("span_id", "duration_ns")
+
+    def __init__(self, span_id: int) -> None:
+        self.span_id = span_id
+        self.duration_ns = 0  # finished
+
+
+class _Decided:
+    """A chunk's trace as ``process_chunks`` reads it, rebuilt from a
+    descriptor: decided, its root (if in the chunk) found by its span id."""
+
+    __slots__ = ("root", "priority", "mechanism", "trace_id", "origin", "dd_tags")
+
+    def __init__(self, item: tuple[Any, ...]) -> None:
+        _, chunk, self.priority, root, self.mechanism, self.trace_id, self.origin, self.dd_tags = item
+        self.root = None if root is None else _Root(chunk[root + 1])
+
+
+class _NoSampler:
+    def decide(self, trace: Any, root: Any) -> None:
+        raise AssertionError("a descriptor's trace is decided")
+
+    def default_decision(self) -> None:
+        return None
+
+
+_DECIDED = _NoSampler()
+
+
+def settle(item: Any) -> list[Any]:
+    """The chunk of a writer batch entry, with its trace-level tags in its
+    span dicts: a descriptor's (``process_chunks`` with ``defer``) are put
+    there by ``process_chunks`` itself, from the descriptor's settings; a
+    ``(trace, chunk)`` pair has them. Raises what tagging raised."""
+    chunk = item[1]
+    if len(item) != 2:
+        batch: list[Any] = [(_Decided(item), chunk)]
+        _, failed = process_chunks(batch, _DECIDED, False, (*item[0][:5], True))
+        if failed:
+            raise failed[0][2]
+    return chunk  # type: ignore[no-any-return]

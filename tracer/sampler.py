@@ -231,6 +231,16 @@ class Sampler:
             trace.mechanism = mechanism
             trace.priority = priority
 
+    def default_decision(self) -> tuple[int, int] | None:
+        """``(priority, mechanism)`` that ``decide`` gives every undecided
+        trace while the sampler is as it is now, when that does not depend on
+        the trace (no rules, no explicit rate, no receiver rates: keep);
+        else None. The writer reads it once per batch: it is the thread that
+        updates the rates, between batches."""
+        if self.rules or self.sample_rate is not None or self._rates[0]:
+            return None
+        return AUTO_KEEP, MECHANISM_DEFAULT
+
     def _decide(self, trace_id: int, root: Span) -> tuple[int, int]:
         metrics = root.metrics
         for rule in self.rules:

@@ -35,9 +35,10 @@ import urllib.parse
 from collections import deque
 from typing import Any
 
+from tracer import encoding
 from tracer._errors import internal_error
 from tracer.encoding import PAYLOADS, TraceTooBig, v05_to_v04
-from tracer.processor import process_chunks
+from tracer.processor import process_chunks, settle
 from tracer.span import RECORD_LEN
 from tracer.version import __version__
 
@@ -293,8 +294,10 @@ class AgentWriter:
         first_seq = seq + 1
         if chunks:
             # One loop over the whole batch (no call per chunk); entries not
-            # to be sent come back as None.
-            not_sent, failed = process_chunks(chunks, self._tracer.sampler)
+            # to be sent come back as None. With the C v0.4 encoder the
+            # trace-level tags are written by it, not put in the span dicts.
+            defer = self._version == "v0.4" and encoding._cencode is not None
+            not_sent, failed = process_chunks(chunks, self._tracer.sampler, defer)
             if not_sent:
                 self._counts["spans_not_sent_sampling"] += not_sent
             for index, spans, exc in failed:
@@ -313,9 +316,15 @@ class AgentWriter:
             index = payload.put_many(chunks, index)
             if index == end:
                 break
-            chunk = chunks[index][1]
+            item = chunks[index]
             index += 1
             seq = base + index
+            try:
+                chunk = settle(item)  # its tags in its dicts: put() and its fallbacks encode those
+            except Exception as exc:
+                internal_error("writer.process", exc)
+                self._drop(len(item[1]) // RECORD_LEN, "encode_failed", seq)
+                continue
             try:
                 if not payload.put(chunk):
                     self._queue_payload(payload, first_seq, seq - 1)

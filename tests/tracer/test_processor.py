@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 from tracer import processor, tracer
 from tracer.config import config
 from tracer.processor import process_chunk, runtime_id
+from tracer.sampler import Sampler
 from tracer.span import RECORD_LEN, records
 
 
@@ -145,3 +148,41 @@ def test_a_batch_tags_each_chunk_as_one_chunk_calls_do(test_spans, monkeypatch):
     assert [(index, n, type(exc)) for index, n, exc in failed] == [(3, spans, AttributeError)]
     expected[3] = None
     assert [None if item is None else _tags(item[1]) for item in batch] == expected
+
+
+class _CountingSampler(Sampler):
+    """The real sampler, counting its decide() calls."""
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        self.calls = 0
+
+    def decide(self, trace: Any, root: Any) -> None:
+        self.calls += 1
+        super().decide(trace, root)
+
+
+@pytest.mark.parametrize("setting", ["none", "receiver rates", "rules", "explicit rate"])
+def test_a_batch_applies_the_default_decision_as_decide_does(test_spans, setting):
+    """Without rules, an explicit rate or receiver rates, every trace gets
+    decide()'s keep (priority 1, mechanism 0) from one read per batch, no call
+    per trace; with any of them, decide() runs per trace, as before."""
+    cfg = SimpleNamespace(sampling_rules=[], sample_rate=None, rate_limit=100.0, env=None)
+    if setting == "rules":
+        cfg.sampling_rules = [{"service": "web", "sample_rate": 0}]
+    if setting == "explicit rate":
+        cfg.sample_rate = 0.0
+    sampler = _CountingSampler(cfg)
+    if setting == "receiver rates":
+        sampler.update_rates({"service:,env:": 0.0})
+    for _ in range(3):
+        with tracer.trace("op", service="web"):
+            pass
+    batch = list(test_spans.raw)
+    assert all(trace.priority is None for trace, _ in batch)
+    assert processor.process_chunks(batch, sampler) == (0, [])
+    traces = [trace for trace, _ in test_spans.raw]
+    expected = {"none": (1, 0), "receiver rates": (0, 1), "rules": (-1, 3), "explicit rate": (-1, 3)}[setting]
+    assert {(trace.priority, trace.mechanism) for trace in traces} == {expected}
+    assert sampler.calls == (0 if setting == "none" else 3)
+    assert [records(item[1])[0].metrics["_sampling_priority_v1"] for item in batch] == [expected[0]] * 3

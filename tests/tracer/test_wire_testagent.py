@@ -25,6 +25,7 @@ import pytest
 from tests.utils import free_port, real_part
 from tracer import tracer
 from tracer.config import config
+from tracer.processor import runtime_id
 from tracer.version import __version__
 
 _MASK64 = (1 << 64) - 1
@@ -121,6 +122,13 @@ def build_trace() -> list[Any]:
     return [root, db, inner, failing]
 
 
+_TRACE_LEVEL = frozenset(("language", "runtime-id", "process_id", "_sampling_priority_v1", "_dd.p.dm", "_dd.p.tid"))
+
+
+def _span_level(tags: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in tags.items() if k not in _TRACE_LEVEL}
+
+
 def received_spans(agent: DatadogTestAgent, trace_id: int) -> list[dict[str, Any]]:
     status, body = agent.get("/test/session/traces")
     assert status == 200, body
@@ -151,8 +159,8 @@ def test_test_agent_accepts_and_returns_the_same_spans(test_agent: DatadogTestAg
             "start": wire["start"],
             "duration": wire["duration"],
             "error": wire["error"],
-            "meta": wire["meta"],
-            "metrics": wire["metrics"],
+            "meta": _span_level(wire["meta"]),
+            "metrics": _span_level(wire["metrics"]),
         } == {
             "name": span.name,
             "service": span.service,
@@ -162,9 +170,22 @@ def test_test_agent_accepts_and_returns_the_same_spans(test_agent: DatadogTestAg
             "start": span.start_ns,
             "duration": span.duration_ns,
             "error": span.error,
-            "meta": span.meta,
-            "metrics": span.metrics,
+            "meta": _span_level(span.meta),
+            "metrics": _span_level(span.metrics),
         }
+    # The trace-level tags: on the wire whether the C encoder wrote them
+    # (v0.4: the span dicts are left without them) or the processor put them
+    # in the span dicts.
+    def level(span: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in {**span["meta"], **span["metrics"]}.items() if k in _TRACE_LEVEL}
+
+    chunk_level = {"_sampling_priority_v1": 1, "_dd.p.dm": "-0", "_dd.p.tid": f"{root.trace_id >> 64:016x}"}
+    root_level = {"language": "python", "runtime-id": runtime_id(), "process_id": os.getpid()}
+    firsts = [s for s in got.values() if "_dd.p.tid" in s["meta"]]
+    assert len(firsts) == 1, "the chunk-level tags on the chunk's first span only"
+    for span_id, wire in got.items():
+        expected = {**(root_level if span_id == root.span_id else {}), **(chunk_level if wire is firsts[0] else {})}
+        assert level(wire) == expected
     by_name = {s["name"]: s for s in got.values()}
     assert by_name["web.request"]["parent_id"] == 0
     assert by_name["db.query"]["parent_id"] == root.span_id

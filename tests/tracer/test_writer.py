@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.server
 import json
 import logging
+import os
 import socket
 import threading
 import time
@@ -452,3 +453,29 @@ def test_a_chunk_failing_in_a_batch_is_counted_and_the_rest_sent(intake: Intake,
     stats = writer.stats()
     assert stats["spans_dropped_encode_failed"] == 2 and stats["spans_sent"] == 2
     assert [where for where, _ in _errors.swallowed] == ["writer.process"]
+
+
+def test_a_chunk_the_c_encoder_refuses_is_tagged_in_python_and_sent(intake: Intake, settings: Any) -> None:
+    """With the C encoder the trace-level tags are written by it, the span
+    dicts left as they are; a chunk it refuses (here a mechanism that is not
+    an int) is tagged by the processor in Python and sent in the same payload,
+    with the tags the processor gives it."""
+    from tracer import encoding
+
+    writer = settings(agent_url=intake.url, writer_interval=5.0)
+    with tracer.trace("first", service="svc") as first:
+        pass
+    with tracer.trace("odd", service="svc") as odd:
+        odd._trace.priority = 2
+        odd._trace.mechanism = "x"
+    with tracer.trace("last", service="svc"):
+        pass
+    assert tracer.flush(5) is True
+    assert len(intake.requests) == 1, "one batch, one payload"
+    assert writer.stats()["spans_sent"] == 3
+    by_name = {s["name"]: s for s in intake.spans()}
+    assert by_name["odd"]["meta"]["_dd.p.dm"] == "-x" and by_name["odd"]["metrics"]["_sampling_priority_v1"] == 2
+    for span in by_name.values():
+        assert span["meta"]["language"] == "python" and span["metrics"]["process_id"] == os.getpid()
+    tagged_in_dicts = [s.name for s in (first, odd) if "language" in s.meta]
+    assert tagged_in_dicts == (["first", "odd"] if encoding._cencode is None else ["odd"])

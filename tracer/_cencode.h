@@ -1,0 +1,114 @@
+/* Private to tracer._cencode, whose C code is in two units compiled into the
+ * one extension module (setup.py):
+ *   _cencode.c       msgpack packing, encode_v04 / encode_v04_item /
+ *                    encode_v05, module init;
+ *   _cencode_tags.c  the trace-level tags of a chunk (tracer/processor.py's
+ *                    ``_tag``) written into the v0.4 output from the
+ *                    writer's per-chunk descriptor, without touching the
+ *                    span dicts.
+ * Neither holds Python objects in statics beyond _cencode.c's packed keys:
+ * the tag keys and settings come in the descriptor (owned by the caller). */
+#ifndef TRACER_CENCODE_H
+#define TRACER_CENCODE_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__GNUC__)
+#pragma GCC visibility push(hidden)
+#endif
+
+#define RECORD_LEN 12
+#define META 10
+#define METRICS 11
+
+typedef struct {
+    char *buf;
+    Py_ssize_t len;
+    Py_ssize_t cap;
+} Out;
+
+static inline int
+reserve(Out *o, Py_ssize_t n)
+{
+    if (o->len + n <= o->cap)
+        return 0;
+    Py_ssize_t cap = o->cap ? o->cap : 4096;
+    while (cap < o->len + n) {
+        if (cap > PY_SSIZE_T_MAX / 2) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        cap *= 2;
+    }
+    char *buf = PyMem_Realloc(o->buf, (size_t)cap);
+    if (buf == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    o->buf = buf;
+    o->cap = cap;
+    return 0;
+}
+
+static inline int
+put1(Out *o, uint8_t b)
+{
+    if (reserve(o, 1) < 0)
+        return -1;
+    o->buf[o->len++] = (char)b;
+    return 0;
+}
+
+/* A type byte and an n-byte big-endian number. */
+static inline int
+put_be(Out *o, uint8_t type, uint64_t value, int n)
+{
+    if (reserve(o, 1 + n) < 0)
+        return -1;
+    char *p = o->buf + o->len;
+    p[0] = (char)type;
+    for (int i = 0; i < n; i++)
+        p[1 + i] = (char)(value >> (8 * (n - 1 - i)));
+    o->len += 1 + n;
+    return 0;
+}
+
+int pack_uint(Out *o, uint64_t v);
+int pack_obj(Out *o, PyObject *obj, int depth);
+int pack_header(Out *o, Py_ssize_t n, uint8_t fix, uint8_t b16, uint8_t b32);
+
+/* One tag to add to a meta or metrics map, as processor._tag adds it: set
+ * (``d[key] = value``), setdefault, or each item of a dict by setdefault
+ * (config.tags, the trace's propagated dd_tags). A value is an object or a
+ * short ASCII string formatted here (``_dd.p.dm``, ``_dd.p.tid``). */
+enum { TAG_SET, TAG_SETDEFAULT, TAG_SETDEFAULT_ALL };
+typedef struct {
+    int kind;
+    PyObject *key;   /* borrowed (the descriptor's); NULL for TAG_SETDEFAULT_ALL */
+    PyObject *value; /* borrowed; the dict for TAG_SETDEFAULT_ALL; NULL: raw */
+    char raw[24];
+    int raw_len;
+} Tag;
+
+#define MAX_TAGS 8
+typedef struct {
+    Py_ssize_t root;       /* the local root's record index, or -1 */
+    Tag root_meta[MAX_TAGS], first_meta[MAX_TAGS], root_metrics[1], first_metrics[1];
+    int n_root_meta, n_first_meta;
+} ChunkTags;
+
+/* Read the writer's descriptor (see processor.process_chunks): 0, or -1 with
+ * an exception (then the writer tags the chunk in Python). */
+int _cencode_chunk_tags(PyObject *const *item, Py_ssize_t chunk_spans, ChunkTags *tags);
+/* Pack `dict` (a span's meta or metrics) with the tags of a and then b added,
+ * exactly as msgpack packs the dict they would make. */
+int _cencode_pack_tagged(Out *o, PyObject *dict, const Tag *a, int na, const Tag *b, int nb);
+
+#if defined(__GNUC__)
+#pragma GCC visibility pop
+#endif
+
+#endif
