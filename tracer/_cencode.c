@@ -13,6 +13,7 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 #include "_cencode.h"
 #include "_cmodule.h"
@@ -323,10 +324,31 @@ encode_v04_item(PyObject *Py_UNUSED(module), PyObject *item)
 }
 
 /* put_many_v04(batch, start, parts, limit, size, traces, spans) ->
- * (index, size, traces, spans): PayloadV04.put_many's loop in C. Each entry
+ * (index, size, traces, spans, paused): PayloadV04.put_many's loop in C. Each entry
  * of batch[start:] (None skipped) is encoded by encode_v04_item and appended
  * to parts while the payload stays within limit; index: the entry that did
- * not fit or raised an Exception (len(batch) when all were added). */
+ * not fit or raised an Exception (len(batch) when all were added), or with
+ * paused true the next entry to encode (see GIL_YIELD_NS). */
+/* A batch can take tens of milliseconds to encode (a few hundred 101-span
+ * chunks): the Python loop this replaces let the interpreter hand the GIL to
+ * an app thread that asked for it between two chunks (after its 5 ms switch
+ * interval). So once GIL_YIELD_NS have passed since the call began, the loop
+ * returns with paused=True and PayloadV04.put_many calls it again: the
+ * interpreter's eval loop in between hands the GIL over if a thread asked for
+ * it (releasing it from here would not: a waiting thread woken before its
+ * switch interval ran out restarts its wait, and can keep doing so). The
+ * clock is read every GIL_CHECK_BYTES of output. */
+#define GIL_YIELD_NS 1000000 /* an app thread waits about 5-6 ms, as before */
+#define GIL_CHECK_BYTES (64 * 1024)
+
+static int64_t
+monotonic_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
 static PyObject *
 put_many_v04(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -344,7 +366,15 @@ put_many_v04(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     PyObject *batch = args[0], *parts = args[2];
     Py_ssize_t index = start < 0 ? 0 : start;
+    Py_ssize_t checked = size; /* the output size when the clock was last read */
+    int64_t since = monotonic_ns();
     for (; index < PyList_GET_SIZE(batch); index++) { /* encoding may run Python code: the size is read each time */
+        if (size - checked >= GIL_CHECK_BYTES) {
+            int64_t now = monotonic_ns();
+            checked = size;
+            if (now - since >= GIL_YIELD_NS)
+                return Py_BuildValue("nnnnO", index, size, traces, spans, Py_True);
+        }
         PyObject *item = PyList_GET_ITEM(batch, index);
         if (item == Py_None)
             continue;
@@ -372,7 +402,7 @@ put_many_v04(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         traces += 1;
         spans += n / RECORD_LEN;
     }
-    return Py_BuildValue("nnnn", index, size, traces, spans);
+    return Py_BuildValue("nnnnO", index, size, traces, spans, Py_False);
 }
 
 /* The string-table index of value: index[value], or add(value) (the Python
@@ -519,7 +549,7 @@ encode_v05(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 static PyMethodDef module_methods[] = {
     {"encode_v04", (PyCFunction)encode_v04, METH_O, "encode_v04(chunk) -> bytes: one trace, v0.4."},
     {"put_many_v04", (PyCFunction)(void (*)(void))put_many_v04, METH_FASTCALL,
-     "put_many_v04(batch, start, parts, limit, size, traces, spans) -> (index, size, traces, spans)."},
+     "put_many_v04(batch, start, parts, limit, size, traces, spans) -> (index, size, traces, spans, paused)."},
     {"encode_v04_item", (PyCFunction)encode_v04_item, METH_O,
      "encode_v04_item(item) -> bytes: a writer batch entry, v0.4, with its trace-level tags."},
     {"encode_v05", (PyCFunction)(void (*)(void))encode_v05, METH_FASTCALL,

@@ -274,10 +274,14 @@ class PayloadV04:
             # The loop in C; it encodes each entry itself: a processor
             # descriptor's trace-level tags go straight into the output
             # (processor.process_chunks).
-            index, self.size, self.traces, self.spans = _cencode.put_many_v04(
-                batch, start, self._parts, self.limit, self.size, self.traces, self.spans
-            )
-            return index  # type: ignore[no-any-return]
+            # It pauses every switch interval (5 ms): this loop's back edge
+            # lets the interpreter hand the GIL to an app thread waiting for it.
+            paused = True
+            while paused:
+                start, self.size, self.traces, self.spans, paused = _cencode.put_many_v04(
+                    batch, start, self._parts, self.limit, self.size, self.traces, self.spans
+                )
+            return start
         encode = self._encode
         parts = self._parts
         limit = self.limit
