@@ -65,6 +65,7 @@ typedef struct {
     PyObject *count_type;              /* itertools.count */
     PyObject *trace_base;              /* TraceBase */
     PyObject *counter;                 /* Counter */
+    PyObject *finished_span;           /* tracer.span.FinishedSpan, read at the first root view */
 } ModuleState;
 
 /* TraceBase: the fields of tracer.buffer._Trace (in its __slots__ order) in

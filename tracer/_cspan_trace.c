@@ -244,15 +244,17 @@ handover_send(ModuleState *st, PyObject *trace, HandOver *h, PyObject *chunk)
  * cycle, walked and promoted by young collections. 0 also when the view
  * does not apply (the Span stays); -1 on error. */
 static int
-root_view(SpanObject *root, PyObject *trace, PyObject *chunk)
+root_view(ModuleState *st, SpanObject *root, PyObject *trace, PyObject *chunk)
 {
     Py_ssize_t first = PyList_GET_SIZE(chunk) - RECORD_LEN;
     if (first < 0 || PyList_GET_ITEM(chunk, first + 1) != root->span_id)
         return 0;
-    PyObject *module = PyImport_AddModule("tracer.span"); /* borrowed */
-    PyObject *cls = module == NULL ? NULL : PyObject_GetAttrString(module, "FinishedSpan");
-    if (cls == NULL)
-        return -1;
+    if (st->finished_span == NULL) { /* once: tracer.span imports this module */
+        PyObject *module = PyImport_AddModule("tracer.span"); /* borrowed */
+        if (module == NULL || (st->finished_span = PyObject_GetAttrString(module, "FinishedSpan")) == NULL)
+            return -1;
+    }
+    PyObject *cls = Py_NewRef(st->finished_span);
     int rc = 0;
     if (PyType_Check(cls) && PyType_IsSubtype((PyTypeObject *)cls, &PyTuple_Type)) {
         PyObject *view = ((PyTypeObject *)cls)->tp_alloc((PyTypeObject *)cls, RECORD_LEN);
@@ -313,7 +315,7 @@ _cspan_finish_lone_root_owned(SpanObject *self, ModuleState *st, PyObject *trace
         goto done;
     }
     Py_DECREF(ordinal); /* only counted: the trace is complete */
-    rc = TRACE_SET(trace, root_done, Py_True) < 0 || root_view(self, trace, chunk) < 0 ? -1
+    rc = TRACE_SET(trace, root_done, Py_True) < 0 || root_view(st, self, trace, chunk) < 0 ? -1
                                                                      : handover_send(st, trace, &h, chunk);
 
 done:
@@ -372,7 +374,7 @@ _cspan_flush_root_owned(SpanObject *root, ModuleState *st, PyObject *trace, Py_s
         goto done;
     PyObject_GC_UnTrack(fresh);
     PyObject_GC_UnTrack(finished); /* records only, referenced by nothing but the sink from now on */
-    if (TRACE_SET(trace, finished, fresh) < 0 || root_view(root, trace, finished) < 0)
+    if (TRACE_SET(trace, finished, fresh) < 0 || root_view(st, root, trace, finished) < 0)
         goto done;
     rc = handover_send(st, trace, &h, finished);
 
