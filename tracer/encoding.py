@@ -274,8 +274,9 @@ class PayloadV04:
             # The loop in C; it encodes each entry itself: a processor
             # descriptor's trace-level tags go straight into the output
             # (processor.process_chunks).
-            # It pauses every switch interval (5 ms): this loop's back edge
-            # lets the interpreter hand the GIL to an app thread waiting for it.
+            # It pauses every millisecond (_cencode.c, GIL_YIELD_NS): this
+            # loop's back edge lets the interpreter hand the GIL to an app
+            # thread that has waited its switch interval for it.
             paused = True
             while paused:
                 start, self.size, self.traces, self.spans, paused = _cencode.put_many_v04(

@@ -191,10 +191,9 @@ class Sampler:
         self._sample_bound = threshold(self.sample_rate) if self.sample_rate is not None else 0
         self.env: str | None = getattr(config, "env", None)
         self.limiter = RateLimiter(float(getattr(config, "rate_limit", 100.0)), clock)
-        # key -> (rate, bound); replaced whole by update_rates, read without a lock.
-        self._agent_rates: dict[str, tuple[float, int]] = {}
-        # The rates and the lookups made in them, keyed (service, env):
-        # replaced whole with the rates, read and filled without a lock.
+        # The receiver's rates, key -> (rate, bound), and the lookups made in
+        # them, keyed (service, env): replaced whole by update_rates, read
+        # and filled without a lock.
         self._rates: tuple[dict[str, tuple[float, int]], dict[Any, tuple[float, int] | None]] = ({}, {})
         self._lock = threading.Lock()
 
@@ -303,8 +302,12 @@ class Sampler:
                 continue
             if isinstance(key, str) and 0.0 <= rate <= 1.0:
                 rates[key] = (rate, threshold(rate))
-        self._agent_rates = rates
         self._rates = (rates, {})
+
+    @property
+    def _agent_rates(self) -> dict[str, tuple[float, int]]:
+        """The receiver's rates: key -> (rate, bound)."""
+        return self._rates[0]
 
     def after_fork_in_child(self) -> None:
         self._lock = threading.Lock()  # the parent's may have been held at fork time
