@@ -94,14 +94,23 @@ Counter_dealloc(PyObject *self)
     Py_DECREF(type);
 }
 
-static PyObject *
-Counter_next(CounterObject *self)
+/* The counter's next value in *n, advanced; -1 at the end. */
+static int
+counter_advance(CounterObject *self, Py_ssize_t *n)
 {
     if (self->next == PY_SSIZE_T_MAX) {
         PyErr_SetString(PyExc_OverflowError, "Counter overflow");
-        return NULL;
+        return -1;
     }
-    return PyLong_FromSsize_t(self->next++);
+    *n = self->next++;
+    return 0;
+}
+
+static PyObject *
+Counter_next(CounterObject *self)
+{
+    Py_ssize_t n;
+    return counter_advance(self, &n) < 0 ? NULL : PyLong_FromSsize_t(n);
 }
 
 /* next(counter) without its int, for a Counter: 1 and its value in *n; 0
@@ -111,13 +120,7 @@ _cspan_counter_take(PyObject *counter, Py_ssize_t *n)
 {
     if (Py_TYPE(counter)->tp_iternext != (iternextfunc)Counter_next)
         return 0;
-    CounterObject *c = (CounterObject *)counter;
-    if (c->next == PY_SSIZE_T_MAX) {
-        PyErr_SetString(PyExc_OverflowError, "Counter overflow");
-        return -1;
-    }
-    *n = c->next++;
-    return 1;
+    return counter_advance((CounterObject *)counter, n) < 0 ? -1 : 1;
 }
 
 static PyObject *
