@@ -30,7 +30,7 @@ def both(start: list, batches: list[list[Any]], monkeypatch: pytest.MonkeyPatch)
                 m.setattr(stats, "_fast_sketch", None)
             s = Sketch.from_wire(start)
             for values in batches:
-                s.add_many(list(values))
+                s.add_many(values)
             out.append(state(s))
     return out[0], out[1]
 
@@ -64,7 +64,7 @@ def test_what_is_handed_back_unchanged(values: Any, monkeypatch: pytest.MonkeyPa
     assert stats._fast_sketch(s.bins, values, stats._MULT, stats._OFFSET, stats._MIN_POSITIVE, s.zero,
                               s.max) is NotImplemented
     assert state(s) == before
-    fast, plain = both([0.0, 1.0, 4.0, 4, [[48, 1.0]]], [list(values)], monkeypatch)
+    fast, plain = both([0.0, 1.0, 4.0, 4, [[48, 1.0]]], [values], monkeypatch)
     assert fast == plain
 
 

@@ -421,6 +421,13 @@ def test_a_sampling_decision_only_header_starts_a_new_trace(traced: Any, client:
     (request_span,) = [s for s in spans if s["name"] == "flask.request"]
     assert request_span["parent_id"] is None and len(spans) == 2
     assert [s["metrics"].get("_sampling_priority_v1") for s in spans if s["name"] == "flask.view"] == [1]
+    # "1" is also what the default sampling gives: "d" (debug, 2) shows that
+    # the header's decision is the one kept.
+    get(client, "/", headers={"b3": "d"})
+    assert tracer_pkg.tracer.flush(10)
+    (row,) = [r for r in traced.wait_traces(2) if r["trace_id"] != request_span["trace_id"]]
+    debug = traced.spans(row["trace_id"])
+    assert [s["metrics"].get("_sampling_priority_v1") for s in debug if s["name"] == "flask.view"] == [2]
 
 
 def test_view_args_tags_are_cut_as_set_tag_cuts_them(test_spans: Any, client: Any, settings: Any) -> None:

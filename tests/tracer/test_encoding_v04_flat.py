@@ -103,7 +103,9 @@ def test_a_trace_id_tag_falls_back_to_the_span_maps() -> None:
     spy = Spy()
     assert flat_encode(spy, chunk) == wire_maps(chunk)
     assert calls == [1 << 62]
-    assert flat_encode(spy, [5, 1, 0, "s", "n", "r", None, 1, 1, 0, {"trace_id": "5"}, {"trace_id": 6}]) and calls == [1 << 62]
+    other = [5, 1, 0, "s", "n", "r", None, 1, 1, 0, {"trace_id": "5"}, {"trace_id": 6}]
+    assert flat_encode(spy, other) == wire_maps(other)
+    assert calls == [1 << 62]
 
 
 def test_a_match_overlapping_a_spans_start_is_not_taken_for_it() -> None:
