@@ -234,3 +234,20 @@ def run_interleaved(*targets: Callable[[], None]) -> list[BaseException]:
     finally:
         sys.setswitchinterval(interval)
     return errors
+
+
+def python_calls(fn: Callable[[], Any]) -> tuple[Any, list[str]]:
+    """fn()'s result and the names of the Python functions it ran (C code
+    runs none: how a test sees that a fast path stayed in C)."""
+    calls: list[str] = []
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        if event == "call":
+            calls.append(frame.f_code.co_name)
+
+    sys.setprofile(profile)
+    try:
+        result = fn()
+    finally:
+        sys.setprofile(None)
+    return result, calls

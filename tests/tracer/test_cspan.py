@@ -7,6 +7,7 @@ the tests here target what differs between them: child spans (built by
 from __future__ import annotations
 
 import contextvars
+import functools
 import gc
 import os
 import sys
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.utils import assert_clean_output
+from tests.utils import assert_clean_output, python_calls
 from tracer import encoding, tracer
 from tracer.context import ACTIVE_SPAN, Context
 from tracer.span import MAX_KEY_LEN, MAX_VALUE_LEN, SPAN_FIELDS, _cspan
@@ -178,24 +179,14 @@ def test_finish_with_an_end_time_runs_no_python_code_and_keeps_the_rules(test_sp
     # no Python frame for an exact int end within +-2**62 ns; anything else
     # (past that bound, a float, a start_ns changed to a non-int) takes the
     # Python method, with the same results.
-    calls: list[str] = []
-
-    def profile(frame, event, arg):  # type: ignore[no-untyped-def]
-        if event == "call":
-            calls.append(frame.f_code.co_name)
-
     ends = {}
     with tracer.trace("root") as root:
         for name, end in (("fast", 1 << 62), ("past", (1 << 62) + 1), ("float", 2.5), ("kw", 7)):
             span = tracer.trace(name)
             span.start_ns = 2 if name != "kw" else 10
-            sys.setprofile(profile)
-            try:
-                span.finish(end) if name != "kw" else span.finish(finish_time_ns=end)
-            finally:
-                sys.setprofile(None)
-            ends[name] = (span.duration_ns, list(calls))
-            del calls[:]
+            finish = functools.partial(span.finish, end) if name != "kw" else functools.partial(span.finish, finish_time_ns=end)
+            _, calls = python_calls(finish)  # (a partial runs no Python frame of its own)
+            ends[name] = (span.duration_ns, calls)
             assert tracer.current_span() is root
     assert ends["fast"][0] == (1 << 62) - 2 and ends["past"][0] == (1 << 62) - 1 and ends["float"][0] == 0.5
     assert ends["kw"][0] == 0  # before its start: zero, not negative

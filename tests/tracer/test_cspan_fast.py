@@ -9,11 +9,11 @@ from __future__ import annotations
 import contextvars
 import inspect
 import os
-import sys
 from typing import Any
 
 import pytest
 
+from tests.utils import python_calls
 from tracer import Context, Tracer, tracer
 from tracer.context import ACTIVE_SPAN, set_active
 from tracer.span import METRICS, RECORD_FIELDS, RECORD_LEN, _cspan, iter_records
@@ -21,25 +21,9 @@ from tracer.span import METRICS, RECORD_FIELDS, RECORD_LEN, _cspan, iter_records
 PURE = os.environ.get("TRACER_PURE_PYTHON", "").lower() in ("1", "true", "yes", "on")
 
 
-def _python_calls(fn: Any) -> tuple[Any, list[str]]:
-    """fn()'s result and the Python functions it ran."""
-    calls: list[str] = []
-
-    def profile(frame, event, arg):  # type: ignore[no-untyped-def]
-        if event == "call":
-            calls.append(frame.f_code.co_name)
-
-    sys.setprofile(profile)
-    try:
-        result = fn()
-    finally:
-        sys.setprofile(None)
-    return result, calls
-
-
 def test_trace_starts_a_child_without_python_code_and_binds_as_python(test_spans):
     with tracer.trace("root", service="svc") as root:
-        child, calls = _python_calls(lambda: tracer.trace("c", resource="r"))
+        child, calls = python_calls(lambda: tracer.trace("c", resource="r"))
         assert (child.parent_id, child.service, child.resource, child.span_type) == (root.span_id, "svc", "r", None)
         assert tracer.current_span() is child
         child.finish()
@@ -66,7 +50,7 @@ def test_trace_starts_a_child_without_python_code_and_binds_as_python(test_spans
     # A new trace (no active span): started in C too; only the tracer's
     # service property (Python) runs when no service is given.
     for service, expected in (("s", ["<lambda>"]), (None, ["<lambda>", "service"])):
-        other, calls = _python_calls(lambda service=service: tracer.trace("other", service))
+        other, calls = python_calls(lambda service=service: tracer.trace("other", service))
         other.finish()
         assert other.parent_id == 0 and other.trace_id != root.trace_id
         assert other.service == (service or tracer.service) and tracer.current_span() is None

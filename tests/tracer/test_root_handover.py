@@ -19,30 +19,12 @@ import weakref
 
 import pytest
 
-from tests.utils import run_interleaved
+from tests.utils import python_calls, run_interleaved
 from tracer import tracer
 from tracer.buffer import _taken
 from tracer.span import _cspan
 
 tracer_module = sys.modules["tracer._tracer"]
-
-
-class _FlushCalls:
-    """Counts the Python-level calls of ``_Trace._flush`` while active."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def __enter__(self) -> _FlushCalls:
-        def profile(frame, event, arg):  # noqa: ANN001, ANN202 - sys.setprofile's signature
-            if event == "call" and frame.f_code.co_name == "_flush":
-                self.count += 1
-
-        sys.setprofile(profile)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        sys.setprofile(None)
 
 
 def _run_trace(test_spans, python_root: bool, children: int = 2, open_child: bool = False) -> dict:
@@ -61,8 +43,7 @@ def _run_trace(test_spans, python_root: bool, children: int = 2, open_child: boo
             tracer.start_span(f"child{i}", child_of=root).finish()
         still_open = tracer.start_span("open", child_of=root) if open_child else None
         trace = root._trace
-        with _FlushCalls() as calls:
-            root.finish()
+        _, calls = python_calls(root.finish)
         state = {
             "sent": [[(s.name, s.parent_id == root.span_id or s.span_id == root.span_id) for s in chunk] for chunk in test_spans.chunks],
             "sent_trace": [t is trace for t, _ in test_spans.raw],
@@ -70,7 +51,7 @@ def _run_trace(test_spans, python_root: bool, children: int = 2, open_child: boo
             "root_done": trace.root_done,
             "counts": (trace.started_count(), _taken(trace.finishes), trace.peeks),
             "live": trace in trace.buffer._live,
-            "flush_calls": calls.count,
+            "flush_calls": calls.count("_flush"),
             "new_list_tracked": gc.is_tracked(trace.finished),
             "chunk_tracked": [gc.is_tracked(chunk) for _, chunk in test_spans.raw],
             # The root's record in place of the Span once the trace is complete.
@@ -154,9 +135,8 @@ def test_a_foreign_trace_is_not_sent(test_spans):
     root = tracer.start_span("root")
     tracer.start_span("child", child_of=root).finish()
     root._trace.foreign = True  # inherited across fork(): the parent sends it
-    with _FlushCalls() as calls:
-        root.finish()
-    assert test_spans.raw == [] and root._trace.finished == [] and calls.count == 1
+    _, calls = python_calls(root.finish)
+    assert test_spans.raw == [] and root._trace.finished == [] and calls.count("_flush") == 1
 
 
 def test_roots_finishing_while_their_children_finish_in_another_thread_send_every_span_once(test_spans):
