@@ -23,9 +23,12 @@ PyObject *_cdecode_sketch_add(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOOOOOO", &bins, &values, &mult_obj, &offset_obj, &min_obj, &zero_obj, &top))
         return NULL;
     if (!PyDict_CheckExact(bins) || !PyList_CheckExact(values) || !PyFloat_CheckExact(mult_obj)
-        || !PyLong_CheckExact(offset_obj) || !PyFloat_CheckExact(min_obj) || !PyFloat_CheckExact(zero_obj))
+        || !PyLong_CheckExact(offset_obj) || !PyFloat_CheckExact(min_obj) || !PyFloat_CheckExact(zero_obj)
+        || !(PyFloat_CheckExact(top) || PyLong_CheckExact(top))) /* comparing with it runs no Python code */
         Py_RETURN_NOTIMPLEMENTED;
     double mult = PyFloat_AS_DOUBLE(mult_obj), min_positive = PyFloat_AS_DOUBLE(min_obj);
+    if (!(fabs(mult) <= 1e6)) /* NaN, inf or huge: the bin key would not fit a long */
+        Py_RETURN_NOTIMPLEMENTED;
     double zero = PyFloat_AS_DOUBLE(zero_obj);
     long offset = PyLong_AsLong(offset_obj);
     if ((offset == -1 && PyErr_Occurred()) || offset < -(1L << 20) || offset > (1L << 20) || !(min_positive > 0)
@@ -49,11 +52,25 @@ PyObject *_cdecode_sketch_add(PyObject *self, PyObject *args) {
     long long top_int = 0; /* top's value once top is one of the values */
     int top_is_value = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
+        if (PyList_GET_SIZE(values) != n || !PyLong_CheckExact(PyList_GET_ITEM(values, i))) {
+            PyErr_SetString(PyExc_RuntimeError, "the durations changed while they were added");
+            goto error;
+        }
         PyObject *v = PyList_GET_ITEM(values, i);
         long long x = PyLong_AsLongLong(v);
         if (x < 1) {
             zero += 1.0;
             continue;
+        }
+        /* the new max first: v is borrowed, and a bins key's __eq__ (in
+         * PyDict_SetItem below) could drop it from the list */
+        int greater = top_is_value ? x > top_int : PyObject_RichCompareBool(v, top, Py_GT);
+        if (greater < 0)
+            goto error;
+        if (greater) {
+            Py_SETREF(top, Py_NewRef(v));
+            top_int = x;
+            top_is_value = 1;
         }
         PyObject *key = PyLong_FromLong((long)ceil(log2((double)x) * mult) + offset);
         if (key == NULL)
@@ -77,14 +94,6 @@ PyObject *_cdecode_sketch_add(PyObject *self, PyObject *args) {
         Py_XDECREF(sum);
         if (rc < 0)
             goto error;
-        int greater = top_is_value ? x > top_int : PyObject_RichCompareBool(v, top, Py_GT);
-        if (greater < 0)
-            goto error;
-        if (greater) {
-            Py_SETREF(top, Py_NewRef(v));
-            top_int = x;
-            top_is_value = 1;
-        }
     }
     return Py_BuildValue("(dN)", zero, top);
 error:

@@ -81,3 +81,21 @@ def test_int_durations_take_the_c_loop() -> None:
     bins: dict = {}
     assert stats._fast_sketch(bins, [0, 1, 2, 2], stats._MULT, stats._OFFSET, stats._MIN_POSITIVE, 0.0, 0.0) == (1.0, 2)
     assert bins == {0: 1.0, 35: 2.0}
+
+
+def test_inputs_that_could_run_python_code_or_overflow_a_bin_are_handed_back() -> None:
+    # A max whose comparison runs Python code (it could change the list
+    # being read), and a multiplier that would put a bin beyond a C long.
+    values = [5, 7, 9]
+
+    class Top(float):
+        def __lt__(self, other: object) -> bool:
+            values.clear()
+            return False
+
+    bins: dict = {}
+    args = (stats._MULT, stats._OFFSET, stats._MIN_POSITIVE, 0.0)
+    assert stats._fast_sketch(bins, values, *args, Top(1.0)) is NotImplemented
+    assert stats._fast_sketch(bins, values, math.inf, *args[1:], 1.0) is NotImplemented
+    assert stats._fast_sketch(bins, values, math.nan, *args[1:], 1.0) is NotImplemented
+    assert bins == {} and values == [5, 7, 9]
