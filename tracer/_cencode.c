@@ -278,6 +278,11 @@ encode_chunk_v04(PyObject *chunk, PyObject *const *item)
     ChunkTags tags;
     if (item != NULL && _cencode_chunk_tags(item, spans, &tags) < 0)
         return finish(&o, 0);
+    /* Reading the descriptor and a tagged dict's keys can run Python code
+     * (__eq__, __bool__) that changes the chunk: checked after each. */
+    Py_ssize_t size = PySequence_Fast_GET_SIZE(chunk);
+    if (item != NULL && _cencode_chunk_changed(chunk, items, size))
+        return finish(&o, 0);
     for (Py_ssize_t s = 0; s < spans; s++) {
         PyObject **r = items + s * RECORD_LEN;
         if (put1(&o, 0x80 | RECORD_LEN) < 0)
@@ -290,8 +295,13 @@ encode_chunk_v04(PyObject *chunk, PyObject *const *item)
                 rc = pack_uint(&o, tid);
             else if (i == 3 || i == 6) /* service, type */
                 rc = pack_str_or_empty(&o, r[i]);
-            else if (i >= META && item != NULL)
-                rc = pack_span_dict(&o, r[i], i, s, &tags);
+            else if (i >= META && item != NULL) {
+                PyObject *dict = Py_NewRef(r[i]); /* held: see _cencode_chunk_changed */
+                rc = pack_span_dict(&o, dict, i, s, &tags);
+                Py_DECREF(dict);
+                if (rc == 0 && _cencode_chunk_changed(chunk, items, size))
+                    rc = -1;
+            }
             else
                 rc = pack_obj(&o, r[i], 0);
             if (rc < 0)
@@ -329,13 +339,11 @@ encode_v04_item(PyObject *Py_UNUSED(module), PyObject *item)
  * to parts while the payload stays within limit; index: the entry that did
  * not fit or raised an Exception (len(batch) when all were added), or with
  * paused true the next entry to encode (see GIL_YIELD_NS). */
-/* A batch can take tens of milliseconds to encode (a few hundred 101-span
- * chunks): the Python loop this replaces let the interpreter hand the GIL to
- * an app thread that asked for it between two chunks (after its 5 ms switch
- * interval). So once GIL_YIELD_NS have passed since the call began, the loop
- * returns with paused=True and PayloadV04.put_many calls it again: the
- * interpreter's eval loop in between hands the GIL over if a thread asked for
- * it (releasing it from here would not: a waiting thread woken before its
+/* A batch can take tens of ms to encode: the Python loop this replaces let
+ * the interpreter hand the GIL to an app thread that had waited its switch
+ * interval (5 ms). So after GIL_YIELD_NS the loop returns paused and
+ * PayloadV04.put_many calls it again, its eval loop handing the GIL over
+ * in between (releasing it from here would not: a waiting thread woken before its
  * switch interval ran out restarts its wait, and can keep doing so). The
  * clock is read every GIL_CHECK_BYTES of output. */
 #define GIL_YIELD_NS 1000000 /* an app thread waits about 5-6 ms, as before */

@@ -106,6 +106,9 @@ int _cencode_chunk_tags(PyObject *const *item, Py_ssize_t chunk_spans, ChunkTags
 /* Pack `dict` (a span's meta or metrics) with the tags of a and then b added,
  * exactly as msgpack packs the dict they would make. */
 int _cencode_pack_tagged(Out *o, PyObject *dict, const Tag *a, int na, const Tag *b, int nb);
+/* 1 with an error set when Python code run meanwhile changed the chunk's
+ * length or moved its items (the encoder reads them through `items`); 0. */
+int _cencode_chunk_changed(PyObject *chunk, PyObject **items, Py_ssize_t size);
 
 #if defined(__GNUC__)
 #pragma GCC visibility pop

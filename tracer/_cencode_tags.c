@@ -248,7 +248,7 @@ _cencode_pack_tagged(Out *o, PyObject *dict, const Tag *a, int na, const Tag *b,
     }
     /* The usual case: every tag is new to the dict and to the other tags,
      * so the dict packs as it is, the tags after its entries in their order. */
-    Py_ssize_t n = PyDict_GET_SIZE(dict);
+    Py_ssize_t size = PyDict_GET_SIZE(dict), n = size, sizes = 0;
     int fresh = 1;
     EACH_TAG(t, a, na, b, nb)
     {
@@ -261,6 +261,7 @@ _cencode_pack_tagged(Out *o, PyObject *dict, const Tag *a, int na, const Tag *b,
             continue;
         }
         n += PyDict_GET_SIZE(t->value);
+        sizes += PyDict_GET_SIZE(t->value);
         Py_ssize_t pos = 0;
         PyObject *k, *v;
         while (fresh && PyDict_Next(t->value, &pos, &k, &v)) {
@@ -274,7 +275,17 @@ _cencode_pack_tagged(Out *o, PyObject *dict, const Tag *a, int na, const Tag *b,
     }
     if (!fresh)
         return pack_applied(o, dict, a, na, b, nb);
-    Py_ssize_t size = PyDict_GET_SIZE(dict);
+    /* The lookups above can run a key's __eq__, which could change the
+     * dicts: the header must count what is packed below (no Python code). */
+    EACH_TAG(t, a, na, b, nb)
+    {
+        if (t->kind == TAG_SETDEFAULT_ALL)
+            sizes -= PyDict_GET_SIZE(t->value);
+    }
+    if (PyDict_GET_SIZE(dict) != size || sizes != 0) {
+        PyErr_SetString(PyExc_RuntimeError, "a span dict changed while it was encoded");
+        return -1;
+    }
     if (pack_header(o, n, 0x80, 0xde, 0xdf) < 0)
         return -1;
     Py_ssize_t pos = 0;
@@ -307,9 +318,14 @@ _cencode_pack_tagged(Out *o, PyObject *dict, const Tag *a, int na, const Tag *b,
             o->len += t->raw_len;
         }
     }
-    if (PyDict_GET_SIZE(dict) != size) { /* changed by a key's __eq__ meanwhile: the header would lie */
-        PyErr_SetString(PyExc_RuntimeError, "a span dict changed while it was encoded");
-        return -1;
-    }
     return 0;
+}
+
+int
+_cencode_chunk_changed(PyObject *chunk, PyObject **items, Py_ssize_t size)
+{
+    if (PySequence_Fast_GET_SIZE(chunk) == size && PySequence_Fast_ITEMS(chunk) == items)
+        return 0;
+    PyErr_SetString(PyExc_RuntimeError, "a chunk changed while it was encoded");
+    return 1;
 }

@@ -187,3 +187,37 @@ def test_put_many_in_c_stops_where_the_python_loop_stops(monkeypatch: pytest.Mon
     monkeypatch.undo()
     with pytest.raises(KeyboardInterrupt):
         PayloadV04().put_many([(None, chunk(7, service=_Interrupting("svc")))])
+
+
+class _Meddling(str):
+    """A meta key that looks like the tag ``env`` to the dict (same hash)
+    and changes things when compared with it."""
+
+    def __init__(self, value: str) -> None:
+        self.act = lambda: None
+
+    def __hash__(self) -> int:
+        return hash("env")
+
+    def __eq__(self, other: object) -> bool:
+        self.act()
+        return str.__eq__(self, other)
+
+
+@pytest.mark.parametrize("change", ["the chunk cleared", "a meta key removed", "a meta key added"])
+def test_python_code_run_while_tagging_cannot_corrupt_the_output(change: str) -> None:
+    """Looking up the tags in a span dict can run a key's ``__eq__``; what it
+    changes (the chunk under the encoder, the dict whose size was counted)
+    gives an error, which the writer answers by tagging the chunk in Python,
+    not freed memory read or a map header that lies."""
+    meddling = _Meddling("tag")
+    meta = {meddling: "v", "a": "b"}
+    chunk = [5, 1, 0, "svc", "op", "res", None, 10, 5, 0, meta, {}]
+    meddling.act = {
+        "the chunk cleared": chunk.clear,
+        "a meta key removed": lambda: meta.pop("a", None),
+        "a meta key added": lambda: meta.setdefault("c", "d"),
+    }[change]
+    item = (settings_of("prod", "", {}), chunk, 1, 0, 0, 5, None, {})
+    with pytest.raises(RuntimeError, match="changed while it was encoded"):
+        encoding._cencode.encode_v04_item(item)
