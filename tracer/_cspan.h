@@ -239,6 +239,7 @@ take_count(PyObject *trace, PyObject *name, size_t offset, Py_ssize_t *n, PyObje
 {
     PyObject *counter = trace_get(trace, name, offset);
     *value = NULL;
+    *n = -1; /* (not a Counter: *value holds the count) */
     if (counter == NULL)
         return -1;
     int rc = _cspan_counter_take(counter, n);

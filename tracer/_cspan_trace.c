@@ -253,8 +253,10 @@ root_view(ModuleState *st, SpanObject *root, PyObject *trace, PyObject *chunk)
     if (first < 0 || PyList_GET_ITEM(chunk, first + 1) != root->span_id)
         return 0;
     if (st->finished_span == NULL) { /* once: tracer.span imports this module */
-        PyObject *module = PyImport_AddModule("tracer.span"); /* borrowed */
-        if (module == NULL || (st->finished_span = PyObject_GetAttrString(module, "FinishedSpan")) == NULL)
+        PyObject *module = PyImport_ImportModule("tracer.span");
+        st->finished_span = module == NULL ? NULL : PyObject_GetAttrString(module, "FinishedSpan");
+        Py_XDECREF(module);
+        if (st->finished_span == NULL)
             return -1;
     }
     PyObject *cls = Py_NewRef(st->finished_span);
