@@ -22,7 +22,6 @@
 
 #define RECORD_LEN 12
 #define META 10
-#define METRICS 11
 
 typedef struct {
     char *buf;
