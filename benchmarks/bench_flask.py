@@ -4,7 +4,7 @@
     python benchmarks/bench_flask.py --profile [--requests 2000]
     python benchmarks/bench_flask.py --instructions [--requests 1000] [--variants plain,ours,ddtrace]
     python benchmarks/bench_flask.py --baseline /path/to/other/checkout [--variants plain,ours,base,ddtrace]
-    python benchmarks/bench_flask.py --breakdown [--rounds 5] [--requests 2000] [--variants plain,ours]
+    python benchmarks/bench_flask.py --breakdown [--rounds 5] [--requests 2000] [--variants plain,ours] [--baseline DIR]
 
 ``--baseline DIR`` adds the variant ``base``: ours as the checkout in DIR has
 it (its own ``bench_flask.py`` and C extensions built in place), run in the
@@ -17,7 +17,9 @@ CPU time of the request thread and of every other thread (the writer, its
 HTTP client) from Linux's ``/proc/self/task/TID/schedstat``, the cyclic
 GC's collections per generation (per 10,000 requests) and its pauses
 (``gc.callbacks``), and the net allocated blocks left after the final flush
-(``sys.getallocatedblocks``); each variant in its own process, interleaved.
+(``sys.getallocatedblocks``); then, untimed, the objects promoted to the
+old generation per request, by type (see ``promotions``); each variant in
+its own process, interleaved; ``--baseline`` adds ``base``.
 
 ``--instructions`` is the other deterministic view: each variant runs twice
 under ``valgrind --tool=callgrind`` (the warm-up alone, then the warm-up plus
@@ -61,6 +63,7 @@ tags and one request-header tag on (``TRACER_FLASK_VIEW_ARGS=true``,
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import re
@@ -271,7 +274,10 @@ def broken_down(batch: Any, requests: int, flush: Any) -> dict[str, Any]:
     after = _threads_cpu()
     spent = {tid: ns - before.get(tid, 0) for tid, ns in after.items()}
     own = spent.pop(request_thread)
+    promoted = promotions(batch, requests)
     return {
+        "promoted_per_request": sum(promoted.values()) / requests,
+        "promoted_top": {name: n / requests for name, n in promoted.most_common(4)},
         "request_thread_us": own / requests / 1e3,
         "other_threads_us": sum(spent.values()) / requests / 1e3,
         "gc_pause_us": sum(pause_ns) / requests / 1e3,
@@ -281,22 +287,64 @@ def broken_down(batch: Any, requests: int, flush: Any) -> dict[str, Any]:
     }
 
 
-def breakdown_report(port: int, requests: int, rounds: int, variants: list[str], env: dict[str, str]) -> int:
+def child_command(variant: str, port: int, requests: int, env: dict[str, str], baseline: str | None,
+                  *extra: str) -> tuple[list[str], dict[str, str]]:
+    """The command and environment of one variant's run; ``base`` is ours
+    as the checkout ``baseline`` has it (its own script and extensions)."""
+    script, child, child_env = __file__, variant, env
+    if variant == "base":
+        script, child = os.path.join(str(baseline), "benchmarks", "bench_flask.py"), "ours"
+        child_env = {**env, "PYTHONPATH": str(baseline)}
+    return [sys.executable, script, "--child", child, "--port", str(port), "--requests", str(requests), *extra], child_env
+
+
+def promotions(batch: Any, requests: int) -> collections.Counter[str]:
+    """Objects promoted to the oldest generation over ``requests`` more
+    requests, by type (a tuple by its first items' types): what makes full
+    collections come sooner (CPython runs one when the objects promoted
+    since the last reach a quarter of those it kept). Untimed: the old
+    generation is frozen, then read and frozen again after each gen-1
+    collection, so each read holds only what that collection promoted."""
+    import gc
+
+    def kind(obj: Any) -> str:
+        if type(obj) is tuple:
+            return "tuple(" + ",".join(type(item).__name__ for item in obj[:3]) + ")"
+        return type(obj).__name__
+
+    promoted: collections.Counter[str] = collections.Counter()
+
+    def on_gc(phase: str, info: dict[str, Any]) -> None:
+        if phase == "stop" and info["generation"] == 1:
+            promoted.update(kind(obj) for obj in gc.get_objects(2))
+            gc.freeze()
+
+    gc.collect()
+    gc.freeze()
+    gc.callbacks.append(on_gc)
+    try:
+        batch(requests)
+    finally:
+        gc.callbacks.remove(on_gc)
+        gc.unfreeze()
+    return promoted
+
+
+def breakdown_report(port: int, requests: int, rounds: int, variants: list[str], env: dict[str, str],
+                     baseline: str | None) -> int:
     rows: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     for round_no in range(rounds):
         shift = round_no % len(variants)
         for variant in variants[shift:] + variants[:shift]:
-            proc = subprocess.run(
-                [sys.executable, __file__, "--child", variant, "--port", str(port), "--requests", str(requests), "--breakdown"],
-                env=env, capture_output=True, text=True, timeout=600,
-            )
+            command, child_env = child_command(variant, port, requests, env, baseline, "--breakdown")
+            proc = subprocess.run(command, env=child_env, capture_output=True, text=True, timeout=600)
             if proc.returncode != 0:
                 print(f"{variant}: exit {proc.returncode}: {proc.stderr[-2000:]}")
                 return 1
             rows[variant].append(json.loads(proc.stdout.strip().splitlines()[-1]))
     print(f"per request, medians of {rounds} rounds x {requests} requests (per-round range):")
     print(f"{'variant':8s} {'request thread us':>22s} {'other threads us':>20s} {'GC pause us':>18s}"
-          f" {'gen0/1/2 pause us':>18s} {'gen0/1/2 per 10k':>17s} {'net blocks':>10s}")
+          f" {'gen0/1/2 pause us':>18s} {'gen0/1/2 per 10k':>17s} {'net blocks':>10s} {'promoted':>8s}")
 
     def cell(values: list[float]) -> str:
         return f"{statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f})"
@@ -306,7 +354,12 @@ def breakdown_report(port: int, requests: int, rounds: int, variants: list[str],
         pauses = "/".join(f"{statistics.median(r['gc_pause_us_per_generation'][g] for r in runs):.1f}" for g in range(3))
         print(f"{variant:8s} {cell([r['request_thread_us'] for r in runs]):>22s}"
               f" {cell([r['other_threads_us'] for r in runs]):>20s} {cell([r['gc_pause_us'] for r in runs]):>18s}"
-              f" {pauses:>18s} {gens:>17s} {statistics.median(r['blocks_per_request'] for r in runs):10.2f}")
+              f" {pauses:>18s} {gens:>17s} {statistics.median(r['blocks_per_request'] for r in runs):10.2f}"
+              f" {statistics.median(r.get('promoted_per_request', -1) for r in runs):8.2f}")  # -1: base's script
+    print("promoted to the old generation per request, by type (last round):")
+    for variant, runs in rows.items():
+        top = ", ".join(f"{name} {n:.2f}" for name, n in runs[-1].get("promoted_top", {}).items())
+        print(f"{variant:8s} {top}")
     return 0
 
 
@@ -436,7 +489,7 @@ def main() -> int:
     if args.profile:
         return profile_report(sink.port, args.requests, env)
     if args.breakdown:
-        return breakdown_report(sink.port, args.requests, args.rounds, variants, env)
+        return breakdown_report(sink.port, args.requests, args.rounds, variants, env, args.baseline)
     if args.instructions:
         return instructions_report(sink.port, args.requests, [v for v in variants if v != "otel"], env)
     results: dict[str, list[float]] = {v: [] for v in variants}
@@ -446,17 +499,8 @@ def main() -> int:
         shift = round_no % len(variants)
         for variant in variants[shift:] + variants[:shift]:
             sink.take()
-            script, child, child_env = __file__, variant, env
-            if variant == "base":
-                script, child = os.path.join(args.baseline, "benchmarks", "bench_flask.py"), "ours"
-                child_env = {**env, "PYTHONPATH": args.baseline}
-            proc = subprocess.run(
-                [sys.executable, script, "--child", child, "--port", str(sink.port), "--requests", str(args.requests)],
-                env=child_env,
-                capture_output=True,
-                text=True,
-                timeout=600,
-            )
+            command, child_env = child_command(variant, sink.port, args.requests, env, args.baseline)
+            proc = subprocess.run(command, env=child_env, capture_output=True, text=True, timeout=600)
             if proc.returncode != 0:
                 failures.append(f"{variant} round {round_no}: exit {proc.returncode}: {proc.stderr[-2000:]}")
                 continue

@@ -278,6 +278,37 @@ root_view(ModuleState *st, SpanObject *root, PyObject *trace, PyObject *chunk)
     return rc;
 }
 
+/* After a complete trace's hand-over, the trace itself untracked when the
+ * GC has nothing to find through it: a TraceBase with no other fields (no
+ * __dict__, no added slots) whose values are untracked but for `buffer` (the
+ * tracer's, reachable while the writer's thread runs; stop() empties the
+ * queue). Then the writer's queue item (trace, chunk) holds only untracked
+ * objects, and CPython untracks that tuple at the next young collection:
+ * neither is walked nor promoted while it waits (≈ 1.4 objects per Flask
+ * request were). The root's record view holding a user's tracked tag value
+ * keeps it tracked (that is the cycle a span referenced from its own tag
+ * makes); the chunk and a late child's list are untracked records already.
+ * Nothing untracked is re-tracked: fields set later (the writer's
+ * priority and mechanism, a late child's counts) are ints and strs. */
+static void
+untrack_flat_trace(PyObject *trace)
+{
+    PyTypeObject *type = Py_TYPE(trace);
+    if (!is_c_trace(trace) || type->tp_basicsize != (Py_ssize_t)sizeof(TraceObject) || type->tp_dictoffset != 0)
+        return;
+#ifdef Py_TPFLAGS_MANAGED_DICT
+    if (type->tp_flags & Py_TPFLAGS_MANAGED_DICT)
+        return;
+#endif
+    TraceObject *t = (TraceObject *)trace;
+    for (Py_ssize_t i = 0; i < TRACE_NFIELDS; i++) {
+        PyObject *value = TRACE_FIELDS(trace)[i];
+        if (value != NULL && value != t->buffer && PyObject_GC_IsTracked(value))
+            return;
+    }
+    PyObject_GC_UnTrack(trace);
+}
+
 int
 _cspan_finish_lone_root_owned(SpanObject *self, ModuleState *st, PyObject *trace, PyObject *metrics,
                        PyObject *service)
@@ -320,8 +351,12 @@ _cspan_finish_lone_root_owned(SpanObject *self, ModuleState *st, PyObject *trace
         goto done;
     }
     Py_DECREF(ordinal); /* only counted: the trace is complete */
-    rc = TRACE_SET(trace, root_done, Py_True) < 0 || root_view(st, self, trace, chunk) < 0 ? -1
-                                                                     : handover_send(st, trace, &h, chunk);
+    if (TRACE_SET(trace, root_done, Py_True) < 0 || root_view(st, self, trace, chunk) < 0) {
+        rc = -1;
+        goto done;
+    }
+    untrack_flat_trace(trace);
+    rc = handover_send(st, trace, &h, chunk);
 
 done:
     Py_XDECREF(root);
@@ -381,6 +416,7 @@ _cspan_flush_root_owned(SpanObject *root, ModuleState *st, PyObject *trace, Py_s
     PyObject_GC_UnTrack(finished); /* records only, referenced by nothing but the sink from now on */
     if (TRACE_SET(trace, finished, fresh) < 0 || root_view(st, root, trace, finished) < 0)
         goto done;
+    untrack_flat_trace(trace);
     rc = handover_send(st, trace, &h, finished);
 
 done:

@@ -17,6 +17,8 @@ the ``close()`` and drop fallbacks call nothing once the span has ended.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from functools import partial
+from types import GeneratorType
 from typing import Any
 from urllib.parse import quote
 
@@ -36,6 +38,19 @@ _tracer = _pkg.tracer
 # b3multi, b3): without one of them extract() is not called at all.
 _PROPAGATION_KEYS = ("HTTP_X_DATADOG_TRACE_ID", "HTTP_TRACEPARENT", "HTTP_X_B3_TRACEID", "HTTP_B3")
 _EXTENSION_KEY = "tracer.flask"
+# Werkzeug's objects the request path reads, bound by bind_werkzeug() when
+# Flask.wsgi_app is patched (Flask is being imported then).
+_ClosingIterator: Any = None  # werkzeug.wsgi.ClosingIterator
+_ITER_ENCODED: Any = None  # the code of werkzeug's Response._iter_encoded
+
+
+def bind_werkzeug() -> None:
+    global _ClosingIterator, _ITER_ENCODED
+    from werkzeug import wsgi
+    from werkzeug.wrappers import response
+
+    _ClosingIterator = getattr(wsgi, "ClosingIterator", None)
+    _ITER_ENCODED = getattr(getattr(response, "_iter_encoded", None), "__code__", None)
 
 
 def _environ_key(header: str) -> str:
@@ -135,6 +150,9 @@ def _view_arg_tag(key: str) -> str:
     return tag
 
 
+_NO_PLAN: Mapping[Any, Phase] = {}
+
+
 class RequestState:
     """One traced request: its root span and what the wrappers learn.
 
@@ -155,7 +173,7 @@ class RequestState:
         self.app = app
         self.environ = environ
         self._start_response = start_response
-        self.plan: dict[Any, Phase] = {}
+        self.plan: Mapping[Any, Phase] = _NO_PLAN  # read only: match_rule puts the endpoint's in
         self.exc: BaseException | None = None
         self.matched = False
         # Outside another Flask request, a finished span or a flask.request
@@ -285,7 +303,7 @@ class RequestState:
             filelike = getattr(body, "filelike", None)
             if filelike is not None:
                 return file_wrapper(_ClosingFile(filelike, self.span), getattr(body, "blksize", 8192))
-        return _ClosingBody(body, self.span)
+        return _ClosingBody(body, self.span, not _runs_no_user_code(body))
 
     def escaped(self, exc: BaseException) -> None:
         """An exception left the WSGI app: the server's context is given
@@ -307,25 +325,45 @@ CLIENT_DISCONNECTED = "http.client_disconnected"
 
 
 def _end(span: Span, started: bool) -> None:
-    """The fallback end of a request span whose body was neither exhausted
-    nor failed: closed, or dropped by a server that never closed it."""
+    """The end of a request span whose body was neither exhausted nor
+    failed: closed, or dropped by a server that never closed it."""
     if span.duration_ns is None:
         if started:
             span.meta[CLIENT_DISCONNECTED] = "true"
         span.finish()
 
 
-def _close_then_end(body: Any, span: Span, started: bool) -> None:
-    """Close the app's body (its exceptions propagate, as the server
-    expects), then end the request span whatever happened (most often it
-    ended with the body: nothing left to do)."""
-    close = getattr(body, "close", None)
+_SEQUENCE_ITERATORS: tuple[type, ...] = (type(iter(())), type(iter([])))
+
+
+def _runs_no_user_code(body: Any) -> bool:
+    """Whether producing ``body``'s chunks can run no code of the app: the
+    iterable Werkzeug's ``Response`` gives for a list or tuple body (what a
+    view returning str, bytes, a dict or a rendered template makes), or for
+    no body (HEAD, 204, 304). Then the request span need not be active
+    while the server reads it: no ContextVar writes (two per chunk and one
+    by the finish at the body's end: five for a one-chunk body read to its
+    end) for ≈ 25 bytecodes of checks. Anything else (a generator, a file,
+    ``direct_passthrough``, an HTTPException's page, another Werkzeug) is
+    read with the span active. Reads Werkzeug's private attributes, each
+    checked."""
+    if type(body) is not _ClosingIterator:
+        return False
     try:
-        if close is not None:
-            close()
-    finally:
-        if span.duration_ns is None:
-            guarded_call("flask.response.close", _end, span, started)
+        produce = body._next  # partial(next, iterator)
+        if type(produce) is not partial or produce.func is not next:
+            return False
+        iterator = produce.args[0]
+        if type(iterator) in _SEQUENCE_ITERATORS:
+            return True
+        # Response.iter_encoded's generator over the response's own body;
+        # the response is the last callback's (its close()).
+        if type(iterator) is not GeneratorType or iterator.gi_code is not _ITER_ENCODED:
+            return False
+        response = getattr(body._callbacks[-1], "__self__", None)
+        return type(getattr(response, "response", None)) in (list, tuple)
+    except Exception:
+        return False
 
 
 class _ClosingBody:
@@ -339,25 +377,71 @@ class _ClosingBody:
     idempotent, so a later ``close()`` only closes the app's body.
 
     The span is active only while the app's body produces a chunk (work done
-    by a streamed body joins the request's trace); between chunks, and after
-    the request, the server's thread has its own context back, so a body the
-    server abandons can never leave its span active for the next request."""
+    by a streamed body joins the request's trace; ``activate`` False: the
+    body runs no code of the app, see ``_runs_no_user_code``); between
+    chunks, and after the request, the server's thread has its own context
+    back, so a body the server abandons can never leave its span active for
+    the next request."""
 
-    __slots__ = ("_body", "_span", "_it")
+    __slots__ = ("_body", "_span", "_it", "_activate")
 
-    def __init__(self, body: Iterable[bytes], span: Span) -> None:
+    def __init__(self, body: Iterable[bytes], span: Span, activate: bool) -> None:
         self._body = body
         self._span = span
         self._it: Iterator[bytes] | None = None
+        self._activate = activate
 
     def __iter__(self) -> Iterator[bytes]:
-        # A generator: the server's next() resumes it (a Python-level
-        # __next__ would be a call from C per chunk), and a server's second
-        # iter() is on the generator (C), not on this object.
-        return _chunks(self, self._span)
+        """The app's chunks; the span ends at the body's end or with its
+        exception. A generator: the server's next() resumes it (a
+        Python-level __next__ would be a call from C per chunk), and a
+        server's second iter() is on the generator (C). ``_it`` is the app's
+        iterator (one, however many times the server calls ``iter`` on this
+        object); set, it tells ``close()`` that the server started on the
+        body."""
+        span = self._span
+        activate = self._activate
+        prev = None
+        while True:
+            if activate:
+                prev = get_active()
+                set_active(span)
+            try:
+                it = self._it
+                if it is None:
+                    it = self._it = iter(self._body)
+                chunk = next(it)
+            except StopIteration:
+                span.finish()
+                return
+            except BaseException as exc:
+                if span.duration_ns is None:
+                    if not isinstance(exc, GeneratorExit):
+                        span.set_exc_info(type(exc), exc, exc.__traceback__)
+                    span.finish()
+                raise
+            finally:
+                if activate:
+                    set_active(prev)
+            yield chunk
 
     def close(self) -> None:
-        _close_then_end(self._body, self._span, self._it is not None)
+        """Close the app's body (its exceptions propagate, as the server
+        expects), then end the request span whatever happened (most often
+        it ended with the body: nothing left to do)."""
+        close = getattr(self._body, "close", None)
+        try:
+            if close is not None:
+                close()
+        finally:
+            span = self._span
+            if span.duration_ns is None:  # _end, without two frames
+                try:
+                    if self._it is not None:
+                        span.meta[CLIENT_DISCONNECTED] = "true"
+                    span.finish()
+                except Exception:
+                    internal_error("flask.response.close")
 
     def __del__(self) -> None:
         span = self._span
@@ -365,50 +449,20 @@ class _ClosingBody:
             guarded_call("flask.response.dropped", _end, span, self._it is not None)
 
 
-def _chunks(owner: _ClosingBody, span: Span) -> Iterator[bytes]:
-    """The app's chunks, each produced with the request span active; the
-    span ends at the body's end or with its exception. ``owner._it`` is the
-    app's iterator (one, however many times the server calls ``iter``);
-    set, it tells ``close()`` that the server started on the body."""
-    while True:
-        prev = get_active()
-        set_active(span)
-        try:
-            it = owner._it
-            if it is None:
-                it = owner._it = iter(owner._body)
-            chunk = next(it)
-        except StopIteration:
-            span.finish()
-            return
-        except BaseException as exc:
-            if span.duration_ns is None:
-                if not isinstance(exc, GeneratorExit):
-                    span.set_exc_info(type(exc), exc, exc.__traceback__)
-                span.finish()
-            raise
-        finally:
-            set_active(prev)
-        yield chunk
-
-
 class _ClosingFile:
-    """A file object for ``wsgi.file_wrapper`` whose ``close()`` ends the span."""
+    """A file object for ``wsgi.file_wrapper`` whose ``close()`` ends the span
+    (``_ClosingBody``'s; the server never iterates it)."""
 
     def __init__(self, filelike: Any, span: Span) -> None:
-        self._filelike = filelike
+        self._body = filelike
         self._span = span
+        self._it = None
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._filelike, name)
+        return getattr(self._body, name)
 
     def read(self, *args: Any) -> Any:
-        return self._filelike.read(*args)
+        return self._body.read(*args)
 
-    def close(self) -> None:
-        _close_then_end(self._filelike, self._span, False)
-
-    def __del__(self) -> None:
-        span = self._span
-        if span.duration_ns is None:
-            guarded_call("flask.response.dropped", _end, span, False)
+    close = _ClosingBody.close
+    __del__ = _ClosingBody.__del__

@@ -113,6 +113,8 @@ def _hook_failed(span: Any, exc: BaseException) -> None:
 
 
 def _wsgi_app(original: Callable[..., Any]) -> Callable[..., Any]:
+    _request.bind_werkzeug()
+
     def wsgi_app(self: Any, environ: Any, start_response: Any) -> Any:
         if not _tracer.enabled:
             return original(self, environ, start_response)

@@ -57,6 +57,8 @@ def _run_trace(test_spans, python_root: bool, children: int = 2, open_child: boo
             # The root's record in place of the Span once the trace is complete.
             "root": (type(trace.root).__name__, trace.root.span_id == root.span_id, root in gc.get_referents(trace)),
             "root_tracked": gc.is_tracked(trace.root),
+            # The trace itself once its root's record holds no tracked value.
+            "trace_tracked": gc.is_tracked(trace),
         }
         test_spans.reset()
         if still_open is not None:
@@ -76,6 +78,7 @@ def _built_apart(*states: dict) -> None:
         state.pop("new_list_tracked")
         state.pop("chunk_tracked")
         state.pop("root_tracked")
+        state.pop("trace_tracked")
 
 
 def _c_only(fast: dict, general: dict) -> None:
@@ -86,6 +89,7 @@ def _c_only(fast: dict, general: dict) -> None:
     assert fast.pop("new_list_tracked") is not c_built and general.pop("new_list_tracked") is True
     assert fast.pop("chunk_tracked") == [not c_built]
     assert fast.pop("root_tracked") is not c_built and general.pop("root_tracked") is True
+    assert fast.pop("trace_tracked") is not c_built and general.pop("trace_tracked") is True
     general.pop("chunk_tracked")  # the first list of a Python-built trace is tracked, a C one's not
 
 
@@ -204,7 +208,34 @@ def test_a_cycle_through_a_tag_is_kept_while_the_chunk_waits_and_freed_after(tes
     assert [s.name for s in test_spans.spans] == ["child", "root"]
     assert any(type(value) is dict and value.get("holder") is holder_ref() for value in chunk)
     assert gc.is_tracked(trace.root), "a record holding a tracked tag dict stays tracked: it is in the cycle"
+    assert gc.is_tracked(trace), "so does the trace holding that record"
     del trace, chunk
     test_spans.reset()  # the writer sent the chunk and dropped it
     gc.collect()
     assert holder_ref() is None, "the cycle is collected once the chunk is gone"
+
+
+@pytest.mark.skipif(_cspan is None, reason="the C hand-over untracks; a Python object cannot be untracked")
+@pytest.mark.parametrize("children", [0, 2])
+def test_a_handed_over_trace_leaves_nothing_tracked_in_the_writers_queue_item(test_spans, children):
+    """A complete trace (children finished first, or a lone root) is handed
+    over untracked, so the writer's queue item holds nothing the GC walks
+    while it waits (the item's tuple is CPython's: a list in it keeps it
+    tracked). A trace whose fields hold a tracked value stays tracked."""
+
+    def run(tracked_tag: bool) -> tuple:
+        root = tracer.start_span("root", activate=True)
+        for _ in range(children):
+            tracer.start_span("child", child_of=root).finish()
+        if tracked_tag:
+            root._trace.dd_tags = {"_dd.p.x": ["a list: tracked"]}  # not what the tracer stores: a bait
+        root.finish()
+        [(trace, chunk)] = test_spans.raw
+        test_spans.reset()
+        return trace, chunk
+
+    trace, chunk = contextvars.copy_context().run(run, False)
+    assert (gc.is_tracked(trace), gc.is_tracked(chunk), gc.is_tracked(trace.root)) == (False, False, False)
+    assert trace.root_done is True and type(trace.root).__name__ == "FinishedSpan"
+    trace, _ = contextvars.copy_context().run(run, True)
+    assert gc.is_tracked(trace), "a tracked field keeps the trace tracked: it may be in a cycle"
