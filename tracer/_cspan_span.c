@@ -160,12 +160,6 @@ Span_set_metric(SpanObject *self, PyObject *const *argv, size_t nargsf, PyObject
 
 /* -- life cycle ----------------------------------------------------------- */
 
-static PyObject *
-Span_enter(PyObject *self, PyObject *Py_UNUSED(ignored))
-{
-    return Py_NewRef(self);
-}
-
 /* PyList_Append of each item of `items` to `list` (an exact list): stored
  * straight into the list's spare capacity where it has some, as
  * list.append does itself (PyListObject's ob_item and allocated), the rest
@@ -210,15 +204,28 @@ flush_kind(SpanObject *self, PyObject *trace, Py_ssize_t length)
     Py_DECREF(root_done);
     if (late != 0)
         return late;
+    TraceObject *t = is_c_trace(trace) ? (TraceObject *)trace : NULL;
+    if (t != NULL && t->seen_buffer != NULL && t->seen_buffer == t->buffer)
+        return length >= t->flush_len;
     PyObject *buffer = TRACE_GET(trace, buffer);
     PyObject *limit = buffer ? PyObject_GetAttr(buffer, s_partial_flush_len) : NULL;
-    Py_XDECREF(buffer);
-    if (limit == NULL)
+    if (limit == NULL) {
+        Py_XDECREF(buffer);
         return -1;
+    }
     Py_ssize_t max_len = PyLong_AsSsize_t(limit);
     Py_DECREF(limit);
-    if (max_len == -1 && PyErr_Occurred())
+    if (max_len == -1 && PyErr_Occurred()) {
+        Py_DECREF(buffer);
         return -1;
+    }
+    /* Kept only for the buffer still in place (the getattr may run Python
+     * code, a property, which may replace it). */
+    if (t != NULL && buffer == t->buffer) {
+        Py_XSETREF(t->seen_buffer, Py_NewRef(buffer));
+        t->flush_len = max_len;
+    }
+    Py_DECREF(buffer);
     return length >= max_len;
 }
 
@@ -411,9 +418,12 @@ end_span(SpanObject *self, int only_if_active, const long long *end_ns)
     return finish_record(self);
 }
 
-static PyObject *
-Span_exit(SpanObject *self, PyObject *const *argv, size_t nargsf, PyObject *kwnames)
+/* __exit__(exc_type, exc_value, tb): SpanBase's through a SpanMethod
+ * (_cspan_with.c). */
+PyObject *
+_cspan_span_exit(PyObject *span, PyObject *const *argv, size_t nargsf, PyObject *kwnames)
 {
+    SpanObject *self = (SpanObject *)span;
     PyObject *args[3];
     if (_cspan_bind_args("__exit__", exit_names, 3, 3, argv, nargsf, kwnames, args) < 0)
         return NULL;
@@ -491,8 +501,6 @@ static PyMemberDef Span_members[] = {
 static PyMethodDef Span_methods[] = {
     {"set_tag", (PyCFunction)(void (*)(void))Span_set_tag, METH_FASTCALL | METH_KEYWORDS, "Set a tag (see Span.set_tag)."},
     {"set_metric", (PyCFunction)(void (*)(void))Span_set_metric, METH_FASTCALL | METH_KEYWORDS, "Set a numeric tag."},
-    {"__enter__", Span_enter, METH_NOARGS, NULL},
-    {"__exit__", (PyCFunction)(void (*)(void))Span_exit, METH_FASTCALL | METH_KEYWORDS, NULL},
     {"finish", (PyCFunction)(void (*)(void))Span_finish, METH_FASTCALL | METH_KEYWORDS,
      "End the span (see Span.finish)."},
     {NULL},
