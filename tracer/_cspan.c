@@ -60,7 +60,9 @@ _cspan_new_span(PyObject *trace, PyObject *trace_id, PyObject *parent_id, PyObje
         Py_SETREF(span->resource, Py_NewRef(name));
     if ((span->span_id = _cspan_random_id()) == NULL)
         goto error;
-    if ((span->_mono = PyLong_FromLongLong(mono)) == NULL || (span->start_ns = PyLong_FromLongLong(start_ns)) == NULL)
+    span->mono_ns = mono;
+    span->has_mono_ns = 1;
+    if ((span->start_ns = PyLong_FromLongLong(start_ns)) == NULL)
         goto error;
     span->duration_ns = Py_NewRef(Py_None);
     span->error = Py_NewRef(int_0);

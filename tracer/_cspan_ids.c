@@ -39,11 +39,20 @@ mt_next(MTObject *mt)
 {
     uint32_t *s = mt->state;
     if (mt->index >= MT_N || mt->index < 0) {
-        for (int i = 0; i < MT_N; i++) {
-            uint32_t x = (s[i] & 0x80000000U) | (s[(i + 1) % MT_N] & 0x7fffffffU);
-            uint32_t twisted = (x >> 1) ^ ((x & 1U) ? 0x9908b0dfU : 0U);
-            s[i] = s[(i + MT_SHIFT) % MT_N] ^ twisted;
-        }
+        /* Word i from words i and i + 1 (the last: 0, renewed) and word
+         * i + 397 (past the end: from the start, renewed). */
+#define MT_TWIST(i, next, far)                                               \
+    do {                                                                     \
+        uint32_t x = (s[i] & 0x80000000U) | (s[next] & 0x7fffffffU);        \
+        s[i] = s[far] ^ (x >> 1) ^ ((x & 1U) ? 0x9908b0dfU : 0U);            \
+    } while (0)
+        int i = 0;
+        for (; i < MT_N - MT_SHIFT; i++)
+            MT_TWIST(i, i + 1, i + MT_SHIFT);
+        for (; i < MT_N - 1; i++)
+            MT_TWIST(i, i + 1, i + MT_SHIFT - MT_N);
+        MT_TWIST(MT_N - 1, 0, MT_SHIFT - 1);
+#undef MT_TWIST
         mt->index = 0;
     }
     uint32_t y = s[mt->index++];

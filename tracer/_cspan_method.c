@@ -200,12 +200,13 @@ static const char *const trace_names[] = {"self", "name", "service", "resource",
 static PyObject *
 TraceMethod_vectorcall(TraceMethodObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
-    PyObject *bound[5];
-    if (_cspan_bind_args("trace", trace_names, 5, 2, args, nargsf, kwnames, bound) < 0)
+    PyObject *out[5];
+    PyObject *const *given = bind_args("trace", trace_names, 5, 2, args, nargsf, kwnames, out);
+    if (given == NULL)
         return NULL;
-    for (int i = 2; i < 5; i++)
-        if (bound[i] == NULL)
-            bound[i] = Py_None;
+    PyObject *bound[5];
+    for (int i = 0; i < 5; i++)
+        bound[i] = given[i] != NULL ? given[i] : Py_None;
     if (span_cls != NULL) {
         PyObject *span = _cspan_trace_child(bound[1], bound[2], bound[3], bound[4]);
         if (span != Py_None)

@@ -12,6 +12,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 import weakref
 from typing import Any
 
@@ -185,3 +186,32 @@ def test_the_partial_flush_length_is_read_once_per_trace(test_spans):
         assert _chunk_sizes(test_spans, 10) == [11]
     finally:
         buffer.partial_flush_min_spans = before
+
+
+def test_a_spans_monotonic_start_reads_writes_and_deletes_as_a_field(test_spans):
+    # A C span keeps its monotonic start as a C value and makes the int only
+    # when Python reads span._mono; a value set from Python is what the end
+    # reads (an int subclass, a huge int: as before).
+    with tracer.trace("root"):
+        span = tracer.trace("x")
+        mono = span._mono
+        assert type(mono) is int and abs(time.perf_counter_ns() - mono) < 10**10
+        assert span._mono == mono
+        span._mono = mono - 10**12
+        span.finish()
+        assert 10**12 <= span.duration_ns < 10**12 + 10**10
+        span = tracer.trace("y")
+        span._mono = type("Ns", (int,), {})(span._mono - 10**12)
+        span.finish()
+        assert 10**12 <= span.duration_ns < 10**12 + 10**10
+        span = tracer.trace("z")
+        del span._mono
+        with pytest.raises(AttributeError):
+            span._mono  # noqa: B018
+        with pytest.raises(AttributeError):
+            del span._mono
+        with pytest.raises(AttributeError):
+            span.finish()
+        span._mono = time.perf_counter_ns()
+        span.finish()
+    assert [s.name for s in test_spans.spans] == ["x", "y", "z", "root"]
