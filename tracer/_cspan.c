@@ -107,7 +107,8 @@ trace_child(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
 {
     if (callable_now("trace_child", nargs, 4) < 0)
         return NULL;
-    return _cspan_trace_child(args[0], args[1], args[2], args[3]);
+    int active;
+    return _cspan_trace_child(args[0], args[1], args[2], args[3], &active);
 }
 
 /* What _Trace.__init__(buffer, trace_id, wall_base, mono_base) makes, for

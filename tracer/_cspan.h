@@ -274,7 +274,8 @@ SpanObject *_cspan_new_span(PyObject *trace, PyObject *trace_id, PyObject *paren
 int _cspan_count_start(PyObject *trace);
 
 /* _cspan_method.c */
-PyObject *_cspan_trace_child(PyObject *name, PyObject *service, PyObject *resource, PyObject *span_type);
+PyObject *_cspan_trace_child(PyObject *name, PyObject *service, PyObject *resource, PyObject *span_type,
+                             int *active);
 
 /* _cspan_span.c */
 int _cspan_bind_args(const char *fn, const char *const *names, Py_ssize_t n, Py_ssize_t required,

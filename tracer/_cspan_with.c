@@ -86,7 +86,7 @@ static PyTypeObject SpanBound_Type = {
 static int
 check_span(SpanMethodObject *self, PyObject *span)
 {
-    if (span != NULL && (Py_TYPE(span) == span_cls || PyObject_TypeCheck(span, &_cspan_SpanBase_Type)))
+    if (span != NULL && PyObject_TypeCheck(span, &_cspan_SpanBase_Type))
         return 0;
     if (span == NULL)
         PyErr_Format(PyExc_TypeError, "unbound method SpanBase.%s() needs an argument", self->name);

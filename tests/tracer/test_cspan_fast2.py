@@ -215,3 +215,44 @@ def test_a_spans_monotonic_start_reads_writes_and_deletes_as_a_field(test_spans)
         span._mono = time.perf_counter_ns()
         span.finish()
     assert [s.name for s in test_spans.spans] == ["x", "y", "z", "root"]
+
+
+@c_only
+def test_trace_calls_trace_root_only_when_no_span_is_active(test_spans):
+    # Tracer.trace (a TraceMethod) starts a new trace with trace_root when
+    # nothing is active; with a span active that it cannot continue (here a
+    # finished one, as after another thread finished it), trace_root would
+    # return None: the fallback runs without that call.
+    from tracer._tracer import _RootTrace, _trace_root
+    from tracer.context import set_active
+
+    roots: list[str] = []
+    fallbacks: list[str] = []
+
+    def counting_root(*args: Any) -> Any:
+        roots.append(args[2])
+        return _trace_root(*args)
+
+    def fallback(self: Any, name: str, *rest: Any) -> Any:
+        fallbacks.append(name)
+        return tracer.trace(name, *rest)
+
+    class Traced:
+        _buffer = tracer._buffer
+        service = "svc"
+        trace = _cspan.TraceMethod(fallback, counting_root, _RootTrace)
+
+    traced = Traced()
+    with traced.trace("new") as root, traced.trace("child"):
+        pass
+    assert (roots, fallbacks) == (["new"], [])
+    done = tracer.trace("done")
+    done.finish()
+    set_active(done)  # a finished span, still the active value
+    try:
+        with traced.trace("after") as span:
+            assert span.parent_id == 0  # a new trace: nothing unfinished to continue
+    finally:
+        set_active(None)
+    assert (roots, fallbacks) == (["new"], ["after"])
+    assert root.service == "svc"
