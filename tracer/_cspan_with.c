@@ -59,12 +59,34 @@ SpanBound_dealloc(SpanBoundObject *self)
 static PyObject *
 SpanBound_repr(SpanBoundObject *self)
 {
-    return PyUnicode_FromFormat("<bound method %s of %R>", self->method->name, self->span);
+    return PyUnicode_FromFormat("<bound method SpanBase.%s of %R>", self->method->name, self->span);
 }
 
 static PyMemberDef SpanBound_members[] = {
     {"__self__", T_OBJECT, offsetof(SpanBoundObject, span), READONLY, NULL},
     {"__func__", T_OBJECT, offsetof(SpanBoundObject, method), READONLY, NULL},
+    {NULL},
+};
+
+static PyObject *SpanMethod_name(SpanMethodObject *self, void *closure);
+static PyObject *SpanMethod_qualname(SpanMethodObject *self, void *closure);
+
+/* __name__ and __qualname__: the method's, as a bound method's are. */
+static PyObject *
+SpanBound_name(SpanBoundObject *self, void *closure)
+{
+    return SpanMethod_name(self->method, closure);
+}
+
+static PyObject *
+SpanBound_qualname(SpanBoundObject *self, void *closure)
+{
+    return SpanMethod_qualname(self->method, closure);
+}
+
+static PyGetSetDef SpanBound_getset[] = {
+    {"__name__", (getter)SpanBound_name, NULL, NULL, NULL},
+    {"__qualname__", (getter)SpanBound_qualname, NULL, NULL, NULL},
     {NULL},
 };
 
@@ -79,6 +101,7 @@ static PyTypeObject SpanBound_Type = {
     .tp_traverse = (traverseproc)SpanBound_traverse,
     .tp_dealloc = (destructor)SpanBound_dealloc,
     .tp_members = SpanBound_members,
+    .tp_getset = SpanBound_getset,
 };
 
 /* The span the unbound method was called on, or NULL with the TypeError a

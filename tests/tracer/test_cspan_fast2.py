@@ -111,6 +111,8 @@ def test_with_binds_enter_and_exit_to_the_span_as_methods_do(test_spans):
     span = tracer.trace("s")
     enter, exit_ = span.__enter__, span.__exit__
     assert enter.__self__ is span and exit_.__self__ is span
+    assert (enter.__name__, exit_.__name__) == ("__enter__", "__exit__")
+    assert exit_.__qualname__.endswith(".__exit__") and "bound method" in repr(exit_)
     assert enter() is span
     assert type(span).__exit__(span, None, None, None) is None  # unbound, through the class
     assert span.duration_ns is not None
