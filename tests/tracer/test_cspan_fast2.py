@@ -14,16 +14,25 @@ import subprocess
 import sys
 import time
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.utils import REPO
 from tracer import tracer
+from tracer.context import set_active
 from tracer.span import Span, _cspan
 
 PURE = os.environ.get("TRACER_PURE_PYTHON", "").lower() in ("1", "true", "yes", "on")
 c_only = pytest.mark.skipif(_cspan is None, reason="the C span code is not in use")
+
+
+@pytest.fixture(autouse=True)
+def _nothing_left_active() -> Iterator[None]:
+    # A test failing with a span active must not make the next one's spans its children.
+    yield
+    set_active(None)
 
 
 def _ids(children: int) -> list[int]:
@@ -226,7 +235,6 @@ def test_trace_calls_trace_root_only_when_no_span_is_active(test_spans):
     # finished one, as after another thread finished it), trace_root would
     # return None: the fallback runs without that call.
     from tracer._tracer import _RootTrace, _trace_root
-    from tracer.context import set_active
 
     roots: list[str] = []
     fallbacks: list[str] = []
