@@ -12,7 +12,8 @@ setup(
     ext_modules=[
         Extension(
             "tracer._cspan",
-            ["tracer/_cspan.c", "tracer/_cspan_span.c", "tracer/_cspan_trace.c", "tracer/_cspan_method.c"],
+            ["tracer/_cspan.c", "tracer/_cspan_span.c", "tracer/_cspan_trace.c", "tracer/_cspan_method.c",
+             "tracer/_cspan_with.c", "tracer/_cspan_ids.c"],
             depends=["tracer/_cmodule.h", "tracer/_cspan.h"],
             optional=True,
         ),

@@ -31,23 +31,6 @@ PyObject *s_foreign, *s_root_done, *s_starts, *s_finishes, *s_finished, *s_root,
     *s_set_exc_info, *s__set_tag_slow, *s__set_metric_slow, *s__finish_slow, *s_top_level, *s_status_code;
 PyObject *int_0, *int_1, *int_64;
 
-/* random.getrandbits(64) or 1: a span id, or a trace id's low half. */
-static PyObject *
-random_id(void)
-{
-    PyObject *id = PyObject_CallOneArg(getrandbits, int_64);
-    if (id == NULL)
-        return NULL;
-    int zero = PyObject_Not(id);
-    if (zero < 0) {
-        Py_DECREF(id);
-        return NULL;
-    }
-    if (zero)
-        Py_SETREF(id, Py_NewRef(int_1));
-    return id;
-}
-
 /* A new span of `trace` with every field set, not yet counted nor active
  * (references are new; `resource` falls back to `name`). trace_child and
  * trace_root share it: the fields Python's Span.__init__ sets. Every
@@ -75,9 +58,11 @@ _cspan_new_span(PyObject *trace, PyObject *trace_id, PyObject *parent_id, PyObje
         goto error;
     if (!has_resource)
         Py_SETREF(span->resource, Py_NewRef(name));
-    if ((span->span_id = random_id()) == NULL)
+    if ((span->span_id = _cspan_random_id()) == NULL)
         goto error;
-    if ((span->_mono = PyLong_FromLongLong(mono)) == NULL || (span->start_ns = PyLong_FromLongLong(start_ns)) == NULL)
+    span->mono_ns = mono;
+    span->has_mono_ns = 1;
+    if ((span->start_ns = PyLong_FromLongLong(start_ns)) == NULL)
         goto error;
     span->duration_ns = Py_NewRef(Py_None);
     span->error = Py_NewRef(int_0);
@@ -122,7 +107,8 @@ trace_child(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
 {
     if (callable_now("trace_child", nargs, 4) < 0)
         return NULL;
-    return _cspan_trace_child(args[0], args[1], args[2], args[3]);
+    int active;
+    return _cspan_trace_child(args[0], args[1], args[2], args[3], &active);
 }
 
 /* What _Trace.__init__(buffer, trace_id, wall_base, mono_base) makes, for
@@ -284,7 +270,7 @@ trace_root(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_DECREF(seconds);
     if (high == NULL)
         return NULL;
-    PyObject *low = random_id();
+    PyObject *low = _cspan_random_id();
     if (low == NULL) {
         Py_DECREF(high);
         return NULL;
@@ -345,6 +331,8 @@ configure(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     Py_XSETREF(active_var, Py_NewRef(args[1]));
     Py_XSETREF(not_activated, Py_NewRef(args[2]));
     Py_XSETREF(getrandbits, Py_NewRef(args[3]));
+    if (_cspan_ids_configure(getrandbits) < 0)
+        return NULL;
     Py_RETURN_NONE;
 }
 
@@ -354,6 +342,8 @@ static PyMethodDef module_methods[] = {
     {"trace_root", (PyCFunction)(void (*)(void))trace_root, METH_FASTCALL,
      "trace_root(trace_cls, buffer, name, service, resource, span_type, activate[, ctx]): a new root span, or None."},
     {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL, NULL},
+    {"ids_in_place", _cspan_ids_in_place, METH_NOARGS,
+     "ids_in_place(): whether span ids are random.getrandbits(64) drawn from its generator in place (_cspan_ids.c)."},
     {NULL},
 };
 
@@ -409,7 +399,7 @@ exec_module(PyObject *m)
     if (PyType_Ready(&_cspan_TraceMethod_Type) < 0 ||
         PyModule_AddObjectRef(m, "TraceMethod", (PyObject *)&_cspan_TraceMethod_Type) < 0)
         return -1;
-    if (PyType_Ready(&_cspan_SpanBase_Type) < 0)
+    if (PyType_Ready(&_cspan_SpanBase_Type) < 0 || _cspan_add_with_methods(&_cspan_SpanBase_Type) < 0)
         return -1;
     Py_INCREF(&_cspan_SpanBase_Type);
     if (PyModule_AddObject(m, "SpanBase", (PyObject *)&_cspan_SpanBase_Type) < 0) {

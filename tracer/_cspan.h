@@ -1,4 +1,4 @@
-/* Private to tracer._cspan, whose C code is in four units compiled into the
+/* Private to tracer._cspan, whose C code is in six units compiled into the
  * one extension module (setup.py):
  *   _cspan.c        module state and init, configure(), starting spans
  *                   (trace_root, the new span both starts build);
@@ -6,7 +6,10 @@
  *                   finish, and appending a finished span to its trace;
  *   _cspan_trace.c  TraceBase, Counter and the lone-root finish;
  *   _cspan_method.c starting a child span (trace_child) and TraceMethod:
- *                   Tracer.trace as a C method descriptor.
+ *                   Tracer.trace as a C method descriptor;
+ *   _cspan_with.c   SpanBase.__enter__ and __exit__ as descriptors whose
+ *                   binding is cheaper than a builtin method's;
+ *   _cspan_ids.c    span ids: random.getrandbits(64) drawn in place.
  * What they share is declared here: the structs, the process-wide globals
  * set by exec_module and configure() (defined in _cspan.c), the small field
  * helpers of the hot path (static inline, so that they stay inlined), and
@@ -54,6 +57,11 @@ typedef struct {
      * its end is then a reset, which makes no new token. */
     PyObject *_token;
     PyObject *_token_prev;
+    /* C only: _mono as a C value while has_mono_ns (a span started in C:
+     * no int made unless Python reads span._mono; setting it from Python
+     * stores the object in _mono instead, read as before). */
+    long long mono_ns;
+    int has_mono_ns;
 } SpanObject;
 
 /* Per-module state, object references only (see module_traverse): what
@@ -82,7 +90,13 @@ typedef struct {
      * same objects in wall_base and mono_base means the same values): a
      * child's start without converting two ints (see base_clocks). */
     PyObject *seen_wall, *seen_mono;
+    /* C only: buffer.partial_flush_len as a C value, read once per trace
+     * (at the first finish that compares it) from seen_buffer, held: a
+     * later change of the buffer's length applies to the traces that have
+     * not read it yet; a replaced trace.buffer is read again. */
+    PyObject *seen_buffer;
     long long wall_ns, mono_ns;
+    Py_ssize_t flush_len;
 } TraceObject;
 
 /* The object fields (traversed and cleared as an array): up to wall_ns. */
@@ -260,13 +274,41 @@ SpanObject *_cspan_new_span(PyObject *trace, PyObject *trace_id, PyObject *paren
 int _cspan_count_start(PyObject *trace);
 
 /* _cspan_method.c */
-PyObject *_cspan_trace_child(PyObject *name, PyObject *service, PyObject *resource, PyObject *span_type);
+PyObject *_cspan_trace_child(PyObject *name, PyObject *service, PyObject *resource, PyObject *span_type,
+                             int *active);
 
 /* _cspan_span.c */
 int _cspan_bind_args(const char *fn, const char *const *names, Py_ssize_t n, Py_ssize_t required,
                      PyObject *const *args, size_t nargsf, PyObject *kwnames, PyObject **out);
 
+/* The arguments bound as _cspan_bind_args binds them, with its common case
+ * inlined: all positional (≈ 30 instructions less a call). The caller's
+ * array itself when every parameter was passed, else `out`; NULL on error. */
+static inline PyObject *const *
+bind_args(const char *fn, const char *const *names, Py_ssize_t n, Py_ssize_t required, PyObject *const *args,
+          size_t nargsf, PyObject *kwnames, PyObject **out)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (kwnames == NULL && nargs >= required && nargs <= n) {
+        if (nargs == n)
+            return args;
+        for (Py_ssize_t i = 0; i < n; i++)
+            out[i] = i < nargs ? args[i] : NULL;
+        return out;
+    }
+    return _cspan_bind_args(fn, names, n, required, args, nargsf, kwnames, out) < 0 ? NULL : out;
+}
+
 extern PyTypeObject _cspan_TraceMethod_Type;
+PyObject *_cspan_span_exit(PyObject *span, PyObject *const *args, size_t nargsf, PyObject *kwnames);
+
+/* _cspan_ids.c */
+PyObject *_cspan_random_id(void);
+int _cspan_ids_configure(PyObject *getrandbits);
+PyObject *_cspan_ids_in_place(PyObject *module, PyObject *ignored);
+
+/* _cspan_with.c */
+int _cspan_add_with_methods(PyTypeObject *span_base);
 
 /* _cspan_trace.c */
 PyObject *_cspan_new_counter(PyObject *counter_type);

@@ -52,16 +52,19 @@ base_clocks(PyObject *trace, long long *wall, long long *mono)
 
 /* Tracer.trace() for the common case: start a child of the active span and
  * activate it. None when there is no active span or its trace is foreign
- * (inherited across fork): the caller starts a new trace then. Arguments
- * borrowed; span_cls is set (configure). */
+ * (inherited across fork): the caller starts a new trace then. *active
+ * tells whether a value other than None was active (trace_root starts no
+ * trace then). Arguments borrowed; span_cls is set (configure). */
 PyObject *
-_cspan_trace_child(PyObject *name, PyObject *service, PyObject *resource, PyObject *span_type)
+_cspan_trace_child(PyObject *name, PyObject *service, PyObject *resource, PyObject *span_type, int *active)
 {
     long long mono = perf_counter_ns();
     PyObject *parent_obj;
+    *active = 1;
     if (PyContextVar_Get(active_var, Py_None, &parent_obj) < 0)
         return NULL;
     if (parent_obj == NULL || Py_TYPE(parent_obj) != span_cls) {
+        *active = parent_obj != NULL && parent_obj != Py_None;
         Py_XDECREF(parent_obj);
         Py_RETURN_NONE;
     }
@@ -200,18 +203,22 @@ static const char *const trace_names[] = {"self", "name", "service", "resource",
 static PyObject *
 TraceMethod_vectorcall(TraceMethodObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
-    PyObject *bound[5];
-    if (_cspan_bind_args("trace", trace_names, 5, 2, args, nargsf, kwnames, bound) < 0)
+    PyObject *out[5];
+    PyObject *const *given = bind_args("trace", trace_names, 5, 2, args, nargsf, kwnames, out);
+    if (given == NULL)
         return NULL;
-    for (int i = 2; i < 5; i++)
-        if (bound[i] == NULL)
-            bound[i] = Py_None;
+    PyObject *bound[5];
+    for (int i = 0; i < 5; i++)
+        bound[i] = given[i] != NULL ? given[i] : Py_None;
     if (span_cls != NULL) {
-        PyObject *span = _cspan_trace_child(bound[1], bound[2], bound[3], bound[4]);
+        int active;
+        PyObject *span = _cspan_trace_child(bound[1], bound[2], bound[3], bound[4], &active);
         if (span != Py_None)
             return span; /* the child, or NULL with an error */
         Py_DECREF(span);
-        if (self->trace_root != NULL) {
+        /* With a span active (foreign, finished), trace_root would return
+         * None: the fallback decides without that call. */
+        if (self->trace_root != NULL && !active) {
             /* Owned: the getattrs in new_trace may run Python code. */
             Py_INCREF(self);
             span = new_trace(self, bound);

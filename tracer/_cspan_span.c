@@ -115,8 +115,9 @@ static const char *const exit_names[] = {"exc_type", "exc_value", "tb"};
 static PyObject *
 Span_set_tag(SpanObject *self, PyObject *const *argv, size_t nargsf, PyObject *kwnames)
 {
-    PyObject *args[2];
-    if (_cspan_bind_args("set_tag", key_value_names, 2, 2, argv, nargsf, kwnames, args) < 0)
+    PyObject *out[2];
+    PyObject *const *args = bind_args("set_tag", key_value_names, 2, 2, argv, nargsf, kwnames, out);
+    if (args == NULL)
         return NULL;
     PyObject *key = args[0], *value = args[1];
     if (PyUnicode_CheckExact(key) && PyUnicode_GET_LENGTH(key) <= MAX_KEY_LEN && self->meta != NULL &&
@@ -145,8 +146,9 @@ Span_set_tag(SpanObject *self, PyObject *const *argv, size_t nargsf, PyObject *k
 static PyObject *
 Span_set_metric(SpanObject *self, PyObject *const *argv, size_t nargsf, PyObject *kwnames)
 {
-    PyObject *args[2];
-    if (_cspan_bind_args("set_metric", key_value_names, 2, 2, argv, nargsf, kwnames, args) < 0)
+    PyObject *out[2];
+    PyObject *const *args = bind_args("set_metric", key_value_names, 2, 2, argv, nargsf, kwnames, out);
+    if (args == NULL)
         return NULL;
     PyObject *key = args[0], *value = args[1];
     if (PyUnicode_CheckExact(key) && PyUnicode_GET_LENGTH(key) <= MAX_KEY_LEN && self->metrics != NULL &&
@@ -159,12 +161,6 @@ Span_set_metric(SpanObject *self, PyObject *const *argv, size_t nargsf, PyObject
 }
 
 /* -- life cycle ----------------------------------------------------------- */
-
-static PyObject *
-Span_enter(PyObject *self, PyObject *Py_UNUSED(ignored))
-{
-    return Py_NewRef(self);
-}
 
 /* PyList_Append of each item of `items` to `list` (an exact list): stored
  * straight into the list's spare capacity where it has some, as
@@ -210,15 +206,28 @@ flush_kind(SpanObject *self, PyObject *trace, Py_ssize_t length)
     Py_DECREF(root_done);
     if (late != 0)
         return late;
+    TraceObject *t = is_c_trace(trace) ? (TraceObject *)trace : NULL;
+    if (t != NULL && t->seen_buffer != NULL && t->seen_buffer == t->buffer)
+        return length >= t->flush_len;
     PyObject *buffer = TRACE_GET(trace, buffer);
     PyObject *limit = buffer ? PyObject_GetAttr(buffer, s_partial_flush_len) : NULL;
-    Py_XDECREF(buffer);
-    if (limit == NULL)
+    if (limit == NULL) {
+        Py_XDECREF(buffer);
         return -1;
+    }
     Py_ssize_t max_len = PyLong_AsSsize_t(limit);
     Py_DECREF(limit);
-    if (max_len == -1 && PyErr_Occurred())
+    if (max_len == -1 && PyErr_Occurred()) {
+        Py_DECREF(buffer);
         return -1;
+    }
+    /* Kept only for the buffer still in place (the getattr may run Python
+     * code, a property, which may replace it). */
+    if (t != NULL && buffer == t->buffer) {
+        Py_XSETREF(t->seen_buffer, Py_NewRef(buffer));
+        t->flush_len = max_len;
+    }
+    Py_DECREF(buffer);
     return length >= max_len;
 }
 
@@ -393,14 +402,19 @@ end_span(SpanObject *self, int only_if_active, const long long *end_ns)
 {
     if (self->duration_ns != NULL && self->duration_ns != Py_None)
         return 0;
-    PyObject *since = end_ns == NULL ? self->_mono : self->start_ns;
-    if (since == NULL) {
-        PyErr_SetString(PyExc_AttributeError, end_ns == NULL ? "_mono" : "start_ns");
-        return -1;
+    long long start;
+    if (end_ns == NULL && self->_mono == NULL && self->has_mono_ns)
+        start = self->mono_ns;
+    else {
+        PyObject *since = end_ns == NULL ? self->_mono : self->start_ns;
+        if (since == NULL) {
+            PyErr_SetString(PyExc_AttributeError, end_ns == NULL ? "_mono" : "start_ns");
+            return -1;
+        }
+        start = as_long_long(since);
+        if (start == -1 && PyErr_Occurred())
+            return -1;
     }
-    long long start = as_long_long(since);
-    if (start == -1 && PyErr_Occurred())
-        return -1;
     long long elapsed = end_ns == NULL ? perf_counter_ns() - start : *end_ns - start;
     PyObject *duration = PyLong_FromLongLong(end_ns != NULL && elapsed < 0 ? 0 : elapsed);
     if (duration == NULL)
@@ -411,11 +425,15 @@ end_span(SpanObject *self, int only_if_active, const long long *end_ns)
     return finish_record(self);
 }
 
-static PyObject *
-Span_exit(SpanObject *self, PyObject *const *argv, size_t nargsf, PyObject *kwnames)
+/* __exit__(exc_type, exc_value, tb): SpanBase's through a SpanMethod
+ * (_cspan_with.c). */
+PyObject *
+_cspan_span_exit(PyObject *span, PyObject *const *argv, size_t nargsf, PyObject *kwnames)
 {
-    PyObject *args[3];
-    if (_cspan_bind_args("__exit__", exit_names, 3, 3, argv, nargsf, kwnames, args) < 0)
+    SpanObject *self = (SpanObject *)span;
+    PyObject *out[3];
+    PyObject *const *args = bind_args("__exit__", exit_names, 3, 3, argv, nargsf, kwnames, out);
+    if (args == NULL)
         return NULL;
     if (args[0] != Py_None) {
         PyObject *r = PyObject_CallMethodObjArgs((PyObject *)self, s_set_exc_info, args[0], args[1], args[2], NULL);
@@ -485,14 +503,42 @@ Span_finish(SpanObject *self, PyObject *const *args, size_t nargsf, PyObject *kw
 static PyMemberDef Span_members[] = {
     MEMBER(trace_id), MEMBER(span_id), MEMBER(parent_id), MEMBER(name),    MEMBER(service), MEMBER(resource),
     MEMBER(span_type), MEMBER(start_ns), MEMBER(duration_ns), MEMBER(error), MEMBER(meta),  MEMBER(metrics),
-    MEMBER(_trace),   MEMBER(_parent),  MEMBER(_prev),       MEMBER(_mono), {NULL},
+    MEMBER(_trace),   MEMBER(_parent),  MEMBER(_prev),       {NULL},
+};
+
+/* _mono: the object set from Python, else the C value as an int (made at
+ * each read: Python reads it only on rare paths). */
+static PyObject *
+Span_get_mono(SpanObject *self, void *Py_UNUSED(closure))
+{
+    if (self->_mono != NULL)
+        return Py_NewRef(self->_mono);
+    if (self->has_mono_ns)
+        return PyLong_FromLongLong(self->mono_ns);
+    PyErr_SetString(PyExc_AttributeError, "_mono");
+    return NULL;
+}
+
+static int
+Span_set_mono(SpanObject *self, PyObject *value, void *Py_UNUSED(closure))
+{
+    if (value == NULL && self->_mono == NULL && !self->has_mono_ns) {
+        PyErr_SetString(PyExc_AttributeError, "_mono");
+        return -1;
+    }
+    self->has_mono_ns = 0;
+    Py_XSETREF(self->_mono, Py_XNewRef(value));
+    return 0;
+}
+
+static PyGetSetDef Span_getset[] = {
+    {"_mono", (getter)Span_get_mono, (setter)Span_set_mono, NULL, NULL},
+    {NULL},
 };
 
 static PyMethodDef Span_methods[] = {
     {"set_tag", (PyCFunction)(void (*)(void))Span_set_tag, METH_FASTCALL | METH_KEYWORDS, "Set a tag (see Span.set_tag)."},
     {"set_metric", (PyCFunction)(void (*)(void))Span_set_metric, METH_FASTCALL | METH_KEYWORDS, "Set a numeric tag."},
-    {"__enter__", Span_enter, METH_NOARGS, NULL},
-    {"__exit__", (PyCFunction)(void (*)(void))Span_exit, METH_FASTCALL | METH_KEYWORDS, NULL},
     {"finish", (PyCFunction)(void (*)(void))Span_finish, METH_FASTCALL | METH_KEYWORDS,
      "End the span (see Span.finish)."},
     {NULL},
@@ -507,6 +553,7 @@ PyTypeObject _cspan_SpanBase_Type = {
     .tp_clear = (inquiry)Span_clear,
     .tp_dealloc = (destructor)Span_dealloc,
     .tp_members = Span_members,
+    .tp_getset = Span_getset,
     .tp_methods = Span_methods,
     .tp_new = PyType_GenericNew,
 };
