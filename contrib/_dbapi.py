@@ -177,20 +177,21 @@ def _counted_or_kept(proxy: Any, cursor: Any, span: Any) -> bool:
         return False
 
 
-def execute_method(*, settle_first: bool) -> Callable[..., Any]:
+def execute_method(*, kept: dict[int, Any] | None = None) -> Callable[..., Any]:
     """A traced cursor type's ``execute``, the hottest call: guarded_wrapper's
     shape written out in one frame, with its guarantee and place names
     (``dbapi.execute``, ``dbapi.execute.finish``, ``dbapi.rowcount``).
-    ``settle_first``: the cursor type keeps spans (``defer_finish``) in
-    ``_self_pending`` and ends one (``_settle(False)``) before the next
-    statement. Every read of a proxy attribute costs ≈ 1 k instructions (a
-    wrapt proxy's attribute lookup is never specialised), so the path reads
-    three, and only the settling types a fourth."""
+    ``kept``: the cursor type keeps spans (``defer_finish``) in this dict, by
+    ``id()`` of the driver's cursor, and ends one (``_settle(False)``) before
+    the next statement; an empty dict costs one truth test. Every read of a
+    proxy attribute costs ≈ 1.2 k instructions (a wrapt proxy's attribute
+    lookup is never specialised, and goes through a method-wrapper), so the
+    path reads one."""
 
     def execute(self: Any, *args: Any, **kwargs: Any) -> Any:
         wrapped = wrapped_of(self)
         try:
-            if settle_first and self._self_pending is not None:
+            if kept and id(wrapped) in kept:
                 self._settle(False)
             info = self._self_info
             span = _start(info, info.query_name, args[0] if args else kwargs.get(info.sql_kwarg or ""))
@@ -353,7 +354,7 @@ class TracedCursor(wrapt.ObjectProxy):
     #: (contrib/mysql's streaming cursor); None: end it now.
     defer_finish: ClassVar[Callable[..., bool] | None] = None
 
-    execute = execute_method(settle_first=False)
+    execute = execute_method()
 
     def executemany(self, *args: Any, **kwargs: Any) -> Any:
         return traced_call(self, _EXECUTEMANY, "executemany", args, kwargs)
