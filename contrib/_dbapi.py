@@ -27,7 +27,6 @@ exceptions pass through untouched), guarded post-work.
 from __future__ import annotations
 
 import logging
-import operator
 from collections.abc import Callable
 from typing import Any, ClassVar
 from urllib.parse import quote
@@ -122,17 +121,6 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-#: ``wrapped_of(proxy)`` is ``proxy.__wrapped__``, read through wrapt's own
-#: data descriptor (the one the attribute lookup finds first): ≈ 650
-#: instructions a read against ≈ 1,130, since wrapt's ``getattro`` looks up
-#: its module state and compares names before the generic lookup. The plain
-#: attribute read where wrapt runs without its C extension.
-_WRAPPED = vars(wrapt.BaseObjectProxy).get("__wrapped__")
-wrapped_of: Callable[[Any], Any] = (
-    _WRAPPED.__get__ if hasattr(_WRAPPED, "__set__") else operator.attrgetter("__wrapped__")  # type: ignore[union-attr]
-)
-
-
 # -- span helpers (hot path) --------------------------------------------------
 def _start(info: DBInfo, name: str, sql: Any) -> Any:
     if type(sql) is not str:
@@ -188,7 +176,7 @@ def execute_method(*, kept: dict[int, Any] | None = None) -> Callable[..., Any]:
     lookup is never specialised; see :class:`_Proxy`), so the path reads one."""
 
     def execute(self: Any, *args: Any, **kwargs: Any) -> Any:
-        wrapped = wrapped_of(self)
+        wrapped = self.__wrapped__
         try:
             if kept and id(wrapped) in kept:
                 self._settle(False)
@@ -381,16 +369,16 @@ class TracedCursor(_Proxy):
     # methods here, ~0.3 µs a call. Assigning ``cursor.fetchall = …`` still
     # works: wrapt stores names the proxy type has on the proxy itself.
     def fetchone(self, *args: Any, **kwargs: Any) -> Any:
-        return wrapped_of(self).fetchone(*args, **kwargs)
+        return self.__wrapped__.fetchone(*args, **kwargs)
 
     def fetchmany(self, *args: Any, **kwargs: Any) -> Any:
-        return wrapped_of(self).fetchmany(*args, **kwargs)
+        return self.__wrapped__.fetchmany(*args, **kwargs)
 
     def fetchall(self, *args: Any, **kwargs: Any) -> Any:
-        return wrapped_of(self).fetchall(*args, **kwargs)
+        return self.__wrapped__.fetchall(*args, **kwargs)
 
     def __enter__(self) -> Any:
-        wrapped = wrapped_of(self)
+        wrapped = self.__wrapped__
         result = wrapped.__enter__()
         return self if result is wrapped else result
 
@@ -452,7 +440,7 @@ class TracedConnection(_Proxy):
         # guarded_wrapper's shape in one frame (a web app opens a cursor per
         # request): the driver's call unguarded, then the proxy, guarded
         # (place ``dbapi.cursor.finish``); a failure returns the driver's cursor.
-        cursor = wrapped_of(self).cursor(*args, **kwargs)
+        cursor = self.__wrapped__.cursor(*args, **kwargs)
         try:
             proxy = type(self).cursor_types[1 if config.db_trace_fetch else 0](cursor)
             proxy._self_info = self._self_info

@@ -44,7 +44,7 @@ class TracedConnectorCursor(_dbapi.TracedMySQLCursor):
 
     def _settle(self, read_to_end: bool) -> None:
         """End the kept span, if any; ``read_to_end``: only if no row is left unread."""
-        cursor = _dbapi.wrapped_of(self)
+        cursor = self.__wrapped__
         kept = _kept.get(id(cursor))
         if kept is not None:
             guarded_call("mysql.settle", _end_pending, cursor, kept, read_to_end, False)
@@ -62,21 +62,21 @@ class TracedConnectorCursor(_dbapi.TracedMySQLCursor):
     # The driver's fetch* straight from the proxy (not through super(): a
     # frame less per read); with db_trace_fetch the mixin above still wraps them.
     def fetchone(self, *args: Any, **kwargs: Any) -> Any:
-        cursor = _dbapi.wrapped_of(self)
+        cursor = self.__wrapped__
         row = cursor.fetchone(*args, **kwargs)
         if _kept and id(cursor) in _kept:
             self._settle(True)
         return row
 
     def fetchmany(self, *args: Any, **kwargs: Any) -> Any:
-        cursor = _dbapi.wrapped_of(self)
+        cursor = self.__wrapped__
         rows = cursor.fetchmany(*args, **kwargs)
         if _kept and id(cursor) in _kept:
             self._settle(True)
         return rows
 
     def fetchall(self, *args: Any, **kwargs: Any) -> Any:
-        cursor = _dbapi.wrapped_of(self)
+        cursor = self.__wrapped__
         rows = cursor.fetchall(*args, **kwargs)
         if _kept:
             kept = _kept.get(id(cursor))
@@ -100,12 +100,12 @@ class TracedConnectorCursor(_dbapi.TracedMySQLCursor):
     def close(self, *args: Any, **kwargs: Any) -> Any:
         if _kept:
             self._settle(False)
-        return _dbapi.wrapped_of(self).close(*args, **kwargs)
+        return self.__wrapped__.close(*args, **kwargs)
 
     def __exit__(self, *exc_info: Any) -> Any:
         if _kept:
             self._settle(False)
-        return _dbapi.wrapped_of(self).__exit__(*exc_info)
+        return self.__wrapped__.__exit__(*exc_info)
 
     def __del__(self) -> None:
         if _kept:  # None once the module is torn down at exit
