@@ -470,6 +470,75 @@ def test_a_broken_settle_keeps_the_rows(connector: Any, test_spans: Any, monkeyp
     assert spans_named(test_spans)[0].metrics["db.row_count"] == 3
 
 
+def test_kept_spans_are_per_cursor_and_none_is_left_behind(connector: Any, mariadb: MariaDBInfo, test_spans: Any) -> None:
+    # The kept spans live in contrib.mysql.patch._kept by id() of the
+    # driver's cursor (not on the proxy): two cursors with unread rows at
+    # once (one per connection: the driver allows one unread result on a
+    # connection) each end their own span with their own count, and no
+    # entry outlives its span (read, close, collection).
+    from contrib.mysql import patch as mysql_patch
+
+    other = _mysql_connector().connect(mariadb)
+    try:
+        a, b = connector.cursor(), other.cursor()
+        test_spans.reset()
+        a.execute("SELECT id FROM rows3 WHERE id < 3 ORDER BY id")
+        b.execute("SELECT 7 UNION SELECT 8 UNION SELECT 9")
+        assert len(mysql_patch._kept) == 2
+        assert [tuple(r) for r in b.fetchmany(2)] == [(7,), (8,)]
+        assert len(mysql_patch._kept) == 2  # one row of b left unread: still kept
+        assert [tuple(r) for r in a] == [(1,), (2,)]
+        assert [tuple(r) for r in b.fetchall()] == [(9,)]
+        assert mysql_patch._kept == {}
+        assert [(s.resource, s.metrics.get("db.row_count")) for s in spans_named(test_spans)] == [
+            ("SELECT id FROM rows3 WHERE id < 3 ORDER BY id", 2),
+            ("SELECT 7 UNION SELECT 8 UNION SELECT 9", 3),
+        ]
+        for end in ("close", "garbage"):
+            cur = connector.cursor()
+            cur.execute("SELECT 1")
+            assert len(mysql_patch._kept) == 1
+            cur.fetchone()
+            if end == "close":
+                cur.close()
+            else:
+                del cur
+            assert mysql_patch._kept == {}, end
+        a.close()
+        b.close()
+    finally:
+        other.close()
+
+
+@pytest.mark.parametrize("fetch_spans", [False, True])
+def test_proxies_use_the_generic_lookup_and_stay_transparent(
+    driver: Driver, conn: Any, test_spans: Any, monkeypatch: pytest.MonkeyPatch, fetch_spans: bool
+) -> None:
+    # The proxy types read attributes with object.__getattribute__ (wrapt's
+    # is called through a method-wrapper, ≈ 0.8 k instructions more per
+    # read); what wrapt's lookup adds, the wrapped object's __module__ and
+    # __doc__, is kept, and the types' own names are unchanged.
+    monkeypatch.setattr(config, "db_trace_fetch", fetch_spans)
+    cur = conn.cursor()
+    for proxy in (cur, conn):
+        assert type(proxy).__getattribute__ is object.__getattribute__
+        wrapped = proxy.__wrapped__
+        assert (proxy.__module__, proxy.__doc__) == (wrapped.__module__, wrapped.__doc__)
+        assert proxy.__class__ is type(wrapped)
+        assert repr(type(proxy)) == f"<class '{type(proxy).__module__}.{type(proxy).__qualname__}'>"
+        assert type(proxy).__module__.startswith("contrib.")
+        with pytest.raises(AttributeError):
+            proxy.no_such_attribute  # noqa: B018
+    assert (TracedMySQLCursor.__doc__ or "").startswith("MySQL drivers' cursors also have ``callproc``")
+    test_spans.reset()
+    cur.execute("SELECT 1 UNION SELECT 2")
+    assert cur.description[0][0] == "1"  # forwarded to the driver's cursor
+    assert [tuple(r) for r in cur.fetchall()] == [(1,), (2,)]
+    cur.close()
+    spans = [s for s in spans_named(test_spans) if s.name == "mysql.query"]
+    assert [(s.resource, s.metrics.get("db.row_count")) for s in spans] == [("SELECT 1 UNION SELECT 2", 2)]
+
+
 def test_fetch_methods_pass_arguments_and_results_through(
     driver: Driver, conn: Any, table: str, test_spans: Any
 ) -> None:
