@@ -330,8 +330,14 @@ configure(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     Py_XSETREF(span_cls, (PyTypeObject *)Py_NewRef(args[0]));
     Py_XSETREF(active_var, Py_NewRef(args[1]));
     Py_XSETREF(not_activated, Py_NewRef(args[2]));
-    Py_XSETREF(getrandbits, Py_NewRef(args[3]));
-    if (_cspan_ids_configure(getrandbits) < 0)
+    /* The old getrandbits is released only after the in-place flag agrees
+     * with the new one: its release can run Python code (a generator's
+     * __del__) that starts a span. */
+    PyObject *old_bits = getrandbits;
+    getrandbits = Py_NewRef(args[3]);
+    int rc = _cspan_ids_configure(getrandbits);
+    Py_XDECREF(old_bits);
+    if (rc < 0)
         return NULL;
     Py_RETURN_NONE;
 }

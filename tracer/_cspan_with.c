@@ -62,6 +62,25 @@ SpanBound_repr(SpanBoundObject *self)
     return PyUnicode_FromFormat("<bound method SpanBase.%s of %R>", self->method->name, self->span);
 }
 
+/* Equal when bound to the same span by the same method, as bound methods
+ * are (a new SpanBound is made per lookup). */
+static PyObject *
+SpanBound_richcompare(PyObject *self, PyObject *other, int op)
+{
+    if ((op != Py_EQ && op != Py_NE) || !Py_IS_TYPE(other, Py_TYPE(self)))
+        Py_RETURN_NOTIMPLEMENTED;
+    SpanBoundObject *a = (SpanBoundObject *)self, *b = (SpanBoundObject *)other;
+    int eq = a->span == b->span && a->method == b->method;
+    return PyBool_FromLong(op == Py_EQ ? eq : !eq);
+}
+
+static Py_hash_t
+SpanBound_hash(SpanBoundObject *self)
+{
+    Py_hash_t h = _Py_HashPointer(self->span) ^ _Py_HashPointer(self->method);
+    return h == -1 ? -2 : h;
+}
+
 static PyMemberDef SpanBound_members[] = {
     {"__self__", T_OBJECT, offsetof(SpanBoundObject, span), READONLY, NULL},
     {"__func__", T_OBJECT, offsetof(SpanBoundObject, method), READONLY, NULL},
@@ -98,6 +117,8 @@ static PyTypeObject SpanBound_Type = {
     .tp_vectorcall_offset = offsetof(SpanBoundObject, vectorcall),
     .tp_call = PyVectorcall_Call,
     .tp_repr = (reprfunc)SpanBound_repr,
+    .tp_richcompare = SpanBound_richcompare,
+    .tp_hash = (hashfunc)SpanBound_hash,
     .tp_traverse = (traverseproc)SpanBound_traverse,
     .tp_dealloc = (destructor)SpanBound_dealloc,
     .tp_members = SpanBound_members,

@@ -93,6 +93,30 @@ def test_ids_are_drawn_in_place_only_from_the_generator_it_was_proven_equal_to(t
     assert _cspan.ids_in_place()
 
 
+@c_only
+def test_a_generator_released_by_configure_that_starts_a_span_gets_an_id_from_the_new_one(test_spans):
+    # Releasing the old generator runs its __del__; a span started there must
+    # already draw from the new getrandbits (a Python function here), not
+    # from the freed generator's state in place (that wrote into memory).
+    from tracer.context import ACTIVE_SPAN
+    from tracer.span import _NOT_ACTIVATED
+
+    drawn: list[int] = []
+
+    class Generator(random.Random):
+        def __del__(self) -> None:
+            with tracer.trace("in __del__") as span:
+                drawn.append(span.span_id)
+
+    try:
+        _cspan.configure(Span, ACTIVE_SPAN, _NOT_ACTIVATED, Generator(1).getrandbits)
+        assert _cspan.ids_in_place()
+        _cspan.configure(Span, ACTIVE_SPAN, _NOT_ACTIVATED, lambda bits: 12345)
+        assert drawn == [12345] and not _cspan.ids_in_place()
+    finally:
+        _cspan.configure(Span, ACTIVE_SPAN, _NOT_ACTIVATED, random.getrandbits)
+
+
 def test_a_forked_child_draws_ids_from_its_reseeded_generator() -> None:
     # random reseeds its generator in a forked child: the child's ids must
     # not repeat the parent's (the in-place draw reads the same state).
@@ -122,11 +146,16 @@ def test_with_binds_enter_and_exit_to_the_span_as_methods_do(test_spans):
     assert enter.__self__ is span and exit_.__self__ is span
     assert (enter.__name__, exit_.__name__) == ("__enter__", "__exit__")
     assert exit_.__qualname__.endswith(".__exit__") and "bound method" in repr(exit_)
+    # Equal and hashed as bound methods are: by their span and method.
+    other = tracer.trace("other")
+    assert span.__exit__ == exit_ and hash(span.__exit__) == hash(exit_) and exit_ in {span.__exit__}
+    assert exit_ != enter and exit_ != other.__exit__ and not (exit_ != span.__exit__)
+    other.finish()
     assert enter() is span
     assert type(span).__exit__(span, None, None, None) is None  # unbound, through the class
     assert span.duration_ns is not None
     assert exit_(None, None, None) is None  # once ended: no second record
-    assert len(test_spans.spans) == 1
+    assert len(test_spans.spans) == 2  # "other" and "s"
     for call, error in (
         (lambda: enter(1), TypeError),
         (lambda: exit_(None, None), TypeError),
