@@ -18,7 +18,7 @@ setup(
         ),
         Extension(
             "tracer._cencode",
-            ["tracer/_cencode.c", "tracer/_cencode_tags.c"],
+            ["tracer/_cencode.c", "tracer/_cencode_tags.c", "tracer/_cencode_payload.c"],
             depends=["tracer/_cmodule.h", "tracer/_cencode.h"],
             optional=True,
         ),
