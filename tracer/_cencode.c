@@ -56,6 +56,22 @@ pack_negative(Out *o, int64_t v)
 static int
 pack_int(Out *o, PyObject *obj)
 {
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000 && PyLong_SHIFT == 30
+    /* 3.11's layout (Py_SIZE: the signed digit count): a non-negative int
+     * below 2**64 read inline, without a call (ids, times, counts). */
+    const digit *d = ((PyLongObject *)obj)->ob_digit;
+    switch (Py_SIZE(obj)) {
+    case 0:
+        return put1(o, 0);
+    case 1:
+        return pack_uint(o, d[0]);
+    case 2:
+        return pack_uint(o, d[0] | (uint64_t)d[1] << 30);
+    case 3:
+        if (d[2] < 16)
+            return pack_uint(o, d[0] | (uint64_t)d[1] << 30 | (uint64_t)d[2] << 60);
+    }
+#endif
     int overflow;
     long long v = PyLong_AsLongLongAndOverflow(obj, &overflow);
     if (v == -1 && PyErr_Occurred())
@@ -150,6 +166,15 @@ pack_obj(Out *o, PyObject *obj, int depth)
         PyErr_SetString(PyExc_ValueError, "recursion limit exceeded");
         return -1;
     }
+    /* The usual exact types first (PyFloat_Check on anything else calls
+     * PyType_IsSubtype). */
+    PyTypeObject *type = Py_TYPE(obj);
+    if (type == &PyUnicode_Type)
+        return pack_str(o, obj);
+    if (type == &PyLong_Type)
+        return pack_int(o, obj);
+    if (type == &PyDict_Type)
+        goto dict;
     if (PyUnicode_Check(obj))
         return pack_str(o, obj);
     if (obj == Py_None)
@@ -167,6 +192,7 @@ pack_obj(Out *o, PyObject *obj, int depth)
     if (PyByteArray_Check(obj))
         return pack_bin(o, PyByteArray_AS_STRING(obj), PyByteArray_GET_SIZE(obj));
     if (PyDict_Check(obj)) {
+    dict:
         if (pack_map_header(o, PyDict_GET_SIZE(obj)) < 0)
             return -1;
         Py_ssize_t pos = 0;
@@ -196,6 +222,10 @@ pack_obj(Out *o, PyObject *obj, int depth)
 static int
 pack_str_or_empty(Out *o, PyObject *obj)
 {
+    if (obj == Py_None)
+        return put1(o, 0xa0);
+    if (PyUnicode_CheckExact(obj)) /* its truth is its length (no call) */
+        return pack_str(o, obj);
     int truth = PyObject_IsTrue(obj);
     if (truth < 0)
         return -1;

@@ -122,12 +122,17 @@ def test_a_payload_being_encoded_into_or_finished_refuses_more() -> None:
         encoding._cencode.payload_finish(out, -1)
 
 
-@pytest.mark.parametrize("value", [2**63 - 1, 2**63, 2**64 - 1, (2**64 - 1) >> 30 << 30, 2**62 + 1])
-def test_64_bit_ids_pack_as_msgpack_packs_them(value: int) -> None:
-    # Ids at and above 2**63 take the C encoder's masked read (_PyLong_NumBits <= 64).
-    chunk = [value, value, value, None, "op", "res", None, value, value, 0, {}, {"m": value}]
+@pytest.mark.parametrize(
+    "value",
+    [0, 1, 2**30 - 1, 2**30 + 7, 2**60 - 1, 2**60, 2**63 - 1, 2**63, 2**64 - 1, (2**64 - 1) >> 30 << 30, 2**62 + 1,
+     -1, -(2**40), -(2**63)],
+)  # fmt: skip
+def test_ints_pack_as_msgpack_packs_them(value: int) -> None:
+    # Non-negative ints below 2**64 are read from their digits (3.11), or
+    # by mask at and above 2**63 (_PyLong_NumBits <= 64).
+    chunk = [1, value, value, None, "op", "res", None, value, value, 0, {}, {"m": value}]
     assert encoding._cencode.encode_v04(chunk) == msgpack.packb(
-        [{"trace_id": value, "span_id": value, "parent_id": value, "service": "", "name": "op", "resource": "res",
+        [{"trace_id": 1, "span_id": value, "parent_id": value, "service": "", "name": "op", "resource": "res",
           "type": "", "start": value, "duration": value, "error": 0, "meta": {}, "metrics": {"m": value}}]
     )
 
