@@ -1,9 +1,10 @@
-/* Private to tracer._cencode, whose C code is in three units compiled into the
+/* Private to tracer._cencode, whose C code is in four units compiled into the
  * one extension module (setup.py):
  *   _cencode.c       msgpack packing, encode_v04 / encode_v04_item /
  *                    encode_v05, module init;
  *   _cencode_payload.c  PayloadV04's one buffer and put_many_v04 (the
  *                    batch loop);
+ *   _cencode_process.c  processor.process_chunks' loop body (descriptors);
  *   _cencode_tags.c  the trace-level tags of a chunk (tracer/processor.py's
  *                    ``_tag``) written into the v0.4 output from the
  *                    writer's per-chunk descriptor, without touching the
@@ -93,6 +94,8 @@ PyObject *_cencode_payload_v04(PyObject *module, PyObject *unused);
 PyObject *_cencode_payload_append(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *_cencode_payload_finish(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *_cencode_put_many_v04(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+/* _cencode_process.c: processor.process_chunks' loop body (defer=True). */
+PyObject *_cencode_describe_v04(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 
 /* One tag to add to a meta or metrics map, as processor._tag adds it: set
  * (``d[key] = value``), setdefault, or each item of a dict by setdefault
