@@ -79,16 +79,20 @@ same_int(PyObject *a, PyObject *b)
     return PyObject_RichCompareBool(a, b, Py_EQ);
 }
 
-/* The local root's record index in chunk (n items), or -1 when absent; -2:
- * leave the entry to Python. Python's order: the first record, the last, then
- * the first match from the start. */
+/* The local root's record index in chunk, or -1 when absent; -2: leave the
+ * entry to Python. Python's order: the first record, the last, then the
+ * first match from the start. The chunk's size is read here: attribute
+ * reads through getattr may have run Python code. */
 static Py_ssize_t
-root_index(PyObject *chunk, Py_ssize_t n, PyObject *span_id)
+root_index(PyObject *chunk, PyObject *span_id)
 {
+    Py_ssize_t n = PyList_GET_SIZE(chunk);
+    if (n == 0 || n % RECORD_LEN)
+        return -2;
     PyObject **items = PySequence_Fast_ITEMS(chunk);
     Py_ssize_t candidates[2] = {0, n - RECORD_LEN};
     for (int i = 0; i < 2; i++) {
-        int eq = same_int(items[candidates[i] + 1], span_id);
+        int eq = same_int(items[candidates[i] + 1], span_id); /* no Python code runs */
         if (eq != 0)
             return eq < 0 ? -2 : candidates[i];
     }
@@ -153,7 +157,7 @@ describe_one(PyObject *batch, Py_ssize_t index, PyObject *trace, PyObject *chunk
         if (PyErr_Occurred())
             goto error;
         if (finished) {
-            root = root_index(chunk, n, span_id);
+            root = root_index(chunk, span_id);
             Py_DECREF(span_id);
             if (root == -2) {
                 Py_DECREF(priority);
@@ -168,7 +172,7 @@ describe_one(PyObject *batch, Py_ssize_t index, PyObject *trace, PyObject *chunk
         Py_DECREF(root_span);
     if (!positive && !send_dropped) {
         Py_DECREF(priority);
-        *not_sent += n / RECORD_LEN;
+        *not_sent += PyList_GET_SIZE(chunk) / RECORD_LEN;
         return PyList_SetItem(batch, index, Py_NewRef(Py_None));
     }
     PyObject *item = PyTuple_New(8);

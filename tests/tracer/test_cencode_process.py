@@ -143,3 +143,25 @@ def test_the_usual_entries_are_described_in_c() -> None:
     batch = _batch([(0, "as is")], 7)
     _, failed = processor.process_chunks(batch, Refusing(None), True, _settings(True))
     assert [type(exc) for _, _, exc in failed] == [AssertionError]
+
+
+def test_python_code_run_by_an_attribute_read_cannot_make_c_read_a_changed_chunk() -> None:
+    """A trace type whose ``root`` runs Python code that empties the chunk:
+    C leaves that entry to the Python body (no read past the list's end),
+    which finds it empty and drops it (the Python body alone fails on it:
+    either way it is not sent); the next entry is described as usual."""
+    (trace, chunk), (other, other_chunk) = _batch([(0, "as is"), (0, "as is")], 3)
+    record = FinishedSpan._make(chunk[:RECORD_LEN])
+
+    class Clearing:
+        priority, mechanism, trace_id, origin, dd_tags = 1, 0, trace.trace_id, None, {}
+
+        @property
+        def root(self) -> Any:
+            chunk.clear()
+            return record
+
+    batch: list[Any] = [(Clearing(), chunk), (other, other_chunk)]
+    not_sent, failed = processor.process_chunks(batch, _Sampler((1, 0)), True, _settings(True))
+    assert (not_sent, failed) == (0, [])
+    assert batch[0] is None and batch[1][1] is other_chunk and len(batch[1]) == 8
