@@ -94,6 +94,11 @@ PyObject *_cencode_payload_v04(PyObject *module, PyObject *unused);
 PyObject *_cencode_payload_append(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *_cencode_payload_finish(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *_cencode_put_many_v04(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+/* A C loop over a writer batch returns paused after this long, so that the
+ * caller's Python loop lets the interpreter hand the GIL to an app thread
+ * (see put_many_v04): an app thread waits about 5-6 ms, as before. */
+#define GIL_YIELD_NS 1000000
+int64_t _cencode_monotonic_ns(void);
 /* _cencode_process.c: processor.process_chunks' loop body (defer=True). */
 PyObject *_cencode_describe_v04(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 

@@ -132,11 +132,10 @@ _cencode_payload_finish(PyObject *Py_UNUSED(module), PyObject *const *args, Py_s
  * in between (releasing it from here would not: a waiting thread woken before its
  * switch interval ran out restarts its wait, and can keep doing so). The
  * clock is read every GIL_CHECK_BYTES of output. */
-#define GIL_YIELD_NS 1000000 /* an app thread waits about 5-6 ms, as before */
 #define GIL_CHECK_BYTES (64 * 1024)
 
-static int64_t
-monotonic_ns(void)
+int64_t
+_cencode_monotonic_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -165,12 +164,12 @@ _cencode_put_many_v04(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssi
     Out *o = &p->out;
     Py_ssize_t index = start < 0 ? 0 : start;
     Py_ssize_t checked = o->len; /* the output size when the clock was last read */
-    int64_t since = monotonic_ns();
+    int64_t since = _cencode_monotonic_ns();
     int paused = 0;
     p->busy = 1; /* the capsule (args[2]) is held by the caller for the call */
     for (; index < PyList_GET_SIZE(batch); index++) { /* encoding may run Python code: the size is read each time */
         if (o->len - checked >= GIL_CHECK_BYTES) {
-            int64_t now = monotonic_ns();
+            int64_t now = _cencode_monotonic_ns();
             checked = o->len;
             if (now - since >= GIL_YIELD_NS) {
                 paused = 1;

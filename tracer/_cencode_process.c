@@ -205,10 +205,11 @@ error:
     return -1;
 }
 
-/* describe_v04(batch, start, settings, default, names, record_type) -> (index, not_sent):
+/* describe_v04(batch, start, settings, default, names, record_type) -> (index, not_sent, paused):
  * from batch[start], each (trace, chunk) becomes its descriptor (or None:
  * empty, or not sent because of sampling: not_sent counts those spans) until
- * one is left to Python: index is that one (len(batch) when none was).
+ * one is left to Python: index is that one (len(batch) when none was), or
+ * with paused true the next entry to describe (GIL_YIELD_NS).
  * record_type: tracer.span.FinishedSpan. */
 PyObject *
 _cencode_describe_v04(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
@@ -235,7 +236,13 @@ _cencode_describe_v04(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssi
     PyObject *const *names = &PyTuple_GET_ITEM(args[4], 0);
     Py_ssize_t not_sent = 0;
     Slots slots = {NULL};
+    int64_t since = _cencode_monotonic_ns();
+    int paused = 0;
     for (index = index < 0 ? 0 : index; index < PyList_GET_SIZE(batch); index++) {
+        if ((index & 63) == 63 && _cencode_monotonic_ns() - since >= GIL_YIELD_NS) {
+            paused = 1; /* (see GIL_YIELD_NS) */
+            break;
+        }
         PyObject *entry = PyList_GET_ITEM(batch, index);
         if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 2)
             break;
@@ -255,5 +262,5 @@ _cencode_describe_v04(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssi
         }
     }
     Py_XDECREF(slots.type);
-    return Py_BuildValue("nn", index, not_sent);
+    return Py_BuildValue("nnO", index, not_sent, paused ? Py_True : Py_False);
 }

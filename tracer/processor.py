@@ -115,8 +115,10 @@ def process_chunks(
         if describe is not None:
             # The usual entries in C; the one it stops at (decide(), anything
             # unusual, an error) runs the body below, then C goes on.
-            lo, dropped = describe(batch, lo, settings, default, _TRACE_FIELDS, FinishedSpan)
+            lo, dropped, paused = describe(batch, lo, settings, default, _TRACE_FIELDS, FinishedSpan)
             not_sent += dropped
+            if paused:  # every millisecond: this back edge lets an app thread take the GIL
+                continue
             stop = min(lo + 1, end)
         for index in range(lo, stop):
             trace, chunk = batch[index]

@@ -165,3 +165,21 @@ def test_python_code_run_by_an_attribute_read_cannot_make_c_read_a_changed_chunk
     not_sent, failed = processor.process_chunks(batch, _Sampler((1, 0)), True, _settings(True))
     assert (not_sent, failed) == (0, [])
     assert batch[0] is None and batch[1][1] is other_chunk and len(batch[1]) == 8
+
+
+def test_a_long_batch_pauses_every_millisecond_and_ends_as_in_python() -> None:
+    """``describe_v04`` returns paused after 1 ms (as ``put_many_v04``), so
+    that process_chunks' loop lets an app thread take the GIL; process_chunks
+    then goes on from there: the same outcome as the Python body's."""
+    shapes = [(0, "as is")] * 30000
+    batch = _batch(shapes, 11)
+    start = 0
+    pauses = 0
+    while start < len(batch):
+        start, _, paused = processor._cencode.describe_v04(
+            batch, start, _settings(True), (1, 0), processor._TRACE_FIELDS, FinishedSpan
+        )
+        pauses += paused
+        assert paused or start == len(batch)
+    assert pauses >= 1, "30,000 traces take more than 1 ms to describe"
+    assert _run(shapes, 11, (1, 0), True, True) == _run(shapes, 11, (1, 0), True, False)
