@@ -19,7 +19,8 @@ setup(
         ),
         Extension(
             "tracer._cencode",
-            ["tracer/_cencode.c", "tracer/_cencode_tags.c"],
+            ["tracer/_cencode.c", "tracer/_cencode_tags.c", "tracer/_cencode_payload.c",
+             "tracer/_cencode_process.c"],
             depends=["tracer/_cmodule.h", "tracer/_cencode.h"],
             optional=True,
         ),

@@ -13,7 +13,6 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
-#include <time.h>
 
 #include "_cencode.h"
 #include "_cmodule.h"
@@ -57,6 +56,22 @@ pack_negative(Out *o, int64_t v)
 static int
 pack_int(Out *o, PyObject *obj)
 {
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000 && PyLong_SHIFT == 30
+    /* 3.11's layout (Py_SIZE: the signed digit count): a non-negative int
+     * below 2**64 read inline, without a call (ids, times, counts). */
+    const digit *d = ((PyLongObject *)obj)->ob_digit;
+    switch (Py_SIZE(obj)) {
+    case 0:
+        return put1(o, 0);
+    case 1:
+        return pack_uint(o, d[0]);
+    case 2:
+        return pack_uint(o, d[0] | (uint64_t)d[1] << 30);
+    case 3:
+        if (d[2] < 16)
+            return pack_uint(o, d[0] | (uint64_t)d[1] << 30 | (uint64_t)d[2] << 60);
+    }
+#endif
     int overflow;
     long long v = PyLong_AsLongLongAndOverflow(obj, &overflow);
     if (v == -1 && PyErr_Occurred())
@@ -64,6 +79,12 @@ pack_int(Out *o, PyObject *obj)
     if (overflow == 0)
         return v >= 0 ? pack_uint(o, (uint64_t)v) : pack_negative(o, v);
     if (overflow > 0) {
+#if PY_VERSION_HEX < 0x030E0000
+        /* A 64-bit id (half of them are >= 2**63): the mask is the value, read
+         * without PyLong_AsUnsignedLongLong's _PyLong_AsByteArray (~190 instructions). */
+        if (_PyLong_NumBits(obj) <= 64)
+            return pack_uint(o, PyLong_AsUnsignedLongLongMask(obj));
+#endif
         unsigned long long u = PyLong_AsUnsignedLongLong(obj); /* OverflowError past 2**64-1 */
         if (u == (unsigned long long)-1 && PyErr_Occurred())
             return -1;
@@ -95,21 +116,20 @@ pack_header(Out *o, Py_ssize_t n, uint8_t fix, uint8_t b16, uint8_t b32)
 static int
 pack_sized(Out *o, const char *data, Py_ssize_t n, int fix, uint8_t type8)
 {
-    int rc;
-    if (fix >= 0 && n < 32)
-        rc = put1(o, (uint8_t)(fix | n));
-    else if (n < 0x100)
-        rc = put_be(o, type8, (uint64_t)n, 1);
-    else if (n < 0x10000)
-        rc = put_be(o, (uint8_t)(type8 + 1), (uint64_t)n, 2);
-    else if ((uint64_t)n <= 0xffffffffULL)
-        rc = put_be(o, (uint8_t)(type8 + 2), (uint64_t)n, 4);
-    else {
+    if ((uint64_t)n > 0xffffffffULL) {
         PyErr_SetString(PyExc_ValueError, "str or bytes too large for msgpack");
         return -1;
     }
-    if (rc < 0 || reserve(o, n) < 0)
+    if (reserve(o, 5 + n) < 0) /* one reserve for the header and the data */
         return -1;
+    if (fix >= 0 && n < 32)
+        o->buf[o->len++] = (char)(fix | n);
+    else if (n < 0x100)
+        put_be(o, type8, (uint64_t)n, 1);
+    else if (n < 0x10000)
+        put_be(o, (uint8_t)(type8 + 1), (uint64_t)n, 2);
+    else
+        put_be(o, (uint8_t)(type8 + 2), (uint64_t)n, 4);
     memcpy(o->buf + o->len, data, (size_t)n);
     o->len += n;
     return 0;
@@ -119,6 +139,8 @@ static int
 pack_str(Out *o, PyObject *obj)
 {
     Py_ssize_t n;
+    if (PyUnicode_IS_COMPACT_ASCII(obj)) /* its UTF-8 is its data (no call) */
+        return pack_sized(o, (const char *)PyUnicode_DATA(obj), PyUnicode_GET_LENGTH(obj), 0xa0, 0xd9);
     const char *data = PyUnicode_AsUTF8AndSize(obj, &n); /* UnicodeEncodeError on a lone surrogate */
     if (data == NULL)
         return -1;
@@ -144,6 +166,15 @@ pack_obj(Out *o, PyObject *obj, int depth)
         PyErr_SetString(PyExc_ValueError, "recursion limit exceeded");
         return -1;
     }
+    /* The usual exact types first (PyFloat_Check on anything else calls
+     * PyType_IsSubtype). */
+    PyTypeObject *type = Py_TYPE(obj);
+    if (type == &PyUnicode_Type)
+        return pack_str(o, obj);
+    if (type == &PyLong_Type)
+        return pack_int(o, obj);
+    if (type == &PyDict_Type)
+        goto dict;
     if (PyUnicode_Check(obj))
         return pack_str(o, obj);
     if (obj == Py_None)
@@ -161,6 +192,7 @@ pack_obj(Out *o, PyObject *obj, int depth)
     if (PyByteArray_Check(obj))
         return pack_bin(o, PyByteArray_AS_STRING(obj), PyByteArray_GET_SIZE(obj));
     if (PyDict_Check(obj)) {
+    dict:
         if (pack_map_header(o, PyDict_GET_SIZE(obj)) < 0)
             return -1;
         Py_ssize_t pos = 0;
@@ -190,6 +222,10 @@ pack_obj(Out *o, PyObject *obj, int depth)
 static int
 pack_str_or_empty(Out *o, PyObject *obj)
 {
+    if (obj == Py_None)
+        return put1(o, 0xa0);
+    if (PyUnicode_CheckExact(obj)) /* its truth is its length (no call) */
+        return pack_str(o, obj);
     int truth = PyObject_IsTrue(obj);
     if (truth < 0)
         return -1;
@@ -205,8 +241,8 @@ finish(Out *o, int ok)
 }
 
 /* Start encoding a chunk: its records (NULL on error), how many spans, the
- * wire trace id (the low 64 bits of the first record's), and the output
- * holding the outer array header. */
+ * wire trace id (the low 64 bits of the first record's), and the outer array
+ * header appended to o. */
 static PyObject **
 begin_chunk(PyObject *chunk, Py_ssize_t *spans, uint64_t *tid, Out *o)
 {
@@ -225,28 +261,24 @@ begin_chunk(PyObject *chunk, Py_ssize_t *spans, uint64_t *tid, Out *o)
     if (low == (unsigned long long)-1 && PyErr_Occurred())
         return NULL;
     *tid = low;
-    if (pack_array_header(o, *spans) < 0) {
-        PyMem_Free(o->buf);
-        o->buf = NULL;
-        return NULL;
-    }
-    return items;
+    return pack_array_header(o, *spans) < 0 ? NULL : items;
 }
 
-/* The v0.4 span map keys, packed once. */
-static const char *V04_KEYS[RECORD_LEN] = {"trace_id", "span_id",  "parent_id", "service", "name",  "resource",
-                                           "type",     "start",    "duration",  "error",   "meta",  "metrics"};
-static PyObject *v04_keys[RECORD_LEN];
+/* The v0.4 span map keys as msgpack fixstr (header byte, then the name),
+ * in 16-byte slots: copied as one fixed-size move each. */
+#define KEY_SLOT 16
+static const char V04_KEYS[RECORD_LEN][KEY_SLOT] = {
+    "\xa8" "trace_id", "\xa7" "span_id", "\xa9" "parent_id", "\xa7" "service", "\xa4" "name", "\xa8" "resource",
+    "\xa4" "type",     "\xa5" "start",   "\xa8" "duration",  "\xa5" "error",   "\xa4" "meta", "\xa7" "metrics"};
 static PyObject *empty_str; /* "" */
 
-static int
+static inline int
 put_key(Out *o, int i)
 {
-    Py_ssize_t n = PyBytes_GET_SIZE(v04_keys[i]);
-    if (reserve(o, n) < 0)
+    if (reserve(o, KEY_SLOT) < 0)
         return -1;
-    memcpy(o->buf + o->len, PyBytes_AS_STRING(v04_keys[i]), (size_t)n);
-    o->len += n;
+    memcpy(o->buf + o->len, V04_KEYS[i], KEY_SLOT);
+    o->len += 1 + (V04_KEYS[i][0] & 0x1f);
     return 0;
 }
 
@@ -264,51 +296,55 @@ pack_span_dict(Out *o, PyObject *dict, int i, Py_ssize_t s, const ChunkTags *tag
     return _cencode_pack_tagged(o, dict, tags->root_metrics, root, tags->first_metrics, first);
 }
 
-/* One trace as a v0.4 array of span maps; tags: the trace-level tags to add
- * (encode_v04_item), or NULL. */
-static PyObject *
-encode_chunk_v04(PyObject *chunk, PyObject *const *item)
+int
+_cencode_chunk_v04(Out *o, PyObject *chunk, PyObject *const *item)
 {
     Py_ssize_t spans;
     uint64_t tid;
-    Out o = {NULL, 0, 0};
-    PyObject **items = begin_chunk(chunk, &spans, &tid, &o);
+    PyObject **items = begin_chunk(chunk, &spans, &tid, o);
     if (items == NULL)
-        return NULL;
+        return -1;
     ChunkTags tags;
     if (item != NULL && _cencode_chunk_tags(item, spans, &tags) < 0)
-        return finish(&o, 0);
+        return -1;
     /* Reading the descriptor and a tagged dict's keys can run Python code
      * (__eq__, __bool__) that changes the chunk: checked after each. */
     Py_ssize_t size = PySequence_Fast_GET_SIZE(chunk);
     if (item != NULL && _cencode_chunk_changed(chunk, items, size))
-        return finish(&o, 0);
+        return -1;
     for (Py_ssize_t s = 0; s < spans; s++) {
         PyObject **r = items + s * RECORD_LEN;
-        if (put1(&o, 0x80 | RECORD_LEN) < 0)
-            return finish(&o, 0);
+        if (put1(o, 0x80 | RECORD_LEN) < 0)
+            return -1;
         for (int i = 0; i < RECORD_LEN; i++) {
-            if (put_key(&o, i) < 0)
-                return finish(&o, 0);
+            if (put_key(o, i) < 0)
+                return -1;
             int rc;
             if (i == 0)
-                rc = pack_uint(&o, tid);
+                rc = pack_uint(o, tid);
             else if (i == 3 || i == 6) /* service, type */
-                rc = pack_str_or_empty(&o, r[i]);
+                rc = pack_str_or_empty(o, r[i]);
             else if (i >= META && item != NULL) {
                 PyObject *dict = Py_NewRef(r[i]); /* held: see _cencode_chunk_changed */
-                rc = pack_span_dict(&o, dict, i, s, &tags);
+                rc = pack_span_dict(o, dict, i, s, &tags);
                 Py_DECREF(dict);
                 if (rc == 0 && _cencode_chunk_changed(chunk, items, size))
                     rc = -1;
             }
             else
-                rc = pack_obj(&o, r[i], 0);
+                rc = pack_obj(o, r[i], 0);
             if (rc < 0)
-                return finish(&o, 0);
+                return -1;
         }
     }
-    return finish(&o, 1);
+    return 0;
+}
+
+static PyObject *
+encode_chunk_v04(PyObject *chunk, PyObject *const *item)
+{
+    Out o = {NULL, 0, 0};
+    return finish(&o, _cencode_chunk_v04(&o, chunk, item) == 0);
 }
 
 /* encode_v04(chunk) -> bytes: one trace as a v0.4 array of span maps. */
@@ -318,99 +354,26 @@ encode_v04(PyObject *Py_UNUSED(module), PyObject *chunk)
     return encode_chunk_v04(chunk, NULL);
 }
 
+int
+_cencode_item_v04(Out *o, PyObject *item)
+{
+    Py_ssize_t n = PyTuple_CheckExact(item) ? PyTuple_GET_SIZE(item) : 0;
+    if (n != 2 && n != 8) {
+        PyErr_SetString(PyExc_TypeError, "encode_v04_item((trace, chunk) or a chunk descriptor)");
+        return -1;
+    }
+    PyObject *const *fields = &PyTuple_GET_ITEM(item, 0);
+    return _cencode_chunk_v04(o, fields[1], n == 8 ? fields : NULL);
+}
+
 /* encode_v04_item(item) -> bytes: an entry of the writer's batch, either
  * (trace, chunk) (tagged already) or the descriptor of processor.process_chunks
  * with defer=True, whose trace-level tags are written here (_cencode_tags.c). */
 static PyObject *
 encode_v04_item(PyObject *Py_UNUSED(module), PyObject *item)
 {
-    Py_ssize_t n = PyTuple_CheckExact(item) ? PyTuple_GET_SIZE(item) : 0;
-    if (n != 2 && n != 8) {
-        PyErr_SetString(PyExc_TypeError, "encode_v04_item((trace, chunk) or a chunk descriptor)");
-        return NULL;
-    }
-    PyObject *const *fields = &PyTuple_GET_ITEM(item, 0);
-    return encode_chunk_v04(fields[1], n == 8 ? fields : NULL);
-}
-
-/* put_many_v04(batch, start, parts, limit, size, traces, spans) ->
- * (index, size, traces, spans, paused): PayloadV04.put_many's loop in C. Each entry
- * of batch[start:] (None skipped) is encoded by encode_v04_item and appended
- * to parts while the payload stays within limit; index: the entry that did
- * not fit or raised an Exception (len(batch) when all were added), or with
- * paused true the next entry to encode (see GIL_YIELD_NS). */
-/* A batch can take tens of ms to encode: the Python loop this replaces let
- * the interpreter hand the GIL to an app thread that had waited its switch
- * interval (5 ms). So after GIL_YIELD_NS the loop returns paused and
- * PayloadV04.put_many calls it again, its eval loop handing the GIL over
- * in between (releasing it from here would not: a waiting thread woken before its
- * switch interval ran out restarts its wait, and can keep doing so). The
- * clock is read every GIL_CHECK_BYTES of output. */
-#define GIL_YIELD_NS 1000000 /* an app thread waits about 5-6 ms, as before */
-#define GIL_CHECK_BYTES (64 * 1024)
-
-static int64_t
-monotonic_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static PyObject *
-put_many_v04(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
-{
-    Py_ssize_t start, limit, size, traces, spans;
-    if (nargs != 7 || !PyList_CheckExact(args[0]) || !PyList_CheckExact(args[2])) {
-        PyErr_SetString(PyExc_TypeError, "put_many_v04(batch: list, start, parts: list, limit, size, traces, spans)");
-        return NULL;
-    }
-    PyObject *numbers[5] = {args[1], args[3], args[4], args[5], args[6]};
-    Py_ssize_t *values[5] = {&start, &limit, &size, &traces, &spans};
-    for (int i = 0; i < 5; i++) {
-        *values[i] = PyLong_AsSsize_t(numbers[i]);
-        if (*values[i] == -1 && PyErr_Occurred())
-            return NULL;
-    }
-    PyObject *batch = args[0], *parts = args[2];
-    Py_ssize_t index = start < 0 ? 0 : start;
-    Py_ssize_t checked = size; /* the output size when the clock was last read */
-    int64_t since = monotonic_ns();
-    for (; index < PyList_GET_SIZE(batch); index++) { /* encoding may run Python code: the size is read each time */
-        if (size - checked >= GIL_CHECK_BYTES) {
-            int64_t now = monotonic_ns();
-            checked = size;
-            if (now - since >= GIL_YIELD_NS)
-                return Py_BuildValue("nnnnO", index, size, traces, spans, Py_True);
-        }
-        PyObject *item = PyList_GET_ITEM(batch, index);
-        if (item == Py_None)
-            continue;
-        Py_INCREF(item);
-        PyObject *body = encode_v04_item(module, item);
-        /* encoded: item is a tuple, item[1] a list or tuple of records */
-        Py_ssize_t n = body == NULL ? 0 : PySequence_Fast_GET_SIZE(PyTuple_GET_ITEM(item, 1));
-        Py_DECREF(item);
-        if (body == NULL) {
-            if (!PyErr_ExceptionMatches(PyExc_Exception))
-                return NULL; /* as put_many's `except Exception` */
-            PyErr_Clear();
-            break;
-        }
-        Py_ssize_t grown = size + PyBytes_GET_SIZE(body);
-        if (grown > limit) {
-            Py_DECREF(body);
-            break;
-        }
-        int rc = PyList_Append(parts, body);
-        Py_DECREF(body);
-        if (rc < 0)
-            return NULL;
-        size = grown;
-        traces += 1;
-        spans += n / RECORD_LEN;
-    }
-    return Py_BuildValue("nnnnO", index, size, traces, spans, Py_False);
+    Out o = {NULL, 0, 0};
+    return finish(&o, _cencode_item_v04(&o, item) == 0);
 }
 
 /* The string-table index of value: index[value], or add(value) (the Python
@@ -537,7 +500,7 @@ encode_v05(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     Out o = {NULL, 0, 0};
     PyObject **items = begin_chunk(chunk, &spans, &tid, &o);
     if (items == NULL)
-        return NULL;
+        return finish(&o, 0);
     for (Py_ssize_t s = 0; s < spans; s++) {
         PyObject **r = items + s * RECORD_LEN;
         if (!PyDict_Check(r[10]) || !PyDict_Check(r[11])) {
@@ -556,8 +519,15 @@ encode_v05(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 
 static PyMethodDef module_methods[] = {
     {"encode_v04", (PyCFunction)encode_v04, METH_O, "encode_v04(chunk) -> bytes: one trace, v0.4."},
-    {"put_many_v04", (PyCFunction)(void (*)(void))put_many_v04, METH_FASTCALL,
-     "put_many_v04(batch, start, parts, limit, size, traces, spans) -> (index, size, traces, spans, paused)."},
+    {"put_many_v04", (PyCFunction)(void (*)(void))_cencode_put_many_v04, METH_FASTCALL,
+     "put_many_v04(batch, start, payload, limit, traces, spans) -> (index, size, traces, spans, paused)."},
+    {"describe_v04", (PyCFunction)(void (*)(void))_cencode_describe_v04, METH_FASTCALL,
+     "describe_v04(batch, start, settings, default, names, record_type) -> (index, not_sent, paused)."},
+    {"payload_v04", _cencode_payload_v04, METH_NOARGS, "payload_v04() -> a v0.4 payload buffer (PayloadV04)."},
+    {"payload_append", (PyCFunction)(void (*)(void))_cencode_payload_append, METH_FASTCALL,
+     "payload_append(payload, body: bytes): add an encoded chunk."},
+    {"payload_finish", (PyCFunction)(void (*)(void))_cencode_payload_finish, METH_FASTCALL,
+     "payload_finish(payload, traces) -> bytes: the body; the buffer is freed."},
     {"encode_v04_item", (PyCFunction)encode_v04_item, METH_O,
      "encode_v04_item(item) -> bytes: a writer batch entry, v0.4, with its trace-level tags."},
     {"encode_v05", (PyCFunction)(void (*)(void))encode_v05, METH_FASTCALL,
@@ -571,16 +541,6 @@ exec_module(PyObject *Py_UNUSED(m))
 {
     if (main_interpreter_only("tracer._cencode", "the pure-Python encoders") < 0)
         return -1;
-    for (int i = 0; i < RECORD_LEN; i++) {
-        Py_ssize_t n = (Py_ssize_t)strlen(V04_KEYS[i]);
-        char header = (char)(0xa0 | n);
-        PyObject *packed = PyBytes_FromStringAndSize(NULL, n + 1);
-        if (packed == NULL)
-            return -1;
-        PyBytes_AS_STRING(packed)[0] = header;
-        memcpy(PyBytes_AS_STRING(packed) + 1, V04_KEYS[i], (size_t)n);
-        Py_XSETREF(v04_keys[i], packed);
-    }
     Py_XSETREF(empty_str, PyUnicode_FromStringAndSize("", 0));
     return empty_str == NULL ? -1 : 0;
 }

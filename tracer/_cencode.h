@@ -1,13 +1,17 @@
-/* Private to tracer._cencode, whose C code is in two units compiled into the
+/* Private to tracer._cencode, whose C code is in four units compiled into the
  * one extension module (setup.py):
  *   _cencode.c       msgpack packing, encode_v04 / encode_v04_item /
  *                    encode_v05, module init;
+ *   _cencode_payload.c  PayloadV04's one buffer and put_many_v04 (the
+ *                    batch loop);
+ *   _cencode_process.c  processor.process_chunks' loop body (descriptors);
  *   _cencode_tags.c  the trace-level tags of a chunk (tracer/processor.py's
  *                    ``_tag``) written into the v0.4 output from the
  *                    writer's per-chunk descriptor, without touching the
  *                    span dicts.
- * Neither holds Python objects in statics beyond _cencode.c's packed keys:
- * the tag keys and settings come in the descriptor (owned by the caller). */
+ * None holds Python objects in statics beyond _cencode.c's "" (the packed
+ * keys are C bytes): the tag keys and settings come in the descriptor (owned
+ * by the caller), a payload's buffer in its capsule. */
 #ifndef TRACER_CENCODE_H
 #define TRACER_CENCODE_H
 
@@ -78,6 +82,25 @@ put_be(Out *o, uint8_t type, uint64_t value, int n)
 int pack_uint(Out *o, uint64_t v);
 int pack_obj(Out *o, PyObject *obj, int depth);
 int pack_header(Out *o, Py_ssize_t n, uint8_t fix, uint8_t b16, uint8_t b32);
+
+/* Append one chunk (a v0.4 array of span maps) to o; item: the writer's
+ * descriptor, whose trace-level tags are added, or NULL. -1 with an error
+ * (then o->len is to be reset by the caller). */
+int _cencode_chunk_v04(Out *o, PyObject *chunk, PyObject *const *item);
+/* The same for a writer batch entry: (trace, chunk) or a descriptor. */
+int _cencode_item_v04(Out *o, PyObject *item);
+/* _cencode_payload.c: PayloadV04's buffer and its batch loop. */
+PyObject *_cencode_payload_v04(PyObject *module, PyObject *unused);
+PyObject *_cencode_payload_append(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+PyObject *_cencode_payload_finish(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+PyObject *_cencode_put_many_v04(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+/* A C loop over a writer batch returns paused after this long, so that the
+ * caller's Python loop lets the interpreter hand the GIL to an app thread
+ * (see put_many_v04): an app thread waits about 5-6 ms, as before. */
+#define GIL_YIELD_NS 1000000
+int64_t _cencode_monotonic_ns(void);
+/* _cencode_process.c: processor.process_chunks' loop body (defer=True). */
+PyObject *_cencode_describe_v04(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 
 /* One tag to add to a meta or metrics map, as processor._tag adds it: set
  * (``d[key] = value``), setdefault, or each item of a dict by setdefault

@@ -134,7 +134,7 @@ class PayloadV04:
 
     version = "v0.4"
 
-    __slots__ = ("limit", "size", "traces", "spans", "_parts", "_pack", "_rows")
+    __slots__ = ("limit", "size", "traces", "spans", "_parts", "_pack", "_rows", "_out")
 
     def __init__(self, limit: int = 1 << 62) -> None:
         self.limit = limit
@@ -148,6 +148,9 @@ class PayloadV04:
         # TypeError and is packed again by ``_pack_loose``: the same bytes.
         self._pack = msgpack.Packer(strict_types=True).pack
         self._rows: list[dict[str, Any]] = []  # span maps reused by _encode, in wire key order
+        # With the C encoder the chunks go straight into one buffer (instead
+        # of _parts), copied into the body once by finish().
+        self._out = None if _cencode is None else _cencode.payload_v04()
 
     def _encode_flat(self, chunk: list[Any], n: int) -> bytes:
         """The chunk's array of span maps, packed in one call: the records'
@@ -259,7 +262,10 @@ class PayloadV04:
             if self.traces:
                 return False
             raise TraceTooBig(len(body))
-        self._parts.append(body)
+        if self._out is None:
+            self._parts.append(body)
+        else:
+            _cencode.payload_append(self._out, body)
         self.size = size
         self.traces += 1
         self.spans += len(chunk) // RECORD_LEN
@@ -270,17 +276,17 @@ class PayloadV04:
         pairs; None entries skipped) in one loop, until one does not fit or
         does not encode as it is. Returns that one's index (``len(batch)``
         when all were added): ``put`` handles it alone, with its fallbacks."""
-        if _cencode is not None:
-            # The loop in C; it encodes each entry itself: a processor
-            # descriptor's trace-level tags go straight into the output
-            # (processor.process_chunks).
+        if self._out is not None:
+            # The loop in C; it encodes each entry itself, onto the end of
+            # the payload's buffer: a processor descriptor's trace-level tags
+            # go straight into the output (processor.process_chunks).
             # It pauses every millisecond (_cencode.c, GIL_YIELD_NS): this
             # loop's back edge lets the interpreter hand the GIL to an app
             # thread that has waited its switch interval for it.
             paused = True
             while paused:
                 start, self.size, self.traces, self.spans, paused = _cencode.put_many_v04(
-                    batch, start, self._parts, self.limit, self.size, self.traces, self.spans
+                    batch, start, self._out, self.limit, self.traces, self.spans
                 )
             return start
         encode = self._encode
@@ -316,6 +322,8 @@ class PayloadV04:
     def finish(self) -> bytes:
         """The body (one copy of the parts). Call once."""
         self._rows = []  # drop the last trace's meta/metrics references
+        if self._out is not None:
+            return _cencode.payload_finish(self._out, self.traces)  # type: ignore[no-any-return]
         self._parts[0] = _array_header(self.traces)
         return b"".join(self._parts)
 

@@ -11,10 +11,17 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from tracer.config import config as _config
-from tracer.span import META, METRICS, RECORD_LEN, FinishedSpan
+from tracer.span import META, METRICS, RECORD_LEN, FinishedSpan, load_speedup
 
 if TYPE_CHECKING:
     from tracer.buffer import _Trace
+
+# The C v0.4 encoder's module: its describe_v04 runs process_chunks' loop
+# body for the usual entries when the tags are deferred to the encoder.
+_cencode = load_speedup("_cencode")
+# The attributes describe_v04 reads and sets (the names come from here: the
+# C code holds no Python objects).
+_TRACE_FIELDS = ("root", "priority", "mechanism", "trace_id", "origin", "dd_tags", "span_id", "duration_ns")
 
 _runtime_id = uuid.uuid4().hex
 _pid = os.getpid()
@@ -100,92 +107,105 @@ def process_chunks(
     makers = _DECISION_MAKERS
     not_sent = 0
     failed: list[tuple[int, int, Exception]] = []
-    index = -1
-    for trace, chunk in batch:
-        index += 1
-        try:
-            if not chunk:
-                batch[index] = None
+    describe = _cencode.describe_v04 if defer and _cencode is not None else None
+    lo = 0
+    end = len(batch)
+    while lo < end:
+        stop = end
+        if describe is not None:
+            # The usual entries in C; the one it stops at (decide(), anything
+            # unusual, an error) runs the body below, then C goes on.
+            lo, dropped, paused = describe(batch, lo, settings, default, _TRACE_FIELDS, FinishedSpan)
+            not_sent += dropped
+            if paused:  # every millisecond: this back edge lets an app thread take the GIL
                 continue
-            root_span = trace.root
-            priority = trace.priority
-            if priority is None:
-                if default is None:
-                    decide(trace, root_span or FinishedSpan._make(chunk[:RECORD_LEN]))
-                    priority = trace.priority
-                    if priority is None:
-                        priority = 1
-                else:
-                    # What decide() stores for this batch, without the call
-                    # (nothing is called between the check and the stores).
-                    priority = default[0]
-                    trace.mechanism = default[1]
-                    trace.priority = priority
-            root = None
-            if root_span is not None and root_span.duration_ns is not None:
-                # The root is usually the first record (a one-span chunk) or
-                # the last (it finishes last): both checked inline.
-                span_id = root_span.span_id
-                if chunk[1] == span_id:
-                    root = 0
-                elif chunk[-RECORD_LEN + 1] == span_id:
-                    root = len(chunk) - RECORD_LEN
-                else:
-                    root = _root_index(chunk, span_id)
+            stop = min(lo + 1, end)
+        for index in range(lo, stop):
+            trace, chunk = batch[index]
+            try:
+                if not chunk:
+                    batch[index] = None
+                    continue
+                root_span = trace.root
+                priority = trace.priority
+                if priority is None:
+                    if default is None:
+                        decide(trace, root_span or FinishedSpan._make(chunk[:RECORD_LEN]))
+                        priority = trace.priority
+                        if priority is None:
+                            priority = 1
+                    else:
+                        # What decide() stores for this batch, without the call
+                        # (nothing is called between the check and the stores).
+                        priority = default[0]
+                        trace.mechanism = default[1]
+                        trace.priority = priority
+                root = None
+                if root_span is not None and root_span.duration_ns is not None:
+                    # The root is usually the first record (a one-span chunk) or
+                    # the last (it finishes last): both checked inline.
+                    span_id = root_span.span_id
+                    if chunk[1] == span_id:
+                        root = 0
+                    elif chunk[-RECORD_LEN + 1] == span_id:
+                        root = len(chunk) - RECORD_LEN
+                    else:
+                        root = _root_index(chunk, span_id)
+                    if root is not None:
+                        # The sampling decision is made, so nothing needs
+                        # trace.root any more: dropping it breaks the trace <->
+                        # root reference cycle, and the root is freed by reference
+                        # counting instead of waiting for (and lengthening) a
+                        # cyclic garbage collection.
+                        trace.root = None
+                if priority <= 0 and not send_dropped:
+                    not_sent += len(chunk) // RECORD_LEN
+                    batch[index] = None
+                    continue
+                if defer:
+                    batch[index] = (
+                        settings, chunk, priority, root, trace.mechanism if priority > 0 else None, trace.trace_id,
+                        trace.origin, trace.dd_tags,
+                    )  # fmt: skip
+                    continue
                 if root is not None:
-                    # The sampling decision is made, so nothing needs
-                    # trace.root any more: dropping it breaks the trace <->
-                    # root reference cycle, and the root is freed by reference
-                    # counting instead of waiting for (and lengthening) a
-                    # cyclic garbage collection.
-                    trace.root = None
-            if priority <= 0 and not send_dropped:
-                not_sent += len(chunk) // RECORD_LEN
-                batch[index] = None
-                continue
-            if defer:
-                batch[index] = (
-                    settings, chunk, priority, root, trace.mechanism if priority > 0 else None, trace.trace_id,
-                    trace.origin, trace.dd_tags,
-                )  # fmt: skip
-                continue
-            if root is not None:
-                meta = chunk[root + META]
-                if env:
-                    meta.setdefault("env", env)
-                if version:
-                    meta.setdefault("version", version)
-                if tags:
-                    for key, value in tags.items():
+                    meta = chunk[root + META]
+                    if env:
+                        meta.setdefault("env", env)
+                    if version:
+                        meta.setdefault("version", version)
+                    if tags:
+                        for key, value in tags.items():
+                            meta.setdefault(key, value)
+                    meta["language"] = "python"
+                    meta["runtime-id"] = runtime
+                    chunk[root + METRICS]["process_id"] = pid
+                meta = chunk[META]
+                chunk[METRICS]["_sampling_priority_v1"] = priority
+                mechanism = trace.mechanism
+                if mechanism is not None and priority > 0:
+                    try:
+                        meta["_dd.p.dm"] = makers[mechanism]
+                    except (KeyError, TypeError):
+                        meta["_dd.p.dm"] = f"-{mechanism}"
+                high = trace.trace_id >> 64
+                if high:
+                    tid = _last_tid
+                    if tid[0] != high:
+                        tid = _last_tid = (high, f"{high:016x}")
+                    meta["_dd.p.tid"] = tid[1]
+                if trace.origin:
+                    meta["_dd.origin"] = trace.origin
+                dd_tags = trace.dd_tags
+                if dd_tags:
+                    for key, value in dd_tags.items():
                         meta.setdefault(key, value)
-                meta["language"] = "python"
-                meta["runtime-id"] = runtime
-                chunk[root + METRICS]["process_id"] = pid
-            meta = chunk[META]
-            chunk[METRICS]["_sampling_priority_v1"] = priority
-            mechanism = trace.mechanism
-            if mechanism is not None and priority > 0:
-                try:
-                    meta["_dd.p.dm"] = makers[mechanism]
-                except (KeyError, TypeError):
-                    meta["_dd.p.dm"] = f"-{mechanism}"
-            high = trace.trace_id >> 64
-            if high:
-                tid = _last_tid
-                if tid[0] != high:
-                    tid = _last_tid = (high, f"{high:016x}")
-                meta["_dd.p.tid"] = tid[1]
-            if trace.origin:
-                meta["_dd.origin"] = trace.origin
-            dd_tags = trace.dd_tags
-            if dd_tags:
-                for key, value in dd_tags.items():
-                    meta.setdefault(key, value)
-            if env and root != 0:
-                meta.setdefault("env", env)
-        except Exception as exc:
-            failed.append((index, len(chunk) // RECORD_LEN, exc))
-            batch[index] = None
+                if env and root != 0:
+                    meta.setdefault("env", env)
+            except Exception as exc:
+                failed.append((index, len(chunk) // RECORD_LEN, exc))
+                batch[index] = None
+        lo = stop
     return not_sent, failed
 
 
