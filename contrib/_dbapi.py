@@ -129,10 +129,11 @@ def _start(info: DBInfo, name: str, sql: Any) -> Any:
     parent = get_active()
     if parent is None and _trace_root is not None:
         # A query outside any request is a one-span trace: its root is built
-        # in C, as start_span() would, without that call's Python frame.
-        span = _trace_root(_RootTrace, _tracer._buffer, name, info.service or _tracer.service, resource, "sql", False)
-    else:
-        span = _tracer.start_span(name, parent, info.service, resource, "sql")
+        # in C, as start_span() would, without that call's Python frame, and
+        # with the connection's tags copied in (no two dict.update calls).
+        service = info.service or _tracer.service
+        return _trace_root(_RootTrace, _tracer._buffer, name, service, resource, "sql", False, None, info.meta, info.metrics)
+    span = _tracer.start_span(name, parent, info.service, resource, "sql")
     span.meta.update(info.meta)
     span.metrics.update(info.metrics)
     return span

@@ -214,7 +214,7 @@ continue_trace(PyObject *trace, PyObject *ctx)
     return 0;
 }
 
-/* trace_root(trace_cls, buffer, name, service, resource, span_type, activate[, ctx]) -> Span | None
+/* trace_root(trace_cls, buffer, name, service, resource, span_type, activate[, ctx[, meta, metrics]]) -> Span | None
  *
  * A new trace and its root span: Tracer.trace() without an active span, and
  * Tracer.start_span() without a parent (a query outside any request) or
@@ -224,13 +224,15 @@ continue_trace(PyObject *trace, PyObject *ctx)
  * for a `ctx` whose trace_id is not a non-zero int (a decision-only b3
  * header). As Tracer._start_trace, which stays the statement of the rules:
  * a change there goes here too. `trace_cls(buffer, trace_id, wall, mono)` is
- * tracer.buffer._Trace; `service` is already the default if empty. */
+ * tracer.buffer._Trace; `service` is already the default if empty. `meta`
+ * and `metrics` (mappings) are copied into the span's (a query's
+ * per-connection tags: no two dict.update calls from Python). */
 static PyObject *
 trace_root(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     static PyObject *int_96 = NULL;
-    PyObject *ctx = nargs == 8 ? args[7] : Py_None;
-    if (callable_now("trace_root", nargs, nargs == 8 ? 8 : 7) < 0)
+    PyObject *ctx = nargs >= 8 ? args[7] : Py_None;
+    if (callable_now("trace_root", nargs, nargs >= 8 ? (nargs >= 9 ? 10 : 8) : 7) < 0)
         return NULL;
     if (int_96 == NULL && (int_96 = PyLong_FromLong(96)) == NULL)
         return NULL;
@@ -298,6 +300,10 @@ ids_done:
                     activating ? Py_None : not_activated);
     if (span == NULL)
         goto done;
+    if (nargs == 10 && (PyDict_Update(span->meta, args[8]) < 0 || PyDict_Update(span->metrics, args[9]) < 0)) {
+        Py_CLEAR(span);
+        goto done;
+    }
     span->_cmodule = Py_NewRef(module);
     if (TRACE_SET(trace, root, (PyObject *)span) < 0 || _cspan_count_start(trace) < 0 ||
         (activating && set_active((PyObject *)span) < 0))
@@ -346,7 +352,8 @@ static PyMethodDef module_methods[] = {
     {"trace_child", (PyCFunction)(void (*)(void))trace_child, METH_FASTCALL,
      "trace_child(name, service, resource, span_type): a new active child of the active span, or None."},
     {"trace_root", (PyCFunction)(void (*)(void))trace_root, METH_FASTCALL,
-     "trace_root(trace_cls, buffer, name, service, resource, span_type, activate[, ctx]): a new root span, or None."},
+     "trace_root(trace_cls, buffer, name, service, resource, span_type, activate[, ctx[, meta, metrics]]): a new root "
+     "span, or None."},
     {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL, NULL},
     {"ids_in_place", _cspan_ids_in_place, METH_NOARGS,
      "ids_in_place(): whether span ids are random.getrandbits(64) drawn from its generator in place (_cspan_ids.c)."},

@@ -62,6 +62,10 @@ typedef struct {
      * stores the object in _mono instead, read as before). */
     long long mono_ns;
     int has_mono_ns;
+    /* C only: the clock _mark_end() read, while has_end_mono: an end with
+     * no time given (finish(), __exit__) ends the span then. */
+    long long end_mono_ns;
+    int has_end_mono;
 } SpanObject;
 
 /* Per-module state, object references only (see module_traverse): what

@@ -415,7 +415,7 @@ end_span(SpanObject *self, int only_if_active, const long long *end_ns)
         if (start == -1 && PyErr_Occurred())
             return -1;
     }
-    long long elapsed = end_ns == NULL ? perf_counter_ns() - start : *end_ns - start;
+    long long elapsed = end_ns != NULL ? *end_ns - start : (self->has_end_mono ? self->end_mono_ns : perf_counter_ns()) - start;
     PyObject *duration = PyLong_FromLongLong(end_ns != NULL && elapsed < 0 ? 0 : elapsed);
     if (duration == NULL)
         return -1;
@@ -496,6 +496,16 @@ Span_finish(SpanObject *self, PyObject *const *args, size_t nargsf, PyObject *kw
     Py_RETURN_NONE;
 }
 
+/* _mark_end(): _SpanBase._mark_end, the clock read now and kept in the
+ * span (no int made): an end with no time given uses it. */
+static PyObject *
+Span_mark_end(SpanObject *self, PyObject *Py_UNUSED(ignored))
+{
+    self->end_mono_ns = perf_counter_ns();
+    self->has_end_mono = 1;
+    Py_RETURN_NONE;
+}
+
 /* -- starting a child span ------------------------------------------------ */
 
 #define MEMBER(field) {#field, T_OBJECT_EX, offsetof(SpanObject, field), 0, NULL}
@@ -541,6 +551,7 @@ static PyMethodDef Span_methods[] = {
     {"set_metric", (PyCFunction)(void (*)(void))Span_set_metric, METH_FASTCALL | METH_KEYWORDS, "Set a numeric tag."},
     {"finish", (PyCFunction)(void (*)(void))Span_finish, METH_FASTCALL | METH_KEYWORDS,
      "End the span (see Span.finish)."},
+    {"_mark_end", (PyCFunction)Span_mark_end, METH_NOARGS, "Record the end time now (see Span._mark_end)."},
     {NULL},
 };
 

@@ -106,6 +106,22 @@ SPAN_FIELDS = (
 )
 
 
+class _MarkedStart(int):
+    """A span's start clock after ``_mark_end()``: equal to the start, but
+    ``now - it`` (an int minus this subclass runs ``__rsub__`` first) is the
+    marked end minus the start, whatever ``now`` is."""
+
+    end: int
+
+    def __new__(cls, start: int, end: int) -> _MarkedStart:
+        self = super().__new__(cls, start)
+        self.end = end
+        return self
+
+    def __rsub__(self, other: int) -> int:
+        return self.end - int(self)
+
+
 class _SpanBase:
     """The span's fields and hot-path methods in pure Python. ``tracer._cspan``
     has the same in C (used when it is built, unless ``TRACER_PURE_PYTHON``
@@ -270,6 +286,16 @@ class _SpanBase:
             trace._flush(ordinal, True)
         elif trace.root_done or len(finished) >= trace.buffer.partial_flush_len:
             trace._flush(ordinal, False)
+
+    def _mark_end(self) -> None:
+        """Record the end time now: a later ``finish()`` (or block end) with
+        no time given ends the span then, not when it is called. For a span
+        whose end is known before it can be handed over (mysql-connector's
+        unbuffered query, ended when its rows are read). The C span keeps the
+        clock in a C field; here ``_mono`` becomes a ``_MarkedStart``, which
+        is still the start but makes ``perf_counter_ns() - _mono`` the marked
+        duration, so that the end paths pay nothing for it."""
+        self._mono = _MarkedStart(self._mono, perf_counter_ns())
 
     def finish(self, finish_time_ns: int | None = None) -> None:
         """End the span (idempotent). If it is the active span, its previous

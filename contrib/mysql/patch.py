@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from time import perf_counter_ns
 from typing import Any
 
 from contrib import _dbapi
@@ -11,15 +10,15 @@ from tracer._errors import guarded_call, internal_error
 from tracer._patching import Target, integration_functions
 
 #: The spans an unbuffered cursor keeps until its rows are read, by ``id()``
-#: of the driver's cursor: ``(cursor, span, perf_counter_ns() at execute's
-#: end, that id)``. A module dict rather than a proxy attribute: a read of
+#: of the driver's cursor: ``(cursor, span, that id)``; the span's end time
+#: is recorded at ``execute``'s end (``span._mark_end()``). A module dict rather than a proxy attribute: a read of
 #: a wrapt proxy's attribute costs ≈ 0.4 k instructions (1.2 k before
 #: ``_dbapi._Proxy``), a write ≈ 0.7 k, a dict lookup ≈ 0.1 k (``id()``
 #: ≈ 0.2 k: an audit event), and the common ``execute(); fetchall()`` did six. The
 #: entry holds the driver's cursor, so its id cannot be reused while the
 #: entry exists; the proxy removes it when the span ends, at its next
 #: statement, ``close``, ``__exit__`` or collection.
-_kept: dict[int, tuple[Any, Any, int, int]] = {}
+_kept: dict[int, tuple[Any, Any, int]] = {}
 
 
 class TracedConnectorCursor(_dbapi.TracedMySQLCursor):
@@ -37,7 +36,8 @@ class TracedConnectorCursor(_dbapi.TracedMySQLCursor):
         unread = getattr(cursor, "_have_unread_result", None)
         if key in _kept or unread is None or not unread():
             return False
-        _kept[key] = (cursor, span, perf_counter_ns(), key)
+        span._mark_end()
+        _kept[key] = (cursor, span, key)
         return True
 
     defer_finish = _keep_until_read
@@ -112,20 +112,18 @@ class TracedConnectorCursor(_dbapi.TracedMySQLCursor):
             self._settle(False)
 
 
-def _end_pending(cursor: Any, kept: tuple[Any, Any, int, int], read_to_end: bool, drained: bool) -> None:
+def _end_pending(cursor: Any, kept: tuple[Any, Any, int], read_to_end: bool, drained: bool) -> None:
     """End the ``kept`` span of the driver's ``cursor``; ``drained``: the
     caller knows no row is left unread (``fetchall``)."""
     unread = False if drained else cursor._have_unread_result()
     if unread and read_to_end:
         return
-    _, span, end, key = kept
+    _, span, key = kept
     _kept.pop(key, None)
     rowcount = cursor.rowcount
     if not unread and type(rowcount) is int and rowcount >= 0:
         span.metrics["db.row_count"] = rowcount
-    # The span ends at `end` (perf_counter_ns): its wall end time is its
-    # start plus the monotonic time since its start (finish(t) is in C).
-    span.finish(span.start_ns + (end - span._mono))
+    span.finish()  # at the end _keep_until_read marked
 
 
 class TracedConnectorConnection(_dbapi.TracedMySQLConnection):
