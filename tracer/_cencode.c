@@ -257,8 +257,10 @@ begin_chunk(PyObject *chunk, Py_ssize_t *spans, uint64_t *tid, Out *o)
     }
     *spans = n / RECORD_LEN;
     PyObject **items = PySequence_Fast_ITEMS(chunk);
-    unsigned long long low = PyLong_AsUnsignedLongLongMask(items[0]);
-    if (low == (unsigned long long)-1 && PyErr_Occurred())
+    PyObject *first = Py_NewRef(items[0]); /* a non-int's __index__ may change the chunk: checked after */
+    unsigned long long low = PyLong_AsUnsignedLongLongMask(first);
+    Py_DECREF(first);
+    if ((low == (unsigned long long)-1 && PyErr_Occurred()) || _cencode_chunk_changed(chunk, items, n))
         return NULL;
     *tid = low;
     return pack_array_header(o, *spans) < 0 ? NULL : items;
@@ -322,8 +324,13 @@ _cencode_chunk_v04(Out *o, PyObject *chunk, PyObject *const *item)
             int rc;
             if (i == 0)
                 rc = pack_uint(o, tid);
-            else if (i == 3 || i == 6) /* service, type */
-                rc = pack_str_or_empty(o, r[i]);
+            else if (i == 3 || i == 6) { /* service, type */
+                PyObject *v = Py_NewRef(r[i]); /* a non-str's __bool__ may change the chunk: checked after */
+                rc = pack_str_or_empty(o, v);
+                if (rc == 0 && v != Py_None && !PyUnicode_CheckExact(v) && _cencode_chunk_changed(chunk, items, size))
+                    rc = -1;
+                Py_DECREF(v);
+            }
             else if (i >= META && item != NULL) {
                 PyObject *dict = Py_NewRef(r[i]); /* held: see _cencode_chunk_changed */
                 rc = pack_span_dict(o, dict, i, s, &tags);

@@ -37,7 +37,9 @@ resolve(Slots *s, PyTypeObject *type, PyObject *const *names)
         s->offset[i] = -1;
 #if PY_VERSION_HEX < 0x030E0000
         PyObject *d = plain ? _PyType_Lookup(type, names[i]) : NULL; /* borrowed; runs no Python code */
-        if (d != NULL && Py_IS_TYPE(d, &PyMemberDescr_Type)) {
+        /* (a member of another class put in this one's dict is read by getattr,
+         * which raises for it: its offset is not this type's) */
+        if (d != NULL && Py_IS_TYPE(d, &PyMemberDescr_Type) && PyType_IsSubtype(type, PyDescr_TYPE(d))) {
             PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
             if (m->type == T_OBJECT_EX && !(m->flags & READONLY))
                 s->offset[i] = m->offset;
@@ -119,31 +121,39 @@ describe_one(PyObject *batch, Py_ssize_t index, PyObject *trace, PyObject *chunk
         return 1;
     if (Py_TYPE(trace) != slots->type)
         resolve(slots, Py_TYPE(trace), names);
-    PyObject *priority = get_field(trace, slots, N_PRIORITY, names);
-    if (priority == NULL)
+    /* Read and written in the Python body's order (root, priority, the
+     * default's stores, the root's fields, root = None, the rest), so that an
+     * entry failing part way leaves its trace as Python would. */
+    PyObject *root_span = get_field(trace, slots, N_ROOT, names);
+    if (root_span == NULL)
         return -1;
+    PyObject *priority = get_field(trace, slots, N_PRIORITY, names);
+    if (priority == NULL) {
+        Py_DECREF(root_span);
+        return -1;
+    }
     if (priority == Py_None) {
         Py_DECREF(priority);
-        if (dflt == Py_None)
+        if (dflt == Py_None) {
+            Py_DECREF(root_span);
             return 1; /* sampler.decide(), in Python */
+        }
         priority = Py_NewRef(PyTuple_GET_ITEM(dflt, 0));
         if (set_field(trace, slots, N_MECHANISM, names, PyTuple_GET_ITEM(dflt, 1)) < 0 ||
             set_field(trace, slots, N_PRIORITY, names, priority) < 0) {
-            Py_DECREF(priority);
-            return -1;
+            Py_DECREF(root_span);
+            goto error;
         }
     }
     int overflow;
     long p = PyLong_CheckExact(priority) ? PyLong_AsLongAndOverflow(priority, &overflow) : 0;
     if (!PyLong_CheckExact(priority) || (p == -1 && PyErr_Occurred())) {
+        Py_DECREF(root_span);
         Py_DECREF(priority);
         return PyErr_Occurred() ? -1 : 1;
     }
     int positive = overflow > 0 || (overflow == 0 && p > 0);
     Py_ssize_t root = -1;
-    PyObject *root_span = get_field(trace, slots, N_ROOT, names);
-    if (root_span == NULL)
-        goto error;
     if (root_span != Py_None) {
         PyObject *duration, *span_id;
         int record = Py_TYPE(root_span) == (PyTypeObject *)record_type && PyTuple_GET_SIZE(root_span) == RECORD_LEN;
@@ -205,11 +215,31 @@ error:
     return -1;
 }
 
+/* The exception set, taken (normalized, with its traceback) and cleared. */
+static PyObject *
+raised_exception(void)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    return PyErr_GetRaisedException();
+#else
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL && value != NULL)
+        PyException_SetTraceback(value, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return value;
+#endif
+}
+
 /* describe_v04(batch, start, settings, default, names, record_type) -> (index, not_sent, paused):
  * from batch[start], each (trace, chunk) becomes its descriptor (or None:
  * empty, or not sent because of sampling: not_sent counts those spans) until
  * one is left to Python: index is that one (len(batch) when none was), or
- * with paused true the next entry to describe (GIL_YIELD_NS).
+ * with paused true the next entry to describe (GIL_YIELD_NS); failure: None,
+ * or (spans, exception) when batch[index] raised (it is None then, as the
+ * Python body's except leaves it).
  * record_type: tracer.span.FinishedSpan. */
 PyObject *
 _cencode_describe_v04(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
@@ -235,11 +265,13 @@ _cencode_describe_v04(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssi
         return NULL;
     PyObject *const *names = &PyTuple_GET_ITEM(args[4], 0);
     Py_ssize_t not_sent = 0;
+    PyObject *failure = Py_NewRef(Py_None); /* or (spans, exception) of batch[index] */
     Slots slots = {NULL};
     int64_t since = _cencode_monotonic_ns();
     int paused = 0;
-    for (index = index < 0 ? 0 : index; index < PyList_GET_SIZE(batch); index++) {
-        if ((index & 63) == 63 && _cencode_monotonic_ns() - since >= GIL_YIELD_NS) {
+    Py_ssize_t start = index = index < 0 ? 0 : index;
+    for (; index < PyList_GET_SIZE(batch); index++) {
+        if ((index & 63) == 63 && index > start && _cencode_monotonic_ns() - since >= GIL_YIELD_NS) {
             paused = 1; /* (see GIL_YIELD_NS) */
             break;
         }
@@ -253,14 +285,26 @@ _cencode_describe_v04(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssi
         if (rc > 0)
             break;
         if (rc < 0) {
-            if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+            /* Recorded as the Python body's except records it (the entry is
+             * not run again: its trace may be partly changed). */
+            PyObject *exc = PyErr_ExceptionMatches(PyExc_Exception) ? raised_exception() : NULL;
+            if (exc == NULL) {
                 Py_XDECREF(slots.type);
+                Py_DECREF(failure);
                 return NULL;
             }
-            PyErr_Clear(); /* Python runs this entry again: its own except records it */
+            entry = PyList_GET_ITEM(batch, index);
+            PyObject *chunk = PyTuple_CheckExact(entry) && PyTuple_GET_SIZE(entry) == 2 ? PyTuple_GET_ITEM(entry, 1) : NULL;
+            Py_ssize_t spans = chunk != NULL && PyList_CheckExact(chunk) ? PyList_GET_SIZE(chunk) / RECORD_LEN : 0;
+            Py_SETREF(failure, Py_BuildValue("nN", spans, exc));
+            if (failure == NULL || PyList_SetItem(batch, index, Py_NewRef(Py_None)) < 0) {
+                Py_XDECREF(slots.type);
+                Py_XDECREF(failure);
+                return NULL;
+            }
             break;
         }
     }
     Py_XDECREF(slots.type);
-    return Py_BuildValue("nnO", index, not_sent, paused ? Py_True : Py_False);
+    return Py_BuildValue("nnON", index, not_sent, paused ? Py_True : Py_False, failure);
 }

@@ -115,8 +115,12 @@ def process_chunks(
         if describe is not None:
             # The usual entries in C; the one it stops at (decide(), anything
             # unusual, an error) runs the body below, then C goes on.
-            lo, dropped, paused = describe(batch, lo, settings, default, _TRACE_FIELDS, FinishedSpan)
+            lo, dropped, paused, failure = describe(batch, lo, settings, default, _TRACE_FIELDS, FinishedSpan)
             not_sent += dropped
+            if failure is not None:  # batch[lo] raised in C: recorded as the except below records it
+                failed.append((lo, *failure))
+                lo += 1
+                continue
             if paused:  # every millisecond: this back edge lets an app thread take the GIL
                 continue
             stop = min(lo + 1, end)

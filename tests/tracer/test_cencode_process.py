@@ -176,7 +176,7 @@ def test_a_long_batch_pauses_every_millisecond_and_ends_as_in_python() -> None:
     start = 0
     pauses = 0
     while start < len(batch):
-        start, _, paused = processor._cencode.describe_v04(
+        start, _, paused, _failure = processor._cencode.describe_v04(
             batch, start, _settings(True), (1, 0), processor._TRACE_FIELDS, FinishedSpan
         )
         pauses += paused

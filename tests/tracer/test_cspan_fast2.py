@@ -149,7 +149,7 @@ def test_with_binds_enter_and_exit_to_the_span_as_methods_do(test_spans):
     # Equal and hashed as bound methods are: by their span and method.
     other = tracer.trace("other")
     assert span.__exit__ == exit_ and hash(span.__exit__) == hash(exit_) and exit_ in {span.__exit__}
-    assert exit_ != enter and exit_ != other.__exit__ and not (exit_ != span.__exit__)
+    assert exit_ != enter and exit_ != other.__exit__ and (exit_ != span.__exit__) is False
     other.finish()
     assert enter() is span
     assert type(span).__exit__(span, None, None, None) is None  # unbound, through the class
