@@ -20,6 +20,7 @@ Medians over rounds and per-round ratios (ours / peer) are printed.
     python benchmarks/bench_spans.py [--rounds 7] [--traces 1000] [--only ours,ddtrace]
     python benchmarks/bench_spans.py --rounds 3 --traces 100,200,300,1000   # sweep: one table row per size
     python benchmarks/bench_spans.py --defer-decode   # the sink's decoding out of the measured runs
+    python benchmarks/bench_spans.py --full-decode    # the sink builds every span (the figures before round 2's sixth session)
     python benchmarks/bench_spans.py --children 0 --traces 50000 --only ours,ddtrace   # one-span traces
     python benchmarks/bench_spans.py --app-calls   # Python-level calls per 1- and 101-span trace, no-op writer
     valgrind --tool=callgrind python benchmarks/bench_spans.py --loop 6000 --children 0   # minus --loop 1000:
@@ -325,6 +326,10 @@ def main() -> None:
         "--defer-decode", action="store_true",
         help="the sink decodes (counts) payloads after each run, not while it runs (see _sink.py)",
     )
+    parser.add_argument(
+        "--full-decode", action="store_true",
+        help="the sink builds every span (msgpack.unpackb, as before round 2's sixth session) instead of walking them",
+    )
     args = parser.parse_args()
     sizes = [int(t) for t in args.traces.split(",")]
     CHILDREN = args.children
@@ -362,7 +367,7 @@ def main() -> None:
         return
     names = args.only.split(",")
     rows = []
-    with Sink(defer=args.defer_decode) as sink:
+    with Sink(defer=args.defer_decode, full_decode=args.full_decode) as sink:
         for traces in sizes:
             rows.append((traces, measure(names, traces, args.rounds, sink)))
     for traces, results in rows:
