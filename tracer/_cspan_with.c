@@ -87,25 +87,17 @@ static PyMemberDef SpanBound_members[] = {
     {NULL},
 };
 
-static PyObject *SpanMethod_name(SpanMethodObject *self, void *closure);
-static PyObject *SpanMethod_qualname(SpanMethodObject *self, void *closure);
-
-/* __name__ and __qualname__: the method's, as a bound method's are. */
+/* __name__ and __qualname__ (the closure): the method's, as a bound
+ * method's are. */
 static PyObject *
-SpanBound_name(SpanBoundObject *self, void *closure)
+SpanBound_method_attr(SpanBoundObject *self, void *closure)
 {
-    return SpanMethod_name(self->method, closure);
-}
-
-static PyObject *
-SpanBound_qualname(SpanBoundObject *self, void *closure)
-{
-    return SpanMethod_qualname(self->method, closure);
+    return PyObject_GetAttrString((PyObject *)self->method, (const char *)closure);
 }
 
 static PyGetSetDef SpanBound_getset[] = {
-    {"__name__", (getter)SpanBound_name, NULL, NULL, NULL},
-    {"__qualname__", (getter)SpanBound_qualname, NULL, NULL, NULL},
+    {"__name__", (getter)SpanBound_method_attr, NULL, NULL, "__name__"},
+    {"__qualname__", (getter)SpanBound_method_attr, NULL, NULL, "__qualname__"},
     {NULL},
 };
 

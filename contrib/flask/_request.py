@@ -435,11 +435,9 @@ class _ClosingBody:
                 close()
         finally:
             span = self._span
-            if span.duration_ns is None:  # _end, without two frames
+            if span.duration_ns is None:  # (guarded_call's guarantee, one frame fewer)
                 try:
-                    if self._it is not None:
-                        span.meta[CLIENT_DISCONNECTED] = "true"
-                    span.finish()
+                    _end(span, self._it is not None)
                 except Exception:
                     internal_error("flask.response.close")
 
