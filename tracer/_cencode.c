@@ -530,6 +530,8 @@ static PyMethodDef module_methods[] = {
      "put_many_v04(batch, start, payload, limit, traces, spans) -> (index, size, traces, spans, paused)."},
     {"describe_v04", (PyCFunction)(void (*)(void))_cencode_describe_v04, METH_FASTCALL,
      "describe_v04(batch, start, settings, default, names, record_type) -> (index, not_sent, paused)."},
+    {"pairs", (PyCFunction)_cencode_pairs, METH_O,
+     "pairs(flat) -> [(flat[0], flat[1]), ...]: the writer's queue as its batch (untracked pairs)."},
     {"payload_v04", _cencode_payload_v04, METH_NOARGS, "payload_v04() -> a v0.4 payload buffer (PayloadV04)."},
     {"payload_append", (PyCFunction)(void (*)(void))_cencode_payload_append, METH_FASTCALL,
      "payload_append(payload, body: bytes): add an encoded chunk."},

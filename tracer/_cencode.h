@@ -101,6 +101,8 @@ PyObject *_cencode_put_many_v04(PyObject *module, PyObject *const *args, Py_ssiz
 int64_t _cencode_monotonic_ns(void);
 /* _cencode_process.c: processor.process_chunks' loop body (defer=True). */
 PyObject *_cencode_describe_v04(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+/* The writer's flat queue as a batch of untracked (trace, chunk) pairs. */
+PyObject *_cencode_pairs(PyObject *module, PyObject *flat);
 
 /* One tag to add to a meta or metrics map, as processor._tag adds it: set
  * (``d[key] = value``), setdefault, or each item of a dict by setdefault

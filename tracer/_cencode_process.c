@@ -209,6 +209,10 @@ describe_one(PyObject *batch, Py_ssize_t index, PyObject *trace, PyObject *chunk
         Py_DECREF(item); /* Py_XDECREF of each item, NULLs included */
         return -1;
     }
+    /* Referenced by the batch only (a local of the writer thread): part of no
+     * cycle, so the GC need not walk it; a young collection during the batch
+     * no longer promotes it (CPython never untracks a tuple holding a list). */
+    PyObject_GC_UnTrack(item);
     return PyList_SetItem(batch, index, item);
 error:
     Py_DECREF(priority);
@@ -307,4 +311,33 @@ _cencode_describe_v04(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssi
     }
     Py_XDECREF(slots.type);
     return Py_BuildValue("nnON", index, not_sent, paused ? Py_True : Py_False, failure);
+}
+
+/* pairs(flat) -> [(flat[0], flat[1]), (flat[2], flat[3]), ...]: the writer's
+ * queue (trace, chunk, trace, chunk, ...: writer.write appends no tuple, so
+ * nothing of it is tracked while it waits; the chunk and the handed-over
+ * trace are untracked already) as the batch of pairs its consumers read.
+ * Each pair is untracked: referenced by the batch only, it is part of no
+ * cycle (its trace and chunk stay tracked or not on their own). */
+PyObject *
+_cencode_pairs(PyObject *Py_UNUSED(module), PyObject *flat)
+{
+    if (!PyList_CheckExact(flat) || PyList_GET_SIZE(flat) % 2) {
+        PyErr_SetString(PyExc_TypeError, "pairs(flat: list of even length)");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(flat) / 2;
+    PyObject *out = PyList_New(n);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) { /* no Python code runs: flat's size stays */
+        PyObject *pair = PyTuple_Pack(2, PyList_GET_ITEM(flat, 2 * i), PyList_GET_ITEM(flat, 2 * i + 1));
+        if (pair == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyObject_GC_UnTrack(pair);
+        PyList_SET_ITEM(out, i, pair);
+    }
+    return out;
 }

@@ -121,7 +121,11 @@ class AgentWriter:
         self._wake = threading.Event()
         self._done = threading.Condition(threading.Lock())
         self._thread: threading.Thread | None = None
-        self._pending: list[tuple[Any, list[Any]]] = []
+        # Flat: trace, chunk, trace, chunk, ... (no tuple per chunk, so that
+        # nothing a queued chunk adds is tracked by the GC while it waits:
+        # the chunk and a handed-over trace are untracked; _take_pending
+        # makes the pairs the writer thread's consumers read).
+        self._pending: list[Any] = []
         self._pending_spans = 0
         self._seq = 0  # chunks accepted so far
         self._done_seq = 0  # every chunk up to here is sent or dropped
@@ -167,7 +171,9 @@ class AgentWriter:
                 if self._pending_spans + n > limit and not self._wait_for_room(n, limit):
                     self._counts["spans_dropped_queue_full"] += n
                     return
-                self._pending.append((trace, chunk))
+                pending = self._pending
+                pending.append(trace)
+                pending.append(chunk)
                 self._pending_spans += n
                 self._seq += 1
                 wake = self._pending_spans >= self._batch_spans and not self._down
@@ -281,12 +287,17 @@ class AgentWriter:
                 return
 
     def _take_pending(self) -> tuple[list[tuple[Any, list[Any]]], int]:
+        """The queue as ``(trace, chunk)`` pairs, and the seq before the first."""
         with self._lock:
-            chunks, self._pending = self._pending, []
+            flat, self._pending = self._pending, []
             self._pending_spans = 0
             self._congested = False
             self._room.notify_all()
-            return chunks, self._seq - len(chunks)
+            seq = self._seq - len(flat) // 2
+        cencode = encoding._cencode
+        if cencode is not None:
+            return cencode.pairs(flat), seq  # untracked pairs: not walked, not promoted by a young collection
+        return list(zip(flat[::2], flat[1::2])), seq
 
     def _cycle(self) -> None:
         chunks, seq = self._take_pending()
