@@ -297,7 +297,7 @@ class AgentWriter:
         cencode = encoding._cencode
         if cencode is not None:
             return cencode.pairs(flat), seq  # untracked pairs: not walked, not promoted by a young collection
-        return list(zip(flat[::2], flat[1::2])), seq
+        return list(zip(flat[::2], flat[1::2], strict=True)), seq
 
     def _cycle(self) -> None:
         chunks, seq = self._take_pending()

@@ -19,7 +19,9 @@ from tracer import encoding, processor, tracer
 from tracer.config import config
 from tracer.span import RECORD_LEN
 
-needs_c = pytest.mark.skipif(encoding._cencode is None, reason="tracer._cencode is not built or TRACER_PURE_PYTHON is set")
+needs_c = pytest.mark.skipif(
+    encoding._cencode is None, reason="tracer._cencode is not built or TRACER_PURE_PYTHON is set"
+)
 
 
 @pytest.fixture
@@ -75,7 +77,7 @@ def _chunks(n: int) -> list[Any]:
 def test_batch_pairs_and_descriptors_are_untracked() -> None:
     flat = _chunks(3)
     batch = encoding._cencode.pairs(flat)
-    assert batch == list(zip(flat[::2], flat[1::2]))
+    assert batch == list(zip(flat[::2], flat[1::2], strict=True))
     assert not [pair for pair in batch if gc.is_tracked(pair)]
     sampler = tracer.sampler
     not_sent, failed = processor.process_chunks(batch, sampler, True)
