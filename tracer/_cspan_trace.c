@@ -282,10 +282,10 @@ root_view(ModuleState *st, SpanObject *root, PyObject *trace, PyObject *chunk)
  * GC has nothing to find through it: a TraceBase with no other fields (no
  * __dict__, no added slots) whose values are untracked but for `buffer` (the
  * tracer's, reachable while the writer's thread runs; stop() empties the
- * queue). Then the writer's queue item (trace, chunk) holds only untracked
- * objects, and CPython untracks that tuple at the next young collection:
- * neither is walked nor promoted while it waits (≈ 1.4 objects per Flask
- * request were). The root's record view holding a user's tracked tag value
+ * queue). Then nothing the writer's queue holds for the chunk is tracked
+ * (the queue is flat, no tuple per chunk: tracer/writer.py): none of it is
+ * walked nor promoted while it waits (≈ 2.2 objects per Flask request
+ * were). The root's record view holding a user's tracked tag value
  * keeps it tracked (that is the cycle a span referenced from its own tag
  * makes); the chunk and a late child's list are untracked records already.
  * Nothing untracked is re-tracked: fields set later (the writer's
