@@ -161,7 +161,7 @@ class PayloadV04:
         count's. The same bytes as packing span maps (``_encode``), which
         this falls back to if the packed values hold the searched
         bytes too (a metric named ``trace_id`` holding the trace id): the
-        replacement count tells. ~2.7 k instructions per span less than the
+        count of pieces tells. ~2.7 k instructions per span less than the
         span maps, ~11 k more per chunk (``_V04_FLAT_MIN_SPANS``)."""
         if n * RECORD_LEN != len(chunk):
             raise ValueError("a chunk is a whole number of span records")
@@ -186,14 +186,20 @@ class PayloadV04:
         # Search for the key with the trace id after it (2.4x faster than the
         # key alone, ~0.3 µs per span) unless a 0xa8 byte in the id's bytes
         # could let a stray match overlap a span's own start (none can in
-        # the key alone): then every stray match adds to the count.
+        # the key alone): then every stray match adds a piece.
         first = _V04_FIRST_KEY + self._pack(tid)
         if first.find(b"\xa8", 1) >= 0:  # (not `in`: bytes' `in` tries an int first, ~1.8 k instructions)
             first = _V04_FIRST_KEY
-        maps = body.replace(first, _V04_MAP_HEADER + first)
-        if len(maps) != len(body) + n:
+        # Cut before each span's first key, then join with the map header in
+        # front of it: one search and one copy, where bytes.replace searched
+        # twice and swapping the array header after it copied twice more
+        # (-35 ns per span of ~625). The piece before the first span, the
+        # outer arrays' headers ([array(24n)), becomes the chunk's header.
+        pieces = body.split(first)
+        if len(pieces) != n + 1:
             return self._encode(chunk, _NEVER)
-        return _array_header(n) + maps[4 if n * _V04_KEYED_LEN < 0x10000 else 6 :]  # [array(24n)
+        pieces[0] = _array_header(n)
+        return (_V04_MAP_HEADER + first).join(pieces)
 
     def _encode(self, chunk: list[Any], flat_from: int = _V04_FLAT_MIN_SPANS) -> bytes:
         """The chunk's array of span maps; from ``flat_from`` spans on, by
