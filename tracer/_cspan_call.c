@@ -54,8 +54,21 @@ report_error(TracedCallObject *self, int finishing)
     Py_XDECREF(tb);
 }
 
+static PyObject *call_traced(TracedCallObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames);
+
+/* The fields are read-only, so they live as long as `self`: held here for
+ * the call, however the caller holds it. */
 static PyObject *
 TracedCall_vectorcall(TracedCallObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_INCREF(self);
+    PyObject *result = call_traced(self, args, nargsf, kwnames);
+    Py_DECREF(self);
+    return result;
+}
+
+static PyObject *
+call_traced(TracedCallObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
     int active;
     PyObject *span = span_cls == NULL ? Py_NewRef(Py_None)
@@ -76,6 +89,11 @@ TracedCall_vectorcall(TracedCallObject *self, PyObject *const *args, size_t narg
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);
         PyErr_NormalizeException(&type, &value, &tb);
+        if (value == NULL) { /* (normalizing failed: nothing to report) */
+            Py_DECREF(span);
+            PyErr_Restore(type, value, tb);
+            return NULL;
+        }
         if (tb != NULL)
             PyException_SetTraceback(value, tb);
         PyObject *r = PyObject_CallFunctionObjArgs(self->failed, span, value, NULL);
