@@ -412,6 +412,9 @@ exec_module(PyObject *m)
     if (PyType_Ready(&_cspan_TraceMethod_Type) < 0 ||
         PyModule_AddObjectRef(m, "TraceMethod", (PyObject *)&_cspan_TraceMethod_Type) < 0)
         return -1;
+    if (PyType_Ready(&_cspan_TracedCall_Type) < 0 ||
+        PyModule_AddObjectRef(m, "TracedCall", (PyObject *)&_cspan_TracedCall_Type) < 0)
+        return -1;
     if (PyType_Ready(&_cspan_SpanBase_Type) < 0 || _cspan_add_with_methods(&_cspan_SpanBase_Type) < 0)
         return -1;
     Py_INCREF(&_cspan_SpanBase_Type);

@@ -1,4 +1,4 @@
-/* Private to tracer._cspan, whose C code is in six units compiled into the
+/* Private to tracer._cspan, whose C code is in seven units compiled into the
  * one extension module (setup.py):
  *   _cspan.c        module state and init, configure(), starting spans
  *                   (trace_root, the new span both starts build);
@@ -9,7 +9,8 @@
  *                   Tracer.trace as a C method descriptor;
  *   _cspan_with.c   SpanBase.__enter__ and __exit__ as descriptors whose
  *                   binding is cheaper than a builtin method's;
- *   _cspan_ids.c    span ids: random.getrandbits(64) drawn in place.
+ *   _cspan_ids.c    span ids: random.getrandbits(64) drawn in place;
+ *   _cspan_call.c   TracedCall: a function called in a child span.
  * What they share is declared here: the structs, the process-wide globals
  * set by exec_module and configure() (defined in _cspan.c), the small field
  * helpers of the hot path (static inline, so that they stay inlined), and
@@ -282,6 +283,7 @@ PyObject *_cspan_trace_child(PyObject *name, PyObject *service, PyObject *resour
                              int *active);
 
 /* _cspan_span.c */
+int _cspan_span_finish(SpanObject *self);
 int _cspan_bind_args(const char *fn, const char *const *names, Py_ssize_t n, Py_ssize_t required,
                      PyObject *const *args, size_t nargsf, PyObject *kwnames, PyObject **out);
 
@@ -305,6 +307,9 @@ bind_args(const char *fn, const char *const *names, Py_ssize_t n, Py_ssize_t req
 
 extern PyTypeObject _cspan_TraceMethod_Type;
 PyObject *_cspan_span_exit(PyObject *span, PyObject *const *args, size_t nargsf, PyObject *kwnames);
+
+/* _cspan_call.c */
+extern PyTypeObject _cspan_TracedCall_Type;
 
 /* _cspan_ids.c */
 PyObject *_cspan_random_id(void);

@@ -496,6 +496,13 @@ Span_finish(SpanObject *self, PyObject *const *args, size_t nargsf, PyObject *kw
     Py_RETURN_NONE;
 }
 
+/* finish() from C (a TracedCall's span): as Span_finish without arguments. */
+int
+_cspan_span_finish(SpanObject *self)
+{
+    return end_span(self, 1, NULL);
+}
+
 /* _mark_end(): _SpanBase._mark_end, the clock read now and kept in the
  * span (no int made): an end with no time given uses it. */
 static PyObject *

@@ -37,6 +37,7 @@ from contrib.flask._hooks import PHASES, Phase
 from tracer._errors import finish_span, guarded_call, guarded_wrapper, internal_error, keep_result
 from tracer._patching import Target, integration_functions
 from tracer._tracer import _trace_child
+from tracer.span import _cspan
 
 _tracer = _pkg.tracer
 _current: ContextVar[Any] = ContextVar("tracer_flask_request", default=None)  # the RequestState
@@ -62,11 +63,17 @@ def _resource_of(func: Any) -> str:
     return name if name is not None else type(func).__qualname__
 
 
+# The constant tags of a hook, view or handler span (TracedCall copies them).
+_HOOK_TAGS = {"component": "flask"}
+
+
 def _traced(func: Callable[..., Any], phase: Phase) -> Callable[..., Any]:
     """``func`` in a span named after its phase: the guard shape (guarded
-    pre-work, the call unguarded, guarded post-work) in one frame, as this
-    runs for every user function of every request; the span starts in C
-    (``_trace_child``) when the C extension is there."""
+    pre-work, the call unguarded, guarded post-work), as this runs for every
+    user function of every request. With the C extension it is a
+    ``_cspan.TracedCall`` (no Python frame: the span started, tagged and
+    finished in C, see tracer/_cspan_call.c) whose fallback, for a call with
+    no C span to start, is ``traced_call`` below."""
     name = phase.name
     resource = _resource_of(func)
 
@@ -91,7 +98,19 @@ def _traced(func: Callable[..., Any], phase: Phase) -> Callable[..., Any]:
         return result
 
     traced_call.__wrapped__ = func  # type: ignore[attr-defined]
-    return traced_call
+    if _cspan is None:
+        return traced_call
+    return _cspan.TracedCall(func, name, resource, "web", _HOOK_TAGS, traced_call, _traced_failed, _traced_error)
+
+
+def _traced_failed(span: Any, exc: BaseException) -> None:
+    # TracedCall: func raised exc (which then propagates unchanged).
+    guarded_call("flask.hook.finish", _hook_failed, span, exc)
+
+
+def _traced_error(exc: BaseException, finishing: bool) -> None:
+    # TracedCall: its own work failed (the function still ran, or runs, once).
+    internal_error("flask.hook.finish" if finishing else "flask.hook", exc)
 
 
 def _hook_failed(span: Any, exc: BaseException) -> None:

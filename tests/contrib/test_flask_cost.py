@@ -28,6 +28,9 @@ from tracer.span import _cspan
 # generator became its __iter__ (one frame less) and _runs_no_user_code came
 # in (one more, for no ContextVar writes while the body is read).
 CONTRIB_CALLS_PER_REQUEST = 18
+# With the C span, each hook and view span is a _cspan.TracedCall (no Python
+# frame, tracer/_cspan_call.c): three calls fewer.
+CONTRIB_CALLS_PER_REQUEST_C = 15
 # Python calls in tracer/ per request with the C span: the sink's and the
 # writer's write() only. The request span starts in C (no start_span frame)
 # and, finishing last, hands its trace to the sink in C (no _Trace._flush,
@@ -99,7 +102,8 @@ def test_calls_per_request_within_budget(traced: Any, settings: Any) -> None:
     detail = "\n".join(f"{count / REQUESTS:5.2f} {where}" for where, count in sorted(calls.items()))
     # + 0.5: a stray call now and then (3.13 once counted 51 wsgi_app calls for 50 requests:
     # 23.02 against 23) is not a call per request; one more per request still fails.
-    assert per_request < CONTRIB_CALLS_PER_REQUEST + 0.5, f"{per_request} calls of contrib/ per request:\n{detail}"
+    budget = CONTRIB_CALLS_PER_REQUEST if _cspan is None else CONTRIB_CALLS_PER_REQUEST_C
+    assert per_request < budget + 0.5, f"{per_request} calls of contrib/ per request:\n{detail}"
     if _cspan is not None:
         ours = _contrib_calls(stats, "tracer")
         per_request = sum(ours.values()) / REQUESTS
