@@ -70,7 +70,7 @@ TracedCall_vectorcall(TracedCallObject *self, PyObject *const *args, size_t narg
 static PyObject *
 call_traced(TracedCallObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
-    int active;
+    int active; /* (trace_child's out-parameter; not read here) */
     PyObject *span = span_cls == NULL ? Py_NewRef(Py_None)
                                       : _cspan_trace_child(self->name, Py_None, self->resource, self->span_type,
                                                            &active);
@@ -79,11 +79,18 @@ call_traced(TracedCallObject *self, PyObject *const *args, size_t nargsf, PyObje
         return PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
     }
     if (span == NULL) { /* recorded; the function runs untraced */
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) /* as `except Exception`: KeyboardInterrupt goes on */
+            return NULL;
         report_error(self, 0);
         return PyObject_Vectorcall(self->func, args, nargsf, kwnames);
     }
-    if (PyDict_Update(((SpanObject *)span)->meta, self->tags) < 0)
+    if (PyDict_Update(((SpanObject *)span)->meta, self->tags) < 0) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+            Py_DECREF(span); /* (left open, as the Python wrapper's would be) */
+            return NULL;
+        }
         report_error(self, 0); /* the span goes on without them */
+    }
     PyObject *result = PyObject_Vectorcall(self->func, args, nargsf, kwnames);
     if (result == NULL) {
         PyObject *type, *value, *tb;
@@ -98,7 +105,20 @@ call_traced(TracedCallObject *self, PyObject *const *args, size_t nargsf, PyObje
             PyException_SetTraceback(value, tb);
         PyObject *r = PyObject_CallFunctionObjArgs(self->failed, span, value, NULL);
         Py_DECREF(span);
-        if (r == NULL) { /* (a BaseException out of the guarded handler) */
+        if (r == NULL) { /* a BaseException out of the guarded handler: raised
+                            * while handling func's, which becomes its context */
+            PyObject *t2, *v2, *tb2;
+            PyErr_Fetch(&t2, &v2, &tb2);
+            PyErr_NormalizeException(&t2, &v2, &tb2);
+            if (v2 != NULL && v2 != value && PyExceptionInstance_Check(v2)) {
+                if (tb2 != NULL)
+                    PyException_SetTraceback(v2, tb2);
+                PyObject *context = PyException_GetContext(v2); /* (a new reference, or NULL) */
+                if (context == NULL)
+                    PyException_SetContext(v2, Py_NewRef(value)); /* (steals it) */
+                Py_XDECREF(context);
+            }
+            PyErr_Restore(t2, v2, tb2);
             Py_XDECREF(type);
             Py_XDECREF(value);
             Py_XDECREF(tb);

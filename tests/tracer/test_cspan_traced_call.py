@@ -150,6 +150,47 @@ def test_a_failed_start_is_reported_and_the_function_runs_once(test_spans: Any) 
     assert [s.name for s in test_spans.spans] == ["root"]
 
 
+def test_an_interrupt_while_starting_propagates_and_the_function_does_not_run(test_spans: Any) -> None:
+    # The Python wrapper's `except Exception` lets KeyboardInterrupt through.
+    class Interrupting:
+        def __bool__(self) -> bool:
+            raise KeyboardInterrupt
+
+    calls = Calls()
+    ran: list[int] = []
+    with tracer.trace("root") as root:
+        trace = root._trace
+        saved = trace.foreign
+        trace.foreign = Interrupting()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                traced(lambda: ran.append(1), calls)()
+        finally:
+            trace.foreign = saved
+    assert ran == [] and calls.reports == [] and calls.failed == []
+
+
+def test_an_exception_out_of_failed_keeps_the_functions_as_its_context(test_spans: Any) -> None:
+    # As in Python: raised while handling the function's exception.
+    class Interrupted(BaseException):
+        pass
+
+    def failed(span: Any, exc: BaseException) -> None:
+        span.finish()
+        raise Interrupted("from failed")
+
+    calls = Calls()
+    boom = ValueError("from the function")
+
+    def raising() -> None:
+        raise boom
+
+    call = _cspan.TracedCall(raising, "n", "r", "web", {}, calls.on_fallback, failed, calls.on_report)
+    with tracer.trace("root"), pytest.raises(Interrupted) as info:
+        call()
+    assert info.value.__context__ is boom
+
+
 @pytest.mark.internal_errors
 def test_contrib_reports_through_internal_error() -> None:
     from contrib.flask import patch
