@@ -546,9 +546,9 @@ static PyMethodDef module_methods[] = {
 
 /* Runs at each import (see _cmodule.h: the main interpreter only). */
 static int
-exec_module(PyObject *Py_UNUSED(m))
+exec_module(PyObject *m)
 {
-    if (main_interpreter_only("tracer._cencode", "the pure-Python encoders") < 0)
+    if (main_interpreter_only(m, "tracer._cencode", "the pure-Python encoders") < 0)
         return -1;
     Py_XSETREF(empty_str, PyUnicode_FromStringAndSize("", 0));
     return empty_str == NULL ? -1 : 0;

@@ -9,12 +9,21 @@
 #ifndef TRACER_CMODULE_H
 #define TRACER_CMODULE_H
 
-/* 0 in the main interpreter, else -1 with an ImportError naming what runs instead. */
+/* The Python code these modules were written for: each module exports it as
+ * ABI and tracer.span.load_speedup refuses a module whose ABI differs from
+ * tracer/span.py's _C_ABI (a checkout updated without rebuilding: its old .so
+ * would lack functions the new Python calls). Bump both when a module's
+ * Python-visible interface changes; tests/tracer/test_c_abi.py fails until
+ * the sources' digest in tracer/_c_abi.txt is updated with it. */
+#define TRACER_C_ABI 13
+
+/* 0 in the main interpreter (the module's ABI added), else -1 with an
+ * ImportError naming what runs instead. */
 static int
-main_interpreter_only(const char *module, const char *instead)
+main_interpreter_only(PyObject *m, const char *module, const char *instead)
 {
     if (PyInterpreterState_Get() == PyInterpreterState_Main())
-        return 0;
+        return PyModule_AddIntConstant(m, "ABI", TRACER_C_ABI);
     PyErr_Format(PyExc_ImportError,
                  "%s loads in the main interpreter only (its state is process-wide); sub-interpreters run %s",
                  module, instead);

@@ -368,7 +368,7 @@ static PyMethodDef module_methods[] = {
 static int
 exec_module(PyObject *m)
 {
-    if (main_interpreter_only("tracer._cspan", "the pure-Python span code") < 0)
+    if (main_interpreter_only(m, "tracer._cspan", "the pure-Python span code") < 0)
         return -1;
     INTERN(s_foreign, "foreign");
     INTERN(s_root_done, "root_done");

@@ -157,6 +157,16 @@ def check_receiver(url: str, timeout: float = 1.0) -> tuple[bool, str]:
     return True, f"a receiver answers at {url}{detail}"
 
 
+def _stale(name: str) -> str | None:
+    """Why a built C module is not used: it was built from other sources."""
+    from tracer.span import _C_ABI, stale_builds
+
+    if name not in stale_builds:
+        return None
+    return (f"pure Python: tracer.{name} was built from other sources (ABI {stale_builds[name]}, these files need "
+            f"{_C_ABI}); rebuild it: pip install -e . (or python setup.py build_ext --inplace)")
+
+
 def span_code() -> str:
     """Which version of the span hot path runs, and how to get the C one."""
     from tracer.config import config
@@ -166,7 +176,7 @@ def span_code() -> str:
         return "C (tracer._cspan)"
     if config.pure_python:
         return "pure Python (TRACER_PURE_PYTHON is set)"
-    return ("pure Python: tracer._cspan was not built; for ~40 % less overhead per span, reinstall "
+    return _stale("_cspan") or ("pure Python: tracer._cspan was not built; for ~40 % less overhead per span, reinstall "
             "with a C compiler and the Python headers (apt-get install gcc python3-dev)")
 
 
@@ -179,7 +189,7 @@ def encoder_code() -> str:
         return "C (tracer._cencode)"
     if config.pure_python:
         return "pure Python (TRACER_PURE_PYTHON is set)"
-    return "pure Python: tracer._cencode was not built (reinstall with gcc and python3-dev for a ~5x faster encoder)"
+    return _stale("_cencode") or "pure Python: tracer._cencode was not built (reinstall with gcc and python3-dev for a ~5x faster encoder)"
 
 
 def print_info(command: Sequence[str], out: TextIO) -> int:

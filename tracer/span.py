@@ -304,22 +304,44 @@ class _SpanBase:
             _SpanBase.__exit__(self, None, None, None, finish_time_ns, get_active() is self)
 
 
+# The C modules' interface these Python files call (tracer/_cmodule.h's
+# TRACER_C_ABI, exported by each module as ABI): bumped with it.
+_C_ABI = 13
+# A module refused as stale: its name -> the ABI it has (tracer-run --info says so).
+stale_builds: dict[str, Any] = {}
+
+
 def load_speedup(name: str) -> Any:
     """The C module ``tracer.<name>``, or None when it is not built (no
     compiler at install time) or ``TRACER_PURE_PYTHON`` is set: the caller
     then runs its pure-Python code. Importing ``tracer`` never fails because
     of the C code: any other error (a RuntimeWarning made an error by
     ``-W error``, as free-threaded builds warn that they re-enable the GIL)
-    is logged and the pure-Python code runs too."""
+    is logged and the pure-Python code runs too. So is a module built from
+    other sources than these Python files (a checkout updated without
+    rebuilding: its ``ABI`` differs from ``_C_ABI``), once, with the fix."""
     if _config.pure_python:
         return None
     try:
-        return importlib.import_module(f"tracer.{name}")
+        module = importlib.import_module(f"tracer.{name}")
     except ImportError:
         return None
     except Exception as exc:  # Warning subclasses Exception
         logging.getLogger("tracer").warning("tracer.%s not loaded (%r): using pure Python", name, exc)
         return None
+    abi = getattr(module, "ABI", None)
+    if abi == _C_ABI:
+        return module
+    if name not in stale_builds:
+        stale_builds[name] = abi
+        logging.getLogger("tracer").warning(
+            "tracer.%s was built from other sources (ABI %s, these files need %s): using pure Python;"
+            " rebuild it: pip install -e . (or python setup.py build_ext --inplace)",
+            name,
+            abi,
+            _C_ABI,
+        )
+    return None
 
 
 _cspan = load_speedup("_cspan")
