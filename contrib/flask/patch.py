@@ -67,15 +67,17 @@ def _resource_of(func: Any) -> str:
 _HOOK_TAGS = {"component": "flask"}
 
 
-def _traced(func: Callable[..., Any], phase: Phase) -> Callable[..., Any]:
+def _traced(func: Callable[..., Any], phase: Phase, user_func: Any = None) -> Callable[..., Any]:
     """``func`` in a span named after its phase: the guard shape (guarded
     pre-work, the call unguarded, guarded post-work), as this runs for every
     user function of every request. With the C extension it is a
     ``_cspan.TracedCall`` (no Python frame: the span started, tagged and
     finished in C, see tracer/_cspan_call.c) whose fallback, for a call with
-    no C span to start, is ``traced_call`` below."""
+    no C span to start, is ``traced_call`` below. ``user_func``: what the
+    span is named after when ``func`` is Flask's sync wrapper of it (an
+    async view or hook)."""
     name = phase.name
-    resource = _resource_of(func)
+    resource = _resource_of(func if user_func is None else user_func)
 
     def traced_call(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -186,7 +188,7 @@ def _ensure_sync(original: Callable[..., Any]) -> Callable[..., Any]:
             return result
         try:
             if result is not func:  # async function: Flask made a new sync callable
-                return _traced(result, phase)
+                return _traced(result, phase, func)
             cache = phase.traced
             if len(cache) >= _TRACED_CACHE_MAX:
                 cache.clear()
