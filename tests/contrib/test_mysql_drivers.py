@@ -451,27 +451,95 @@ def test_unbuffered_select_left_unread_ends_without_a_count(
         connector.close()
 
 
+def _cursor_classes() -> dict[str, type]:
+    """mysql-connector cursor classes (its ``cursor_class=``) for the paths
+    contrib/mysql reads a cursor by (``_kinds``): the driver's own reads
+    (STOCK), its methods (OTHER: ``rowcount`` and ``_have_unread_result``
+    overridden, same answers), none (NO: unhashable, its own ``__eq__``)."""
+    from mysql.connector.cursor import MySQLCursor
+
+    class Overridden(MySQLCursor):
+        broken = False  # makes rowcount raise, as a bug in our settle would
+
+        @property
+        def rowcount(self) -> int:
+            if self.broken:
+                raise RuntimeError("tracer bug")
+            return self._rowcount
+
+        def _have_unread_result(self) -> bool:
+            return bool(self._connection.unread_result)
+
+    class Unhashable(MySQLCursor):
+        def __eq__(self, other: object) -> bool:
+            return other is self
+
+    return {"stock": MySQLCursor, "overridden": Overridden, "unhashable": Unhashable}
+
+
 @pytest.mark.internal_errors
 @pytest.mark.parametrize("read", list(_READS))
-def test_a_broken_settle_keeps_the_rows(connector: Any, test_spans: Any, monkeypatch: pytest.MonkeyPatch, read: str) -> None:
-    from contrib.mysql import patch as mysql_patch
-
-    def broken(*args: Any) -> None:
-        raise RuntimeError("tracer bug")
-
-    monkeypatch.setattr(mysql_patch, "_end_pending", broken)
-    cur = connector.cursor()
+def test_a_broken_settle_keeps_the_rows(connector: Any, test_spans: Any, read: str) -> None:
+    cur = connector.cursor(cursor_class=_cursor_classes()["overridden"])
+    test_spans.reset()
     cur.execute("SELECT id FROM rows3 ORDER BY id")
+    cur.__wrapped__.broken = True  # after execute: its own count is read there
     assert [tuple(row) for row in _READS[read](cur)] == [(1,), (2,), (3,)]
     assert {where for where, _ in _errors.swallowed} == {"mysql.settle"}
-    monkeypatch.undo()
-    test_spans.reset()
+    assert spans_named(test_spans) == []
+    cur.__wrapped__.broken = False
     cur.close()  # the span still pending ends now, with its count
     assert spans_named(test_spans)[0].metrics["db.row_count"] == 3
 
 
+@pytest.mark.parametrize("read", list(_READS))
+def test_cursor_classes_read_directly_or_through_their_methods_give_the_same_spans(
+    connector: Any, mariadb: MariaDBInfo, test_spans: Any, read: str
+) -> None:
+    # contrib/mysql reads MySQLCursor's unread flag and row count without its
+    # methods (STOCK), a class that overrides them through them (OTHER): same
+    # spans, kept until the rows are read. An unhashable class keeps none
+    # (NO): its span ends at execute, without a count, and the lookups made
+    # while another cursor keeps a span neither fail nor record errors.
+    from contrib.mysql import patch as mysql_patch
+
+    classes = _cursor_classes()
+    spans = {}
+    for name in ("stock", "overridden"):
+        cur = connector.cursor(cursor_class=classes[name])
+        test_spans.reset()
+        cur.execute("SELECT id FROM rows3 ORDER BY id")
+        assert list(mysql_patch._kept.values()) and spans_named(test_spans) == []
+        assert [tuple(row) for row in _READS[read](cur)] == [(1,), (2,), (3,)]
+        assert mysql_patch._kept == {}
+        spans[name] = [(s.resource, s.metrics.get("db.row_count")) for s in spans_named(test_spans)]
+        assert mysql_patch._kinds[classes[name]] == {"stock": mysql_patch.STOCK, "overridden": mysql_patch.OTHER}[name]
+        cur.close()
+    assert spans["stock"] == spans["overridden"] == [("SELECT id FROM rows3 ORDER BY id", 3)]
+
+    keeping = connector.cursor()
+    keeping.execute("SELECT 1 UNION SELECT 2")  # kept: _kept is not empty below
+    other = _mysql_connector().connect(mariadb)
+    try:
+        test_spans.reset()
+        cur = other.cursor(cursor_class=classes["unhashable"])
+        for _ in range(2):  # the second execute looks the first span up
+            cur.execute("SELECT 7 UNION SELECT 8")
+            assert [tuple(row) for row in _READS[read](cur)] == [(7,), (8,)]
+        cur.close()
+        assert mysql_patch._kinds[classes["unhashable"]] == mysql_patch.NO
+        assert [(s.resource, s.metrics.get("db.row_count")) for s in spans_named(test_spans)] == [
+            ("SELECT 7 UNION SELECT 8", None)
+        ] * 2
+        assert _errors.swallowed == []
+    finally:
+        other.close()
+    assert [tuple(row) for row in keeping.fetchall()] == [(1,), (2,)]
+    keeping.close()
+
+
 def test_kept_spans_are_per_cursor_and_none_is_left_behind(connector: Any, mariadb: MariaDBInfo, test_spans: Any) -> None:
-    # The kept spans live in contrib.mysql.patch._kept by id() of the
+    # The kept spans live in contrib.mysql.patch._kept, keyed by the
     # driver's cursor (not on the proxy): two cursors with unread rows at
     # once (one per connection: the driver allows one unread result on a
     # connection) each end their own span with their own count, and no
@@ -582,7 +650,7 @@ def test_cursor_context_manager_and_iteration(driver: Driver, conn: Any, table: 
 # query, a cursor per query as `with conn.cursor() as cur:`). The core span
 # and the writer are not counted (their own tests budget them).
 # mysql-connector keeps the span until the rows are read (_keep_until_read,
-# _end_pending) and ends a still-pending one on exit or collection.
+# ended in fetchall's own frame) and ends a still-pending one on exit or collection.
 _CALL_BUDGET = {"pymysql": (4, 6), "mysqldb": (4, 6), "mysql": (6, 10)}
 
 
