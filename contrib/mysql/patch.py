@@ -46,26 +46,35 @@ def _kind(cls: type) -> int:
     return kind
 
 
-def _keep_until_read(cursor: Any, span: Any) -> bool:
-    """The cursor type's ``defer``: keep ``span`` (its end marked now) until
-    the driver's ``cursor`` has its rows read; False: end it now."""
-    kind = _kinds.get(type(cursor))
-    if kind is None:
-        kind = _kind(type(cursor))
-    if kind == NO or cursor in _kept:
+def _counted_or_kept(cursor: Any, span: Any) -> bool:
+    """The cursor type's ``counted_or_kept`` (see ``_dbapi.TracedCursor``):
+    the row count when the driver knows it, else keep ``span`` (its end
+    marked now) until the driver's ``cursor`` has its rows read."""
+    try:
+        kind = _kinds.get(type(cursor))
+        if kind is None:
+            kind = _kind(type(cursor))
+        rowcount = cursor._rowcount if kind == STOCK else cursor.rowcount
+        if type(rowcount) is int and 0 <= rowcount < _dbapi._MAX_ROWS:
+            span.metrics["db.row_count"] = rowcount
+            return False
+        if kind == NO or cursor in _kept:
+            return False
+        if kind == STOCK:  # MySQLCursor._have_unread_result's body
+            try:
+                unread = cursor._connection.unread_result
+            except AttributeError:
+                unread = False
+        else:
+            unread = cursor._have_unread_result()
+        if not unread:
+            return False
+        span._mark_end()
+        _kept[cursor] = span
+        return True
+    except Exception:
+        internal_error("dbapi.rowcount")  # the span still ends: an unfinished one loses its trace
         return False
-    if kind == STOCK:  # MySQLCursor._have_unread_result's body
-        try:
-            unread = cursor._connection.unread_result
-        except AttributeError:
-            unread = False
-    else:
-        unread = cursor._have_unread_result()
-    if not unread:
-        return False
-    span._mark_end()
-    _kept[cursor] = span
-    return True
 
 
 def _settle_kept(cursor: Any, read_to_end: bool) -> None:
@@ -97,7 +106,7 @@ def _end_pending(cursor: Any, span: Any, read_to_end: bool) -> None:
     _kept.pop(cursor, None)
     if not unread and type(rowcount) is int and rowcount >= 0:
         span.metrics["db.row_count"] = rowcount
-    span.finish()  # at the end _keep_until_read marked
+    span.finish()  # at the end _counted_or_kept marked
 
 
 class TracedConnectorCursor(_dbapi.TracedMySQLCursor):
@@ -114,8 +123,8 @@ class TracedConnectorCursor(_dbapi.TracedMySQLCursor):
         """End the kept span, if any; ``read_to_end``: only if no row is left unread."""
         _settle_kept(self.__wrapped__, read_to_end)
 
-    defer_finish = staticmethod(_keep_until_read)
-    execute = _dbapi.execute_method(kept=_kept, defer=_keep_until_read)
+    counted_or_kept = staticmethod(_counted_or_kept)
+    execute = _dbapi.execute_method(kept=_kept, counted_or_kept=_counted_or_kept)
 
     def executemany(self, *args: Any, **kwargs: Any) -> Any:
         self._settle(False)
@@ -157,7 +166,7 @@ class TracedConnectorCursor(_dbapi.TracedMySQLCursor):
                     _kept.pop(cursor, None)  # after the count: a failed read leaves the span to close()
                     if type(rowcount) is int and rowcount >= 0:
                         span.metrics["db.row_count"] = rowcount
-                    span.finish()  # at the end _keep_until_read marked
+                    span.finish()  # at the end _counted_or_kept marked
                 except Exception:
                     internal_error("mysql.settle")
         return rows

@@ -649,7 +649,7 @@ def test_cursor_context_manager_and_iteration(driver: Driver, conn: Any, table: 
 # per query, once the cursor type's path is warm: (one cursor for every
 # query, a cursor per query as `with conn.cursor() as cur:`). The core span
 # and the writer are not counted (their own tests budget them).
-# mysql-connector keeps the span until the rows are read (_keep_until_read,
+# mysql-connector keeps the span until the rows are read (_counted_or_kept,
 # ended in fetchall's own frame) and ends a still-pending one on exit or collection.
 _CALL_BUDGET = {"pymysql": (4, 6), "mysqldb": (4, 6), "mysql": (6, 10)}
 
