@@ -187,7 +187,14 @@ def execute_method(
                 if pending:
                     self._settle(False)
             info = self._self_info
-            span = _start(info, info.query_name, args[0] if args else kwargs.get(info.sql_kwarg or ""))
+            sql = args[0] if args else kwargs.get(info.sql_kwarg or "")
+            if type(sql) is str and _trace_root is not None and not config.db_obfuscate and get_active() is None:
+                # _start's common case, without its frame: a query outside any
+                # request, a one-span trace whose root is built in C.
+                service = info.service or _tracer.service
+                span = _trace_root(_RootTrace, _tracer._buffer, info.query_name, service, sql, "sql", False, None, info.meta, info.metrics)
+            else:
+                span = _start(info, info.query_name, sql)
             if info.dbm and config.dbm_propagation != "disabled":
                 args, kwargs = _with_comment(info, span, args, kwargs)
         except Exception:
