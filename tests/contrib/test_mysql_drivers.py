@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -576,6 +577,51 @@ def test_kept_spans_are_per_cursor_and_none_is_left_behind(connector: Any, maria
         b.close()
     finally:
         other.close()
+
+
+def test_threads_sharing_a_connection_or_with_their_own_get_their_own_spans(
+    driver: Driver, conn: Any, mariadb: MariaDBInfo, test_spans: Any
+) -> None:
+    # Four threads take turns on one connection (a lock per query: the
+    # drivers allow one result in flight on a connection), four more have a
+    # connection each and run at once: each query's span has its own
+    # statement and row count (mysql-connector: from the span kept for its
+    # own cursor while the others keep theirs), and none is left kept.
+    from contrib.mysql import patch as mysql_patch
+
+    shared = threading.Lock()
+    failures: list[BaseException] = []
+
+    def work(n: int, c: Any, lock: Any) -> None:
+        try:
+            with lock:
+                cur = c.cursor()
+            sql = " UNION ALL ".join([f"SELECT {n}"] * n)  # n rows
+            for i in range(20):
+                with lock:
+                    cur.execute(sql)
+                    rows = cur.fetchall() if i % 2 else list(iter(cur.fetchone, None))
+                assert [tuple(r) for r in rows] == [(n,)] * n
+            with lock:
+                cur.close()
+        except BaseException as exc:  # reported by the main thread
+            failures.append(exc)
+
+    own = [driver.connect(mariadb) for _ in range(4)]
+    test_spans.reset()
+    threads = [threading.Thread(target=work, args=(n, conn, shared)) for n in range(1, 5)]
+    threads += [threading.Thread(target=work, args=(n, c, threading.Lock())) for n, c in zip(range(5, 9), own, strict=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for c in own:
+        c.close()
+    assert failures == []
+    spans = spans_named(test_spans)
+    assert len(spans) == 8 * 20
+    assert all(s.metrics["db.row_count"] == s.resource.count("SELECT") for s in spans)
+    assert mysql_patch._kept == {}
 
 
 @pytest.mark.parametrize("fetch_spans", [False, True])
