@@ -55,22 +55,24 @@ def _counted_or_kept(cursor: Any, span: Any) -> bool:
     marked now) until the driver's ``cursor`` has its rows read."""
     try:
         kind = _kinds.get(type(cursor))
-        if kind is None:
-            kind = _kind(type(cursor))
-        rowcount = cursor._rowcount if kind == STOCK else cursor.rowcount
-        if type(rowcount) is int and 0 <= rowcount < _dbapi._MAX_ROWS:
-            span.metrics["db.row_count"] = rowcount
-            return False
-        if kind == NO or cursor in _kept:
-            return False
-        if kind == STOCK:  # MySQLCursor._have_unread_result's body, and the property's
+        if kind == STOCK:  # MySQLCursor's rowcount and _have_unread_result, read where they read
+            rowcount = cursor._rowcount  # an int: -1 or a count
+            if rowcount >= 0:
+                span.metrics["db.row_count"] = rowcount
+                return False
             try:
                 unread = cursor._connection._unread_result
             except AttributeError:
                 unread = False
         else:
-            unread = cursor._have_unread_result()
-        if not unread:
+            if kind is None:
+                kind = _kind(type(cursor))
+            rowcount = cursor.rowcount
+            if type(rowcount) is int and 0 <= rowcount < _dbapi._MAX_ROWS:
+                span.metrics["db.row_count"] = rowcount
+                return False
+            unread = kind != NO and cursor._have_unread_result()
+        if not unread or cursor in _kept:
             return False
         span._mark_end()
         _kept[cursor] = span
@@ -158,18 +160,21 @@ class TracedConnectorCursor(_dbapi.TracedMySQLCursor):
         cursor = self.__wrapped__
         rows = cursor.fetchall(*args, **kwargs)
         if _kept:
-            # Every row read: no need to ask the driver, nor for a frame.
+            # Every row read: a STOCK cursor's count is read here, in this frame.
             try:
                 span = _kept.get(cursor)
             except TypeError:  # an unhashable cursor type: it keeps no span
                 span = None
             if span is not None:
                 try:
-                    rowcount = cursor._rowcount if _kinds.get(type(cursor)) == STOCK else cursor.rowcount
-                    _kept.pop(cursor, None)  # after the count: a failed read leaves the span to close()
-                    if type(rowcount) is int and rowcount >= 0:
-                        span.metrics["db.row_count"] = rowcount
-                    span.finish()  # at the end _counted_or_kept marked
+                    if _kinds.get(type(cursor)) == STOCK:
+                        rowcount = cursor._rowcount
+                        _kept.pop(cursor, None)  # after the count: a failed read leaves the span to close()
+                        if rowcount >= 0:  # -1: no rows were left to read (another statement took them)
+                            span.metrics["db.row_count"] = rowcount
+                        span.finish()  # at the end _counted_or_kept marked
+                    else:
+                        _end_pending(cursor, span, False)
                 except Exception:
                     internal_error("mysql.settle")
         return rows

@@ -539,6 +539,38 @@ def test_cursor_classes_read_directly_or_through_their_methods_give_the_same_spa
     keeping.close()
 
 
+@pytest.mark.parametrize("cursor_class", ["stock", "overridden"])
+def test_counts_at_execute_and_rows_taken_by_another_statement(
+    mariadb: MariaDBInfo, patched: None, test_spans: Any, cursor_class: str
+) -> None:
+    # A statement without rows has its count at execute (0 is a count);
+    # rows that another statement took (consume_results) leave the kept
+    # span without one, ended at the fetch that found none.
+    from contrib.mysql import patch as mysql_patch
+
+    c = _mysql_connector().connect(mariadb, consume_results=True)
+    try:
+        cls = _cursor_classes()[cursor_class]
+        cur, other = c.cursor(cursor_class=cls), c.cursor(cursor_class=cls)
+        cur.execute("CREATE TEMPORARY TABLE rows2 (id INT PRIMARY KEY)")
+        cur.execute("INSERT INTO rows2 VALUES (1), (2)")
+        test_spans.reset()
+        cur.execute("UPDATE rows2 SET id = id + 10 WHERE id > 5")
+        cur.execute("UPDATE rows2 SET id = id + 10")
+        cur.execute("SELECT id FROM rows2")
+        other.execute("DO 1")  # the driver drops cur's unread rows first
+        assert cur.fetchall() == []
+        assert mysql_patch._kept == {}
+        assert [(s.resource, s.metrics.get("db.row_count")) for s in spans_named(test_spans)] == [
+            ("UPDATE rows2 SET id = id + 10 WHERE id > 5", 0),
+            ("UPDATE rows2 SET id = id + 10", 2),
+            ("DO 1", 0),
+            ("SELECT id FROM rows2", None),
+        ]
+    finally:
+        c.close()
+
+
 def test_kept_spans_are_per_cursor_and_none_is_left_behind(connector: Any, mariadb: MariaDBInfo, test_spans: Any) -> None:
     # The kept spans live in contrib.mysql.patch._kept, keyed by the
     # driver's cursor (not on the proxy): two cursors with unread rows at
