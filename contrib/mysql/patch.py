@@ -37,6 +37,8 @@ _IDENTITY_HASH = object.__hash__
 
 
 def _kind(cls: type) -> int:
+    """Learn how the driver cursor type ``cls`` is read (one entry per
+    class: a program's cursor classes are few and live as long as it)."""
     unread = getattr(cls, "_have_unread_result", None)
     if unread is None or cls.__hash__ is not _IDENTITY_HASH:
         kind = NO
