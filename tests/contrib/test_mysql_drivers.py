@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from contrib import _dbapi
 from contrib._dbapi import TracedMySQLConnection, TracedMySQLCursor
 from tests.contrib.apps.flask_helpers import patched_for_module
 from tests.contrib.contract import IntegrationContract
@@ -764,7 +765,8 @@ def test_calls_our_code_adds_per_query(driver: Driver, conn: Any, test_spans: An
 
     for run, budget in zip((one_cursor, cursor_per_query), _CALL_BUDGET[driver.keyword], strict=True):
         calls = _our_calls_per_query(run)
-        assert sum(calls.values()) <= budget, (run.__name__, calls)
+        pure = _dbapi._trace_root is None  # pure Python: the root span through _start, a call more
+        assert sum(calls.values()) <= budget + pure, (run.__name__, calls)
     assert len(spans_named(test_spans)) == 2 * 51  # every query traced, warm-ups included
     cur.close()
 
