@@ -144,45 +144,57 @@ def query_finish(proxy: Any, span: Any, result: Any, exc: BaseException | None) 
     knows one) as ``db.row_count``, then the span's end."""
     if exc is not None:
         span.set_exc_info(type(exc), exc, exc.__traceback__)
-    elif _counted_or_kept(proxy, proxy.__wrapped__, span):
+    elif (type(proxy).counted_or_kept or _counted)(proxy.__wrapped__, span):
         return result  # the cursor ends the span once its rows are read
     span.finish()
     return result
 
 
-def _counted_or_kept(proxy: Any, cursor: Any, span: Any) -> bool:
-    """The driver's ``rowcount`` (when it knows one) as ``db.row_count``;
-    True if the proxy keeps ``span`` to end it later (``defer_finish``)."""
+def _counted(cursor: Any, span: Any) -> bool:
+    """A cursor type's ``counted_or_kept`` by default: the driver's
+    ``rowcount`` (when it knows one) as ``db.row_count``; never keeps the span."""
     try:
         rowcount = cursor.rowcount
         if type(rowcount) is int and 0 <= rowcount < _MAX_ROWS:
             span.metrics["db.row_count"] = rowcount
-            return False
-        # A type lookup, not the proxy's: this branch runs for every sqlite3 SELECT.
-        defer = type(proxy).defer_finish
-        return defer is not None and bool(defer(proxy, cursor, span))
     except Exception:
         internal_error("dbapi.rowcount")  # the span still ends: an unfinished one loses its trace
-        return False
+    return False
 
 
-def execute_method(*, kept: dict[int, Any] | None = None) -> Callable[..., Any]:
+def execute_method(
+    *, kept: dict[Any, Any] | None = None, counted_or_kept: Callable[[Any, Any], bool] | None = None
+) -> Callable[..., Any]:
     """A traced cursor type's ``execute``, the hottest call: guarded_wrapper's
     shape written out in one frame, with its guarantee and place names
     (``dbapi.execute``, ``dbapi.execute.finish``, ``dbapi.rowcount``).
-    ``kept``: the cursor type keeps spans (``defer_finish``) in this dict, by
-    ``id()`` of the driver's cursor, and ends one (``_settle(False)``) before
-    the next statement; an empty dict costs one truth test. Every read of a
-    proxy attribute costs ≈ 0.4 k instructions (a wrapt proxy's attribute
-    lookup is never specialised; see :class:`_Proxy`), so the path reads one."""
+    ``counted_or_kept``: the cursor type's (default :func:`_counted`).
+    ``kept``: the cursor type keeps spans (``counted_or_kept``) in this
+    dict, keyed by the driver's cursor, and ends one
+    (``_settle(False)``) before the next statement; an empty dict costs one
+    truth test. Every read of a proxy attribute costs ≈ 0.4 k instructions
+    (a wrapt proxy's attribute lookup is never specialised; see
+    :class:`_Proxy`), so the path reads one."""
 
     def execute(self: Any, *args: Any, **kwargs: Any) -> Any:
         wrapped = self.__wrapped__
         try:
-            if kept and id(wrapped) in kept:
-                self._settle(False)
+            if kept:
+                try:
+                    pending = wrapped in kept
+                except TypeError:  # an unhashable cursor type: it keeps no span
+                    pending = False
+                if pending:
+                    self._settle(False)
             info = self._self_info
-            span = _start(info, info.query_name, args[0] if args else kwargs.get(info.sql_kwarg or ""))
+            sql = args[0] if args else kwargs.get(info.sql_kwarg or "")
+            if type(sql) is str and _trace_root is not None and not config.db_obfuscate and get_active() is None:
+                # _start's common case, without its frame: a query outside any
+                # request, a one-span trace whose root is built in C.
+                service = info.service or _tracer.service
+                span = _trace_root(_RootTrace, _tracer._buffer, info.query_name, service, sql, "sql", False, None, info.meta, info.metrics)
+            else:
+                span = _start(info, info.query_name, sql)
             if info.dbm and config.dbm_propagation != "disabled":
                 args, kwargs = _with_comment(info, span, args, kwargs)
         except Exception:
@@ -198,7 +210,7 @@ def execute_method(*, kept: dict[int, Any] | None = None) -> Callable[..., Any]:
                 internal_error("dbapi.execute.finish")
             raise
         try:
-            if not _counted_or_kept(self, wrapped, span):
+            if not (counted_or_kept or _counted)(wrapped, span):
                 span.finish()
         except Exception:
             internal_error("dbapi.execute.finish")
@@ -354,11 +366,13 @@ class TracedCursor(_Proxy):
     # after, a Python frame and a super() call less per cursor.
     _self_info: DBInfo
 
-    #: ``defer_finish(proxy, cursor, span) -> bool`` (``cursor``: the
-    #: driver's), called when the driver does not know the row count after a
-    #: query: True if the cursor keeps ``span`` and ends it later
-    #: (contrib/mysql's streaming cursor); None: end it now.
-    defer_finish: ClassVar[Callable[..., bool] | None] = None
+    #: ``counted_or_kept(cursor, span) -> bool`` (``cursor``: the driver's;
+    #: a staticmethod, given to ``execute_method`` too; None: :func:`_counted`),
+    #: run after a query: the row count as ``db.row_count`` when the driver
+    #: knows it; True if the cursor keeps ``span`` and ends it later
+    #: (contrib/mysql's streaming cursor), False: end it now. It records its
+    #: own errors (place ``dbapi.rowcount``) and then returns False.
+    counted_or_kept: ClassVar[Callable[..., bool] | None] = None
 
     execute = execute_method()
 

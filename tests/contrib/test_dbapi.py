@@ -142,7 +142,7 @@ def test_execute_keeps_the_drivers_result_and_exception_when_our_post_step_break
     def broken(*args: Any) -> Any:
         raise RuntimeError("tracer bug")
 
-    monkeypatch.setattr(_dbapi, "_counted_or_kept", broken)  # after a query that ran
+    monkeypatch.setattr(_dbapi, "_counted", broken)  # after a query that ran
     monkeypatch.setattr(_dbapi, "query_finish", broken)  # after one that raised
     assert cur.execute("SELECT ?", (7,)) is cur
     assert cur.fetchall() == [(7,)]
