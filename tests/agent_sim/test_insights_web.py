@@ -90,7 +90,9 @@ def test_findings_breakdown_and_highlighted_waterfall(page: Any, site: Site) -> 
     assert marked.first.get_attribute("title") == f"N+1 queries: {REPEATED}"
     assert page.locator("[data-testid=span-row]").count() == 22
     item.locator("a").click()  # selects the run's first span
-    page.wait_for_selector("[data-testid=detail-resource]")
+    # The detail panel may still show the span selected before (the root's
+    # "GET /orders") when the click lands: wait for the new selection's.
+    page.locator("[data-testid=detail-resource]", has_text=REPEATED).wait_for()
     assert page.locator("[data-testid=detail-resource]").inner_text() == REPEATED
     shot(page, "insights-4-waterfall")
 
