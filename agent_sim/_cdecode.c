@@ -413,6 +413,9 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* Bump with agent_sim/__init__.py's _CDECODE_ABI when a function's interface changes. */
+#define CDECODE_ABI 1
+
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "agent_sim._cdecode", NULL, -1, methods};
 
 PyMODINIT_FUNC PyInit__cdecode(void) {
@@ -420,7 +423,9 @@ PyMODINIT_FUNC PyInit__cdecode(void) {
         || _cdecode_rows_init() < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
-    if (m != NULL && _cdecode_add_clean_limits(m) < 0)
+    /* ABI: the Python code this module was written for (agent_sim/__init__.py's
+     * _CDECODE_ABI refuses another: a checkout updated without rebuilding). */
+    if (m != NULL && (_cdecode_add_clean_limits(m) < 0 || PyModule_AddIntConstant(m, "ABI", CDECODE_ABI) < 0))
         Py_CLEAR(m);
     return m;
 }
