@@ -33,16 +33,24 @@ typedef struct {
 #define TC_NFIELDS 8
 #define TC_FIELDS(o) (&((TracedCallObject *)(o))->func)
 
+/* The exception set now, taken out normalized, its traceback attached to
+ * the value (*value NULL only if normalizing failed). */
+static void
+fetch_normalized(PyObject **type, PyObject **value, PyObject **tb)
+{
+    PyErr_Fetch(type, value, tb);
+    PyErr_NormalizeException(type, value, tb);
+    if (*value != NULL && *tb != NULL)
+        PyException_SetTraceback(*value, *tb);
+}
+
 /* report(exc, finishing) for the exception set now; the exception is
  * cleared (report never raises; if it does, that error is dropped too). */
 static void
 report_error(TracedCallObject *self, int finishing)
 {
     PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    PyErr_NormalizeException(&type, &value, &tb);
-    if (value != NULL && tb != NULL)
-        PyException_SetTraceback(value, tb);
+    fetch_normalized(&type, &value, &tb);
     PyObject *r = value == NULL ? NULL
                                 : PyObject_CallFunctionObjArgs(self->report, value, finishing ? Py_True : Py_False,
                                                                NULL);
@@ -94,25 +102,19 @@ call_traced(TracedCallObject *self, PyObject *const *args, size_t nargsf, PyObje
     PyObject *result = PyObject_Vectorcall(self->func, args, nargsf, kwnames);
     if (result == NULL) {
         PyObject *type, *value, *tb;
-        PyErr_Fetch(&type, &value, &tb);
-        PyErr_NormalizeException(&type, &value, &tb);
+        fetch_normalized(&type, &value, &tb);
         if (value == NULL) { /* (normalizing failed: nothing to report) */
             Py_DECREF(span);
             PyErr_Restore(type, value, tb);
             return NULL;
         }
-        if (tb != NULL)
-            PyException_SetTraceback(value, tb);
         PyObject *r = PyObject_CallFunctionObjArgs(self->failed, span, value, NULL);
         Py_DECREF(span);
         if (r == NULL) { /* a BaseException out of the guarded handler: raised
                             * while handling func's, which becomes its context */
             PyObject *t2, *v2, *tb2;
-            PyErr_Fetch(&t2, &v2, &tb2);
-            PyErr_NormalizeException(&t2, &v2, &tb2);
+            fetch_normalized(&t2, &v2, &tb2);
             if (v2 != NULL && v2 != value && PyExceptionInstance_Check(v2)) {
-                if (tb2 != NULL)
-                    PyException_SetTraceback(v2, tb2);
                 PyObject *context = PyException_GetContext(v2); /* (a new reference, or NULL) */
                 if (context == NULL)
                     PyException_SetContext(v2, Py_NewRef(value)); /* (steals it) */
