@@ -3,11 +3,9 @@ stats' retention, and a restart of a real ``agent-sim serve`` process."""
 
 from __future__ import annotations
 
-import itertools
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -124,35 +122,6 @@ def test_metrics_survive_a_restart(tmp_path: Any) -> None:
         _stop(proc)
 
 
-def _ingest_traces(store: Store, first_id: int, stop: threading.Event, worst: list[float]) -> None:
-    """Store one-span traces every millisecond until ``stop``; ``worst[0]``: the longest one took."""
-    for n in itertools.count(first_id + 1):
-        span = {"trace_id": n, "span_id": 1, "parent_id": 0, "service": "s", "name": "n", "resource": "r",
-                "type": "web", "start": 1, "duration": 2, "error": 0, "meta": {}, "metrics": {}}
-        began = time.perf_counter()
-        store.ingest([[span]], [], {})
-        worst[0] = max(worst[0], time.perf_counter() - began)
-        if stop.wait(0.001):
-            return
-
-
-def _stall(store: Store, first_id: int, work: Callable[[], object]) -> tuple[float, str]:
-    """Run ``work`` while a thread stores traces: (longest trace-ingest wait / work's duration, a note)."""
-    stop = threading.Event()
-    worst = [0.0]
-    thread = threading.Thread(target=_ingest_traces, args=(store, first_id, stop, worst))
-    thread.start()
-    time.sleep(0.05)
-    began = time.perf_counter()
-    try:
-        work()
-    finally:
-        took = time.perf_counter() - began
-        stop.set()
-        thread.join()
-    return worst[0] / took, f"stalled {worst[0] * 1000:.1f} ms of {took * 1000:.0f} ms"
-
-
 def _fill(agg: Aggregator, contexts: int, now: int) -> None:
     for i in range(0, contexts, 50):
         agg.ingest(b"\n".join(b"m.%d:%d|%s|#k:v%d" % (j % 100, j, b"cghd"[j % 4:j % 4 + 1], j)
@@ -180,11 +149,14 @@ def test_a_10000_series_flush_holds_the_store_lock_briefly(tmp_path: Any) -> Non
     store.close()
 
 
-def test_a_rollup_of_many_series_stalls_trace_ingest_briefly(tmp_path: Any) -> None:
-    # Folding 6 buckets of 10,000 series into hours held the shared lock for the whole
-    # roll-up (every minute once the receiver is a day old). Best of 3 rounds, on a quiet
-    # machine: paged reads and chunked writes 0.13-0.24; the roll-up written as one
-    # transaction (CHUNK_ROWS = 10**9) 0.32-0.38. (At 3,000 series the two overlapped: the
+def test_a_rollup_of_many_series_holds_the_store_lock_briefly(tmp_path: Any) -> None:
+    # Folding 6 buckets of 10,000 series into hours held the lock trace ingest shares for the
+    # whole roll-up (every minute once the receiver is a day old). Measured as the lock's
+    # longest hold over the roll-up's duration (as the tests around it), not as an ingest
+    # thread's longest wait, which also held GIL hand-offs behind the roll-up's Python work
+    # (0.30-0.32 in a full CI run, whatever the lock did). Best of 3 rounds, quiet machine:
+    # paged reads and chunked writes 0.005 (1.6 ms of ~300 ms); the roll-up written as one
+    # transaction (CHUNK_ROWS = 10**9) 0.28-0.31. (At 3,000 series the two overlapped: the
     # last step, one DELETE of contexts left without rows, is most of a 0.1 s roll-up.)
     ratios = []
     for r in range(3):
@@ -193,12 +165,12 @@ def test_a_rollup_of_many_series_stalls_trace_ingest_briefly(tmp_path: Any) -> N
         for b in range(6):
             _fill(agg, 10_000, T0 + 10 * b + 1)
         agg.flush(T0 + 85)
-        ratios.append(_stall(store, 1 << 40, lambda agg=agg: agg.rollup(T0 + DAY + 60, DAY, 30 * DAY)))
+        ratios.append(_longest_hold(store, lambda agg=agg: agg.rollup(T0 + DAY + 60, DAY, 30 * DAY)))
         assert store.execute("SELECT width, count(*) FROM metric_points GROUP BY width") == [(3600, 10_000)]
         assert _values(agg, "m.1", tags=("k:v1",)) == [[T0, 1.0]]  # a gauge: the hour's average
         assert _values(agg, "m.4", tags=("k:v4",), agg="sum") == [[T0, pytest.approx(6 * 4 / 3600)]]  # a count
         store.close()
-    assert min(ratios)[0] < 0.25, ratios
+    assert min(ratios)[0] < 0.2, ratios
 
 
 class _TimedLock:
