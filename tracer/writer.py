@@ -20,6 +20,11 @@ oldest are dropped and counted. While the receiver is known to be down the
 thread only wakes once per interval, so the application pays for nothing but
 O(1) drops. Every dropped span is counted by reason (:meth:`stats`), and drops
 are logged at most once a minute.
+
+Where ``tracer._cspan`` is built the writer is :class:`QueuedAgentWriter`:
+its queue is a ``_cspan.WriterQueue`` and a trace finished in C is queued by
+the C hand-over itself, without calling ``write`` (tracer/_cspan_queue.c);
+``write`` handles the rest with the same counts.
 """
 
 from __future__ import annotations
