@@ -397,6 +397,8 @@ exec_module(PyObject *m)
     INTERN(st->s_live, "_live");
     INTERN(st->s_sink, "sink");
     INTERN(st->s_write, "write");
+    INTERN(st->s__cqueue, "_cqueue");
+    INTERN(st->s_enabled, "enabled");
     PyObject *itertools = PyImport_ImportModule("itertools");
     if (itertools == NULL)
         return -1;
@@ -414,6 +416,9 @@ exec_module(PyObject *m)
         return -1;
     if (PyType_Ready(&_cspan_TracedCall_Type) < 0 ||
         PyModule_AddObjectRef(m, "TracedCall", (PyObject *)&_cspan_TracedCall_Type) < 0)
+        return -1;
+    if (PyType_Ready(&_cspan_WriterQueue_Type) < 0 ||
+        PyModule_AddObjectRef(m, "WriterQueue", (PyObject *)&_cspan_WriterQueue_Type) < 0)
         return -1;
     if (PyType_Ready(&_cspan_SpanBase_Type) < 0 || _cspan_add_with_methods(&_cspan_SpanBase_Type) < 0)
         return -1;

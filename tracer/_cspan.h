@@ -1,4 +1,4 @@
-/* Private to tracer._cspan, whose C code is in seven units compiled into the
+/* Private to tracer._cspan, whose C code is in eight units compiled into the
  * one extension module (setup.py):
  *   _cspan.c        module state and init, configure(), starting spans
  *                   (trace_root, the new span both starts build);
@@ -10,7 +10,9 @@
  *   _cspan_with.c   SpanBase.__enter__ and __exit__ as descriptors whose
  *                   binding is cheaper than a builtin method's;
  *   _cspan_ids.c    span ids: random.getrandbits(64) drawn in place;
- *   _cspan_call.c   TracedCall: a function called in a child span.
+ *   _cspan_call.c   TracedCall: a function called in a child span;
+ *   _cspan_queue.c  WriterQueue: the writer's pending queue, pushed to by
+ *                   a finished trace's hand-over.
  * What they share is declared here: the structs, the process-wide globals
  * set by exec_module and configure() (defined in _cspan.c), the small field
  * helpers of the hot path (static inline, so that they stay inlined), and
@@ -79,6 +81,7 @@ typedef struct {
     PyObject *trace_base;              /* TraceBase */
     PyObject *counter;                 /* Counter */
     PyObject *finished_span;           /* tracer.span.FinishedSpan, read at the first root view */
+    PyObject *s__cqueue, *s_enabled;   /* the sink's (Tracer's) _cqueue and enabled */
 } ModuleState;
 
 /* TraceBase: the fields of tracer.buffer._Trace (in its __slots__ order) in
@@ -310,6 +313,10 @@ PyObject *_cspan_span_exit(PyObject *span, PyObject *const *args, size_t nargsf,
 
 /* _cspan_call.c */
 extern PyTypeObject _cspan_TracedCall_Type;
+
+/* _cspan_queue.c */
+extern PyTypeObject _cspan_WriterQueue_Type;
+int _cspan_queue_handover(ModuleState *st, PyObject *sink, PyObject *trace, PyObject *chunk);
 
 /* _cspan_ids.c */
 PyObject *_cspan_random_id(void);

@@ -228,12 +228,17 @@ handover_started(ModuleState *st, PyObject *trace, HandOver *h)
     return taken - (h->npeeks + 1);
 }
 
-/* The trace out of the buffer's live set, its chunk to the sink. */
+/* The trace out of the buffer's live set, its chunk to the sink: straight
+ * into the stock writer's queue where it can (_cspan_queue.c), else through
+ * sink.write. */
 static int
 handover_send(ModuleState *st, PyObject *trace, HandOver *h, PyObject *chunk)
 {
     if (PySet_Discard(h->live, trace) < 0)
         return -1;
+    int queued = _cspan_queue_handover(st, h->sink, trace, chunk);
+    if (queued != 0)
+        return queued;
     PyObject *r = PyObject_CallMethodObjArgs(h->sink, st->s_write, trace, chunk, NULL);
     Py_XDECREF(r);
     return r == NULL ? -1 : 1;

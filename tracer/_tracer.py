@@ -98,10 +98,28 @@ class Tracer:
         if self._writer is None:
             with self._writer_lock:
                 if self._writer is None:
-                    from tracer.writer import AgentWriter
+                    from tracer.writer import new_writer
 
-                    self._writer = AgentWriter(_config, self)
+                    self._writer = new_writer(_config, self)
         return self._writer
+
+    #: The stock writer's C queue while it is the writer and this class's
+    #: write is Tracer.write: a trace's hand-over in C pushes its chunk
+    #: there (tracer/_cspan_queue.c) instead of calling write(); None else.
+    _cqueue: Any = None
+
+    @property
+    def _writer(self) -> Any:
+        return self._writer_
+
+    @_writer.setter
+    def _writer(self, writer: Any) -> None:
+        # Tests and benchmarks swap the writer by assigning it: the C path
+        # follows (or stops) here.
+        self._writer_ = writer
+        kind = type(writer)
+        in_c = getattr(kind, "_write_in_c", None) is not None and kind.write is kind._write_in_c
+        self._cqueue = writer._queue if in_c and type(self).write is Tracer.write else None
 
     # ChunkSink for the buffer: hand finished chunks to the writer.
     def write(self, trace: _Trace, chunk: list[Any]) -> None:

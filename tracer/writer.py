@@ -20,6 +20,11 @@ oldest are dropped and counted. While the receiver is known to be down the
 thread only wakes once per interval, so the application pays for nothing but
 O(1) drops. Every dropped span is counted by reason (:meth:`stats`), and drops
 are logged at most once a minute.
+
+Where ``tracer._cspan`` is built the writer is :class:`QueuedAgentWriter`:
+its queue is a ``_cspan.WriterQueue`` and a trace finished in C is queued by
+the C hand-over itself, without calling ``write`` (tracer/_cspan_queue.c);
+``write`` handles the rest with the same counts.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from tracer import encoding
 from tracer._errors import internal_error
 from tracer.encoding import PAYLOADS, TraceTooBig, v05_to_v04
 from tracer.processor import process_chunks, settle
-from tracer.span import RECORD_LEN
+from tracer.span import RECORD_LEN, _cspan
 from tracer.version import __version__
 
 log = logging.getLogger("tracer")
@@ -121,13 +126,7 @@ class AgentWriter:
         self._wake = threading.Event()
         self._done = threading.Condition(threading.Lock())
         self._thread: threading.Thread | None = None
-        # Flat: trace, chunk, trace, chunk, ... (no tuple per chunk, so that
-        # nothing a queued chunk adds is tracked by the GC while it waits:
-        # the chunk and a handed-over trace are untracked; _take_pending
-        # makes the pairs the writer thread's consumers read).
-        self._pending: list[Any] = []
-        self._pending_spans = 0
-        self._seq = 0  # chunks accepted so far
+        self._reset_queue()
         self._done_seq = 0  # every chunk up to here is sent or dropped
         self._last_drop_seq = 0
         self._urgent = 0  # flush() callers waiting
@@ -202,6 +201,21 @@ class AgentWriter:
         if not room:
             self._congested = True
         return self._pending_spans + n <= limit and not self._stopped
+
+    def _reset_queue(self) -> None:
+        # Flat: trace, chunk, trace, chunk, ... (no tuple per chunk, so that
+        # nothing a queued chunk adds is tracked by the GC while it waits:
+        # the chunk and a handed-over trace are untracked; _take_pending
+        # makes the pairs the writer thread's consumers read).
+        self._pending: list[Any] = []
+        self._pending_spans = 0
+        self._seq = 0  # chunks accepted so far
+
+    def _swap_pending(self) -> tuple[list[Any], int]:
+        """With ``_lock`` held: the flat queue, emptied, and the seq before its first chunk."""
+        flat, self._pending = self._pending, []
+        self._pending_spans = 0
+        return flat, self._seq - len(flat) // 2
 
     def _start(self) -> None:
         with self._start_lock:
@@ -289,11 +303,9 @@ class AgentWriter:
     def _take_pending(self) -> tuple[list[tuple[Any, list[Any]]], int]:
         """The queue as ``(trace, chunk)`` pairs, and the seq before the first."""
         with self._lock:
-            flat, self._pending = self._pending, []
-            self._pending_spans = 0
+            flat, seq = self._swap_pending()
             self._congested = False
             self._room.notify_all()
-            seq = self._seq - len(flat) // 2
         cencode = encoding._cencode
         if cencode is not None:
             return cencode.pairs(flat), seq  # untracked pairs: not walked, not promoted by a young collection
@@ -536,3 +548,86 @@ class AgentWriter:
             if self._counts["spans_dropped_" + reason]
         )
         log.warning("tracer: dropped %d span(s) so far (%s); see tracer.stats()", dropped, detail)
+
+
+def _on_queue(name: str) -> Any:
+    """A field of QueuedAgentWriter kept in its WriterQueue (read-only
+    where the queue's is)."""
+
+    def get(self: QueuedAgentWriter) -> Any:
+        return getattr(self._queue, name)
+
+    def put(self: QueuedAgentWriter, value: Any) -> None:
+        setattr(self._queue, name, value)
+
+    return property(get, put)
+
+
+class QueuedAgentWriter(AgentWriter):
+    """The writer of the C build: its pending queue, counts and the state a
+    push depends on (``_pending``, ``_pending_spans``, ``_seq``, the limit
+    and batch, ``_down``, ``_stopped``, whether the thread runs) are a
+    ``tracer._cspan.WriterQueue``, to which a trace's hand-over in C pushes
+    its chunk without a Python frame or the lock (tracer/_cspan_queue.c),
+    each push and take one C call. :meth:`write` is the rest: the first
+    chunk (which starts the thread), a full queue (the wait for room, the
+    drop), a stopped writer, and the chunks handed over in Python. Counts,
+    the bound and ``seq`` are the same as AgentWriter's."""
+
+    _pending = _on_queue("items")
+    _pending_spans = _on_queue("spans")
+    _seq = _on_queue("seq")
+    _max_pending_spans = _on_queue("limit")
+    _batch_spans = _on_queue("batch")
+    _down = _on_queue("down")
+    _stopped = _on_queue("stopped")
+
+    def __init__(self, config: Any, tracer: Any) -> None:
+        self._queue = _cspan.WriterQueue(0, 0)
+        self._thread_: threading.Thread | None = None
+        super().__init__(config, tracer)
+
+    @property  # type: ignore[override]
+    def _thread(self) -> threading.Thread | None:
+        return self._thread_
+
+    @_thread.setter
+    def _thread(self, thread: threading.Thread | None) -> None:
+        self._thread_ = thread
+        self._queue.started = thread is not None
+
+    def _reset_queue(self) -> None:
+        self._queue.reset()
+        self._queue.wake = self._wake.set
+
+    def _swap_pending(self) -> tuple[list[Any], int]:
+        return self._queue.take()  # type: ignore[no-any-return]
+
+    def write(self, trace: Any, chunk: list[Any]) -> None:
+        try:
+            if self._thread is None:
+                self._start()
+            n = len(chunk) // RECORD_LEN
+            queue = self._queue
+            with self._lock:
+                if queue.stopped:
+                    self._counts["spans_dropped_stopped"] += n
+                    return
+                wake = queue.push(trace, chunk)
+                if wake is None and self._wait_for_room(n, queue.limit >> 2 if queue.down else queue.limit):
+                    wake = queue.push(trace, chunk)
+                if wake is None:
+                    self._counts["spans_dropped_queue_full"] += n
+                    return
+            if wake:
+                self._wake.set()
+        except Exception:
+            internal_error("writer.write")
+
+    #: Tracer hands chunks to the queue in C only while type(writer).write is this.
+    _write_in_c = write
+
+
+def new_writer(config: Any, tracer: Any) -> AgentWriter:
+    """The stock writer: QueuedAgentWriter where tracer._cspan is built."""
+    return AgentWriter(config, tracer) if _cspan is None else QueuedAgentWriter(config, tracer)
