@@ -146,7 +146,8 @@ class Tracer:
                 mono,
                 trace.wall_base + (mono - trace.mono_base),
             )
-            next(trace.starts)
+            if next(trace.starts) == UNTRACK_AT:
+                untrack_list(trace.finished)  # see tracer.buffer.UNTRACK_AT
             if trace.root_done:
                 trace.start_span_late()
         elif _trace_root is not None and (parent is None or type(parent) is Context):

@@ -49,10 +49,19 @@ with t.trace("root", service="svc") as root:
 with t.trace("small") as small:
     with t.trace("child"):
         pass
+# start_span's children too.
+root2 = t.start_span("r2")
+kids = [t.start_span("k", child_of=root2) for _ in range(6)]
+assert gc.is_tracked(root2._trace.finished) and len(kids) == 6
+kids.append(t.start_span("k", child_of=root2))
+assert not gc.is_tracked(root2._trace.finished)
+for kid in kids:
+    kid.finish()
+root2.finish()
 print(tracked)
 assert tracked == [True] * 6 + [False] * 4, tracked  # the 8th span of the trace is its 7th child
-(big_tracked, big), (small_tracked, small_chunk) = sink.chunks
-assert not big_tracked and small_tracked
+(big_tracked, big), (small_tracked, small_chunk), (r2_tracked, r2) = sink.chunks
+assert not big_tracked and small_tracked and not r2_tracked and len(records(r2)) == 8
 assert [r.name for r in records(big)] == ["child"] * 10 + ["root"]
 assert [r.meta.get("i") for r in records(big)][:3] == ["0", "1", "2"]
 gc.collect()
