@@ -26,7 +26,7 @@ from time import perf_counter_ns
 from typing import Any, Callable, TypeVar
 
 from tracer._service import service_name
-from tracer.buffer import TraceBuffer, _Trace
+from tracer.buffer import UNTRACK_AT, TraceBuffer, _Trace, untrack_list
 from tracer.config import config as _config
 from tracer.context import Context, current_span, get_active, set_active, unfinished
 from tracer.span import Span, _cspan
@@ -164,7 +164,8 @@ class Tracer:
                 mono,
                 trace.wall_base + (mono - trace.mono_base),
             )
-            next(trace.starts)
+            if next(trace.starts) == UNTRACK_AT:
+                untrack_list(trace.finished)  # see tracer.buffer.UNTRACK_AT
             if trace.root_done:
                 trace.start_span_late()
         elif _trace_root is not None and (parent is None or type(parent) is Context):
@@ -267,7 +268,8 @@ class Tracer:
             span.meta = {}
             span.metrics = {}
             span._prev = active
-            next(trace.starts)
+            if next(trace.starts) == UNTRACK_AT:
+                untrack_list(trace.finished)  # see tracer.buffer.UNTRACK_AT
             if trace.root_done:
                 trace.start_span_late()
         else:

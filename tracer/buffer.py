@@ -32,7 +32,7 @@ import itertools
 import threading
 from typing import TYPE_CHECKING, Any, Protocol
 
-from tracer.span import RECORD_LEN, FinishedSpan
+from tracer.span import RECORD_LEN, FinishedSpan, _cspan
 
 if TYPE_CHECKING:
     from tracer.span import Span
@@ -42,6 +42,36 @@ if TYPE_CHECKING:
 # it is taken once per chunk, never per span, and creating a lock per trace
 # cost more than the contention it would avoid.
 _flush_lock = threading.Lock()
+
+
+def _gc_untrack() -> Any:
+    """CPython's ``PyObject_GC_UnTrack`` through ctypes (a call holding the
+    GIL, ~2.9 k instructions), or None: with the C span built (it untracks
+    its lists in C), or where ctypes or the C API is missing (PyPy)."""
+    if _cspan is not None:
+        return None
+    try:
+        import ctypes
+
+        untrack = ctypes.pythonapi.PyObject_GC_UnTrack
+        untrack.argtypes = (ctypes.py_object,)
+        untrack.restype = None
+    except Exception:  # no ctypes, no pythonapi: the lists stay tracked
+        return None
+    return untrack
+
+
+# The pure-Python path's counterpart of _cspan.c untracking a trace's first
+# chunk list: a list of span records (ints, strs and tag dicts) holds no
+# cycle, and while tracked every young collection walks each value of every
+# list not yet sent (the in-progress one and those queued for the writer):
+# ~700 instructions a span on the benchmark's 101-span traces. What the list
+# holds stays alive through its references (the GC counts them as outside
+# references); a cycle through a tag dict is found once the chunk is freed.
+# The call costs ~2.9 k instructions, so a trace pays it when its
+# UNTRACK_AT-th span starts (tracer._tracer: small traces never do).
+untrack_list = _gc_untrack()
+UNTRACK_AT = 8 if untrack_list is not None else 0  # 0: next(starts) never gives it
 
 
 def _taken(counter: itertools.count) -> int:

@@ -1,9 +1,11 @@
 """The pure-Python v0.4 encoder packs a chunk in one call (keys interleaved
-with the flat records' values, then a map header put in front of each span's
-first key): differential against the span-map encoder it replaced
-(``_encode``) and against msgpack's packing of the wire maps, with the
-values that could fool the header's placement (a ``trace_id`` tag, that
-key's bytes inside a string, trace ids whose bytes hold its first byte)."""
+with the flat records' values, each span's first key, trace id and second
+key as stand-ins, then one split on the stand-ins' bytes and one join with
+the span's map header and those real bytes): differential against the
+span-map encoder it replaced (``_encode``) and against msgpack's packing of
+the wire maps, with the values that could fool the placement (the
+stand-ins' bytes inside a value or straddling a span's end, a ``trace_id``
+tag, trace ids whose bytes hold the searched bytes' first byte)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tests.tracer.test_encoding import spans_to_v04
-from tracer.encoding import PayloadV04
+from tracer.encoding import _V04_FLAT_KEYED, _V04_MARK, _V04_SEARCHED, PayloadV04
 from tracer.span import RECORD_LEN, records
 
 # 0xa8 is the first byte of the packed key "trace_id" (a 8-byte fixstr);
@@ -26,6 +28,7 @@ number = st.one_of(
     st.integers(min_value=-(2**63), max_value=2**64 - 1),
     st.sampled_from([0xA8, 0xA874726163655F69, 0xA8 << 56, 2**64 - 1]),
     st.floats(allow_nan=False),
+    st.just(_V04_MARK),
 )
 # Trace ids whose packed low 64 bits hold 0xa8 (the search then uses the key alone).
 trace_ids = st.one_of(
@@ -88,24 +91,50 @@ def test_every_array_header_size(spans: int) -> None:
     assert flat_encode(PayloadV04(), chunk) == wire_maps(chunk)
 
 
-def test_a_trace_id_tag_falls_back_to_the_span_maps() -> None:
-    # The searched bytes (the key, then the trace id) inside the values: more
-    # replacements than spans, so the encoder packs span maps instead (the
-    # same bytes, checked above).
-    chunk = [5, 1, 0, "s", "n", "r", None, 1, 1, 0, {}, {"trace_id": 5}]
-    calls = []
+class Spy(PayloadV04):
+    """Records each fall back to the span maps (``_encode`` with no flat packing)."""
 
-    class Spy(PayloadV04):
-        def _encode(self, chunk: list[Any], flat_from: int = 3) -> bytes:
-            calls.append(flat_from)
-            return super()._encode(chunk, flat_from)
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[int] = []
 
+    def _encode(self, chunk: list[Any], flat_from: int = 3) -> bytes:
+        self.calls.append(flat_from)
+        return super()._encode(chunk, flat_from)
+
+
+def test_the_searched_bytes_inside_a_value_fall_back_to_the_span_maps() -> None:
+    # The stand-ins' bytes (None, the mark, False) inside the values: more
+    # pieces than spans, so the encoder packs span maps instead (the same
+    # bytes, checked above); a bin value holding them, and a list of the
+    # three stand-ins themselves.
+    span = [5, 1, 0, "s", "n", "r", None, 1, 1, 0, {}, {}]
+    for meta, metrics in (({"k": _V04_SEARCHED}, {}), ({}, {"k": [None, _V04_MARK, False]})):
+        spy = Spy()
+        chunk = span[:10] + [meta, metrics] + span * 3
+        assert flat_encode(spy, chunk) == wire_maps(chunk)
+        assert spy.calls == [1 << 62]
+    # The real keys and trace id are no longer searched for: in a value, no fall back.
     spy = Spy()
+    chunk = span[:10] + [{"trace_id": "5"}, {"trace_id": 5, "span_id": 5}] + span * 3
     assert flat_encode(spy, chunk) == wire_maps(chunk)
-    assert calls == [1 << 62]
-    other = [5, 1, 0, "s", "n", "r", None, 1, 1, 0, {"trace_id": "5"}, {"trace_id": 6}]
-    assert flat_encode(spy, other) == wire_maps(other)
-    assert calls == [1 << 62]
+    assert spy.calls == []
+
+
+def test_the_stand_ins_pack_to_searched_bytes_that_cannot_overlap() -> None:
+    # Their first byte is nowhere else in them: a stray match can never
+    # swallow the start of a span's own (the count of pieces would then be
+    # right and the bytes wrong), whatever precedes it.
+    assert msgpack.packb(_V04_FLAT_KEYED[:3])[1:] == _V04_SEARCHED
+    assert _V04_SEARCHED.find(_V04_SEARCHED[:1], 1) == -1
+    # A bin value ending in all but the last byte of them, just before the
+    # next span's: the bytes stay right (and no fall back is needed).
+    for cut in range(1, len(_V04_SEARCHED)):
+        spy = Spy()
+        tail = _V04_SEARCHED[:cut]
+        chunk = [7, 1, 0, "s", "n", "r", None, 1, 1, 0, {}, {"k": tail}] + [7, 2, 1, "s", "n", "r", None, 1, 1, 0, {}, {}] * 2
+        assert flat_encode(spy, chunk) == wire_maps(chunk)
+        assert spy.calls == []
 
 
 def test_a_match_overlapping_a_spans_start_is_not_taken_for_it() -> None:
