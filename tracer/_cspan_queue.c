@@ -104,15 +104,23 @@ Queue_push(QueueObject *self, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 Queue_take(QueueObject *self, PyObject *Py_UNUSED(ignored))
 {
-    PyObject *fresh = self->items == NULL ? NULL : PyList_New(0);
-    if (fresh == NULL)
-        return PyErr_Occurred() ? NULL : PyErr_Format(PyExc_RuntimeError, "WriterQueue cleared");
-    PyObject *items = self->items; /* owned by the result now */
-    Py_ssize_t before = self->seq - PyList_GET_SIZE(items) / 2;
+    if (self->items == NULL)
+        return PyErr_Format(PyExc_RuntimeError, "WriterQueue cleared");
+    /* Everything that can fail first: a failure leaves the queue as it was. */
+    PyObject *fresh = PyList_New(0);
+    PyObject *before = fresh == NULL ? NULL : PyLong_FromSsize_t(self->seq - PyList_GET_SIZE(self->items) / 2);
+    PyObject *result = before == NULL ? NULL : PyTuple_New(2);
+    if (result == NULL) {
+        Py_XDECREF(fresh);
+        Py_XDECREF(before);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(result, 0, self->items); /* the queue's reference moves to the result */
+    PyTuple_SET_ITEM(result, 1, before);
     self->items = fresh;
     self->spans = 0;
     self->signalled = 0;
-    return Py_BuildValue("(Nn)", items, before);
+    return result;
 }
 
 static PyObject *
@@ -121,9 +129,13 @@ Queue_reset(QueueObject *self, PyObject *Py_UNUSED(ignored))
     PyObject *fresh = PyList_New(0);
     if (fresh == NULL)
         return NULL;
-    Py_SETREF(self->items, fresh);
+    /* The counts and the new list first, the old list freed last: freeing it
+     * may run finalizers (and switch threads) while the queue is consistent. */
+    PyObject *old = self->items;
+    self->items = fresh;
     self->spans = self->seq = 0;
     self->down = self->started = self->stopped = self->signalled = 0;
+    Py_XDECREF(old);
     Py_RETURN_NONE;
 }
 
@@ -204,7 +216,8 @@ optional_attr(PyObject *obj, PyObject *name)
  * tracer's write is Tracer.write) when the tracer is enabled (exactly True),
  * the writer thread runs, is not stopped and the queue has room; then the
  * writer woken if the push says so. 1 done; 0 not queued (the caller calls
- * sink.write, which decides as before); -1 on error (nothing queued). */
+ * sink.write, which decides as before); -1 on error (nothing queued); -2
+ * queued, and the wake-up raised a BaseException (set). */
 int
 _cspan_queue_handover(ModuleState *st, PyObject *sink, PyObject *trace, PyObject *chunk)
 {
@@ -223,11 +236,17 @@ _cspan_queue_handover(ModuleState *st, PyObject *sink, PyObject *trace, PyObject
         rc = 1;
         PyObject *wake = Py_XNewRef(q->wake);
         PyObject *r = wake == NULL || wake == Py_None ? Py_NewRef(Py_None) : PyObject_CallNoArgs(wake);
-        /* Event.set() fails only without memory; the writer still wakes
-         * at its interval, and the chunk is queued: not an error of the
-         * hand-over (a fallback to sink.write would queue it twice). */
-        if (r == NULL)
-            PyErr_Clear();
+        /* The chunk is queued whatever set() does (a fallback to sink.write
+         * would queue it twice). An Exception from it (no memory) is
+         * dropped: the writer still wakes at its interval. A BaseException
+         * (KeyboardInterrupt from a signal handler) propagates, as it does
+         * through AgentWriter.write: -2. */
+        if (r == NULL) {
+            if (PyErr_ExceptionMatches(PyExc_Exception))
+                PyErr_Clear();
+            else
+                rc = -2;
+        }
         Py_XDECREF(r);
         Py_XDECREF(wake);
     }

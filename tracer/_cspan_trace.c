@@ -237,8 +237,18 @@ handover_send(ModuleState *st, PyObject *trace, HandOver *h, PyObject *chunk)
     if (PySet_Discard(h->live, trace) < 0)
         return -1;
     int queued = _cspan_queue_handover(st, h->sink, trace, chunk);
-    if (queued != 0)
+    if (queued == -2)
+        return -1; /* queued; a KeyboardInterrupt or the like propagates */
+    if (queued > 0)
         return queued;
+    /* Not queued: sink.write decides and counts, as without the queue. An
+     * Exception of the queue path (no memory) must not reach the app's
+     * finish() with the trace lost uncounted. */
+    if (queued < 0) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception))
+            return -1;
+        PyErr_Clear();
+    }
     PyObject *r = PyObject_CallMethodObjArgs(h->sink, st->s_write, trace, chunk, NULL);
     Py_XDECREF(r);
     return r == NULL ? -1 : 1;

@@ -181,7 +181,7 @@ class AgentWriter:
         except Exception:
             internal_error("writer.write")
 
-    def _wait_for_room(self, n: int, limit: int) -> bool:
+    def _wait_for_room(self, n: int, limit: int, timeout: float = _ROOM_WAIT) -> bool:
         """Called with ``_lock`` held and the queue too full for ``n`` more
         spans: wait (bounded) for the writer to take the queue when the
         receiver is healthy. True when there is room now."""
@@ -196,7 +196,7 @@ class AgentWriter:
             return False
         self._wake.set()
         room = self._room.wait_for(
-            lambda: self._pending_spans + n <= limit or self._stopped or self._down, _ROOM_WAIT
+            lambda: self._pending_spans + n <= limit or self._stopped or self._down, timeout
         )
         if not room:
             self._congested = True
@@ -614,8 +614,17 @@ class QueuedAgentWriter(AgentWriter):
                     self._counts["spans_dropped_stopped"] += n
                     return
                 wake = queue.push(trace, chunk)
-                if wake is None and self._wait_for_room(n, queue.limit >> 2 if queue.down else queue.limit):
-                    wake = queue.push(trace, chunk)
+                if wake is None:
+                    # The hand-over in C pushes without _lock: room seen by
+                    # _wait_for_room may be taken before this thread pushes,
+                    # so wait again (within one _ROOM_WAIT in all).
+                    end = time.monotonic() + _ROOM_WAIT
+                    while wake is None:
+                        left = end - time.monotonic()
+                        limit = queue.limit >> 2 if queue.down else queue.limit
+                        if left <= 0 or not self._wait_for_room(n, limit, left):
+                            break
+                        wake = queue.push(trace, chunk)
                 if wake is None:
                     self._counts["spans_dropped_queue_full"] += n
                     return

@@ -171,6 +171,70 @@ def test_a_stopped_writer_counts_every_span_dropped(small_writer: Any) -> None:
     assert small_writer._seq == seq and small_writer.stats()["spans_dropped_stopped"] == 60
 
 
+def test_a_keyboard_interrupt_from_the_wake_up_propagates_and_the_trace_is_queued_once(small_writer: Any) -> None:
+    # A signal handler raising in Event.set() (the wake-up the C hand-over
+    # calls): the app sees it, as through AgentWriter.write; the chunk it
+    # came with stays queued once (no second push through write()).
+    queue = small_writer._queue
+    calls: list[int] = []
+
+    def wake() -> None:
+        calls.append(1)
+        raise KeyboardInterrupt("from a signal handler")
+
+    queue.wake = wake
+    seq, raised = small_writer._seq, 0
+    try:
+        for _ in range(30):  # 60 spans: one wake-up at the batch (50)
+            try:
+                with tracer.trace("root", service="interrupted"):
+                    with tracer.trace("child"):
+                        pass
+            except KeyboardInterrupt:
+                raised += 1
+    finally:
+        queue.wake = small_writer._wake.set
+    assert calls == [1] and raised == 1
+    assert small_writer._seq - seq == 30 and small_writer._pending_spans == 60
+    assert tracer.flush(10) and small_writer.stats()["spans_dropped_queue_full"] == 0
+
+
+def test_room_taken_by_a_c_push_while_waiting_is_waited_for_again(
+    small_writer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # write() waits for room with the lock held, but the C hand-over pushes
+    # without it: another thread's push may take the room first (a thread
+    # switch after the wait). A healthy receiver still drops nothing.
+    monkeypatch.setattr(writer_module, "_HEALTHY_SEND", 5.0)
+    monkeypatch.setattr(writer_module, "_ROOM_WAIT", 5.0)
+    waits = small_writer._wait_for_room
+    raced: list[int] = []
+
+    def racing(n: int, limit: int, timeout: float = 5.0) -> bool:
+        room = waits(n, limit, timeout)
+        if room and not raced:
+            raced.append(1)
+            other = threading.Thread(target=_big, args=(60,))
+            other.start()
+            other.join()
+        return room
+
+    monkeypatch.setattr(small_writer, "_wait_for_room", racing)
+    before = small_writer.stats()
+    _big(60)  # pushed in C
+    _big(60)  # full: write() waits, the other thread's 60 take the room, it waits again
+    assert raced == [1] and tracer.flush(10)
+    stats = {k: v - before.get(k, 0) for k, v in small_writer.stats().items()}
+    assert stats["spans_dropped_queue_full"] == 0 and stats["spans_sent"] == 180
+
+
+def _big(n: int) -> None:
+    with tracer.trace("root", service="raced"):
+        for _ in range(n - 1):
+            with tracer.trace("child"):
+                pass
+
+
 FORK = r"""
 import os
 from tracer import tracer
