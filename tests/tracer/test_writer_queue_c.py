@@ -100,9 +100,7 @@ def test_counts_exact_with_four_threads_and_a_small_queue(
     start = writer.stats()
     start_seq, start_traces = writer._seq, sum(intake.trace_counts)
     seen: list[int] = []
-    workers = [
-        threading.Thread(target=_traces, args=(PER_THREAD, "queue-c", seen, writer)) for _ in range(THREADS)
-    ]
+    workers = [threading.Thread(target=_traces, args=(PER_THREAD, "queue-c", seen, writer)) for _ in range(THREADS)]
     for worker in workers:
         worker.start()
     for worker in workers:
@@ -187,9 +185,8 @@ def test_a_keyboard_interrupt_from_the_wake_up_propagates_and_the_trace_is_queue
     try:
         for _ in range(30):  # 60 spans: one wake-up at the batch (50)
             try:
-                with tracer.trace("root", service="interrupted"):
-                    with tracer.trace("child"):
-                        pass
+                with tracer.trace("root", service="interrupted"), tracer.trace("child"):
+                    pass
             except KeyboardInterrupt:
                 raised += 1
     finally:
