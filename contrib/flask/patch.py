@@ -135,12 +135,13 @@ def _hook_failed(span: Any, exc: BaseException) -> None:
 
 def _wsgi_app(original: Callable[..., Any]) -> Callable[..., Any]:
     _request.bind_werkzeug()
+    _start_request = _request.start_request
 
     def wsgi_app(self: Any, environ: Any, start_response: Any) -> Any:
         if not _tracer.enabled:
             return original(self, environ, start_response)
         try:
-            state = _request.RequestState(self, environ, start_response, _current.get())
+            state = _start_request(self, environ, start_response, _current.get())
             token = _current.set(state)
         except Exception:
             internal_error("flask.wsgi_app")
