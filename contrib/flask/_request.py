@@ -91,11 +91,14 @@ class _AppInfo:
     """Per-app data computed on the app's first traced request: its service
     and the hook plan of each endpoint seen (see ``_hooks``)."""
 
-    __slots__ = ("service", "plans")
+    __slots__ = ("service", "plans", "traced")
 
     def __init__(self, app: Any) -> None:
         self.service = _app_service(app)
         self.plans: dict[str | None, dict[Any, Phase]] = {}
+        # Per endpoint, its sync functions already traced (function -> what
+        # ensure_sync returns for it): one look-up per user function call.
+        self.traced: dict[str | None, dict[Any, Callable[..., Any]]] = {}
 
 
 def _app_service(app: Any) -> str:
@@ -151,6 +154,7 @@ def _view_arg_tag(key: str) -> str:
 
 
 _NO_PLAN: Mapping[Any, Phase] = {}
+_NOT_TRACED: dict[Any, Callable[..., Any]] = {}
 _new = object.__new__
 
 
@@ -160,17 +164,19 @@ class RequestState:
     Built by ``start_request`` (from the ``Flask.wsgi_app`` wrapper), which passes ``start_response``
     (a bound method, no per-request closure) to Flask in place of the
     server's. ``plan`` maps the user functions of the matched endpoint to
-    their phase (filled by ``match_rule``); ``exc`` is the exception that made
+    their phase (filled by ``match_rule``), ``traced`` those already traced
+(function -> its traced version, filled by ``ensure_sync``); ``exc`` is the exception that made
     the response a 5xx, if one was seen; ``entry`` is the active span the WSGI
     call started from (the server's context), given back when the app
     returns; ``headers`` the header-tag plan (None: no header tags)."""
 
-    __slots__ = ("span", "environ", "app", "info", "plan", "exc", "matched", "entry", "headers", "_start_response")
+    __slots__ = ("span", "environ", "app", "info", "plan", "traced", "exc", "matched", "entry", "headers", "_start_response")
     span: Span
     environ: dict[str, Any]
     app: Any
     info: _AppInfo
     plan: Mapping[Any, Phase]
+    traced: dict[Any, Callable[..., Any]]
     exc: BaseException | None
     matched: bool
     entry: Any
@@ -202,11 +208,13 @@ class RequestState:
                             meta[tag] = text  # what set_tag does with a short str
                         else:
                             span.set_tag(tag, text)
-        plans = self.info.plans
-        plan = plans.get(endpoint)
+        info = self.info
+        plan = info.plans.get(endpoint)
         if plan is None:
-            plan = plans[endpoint] = build_plan(self.app, endpoint)
+            plan = info.plans[endpoint] = build_plan(self.app, endpoint)
+            info.traced[endpoint] = {}
         self.plan = plan
+        self.traced = info.traced[endpoint]
 
     def start_response(self, status: str, headers: list[tuple[str, str]], *args: Any) -> Any:
         """The ``start_response`` Flask gets: records the status (and header
@@ -313,6 +321,7 @@ def start_request(app: Any, environ: dict[str, Any], start_response: Callable[..
     state.environ = environ
     state._start_response = start_response
     state.plan = _NO_PLAN  # read only: match_rule puts the endpoint's in
+    state.traced = _NOT_TRACED  # read only: as plan
     state.exc = None
     state.matched = False
     # Outside another Flask request, a finished span or a flask.request
