@@ -216,7 +216,7 @@ class RequestState:
         self.plan = plan
         self.traced = info.traced[endpoint]
 
-    def start_response(self, status: str, headers: list[tuple[str, str]], *args: Any) -> Any:
+    def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
         """The ``start_response`` Flask gets: records the status (and header
         tags) on the root span, then calls the server's."""
         try:
@@ -246,7 +246,9 @@ class RequestState:
                         meta[tag] = str(value)[:MAX_VALUE_LEN]
         except Exception:
             internal_error("flask.start_response")
-        return self._start_response(status, headers, *args)
+        if exc_info is None:  # a call without the argument tuple *args would build
+            return self._start_response(status, headers)
+        return self._start_response(status, headers, exc_info)
 
     def respond(self, body: Iterable[bytes]) -> Iterable[bytes]:
         """Flask returned ``body``: the server's context is given back
