@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import partial
+from itertools import chain as _chain
 from types import GeneratorType
 from typing import Any
 from urllib.parse import quote
@@ -270,7 +271,7 @@ class RequestState:
         server's type around the same file, so servers that send files with
         ``sendfile()`` still recognize it."""
         set_active(self.entry)
-        activate = True
+        activate = plain = True
         if type(body) is _ClosingIterator:
             werkzeug_body: Any = body
             try:
@@ -278,14 +279,19 @@ class RequestState:
                 if type(produce) is partial and produce.func is next:
                     iterator = produce.args[0]
                     if type(iterator) in _SEQUENCE_ITERATORS:
-                        activate = False
+                        activate = False  # and plain: a list or tuple iterator never fails
                     elif type(iterator) is GeneratorType and iterator.gi_code is _ITER_ENCODED:
                         # Response.iter_encoded's generator over the response's
                         # own body; the response is the last callback's (its close()).
                         response = getattr(werkzeug_body._callbacks[-1], "__self__", None)
-                        activate = type(getattr(response, "response", None)) not in (list, tuple)
+                        items = getattr(response, "response", None)
+                        activate = type(items) not in (list, tuple)
+                        # What set_data makes (str, a dict, a template): one
+                        # bytes chunk, yielded as it is (a str item is
+                        # encoded while read, and can fail then).
+                        plain = not activate and (not items or (len(items) == 1 and type(items[0]) is bytes))
             except Exception:
-                activate = True
+                activate = plain = True
         else:
             file_wrapper = self.environ.get("wsgi.file_wrapper")
             if file_wrapper is not None and type(file_wrapper) is type and isinstance(body, file_wrapper):
@@ -297,6 +303,7 @@ class RequestState:
         closing._span = self.span
         closing._it = None
         closing._activate = activate
+        closing._plain = not activate and plain
         return closing
 
     def escaped(self, exc: BaseException) -> None:
@@ -413,13 +420,30 @@ class _ClosingBody:
     the next request."""
 
     # Built by RequestState.respond (no __init__: a C-to-Python entry less).
-    __slots__ = ("_body", "_span", "_it", "_activate")
+    __slots__ = ("_body", "_span", "_it", "_activate", "_plain")
     _body: Iterable[bytes]
     _span: Span
     _it: Iterator[bytes] | None
     _activate: bool
+    _plain: bool  # runs no code of the app and cannot fail (see respond)
 
     def __iter__(self) -> Iterator[bytes]:
+        """The server's iterator. A plain body (``_plain``) is read through
+        ``itertools.chain`` (C), whose last iterable, asked for only once
+        the app's is exhausted, ends the span (``_BodyEnd``): no generator
+        to resume per chunk, and none to finalize with a ``GeneratorExit``
+        when the server closes the body before its end. Any other body is
+        read by ``_chunks``."""
+        if self._plain:
+            it = self._it
+            if it is None:
+                end: _BodyEnd = _new(_BodyEnd)
+                end._span = self._span
+                it = self._it = _chain(self._body, end)
+            return it
+        return self._chunks()
+
+    def _chunks(self) -> Iterator[bytes]:
         """The app's chunks; the span ends at the body's end or with its
         exception. A generator: the server's next() resumes it (a
         Python-level __next__ would be a call from C per chunk), and a
@@ -475,6 +499,23 @@ class _ClosingBody:
         span = self._span
         if span.duration_ns is None:
             guarded_call("flask.response.dropped", _end, span, self._it is not None)
+
+
+class _BodyEnd:
+    """The last iterable of a plain body's chain: asked for its iterator
+    when the app's body is exhausted, it ends the request span there."""
+
+    __slots__ = ("_span",)
+    _span: Span
+
+    def __iter__(self) -> Iterator[bytes]:
+        span = self._span
+        if span.duration_ns is None:
+            try:
+                span.finish()
+            except Exception:
+                internal_error("flask.response.end")
+        return iter(())
 
 
 class _ClosingFile:
