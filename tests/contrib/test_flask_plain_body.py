@@ -16,6 +16,7 @@ from flask import Flask, Response
 
 from contrib.flask._request import CLIENT_DISCONNECTED
 from tests.contrib.apps.flask_helpers import patched_for_module
+from tests.contrib.test_flask_paths import _app as paths_app
 from tracer.context import ACTIVE_SPAN
 
 pytestmark = pytest.mark.usefixtures("spans_in_memory")
@@ -32,19 +33,9 @@ class _Unsized(Response):
 
 @pytest.fixture
 def app() -> Flask:
-    app = Flask("plain_body_app")
-
-    @app.route("/text")
-    def text() -> str:
-        return "ok"
-
-    @app.route("/json")
-    def json() -> Any:
-        return {"a": 1}
-
-    @app.route("/two")
-    def two() -> Response:
-        return Response([b"a", b"b"])
+    """test_flask_paths' app (/text, /json, /list: two bytes chunks, ...)
+    and two bodies of str items."""
+    app: Flask = paths_app()
 
     @app.route("/str-item")
     def str_item() -> Response:
@@ -71,7 +62,7 @@ def requests_of(sink: Any) -> list[Any]:
 
 @pytest.mark.parametrize(
     "method, path, plain",
-    [("GET", "/text", True), ("GET", "/json", True), ("HEAD", "/text", True), ("GET", "/two", False),
+    [("GET", "/text", True), ("GET", "/json", True), ("HEAD", "/text", True), ("GET", "/list", False),
      ("GET", "/str-item", False)],
 )
 def test_which_bodies_are_plain(app: Flask, test_spans: Any, method: str, path: str, plain: bool) -> None:
