@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import partial
+from itertools import chain as _chain
 from types import GeneratorType
 from typing import Any
 from urllib.parse import quote
@@ -91,11 +92,14 @@ class _AppInfo:
     """Per-app data computed on the app's first traced request: its service
     and the hook plan of each endpoint seen (see ``_hooks``)."""
 
-    __slots__ = ("service", "plans")
+    __slots__ = ("service", "plans", "traced")
 
     def __init__(self, app: Any) -> None:
         self.service = _app_service(app)
         self.plans: dict[str | None, dict[Any, Phase]] = {}
+        # Per endpoint, its sync functions already traced (function -> what
+        # ensure_sync returns for it): one look-up per user function call.
+        self.traced: dict[str | None, dict[Any, Callable[..., Any]]] = {}
 
 
 def _app_service(app: Any) -> str:
@@ -151,79 +155,34 @@ def _view_arg_tag(key: str) -> str:
 
 
 _NO_PLAN: Mapping[Any, Phase] = {}
+_NOT_TRACED: dict[Any, Callable[..., Any]] = {}
+_new = object.__new__
 
 
 class RequestState:
     """One traced request: its root span and what the wrappers learn.
 
-    Built by the ``Flask.wsgi_app`` wrapper, which passes ``start_response``
+    Built by ``start_request`` (from the ``Flask.wsgi_app`` wrapper), which passes ``start_response``
     (a bound method, no per-request closure) to Flask in place of the
     server's. ``plan`` maps the user functions of the matched endpoint to
-    their phase (filled by ``match_rule``); ``exc`` is the exception that made
+    their phase (filled by ``match_rule``), ``traced`` those already traced
+(function -> its traced version, filled by ``ensure_sync``); ``exc`` is the exception that made
     the response a 5xx, if one was seen; ``entry`` is the active span the WSGI
     call started from (the server's context), given back when the app
     returns; ``headers`` the header-tag plan (None: no header tags)."""
 
-    __slots__ = ("span", "environ", "app", "info", "plan", "exc", "matched", "entry", "headers", "_start_response")
-
-    def __init__(self, app: Any, environ: dict[str, Any], start_response: Callable[..., Any], enclosing: Any) -> None:
-        """Start and activate the root span of a request; record its request
-        tags. ``enclosing`` is the RequestState of a Flask request this one
-        runs inside (an app calling another app's ``wsgi_app``), else None."""
-        self.app = app
-        self.environ = environ
-        self._start_response = start_response
-        self.plan: Mapping[Any, Phase] = _NO_PLAN  # read only: match_rule puts the endpoint's in
-        self.exc: BaseException | None = None
-        self.matched = False
-        # Outside another Flask request, a finished span or a flask.request
-        # span still active here was left behind by an earlier request on
-        # this thread (a server that skipped close(), an app that never
-        # finished a span): it is dropped, never the parent of this request.
-        parent: Any = get_active()
-        if parent is not None and enclosing is None and (parent.duration_ns is not None or parent.name == "flask.request"):
-            set_active(None)
-            parent = None
-        self.entry = parent
-        if config.distributed_tracing and not environ.keys().isdisjoint(_PROPAGATION_KEYS):
-            context = propagation.extract(environ)  # reads HTTP_* keys itself
-            if context is not None:
-                parent = context
-        info = app.extensions.get(_EXTENSION_KEY)
-        if info is None:
-            info = app_info(app)
-        self.info = info
-        method = environ.get("REQUEST_METHOD", "GET")
-        service = config.flask_service or config.service or info.service
-        span = None
-        if _trace_root is not None and (parent is None or type(parent) is Context):
-            # What start_span does for a new trace or one continued from
-            # headers, without its frame: the root and its trace built in C
-            # (None: a context with a sampling decision only).
-            span = _trace_root(_RootTrace, _tracer._buffer, "flask.request", service, None, "web", False, parent)
-        if span is None:
-            span = _tracer.start_span("flask.request", parent, service, None, "web")
-        self.span = span
-        span._prev = self.entry  # activated, as start_span(activate=True) does
-        set_active(span)
-        meta = span.meta
-        meta["component"] = "flask"
-        meta["span.kind"] = "server"
-        meta["http.method"] = method
-        meta["http.url"] = request_url(environ)
-        useragent = environ.get("HTTP_USER_AGENT")
-        if useragent:
-            meta["http.useragent"] = useragent[:MAX_VALUE_LEN]
-        span.metrics["_dd.measured"] = 1
-        wanted = config.header_tags
-        headers = None
-        if wanted:
-            headers = _plan if _plan is not None and _plan.source is wanted else _header_plan(wanted)
-            for key, tag in headers.request:
-                value = environ.get(key)
-                if value is not None:
-                    meta[tag] = value[:MAX_VALUE_LEN]
-        self.headers = headers
+    __slots__ = ("span", "environ", "app", "info", "plan", "traced", "exc", "matched", "entry", "headers", "_start_response")
+    span: Span
+    environ: dict[str, Any]
+    app: Any
+    info: _AppInfo
+    plan: Mapping[Any, Phase]
+    traced: dict[Any, Callable[..., Any]]
+    exc: BaseException | None
+    matched: bool
+    entry: Any
+    headers: _HeaderPlan | None
+    _start_response: Callable[..., Any]
 
     def match_rule(self) -> None:
         """Once Flask has matched the URL (its request context is pushed, no
@@ -250,13 +209,15 @@ class RequestState:
                             meta[tag] = text  # what set_tag does with a short str
                         else:
                             span.set_tag(tag, text)
-        plans = self.info.plans
-        plan = plans.get(endpoint)
+        info = self.info
+        plan = info.plans.get(endpoint)
         if plan is None:
-            plan = plans[endpoint] = build_plan(self.app, endpoint)
+            plan = info.plans[endpoint] = build_plan(self.app, endpoint)
+            info.traced[endpoint] = {}
         self.plan = plan
+        self.traced = info.traced[endpoint]
 
-    def start_response(self, status: str, headers: list[tuple[str, str]], *args: Any) -> Any:
+    def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
         """The ``start_response`` Flask gets: records the status (and header
         tags) on the root span, then calls the server's."""
         try:
@@ -286,7 +247,9 @@ class RequestState:
                         meta[tag] = str(value)[:MAX_VALUE_LEN]
         except Exception:
             internal_error("flask.start_response")
-        return self._start_response(status, headers, *args)
+        if exc_info is None:  # a call without the argument tuple *args would build
+            return self._start_response(status, headers)
+        return self._start_response(status, headers, exc_info)
 
     def respond(self, body: Iterable[bytes]) -> Iterable[bytes]:
         """Flask returned ``body``: the server's context is given back
@@ -294,16 +257,54 @@ class RequestState:
         body is returned wrapped so that the request span ends exactly once,
         whatever the server does with it.
 
+        Werkzeug's iterable for a list or tuple body (what a view returning
+        str, bytes, a dict or a rendered template makes), or for no body
+        (HEAD, 204, 304), runs no code of the app: it is read without the
+        request span active (no ContextVar writes: two per chunk and one by
+        the finish at the body's end). Anything else (a generator, a file,
+        ``direct_passthrough``, an HTTPException's page, another Werkzeug)
+        is read with the span active. Werkzeug's private attributes are
+        read here, each checked; the wrapper is built without an
+        ``__init__`` call (a C-to-Python entry per request).
+
         A ``wsgi.file_wrapper`` body is returned as a new file wrapper of the
         server's type around the same file, so servers that send files with
         ``sendfile()`` still recognize it."""
         set_active(self.entry)
-        file_wrapper = self.environ.get("wsgi.file_wrapper")
-        if file_wrapper is not None and type(file_wrapper) is type and isinstance(body, file_wrapper):
-            filelike = getattr(body, "filelike", None)
-            if filelike is not None:
-                return file_wrapper(_ClosingFile(filelike, self.span), getattr(body, "blksize", 8192))
-        return _ClosingBody(body, self.span, not _runs_no_user_code(body))
+        activate = plain = True
+        if type(body) is _ClosingIterator:
+            werkzeug_body: Any = body
+            try:
+                produce = werkzeug_body._next  # partial(next, iterator)
+                if type(produce) is partial and produce.func is next:
+                    iterator = produce.args[0]
+                    if type(iterator) in _SEQUENCE_ITERATORS:
+                        activate = False  # and plain: a list or tuple iterator never fails
+                    elif type(iterator) is GeneratorType and iterator.gi_code is _ITER_ENCODED:
+                        # Response.iter_encoded's generator over the response's
+                        # own body; the response is the last callback's (its close()).
+                        response = getattr(werkzeug_body._callbacks[-1], "__self__", None)
+                        items = getattr(response, "response", None)
+                        activate = type(items) not in (list, tuple)
+                        # What set_data makes (str, a dict, a template): one
+                        # bytes chunk, yielded as it is (a str item is
+                        # encoded while read, and can fail then).
+                        plain = not activate and (not items or (len(items) == 1 and type(items[0]) is bytes))
+            except Exception:
+                activate = plain = True
+        else:
+            file_wrapper = self.environ.get("wsgi.file_wrapper")
+            if file_wrapper is not None and type(file_wrapper) is type and isinstance(body, file_wrapper):
+                filelike = getattr(body, "filelike", None)
+                if filelike is not None:
+                    return file_wrapper(_ClosingFile(filelike, self.span), getattr(body, "blksize", 8192))
+        closing: _ClosingBody = _new(_ClosingBody)
+        closing._body = body
+        closing._span = self.span
+        closing._it = None
+        closing._activate = activate
+        closing._plain = not activate and plain
+        return closing
 
     def escaped(self, exc: BaseException) -> None:
         """An exception left the WSGI app: the server's context is given
@@ -316,6 +317,71 @@ class RequestState:
             span.resource = f"{span.meta['http.method']} 404"
         span.set_exc_info(type(exc), exc, exc.__traceback__)
         span.finish()
+
+
+def start_request(app: Any, environ: dict[str, Any], start_response: Callable[..., Any], enclosing: Any) -> RequestState:
+    """Start and activate the root span of a request; record its request
+    tags. ``enclosing`` is the RequestState of a Flask request this one
+    runs inside (an app calling another app's ``wsgi_app``), else None.
+    A function, not ``RequestState.__init__``: called from ``wsgi_app``
+    without the type call's C-to-Python entry (≈ 1 k instructions)."""
+    state: RequestState = _new(RequestState)
+    state.app = app
+    state.environ = environ
+    state._start_response = start_response
+    state.plan = _NO_PLAN  # read only: match_rule puts the endpoint's in
+    state.traced = _NOT_TRACED  # read only: as plan
+    state.exc = None
+    state.matched = False
+    # Outside another Flask request, a finished span or a flask.request
+    # span still active here was left behind by an earlier request on
+    # this thread (a server that skipped close(), an app that never
+    # finished a span): it is dropped, never the parent of this request.
+    parent: Any = get_active()
+    if parent is not None and enclosing is None and (parent.duration_ns is not None or parent.name == "flask.request"):
+        set_active(None)
+        parent = None
+    state.entry = entry = parent
+    if config.distributed_tracing and not environ.keys().isdisjoint(_PROPAGATION_KEYS):
+        context = propagation.extract(environ)  # reads HTTP_* keys itself
+        if context is not None:
+            parent = context
+    info = app.extensions.get(_EXTENSION_KEY)
+    if info is None:
+        info = app_info(app)
+    state.info = info
+    method = environ.get("REQUEST_METHOD", "GET")
+    service = config.flask_service or config.service or info.service
+    span = None
+    if _trace_root is not None and (parent is None or type(parent) is Context):
+        # What start_span does for a new trace or one continued from
+        # headers, without its frame: the root and its trace built in C
+        # (None: a context with a sampling decision only).
+        span = _trace_root(_RootTrace, _tracer._buffer, "flask.request", service, None, "web", False, parent)
+    if span is None:
+        span = _tracer.start_span("flask.request", parent, service, None, "web")
+    state.span = span
+    span._prev = entry  # activated, as start_span(activate=True) does
+    set_active(span)
+    meta = span.meta
+    meta["component"] = "flask"
+    meta["span.kind"] = "server"
+    meta["http.method"] = method
+    meta["http.url"] = request_url(environ)
+    useragent = environ.get("HTTP_USER_AGENT")
+    if useragent:
+        meta["http.useragent"] = useragent[:MAX_VALUE_LEN]
+    span.metrics["_dd.measured"] = 1
+    wanted = config.header_tags
+    headers = None
+    if wanted:
+        headers = _plan if _plan is not None and _plan.source is wanted else _header_plan(wanted)
+        for key, tag in headers.request:
+            value = environ.get(key)
+            if value is not None:
+                meta[tag] = value[:MAX_VALUE_LEN]
+    state.headers = headers
+    return state
 
 
 # Meta tag set when the server stopped sending the body before its end (the
@@ -336,36 +402,6 @@ def _end(span: Span, started: bool) -> None:
 _SEQUENCE_ITERATORS: tuple[type, ...] = (type(iter(())), type(iter([])))
 
 
-def _runs_no_user_code(body: Any) -> bool:
-    """Whether producing ``body``'s chunks can run no code of the app: the
-    iterable Werkzeug's ``Response`` gives for a list or tuple body (what a
-    view returning str, bytes, a dict or a rendered template makes), or for
-    no body (HEAD, 204, 304). Then the request span need not be active
-    while the server reads it: no ContextVar writes (two per chunk and one
-    by the finish at the body's end: five for a one-chunk body read to its
-    end) for ≈ 25 bytecodes of checks. Anything else (a generator, a file,
-    ``direct_passthrough``, an HTTPException's page, another Werkzeug) is
-    read with the span active. Reads Werkzeug's private attributes, each
-    checked."""
-    if type(body) is not _ClosingIterator:
-        return False
-    try:
-        produce = body._next  # partial(next, iterator)
-        if type(produce) is not partial or produce.func is not next:
-            return False
-        iterator = produce.args[0]
-        if type(iterator) in _SEQUENCE_ITERATORS:
-            return True
-        # Response.iter_encoded's generator over the response's own body;
-        # the response is the last callback's (its close()).
-        if type(iterator) is not GeneratorType or iterator.gi_code is not _ITER_ENCODED:
-            return False
-        response = getattr(body._callbacks[-1], "__self__", None)
-        return type(getattr(response, "response", None)) in (list, tuple)
-    except Exception:
-        return False
-
-
 class _ClosingBody:
     """The response iterable, as the server sees it.
 
@@ -378,20 +414,36 @@ class _ClosingBody:
 
     The span is active only while the app's body produces a chunk (work done
     by a streamed body joins the request's trace; ``activate`` False: the
-    body runs no code of the app, see ``_runs_no_user_code``); between
+    body runs no code of the app, see ``RequestState.respond``); between
     chunks, and after the request, the server's thread has its own context
     back, so a body the server abandons can never leave its span active for
     the next request."""
 
-    __slots__ = ("_body", "_span", "_it", "_activate")
-
-    def __init__(self, body: Iterable[bytes], span: Span, activate: bool) -> None:
-        self._body = body
-        self._span = span
-        self._it: Iterator[bytes] | None = None
-        self._activate = activate
+    # Built by RequestState.respond (no __init__: a C-to-Python entry less).
+    __slots__ = ("_body", "_span", "_it", "_activate", "_plain")
+    _body: Iterable[bytes]
+    _span: Span
+    _it: Iterator[bytes] | None
+    _activate: bool
+    _plain: bool  # runs no code of the app and cannot fail (see respond)
 
     def __iter__(self) -> Iterator[bytes]:
+        """The server's iterator. A plain body (``_plain``) is read through
+        ``itertools.chain`` (C), whose last iterable, asked for only once
+        the app's is exhausted, ends the span (``_BodyEnd``): no generator
+        to resume per chunk, and none to finalize with a ``GeneratorExit``
+        when the server closes the body before its end. Any other body is
+        read by ``_chunks``."""
+        if self._plain:
+            it = self._it
+            if it is None:
+                end: _BodyEnd = _new(_BodyEnd)
+                end._span = self._span
+                it = self._it = _chain(self._body, end)
+            return it
+        return self._chunks()
+
+    def _chunks(self) -> Iterator[bytes]:
         """The app's chunks; the span ends at the body's end or with its
         exception. A generator: the server's next() resumes it (a
         Python-level __next__ would be a call from C per chunk), and a
@@ -435,9 +487,11 @@ class _ClosingBody:
                 close()
         finally:
             span = self._span
-            if span.duration_ns is None:  # (guarded_call's guarantee, one frame fewer)
+            if span.duration_ns is None:  # _end's work, guarded, two frames fewer
                 try:
-                    _end(span, self._it is not None)
+                    if self._it is not None:
+                        span.meta[CLIENT_DISCONNECTED] = "true"
+                    span.finish()
                 except Exception:
                     internal_error("flask.response.close")
 
@@ -445,6 +499,23 @@ class _ClosingBody:
         span = self._span
         if span.duration_ns is None:
             guarded_call("flask.response.dropped", _end, span, self._it is not None)
+
+
+class _BodyEnd:
+    """The last iterable of a plain body's chain: asked for its iterator
+    when the app's body is exhausted, it ends the request span there."""
+
+    __slots__ = ("_span",)
+    _span: Span
+
+    def __iter__(self) -> Iterator[bytes]:
+        span = self._span
+        if span.duration_ns is None:
+            try:
+                span.finish()
+            except Exception:
+                internal_error("flask.response.end")
+        return iter(())
 
 
 class _ClosingFile:

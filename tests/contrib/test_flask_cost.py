@@ -26,11 +26,13 @@ from tracer.span import _cspan
 # Request span + before_request, view, after_request spans, with view-arg and
 # header tags on (the benchmark's app and settings). 19 before the body's
 # generator became its __iter__ (one frame less) and _runs_no_user_code came
-# in (one more, for no ContextVar writes while the body is read).
-CONTRIB_CALLS_PER_REQUEST = 18
+# in (one more, for no ContextVar writes while the body is read); 18 before
+# the request state and the body wrapper were built without an __init__
+# call and _runs_no_user_code was folded into respond (two fewer).
+CONTRIB_CALLS_PER_REQUEST = 16
 # With the C span, each hook and view span is a _cspan.TracedCall (no Python
-# frame, tracer/_cspan_call.c): three calls fewer.
-CONTRIB_CALLS_PER_REQUEST_C = 15
+# frame, tracer/_cspan_call.c): three calls fewer (15 before the two above).
+CONTRIB_CALLS_PER_REQUEST_C = 13
 # Python calls in tracer/ per request with the C span: the sink's and the
 # writer's write() only. The request span starts in C (no start_span frame)
 # and, finishing last, hands its trace to the sink in C (no _Trace._flush,

@@ -1,7 +1,7 @@
 """The Flask request path's fast paths, each against the general one: a
 body Werkzeug builds from the response's own list (a view returning str,
 bytes, a dict) is read without making the request span active
-(``_runs_no_user_code``: two ContextVar writes per chunk); every other body
+(``RequestState.respond``: two ContextVar writes per chunk); every other body
 is read with it active (streamed bodies' spans: test_flask.py). And an app
 calling another app's ``wsgi_app`` with its own environ inside a request."""
 
