@@ -399,6 +399,7 @@ exec_module(PyObject *m)
     INTERN(st->s_write, "write");
     INTERN(st->s__cqueue, "_cqueue");
     INTERN(st->s_enabled, "enabled");
+    INTERN(st->s_close, "close");
     PyObject *itertools = PyImport_ImportModule("itertools");
     if (itertools == NULL)
         return -1;
@@ -417,6 +418,11 @@ exec_module(PyObject *m)
     if (PyType_Ready(&_cspan_TracedCall_Type) < 0 ||
         PyModule_AddObjectRef(m, "TracedCall", (PyObject *)&_cspan_TracedCall_Type) < 0)
         return -1;
+    PyObject *body_type = PyType_FromModuleAndSpec(m, &_cspan_Body_spec, NULL);
+    if (body_type == NULL || PyModule_AddObject(m, "ClosingBody", body_type) < 0) {
+        Py_XDECREF(body_type);
+        return -1;
+    }
     if (PyType_Ready(&_cspan_WriterQueue_Type) < 0 ||
         PyModule_AddObjectRef(m, "WriterQueue", (PyObject *)&_cspan_WriterQueue_Type) < 0)
         return -1;

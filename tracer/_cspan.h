@@ -1,4 +1,4 @@
-/* Private to tracer._cspan, whose C code is in eight units compiled into the
+/* Private to tracer._cspan, whose C code is in nine units compiled into the
  * one extension module (setup.py):
  *   _cspan.c        module state and init, configure(), starting spans
  *                   (trace_root, the new span both starts build);
@@ -12,7 +12,9 @@
  *   _cspan_ids.c    span ids: random.getrandbits(64) drawn in place;
  *   _cspan_call.c   TracedCall: a function called in a child span;
  *   _cspan_queue.c  WriterQueue: the writer's pending queue, pushed to by
- *                   a finished trace's hand-over.
+ *                   a finished trace's hand-over;
+ *   _cspan_body.c   ClosingBody: contrib/flask's wrapper of a plain response
+ *                   body whose span is a C span.
  * What they share is declared here: the structs, the process-wide globals
  * set by exec_module and configure() (defined in _cspan.c), the small field
  * helpers of the hot path (static inline, so that they stay inlined), and
@@ -82,6 +84,8 @@ typedef struct {
     PyObject *counter;                 /* Counter */
     PyObject *finished_span;           /* tracer.span.FinishedSpan, read at the first root view */
     PyObject *s__cqueue, *s_enabled;   /* the sink's (Tracer's) _cqueue and enabled */
+    PyObject *s_close;                 /* ClosingBody: the body's close */
+    PyObject *internal_error;          /* ClosingBody: tracer._errors.internal_error, at its first error */
 } ModuleState;
 
 /* TraceBase: the fields of tracer.buffer._Trace (in its __slots__ order) in
@@ -317,6 +321,9 @@ extern PyTypeObject _cspan_TracedCall_Type;
 /* _cspan_queue.c */
 extern PyTypeObject _cspan_WriterQueue_Type;
 int _cspan_queue_handover(ModuleState *st, PyObject *sink, PyObject *trace, PyObject *chunk);
+
+/* _cspan_body.c */
+extern PyType_Spec _cspan_Body_spec;
 
 /* _cspan_ids.c */
 PyObject *_cspan_random_id(void);

@@ -31,7 +31,7 @@ from tracer._errors import guarded_call, internal_error
 from tracer._tracer import _RootTrace, _trace_root
 from tracer.config import config
 from tracer.context import Context, get_active, set_active
-from tracer.span import MAX_KEY_LEN, MAX_VALUE_LEN, Span
+from tracer.span import MAX_KEY_LEN, MAX_VALUE_LEN, Span, _cspan
 
 _tracer = _pkg.tracer
 
@@ -298,9 +298,12 @@ class RequestState:
                 filelike = getattr(body, "filelike", None)
                 if filelike is not None:
                     return file_wrapper(_ClosingFile(filelike, self.span), getattr(body, "blksize", 8192))
+        span = self.span
+        if not activate and plain and _CClosingBody is not None and type(span) is Span:
+            return _CClosingBody(body, span)  # the same work in C (tracer/_cspan_body.c)
         closing: _ClosingBody = _new(_ClosingBody)
         closing._body = body
-        closing._span = self.span
+        closing._span = span
         closing._it = None
         closing._activate = activate
         closing._plain = not activate and plain
@@ -499,6 +502,11 @@ class _ClosingBody:
         span = self._span
         if span.duration_ns is None:
             guarded_call("flask.response.dropped", _end, span, self._it is not None)
+
+
+# A plain body's wrapper in C, for a span in C: _ClosingBody's iteration,
+# close() and drop for a plain body, without their Python frames.
+_CClosingBody: Any = None if _cspan is None else _cspan.ClosingBody
 
 
 class _BodyEnd:

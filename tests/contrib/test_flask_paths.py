@@ -74,7 +74,10 @@ def test_only_a_body_that_runs_code_of_the_app_is_read_with_the_span_active(
     environ = EnvironBuilder(path=path, method=method).get_environ()
     body = app.wsgi_app(environ, lambda status, headers, exc_info=None: None)
     try:
-        assert type(body).__name__ == "_ClosingBody" and body._activate is activates
+        if type(body).__name__ == "ClosingBody":  # a plain body's wrapper in C (tracer/_cspan_body.c)
+            assert not activates
+        else:
+            assert type(body).__name__ == "_ClosingBody" and body._activate is activates
         b"".join(body)
     finally:
         body.close()
