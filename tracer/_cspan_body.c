@@ -123,6 +123,10 @@ Body_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 static int
 Body_start(BodyObject *self)
 {
+    if (self->body == NULL) { /* cleared by the GC: nothing left to read */
+        PyErr_SetString(PyExc_ValueError, "ClosingBody: cleared");
+        return -1;
+    }
     if (self->it == NULL) {
         self->started = 1; /* as _it set by the Python wrapper's iter() */
         PyObject *it = PyObject_GetIter(self->body);
@@ -145,6 +149,8 @@ static PyObject *
 Body_next(BodyObject *self)
 {
     if (self->done || Body_start(self) < 0)
+        return NULL;
+    if (self->it == NULL) /* cleared by the GC */
         return NULL;
     PyObject *it = Py_NewRef(self->it); /* held: the body's next() may run anything */
     PyObject *chunk = PyIter_Next(it);
@@ -169,6 +175,8 @@ Body_close(BodyObject *self, PyObject *Py_UNUSED(ignored))
     ModuleState *st = PyType_GetModuleState(Py_TYPE(self));
     if (st == NULL)
         return NULL;
+    if (self->body == NULL || self->span == NULL) /* cleared by the GC (a cycle's finalizer calling close()) */
+        Py_RETURN_NONE;
     PyObject *body = Py_NewRef(self->body), *span = Py_NewRef(self->span);
     PyObject *r = NULL;
     /* getattr(body, "close", None) */
