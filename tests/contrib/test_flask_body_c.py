@@ -215,7 +215,8 @@ def test_no_objects_leak_over_many_requests(app: Flask, test_spans: Any) -> None
     requests(600)
     gc.collect()
     after = (len(gc.get_objects()), _live(Span), _live(_cspan.ClosingBody))
-    assert after[1:] == before[1:] == (0, 0)
+    # Spans other tests left alive may exist in a whole-suite run: none more.
+    assert after[1:] == before[1:] and before[2] == 0
     assert after[0] - before[0] < 50, (before, after)
 
 
