@@ -95,13 +95,13 @@ class Tracer:
     def writer(self) -> Any:
         """The writer; created (not started) on first use. Its thread starts
         on the first write."""
-        if self._writer is None:
+        if self._writer_ is None:
             with self._writer_lock:
-                if self._writer is None:
+                if self._writer_ is None:
                     from tracer.writer import new_writer
 
                     self._writer = new_writer(_config, self)
-        return self._writer
+        return self._writer_
 
     #: The stock writer's C queue while it is the writer and this class's
     #: write is Tracer.write: a trace's hand-over in C pushes its chunk
@@ -126,7 +126,7 @@ class Tracer:
         if not self.enabled:
             return
         try:
-            (self._writer or self.writer).write(trace, chunk)
+            (self._writer_ or self.writer).write(trace, chunk)  # the attribute, not the property: per trace
         except Exception:
             from tracer._errors import internal_error
 

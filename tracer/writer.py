@@ -166,7 +166,7 @@ class AgentWriter:
                     return
                 # While the receiver is down, hold a quarter: the writer thread
                 # also holds a drained batch and the encoded backlog then.
-                limit = self._max_pending_spans >> 2 if self._down else self._max_pending_spans
+                limit = self._limit()
                 if self._pending_spans + n > limit and not self._wait_for_room(n, limit):
                     self._counts["spans_dropped_queue_full"] += n
                     return
@@ -181,10 +181,15 @@ class AgentWriter:
         except Exception:
             internal_error("writer.write")
 
-    def _wait_for_room(self, n: int, limit: int, timeout: float = _ROOM_WAIT) -> bool:
+    def _limit(self) -> int:
+        """The queue's bound now: a quarter of it while the receiver is down."""
+        return self._max_pending_spans >> 2 if self._down else self._max_pending_spans
+
+    def _wait_for_room(self, n: int, limit: int, timeout: float | None = None) -> bool:
         """Called with ``_lock`` held and the queue too full for ``n`` more
-        spans: wait (bounded) for the writer to take the queue when the
-        receiver is healthy. True when there is room now."""
+        spans: wait (bounded: ``timeout``, else ``_ROOM_WAIT`` read now) for
+        the writer to take the queue when the receiver is healthy. True when
+        there is room now."""
         if (
             self._down
             or not self._healthy
@@ -196,7 +201,8 @@ class AgentWriter:
             return False
         self._wake.set()
         room = self._room.wait_for(
-            lambda: self._pending_spans + n <= limit or self._stopped or self._down, timeout
+            lambda: self._pending_spans + n <= limit or self._stopped or self._down,
+            _ROOM_WAIT if timeout is None else timeout,
         )
         if not room:
             self._congested = True
@@ -621,8 +627,7 @@ class QueuedAgentWriter(AgentWriter):
                     end = time.monotonic() + _ROOM_WAIT
                     while wake is None:
                         left = end - time.monotonic()
-                        limit = queue.limit >> 2 if queue.down else queue.limit
-                        if left <= 0 or not self._wait_for_room(n, limit, left):
+                        if left <= 0 or not self._wait_for_room(n, self._limit(), left):
                             break
                         wake = queue.push(trace, chunk)
                 if wake is None:

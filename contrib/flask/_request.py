@@ -162,11 +162,12 @@ _new = object.__new__
 class RequestState:
     """One traced request: its root span and what the wrappers learn.
 
-    Built by ``start_request`` (from the ``Flask.wsgi_app`` wrapper), which passes ``start_response``
-    (a bound method, no per-request closure) to Flask in place of the
-    server's. ``plan`` maps the user functions of the matched endpoint to
-    their phase (filled by ``match_rule``), ``traced`` those already traced
-(function -> its traced version, filled by ``ensure_sync``); ``exc`` is the exception that made
+    Built by ``start_request`` (from the ``Flask.wsgi_app`` wrapper), which
+    passes ``start_response`` (a bound method, no per-request closure) to
+    Flask in place of the server's. ``plan`` maps the user functions of the
+    matched endpoint to their phase (filled by ``match_rule``), ``traced``
+    those already traced (function -> its traced version, filled by
+    ``ensure_sync``); ``exc`` is the exception that made
     the response a 5xx, if one was seen; ``entry`` is the active span the WSGI
     call started from (the server's context), given back when the app
     returns; ``headers`` the header-tag plan (None: no header tags)."""
