@@ -260,7 +260,10 @@ class CheckRunner:
             where = None
         at = f" at {os.path.basename(where.filename)}:{where.lineno}" if where else ""
         retry = f"; retried every {every:g} s" if every else "; not loaded"
-        print(f"agent_sim: check {name} failed: {type(exc).__name__}: {exc}{at}{retry}", file=sys.stderr, flush=True)
+        # One write of the whole line: print() writes the text and its newline
+        # apart, so two checks' threads failing at once ran their lines together.
+        sys.stderr.write(f"agent_sim: check {name} failed: {type(exc).__name__}: {exc}{at}{retry}\n")
+        sys.stderr.flush()
         self._status(name, AgentCheck.CRITICAL, f"{type(exc).__name__}: {exc}")
 
     def stop(self) -> None:
