@@ -53,6 +53,7 @@ _cspan_new_span(PyObject *trace, PyObject *trace_id, PyObject *parent_id, PyObje
     span->resource = Py_NewRef(resource);
     span->span_type = Py_NewRef(span_type);
     span->_prev = Py_NewRef(prev);
+    span->_request = Py_NewRef(Py_None);
     int has_resource = PyObject_IsTrue(resource);
     if (has_resource < 0)
         goto error;

@@ -54,6 +54,11 @@ typedef struct {
     PyObject *_parent;
     PyObject *_prev;
     PyObject *_mono;
+    /* The state of the server request this span is the root of, while that
+     * request runs (contrib/flask's RequestState: request_state in
+     * contrib/flask/_request.py); None elsewhere. T_OBJECT_EX as the other
+     * fields, so that Python's attribute access specializes for it. */
+    PyObject *_request;
     /* C only: the tracer._cspan module, on a root span built by trace_root
      * (its state serves finish_lone_root); NULL elsewhere. */
     PyObject *_cmodule;

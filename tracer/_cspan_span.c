@@ -22,6 +22,7 @@ Span_traverse(SpanObject *self, visitproc visit, void *arg)
     Py_VISIT(self->_parent);
     Py_VISIT(self->_prev);
     Py_VISIT(self->_mono);
+    Py_VISIT(self->_request);
     Py_VISIT(self->_cmodule);
     Py_VISIT(self->_token);
     return 0;
@@ -46,6 +47,7 @@ Span_clear(SpanObject *self)
     Py_CLEAR(self->_parent);
     Py_CLEAR(self->_prev);
     Py_CLEAR(self->_mono);
+    Py_CLEAR(self->_request);
     Py_CLEAR(self->_cmodule);
     Py_CLEAR(self->_token);
     return 0;
@@ -520,7 +522,7 @@ Span_mark_end(SpanObject *self, PyObject *Py_UNUSED(ignored))
 static PyMemberDef Span_members[] = {
     MEMBER(trace_id), MEMBER(span_id), MEMBER(parent_id), MEMBER(name),    MEMBER(service), MEMBER(resource),
     MEMBER(span_type), MEMBER(start_ns), MEMBER(duration_ns), MEMBER(error), MEMBER(meta),  MEMBER(metrics),
-    MEMBER(_trace),   MEMBER(_parent),  MEMBER(_prev),       {NULL},
+    MEMBER(_trace),   MEMBER(_parent),  MEMBER(_prev),       MEMBER(_request), {NULL},
 };
 
 /* _mono: the object set from Python, else the C value as an int (made at

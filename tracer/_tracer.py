@@ -268,6 +268,7 @@ class Tracer:
             span.meta = {}
             span.metrics = {}
             span._prev = active
+            span._request = None
             if next(trace.starts) == UNTRACK_AT:
                 untrack_list(trace.finished)  # see tracer.buffer.UNTRACK_AT
             if trace.root_done:

@@ -103,6 +103,7 @@ SPAN_FIELDS = (
     "_parent",
     "_prev",
     "_mono",
+    "_request",  # the state of the server request this span is the root of, while it runs; else None
 )
 
 
@@ -306,7 +307,7 @@ class _SpanBase:
 
 # The C modules' interface these Python files call (tracer/_cmodule.h's
 # TRACER_C_ABI, exported by each module as ABI): bumped with it.
-_C_ABI = 15
+_C_ABI = 16
 # A module refused as stale: its name -> the ABI it has (tracer-run --info says so).
 stale_builds: dict[str, Any] = {}
 
@@ -388,6 +389,7 @@ class Span(_Base):
         self.meta = {}
         self.metrics = {}
         self._prev = _NOT_ACTIVATED  # the span active before this one, once activated
+        self._request = None
 
     # -- tags -------------------------------------------------------------------
     # The C set_tag/set_metric handle str keys and str or number values within

@@ -271,6 +271,8 @@ class RequestState:
         A ``wsgi.file_wrapper`` body is returned as a new file wrapper of the
         server's type around the same file, so servers that send files with
         ``sendfile()`` still recognize it."""
+        span = self.span
+        span._request = None  # the request has returned (and no cycle is left)
         set_active(self.entry)
         activate = plain = True
         if type(body) is _ClosingIterator:
@@ -298,8 +300,7 @@ class RequestState:
             if file_wrapper is not None and type(file_wrapper) is type and isinstance(body, file_wrapper):
                 filelike = getattr(body, "filelike", None)
                 if filelike is not None:
-                    return file_wrapper(_ClosingFile(filelike, self.span), getattr(body, "blksize", 8192))
-        span = self.span
+                    return file_wrapper(_ClosingFile(filelike, span), getattr(body, "blksize", 8192))
         if not activate and plain and _CClosingBody is not None and type(span) is Span:
             return _CClosingBody(body, span)  # the same work in C (tracer/_cspan_body.c)
         closing: _ClosingBody = _new(_ClosingBody)
@@ -313,8 +314,9 @@ class RequestState:
     def escaped(self, exc: BaseException) -> None:
         """An exception left the WSGI app: the server's context is given
         back, and the root span records the exception and ends."""
-        set_active(self.entry)
         span = self.span
+        span._request = None
+        set_active(self.entry)
         if not self.matched:
             self.match_rule()
         if "http.route" not in span.meta:
@@ -323,12 +325,36 @@ class RequestState:
         span.finish()
 
 
-def start_request(app: Any, environ: dict[str, Any], start_response: Callable[..., Any], enclosing: Any) -> RequestState:
+def request_state(span: Any) -> RequestState | None:
+    """The state of the Flask request running in this context, found from
+    ``span`` (the active one): the root span of a request holds its state
+    (``_request``) from ``start_request`` until the WSGI call returns
+    (``respond``, ``escaped``), so a request span left behind by an earlier
+    request has none. The walk goes up the parents, and from a root without
+    one to the span active before it was activated (``_prev``): a span of
+    another trace the app made active inside a request (``start_span(...,
+    activate=True)``) still leads back to the request. Bounded: ``_prev``
+    links can form a loop when an app re-activates spans by hand."""
+    for _ in range(_MAX_WALK):
+        if span is None:
+            return None
+        state = getattr(span, "_request", None)  # None too for _prev's "never activated" marker
+        if state is not None:
+            return state  # type: ignore[no-any-return]
+        up = getattr(span, "_parent", None)  # a C root has no _parent at all
+        span = up if up is not None else getattr(span, "_prev", None)
+    return None
+
+
+_MAX_WALK = 64
+
+
+def start_request(app: Any, environ: dict[str, Any], start_response: Callable[..., Any]) -> RequestState:
     """Start and activate the root span of a request; record its request
-    tags. ``enclosing`` is the RequestState of a Flask request this one
-    runs inside (an app calling another app's ``wsgi_app``), else None.
-    A function, not ``RequestState.__init__``: called from ``wsgi_app``
-    without the type call's C-to-Python entry (≈ 1 k instructions)."""
+    tags; the state goes on the span (``request_state``) last, once nothing
+    here can fail. A function, not ``RequestState.__init__``: called from
+    ``wsgi_app`` without the type call's C-to-Python entry (≈ 1 k
+    instructions)."""
     state: RequestState = _new(RequestState)
     state.app = app
     state.environ = environ
@@ -337,12 +363,17 @@ def start_request(app: Any, environ: dict[str, Any], start_response: Callable[..
     state.traced = _NOT_TRACED  # read only: as plan
     state.exc = None
     state.matched = False
-    # Outside another Flask request, a finished span or a flask.request
-    # span still active here was left behind by an earlier request on
-    # this thread (a server that skipped close(), an app that never
-    # finished a span): it is dropped, never the parent of this request.
+    # Outside another Flask request (an app calling another app's
+    # wsgi_app), a finished span or a flask.request span still active here
+    # was left behind by an earlier request on this thread (a server that
+    # skipped close(), an app that never finished a span): it is dropped,
+    # never the parent of this request.
     parent: Any = get_active()
-    if parent is not None and enclosing is None and (parent.duration_ns is not None or parent.name == "flask.request"):
+    if (
+        parent is not None
+        and (parent.duration_ns is not None or parent.name == "flask.request")
+        and request_state(parent) is None
+    ):
         set_active(None)
         parent = None
     state.entry = entry = parent
@@ -385,6 +416,7 @@ def start_request(app: Any, environ: dict[str, Any], start_response: Callable[..
             if value is not None:
                 meta[tag] = value[:MAX_VALUE_LEN]
     state.headers = headers
+    span._request = state  # found by request_state until the WSGI call returns
     return state
 
 

@@ -26,7 +26,6 @@ changes what Flask returns or raises.
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextvars import ContextVar
 from typing import Any
 
 from werkzeug.exceptions import HTTPException
@@ -37,10 +36,11 @@ from contrib.flask._hooks import PHASES, Phase
 from tracer._errors import finish_span, guarded_call, guarded_wrapper, internal_error, keep_result
 from tracer._patching import Target, integration_functions
 from tracer._tracer import _trace_child
+from tracer.context import get_active
 from tracer.span import _cspan
 
 _tracer = _pkg.tracer
-_current: ContextVar[Any] = ContextVar("tracer_flask_request", default=None)  # the RequestState
+_request_state = _request.request_state
 
 
 # -- traced user functions -------------------------------------------------------
@@ -118,7 +118,7 @@ def _traced_error(exc: BaseException, finishing: bool) -> None:
 def _hook_failed(span: Any, exc: BaseException) -> None:
     if _is_error(exc):
         span.set_exc_info(type(exc), exc, exc.__traceback__)
-        state = _current.get()
+        state = _request_state(span)
         if state is not None:
             state.exc = exc
     span.finish()
@@ -141,8 +141,7 @@ def _wsgi_app(original: Callable[..., Any]) -> Callable[..., Any]:
         if not _tracer.enabled:
             return original(self, environ, start_response)
         try:
-            state = _start_request(self, environ, start_response, _current.get())
-            token = _current.set(state)
+            state = _start_request(self, environ, start_response)
         except Exception:
             internal_error("flask.wsgi_app")
             return original(self, environ, start_response)
@@ -150,13 +149,11 @@ def _wsgi_app(original: Callable[..., Any]) -> Callable[..., Any]:
             body = original(self, environ, state.start_response)
         except BaseException as exc:
             try:
-                _current.reset(token)
                 state.escaped(exc)
             except Exception:
                 internal_error("flask.wsgi_app.finish")
             raise
         try:
-            _current.reset(token)
             return state.respond(body)
         except Exception:
             internal_error("flask.wsgi_app.finish")
@@ -167,7 +164,11 @@ def _wsgi_app(original: Callable[..., Any]) -> Callable[..., Any]:
 
 def _ensure_sync(original: Callable[..., Any]) -> Callable[..., Any]:
     def ensure_sync(self: Any, func: Any) -> Any:
-        state = _current.get()
+        # The request's state is on its root span, which is the active span
+        # whenever Flask calls this (between user functions) unless the app
+        # left one of its own active: then found from it (request_state).
+        span = get_active()
+        state: Any = None if span is None else span._request or _request_state(span)
         phase = None
         if state is not None:
             try:
@@ -209,7 +210,7 @@ def _ensure_sync(original: Callable[..., Any]) -> Callable[..., Any]:
 
 def _handle_exception_start(instance: Any, args: tuple, kwargs: dict) -> None:
     # The exception reached Flask's 500 path: it is what the root reports.
-    state = _current.get()
+    state = _request_state(get_active())
     if state is not None:
         exc = args[0] if args else kwargs.get("e")
         if isinstance(exc, BaseException) and _is_error(exc):
