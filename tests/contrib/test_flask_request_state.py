@@ -8,6 +8,7 @@ exception on the request span."""
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Iterator
 from typing import Any
 
@@ -127,3 +128,20 @@ def test_spans_made_outside_a_request_find_no_state() -> None:
     assert request_state(None) is None
     with tracer_pkg.tracer.trace("outside") as outer, tracer_pkg.tracer.trace("child") as inner:
         assert outer._request is None and request_state(inner) is None
+
+
+def test_a_request_sets_no_context_variable_of_the_integration(traced: Any) -> None:
+    """The tracer's active span is the only variable of ours in a request's
+    context (the integration's own, set and reset per request, was two of
+    its ContextVar writes; every copy of the context carried it too)."""
+    app = flask.Flask("state_app")
+
+    @app.route("/")
+    def view() -> str:
+        return ",".join(sorted(var.name for var in contextvars.copy_context()))
+
+    response = app.test_client().get("/")
+    names = response.get_data(as_text=True).split(",")
+    response.close()
+    assert [name for name in names if name.startswith("tracer")] == ["tracer_active_span"], names
+    trees(traced)
