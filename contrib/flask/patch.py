@@ -168,22 +168,24 @@ def _ensure_sync(original: Callable[..., Any]) -> Callable[..., Any]:
         # whenever Flask calls this (between user functions) unless the app
         # left one of its own active: then found from it (request_state).
         span = get_active()
-        state: Any = None if span is None else span._request or _request_state(span)
+        state: Any = None
         phase = None
-        if state is not None:
+        if span is not None:
             try:
-                # Only sync functions are in ``traced``: Flask's ensure_sync
-                # would return ``func`` itself (its coroutine check is
-                # skipped, ≈ 40 bytecodes per call).
-                traced = state.traced.get(func)
-                if traced is not None:
-                    return traced
-                if not state.matched:
-                    state.match_rule()
+                state = span._request or _request_state(span)
+                if state is not None:
+                    # Only sync functions are in ``traced``: Flask's ensure_sync
+                    # would return ``func`` itself (its coroutine check is
+                    # skipped, ≈ 40 bytecodes per call).
                     traced = state.traced.get(func)
                     if traced is not None:
                         return traced
-                phase = state.plan.get(func)
+                    if not state.matched:
+                        state.match_rule()
+                        traced = state.traced.get(func)
+                        if traced is not None:
+                            return traced
+                    phase = state.plan.get(func)
             except Exception:
                 internal_error("flask.ensure_sync")
                 phase = None
