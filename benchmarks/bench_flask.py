@@ -19,7 +19,10 @@ GC's collections per generation (per 10,000 requests) and its pauses
 (``gc.callbacks``), and the net allocated blocks left after the final flush
 (``sys.getallocatedblocks``); then, untimed, the objects promoted to the
 old generation per request, by type (see ``promotions``); each variant in
-its own process, interleaved; ``--baseline`` adds ``base``.
+its own process, interleaved; ``--baseline`` adds ``base``. Two modifiers
+isolate shares of ours' cost: ``plain+gc-off`` / ``ours+gc-off`` (the
+cyclic GC off after the warm-up: its share) and ``ours+no-writer`` (chunks
+dropped at once: no writer thread, nothing queued for it).
 
 ``--instructions`` is the other deterministic view: each variant runs twice
 under ``valgrind --tool=callgrind`` (the warm-up alone, then the warm-up plus
@@ -147,9 +150,27 @@ class Sink:
 # -- one variant (child process) ------------------------------------------------------
 
 
+class _DroppingWriter:
+    """A writer that drops every chunk at once (``ours+no-writer``): the span
+    work alone, with no writer thread and nothing kept for it."""
+
+    def write(self, trace: Any, chunk: list[Any]) -> None:
+        pass
+
+    def flush(self, timeout: float | None = None) -> bool:
+        return True
+
+    def stop(self, timeout: float | None = None) -> None:
+        pass
+
+    def stats(self) -> dict[str, int]:
+        return {}
+
+
 def run_variant(variant: str, port: int, requests: int, profile: bool = False, breakdown: bool = False) -> dict[str, Any]:
     url = f"http://127.0.0.1:{port}"
     flush: Any = None
+    variant, _, modifier = variant.partition("+")  # --breakdown's gc-off / no-writer (MODIFIERS)
     if variant == "ours":
         os.environ.update(TRACER_AGENT_URL=url, TRACER_FLASK_VIEW_ARGS="true", TRACER_HEADER_TAGS="x-request-id")
         import tracer
@@ -159,6 +180,9 @@ def run_variant(variant: str, port: int, requests: int, profile: bool = False, b
 
         def flush() -> None:
             tracer.tracer.flush(10)
+
+        if modifier == "no-writer":
+            tracer.tracer._writer = _DroppingWriter()
 
     elif variant == "ddtrace":
         os.environ.update(
@@ -220,6 +244,10 @@ def run_variant(variant: str, port: int, requests: int, profile: bool = False, b
         return time.perf_counter() - start
 
     batch(WARMUP)
+    if modifier == "gc-off":
+        import gc
+
+        gc.disable()
     if profile:
         return profiled(batch, requests)
     if breakdown:
@@ -462,6 +490,11 @@ def report(label: str, variants: list[str], results: dict[str, list[float]]) -> 
 # -- the driver ------------------------------------------------------------------------
 
 
+# --breakdown's variant modifiers (e.g. ``ours+gc-off``): the cyclic GC
+# disabled after the warm-up; ours with a writer that drops each chunk at once.
+MODIFIERS = ("gc-off", "no-writer")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -479,6 +512,10 @@ def main() -> int:
         return 0
 
     variants = [v for v in args.variants.split(",") if v]
+    for variant in variants:
+        name, _, modifier = variant.partition("+")
+        if modifier and (not args.breakdown or modifier not in MODIFIERS or name not in ("plain", "ours")):
+            parser.error(f"{variant}: a modifier ({', '.join(MODIFIERS)}) goes on plain or ours, with --breakdown")
     if args.baseline and "base" not in variants:
         variants.insert(variants.index("ours") + 1 if "ours" in variants else len(variants), "base")
     sink = Sink()
