@@ -416,6 +416,7 @@ class Span(_Base):
         new = type(self).__new__(type(self))
         for field in SPAN_FIELDS:
             setattr(new, field, getattr(self, field))
+        new._request = None  # a server request's state stays with its own root span
         return new
 
     # -- life cycle -------------------------------------------------------------

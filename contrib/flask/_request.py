@@ -333,26 +333,31 @@ def request_state(span: Any) -> RequestState | None:
     request has none. The walk goes up the parents, and from a root without
     one to the span active before it was activated (``_prev``): a span of
     another trace the app made active inside a request (``start_span(...,
-    activate=True)``) still leads back to the request. Bounded: ``_prev``
-    links can form a loop when an app re-activates spans by hand."""
-    for _ in range(_MAX_WALK):
-        if span is None:
-            return None
+    activate=True)``) still leads back to the request. The ``_prev`` steps
+    are bounded (their links can form a loop when an app re-activates spans
+    by hand); a chain of parents always ends at a root."""
+    jumps = 0
+    while span is not None:
         state = getattr(span, "_request", None)  # None too for _prev's "never activated" marker
         if state is not None:
             return state  # type: ignore[no-any-return]
-        up = getattr(span, "_parent", None)  # a C root has no _parent at all
-        span = up if up is not None else getattr(span, "_prev", None)
+        up = getattr(span, "_parent", None)
+        if up is None:
+            jumps += 1
+            if jumps > _MAX_JUMPS:
+                return None
+            up = getattr(span, "_prev", None)
+        span = up
     return None
 
 
-_MAX_WALK = 64
+_MAX_JUMPS = 64
 
 
 def start_request(app: Any, environ: dict[str, Any], start_response: Callable[..., Any]) -> RequestState:
     """Start and activate the root span of a request; record its request
-    tags; the state goes on the span (``request_state``) last, once nothing
-    here can fail. A function, not ``RequestState.__init__``: called from
+    tags; the state goes on the span (``request_state``) last, so that a
+    failure here leaves none on it. A function, not ``RequestState.__init__``: called from
     ``wsgi_app`` without the type call's C-to-Python entry (≈ 1 k
     instructions)."""
     state: RequestState = _new(RequestState)

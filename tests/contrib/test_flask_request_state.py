@@ -1,10 +1,11 @@
 """Where the Flask integration finds the request being served: on the root
 span of the request (``span._request``, ``contrib.flask._request.request_state``)
-from the active span up its parents, set from the start of the WSGI call
-until it returns. Hook and view spans are found under a span the app left
-active; a request's state does not outlive its WSGI call (no cycle with the
-span, never found by a later request); a 500 from a hook records the hook's
-exception on the request span."""
+from the active span up its parents and activations, set from the start of
+the WSGI call until it returns (it was a ContextVar of the integration).
+What it finds is pinned against the old code (the hook trees under a span
+the app left active, the exception a 500 reports: those tests pass on both);
+what is new (the state's lifetime on the span, no ContextVar of ours, a
+copy of a root span without it) fails on the old code."""
 
 from __future__ import annotations
 
@@ -144,4 +145,55 @@ def test_a_request_sets_no_context_variable_of_the_integration(traced: Any) -> N
     names = response.get_data(as_text=True).split(",")
     response.close()
     assert [name for name in names if name.startswith("tracer")] == ["tracer_active_span"], names
+    trees(traced)
+
+
+@pytest.mark.parametrize("left", ["none", "same_trace", "other_trace", "deep"])
+def test_an_exception_outside_any_hook_is_what_the_request_reports(traced: Any, left: str) -> None:
+    """A view returning None makes Flask raise a TypeError after the view's
+    span ended: only ``handle_exception`` sees it, and finds the request from
+    the active span, whatever span the view left active (one of its trace,
+    one of another, or 70 nested ones: the walk up parents is not bounded)."""
+    app = flask.Flask("state_app")
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    tracer = tracer_pkg.tracer
+    left_open: list[Any] = []
+
+    @app.route("/")
+    def view() -> Any:
+        if left == "same_trace":
+            left_open.append(tracer.trace("app.work"))
+        elif left == "other_trace":
+            left_open.append(tracer.start_span("app.work", activate=True))
+        elif left == "deep":
+            left_open.extend(tracer.trace(f"app.level{i}") for i in range(70))
+        return None  # Flask: "The view function did not return a valid response"
+
+    response = app.test_client().get("/")
+    assert response.status_code == 500
+    response.close()
+    for span in reversed(left_open):
+        span.finish()
+    rows = trees(traced, 2 if left == "other_trace" else 1, tags=("http.status_code", "error.type"))
+    (request,) = [tree for tree in rows if tree.startswith("flask.request")]
+    assert request.splitlines()[0] == (
+        "flask.request state_app 'GET /' [error] http.status_code=500 error.type=builtins.TypeError"
+    ), request
+
+
+def test_a_copy_of_a_request_span_holds_no_state(traced: Any) -> None:
+    import copy
+
+    app = flask.Flask("state_app")
+    copies: list[Any] = []
+
+    @app.route("/")
+    def view() -> str:
+        copies.append(copy.copy(tracer_pkg.tracer.current_root_span()))
+        return "ok"
+
+    response = app.test_client().get("/")
+    response.close()
+    (twin,) = copies
+    assert twin.name == "flask.request" and twin._request is None and request_state(twin) is None
     trees(traced)
