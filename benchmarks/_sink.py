@@ -31,6 +31,7 @@ import threading
 import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import msgpack
 
@@ -211,6 +212,24 @@ class Sink:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class NoopWriter:
+    """Ours without sending: each chunk dropped at once (no writer thread,
+    nothing queued), for the app thread's work alone (``bench_spans.py
+    --app-calls`` and ``--loop``, ``bench_flask.py``'s ``ours+no-writer``)."""
+
+    def write(self, trace: Any, chunk: list[Any]) -> None:
+        trace.root = None  # as the writer's processing: breaks the trace <-> root cycle
+
+    def flush(self, timeout: float | None = None) -> bool:
+        return True
+
+    def stop(self, timeout: float | None = None) -> None:
+        pass
+
+    def stats(self) -> dict[str, int]:
+        return {}
 
 
 def median(values: list[float]) -> float:

@@ -79,7 +79,7 @@ import time
 from http.server import ThreadingHTTPServer
 from typing import Any
 
-from _sink import NoDelayHandler  # this directory is on sys.path: the script's own
+from _sink import NoDelayHandler, NoopWriter  # this directory is on sys.path: the script's own
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = ("plain", "ours", "ddtrace", "otel")
@@ -150,23 +150,6 @@ class Sink:
 # -- one variant (child process) ------------------------------------------------------
 
 
-class _DroppingWriter:
-    """A writer that drops every chunk at once (``ours+no-writer``): the span
-    work alone, with no writer thread and nothing kept for it."""
-
-    def write(self, trace: Any, chunk: list[Any]) -> None:
-        pass
-
-    def flush(self, timeout: float | None = None) -> bool:
-        return True
-
-    def stop(self, timeout: float | None = None) -> None:
-        pass
-
-    def stats(self) -> dict[str, int]:
-        return {}
-
-
 def run_variant(variant: str, port: int, requests: int, profile: bool = False, breakdown: bool = False) -> dict[str, Any]:
     url = f"http://127.0.0.1:{port}"
     flush: Any = None
@@ -182,7 +165,7 @@ def run_variant(variant: str, port: int, requests: int, profile: bool = False, b
             tracer.tracer.flush(10)
 
         if modifier == "no-writer":
-            tracer.tracer._writer = _DroppingWriter()
+            tracer.tracer._writer = NoopWriter()
 
     elif variant == "ddtrace":
         os.environ.update(

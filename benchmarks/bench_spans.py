@@ -39,7 +39,7 @@ from collections.abc import Callable
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _sink import Sink, median  # noqa: E402
+from _sink import NoopWriter, Sink, median  # noqa: E402
 
 CHILDREN = 100
 
@@ -269,16 +269,6 @@ def sweep_table(rows: list[tuple[int, dict[str, list[dict[str, float]]]]]) -> No
             app, e2e = (median(ratios(results, n, "ddtrace", key)) for key in ("app_us", "e2e_us"))
             cells.append(f"{app:.3f} / {e2e:.3f}")
         print(f"| {traces} | " + " | ".join(cells) + " |")
-
-
-class NoopWriter:
-    """Ours without sending (``--app-calls``, ``--loop``): the app thread's work alone."""
-
-    def write(self, trace: Any, chunk: list[Any]) -> None:
-        trace.root = None  # as the writer's processing: breaks the trace <-> root cycle
-
-    def stop(self, timeout: float) -> None:
-        pass
 
 
 def count_calls() -> None:
