@@ -14,7 +14,7 @@ setup(
             "tracer._cspan",
             ["tracer/_cspan.c", "tracer/_cspan_span.c", "tracer/_cspan_trace.c", "tracer/_cspan_method.c",
              "tracer/_cspan_with.c", "tracer/_cspan_ids.c", "tracer/_cspan_call.c",
-             "tracer/_cspan_queue.c", "tracer/_cspan_body.c"],
+             "tracer/_cspan_queue.c", "tracer/_cspan_body.c", "tracer/_cspan_flask.c"],
             depends=["tracer/_cmodule.h", "tracer/_cspan.h"],
             optional=True,
         ),

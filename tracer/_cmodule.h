@@ -15,7 +15,7 @@
  * would lack functions the new Python calls). Bump both when a module's
  * Python-visible interface changes; tests/tracer/test_c_abi.py fails until
  * the sources' digest in tracer/_c_abi.txt is updated with it. */
-#define TRACER_C_ABI 16
+#define TRACER_C_ABI 17
 
 /* 0 in the main interpreter (the module's ABI added), else -1 with an
  * ImportError naming what runs instead. */

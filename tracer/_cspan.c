@@ -424,6 +424,11 @@ exec_module(PyObject *m)
         Py_XDECREF(body_type);
         return -1;
     }
+    if (PyType_Ready(&_cspan_EnsureSync_Type) < 0 ||
+        PyModule_AddObjectRef(m, "EnsureSync", (PyObject *)&_cspan_EnsureSync_Type) < 0 ||
+        PyType_Ready(&_cspan_StartResponse_Type) < 0 ||
+        PyModule_AddObjectRef(m, "StartResponse", (PyObject *)&_cspan_StartResponse_Type) < 0)
+        return -1;
     if (PyType_Ready(&_cspan_WriterQueue_Type) < 0 ||
         PyModule_AddObjectRef(m, "WriterQueue", (PyObject *)&_cspan_WriterQueue_Type) < 0)
         return -1;

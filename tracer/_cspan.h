@@ -1,4 +1,4 @@
-/* Private to tracer._cspan, whose C code is in nine units compiled into the
+/* Private to tracer._cspan, whose C code is in ten units compiled into the
  * one extension module (setup.py):
  *   _cspan.c        module state and init, configure(), starting spans
  *                   (trace_root, the new span both starts build);
@@ -14,7 +14,10 @@
  *   _cspan_queue.c  WriterQueue: the writer's pending queue, pushed to by
  *                   a finished trace's hand-over;
  *   _cspan_body.c   ClosingBody: contrib/flask's wrapper of a plain response
- *                   body whose span is a C span.
+ *                   body whose span is a C span;
+ *   _cspan_flask.c  EnsureSync and StartResponse: contrib/flask's
+ *                   Flask.ensure_sync and RequestState.start_response,
+ *                   their common case.
  * What they share is declared here: the structs, the process-wide globals
  * set by exec_module and configure() (defined in _cspan.c), the small field
  * helpers of the hot path (static inline, so that they stay inlined), and
@@ -329,6 +332,9 @@ int _cspan_queue_handover(ModuleState *st, PyObject *sink, PyObject *trace, PyOb
 
 /* _cspan_body.c */
 extern PyType_Spec _cspan_Body_spec;
+
+/* _cspan_flask.c */
+extern PyTypeObject _cspan_EnsureSync_Type, _cspan_StartResponse_Type;
 
 /* _cspan_ids.c */
 PyObject *_cspan_random_id(void);

@@ -58,6 +58,7 @@ import wrapt
 
 from tracer._errors import internal_error
 from tracer.config import config
+from tracer.span import _cspan
 
 log = logging.getLogger("tracer")
 
@@ -175,6 +176,13 @@ def patch_targets(hooks_module: str, targets: tuple[Target, ...] | list[Target])
     return True
 
 
+# What a replace target's factory returns: a plain function, or a C callable
+# made from one (contrib/flask's ``_cspan.EnsureSync``). Only these are
+# taken for ours by unpatch: another tool's proxy over ours would pass the
+# marker's getattr on to ours.
+_REPLACEMENTS: tuple[type, ...] = (types.FunctionType,) if _cspan is None else (types.FunctionType, _cspan.EnsureSync)
+
+
 def _replace(owner: Any, attr: str, factory: Callable[..., Any]) -> None:
     raw = inspect.getattr_static(owner, attr)  # AttributeError when missing
     if not isinstance(raw, types.FunctionType):  # (another tool's wrapt wrapper passes as one)
@@ -229,7 +237,7 @@ def _unwrap_all(targets: list[Target]) -> None:
         current = inspect.getattr_static(owner, attr, None)
         # Only our own wrapper: one another tool put on top of ours stays.
         if target.replace:
-            ours = type(current) is types.FunctionType and getattr(current, "_tracer_factory", None) is target.wrapper
+            ours = type(current) in _REPLACEMENTS and getattr(current, "_tracer_factory", None) is target.wrapper
         else:
             ours = isinstance(current, wrapt.FunctionWrapper) and getattr(current, "_self_wrapper", None) is target.wrapper
         if not ours:

@@ -307,7 +307,7 @@ class _SpanBase:
 
 # The C modules' interface these Python files call (tracer/_cmodule.h's
 # TRACER_C_ABI, exported by each module as ABI): bumped with it.
-_C_ABI = 16
+_C_ABI = 17
 # A module refused as stale: its name -> the ABI it has (tracer-run --info says so).
 stale_builds: dict[str, Any] = {}
 

@@ -325,6 +325,12 @@ class RequestState:
         span.finish()
 
 
+if _cspan is not None:
+    # Its common case in C (tracer/_cspan_flask.c), the method above for the
+    # rest: a bound method as before, no Python frame per request.
+    setattr(RequestState, "start_response", _cspan.StartResponse(RequestState.start_response, RequestState))  # noqa: B010
+
+
 def request_state(span: Any) -> RequestState | None:
     """The state of the Flask request running in this context, found from
     ``span`` (the active one): the root span of a request holds its state

@@ -8,7 +8,9 @@ How the spans come about (Flask's classes are never replaced):
   "wrappers" below); the two rare targets keep wrapt.
 - Flask calls every user function (view, before/after/teardown hook, error
   handler) through ``Flask.ensure_sync(func)(...)``. The ``ensure_sync``
-  wrapper looks the function up in the endpoint's hook plan (``_hooks.py``)
+  wrapper (with the C extension a ``_cspan.EnsureSync`` that answers the
+  endpoint's next requests in C, see tracer/_cspan_flask.c) looks the
+  function up in the endpoint's hook plan (``_hooks.py``)
   and returns a traced version of it (built once per function and cached),
   so each hook function gets its own span and Flask's own loops, ordering
   and early returns are untouched. Its first call in a request is also where
@@ -207,7 +209,12 @@ def _ensure_sync(original: Callable[..., Any]) -> Callable[..., Any]:
             internal_error("flask.ensure_sync.finish")
             return result
 
-    return ensure_sync
+    if _cspan is None:
+        return ensure_sync
+    # Its common case (the active span is the request's root and ``func``
+    # is in its state's ``traced``) in C, without this function's frame;
+    # the rest calls it (tracer/_cspan_flask.c).
+    return _cspan.EnsureSync(ensure_sync, _request.RequestState)  # type: ignore[no-any-return]
 
 
 def _handle_exception_start(instance: Any, args: tuple, kwargs: dict) -> None:

@@ -1,0 +1,329 @@
+/* contrib/flask's two per-call methods in C, for their common case:
+ *
+ *   EnsureSync(fallback, state_type)     Flask.ensure_sync
+ *   StartResponse(fallback, state_type)  RequestState.start_response
+ *
+ * `state_type` is contrib.flask._request.RequestState; the slots of it read
+ * here are found by name once, at construction, and read by offset. Each
+ * answers its common case without a Python frame and calls `fallback` (the
+ * Python function it was made from) with the same arguments for everything
+ * else, before changing anything: the Python code decides and reports as
+ * without the C code.
+ *
+ * EnsureSync: Flask calls `self.ensure_sync(func)` before every user
+ * function (each before/after/teardown hook, the view, error handlers):
+ * three times a request in the usual app. Inside a request whose root span
+ * is the active span, that span holds the request's state (`_request`),
+ * whose `traced` dict maps the endpoint's functions to their traced
+ * versions: looked up here (≈ 0.9 k instructions a call less). Not here: no
+ * active span, a span the app left active, the URL rule not matched yet (the
+ * request's first call), a function not traced yet, an error.
+ *
+ * StartResponse: the `start_response` Flask gets (bound to the request's
+ * state, as a function would be): once the rule is matched, a status that is
+ * not a 5xx, a matched route, exact str headers and values within the
+ * limits, it records the status code and the response-header tags on the
+ * root span and calls the server's. Not here: an `exc_info`, a 5xx (the
+ * exception to record), no route (the "404" resource), anything unusual.
+ *
+ * Method descriptors (Py_TPFLAGS_METHOD_DESCRIPTOR: `app.ensure_sync(func)`
+ * makes no bound method) with a __dict__, so that tracer._patching's
+ * functools.update_wrapper gives EnsureSync the original's name, qualname,
+ * doc and __wrapped__, and its own marker. */
+#include "_cspan.h"
+
+/* The slots of RequestState read here. */
+enum { SLOT_TRACED, SLOT_SPAN, SLOT_MATCHED, SLOT_HEADERS, SLOT_START_RESPONSE, N_SLOTS };
+static const char *const slot_names[N_SLOTS] = {"traced", "span", "matched", "headers", "_start_response"};
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *fallback;   /* the Python function */
+    PyObject *state_type; /* contrib.flask._request.RequestState */
+    Py_ssize_t offsets[N_SLOTS];
+    PyObject *dict;
+    vectorcallfunc vectorcall;
+} MethodObject;
+
+/* A slot of an instance of state_type (checked by the caller), or NULL. */
+#define SLOT(self, state, i) (*(PyObject **)((char *)(state) + (self)->offsets[i]))
+
+static PyObject *s_route, *s_lower, *s_response; /* interned at the first construction */
+
+/* -- EnsureSync ---------------------------------------------------------------- */
+
+/* The traced version of `func` in the active span's request state, as a
+ * new reference; NULL (no error set) when the fallback is to decide. */
+static PyObject *
+traced_of(MethodObject *self, PyObject *func)
+{
+    PyObject *span, *found = NULL;
+    if (span_cls == NULL || PyContextVar_Get(active_var, NULL, &span) < 0) {
+        PyErr_Clear();
+        return NULL;
+    }
+    if (span == NULL)
+        return NULL;
+    if (Py_TYPE(span) == span_cls) {
+        PyObject *state = ((SpanObject *)span)->_request;
+        if (state != NULL && (PyObject *)Py_TYPE(state) == self->state_type) {
+            PyObject *traced = SLOT(self, state, SLOT_TRACED);
+            if (traced != NULL && PyDict_CheckExact(traced)) {
+                /* Held: hashing `func` may run Python code (a callable
+                 * object's __hash__), which may end the request meanwhile. */
+                Py_INCREF(traced);
+                found = PyDict_GetItemWithError(traced, func);
+                Py_XINCREF(found);
+                Py_DECREF(traced);
+                if (found == NULL)
+                    PyErr_Clear(); /* the fallback's look-up raises it again, and reports it */
+            }
+        }
+    }
+    Py_DECREF(span);
+    return found;
+}
+
+static PyObject *
+call_fallback(MethodObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    if (self->fallback == NULL) { /* cleared by the GC */
+        PyErr_SetString(PyExc_RuntimeError, "the method's fallback was cleared");
+        return NULL;
+    }
+    /* Owned across the call: the function may replace it. */
+    PyObject *fallback = Py_NewRef(self->fallback);
+    PyObject *result = PyObject_Vectorcall(fallback, args, nargsf, kwnames);
+    Py_DECREF(fallback);
+    return result;
+}
+
+static PyObject *
+EnsureSync_vectorcall(MethodObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    if (PyVectorcall_NARGS(nargsf) == 2 && kwnames == NULL) {
+        PyObject *traced = traced_of(self, args[1]);
+        if (traced != NULL)
+            return traced;
+    }
+    return call_fallback(self, args, nargsf, kwnames);
+}
+
+/* -- StartResponse ------------------------------------------------------------- */
+
+/* The response-header tags of `headers` (a list of (str, str) pairs) into
+ * `meta`, by `tags` (lowercased header name -> tag). 0 done; -1 with or
+ * without an error: the fallback is to do it (what was set here it sets
+ * again, to the same values). */
+static int
+header_tags(PyObject *meta, PyObject *tags, PyObject *headers)
+{
+    if (!PyDict_CheckExact(tags) || !PyList_CheckExact(headers))
+        return -1;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(headers); i++) {
+        PyObject *pair = PyList_GET_ITEM(headers, i);
+        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2)
+            return -1;
+        PyObject *key = PyTuple_GET_ITEM(pair, 0), *value = PyTuple_GET_ITEM(pair, 1);
+        if (!PyUnicode_CheckExact(key) || !PyUnicode_CheckExact(value) || PyUnicode_GET_LENGTH(value) > MAX_VALUE_LEN)
+            return -1;
+        PyObject *lower = PyObject_CallMethodNoArgs(key, s_lower);
+        if (lower == NULL)
+            return -1;
+        PyObject *tag = PyDict_GetItemWithError(tags, lower); /* borrowed: nothing runs between here and the store */
+        Py_DECREF(lower);
+        if (tag == NULL) {
+            if (PyErr_Occurred())
+                return -1;
+            continue;
+        }
+        if (PyDict_SetItem(meta, tag, value) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* The common case's work (see the top of the file); 1 done, 0 (no error
+ * set) for the fallback. */
+static int
+record_status(MethodObject *self, PyObject *state, PyObject *status, PyObject *headers)
+{
+    if ((PyObject *)Py_TYPE(state) != self->state_type || !PyUnicode_CheckExact(status) ||
+        PyUnicode_GET_LENGTH(status) < 3 || PyUnicode_READ_CHAR(status, 0) == '5')
+        return 0;
+    PyObject *span = SLOT(self, state, SLOT_SPAN), *plan = SLOT(self, state, SLOT_HEADERS);
+    if (span == NULL || Py_TYPE(span) != span_cls || SLOT(self, state, SLOT_MATCHED) != Py_True || plan == NULL)
+        return 0;
+    PyObject *meta = ((SpanObject *)span)->meta;
+    if (meta == NULL || !PyDict_CheckExact(meta))
+        return 0;
+    /* Held: the look-ups below may run Python code (a header name's
+     * lower(), hashing), which may replace the span's meta or the plan. */
+    Py_INCREF(span);
+    Py_INCREF(meta);
+    Py_INCREF(plan);
+    int done = 0;
+    int routed = PyDict_Contains(meta, s_route);
+    PyObject *code = routed == 1 ? PyUnicode_Substring(status, 0, 3) : NULL;
+    if (code != NULL && PyDict_SetItem(meta, s_status_code, code) == 0) {
+        if (plan == Py_None)
+            done = 1;
+        else {
+            PyObject *tags = PyObject_GetAttr(plan, s_response);
+            done = tags != NULL && header_tags(meta, tags, headers) == 0;
+            Py_XDECREF(tags);
+        }
+    }
+    Py_XDECREF(code);
+    Py_DECREF(plan);
+    Py_DECREF(meta);
+    Py_DECREF(span);
+    if (!done)
+        PyErr_Clear(); /* the fallback does it again, and reports what fails */
+    return done;
+}
+
+static PyObject *
+StartResponse_vectorcall(MethodObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    if (PyVectorcall_NARGS(nargsf) == 3 && kwnames == NULL && record_status(self, args[0], args[1], args[2])) {
+        PyObject *server = SLOT(self, args[0], SLOT_START_RESPONSE);
+        if (server != NULL) {
+            /* Owned across the call: the server's code may change the state. */
+            Py_INCREF(server);
+            PyObject *result = PyObject_Vectorcall(server, args + 1, 2, NULL);
+            Py_DECREF(server);
+            return result;
+        }
+    }
+    return call_fallback(self, args, nargsf, kwnames);
+}
+
+/* -- the types ------------------------------------------------------------------- */
+
+/* The offset of `name`, a slot of `type`'s own holding an object; -1 with
+ * a TypeError when it is not one. */
+static Py_ssize_t
+slot_offset(PyObject *type, const char *name)
+{
+    PyObject *member = PyObject_GetAttrString(type, name);
+    if (member == NULL)
+        return -1;
+    int ok = Py_IS_TYPE(member, &PyMemberDescr_Type) &&
+             ((PyMemberDescrObject *)member)->d_common.d_type == (PyTypeObject *)type &&
+             (((PyMemberDescrObject *)member)->d_member->type == T_OBJECT_EX ||
+              ((PyMemberDescrObject *)member)->d_member->type == T_OBJECT);
+    Py_ssize_t offset = ok ? ((PyMemberDescrObject *)member)->d_member->offset : -1;
+    Py_DECREF(member);
+    if (!ok)
+        PyErr_Format(PyExc_TypeError, "%s.%s must be a slot of its own", ((PyTypeObject *)type)->tp_name, name);
+    return offset;
+}
+
+static PyObject *
+Method_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    PyObject *fallback, *state_type;
+    if (kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0) {
+        PyErr_Format(PyExc_TypeError, "%s() takes no keyword arguments", type->tp_name);
+        return NULL;
+    }
+    if (!PyArg_UnpackTuple(args, type->tp_name, 2, 2, &fallback, &state_type))
+        return NULL;
+    if (!PyCallable_Check(fallback) || !PyType_Check(state_type)) {
+        PyErr_Format(PyExc_TypeError, "%s(fallback, state_type): a callable and a class expected", type->tp_name);
+        return NULL;
+    }
+    if ((s_route == NULL && (s_route = PyUnicode_InternFromString("http.route")) == NULL) ||
+        (s_lower == NULL && (s_lower = PyUnicode_InternFromString("lower")) == NULL) ||
+        (s_response == NULL && (s_response = PyUnicode_InternFromString("response")) == NULL))
+        return NULL;
+    int ensure_sync = type == &_cspan_EnsureSync_Type;
+    Py_ssize_t offsets[N_SLOTS];
+    for (int i = 0; i < N_SLOTS; i++) {
+        offsets[i] = 0;
+        if ((i == SLOT_TRACED) == ensure_sync && (offsets[i] = slot_offset(state_type, slot_names[i])) < 0)
+            return NULL;
+    }
+    MethodObject *self = (MethodObject *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->fallback = Py_NewRef(fallback);
+    self->state_type = Py_NewRef(state_type);
+    memcpy(self->offsets, offsets, sizeof(offsets));
+    self->vectorcall = (vectorcallfunc)(ensure_sync ? EnsureSync_vectorcall : StartResponse_vectorcall);
+    return (PyObject *)self;
+}
+
+/* As a function's __get__: the method bound to `obj`, the descriptor on the class. */
+static PyObject *
+Method_get(PyObject *self, PyObject *obj, PyObject *Py_UNUSED(type))
+{
+    if (obj == NULL || obj == Py_None)
+        return Py_NewRef(self);
+    return PyMethod_New(self, obj);
+}
+
+static int
+Method_traverse(MethodObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->fallback);
+    Py_VISIT(self->state_type);
+    Py_VISIT(self->dict);
+    return 0;
+}
+
+static int
+Method_clear(MethodObject *self)
+{
+    Py_CLEAR(self->fallback);
+    Py_CLEAR(self->state_type);
+    Py_CLEAR(self->dict);
+    return 0;
+}
+
+static void
+Method_dealloc(MethodObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    Method_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+Method_fallback(MethodObject *self, void *Py_UNUSED(closure))
+{
+    if (self->fallback == NULL) /* cleared by the GC */
+        Py_RETURN_NONE;
+    return Py_NewRef(self->fallback);
+}
+
+static PyGetSetDef Method_getset[] = {
+    {"fallback", (getter)Method_fallback, NULL, "the Python function that does what is not done here", NULL},
+    {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
+    {NULL},
+};
+
+#define METHOD_TYPE(c_name, py_name, doc)                                                                        \
+    PyTypeObject c_name = {                                                                                      \
+        PyVarObject_HEAD_INIT(NULL, 0).tp_name = "tracer._cspan." py_name,                                       \
+        .tp_basicsize = sizeof(MethodObject),                                                                     \
+        .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_METHOD_DESCRIPTOR | Py_TPFLAGS_HAVE_VECTORCALL, \
+        .tp_doc = doc,                                                                                            \
+        .tp_vectorcall_offset = offsetof(MethodObject, vectorcall),                                               \
+        .tp_dictoffset = offsetof(MethodObject, dict),                                                            \
+        .tp_call = PyVectorcall_Call,                                                                              \
+        .tp_descr_get = Method_get,                                                                               \
+        .tp_traverse = (traverseproc)Method_traverse,                                                             \
+        .tp_clear = (inquiry)Method_clear,                                                                        \
+        .tp_dealloc = (destructor)Method_dealloc,                                                                 \
+        .tp_getset = Method_getset,                                                                               \
+        .tp_new = Method_new,                                                                                     \
+    }
+
+METHOD_TYPE(_cspan_EnsureSync_Type, "EnsureSync",
+            "EnsureSync(fallback, state_type): Flask.ensure_sync, the active request's traced functions looked "
+            "up in C, the rest by fallback.");
+METHOD_TYPE(_cspan_StartResponse_Type, "StartResponse",
+            "StartResponse(fallback, state_type): RequestState.start_response, its common case in C, the rest "
+            "by fallback.");
