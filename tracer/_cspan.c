@@ -427,7 +427,9 @@ exec_module(PyObject *m)
     if (PyType_Ready(&_cspan_EnsureSync_Type) < 0 ||
         PyModule_AddObjectRef(m, "EnsureSync", (PyObject *)&_cspan_EnsureSync_Type) < 0 ||
         PyType_Ready(&_cspan_StartResponse_Type) < 0 ||
-        PyModule_AddObjectRef(m, "StartResponse", (PyObject *)&_cspan_StartResponse_Type) < 0)
+        PyModule_AddObjectRef(m, "StartResponse", (PyObject *)&_cspan_StartResponse_Type) < 0 ||
+        PyType_Ready(&_cspan_Respond_Type) < 0 ||
+        PyModule_AddObjectRef(m, "Respond", (PyObject *)&_cspan_Respond_Type) < 0)
         return -1;
     if (PyType_Ready(&_cspan_WriterQueue_Type) < 0 ||
         PyModule_AddObjectRef(m, "WriterQueue", (PyObject *)&_cspan_WriterQueue_Type) < 0)

@@ -15,9 +15,9 @@
  *                   a finished trace's hand-over;
  *   _cspan_body.c   ClosingBody: contrib/flask's wrapper of a plain response
  *                   body whose span is a C span;
- *   _cspan_flask.c  EnsureSync and StartResponse: contrib/flask's
- *                   Flask.ensure_sync and RequestState.start_response,
- *                   their common case.
+ *   _cspan_flask.c  EnsureSync, StartResponse and Respond: contrib/flask's
+ *                   Flask.ensure_sync, RequestState.start_response and
+ *                   RequestState.respond, their common case.
  * What they share is declared here: the structs, the process-wide globals
  * set by exec_module and configure() (defined in _cspan.c), the small field
  * helpers of the hot path (static inline, so that they stay inlined), and
@@ -332,9 +332,10 @@ int _cspan_queue_handover(ModuleState *st, PyObject *sink, PyObject *trace, PyOb
 
 /* _cspan_body.c */
 extern PyType_Spec _cspan_Body_spec;
+PyObject *_cspan_closing_body(PyTypeObject *type, PyObject *body, PyObject *span);
 
 /* _cspan_flask.c */
-extern PyTypeObject _cspan_EnsureSync_Type, _cspan_StartResponse_Type;
+extern PyTypeObject _cspan_EnsureSync_Type, _cspan_StartResponse_Type, _cspan_Respond_Type;
 
 /* _cspan_ids.c */
 PyObject *_cspan_random_id(void);

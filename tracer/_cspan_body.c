@@ -104,6 +104,14 @@ Body_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     }
     if (!PyArg_ParseTuple(args, "OO:ClosingBody", &body, &span))
         return NULL;
+    return _cspan_closing_body(type, body, span);
+}
+
+/* ClosingBody(body, span) without the argument tuple (_cspan_flask.c's
+ * Respond): `type` is ClosingBody. */
+PyObject *
+_cspan_closing_body(PyTypeObject *type, PyObject *body, PyObject *span)
+{
     if (span_cls == NULL || Py_TYPE(span) != span_cls) {
         PyErr_Format(PyExc_TypeError, "ClosingBody: span must be a tracer.span.Span in C, not %.100s",
                      Py_TYPE(span)->tp_name);

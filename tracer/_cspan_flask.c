@@ -2,6 +2,8 @@
  *
  *   EnsureSync(fallback, state_type)     Flask.ensure_sync
  *   StartResponse(fallback, state_type)  RequestState.start_response
+ *   Respond(fallback, state_type, closing_iterator, iter_encoded, closing_body)
+ *                                        RequestState.respond
  *
  * `state_type` is contrib.flask._request.RequestState; the slots of it read
  * here are found by name once, at construction, and read by offset. Each
@@ -26,6 +28,13 @@
  * root span and calls the server's. Not here: an `exc_info`, a 5xx (the
  * exception to record), no route (the "404" resource), anything unusual.
  *
+ * Respond: Flask returned a plain body, Werkzeug's ClosingIterator
+ * (`closing_iterator`) over a list or tuple, or over Response.iter_encoded's
+ * generator (code `iter_encoded`) of a response holding one bytes chunk or
+ * none: the request's state leaves its span, the server's context is given
+ * back, and the body is wrapped in `closing_body` (ClosingBody). Not here:
+ * any other body (a generator of the app's, a file, another Werkzeug).
+ *
  * Method descriptors (Py_TPFLAGS_METHOD_DESCRIPTOR: `app.ensure_sync(func)`
  * makes no bound method) with a __dict__, so that tracer._patching's
  * functools.update_wrapper gives EnsureSync the original's name, qualname,
@@ -33,14 +42,21 @@
 #include "_cspan.h"
 
 /* The slots of RequestState read here. */
-enum { SLOT_TRACED, SLOT_SPAN, SLOT_MATCHED, SLOT_HEADERS, SLOT_START_RESPONSE, N_SLOTS };
-static const char *const slot_names[N_SLOTS] = {"traced", "span", "matched", "headers", "_start_response"};
+enum { SLOT_TRACED, SLOT_SPAN, SLOT_MATCHED, SLOT_HEADERS, SLOT_START_RESPONSE, SLOT_ENTRY, N_SLOTS };
+static const char *const slot_names[N_SLOTS] = {"traced", "span", "matched", "headers", "_start_response", "entry"};
+/* The slots each type reads, by bit. */
+#define ENSURE_SYNC_SLOTS (1 << SLOT_TRACED)
+#define START_RESPONSE_SLOTS ((1 << SLOT_SPAN) | (1 << SLOT_MATCHED) | (1 << SLOT_HEADERS) | (1 << SLOT_START_RESPONSE))
+#define RESPOND_SLOTS ((1 << SLOT_SPAN) | (1 << SLOT_ENTRY))
 
 typedef struct {
     PyObject_HEAD
     PyObject *fallback;   /* the Python function */
     PyObject *state_type; /* contrib.flask._request.RequestState */
     Py_ssize_t offsets[N_SLOTS];
+    /* Respond only: Werkzeug's ClosingIterator, the code of Response's
+     * _iter_encoded, and ClosingBody; NULL elsewhere. */
+    PyObject *closing_iterator, *iter_encoded, *closing_body;
     PyObject *dict;
     vectorcallfunc vectorcall;
 } MethodObject;
@@ -48,7 +64,9 @@ typedef struct {
 /* A slot of an instance of state_type (checked by the caller), or NULL. */
 #define SLOT(self, state, i) (*(PyObject **)((char *)(state) + (self)->offsets[i]))
 
-static PyObject *s_route, *s_lower, *s_response; /* interned at the first construction */
+/* Interned, and the objects Respond compares with, at the first construction. */
+static PyObject *s_route, *s_lower, *s_response, *s__next, *s_func, *s_args, *s_gi_code, *s__callbacks, *s_self;
+static PyObject *partial_type, *builtin_next, *list_iterator, *tuple_iterator;
 
 /* -- EnsureSync ---------------------------------------------------------------- */
 
@@ -199,6 +217,83 @@ StartResponse_vectorcall(MethodObject *self, PyObject *const *args, size_t nargs
     return call_fallback(self, args, nargsf, kwnames);
 }
 
+/* -- Respond --------------------------------------------------------------------- */
+
+/* 1 when `items` (a response's body) is plain: a list or tuple of one bytes
+ * chunk, or empty; 0 when not (or on an error, cleared). */
+static int
+plain_items(PyObject *items)
+{
+    if (!PyList_CheckExact(items) && !PyTuple_CheckExact(items))
+        return 0;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(items);
+    return n == 0 || (n == 1 && PyBytes_CheckExact(PySequence_Fast_GET_ITEM(items, 0)));
+}
+
+/* 1 when `body` is a plain body (see the top of the file), 0 when not; the
+ * attributes read are Werkzeug's private ones, each checked, and an error
+ * reading them is a "not" (cleared). */
+static int
+plain_body(MethodObject *self, PyObject *body)
+{
+    if ((PyObject *)Py_TYPE(body) != self->closing_iterator)
+        return 0;
+    int plain = 0;
+    PyObject *produce = PyObject_GetAttr(body, s__next), *func = NULL, *args = NULL, *code = NULL,
+             *callbacks = NULL, *response = NULL, *items = NULL;
+    if (produce == NULL || (PyObject *)Py_TYPE(produce) != partial_type ||
+        (func = PyObject_GetAttr(produce, s_func)) == NULL || func != builtin_next ||
+        (args = PyObject_GetAttr(produce, s_args)) == NULL || !PyTuple_CheckExact(args) || PyTuple_GET_SIZE(args) < 1)
+        goto done;
+    PyObject *iterator = PyTuple_GET_ITEM(args, 0); /* held by args */
+    if ((PyObject *)Py_TYPE(iterator) == list_iterator || (PyObject *)Py_TYPE(iterator) == tuple_iterator) {
+        plain = 1;
+        goto done;
+    }
+    /* Response.iter_encoded's generator over the response's own body; the
+     * response is the last callback's (its close()). */
+    if (!PyGen_CheckExact(iterator) || (code = PyObject_GetAttr(iterator, s_gi_code)) == NULL ||
+        code != self->iter_encoded || (callbacks = PyObject_GetAttr(body, s__callbacks)) == NULL ||
+        !PyList_CheckExact(callbacks) || PyList_GET_SIZE(callbacks) < 1 ||
+        (response = PyObject_GetAttr(PyList_GET_ITEM(callbacks, PyList_GET_SIZE(callbacks) - 1), s_self)) == NULL ||
+        (items = PyObject_GetAttr(response, s_response)) == NULL)
+        goto done;
+    plain = plain_items(items);
+done:
+    Py_XDECREF(produce);
+    Py_XDECREF(func);
+    Py_XDECREF(args);
+    Py_XDECREF(code);
+    Py_XDECREF(callbacks);
+    Py_XDECREF(response);
+    Py_XDECREF(items);
+    PyErr_Clear();
+    return plain;
+}
+
+static PyObject *
+Respond_vectorcall(MethodObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    if (PyVectorcall_NARGS(nargsf) == 2 && kwnames == NULL && (PyObject *)Py_TYPE(args[0]) == self->state_type &&
+        plain_body(self, args[1])) {
+        /* Read after plain_body, whose getattrs may run Python code. */
+        PyObject *span = SLOT(self, args[0], SLOT_SPAN), *entry = SLOT(self, args[0], SLOT_ENTRY);
+        if (span != NULL && Py_TYPE(span) == span_cls && entry != NULL) {
+            /* What the Python method does for it: the state leaves the span
+             * (no cycle is left), the server's context is given back. */
+            span = Py_NewRef(span);
+            PyObject *token = PyContextVar_Set(active_var, entry);
+            Py_XSETREF(((SpanObject *)span)->_request, Py_NewRef(Py_None));
+            PyObject *wrapped = token == NULL ? NULL
+                                              : _cspan_closing_body((PyTypeObject *)self->closing_body, args[1], span);
+            Py_XDECREF(token);
+            Py_DECREF(span);
+            return wrapped;
+        }
+    }
+    return call_fallback(self, args, nargsf, kwnames);
+}
+
 /* -- the types ------------------------------------------------------------------- */
 
 /* The offset of `name`, a slot of `type`'s own holding an object; -1 with
@@ -220,29 +315,68 @@ slot_offset(PyObject *type, const char *name)
     return offset;
 }
 
+static int
+intern_names(void)
+{
+    if (s_self != NULL)
+        return 0;
+    PyObject *functools = NULL, *items = NULL, *tuple = NULL, *it1 = NULL, *it2 = NULL;
+    int rc = -1;
+    if ((s_route = PyUnicode_InternFromString("http.route")) == NULL ||
+        (s_lower = PyUnicode_InternFromString("lower")) == NULL ||
+        (s_response = PyUnicode_InternFromString("response")) == NULL ||
+        (s__next = PyUnicode_InternFromString("_next")) == NULL ||
+        (s_func = PyUnicode_InternFromString("func")) == NULL || (s_args = PyUnicode_InternFromString("args")) == NULL ||
+        (s_gi_code = PyUnicode_InternFromString("gi_code")) == NULL ||
+        (s__callbacks = PyUnicode_InternFromString("_callbacks")) == NULL ||
+        (functools = PyImport_ImportModule("functools")) == NULL ||
+        (partial_type = PyObject_GetAttrString(functools, "partial")) == NULL ||
+        (builtin_next = PyDict_GetItemString(PyEval_GetBuiltins(), "next")) == NULL || (items = PyList_New(0)) == NULL ||
+        (tuple = PyTuple_New(0)) == NULL || (it1 = PyObject_GetIter(items)) == NULL ||
+        (it2 = PyObject_GetIter(tuple)) == NULL)
+        goto done;
+    Py_INCREF(builtin_next);
+    list_iterator = Py_NewRef((PyObject *)Py_TYPE(it1));
+    tuple_iterator = Py_NewRef((PyObject *)Py_TYPE(it2));
+    if ((s_self = PyUnicode_InternFromString("__self__")) != NULL) /* last: set means all are */
+        rc = 0;
+done:
+    Py_XDECREF(functools);
+    Py_XDECREF(items);
+    Py_XDECREF(tuple);
+    Py_XDECREF(it1);
+    Py_XDECREF(it2);
+    return rc;
+}
+
 static PyObject *
 Method_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    PyObject *fallback, *state_type;
+    PyObject *fallback, *state_type, *werkzeug[3] = {NULL, NULL, NULL};
+    int respond = type == &_cspan_Respond_Type;
     if (kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0) {
         PyErr_Format(PyExc_TypeError, "%s() takes no keyword arguments", type->tp_name);
         return NULL;
     }
-    if (!PyArg_UnpackTuple(args, type->tp_name, 2, 2, &fallback, &state_type))
+    if (!PyArg_UnpackTuple(args, type->tp_name, respond ? 5 : 2, respond ? 5 : 2, &fallback, &state_type, &werkzeug[0],
+                           &werkzeug[1], &werkzeug[2]))
         return NULL;
-    if (!PyCallable_Check(fallback) || !PyType_Check(state_type)) {
-        PyErr_Format(PyExc_TypeError, "%s(fallback, state_type): a callable and a class expected", type->tp_name);
+    if (!PyCallable_Check(fallback) || !PyType_Check(state_type) ||
+        (respond && (!PyType_Check(werkzeug[0]) || !PyCode_Check(werkzeug[1]) || !PyType_Check(werkzeug[2])))) {
+        PyErr_Format(PyExc_TypeError,
+                     respond ? "%s(fallback, state_type, closing_iterator, iter_encoded, closing_body): a callable, "
+                               "a class, a class, a code object and a class expected"
+                             : "%s(fallback, state_type): a callable and a class expected",
+                     type->tp_name);
         return NULL;
     }
-    if ((s_route == NULL && (s_route = PyUnicode_InternFromString("http.route")) == NULL) ||
-        (s_lower == NULL && (s_lower = PyUnicode_InternFromString("lower")) == NULL) ||
-        (s_response == NULL && (s_response = PyUnicode_InternFromString("response")) == NULL))
+    if (intern_names() < 0)
         return NULL;
-    int ensure_sync = type == &_cspan_EnsureSync_Type;
+    int wanted = type == &_cspan_EnsureSync_Type ? ENSURE_SYNC_SLOTS : respond ? RESPOND_SLOTS : START_RESPONSE_SLOTS;
     Py_ssize_t offsets[N_SLOTS];
     for (int i = 0; i < N_SLOTS; i++) {
         offsets[i] = 0;
-        if ((i == SLOT_TRACED) == ensure_sync && (offsets[i] = slot_offset(state_type, slot_names[i])) < 0)
+        if ((wanted & (1 << i)) && (offsets[i] = slot_offset(state_type, slot_names[i])) < 0)
             return NULL;
     }
     MethodObject *self = (MethodObject *)type->tp_alloc(type, 0);
@@ -251,7 +385,12 @@ Method_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->fallback = Py_NewRef(fallback);
     self->state_type = Py_NewRef(state_type);
     memcpy(self->offsets, offsets, sizeof(offsets));
-    self->vectorcall = (vectorcallfunc)(ensure_sync ? EnsureSync_vectorcall : StartResponse_vectorcall);
+    self->closing_iterator = Py_XNewRef(werkzeug[0]);
+    self->iter_encoded = Py_XNewRef(werkzeug[1]);
+    self->closing_body = Py_XNewRef(werkzeug[2]);
+    self->vectorcall = (vectorcallfunc)(type == &_cspan_EnsureSync_Type ? EnsureSync_vectorcall
+                                        : respond                         ? Respond_vectorcall
+                                                                          : StartResponse_vectorcall);
     return (PyObject *)self;
 }
 
@@ -269,6 +408,9 @@ Method_traverse(MethodObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->fallback);
     Py_VISIT(self->state_type);
+    Py_VISIT(self->closing_iterator);
+    Py_VISIT(self->iter_encoded);
+    Py_VISIT(self->closing_body);
     Py_VISIT(self->dict);
     return 0;
 }
@@ -278,6 +420,9 @@ Method_clear(MethodObject *self)
 {
     Py_CLEAR(self->fallback);
     Py_CLEAR(self->state_type);
+    Py_CLEAR(self->closing_iterator);
+    Py_CLEAR(self->iter_encoded);
+    Py_CLEAR(self->closing_body);
     Py_CLEAR(self->dict);
     return 0;
 }
@@ -327,3 +472,6 @@ METHOD_TYPE(_cspan_EnsureSync_Type, "EnsureSync",
 METHOD_TYPE(_cspan_StartResponse_Type, "StartResponse",
             "StartResponse(fallback, state_type): RequestState.start_response, its common case in C, the rest "
             "by fallback.");
+METHOD_TYPE(_cspan_Respond_Type, "Respond",
+            "Respond(fallback, state_type, closing_iterator, iter_encoded, closing_body): RequestState.respond, a "
+            "plain Werkzeug body wrapped in C, the rest by fallback.");

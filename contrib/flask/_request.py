@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import partial
 from itertools import chain as _chain
-from types import GeneratorType
+from types import CodeType, GeneratorType
 from typing import Any
 from urllib.parse import quote
 
@@ -52,6 +52,12 @@ def bind_werkzeug() -> None:
 
     _ClosingIterator = getattr(wsgi, "ClosingIterator", None)
     _ITER_ENCODED = getattr(getattr(response, "_iter_encoded", None), "__code__", None)
+    # RequestState.respond for a plain body in C (tracer/_cspan_flask.c),
+    # the Python method for the rest; it reads what was just bound.
+    method: Any = _respond
+    if _CClosingBody is not None and type(_ClosingIterator) is type and type(_ITER_ENCODED) is CodeType:
+        method = _cspan.Respond(_respond, RequestState, _ClosingIterator, _ITER_ENCODED, _CClosingBody)
+    setattr(RequestState, "respond", method)  # noqa: B010
 
 
 def _environ_key(header: str) -> str:
@@ -325,6 +331,9 @@ class RequestState:
         span.finish()
 
 
+# RequestState.respond in Python; bind_werkzeug() puts it, or the C one
+# made from it, on the class.
+_respond = RequestState.respond
 if _cspan is not None:
     # Its common case in C (tracer/_cspan_flask.c), the method above for the
     # rest: a bound method as before, no Python frame per request.

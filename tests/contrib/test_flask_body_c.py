@@ -58,10 +58,15 @@ def app() -> Flask:
 
 @pytest.fixture
 def python_wrapper(monkeypatch: pytest.MonkeyPatch) -> Callable[[bool], None]:
-    """use(True): respond builds the Python wrapper, as without the C module."""
+    """use(True): respond builds the Python wrapper, as without the C module
+    (the Python respond, which then finds no C wrapper to build)."""
+
+    c_respond = _request.RequestState.__dict__["respond"]  # as patch() put it: a _cspan.Respond
+    assert type(c_respond) is _cspan.Respond
 
     def use(python: bool) -> None:
         monkeypatch.setattr(_request, "_CClosingBody", None if python else _cspan.ClosingBody)
+        monkeypatch.setattr(_request.RequestState, "respond", _request._respond if python else c_respond)
 
     return use
 

@@ -9,8 +9,14 @@ is decided by the Python wrapper, as without the C code.
 ``_cspan.StartResponse`` (RequestState.start_response): a matched route's
 non-5xx status and its response-header tags are recorded in C; a 404, a
 5xx, an ``exc_info``, a value beyond the length limit go to the Python
-method. The behaviour tests run in both modes (the pure-Python pass of CI
-runs this file too)."""
+method.
+
+``_cspan.Respond`` (RequestState.respond): a plain Werkzeug body (one bytes
+chunk or none) is wrapped in C; any other body goes to the Python method
+(tests/contrib/test_flask_body_c.py compares the two wrappers' behaviour).
+
+The behaviour tests run in both modes (the pure-Python pass of CI runs this
+file too)."""
 
 from __future__ import annotations
 
@@ -278,3 +284,45 @@ def test_start_response_leaves_only_the_unusual_cases_to_python(traced: Any, set
     assert _wrapper_calls(lambda: _get(client, "/ok"), raw) == 1
     assert _wrapper_calls(lambda: [_get(client, p) for p in ("/missing", "/fail")], raw) == 2
     trees(traced, 6)
+
+
+@pytest.mark.skipif(_cspan is None, reason="the C span is not built (TRACER_PURE_PYTHON or no compiler)")
+def test_respond_wraps_a_plain_body_in_c_and_leaves_the_rest_to_python(traced: Any) -> None:
+    """A str, an empty body and a one-chunk Response are wrapped in C; two
+    chunks and a generator go to the Python method. Every request span is
+    sent, and none is left active or holding its request's state."""
+    app = flask.Flask("respond_app")
+    app.add_url_rule("/text", "text", lambda: "ok")
+    app.add_url_rule("/empty", "empty", lambda: ("", 204))
+    app.add_url_rule("/chunk", "chunk", lambda: flask.Response(b"one"))
+    app.add_url_rule("/chunks", "chunks", lambda: flask.Response([b"a", b"b"]))
+    app.add_url_rule("/stream", "stream", lambda: flask.Response(iter([b"s"])))
+    client = app.test_client()
+    raw = RequestState.__dict__["respond"]
+    assert type(raw) is _cspan.Respond
+    for path in ("/text", "/empty", "/chunk", "/chunks", "/stream"):
+        _get(client, path)  # each endpoint's first request
+    assert _wrapper_calls(lambda: [_get(client, p) for p in ("/text", "/empty", "/chunk") * 2], raw) == 0
+    assert _wrapper_calls(lambda: [_get(client, p) for p in ("/chunks", "/stream")], raw) == 2
+    assert tracer.current_span() is None
+    got = trees(traced, 13)
+    assert [tree.split(" ")[2] for tree in got] == ["'GET"] * 13
+    assert all("http.status_code=" in tree for tree in got)
+
+
+@pytest.mark.skipif(_cspan is None, reason="the C span is not built (TRACER_PURE_PYTHON or no compiler)")
+def test_respond_checks_what_it_is_made_from() -> None:
+    from contrib.flask import _request
+
+    def fallback(self: Any, body: Any) -> Any:
+        return body
+
+    code = (lambda: None).__code__
+    with pytest.raises(TypeError):
+        _cspan.Respond(fallback, RequestState)
+    with pytest.raises(TypeError):
+        _cspan.Respond(fallback, RequestState, list, None, _cspan.ClosingBody)
+    method = _cspan.Respond(fallback, RequestState, list, code, _cspan.ClosingBody)
+    state = object.__new__(RequestState)
+    assert method(state, [b"x"]) == [b"x"]  # not a ClosingIterator: the fallback
+    assert _request._respond is not None
