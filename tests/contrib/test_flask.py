@@ -12,7 +12,6 @@ import tracer as tracer_pkg
 from tests.contrib.apps.flask_helpers import load_app, patched_for_module, root_of, stable_meta, trees
 from tests.contrib.contract import IntegrationContract
 from tests.utils import free_port
-from tracer.config import config
 from tracer.span import MAX_VALUE_LEN
 
 
@@ -29,15 +28,6 @@ def app() -> Any:
 @pytest.fixture
 def client(app: Any) -> Any:
     return app.test_client()
-
-
-@pytest.fixture
-def settings() -> Iterator[Any]:
-    """``config`` with every attribute a test changes restored afterwards."""
-    saved = dict(vars(config))
-    yield config
-    for key, value in saved.items():
-        setattr(config, key, value)
 
 
 def get(client: Any, path: str, **kwargs: Any) -> tuple[int, bytes]:

@@ -30,22 +30,12 @@ import pytest
 from contrib.flask._request import RequestState
 from tests.contrib.apps.flask_helpers import patched_for_module, trees
 from tracer import _errors, tracer
-from tracer.config import config
 from tracer.span import MAX_VALUE_LEN, _cspan
 
 
 @pytest.fixture(scope="module", autouse=True)
 def patched() -> Iterator[None]:
     yield from patched_for_module("flask")
-
-
-@pytest.fixture
-def settings() -> Iterator[Any]:
-    """``config`` with every attribute a test changes restored afterwards."""
-    saved = dict(vars(config))
-    yield config
-    for key, value in saved.items():
-        setattr(config, key, value)
 
 
 def _wrapper_calls(run: Any, raw: Any = None) -> int:
