@@ -91,6 +91,8 @@ traced_of(MethodObject *self, PyObject *func)
                  * object's __hash__), which may end the request meanwhile. */
                 Py_INCREF(traced);
                 found = PyDict_GetItemWithError(traced, func);
+                if (found == Py_None) /* "not traced", as the Python wrapper reads it */
+                    found = NULL;
                 Py_XINCREF(found);
                 Py_DECREF(traced);
                 if (found == NULL)
@@ -145,17 +147,17 @@ header_tags(PyObject *meta, PyObject *tags, PyObject *headers)
         PyObject *key = PyTuple_GET_ITEM(pair, 0), *value = PyTuple_GET_ITEM(pair, 1);
         if (!PyUnicode_CheckExact(key) || !PyUnicode_CheckExact(value) || PyUnicode_GET_LENGTH(value) > MAX_VALUE_LEN)
             return -1;
+        /* Held (with its key and value): the look-up may run Python code
+         * (a tag key's __eq__), which may change the list. */
+        Py_INCREF(pair);
         PyObject *lower = PyObject_CallMethodNoArgs(key, s_lower);
-        if (lower == NULL)
-            return -1;
-        PyObject *tag = PyDict_GetItemWithError(tags, lower); /* borrowed: nothing runs between here and the store */
-        Py_DECREF(lower);
-        if (tag == NULL) {
-            if (PyErr_Occurred())
-                return -1;
-            continue;
-        }
-        if (PyDict_SetItem(meta, tag, value) < 0)
+        PyObject *tag = lower == NULL ? NULL : PyDict_GetItemWithError(tags, lower);
+        Py_XINCREF(tag);
+        Py_XDECREF(lower);
+        int rc = tag == NULL ? (PyErr_Occurred() ? -1 : 0) : tag == Py_None ? 0 : PyDict_SetItem(meta, tag, value);
+        Py_XDECREF(tag);
+        Py_DECREF(pair);
+        if (rc < 0)
             return -1;
     }
     return 0;
@@ -254,9 +256,13 @@ plain_body(MethodObject *self, PyObject *body)
      * response is the last callback's (its close()). */
     if (!PyGen_CheckExact(iterator) || (code = PyObject_GetAttr(iterator, s_gi_code)) == NULL ||
         code != self->iter_encoded || (callbacks = PyObject_GetAttr(body, s__callbacks)) == NULL ||
-        !PyList_CheckExact(callbacks) || PyList_GET_SIZE(callbacks) < 1 ||
-        (response = PyObject_GetAttr(PyList_GET_ITEM(callbacks, PyList_GET_SIZE(callbacks) - 1), s_self)) == NULL ||
-        (items = PyObject_GetAttr(response, s_response)) == NULL)
+        !PyList_CheckExact(callbacks) || PyList_GET_SIZE(callbacks) < 1)
+        goto done;
+    /* Held: its getattr may run Python code, which may change the list. */
+    PyObject *last = Py_NewRef(PyList_GET_ITEM(callbacks, PyList_GET_SIZE(callbacks) - 1));
+    response = PyObject_GetAttr(last, s_self);
+    Py_DECREF(last);
+    if (response == NULL || (items = PyObject_GetAttr(response, s_response)) == NULL)
         goto done;
     plain = plain_items(items);
 done:
@@ -274,21 +280,27 @@ done:
 static PyObject *
 Respond_vectorcall(MethodObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
-    if (PyVectorcall_NARGS(nargsf) == 2 && kwnames == NULL && (PyObject *)Py_TYPE(args[0]) == self->state_type &&
-        plain_body(self, args[1])) {
-        /* Read after plain_body, whose getattrs may run Python code. */
+    if (PyVectorcall_NARGS(nargsf) == 2 && kwnames == NULL && (PyObject *)Py_TYPE(args[0]) == self->state_type) {
         PyObject *span = SLOT(self, args[0], SLOT_SPAN), *entry = SLOT(self, args[0], SLOT_ENTRY);
         if (span != NULL && Py_TYPE(span) == span_cls && entry != NULL) {
-            /* What the Python method does for it: the state leaves the span
-             * (no cycle is left), the server's context is given back. */
+            /* What the Python method does first, in its order: the state
+             * leaves the span (no cycle is left), the server's context is
+             * given back. For a body that is not plain, the fallback then
+             * does both again, to the same effect. */
             span = Py_NewRef(span);
-            PyObject *token = PyContextVar_Set(active_var, entry);
             Py_XSETREF(((SpanObject *)span)->_request, Py_NewRef(Py_None));
-            PyObject *wrapped = token == NULL ? NULL
-                                              : _cspan_closing_body((PyTypeObject *)self->closing_body, args[1], span);
-            Py_XDECREF(token);
+            PyObject *token = PyContextVar_Set(active_var, entry);
+            if (token == NULL) {
+                Py_DECREF(span);
+                return NULL;
+            }
+            Py_DECREF(token);
+            PyObject *wrapped = NULL;
+            if (plain_body(self, args[1]))
+                wrapped = _cspan_closing_body((PyTypeObject *)self->closing_body, args[1], span);
             Py_DECREF(span);
-            return wrapped;
+            if (wrapped != NULL || PyErr_Occurred())
+                return wrapped;
         }
     }
     return call_fallback(self, args, nargsf, kwnames);
@@ -315,32 +327,40 @@ slot_offset(PyObject *type, const char *name)
     return offset;
 }
 
+#define INTERN(var, text)                                                              \
+    if ((var) == NULL && ((var) = PyUnicode_InternFromString(text)) == NULL)              \
+        goto done;
+
 static int
 intern_names(void)
 {
     if (s_self != NULL)
         return 0;
-    PyObject *functools = NULL, *items = NULL, *tuple = NULL, *it1 = NULL, *it2 = NULL;
+    PyObject *builtins = NULL, *functools = NULL, *items = NULL, *tuple = NULL, *it1 = NULL, *it2 = NULL;
     int rc = -1;
-    if ((s_route = PyUnicode_InternFromString("http.route")) == NULL ||
-        (s_lower = PyUnicode_InternFromString("lower")) == NULL ||
-        (s_response = PyUnicode_InternFromString("response")) == NULL ||
-        (s__next = PyUnicode_InternFromString("_next")) == NULL ||
-        (s_func = PyUnicode_InternFromString("func")) == NULL || (s_args = PyUnicode_InternFromString("args")) == NULL ||
-        (s_gi_code = PyUnicode_InternFromString("gi_code")) == NULL ||
-        (s__callbacks = PyUnicode_InternFromString("_callbacks")) == NULL ||
-        (functools = PyImport_ImportModule("functools")) == NULL ||
-        (partial_type = PyObject_GetAttrString(functools, "partial")) == NULL ||
-        (builtin_next = PyDict_GetItemString(PyEval_GetBuiltins(), "next")) == NULL || (items = PyList_New(0)) == NULL ||
-        (tuple = PyTuple_New(0)) == NULL || (it1 = PyObject_GetIter(items)) == NULL ||
+    INTERN(s_route, "http.route");
+    INTERN(s_lower, "lower");
+    INTERN(s_response, "response");
+    INTERN(s__next, "_next");
+    INTERN(s_func, "func");
+    INTERN(s_args, "args");
+    INTERN(s_gi_code, "gi_code");
+    INTERN(s__callbacks, "_callbacks");
+    if ((partial_type == NULL && ((functools = PyImport_ImportModule("functools")) == NULL ||
+                                  (partial_type = PyObject_GetAttrString(functools, "partial")) == NULL)) ||
+        (builtin_next == NULL && ((builtins = PyImport_ImportModule("builtins")) == NULL ||
+                                  (builtin_next = PyObject_GetAttrString(builtins, "next")) == NULL)) ||
+        (items = PyList_New(0)) == NULL || (tuple = PyTuple_New(0)) == NULL || (it1 = PyObject_GetIter(items)) == NULL ||
         (it2 = PyObject_GetIter(tuple)) == NULL)
         goto done;
-    Py_INCREF(builtin_next);
-    list_iterator = Py_NewRef((PyObject *)Py_TYPE(it1));
-    tuple_iterator = Py_NewRef((PyObject *)Py_TYPE(it2));
-    if ((s_self = PyUnicode_InternFromString("__self__")) != NULL) /* last: set means all are */
-        rc = 0;
+    if (list_iterator == NULL)
+        list_iterator = Py_NewRef((PyObject *)Py_TYPE(it1));
+    if (tuple_iterator == NULL)
+        tuple_iterator = Py_NewRef((PyObject *)Py_TYPE(it2));
+    INTERN(s_self, "__self__"); /* last: set means all are */
+    rc = 0;
 done:
+    Py_XDECREF(builtins);
     Py_XDECREF(functools);
     Py_XDECREF(items);
     Py_XDECREF(tuple);
