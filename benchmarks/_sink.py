@@ -24,6 +24,7 @@ drops work cannot look fast for it.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -243,3 +244,17 @@ if __name__ == "__main__":
         _deferred = []
     _full_decode = "--full-decode" in sys.argv
     serve(int(sys.argv[-1]))
+
+
+def callgrind_instructions(valgrind: str, command: list[str], env: dict[str, str], timeout: float) -> int:
+    """Instructions ``command`` ran under ``valgrind --tool=callgrind`` (its
+    "Collected" total); RuntimeError with the end of its stderr when it
+    failed. The benchmarks' deterministic counts difference two such runs."""
+    proc = subprocess.run(
+        [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", *command],
+        env=env, capture_output=True, text=True, timeout=timeout,
+    )
+    found = re.search(r"Collected : (\d+)", proc.stderr)
+    if proc.returncode != 0 or found is None:
+        raise RuntimeError(f"exit {proc.returncode}: {proc.stderr[-2000:]}")
+    return int(found.group(1))

@@ -82,7 +82,6 @@ import argparse
 import collections
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -92,7 +91,7 @@ import time
 from http.server import ThreadingHTTPServer
 from typing import Any
 
-from _sink import NoDelayHandler, NoopWriter  # this directory is on sys.path: the script's own
+from _sink import NoDelayHandler, NoopWriter, callgrind_instructions  # this directory is on sys.path: the script's own
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = ("plain", "ours", "ddtrace", "otel")
@@ -452,18 +451,15 @@ def instructions_report(port: int, requests: int, variants: list[str], env: dict
         return 1
     per_request: dict[str, float] = {}
     for variant in variants:
-        counts = []
-        for n in (0, requests):
-            proc = subprocess.run(
-                [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
-                 "--child", variant, "--port", str(port), "--requests", str(n)],
-                env=env, capture_output=True, text=True, timeout=3600,
-            )
-            found = re.search(r"Collected : (\d+)", proc.stderr)
-            if proc.returncode != 0 or found is None:
-                print(f"{variant}: exit {proc.returncode}: {proc.stderr[-2000:]}")
-                return 1
-            counts.append(int(found.group(1)))
+        try:
+            counts = [
+                callgrind_instructions(valgrind, [sys.executable, __file__, "--child", variant, "--port", str(port),
+                                                  "--requests", str(n)], env, 3600)
+                for n in (0, requests)
+            ]
+        except RuntimeError as exc:
+            print(f"{variant}: {exc}")
+            return 1
         per_request[variant] = (counts[1] - counts[0]) / requests
         added = f"  added {per_request[variant] - per_request['plain']:10,.0f}" if "plain" in per_request and variant != "plain" else ""
         print(f"{variant:8s} {per_request[variant]:12,.0f} instructions/request{added}", flush=True)

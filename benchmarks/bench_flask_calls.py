@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _sink import Sink  # noqa: E402
+from _sink import Sink, callgrind_instructions  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -101,18 +99,15 @@ def main() -> int:
         for which in ("ensure_sync", "start_response"):
             per_call = {}
             for mode in ("c", "py"):
-                counts = []
-                for calls in (1000, 1000 + args.calls):
-                    proc = subprocess.run(
-                        [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
-                         "--child", which, mode, str(calls), sink.url],
-                        env=env, capture_output=True, text=True, timeout=1800,
-                    )
-                    found = re.search(r"Collected : (\d+)", proc.stderr)
-                    if proc.returncode != 0 or found is None:
-                        print(f"{which} {mode}: exit {proc.returncode}: {proc.stderr[-2000:]}")
-                        return 1
-                    counts.append(int(found.group(1)))
+                try:
+                    counts = [
+                        callgrind_instructions(valgrind, [sys.executable, __file__, "--child", which, mode, str(calls),
+                                                          sink.url], env, 1800)
+                        for calls in (1000, 1000 + args.calls)
+                    ]
+                except RuntimeError as exc:
+                    print(f"{which} {mode}: {exc}")
+                    return 1
                 per_call[mode] = (counts[1] - counts[0]) / args.calls
             print(f"{which:15s} C {per_call['c']:8,.0f}   Python {per_call['py']:8,.0f}   instructions per call",
                   flush=True)

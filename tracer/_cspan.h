@@ -321,6 +321,7 @@ bind_args(const char *fn, const char *const *names, Py_ssize_t n, Py_ssize_t req
 }
 
 extern PyTypeObject _cspan_TraceMethod_Type;
+PyObject *_cspan_bind_method(PyObject *self, PyObject *obj, PyObject *type);
 PyObject *_cspan_span_exit(PyObject *span, PyObject *const *args, size_t nargsf, PyObject *kwnames);
 
 /* _cspan_call.c */

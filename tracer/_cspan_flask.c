@@ -414,15 +414,6 @@ Method_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     return (PyObject *)self;
 }
 
-/* As a function's __get__: the method bound to `obj`, the descriptor on the class. */
-static PyObject *
-Method_get(PyObject *self, PyObject *obj, PyObject *Py_UNUSED(type))
-{
-    if (obj == NULL || obj == Py_None)
-        return Py_NewRef(self);
-    return PyMethod_New(self, obj);
-}
-
 static int
 Method_traverse(MethodObject *self, visitproc visit, void *arg)
 {
@@ -478,7 +469,7 @@ static PyGetSetDef Method_getset[] = {
         .tp_vectorcall_offset = offsetof(MethodObject, vectorcall),                                               \
         .tp_dictoffset = offsetof(MethodObject, dict),                                                            \
         .tp_call = PyVectorcall_Call,                                                                              \
-        .tp_descr_get = Method_get,                                                                               \
+        .tp_descr_get = _cspan_bind_method,                                                                               \
         .tp_traverse = (traverseproc)Method_traverse,                                                             \
         .tp_clear = (inquiry)Method_clear,                                                                        \
         .tp_dealloc = (destructor)Method_dealloc,                                                                 \

@@ -266,9 +266,10 @@ TraceMethod_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     return (PyObject *)self;
 }
 
-/* As a function's __get__: the method bound to `obj`, the descriptor on the class. */
-static PyObject *
-TraceMethod_get(PyObject *self, PyObject *obj, PyObject *Py_UNUSED(type))
+/* As a function's __get__: the method bound to `obj`, the descriptor on the
+ * class (TraceMethod's, and _cspan_flask.c's method descriptors'). */
+PyObject *
+_cspan_bind_method(PyObject *self, PyObject *obj, PyObject *Py_UNUSED(type))
 {
     if (obj == NULL || obj == Py_None)
         return Py_NewRef(self);
@@ -324,7 +325,7 @@ PyTypeObject _cspan_TraceMethod_Type = {
     .tp_vectorcall_offset = offsetof(TraceMethodObject, vectorcall),
     .tp_dictoffset = offsetof(TraceMethodObject, dict),
     .tp_call = PyVectorcall_Call,
-    .tp_descr_get = TraceMethod_get,
+    .tp_descr_get = _cspan_bind_method,
     .tp_traverse = (traverseproc)TraceMethod_traverse,
     .tp_clear = (inquiry)TraceMethod_clear,
     .tp_dealloc = (destructor)TraceMethod_dealloc,
