@@ -37,7 +37,7 @@ from tracer import tracer as _tracer
 from tracer._errors import Start, finish_span, guarded_wrapper, internal_error
 from tracer._tracer import _RootTrace, _trace_root
 from tracer.config import config
-from tracer.context import get_active
+from tracer.context import get_active, unfinished
 
 log = logging.getLogger("tracer")
 
@@ -127,6 +127,8 @@ def _start(info: DBInfo, name: str, sql: Any) -> Any:
         sql = _text(sql) if sql is not None else name
     resource = obfuscate(sql) if config.db_obfuscate else sql
     parent = get_active()
+    if parent is not None and parent.duration_ns is not None:
+        parent = unfinished(parent)  # a finished span reads as its nearest unfinished ancestor
     if parent is None and _trace_root is not None:
         # A query outside any request is a one-span trace: its root is built
         # in C, as start_span() would, without that call's Python frame, and

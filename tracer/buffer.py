@@ -90,26 +90,32 @@ class ChunkSink(Protocol):
     def write(self, trace: _Trace, chunk: list[Any]) -> None: ...
 
 
+# A trace's fields, as tracer/_cspan.c's TraceBase holds them (same names,
+# same order). The Python class keeps the clock bases behind properties (their
+# setters keep wall_offset, a span start's one addition, in step).
+TRACE_FIELDS = (
+    "trace_id",
+    "buffer",
+    "starts",
+    "finishes",
+    "finished",
+    "root",
+    "root_done",
+    "priority",
+    "mechanism",
+    "origin",
+    "dd_tags",
+    "tracestate",
+    "wall_base",
+    "mono_base",
+    "foreign",
+    "remote_parent",
+    "peeks",
+)
+
+
 class _Trace:
-    __slots__ = (
-        "trace_id",
-        "buffer",
-        "starts",
-        "finishes",
-        "finished",
-        "root",
-        "root_done",
-        "priority",
-        "mechanism",
-        "origin",
-        "dd_tags",
-        "tracestate",
-        "wall_base",
-        "mono_base",
-        "foreign",
-        "remote_parent",
-        "peeks",
-    )
+    __slots__ = tuple("_" + f if f in ("wall_base", "mono_base") else f for f in TRACE_FIELDS) + ("wall_offset",)
 
     def __init__(self, buffer: TraceBuffer, trace_id: int, wall_base: int, mono_base: int) -> None:
         self.trace_id = trace_id
@@ -129,12 +135,36 @@ class _Trace:
         self.origin: str | None = None
         self.dd_tags: dict[str, str] = {}  # propagated _dd.p.* tags (without _dd.p.tid)
         self.tracestate: str | None = None  # other vendors' W3C tracestate members
-        self.wall_base = wall_base  # epoch ns at mono_base: start_ns = wall_base + (mono - mono_base)
-        self.mono_base = mono_base
+        self._wall_base = wall_base
+        self._mono_base = mono_base
+        self.wall_offset = wall_base - mono_base
         self.foreign = False
         self.remote_parent = False  # continued from propagated headers
         self.peeks = 0  # reads of `starts` by started_count()
         buffer._live.add(self)
+
+    # The clock bases: start_ns = wall_base + (mono - mono_base), which a
+    # span start computes as wall_offset + mono (one addition, one int less);
+    # setting either base keeps wall_offset in step.
+    @property
+    def wall_base(self) -> int:
+        """Epoch ns at ``mono_base``."""
+        return self._wall_base
+
+    @wall_base.setter
+    def wall_base(self, value: int) -> None:
+        self._wall_base = value
+        self.wall_offset = value - self._mono_base
+
+    @property
+    def mono_base(self) -> int:
+        """``perf_counter_ns()`` when the trace started here."""
+        return self._mono_base
+
+    @mono_base.setter
+    def mono_base(self, value: int) -> None:
+        self._mono_base = value
+        self.wall_offset = self._wall_base - value
 
     def started_count(self) -> int:
         """How many spans of the trace started here. Under ``_flush_lock``

@@ -21,9 +21,11 @@ if TYPE_CHECKING:
 # Internal API, shared by tracer/ and the integrations in contrib/ (not public:
 # apps use current_span()/wrap_context()): the active span of this thread or
 # asyncio task. ``ACTIVE_SPAN.get()`` may return a finished span (a span
-# finished elsewhere while its block is open); current_span() walks up to the
-# nearest unfinished ancestor. Setting it is the integrations' business only,
-# always paired with a reset, as in wrap_context.
+# finished elsewhere while its block is open; and with the pure-Python span, a
+# child whose block ended, left there in its parent's place): readers treat it
+# as its nearest unfinished ancestor (unfinished(), current_span()). Setting
+# it is the integrations' business only, always paired with a reset, as in
+# wrap_context.
 ACTIVE_SPAN: ContextVar[Span | None] = ContextVar("tracer_active_span", default=None)
 # Its methods, bound once, for hot paths in other modules: Python 3.11 and
 # 3.12 compile ``ACTIVE_SPAN.get()`` on an *imported* name as an attribute
@@ -101,7 +103,7 @@ def wrap_context(fn: F) -> F:
 
     Only our own span is carried (not every context variable): a worker thread
     keeps the rest of its context, as ``ThreadPoolExecutor`` users expect."""
-    span = ACTIVE_SPAN.get()
+    span = current_span()
     if span is None:
         return fn
 

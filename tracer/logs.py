@@ -32,7 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tracer.config import config as _config
-from tracer.context import get_active
+from tracer.context import get_active, unfinished
 
 _lock = threading.Lock()
 _factory: Callable[..., logging.LogRecord] | None = None  # ours, while installed
@@ -48,6 +48,8 @@ def _make_factory(original: Callable[..., logging.LogRecord]) -> Callable[..., l
         if not _enabled:
             return record
         span = get_active()
+        if span is not None and span.duration_ns is not None:
+            span = unfinished(span)  # a finished span reads as its nearest unfinished ancestor
         env = cfg.env or ""
         version = cfg.version or ""
         if span is None:

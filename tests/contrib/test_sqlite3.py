@@ -134,6 +134,15 @@ def test_commit_rollback_and_transaction_context(tmp_path: Any, test_spans: Any)
     assert {s.service for s in test_spans.spans} == {"sqlite"}
 
 
+def tree(sink: Any) -> str:
+    """The sink's spans as an indented tree (tests.utils.render_tree)."""
+    spans = [
+        {"span_id": s.span_id, "parent_id": s.parent_id, "name": s.name, "service": s.service, "resource": s.resource, "start_ns": s.start_ns}
+        for s in sink.spans
+    ]
+    return render_tree(spans)
+
+
 def test_parentage_and_service_override(test_spans: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(config, "sqlite_service", "local-db")
     conn = sqlite3.connect(":memory:")
@@ -141,11 +150,19 @@ def test_parentage_and_service_override(test_spans: Any, monkeypatch: pytest.Mon
         conn.execute("SELECT 1").fetchall()
         conn.execute("SELECT 2").fetchall()
     conn.close()
-    spans = [
-        {"span_id": s.span_id, "parent_id": s.parent_id, "name": s.name, "service": s.service, "resource": s.resource, "start_ns": s.start_ns}
-        for s in test_spans.spans
-    ]
-    assert render_tree(spans) == "web.request web 'web.request'\n  sqlite.query local-db 'SELECT 1'\n  sqlite.query local-db 'SELECT 2'"
+    assert tree(test_spans) == "web.request web 'web.request'\n  sqlite.query local-db 'SELECT 1'\n  sqlite.query local-db 'SELECT 2'"
+
+
+def test_a_query_after_a_sibling_span_is_a_child_of_the_request(test_spans: Any) -> None:
+    # The pure-Python span's end leaves it (finished) in the active variable;
+    # the query reads that as its parent, the request, never as the sibling.
+    conn = sqlite3.connect(":memory:")
+    with global_tracer.trace("web.request", service="web"):
+        with global_tracer.trace("render"):
+            pass
+        conn.execute("SELECT 1").fetchall()
+    conn.close()
+    assert tree(test_spans) == "web.request web 'web.request'\n  render web 'render'\n  sqlite.query sqlite 'SELECT 1'"
 
 
 def test_backup_accepts_a_traced_target(conn: Any) -> None:

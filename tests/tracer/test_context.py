@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tracer import tracer
-from tracer.context import wrap_context
+from tracer.context import ACTIVE_SPAN, set_active, wrap_context
 
 
 def test_nested_spans_activate_and_restore(test_spans):
@@ -121,6 +121,27 @@ def test_wrap_context_without_active_span_returns_function(test_spans):
         return 1
 
     assert wrap_context(fn) is fn
+    root = tracer.trace("root")
+    tracer.trace("child").finish()  # the pure-Python end leaves it in the variable
+    thread = threading.Thread(target=root.finish)  # finished elsewhere: still in the variable
+    thread.start()
+    thread.join()
+    try:
+        # Only finished spans there: nothing to carry.
+        assert ACTIVE_SPAN.get() is not None and tracer.current_span() is None
+        assert wrap_context(fn) is fn
+    finally:
+        set_active(None)
+
+
+def test_wrap_context_after_a_childs_end_carries_its_parent(test_spans):
+    with tracer.trace("root") as root:
+        with tracer.trace("child"):
+            pass
+        carried = wrap_context(lambda: tracer.current_span())
+        assert carried() is root
+        with ThreadPoolExecutor(1) as pool:
+            assert pool.submit(carried).result() is root
 
 
 def test_wrap_decorator_sync_async_generators(test_spans):

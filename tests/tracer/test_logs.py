@@ -77,6 +77,19 @@ def test_records_inside_a_span_carry_ids(captured: Any, test_spans: Any) -> None
     assert formatter.format(second) == "outside trace_id= span_id="
 
 
+def test_records_after_a_childs_end_carry_the_parents_ids(captured: Any, test_spans: Any) -> None:
+    # The pure-Python span's end leaves the child (finished) in the active
+    # variable: a record after it carries the parent's span id.
+    logger, handler = captured
+    with tracer.trace("work", service="billing") as root:
+        with tracer.trace("inner"):
+            pass
+        logger.info("after inner")
+    (record,) = handler.records
+    assert (record.trace_id, record.span_id) == (f"{root.trace_id:032x}", f"{root.span_id:016x}")
+    assert record.__dict__["dd.span_id"] == str(root.span_id)
+
+
 def test_each_thread_sees_its_own_span(captured: Any, test_spans: Any) -> None:
     logger, handler = captured
     with tracer.trace("request") as span:

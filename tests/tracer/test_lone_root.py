@@ -19,7 +19,7 @@ import pytest
 
 from tests.utils import run_interleaved
 from tracer import tracer
-from tracer.buffer import _taken
+from tracer.buffer import TRACE_FIELDS, _taken
 from tracer.span import _cspan
 
 tracer_module = sys.modules["tracer._tracer"]
@@ -157,12 +157,13 @@ def test_roots_raced_by_children_from_another_thread_send_every_span_once(test_s
 def _trace_state(trace) -> dict:
     """Every field of a trace, the counters by their position."""
     state = {}
-    for field in tracer_module._Trace.__slots__:
+    for field in TRACE_FIELDS:
         value = getattr(trace, field)
         if field in ("starts", "finishes"):
             value = repr(value)
         state[field] = copy.copy(value) if type(value) in (list, dict) else value  # as they are now
     state["live"] = trace in trace.buffer._live
+    state["wall_offset"] = trace.wall_offset  # a slot in Python, derived from the bases in C
     return state
 
 
@@ -174,7 +175,7 @@ def test_the_root_trace_class_is_trace_with_its_fields_in_c():
         assert cls is trace_cls
         return
     members = [k for k, v in vars(_cspan.TraceBase).items() if type(v).__name__ == "member_descriptor"]
-    assert members == list(trace_cls.__slots__), "TraceBase (tracer/_cspan.c) must hold exactly _Trace's fields"
+    assert members == list(TRACE_FIELDS), "TraceBase (tracer/_cspan.c) must hold exactly _Trace's fields"
     assert cls.__slots__ == () and cls.__mro__[1] is _cspan.TraceBase
 
 

@@ -20,7 +20,7 @@ from tracer.sampler import (
     keeps,
     threshold,
 )
-from tracer.span import Span
+from tracer.span import Span, new_span
 
 # Hashes worked out by hand from low64 * 1111111111111111111 mod 2**64, as a
 # share of 2**64-1: id 1 -> 0.0602334540, id 10 -> 0.602334540, id 17 wraps
@@ -41,7 +41,7 @@ def make_root(
     env: str | None = None,
 ) -> tuple[_Trace, Span]:
     trace = _Trace(TraceBuffer(_Sink()), trace_id, 0, 0)
-    span = Span(trace, trace_id, 7, 0, None, name, service, resource, None, 0, 0)
+    span = new_span(trace, trace_id, 7, 0, None, name, service, resource, None, 0, 0)
     trace.root = span
     if env:
         span.meta["env"] = env
