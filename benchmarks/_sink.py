@@ -239,13 +239,6 @@ def median(values: list[float]) -> float:
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
-if __name__ == "__main__":
-    if "--defer" in sys.argv:
-        _deferred = []
-    _full_decode = "--full-decode" in sys.argv
-    serve(int(sys.argv[-1]))
-
-
 def callgrind_instructions(valgrind: str, command: list[str], env: dict[str, str], timeout: float) -> int:
     """Instructions ``command`` ran under ``valgrind --tool=callgrind`` (its
     "Collected" total); RuntimeError with the end of its stderr when it
@@ -258,3 +251,11 @@ def callgrind_instructions(valgrind: str, command: list[str], env: dict[str, str
     if proc.returncode != 0 or found is None:
         raise RuntimeError(f"exit {proc.returncode}: {proc.stderr[-2000:]}")
     return int(found.group(1))
+
+
+if __name__ == "__main__":
+    if "--defer" in sys.argv:
+        _deferred = []
+    _full_decode = "--full-decode" in sys.argv
+    serve(int(sys.argv[-1]))
+

@@ -361,9 +361,6 @@ static PyMethodDef module_methods[] = {
     {NULL},
 };
 
-#define INTERN(var, text)                                    \
-    if ((var = PyUnicode_InternFromString(text)) == NULL)    \
-        return -1;
 
 /* Runs at each import (see _cmodule.h: the main interpreter only). */
 static int
@@ -424,12 +421,7 @@ exec_module(PyObject *m)
         Py_XDECREF(body_type);
         return -1;
     }
-    if (PyType_Ready(&_cspan_EnsureSync_Type) < 0 ||
-        PyModule_AddObjectRef(m, "EnsureSync", (PyObject *)&_cspan_EnsureSync_Type) < 0 ||
-        PyType_Ready(&_cspan_StartResponse_Type) < 0 ||
-        PyModule_AddObjectRef(m, "StartResponse", (PyObject *)&_cspan_StartResponse_Type) < 0 ||
-        PyType_Ready(&_cspan_Respond_Type) < 0 ||
-        PyModule_AddObjectRef(m, "Respond", (PyObject *)&_cspan_Respond_Type) < 0)
+    if (_cspan_flask_exec(m) < 0)
         return -1;
     if (PyType_Ready(&_cspan_WriterQueue_Type) < 0 ||
         PyModule_AddObjectRef(m, "WriterQueue", (PyObject *)&_cspan_WriterQueue_Type) < 0)

@@ -335,8 +335,14 @@ int _cspan_queue_handover(ModuleState *st, PyObject *sink, PyObject *trace, PyOb
 extern PyType_Spec _cspan_Body_spec;
 PyObject *_cspan_closing_body(PyTypeObject *type, PyObject *body, PyObject *span);
 
-/* _cspan_flask.c */
-extern PyTypeObject _cspan_EnsureSync_Type, _cspan_StartResponse_Type, _cspan_Respond_Type;
+/* _cspan_flask.c: interns its names and adds EnsureSync, StartResponse and
+ * Respond to the module `m` (exec_module); -1 with an error. */
+int _cspan_flask_exec(PyObject *m);
+
+/* The modules' exec functions: `var` = the interned `text`, or return -1. */
+#define INTERN(var, text)                                 \
+    if ((var = PyUnicode_InternFromString(text)) == NULL) \
+        return -1;
 
 /* _cspan_ids.c */
 PyObject *_cspan_random_id(void);

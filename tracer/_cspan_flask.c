@@ -1,4 +1,4 @@
-/* contrib/flask's two per-call methods in C, for their common case:
+/* contrib/flask's three per-call methods in C, for their common case:
  *
  *   EnsureSync(fallback, state_type)     Flask.ensure_sync
  *   StartResponse(fallback, state_type)  RequestState.start_response
@@ -64,9 +64,11 @@ typedef struct {
 /* A slot of an instance of state_type (checked by the caller), or NULL. */
 #define SLOT(self, state, i) (*(PyObject **)((char *)(state) + (self)->offsets[i]))
 
-/* Interned, and the objects Respond compares with, at the first construction. */
+/* Interned, and the objects Respond compares with, at import (_cspan_flask_exec). */
 static PyObject *s_route, *s_lower, *s_response, *s__next, *s_func, *s_args, *s_gi_code, *s__callbacks, *s_self;
-static PyObject *partial_type, *builtin_next, *list_iterator, *tuple_iterator;
+static PyObject *partial_type, *builtin_next;
+
+static PyTypeObject EnsureSync_Type, StartResponse_Type, Respond_Type; /* defined at the end */
 
 /* -- EnsureSync ---------------------------------------------------------------- */
 
@@ -248,7 +250,7 @@ plain_body(MethodObject *self, PyObject *body)
         (args = PyObject_GetAttr(produce, s_args)) == NULL || !PyTuple_CheckExact(args) || PyTuple_GET_SIZE(args) < 1)
         goto done;
     PyObject *iterator = PyTuple_GET_ITEM(args, 0); /* held by args */
-    if ((PyObject *)Py_TYPE(iterator) == list_iterator || (PyObject *)Py_TYPE(iterator) == tuple_iterator) {
+    if (Py_IS_TYPE(iterator, &PyListIter_Type) || Py_IS_TYPE(iterator, &PyTupleIter_Type)) {
         plain = 1;
         goto done;
     }
@@ -327,53 +329,11 @@ slot_offset(PyObject *type, const char *name)
     return offset;
 }
 
-#define INTERN(var, text)                                                              \
-    if ((var) == NULL && ((var) = PyUnicode_InternFromString(text)) == NULL)              \
-        goto done;
-
-static int
-intern_names(void)
-{
-    if (s_self != NULL)
-        return 0;
-    PyObject *builtins = NULL, *functools = NULL, *items = NULL, *tuple = NULL, *it1 = NULL, *it2 = NULL;
-    int rc = -1;
-    INTERN(s_route, "http.route");
-    INTERN(s_lower, "lower");
-    INTERN(s_response, "response");
-    INTERN(s__next, "_next");
-    INTERN(s_func, "func");
-    INTERN(s_args, "args");
-    INTERN(s_gi_code, "gi_code");
-    INTERN(s__callbacks, "_callbacks");
-    if ((partial_type == NULL && ((functools = PyImport_ImportModule("functools")) == NULL ||
-                                  (partial_type = PyObject_GetAttrString(functools, "partial")) == NULL)) ||
-        (builtin_next == NULL && ((builtins = PyImport_ImportModule("builtins")) == NULL ||
-                                  (builtin_next = PyObject_GetAttrString(builtins, "next")) == NULL)) ||
-        (items = PyList_New(0)) == NULL || (tuple = PyTuple_New(0)) == NULL || (it1 = PyObject_GetIter(items)) == NULL ||
-        (it2 = PyObject_GetIter(tuple)) == NULL)
-        goto done;
-    if (list_iterator == NULL)
-        list_iterator = Py_NewRef((PyObject *)Py_TYPE(it1));
-    if (tuple_iterator == NULL)
-        tuple_iterator = Py_NewRef((PyObject *)Py_TYPE(it2));
-    INTERN(s_self, "__self__"); /* last: set means all are */
-    rc = 0;
-done:
-    Py_XDECREF(builtins);
-    Py_XDECREF(functools);
-    Py_XDECREF(items);
-    Py_XDECREF(tuple);
-    Py_XDECREF(it1);
-    Py_XDECREF(it2);
-    return rc;
-}
-
 static PyObject *
 Method_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
     PyObject *fallback, *state_type, *werkzeug[3] = {NULL, NULL, NULL};
-    int respond = type == &_cspan_Respond_Type;
+    int respond = type == &Respond_Type;
     if (kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0) {
         PyErr_Format(PyExc_TypeError, "%s() takes no keyword arguments", type->tp_name);
         return NULL;
@@ -390,9 +350,7 @@ Method_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
                      type->tp_name);
         return NULL;
     }
-    if (intern_names() < 0)
-        return NULL;
-    int wanted = type == &_cspan_EnsureSync_Type ? ENSURE_SYNC_SLOTS : respond ? RESPOND_SLOTS : START_RESPONSE_SLOTS;
+    int wanted = type == &EnsureSync_Type ? ENSURE_SYNC_SLOTS : respond ? RESPOND_SLOTS : START_RESPONSE_SLOTS;
     Py_ssize_t offsets[N_SLOTS];
     for (int i = 0; i < N_SLOTS; i++) {
         offsets[i] = 0;
@@ -408,7 +366,7 @@ Method_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->closing_iterator = Py_XNewRef(werkzeug[0]);
     self->iter_encoded = Py_XNewRef(werkzeug[1]);
     self->closing_body = Py_XNewRef(werkzeug[2]);
-    self->vectorcall = (vectorcallfunc)(type == &_cspan_EnsureSync_Type ? EnsureSync_vectorcall
+    self->vectorcall = (vectorcallfunc)(type == &EnsureSync_Type ? EnsureSync_vectorcall
                                         : respond                         ? Respond_vectorcall
                                                                           : StartResponse_vectorcall);
     return (PyObject *)self;
@@ -446,22 +404,18 @@ Method_dealloc(MethodObject *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static PyObject *
-Method_fallback(MethodObject *self, void *Py_UNUSED(closure))
-{
-    if (self->fallback == NULL) /* cleared by the GC */
-        Py_RETURN_NONE;
-    return Py_NewRef(self->fallback);
-}
+static PyMemberDef Method_members[] = {
+    {"fallback", T_OBJECT, offsetof(MethodObject, fallback), READONLY, "the Python function that does what is not done here"},
+    {NULL},
+};
 
 static PyGetSetDef Method_getset[] = {
-    {"fallback", (getter)Method_fallback, NULL, "the Python function that does what is not done here", NULL},
     {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
     {NULL},
 };
 
 #define METHOD_TYPE(c_name, py_name, doc)                                                                        \
-    PyTypeObject c_name = {                                                                                      \
+    static PyTypeObject c_name = {                                                                                      \
         PyVarObject_HEAD_INIT(NULL, 0).tp_name = "tracer._cspan." py_name,                                       \
         .tp_basicsize = sizeof(MethodObject),                                                                     \
         .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_METHOD_DESCRIPTOR | Py_TPFLAGS_HAVE_VECTORCALL, \
@@ -473,16 +427,44 @@ static PyGetSetDef Method_getset[] = {
         .tp_traverse = (traverseproc)Method_traverse,                                                             \
         .tp_clear = (inquiry)Method_clear,                                                                        \
         .tp_dealloc = (destructor)Method_dealloc,                                                                 \
+        .tp_members = Method_members,                                                                             \
         .tp_getset = Method_getset,                                                                               \
         .tp_new = Method_new,                                                                                     \
     }
 
-METHOD_TYPE(_cspan_EnsureSync_Type, "EnsureSync",
+METHOD_TYPE(EnsureSync_Type, "EnsureSync",
             "EnsureSync(fallback, state_type): Flask.ensure_sync, the active request's traced functions looked "
             "up in C, the rest by fallback.");
-METHOD_TYPE(_cspan_StartResponse_Type, "StartResponse",
+METHOD_TYPE(StartResponse_Type, "StartResponse",
             "StartResponse(fallback, state_type): RequestState.start_response, its common case in C, the rest "
             "by fallback.");
-METHOD_TYPE(_cspan_Respond_Type, "Respond",
+METHOD_TYPE(Respond_Type, "Respond",
             "Respond(fallback, state_type, closing_iterator, iter_encoded, closing_body): RequestState.respond, a "
             "plain Werkzeug body wrapped in C, the rest by fallback.");
+
+int
+_cspan_flask_exec(PyObject *m)
+{
+    INTERN(s_route, "http.route");
+    INTERN(s_lower, "lower");
+    INTERN(s_response, "response");
+    INTERN(s__next, "_next");
+    INTERN(s_func, "func");
+    INTERN(s_args, "args");
+    INTERN(s_gi_code, "gi_code");
+    INTERN(s__callbacks, "_callbacks");
+    INTERN(s_self, "__self__");
+    PyObject *functools = PyImport_ImportModule("functools"), *builtins = PyImport_ImportModule("builtins");
+    Py_XSETREF(partial_type, functools == NULL ? NULL : PyObject_GetAttrString(functools, "partial"));
+    Py_XSETREF(builtin_next, builtins == NULL ? NULL : PyObject_GetAttrString(builtins, "next"));
+    Py_XDECREF(functools);
+    Py_XDECREF(builtins);
+    if (partial_type == NULL || builtin_next == NULL)
+        return -1;
+    if (PyType_Ready(&EnsureSync_Type) < 0 || PyModule_AddObjectRef(m, "EnsureSync", (PyObject *)&EnsureSync_Type) < 0 ||
+        PyType_Ready(&StartResponse_Type) < 0 ||
+        PyModule_AddObjectRef(m, "StartResponse", (PyObject *)&StartResponse_Type) < 0 ||
+        PyType_Ready(&Respond_Type) < 0 || PyModule_AddObjectRef(m, "Respond", (PyObject *)&Respond_Type) < 0)
+        return -1;
+    return 0;
+}

@@ -174,13 +174,10 @@ def _ensure_sync(original: Callable[..., Any]) -> Callable[..., Any]:
         phase = None
         if span is not None:
             try:
-                state = span._request
-                if state is None:
-                    # A finished span the last function's left in the variable
-                    # (the pure-Python span's end leaves its parent's place
-                    # there) reads as its parent, the request's root.
-                    up = span._parent if span.duration_ns is not None else None
-                    state = (up._request if up is not None else None) or _request_state(span)
+                # The root's, or (the span the last function left in the
+                # variable: the pure-Python span's end leaves it there) its
+                # parent's: request_state's first two steps, without its call.
+                state = span._request or ((up := span._parent) is not None and up._request) or _request_state(span)
                 if state is not None:
                     # Only sync functions are in ``traced``: Flask's ensure_sync
                     # would return ``func`` itself (its coroutine check is

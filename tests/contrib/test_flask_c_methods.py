@@ -26,9 +26,10 @@ from typing import Any
 
 import flask
 import pytest
+from werkzeug.wsgi import ClosingIterator
 
 from contrib.flask._request import RequestState
-from tests.contrib.apps.flask_helpers import patched_for_module, trees
+from tests.contrib.apps.flask_helpers import get_body, patched_for_module, trees
 from tracer import _errors, tracer
 from tracer.span import MAX_VALUE_LEN, _cspan
 
@@ -58,14 +59,6 @@ def _wrapper_calls(run: Any, raw: Any = None) -> int:
     return calls
 
 
-def _get(client: Any, path: str) -> bytes:
-    response = client.get(path)
-    try:
-        return bytes(response.get_data())
-    finally:
-        response.close()
-
-
 @pytest.mark.skipif(_cspan is None, reason="the C span is not built (TRACER_PURE_PYTHON or no compiler)")
 def test_the_endpoints_next_requests_never_enter_the_python_wrapper(traced: Any) -> None:
     """Each user function goes through the wrapper on its endpoint's first
@@ -88,8 +81,8 @@ def test_the_endpoints_next_requests_never_enter_the_python_wrapper(traced: Any)
         return "ok"
 
     client = app.test_client()
-    assert _wrapper_calls(lambda: _get(client, "/")) == 3
-    assert _wrapper_calls(lambda: [_get(client, "/") for _ in range(4)]) == 4  # one a request: the rule's match
+    assert _wrapper_calls(lambda: get_body(client, "/")) == 3
+    assert _wrapper_calls(lambda: [get_body(client, "/") for _ in range(4)]) == 4  # one a request: the rule's match
     here = "test_the_endpoints_next_requests_never_enter_the_python_wrapper.<locals>"
     assert trees(traced, 5) == [
         "flask.request ensure_sync_app 'GET /' http.status_code=200\n"
@@ -139,7 +132,7 @@ def test_a_span_the_app_left_active_still_leads_to_the_request(traced: Any) -> N
 
     client = app.test_client()
     for _ in range(2):
-        assert _get(client, "/") == b"ok"
+        assert get_body(client, "/") == b"ok"
     here = "test_a_span_the_app_left_active_still_leads_to_the_request.<locals>"
     assert trees(traced, 2) == [
         "flask.request ensure_sync_left_active 'GET /' http.status_code=200\n"
@@ -180,7 +173,7 @@ def test_a_hook_that_cannot_be_looked_up_runs_untraced(traced: Any) -> None:
 
     client = app.test_client()
     for _ in range(3):
-        assert _get(client, "/") == b"ok"
+        assert get_body(client, "/") == b"ok"
     assert hook.calls == 3
     assert {where for where, _ in _errors.swallowed} == {"flask.ensure_sync"}
     assert trees(traced, 3) == ["flask.request ensure_sync_unhashable 'GET /' http.status_code=200"] * 3
@@ -249,7 +242,7 @@ def test_start_response_records_the_status_and_the_header_tags(traced: Any, sett
     settings.header_tags = {"x-api": "api.version", "x-long": "long"}
     client = _status_app("status_app").test_client()
     for path in ("/ok", "/created", "/missing", "/fail", "/ok"):
-        _get(client, path)
+        get_body(client, path)
     long_tag = "x" * MAX_VALUE_LEN
     assert _root_tags(traced, 5) == [
         ("GET /ok", "0", {"http.status_code": "200", "api.version": "v1", "long": long_tag}),
@@ -269,34 +262,42 @@ def test_start_response_leaves_only_the_unusual_cases_to_python(traced: Any, set
     client = _status_app("status_c_app").test_client()
     raw = RequestState.__dict__["start_response"]
     assert type(raw) is _cspan.StartResponse
-    assert _wrapper_calls(lambda: [_get(client, "/created") for _ in range(3)], raw) == 0
+    assert _wrapper_calls(lambda: [get_body(client, "/created") for _ in range(3)], raw) == 0
     settings.header_tags = {"x-api": "api.version", "x-long": "long"}
-    assert _wrapper_calls(lambda: _get(client, "/ok"), raw) == 1
-    assert _wrapper_calls(lambda: [_get(client, p) for p in ("/missing", "/fail")], raw) == 2
+    assert _wrapper_calls(lambda: get_body(client, "/ok"), raw) == 1
+    assert _wrapper_calls(lambda: [get_body(client, p) for p in ("/missing", "/fail")], raw) == 2
     trees(traced, 6)
 
 
 @pytest.mark.skipif(_cspan is None, reason="the C span is not built (TRACER_PURE_PYTHON or no compiler)")
 def test_respond_wraps_a_plain_body_in_c_and_leaves_the_rest_to_python(traced: Any) -> None:
-    """A str, an empty body and a one-chunk Response are wrapped in C; two
-    chunks and a generator go to the Python method. Every request span is
-    sent, and none is left active or holding its request's state."""
+    """A str, an empty body (a 204: Werkzeug's ClosingIterator over an
+    empty tuple), a one-chunk Response and a ClosingIterator over a one-chunk
+    list are wrapped in C; two chunks and a generator go to the Python
+    method. Every request span is sent, and none is left active or holding
+    its request's state."""
+
+    class ListBody(flask.Response):
+        def get_app_iter(self, environ: Any) -> Any:
+            return ClosingIterator([b"p"], self.close)
+
     app = flask.Flask("respond_app")
     app.add_url_rule("/text", "text", lambda: "ok")
     app.add_url_rule("/empty", "empty", lambda: ("", 204))
     app.add_url_rule("/chunk", "chunk", lambda: flask.Response(b"one"))
+    app.add_url_rule("/list", "list", lambda: ListBody())
     app.add_url_rule("/chunks", "chunks", lambda: flask.Response([b"a", b"b"]))
     app.add_url_rule("/stream", "stream", lambda: flask.Response(iter([b"s"])))
     client = app.test_client()
     raw = RequestState.__dict__["respond"]
     assert type(raw) is _cspan.Respond
-    for path in ("/text", "/empty", "/chunk", "/chunks", "/stream"):
-        _get(client, path)  # each endpoint's first request
-    assert _wrapper_calls(lambda: [_get(client, p) for p in ("/text", "/empty", "/chunk") * 2], raw) == 0
-    assert _wrapper_calls(lambda: [_get(client, p) for p in ("/chunks", "/stream")], raw) == 2
+    bodies = [get_body(client, path) for path in ("/text", "/empty", "/chunk", "/list", "/chunks", "/stream")]
+    assert bodies == [b"ok", b"", b"one", b"p", b"ab", b"s"]  # each endpoint's first request
+    assert _wrapper_calls(lambda: [get_body(client, p) for p in ("/text", "/empty", "/chunk", "/list") * 2], raw) == 0
+    assert _wrapper_calls(lambda: [get_body(client, p) for p in ("/chunks", "/stream")], raw) == 2
     assert tracer.current_span() is None
-    got = trees(traced, 13)
-    assert [tree.split(" ")[2] for tree in got] == ["'GET"] * 13
+    got = trees(traced, 16)
+    assert [tree.split(" ")[2] for tree in got] == ["'GET"] * 16
     assert all("http.status_code=" in tree for tree in got)
 
 

@@ -18,7 +18,7 @@ import flask
 import pytest
 from werkzeug.test import EnvironBuilder
 
-from tests.contrib.apps.flask_helpers import patched_for_module, trees
+from tests.contrib.apps.flask_helpers import get_body, patched_for_module, trees
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -38,14 +38,6 @@ def _flask_calls(name: str, run: Any) -> int:
         for (filename, _line, func), (_cc, calls, _own, _cum, _callers) in stats.stats.items()
         if func == name and filename.startswith(package)
     )
-
-
-def _get(client: Any, path: str) -> bytes:
-    response = client.get(path)
-    try:
-        return bytes(response.get_data())
-    finally:
-        response.close()
 
 
 def test_a_traced_function_skips_flasks_ensure_sync_after_its_first_request(traced: Any) -> None:
@@ -75,7 +67,7 @@ def test_a_traced_function_skips_flasks_ensure_sync_after_its_first_request(trac
     client = app.test_client()
 
     def first() -> None:
-        assert _get(client, "/a") == b"a" and _get(client, "/b") == b"b"
+        assert get_body(client, "/a") == b"a" and get_body(client, "/b") == b"b"
 
     def again() -> None:
         for _ in range(3):
@@ -114,7 +106,7 @@ def test_an_async_hook_is_run_through_flasks_wrapper_on_every_request(traced: An
 
     client = app.test_client()
     for _ in range(3):
-        assert _get(client, "/") == b"ok"
+        assert get_body(client, "/") == b"ok"
     assert runs == [1, 1, 1]
     here = "test_an_async_hook_is_run_through_flasks_wrapper_on_every_request.<locals>"
     assert trees(traced, 3) == [

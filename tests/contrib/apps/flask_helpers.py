@@ -56,3 +56,13 @@ def root_of(spans: list[dict[str, Any]]) -> dict[str, Any]:
 
 def stable_meta(span: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in span["meta"].items() if k not in VOLATILE_META}
+
+
+def get_body(client: Any, path: str) -> bytes:
+    """The body of ``GET path`` from a Flask test client, the response closed
+    (as a WSGI server closes it: the request's span ends there)."""
+    response = client.get(path)
+    try:
+        return bytes(response.get_data())
+    finally:
+        response.close()
