@@ -9,6 +9,7 @@ subclasses)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import msgpack
@@ -16,8 +17,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent_sim.decode import unpack_v04
+from agent_sim.normalize import normalize_payload
 from tests.tracer.test_encoding_v04_flat import flat_encode, text, wire_maps
-from tracer.encoding import _V04_FOLD_MIN, _V04_FOLD_MIN_SPANS, _V04_FOLDED, _V04_FOLDED_MAX, _V04_KEYS, PayloadV04
+from tracer.encoding import (
+    _V04_FOLD_MIN,
+    _V04_FOLD_MIN_SPANS,
+    _V04_FOLDED,
+    _V04_FOLDED_MAX,
+    _V04_KEYS,
+    PayloadV04,
+    _array_header,
+)
 from tracer.span import RECORD_LEN
 
 
@@ -70,6 +81,18 @@ def test_a_large_chunk_packs_its_shared_fields_once_and_joins_them_after_the_tra
     assert first_keys(body) == ["trace_id", "service", "type", "error", *_V04_KEYS[1:3], *_V04_KEYS[4:6], *_V04_KEYS[7:9], "meta", "metrics"]
     # Three keys and three values a span fewer to pack.
     assert len(payload._flat) == 40 * (2 * len(_V04_KEYS) - 6)
+
+
+def test_the_receiver_ingests_folded_maps_as_the_span_maps() -> None:
+    # agent_sim's ingest path (unpacked, then checked and normalized, in C
+    # where built) reads the maps by key.
+    chunk = chunk_of(40, type_0="web")
+    now = time.time_ns()
+    chunk[7::RECORD_LEN] = [now + i for i in range(40)]  # recent: the receiver keeps the starts
+    folded = _array_header(1) + flat_encode(PayloadV04(), chunk)
+    assert first_keys(folded[1:])[1:3] == ["service", "error"]
+    standard = _array_header(1) + wire_maps(chunk)
+    assert normalize_payload(unpack_v04(folded)) == normalize_payload(unpack_v04(standard))
 
 
 @pytest.mark.parametrize(

@@ -201,6 +201,25 @@ def test_test_agent_accepts_and_returns_the_same_spans(test_agent: DatadogTestAg
     assert status == 200, body
 
 
+def test_a_large_trace_of_one_service_arrives_whole(test_agent: DatadogTestAgent, to_test_agent: Any) -> None:
+    # 41 spans sharing service, type and error: the pure-Python encoder packs
+    # those once and puts them after each span's trace_id (the maps' keys in
+    # another order); the C encoder writes the standard order. Either way
+    # the test agent reads every field.
+    to_test_agent("v0.4")
+    with tracer.trace("bulk.root", service="wire-bulk") as root:
+        for i in range(40):
+            with tracer.trace("bulk.child", resource=f"item {i}") as child:
+                child.set_tag("i", str(i))
+    assert tracer.flush(10), tracer.writer.stats()
+    got = received_spans(test_agent, root.trace_id)
+    assert len(got) == 41
+    assert {(s["service"], s.get("type") or "", s["error"]) for s in got} == {("wire-bulk", "", 0)}
+    assert sorted(s["resource"] for s in got if s["name"] == "bulk.child") == sorted(f"item {i}" for i in range(40))
+    status, body = test_agent.get("/test/trace_check/failures")
+    assert status == 200, body
+
+
 def test_checks_are_really_on(test_agent: DatadogTestAgent) -> None:
     """Negative control: a payload whose X-Datadog-Trace-Count lies is refused,
     so the acceptance above means something."""
