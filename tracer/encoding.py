@@ -16,9 +16,9 @@ Input: chunks as the buffer hands them over, flat lists of span records
 
 Speed (see docs/performance.md): ``tracer._cencode`` (C, built at install
 when a compiler is there) encodes a chunk in one call, to the same bytes as
-the Python code here (v0.4: the same maps; the Python code may put a
-service, type or error shared by a large chunk's spans right after
-``trace_id``); without it, pure Python on msgpack's C packer. Each trace
+the Python code here (v0.4: the same maps; the Python code may put the
+fields a large chunk's spans share right after ``trace_id``, and its last
+span after the others); without it, pure Python on msgpack's C packer. Each trace
 is packed on its own and its span dicts/lists die right away; building every
 span's dict for a whole payload first and packing once keeps ~100k tracked
 containers alive and lets the cyclic GC's full collections dominate (measured
@@ -81,23 +81,28 @@ _V04_SECOND_KEY = msgpack.packb(_V04_KEYS[1])
 _V04_FLAT_MIN_SPANS = 3
 _NEVER = 1 << 62
 
-# _encode_flat folds a service, type or error that every span of a chunk
-# has: the key and value are packed once, into the bytes the join puts after
-# the trace id, and left out of the packed list (each one ~200 instructions
-# a span). The fields that may fold, by their index in a record; a layout's
-# number has bit i set when the i-th folds.
-_SERVICE, _TYPE, _ERROR = _V04_FOLDS = tuple(_V04_KEYS.index(key) for key in ("service", "type", "error"))
+# _encode_flat folds a parent id, service, name, resource, type or error
+# that every span of a chunk has (or every span but the last, usually the
+# local root, which finishes last): the key and value are packed once, into
+# the bytes the join puts after the trace id, and left out of the packed
+# list (each one ~200 instructions a span). The fields that may fold, by their index in
+# a record; a layout's number has bit i set when the i-th folds.
+_V04_FOLDS = tuple(_V04_KEYS.index(key) for key in ("parent_id", "service", "name", "resource", "type", "error"))
 _V04_PACKED_KEYS = [msgpack.packb(key) for key in _V04_KEYS]
 # Folding copies the chunk's values to leave the folded ones out (~9 k
 # instructions for 20 spans) and saves ~400 a span for each field folded;
-# looking costs ~3 k a chunk. So chunks of _V04_FOLD_MIN_SPANS spans or more
-# are looked at, and fold when spans times fields folded reach _V04_FOLD_MIN.
-# Callgrind, a chunk's encoding against no folding (benchmarks' chunk
-# shapes, a root whose service or type differs or not): 101 spans, all
-# three fields folded -12.7 %, service and error -8.1 %, error alone -2.4 %;
-# 64 spans, error alone -1.8 %; 32 spans, all three -10.0 %, service and
-# error -5.3 %, error alone not folded +1.0 % (the look); 31 spans +0.3 %.
+# looking costs ~5-10 k a chunk; a last span set apart is packed as one span
+# map (~21 k). So chunks of _V04_FOLD_MIN_SPANS spans or more are looked at;
+# they fold when the spans times the fields folded reach _V04_FOLD_MIN, and
+# set their last span apart when that adds _V04_APART_MIN more. Callgrind,
+# a chunk's encoding against no folding, children of one root that comes
+# last: 101 spans of bench_spans.py -23.1 %, a request and 100 identical
+# queries -22.9 %, 100 different queries -17.6 %; 40 spans -16.2 % and
+# -11.9 %; 31 spans (not looked at) +0.4 %; nothing shared, values
+# alternating (each column counted in full, equal strs of other objects
+# compared) +9.1 % at 32 spans, +1.0 % at 101.
 _V04_FOLD_MIN = 64
+_V04_APART_MIN = 64
 _V04_FOLD_MIN_SPANS = 32
 
 
@@ -113,76 +118,78 @@ def _v04_layout(fold: int) -> _Layout:
     kept = [field for field in range(len(_V04_KEYS)) if field not in folded]
     keyed: list[Any] = [item for field in kept for item in (_V04_KEYS[field], None)]
     keyed[:3] = (None, _V04_MARK, False)  # the stand-ins
-    or_empty = tuple(2 * kept.index(field) + 1 for field in (_SERVICE, _TYPE) if field in kept)
+    or_empty = tuple(2 * kept.index(field) + 1 for field in _V04_OR_EMPTY_FIELDS if field in kept)
     # The last first: the earlier ones keep their place in the record.
     drops = tuple((field, RECORD_LEN - i) for i, field in enumerate(reversed(folded)))
     return _Layout(keyed, or_empty, drops, len(folded))
 
 
+# service and type: None (or any falsy value) is "" on the wire, and a None
+# shared by every span folds as "".
+_V04_OR_EMPTY_FIELDS = (_V04_KEYS.index("service"), _V04_KEYS.index("type"))
 _V04_LAYOUTS = [_v04_layout(fold) for fold in range(1 << len(_V04_FOLDS))]
 # _encode_flat's list when nothing folds: the keys at even places, a record's
 # values at odd ones (the first key, the trace id and the second key as stand-ins).
 _V04_FLAT_KEYED, _V04_OR_EMPTY = _V04_LAYOUTS[0].keyed, _V04_LAYOUTS[0].or_empty
+# For each field that may fold: its bit, its index in a record, the exact
+# type its value must have (ids and error: int), and whether None may fold
+# (as "": service and type).
+_V04_FOLD_FIELDS = tuple(
+    (1 << i, field, int if _V04_KEYS[field] in ("parent_id", "error") else str, field in _V04_OR_EMPTY_FIELDS)
+    for i, field in enumerate(_V04_FOLDS)
+)
 # The folded fields' keys and values, packed, by (layout, the values): what
-# _encode_flat joins without packing them for each chunk (a few services and
-# types, error 0 or 1). Emptied when full.
+# _encode_flat joins without packing them for each chunk (a few services,
+# names and types, error 0 or 1). Emptied when full.
 _V04_FOLDED: dict[tuple[Any, ...], bytes] = {}
 _V04_FOLDED_MAX = 256
 
 
-def _v04_fold(chunk: list[Any], n: int) -> tuple[int, bytes]:
-    """The layout (0: none) and packed keys and values of the fields that
-    fold in ``chunk``: the same value in every span, the first one an exact
-    ``str`` (or None for service and type) or ``int``. The last span's is
-    compared first, then the column's (a root's service or type often
-    differs from its children's; error is mostly 0 throughout). Equal values
-    of another type (``False`` or ``0.0`` for an error of ``0``) go on the
-    wire as the first one. Unrolled: a loop over the three cost ~2 k
-    instructions a chunk more."""
-    fold = 0
-    service = chunk[_SERVICE]
-    if (
-        chunk[_SERVICE - RECORD_LEN] == service
-        and (service is None or type(service) is str)
-        and chunk[_SERVICE::RECORD_LEN].count(service) == n
-    ):
-        fold = 1
+def _v04_fold(chunk: list[Any], n: int) -> tuple[int, bytes, bool]:
+    """The layout (0: none), the packed keys and values of the fields that
+    fold in ``chunk``, and whether its last span is set apart (packed as a
+    span map of its own, the fields folded for the others).
+
+    A field folds when every span (or every span but the last) has the
+    first span's value there, an exact ``str`` (or None for service and
+    type) or an exact ``int`` for parent_id and error; equal values of another type
+    (``False`` or ``0.0`` for an error of ``0``) go on the wire as the first
+    one. The next-to-last span's value is compared first, then the column's."""
+    both = 0  # folds with the last span too
+    head = 0  # folds without it
+    shared = []
+    for bit, field, cls, or_empty in _V04_FOLD_FIELDS:
+        first = chunk[field]
+        if (
+            chunk[field - 2 * RECORD_LEN] == first
+            and (type(first) is cls or (or_empty and first is None))
+            and chunk[field : -RECORD_LEN : RECORD_LEN].count(first) == n - 1
+        ):
+            head |= bit
+            shared.append(first)
+            if chunk[field - RECORD_LEN] == first:
+                both |= bit
+        else:
+            shared.append(None)
+    pairs = _V04_LAYOUTS[both].pairs
+    if (_V04_LAYOUTS[head].pairs - pairs) * (n - 1) >= _V04_APART_MIN:
+        fold, apart = head, True
+    elif n * pairs >= _V04_FOLD_MIN:
+        fold, apart = both, False
     else:
-        service = None
-    span_type = chunk[_TYPE]
-    if (
-        chunk[_TYPE - RECORD_LEN] == span_type
-        and (span_type is None or type(span_type) is str)
-        and chunk[_TYPE::RECORD_LEN].count(span_type) == n
-    ):
-        fold |= 2
-    else:
-        span_type = None
-    error = chunk[_ERROR]
-    if (
-        (fold or n >= _V04_FOLD_MIN)  # else it would fold alone, which would not pay
-        and chunk[_ERROR - RECORD_LEN] == error
-        and type(error) is int
-        and chunk[_ERROR::RECORD_LEN].count(error) == n
-    ):
-        fold |= 4
-    else:
-        error = None
-    if not fold or n * _V04_LAYOUTS[fold].pairs < _V04_FOLD_MIN:
-        return 0, b""
-    key = (fold, service, span_type, error)
+        return 0, b"", False
+    key = (fold, *shared)
     packed = _V04_FOLDED.get(key)
     if packed is None:
         packed = b"".join(
             _V04_PACKED_KEYS[field] + msgpack.packb("" if value is None else value)
-            for i, (field, value) in enumerate(zip(_V04_FOLDS, key[1:], strict=True))
-            if fold >> i & 1
+            for (bit, field, _, _), value in zip(_V04_FOLD_FIELDS, shared, strict=True)
+            if fold & bit
         )
         if len(_V04_FOLDED) >= _V04_FOLDED_MAX:
             _V04_FOLDED.clear()
         _V04_FOLDED[key] = packed
-    return fold, packed
-
+    return fold, packed, apart
 
 def _pack_loose(obj: Any) -> bytes:
     """msgpack's default packing (subclasses of str, int, dict, tuples), for
@@ -281,40 +288,46 @@ class PayloadV04:
         pieces tells. ~3.1 k instructions per span less than the span maps,
         ~11 k more per chunk (``_V04_FLAT_MIN_SPANS``).
 
-        In a chunk of 32 spans or more, a service, type or error that every
-        span has is folded (``_v04_fold``): packed once, joined after each
-        span's trace id, and left out of the list. Those maps hold the same
-        keys and values with the folded ones after ``trace_id`` (v0.4 maps
-        are read by key: the agent, the test agent and agent_sim decode
-        them alike)."""
+        In a chunk of 32 spans or more, a parent id, service, name,
+        resource, type or error that every span has (or every span but the last, which then
+        goes as a span map of its own after the others) is folded
+        (``_v04_fold``): packed once, joined after each span's trace id, and
+        left out of the list. Those maps hold the same keys and values with
+        the folded ones after ``trace_id`` (v0.4 maps are read by key: the
+        agent, the test agent and agent_sim decode them alike)."""
         if n * RECORD_LEN != len(chunk):
             raise ValueError("a chunk is a whole number of span records")
         tid = chunk[0] & _MASK64  # the wire's trace_id: the low 64 bits
-        fold, folded = _v04_fold(chunk, n) if n >= _V04_FOLD_MIN_SPANS else (0, b"")
+        fold, folded, apart = _v04_fold(chunk, n) if n >= _V04_FOLD_MIN_SPANS else (0, b"", False)
+        spans = n
         if fold:
             keyed, or_empty, drops, _ = _V04_LAYOUTS[fold]
-            values = chunk[:]
+            if apart:
+                spans = n - 1
+                values = chunk[:-RECORD_LEN]
+            else:
+                values = chunk[:]
             for start, step in drops:
                 del values[start::step]
         else:
             keyed, or_empty, values = _V04_FLAT_KEYED, _V04_OR_EMPTY, chunk
         width = len(keyed)
         flat = self._flat
-        if len(flat) != n * width or self._flat_fold != fold:
+        if len(flat) != spans * width or self._flat_fold != fold:
             # Only the values (odd places) are stored below: the keys of the
             # last chunk's list stay, and a chunk of its size and layout
             # reuses it (-17 ns per span of ~590: no list of 24 items per
             # span to fill and free).
-            flat = self._flat = keyed * n
+            flat = self._flat = keyed * spans
             self._flat_fold = fold
         flat[1::2] = values
-        flat[1::width] = [_V04_MARK] * n
+        flat[1::width] = [_V04_MARK] * spans
         for at in or_empty:  # service, type: None (or any falsy value) is "" on the wire
             column = flat[at::width]
             if not all(column):
                 # Usually None throughout (children without a type): no Python loop then.
-                if column.count(None) == n:
-                    flat[at::width] = [""] * n
+                if column.count(None) == spans:
+                    flat[at::width] = [""] * spans
                 else:
                     flat[at::width] = [value or "" for value in column]
         # Packed inside a one-item list: the values sit as deep as in a span
@@ -328,10 +341,13 @@ class PayloadV04:
         # of ~625). The piece before the first span, the outer arrays'
         # headers ([array(24n)), becomes the chunk's header.
         pieces = body.split(_V04_SEARCHED)
-        if len(pieces) != n + 1:
+        if len(pieces) != spans + 1:
             return self._encode(chunk, _NEVER)
         pieces[0] = _array_header(n)
-        return (_V04_FIRST_KEY + self._pack(tid) + folded + _V04_SECOND_KEY).join(pieces)
+        body = (_V04_FIRST_KEY + self._pack(tid) + folded + _V04_SECOND_KEY).join(pieces)
+        if apart:  # the last span's map, after the others (its one-byte array header cut)
+            body += self._encode(chunk[-RECORD_LEN:], _NEVER)[1:]
+        return body
 
     def _encode(self, chunk: list[Any], flat_from: int = _V04_FLAT_MIN_SPANS) -> bytes:
         """The chunk's array of span maps; from ``flat_from`` spans on, by

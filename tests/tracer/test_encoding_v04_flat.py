@@ -92,8 +92,11 @@ def test_every_array_header_size(spans: int, fold: bool) -> None:
     tid = (9 << 64) | 0xDEADBEEF
     chunk: list[Any] = []
     for i in range(spans):
-        service, span_type, error = ("svc", None, 0) if fold else (f"svc{i}", f"t{i % 2}", i % 2)
-        chunk += (tid, i + 1, 0, service, "op", "res", span_type, 10 + i, 5, error, {"k": "v"}, {"m": i})
+        if fold:
+            service, name, resource, span_type, error = "svc", "op", "res", None, 0
+        else:
+            service, name, resource, span_type, error = f"svc{i}", f"op{i}", f"res{i}", f"t{i % 2}", i % 2
+        chunk += (tid, i + 1, 0 if fold else i, service, name, resource, span_type, 10 + i, 5, error, {"k": "v"}, {"m": i})
     fast = flat_encode(PayloadV04(), chunk)
     wire = wire_maps(chunk)
     assert fast[:3] == wire[:3]

@@ -1,11 +1,12 @@
-"""The pure-Python v0.4 encoder folds the service, type and error that every
-span of a large chunk shares: their keys and values are packed once, into
-the bytes put after each span's trace id, instead of once a span. The maps
-hold the same keys and values (in another order: v0.4 maps are read by key);
-differential against msgpack's packing of the wire maps, decoded, with
-columns that are the same throughout, all but one, or all different, and
-with the values the rule must keep apart (None and "", 0 and False, str
-subclasses)."""
+"""The pure-Python v0.4 encoder folds the service, name, resource, type and
+error that every span of a large chunk shares (or every span but the last,
+usually the local root, which then goes as a span map of its own after the
+others): their keys and values are packed once and joined after each span's
+trace id, instead of packed once a span. The maps hold the same keys and
+values (in another order: v0.4 maps are read by key). Differential against
+msgpack's packing of the wire maps, decoded, with columns that are the same
+throughout, all but one, or all different, and with the values the rule
+must keep apart (None and "", 0 and False, str subclasses)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from agent_sim.decode import unpack_v04
 from agent_sim.normalize import normalize_payload
 from tests.tracer.test_encoding_v04_flat import flat_encode, text, wire_maps
 from tracer.encoding import (
+    _V04_APART_MIN,
     _V04_FOLD_MIN,
     _V04_FOLD_MIN_SPANS,
     _V04_FOLDED,
@@ -31,6 +33,9 @@ from tracer.encoding import (
 )
 from tracer.span import RECORD_LEN
 
+FIELDS = ("parent_id", "service", "name", "resource", "type", "error")
+AT = {field: _V04_KEYS.index(field) for field in FIELDS}
+
 
 class Name(str):
     """A str subclass: equal to a str, packed as one, but not folded as the first value."""
@@ -40,26 +45,42 @@ def decoded(body: bytes) -> Any:
     return msgpack.unpackb(body, strict_map_key=False)
 
 
-def first_keys(body: bytes) -> list[str]:
-    """The first span map's keys, in the order they are on the wire."""
-    return [key for key, _ in msgpack.unpackb(body, object_pairs_hook=list)[0]]
+def keys_of(body: bytes, span: int = 0) -> list[str]:
+    """A span map's keys, in the order they are on the wire."""
+    return [key for key, _ in msgpack.unpackb(body, object_pairs_hook=list)[span]]
 
 
-def chunk_of(n: int, service: Any = "svc", span_type: Any = None, error: Any = 0, **at: Any) -> list[Any]:
-    """n spans; ``at`` maps "service_3" (say) to span 3's own value."""
+def folded_keys(body: bytes, span: int = 0) -> list[str]:
+    keys = keys_of(body, span)
+    return keys[1 : keys.index("span_id")]
+
+
+def chunk_of(
+    n: int,
+    service: Any = "svc",
+    span_type: Any = None,
+    error: Any = 0,
+    names_differ: bool = False,
+    parent: Any = None,
+    **at: Any,
+) -> list[Any]:
+    """n spans, each of its own resource, the first one's parent 0 and the
+    others' 1 unless ``parent`` is given; ``at`` maps "service_3" (say) to
+    span 3's own value (-1: the last span's)."""
     out: list[Any] = []
     for i in range(n):
+        own = {key.rsplit("_", 1)[0]: value for key, value in at.items() if int(key.rsplit("_", 1)[1]) in (i, i - n)}
         out += (
             (7 << 64) | 99,
             i + 1,
-            0 if i == 0 else 1,
-            at.get(f"service_{i}", service),
-            "op",
+            own.get("parent", (0 if i == 0 else 1) if parent is None else parent),
+            own.get("service", service),
+            own.get("name", f"op{i}" if names_differ else "op"),
             f"res{i}",
-            at.get(f"type_{i}", span_type),
+            own.get("type", span_type),
             1_000 + i,
             5 + i,
-            at.get(f"error_{i}", error),
+            own.get("error", error),
             {"k": str(i)},
             {"m": i},
         )
@@ -78,42 +99,60 @@ def test_a_large_chunk_packs_its_shared_fields_once_and_joins_them_after_the_tra
     body = flat_encode(payload, chunk)
     assert decoded(body) == decoded(wire_maps(chunk))
     assert len(body) == len(wire_maps(chunk))  # the same bytes, in another order
-    assert first_keys(body) == ["trace_id", "service", "type", "error", *_V04_KEYS[1:3], *_V04_KEYS[4:6], *_V04_KEYS[7:9], "meta", "metrics"]
-    # Three keys and three values a span fewer to pack.
-    assert len(payload._flat) == 40 * (2 * len(_V04_KEYS) - 6)
+    rest = ["span_id", "parent_id", "resource", "start", "duration", "meta", "metrics"]
+    assert keys_of(body) == ["trace_id", "service", "name", "type", "error", *rest]
+    assert keys_of(body, -1) == keys_of(body)
+    # Four keys and four values a span fewer to pack.
+    assert len(payload._flat) == 40 * (2 * len(_V04_KEYS) - 8)
+
+
+def test_a_last_span_of_its_own_goes_as_a_span_map_after_the_others() -> None:
+    # What a complete trace looks like: the local root finishes last, with
+    # its own name, resource and type.
+    chunk = chunk_of(40, name_39="flask.request", type_39="web")
+    body = encode(chunk)
+    assert folded_keys(body) == ["service", "name", "type", "error"]
+    assert keys_of(body, -1) == list(_V04_KEYS)  # the standard order
+    assert folded_keys(body, -2) == ["service", "name", "type", "error"]
+    assert len(decoded(body)) == 40
 
 
 def test_the_receiver_ingests_folded_maps_as_the_span_maps() -> None:
     # agent_sim's ingest path (unpacked, then checked and normalized, in C
     # where built) reads the maps by key.
-    chunk = chunk_of(40, type_0="web")
-    now = time.time_ns()
-    chunk[7::RECORD_LEN] = [now + i for i in range(40)]  # recent: the receiver keeps the starts
-    folded = _array_header(1) + flat_encode(PayloadV04(), chunk)
-    assert first_keys(folded[1:])[1:3] == ["service", "error"]
-    standard = _array_header(1) + wire_maps(chunk)
-    assert normalize_payload(unpack_v04(folded)) == normalize_payload(unpack_v04(standard))
+    for chunk in (chunk_of(40, type_0="web"), chunk_of(40, name_39="flask.request", type_39="web")):
+        now = time.time_ns()
+        chunk[7::RECORD_LEN] = [now + i for i in range(40)]  # recent: the receiver keeps the starts
+        folded = _array_header(1) + flat_encode(PayloadV04(), chunk)
+        assert folded_keys(folded[1:])
+        standard = _array_header(1) + wire_maps(chunk)
+        assert normalize_payload(unpack_v04(folded)) == normalize_payload(unpack_v04(standard))
 
 
 @pytest.mark.parametrize(
-    ("changes", "folded"),
+    ("changes", "folded", "apart"),
     [
-        ({"service_0": "web", "type_0": "web"}, ["error"]),  # a root of its own service and type (70 spans)
-        ({"type_0": "web"}, ["service", "error"]),  # a Flask request and its queries
-        ({"service_20": "other"}, ["type", "error"]),  # one differs in the middle
-        ({"error_69": 1}, ["service", "type"]),  # the last one differs
-        ({"service_5": None}, ["type", "error"]),  # None and "" are both "" on the wire, but not equal
-        ({"service_0": Name("svc")}, ["type", "error"]),  # the first is a subclass: not folded
-        ({"service_9": Name("svc")}, ["service", "type", "error"]),  # equal later: packed as the first
-        ({"error_9": False, "error_10": 0.0}, ["service", "type", "error"]),  # equal to 0: sent as 0
+        ({"service_0": "web", "type_0": "web"}, ["name", "error"], False),  # a first span of its own service and type
+        ({"type_0": "web"}, ["service", "name", "error"], False),
+        ({"service_20": "other"}, ["name", "type", "error"], False),  # one differs in the middle
+        ({"name_-1": "root", "type_-1": "web"}, ["service", "name", "type", "error"], True),  # the root, last
+        ({"error_-1": 1}, ["service", "name", "type", "error"], True),  # 1 field x 69 spans: set apart
+        ({"service_5": None}, ["name", "type", "error"], False),  # None and "" are both "" on the wire, but not equal
+        ({"service_0": Name("svc")}, ["name", "type", "error"], False),  # the first is a subclass: not folded
+        ({"service_9": Name("svc")}, ["service", "name", "type", "error"], False),  # equal later: packed as the first
+        ({"name_0": None}, ["service", "type", "error"], False),  # a name of None does not fold
+        ({"error_9": False, "error_10": 0.0}, ["service", "name", "type", "error"], False),  # equal to 0: sent as 0
+        # Children of one span (an N+1 query), their parent last.
+        ({"parent": 5}, ["parent_id", "service", "name", "type", "error"], False),
+        ({"parent": 5, "parent_-1": 0, "name_-1": "root"}, ["parent_id", "service", "name", "type", "error"], True),
+        ({"parent": True}, ["service", "name", "type", "error"], False),  # equal to 1, not an int
     ],
 )
-def test_only_fields_the_same_in_every_span_fold(changes: dict[str, Any], folded: list[str]) -> None:
+def test_only_fields_the_same_in_every_span_fold(changes: dict[str, Any], folded: list[str], apart: bool) -> None:
     chunk = chunk_of(70, **changes)
     body = flat_encode(PayloadV04(), chunk)
-    keys = first_keys(body)
-    assert keys[1 : 1 + len(folded)] == folded
-    assert keys[1 + len(folded)] == "span_id"
+    assert folded_keys(body) == folded
+    assert folded_keys(body, -1) == ([] if apart else folded)
     expected = decoded(wire_maps(chunk))
     if "error_9" in changes:  # False and 0.0 went on the wire as the first span's 0
         for span in expected:
@@ -124,25 +163,33 @@ def test_only_fields_the_same_in_every_span_fold(changes: dict[str, Any], folded
 def test_a_field_folds_only_where_it_pays() -> None:
     # Error alone from _V04_FOLD_MIN spans on; two fields from half of it;
     # nothing below _V04_FOLD_MIN_SPANS spans.
-    root = {"service_0": "web", "type_0": "web"}
-    assert first_keys(encode(chunk_of(_V04_FOLD_MIN - 1, **root)))[1] == "span_id"
-    assert first_keys(encode(chunk_of(_V04_FOLD_MIN, **root)))[1] == "error"
-    assert first_keys(encode(chunk_of(_V04_FOLD_MIN // 2, type_0="web")))[1:3] == ["service", "error"]
-    assert first_keys(encode(chunk_of(_V04_FOLD_MIN_SPANS - 1)))[1] == "span_id"
-    assert first_keys(encode(chunk_of(_V04_FOLD_MIN_SPANS)))[1:4] == ["service", "type", "error"]
+    alone = {"service_0": "web", "type_0": "web", "names_differ": True}
+    assert folded_keys(encode(chunk_of(_V04_FOLD_MIN - 1, **alone))) == []
+    assert folded_keys(encode(chunk_of(_V04_FOLD_MIN, **alone))) == ["error"]
+    assert folded_keys(encode(chunk_of(_V04_FOLD_MIN // 2, type_0="web", names_differ=True))) == ["service", "error"]
+    assert folded_keys(encode(chunk_of(_V04_FOLD_MIN_SPANS - 1))) == []
     assert encode(chunk_of(_V04_FOLD_MIN_SPANS - 1)) == wire_maps(chunk_of(_V04_FOLD_MIN_SPANS - 1))
+    assert folded_keys(encode(chunk_of(_V04_FOLD_MIN_SPANS))) == ["service", "name", "type", "error"]
+    # The last span is set apart when the fields it alone differs in, times
+    # the other spans, reach _V04_APART_MIN; else those fields do not fold.
+    n = _V04_APART_MIN + 1
+    assert folded_keys(encode(chunk_of(n - 1, error_63=1)), -1) == ["service", "name", "type"]
+    assert folded_keys(encode(chunk_of(n, error_64=1)), -1) == []
+    assert folded_keys(encode(chunk_of(n, error_64=1))) == ["service", "name", "type", "error"]
 
 
 def test_one_payload_switches_layouts_chunk_after_chunk() -> None:
     # The reused interleaved list is made again for each other layout.
     payload = PayloadV04()
-    for changes in ({}, {"type_0": "web"}, {"service_0": "a", "type_0": "b"}, {}, {"service_3": "x"}, {"type_0": "web"}):
+    layouts = ({}, {"type_0": "web"}, {"service_0": "a", "type_0": "b"}, {"name_-1": "root"}, {"service_3": "x"}, {"type_-1": "web"})
+    for changes in layouts:
         for n in (40, 70, 40):
             chunk = chunk_of(n, **changes)
             assert decoded(flat_encode(payload, chunk)) == decoded(wire_maps(chunk))
-    # A list of the same length made for another layout: 36 spans of 20
-    # items (two fields folded), then 40 of 18 (three).
-    for chunk in (chunk_of(36, type_0="web"), chunk_of(40), chunk_of(36, type_0="web")):
+    # A list of the same length made for another layout: 45 spans of 16
+    # items (four fields folded), then 40 of 18 (three), and 40 of 16 with the
+    # last apart (39 spans in the list).
+    for chunk in (chunk_of(45), chunk_of(40, service_0="x"), chunk_of(40, type_0="web"), chunk_of(40, name_39="root")):
         assert decoded(flat_encode(payload, chunk)) == decoded(wire_maps(chunk))
 
 
@@ -165,45 +212,54 @@ def test_a_folded_value_msgpack_refuses_raises_as_unfolded() -> None:
         assert len(decoded(payload.finish())[0]) == 40
 
 
+def rule(columns: dict[str, list[Any]], n: int) -> tuple[list[str], bool]:
+    """The fields that fold and whether the last span is set apart, stated
+    again: the first value an exact str (None too for service and type) or
+    an exact int for error, every other span's equal to it (but the last's,
+    if setting it apart pays)."""
+
+    def foldable(field: str, first: Any) -> bool:
+        if field in ("parent_id", "error"):
+            return type(first) is int
+        return type(first) is str or (first is None and field in ("service", "type"))
+
+    head = [f for f in FIELDS if foldable(f, columns[f][0]) and all(v == columns[f][0] for v in columns[f][:-1])]
+    both = [f for f in head if columns[f][-1] == columns[f][0]]
+    if (len(head) - len(both)) * (n - 1) >= _V04_APART_MIN:
+        return head, True
+    if n * len(both) >= _V04_FOLD_MIN:
+        return both, False
+    return [], False
+
+
 column = st.one_of(
     st.tuples(st.just("same"), st.one_of(st.sampled_from([None, "", "web", 0, 1, False, Name("x")]), text)),
-    st.tuples(st.just("one"), st.integers(min_value=0, max_value=60), st.sampled_from([None, "", "x", 1, True, 0.0])),
+    st.tuples(st.just("one"), st.one_of(st.just(-1), st.integers(min_value=0, max_value=60)), st.sampled_from([None, "", "x", 1, True, 0.0])),
     st.tuples(st.just("each"), st.integers(min_value=0, max_value=3)),
 )
 
 
-@settings(max_examples=150, deadline=None)
-@given(st.integers(min_value=_V04_FOLD_MIN_SPANS, max_value=90), column, column, column)
-def test_any_chunk_decodes_to_the_span_maps(n: int, service: Any, span_type: Any, error: Any) -> None:
-    values = {}
-    for field, spec in (("service", service), ("type", span_type), ("error", error)):
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=_V04_FOLD_MIN_SPANS, max_value=90), st.fixed_dictionaries({f: column for f in FIELDS}))
+def test_any_chunk_decodes_to_the_span_maps(n: int, specs: dict[str, Any]) -> None:
+    columns = {}
+    for field, spec in specs.items():
         if spec[0] == "same":
-            values[field] = [spec[1]] * n
+            columns[field] = [spec[1]] * n
         elif spec[0] == "one":
-            values[field] = ["a" if field != "error" else 0] * n
-            values[field][min(spec[1], n - 1)] = spec[2]
+            columns[field] = [0 if field in ("parent_id", "error") else "a"] * n
+            columns[field][spec[1] if spec[1] < n else n - 1] = spec[2]
         else:
-            values[field] = [i % (spec[1] + 2) if field == "error" else f"v{i % (spec[1] + 2)}" for i in range(n)]
+            columns[field] = [i % (spec[1] + 2) if field in ("parent_id", "error") else f"v{i % (spec[1] + 2)}" for i in range(n)]
     chunk = chunk_of(n)
-    for i in range(n):
-        chunk[i * RECORD_LEN + 3] = values["service"][i]
-        chunk[i * RECORD_LEN + 6] = values["type"][i]
-        chunk[i * RECORD_LEN + 9] = values["error"][i]
+    for field, values in columns.items():
+        chunk[AT[field] :: RECORD_LEN] = values
     expected = decoded(wire_maps(chunk))
     body = flat_encode(PayloadV04(), chunk)
-    keys = first_keys(body)
-    folded = keys[1 : keys.index("span_id")]
-    # The rule, stated again: every value equal to the first, which is an
-    # exact str or None (service, type) or an exact int (error); enough spans
-    # times fields.
-    rule = [
-        field
-        for field in ("service", "type", "error")
-        if all(value == values[field][0] for value in values[field])
-        and (type(values[field][0]) is int if field == "error" else values[field][0] is None or type(values[field][0]) is str)
-    ]
-    assert folded == (rule if n * len(rule) >= _V04_FOLD_MIN else [])
+    folded, apart = rule(columns, n)
+    assert folded_keys(body) == folded
+    assert folded_keys(body, -1) == ([] if apart else folded)
     for field in folded:  # sent as the first span's value
-        for span in expected:
-            span[field] = values[field][0] or ("" if field != "error" else values[field][0])
+        for span in expected[:-1] if apart else expected:
+            span[field] = "" if columns[field][0] is None else columns[field][0]
     assert decoded(body) == expected

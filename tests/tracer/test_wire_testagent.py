@@ -202,20 +202,25 @@ def test_test_agent_accepts_and_returns_the_same_spans(test_agent: DatadogTestAg
 
 
 def test_a_large_trace_of_one_service_arrives_whole(test_agent: DatadogTestAgent, to_test_agent: Any) -> None:
-    # 41 spans sharing service, type and error: the pure-Python encoder packs
-    # those once and puts them after each span's trace_id (the maps' keys in
-    # another order); the C encoder writes the standard order. Either way
-    # the test agent reads every field.
+    # 41 spans sharing service, type and error, the 40 children their name
+    # and resource too (an N+1 query): the pure-Python encoder packs those
+    # once and puts them after each child's trace_id, and sends the root (its
+    # own name and resource) as a span map after them; the C encoder writes
+    # the standard order. Either way the test agent reads every field.
     to_test_agent("v0.4")
-    with tracer.trace("bulk.root", service="wire-bulk") as root:
+    query = "SELECT * FROM items WHERE id = %s"
+    with tracer.trace("bulk.root", service="wire-bulk", resource="GET /items") as root:
         for i in range(40):
-            with tracer.trace("bulk.child", resource=f"item {i}") as child:
+            with tracer.trace("bulk.query", resource=query) as child:
                 child.set_tag("i", str(i))
     assert tracer.flush(10), tracer.writer.stats()
     got = received_spans(test_agent, root.trace_id)
     assert len(got) == 41
     assert {(s["service"], s.get("type") or "", s["error"]) for s in got} == {("wire-bulk", "", 0)}
-    assert sorted(s["resource"] for s in got if s["name"] == "bulk.child") == sorted(f"item {i}" for i in range(40))
+    children = [s for s in got if s["parent_id"] == root.span_id]
+    assert {(s["name"], s["resource"]) for s in children} == {("bulk.query", query)}
+    assert sorted(int(s["meta"]["i"]) for s in children) == list(range(40))
+    assert [(s["name"], s["resource"]) for s in got if s["span_id"] == root.span_id] == [("bulk.root", "GET /items")]
     status, body = test_agent.get("/test/trace_check/failures")
     assert status == 200, body
 
