@@ -152,9 +152,10 @@ def _v04_fold(chunk: list[Any], n: int) -> tuple[int, bytes, bool]:
 
     A field folds when every span (or every span but the last) has the
     first span's value there, an exact ``str`` (or None for service and
-    type) or an exact ``int`` for parent_id and error; equal values of another type
-    (``False`` or ``0.0`` for an error of ``0``) go on the wire as the first
-    one. The next-to-last span's value is compared first, then the column's."""
+    type) or an exact ``int`` for parent_id and error; equal values of
+    another type (``False`` or ``0.0`` for an error of ``0``) go on the wire
+    as the first one. The next-to-last span's value is compared first, then
+    the column's without the last span, then the last span's."""
     both = 0  # folds with the last span too
     head = 0  # folds without it
     shared = []
@@ -190,6 +191,7 @@ def _v04_fold(chunk: list[Any], n: int) -> tuple[int, bytes, bool]:
             _V04_FOLDED.clear()
         _V04_FOLDED[key] = packed
     return fold, packed, apart
+
 
 def _pack_loose(obj: Any) -> bytes:
     """msgpack's default packing (subclasses of str, int, dict, tuples), for
@@ -289,10 +291,10 @@ class PayloadV04:
         ~11 k more per chunk (``_V04_FLAT_MIN_SPANS``).
 
         In a chunk of 32 spans or more, a parent id, service, name,
-        resource, type or error that every span has (or every span but the last, which then
-        goes as a span map of its own after the others) is folded
-        (``_v04_fold``): packed once, joined after each span's trace id, and
-        left out of the list. Those maps hold the same keys and values with
+        resource, type or error that every span has (or every span but the
+        last, which then goes as a span map of its own after the others) is
+        folded (``_v04_fold``): packed once, joined after each span's trace
+        id, and left out of the list. Those maps hold the same keys and values with
         the folded ones after ``trace_id`` (v0.4 maps are read by key: the
         agent, the test agent and agent_sim decode them alike)."""
         if n * RECORD_LEN != len(chunk):
