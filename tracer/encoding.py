@@ -71,7 +71,8 @@ _V04_MAP_HEADER = bytes((0x80 | len(_V04_KEYS),))
 # else in them: two matches cannot overlap, so a stray one (the same bytes
 # inside a value) always adds a piece, which the count of pieces tells.
 _V04_MARK = struct.unpack(">d", bytes.fromhex("400b82808b02420b"))[0]
-_V04_SEARCHED = msgpack.packb(None) + msgpack.packb(_V04_MARK) + msgpack.packb(False)
+_V04_STAND_INS = (None, _V04_MARK, False)
+_V04_SEARCHED = b"".join(map(msgpack.packb, _V04_STAND_INS))
 # What the join puts in front of each span's span_id value: its map header,
 # then (with the chunk's trace id packed in between) these two.
 _V04_FIRST_KEY = _V04_MAP_HEADER + msgpack.packb(_V04_KEYS[0])
@@ -117,7 +118,7 @@ def _v04_layout(fold: int) -> _Layout:
     folded = [field for i, field in enumerate(_V04_FOLDS) if fold >> i & 1]
     kept = [field for field in range(len(_V04_KEYS)) if field not in folded]
     keyed: list[Any] = [item for field in kept for item in (_V04_KEYS[field], None)]
-    keyed[:3] = (None, _V04_MARK, False)  # the stand-ins
+    keyed[:3] = _V04_STAND_INS
     or_empty = tuple(2 * kept.index(field) + 1 for field in _V04_OR_EMPTY_FIELDS if field in kept)
     # The last first: the earlier ones keep their place in the record.
     drops = tuple((field, RECORD_LEN - i) for i, field in enumerate(reversed(folded)))
