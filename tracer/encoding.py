@@ -26,6 +26,11 @@ containers alive and lets the cyclic GC's full collections dominate (measured
 ``dict`` (CPython's specialised path) and adds a missing one where the
 ``KeyError`` comes up.
 
+A meta value past ``MAX_VALUE_LEN`` characters (the pure-Python
+``set_tag`` keeps it whole) is cut to it here, in a copy of its span's
+dict: a chunk whose packed bytes are that long is looked at, and packed
+again if one is (``_cut_long_values``).
+
 Called on the writer thread only (or by benchmarks/tests); not thread-safe.
 """
 
@@ -36,7 +41,7 @@ from typing import Any, NamedTuple
 
 import msgpack
 
-from tracer.span import RECORD_LEN, FinishedSpan, iter_records, load_speedup, records
+from tracer.span import MAX_VALUE_LEN, META, RECORD_LEN, FinishedSpan, iter_records, load_speedup, records
 
 # The C encoders (tracer/_cencode.c), when built: the same bytes, ~5x faster.
 _cencode = load_speedup("_cencode")
@@ -200,6 +205,23 @@ def _pack_loose(obj: Any) -> bytes:
     return msgpack.packb(obj)  # type: ignore[no-any-return]
 
 
+def _cut_long_values(chunk: list[Any]) -> list[Any] | None:
+    """A copy of ``chunk`` whose meta values are cut to ``MAX_VALUE_LEN``
+    characters (the dicts that hold a longer one copied, the span's own left
+    as they are), or None when none is longer. The Datadog agent cuts them
+    there too; ddtrace's encoder does as this one."""
+    out = None
+    for at in range(META, len(chunk), RECORD_LEN):
+        meta = chunk[at].copy()  # atomic: a late set_tag on another thread does not break the loop
+        for value in meta.values():
+            if type(value) is str and len(value) > MAX_VALUE_LEN:
+                if out is None:
+                    out = chunk[:]
+                out[at] = {k: v[:MAX_VALUE_LEN] if type(v) is str else v for k, v in meta.items()}
+                break
+    return out
+
+
 class TraceTooBig(Exception):
     """One trace alone is larger than the payload limit."""
 
@@ -346,6 +368,13 @@ class PayloadV04:
         pieces = body.split(_V04_SEARCHED)
         if len(pieces) != spans + 1:
             return self._encode(chunk, _NEVER)
+        # A value past MAX_VALUE_LEN characters makes its span's piece longer
+        # than that (a character is a byte or more): one C pass over the
+        # pieces' lengths, and only in a chunk that long.
+        if len(body) > MAX_VALUE_LEN and max(map(len, pieces)) > MAX_VALUE_LEN:
+            cut = _cut_long_values(chunk)
+            if cut is not None:
+                return self._encode_flat(cut, n)
         pieces[0] = _array_header(n)
         body = (_V04_FIRST_KEY + self._pack(tid) + folded + _V04_SECOND_KEY).join(pieces)
         if apart:  # the last span's map, after the others (its one-byte array header cut)
@@ -401,9 +430,14 @@ class PayloadV04:
         if len(rows) != n:
             rows = rows[:n]
         try:
-            return self._pack(rows)
+            body = self._pack(rows)
         except TypeError:
-            return _pack_loose(rows)
+            body = _pack_loose(rows)
+        if len(body) > MAX_VALUE_LEN:
+            cut = _cut_long_values(chunk)
+            if cut is not None:
+                return self._encode(cut, flat_from)
+        return body
 
     def put(self, chunk: list[Any]) -> bool:
         """Add one trace chunk. False (nothing added) when it would push a
@@ -511,6 +545,8 @@ class _StringTable:
         if position is not None:
             return position
         text = value if type(value) is str else _safe_str(value)
+        if len(text) > MAX_VALUE_LEN:  # a meta value the pure-Python set_tag kept whole
+            text = text[:MAX_VALUE_LEN]
         try:
             size = len(text.encode("utf-8"))
         except UnicodeEncodeError:  # lone surrogates: msgpack would refuse the whole table
