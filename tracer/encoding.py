@@ -93,7 +93,17 @@ _NEVER = 1 << 62
 # the bytes the join puts after the trace id, and left out of the packed
 # list (each one ~200 instructions a span). The fields that may fold, by their index in
 # a record; a layout's number has bit i set when the i-th folds.
-_V04_FOLDS = tuple(_V04_KEYS.index(key) for key in ("parent_id", "service", "name", "resource", "type", "error"))
+#
+# The meta and metrics dicts fold too when every span between the first and
+# the last has equal ones (an N+1 query's spans, tagged alike; the first
+# span holds the chunk's sampling tags and the last, the local root, the
+# process's): both ends then go as span maps of their own, one before the
+# others and one after. Each dict folded saves packing its key, its header
+# and its items a span (~1-2 k instructions) for a compare of them (~150).
+_V04_SCALAR_FOLDS = tuple(_V04_KEYS.index(key) for key in ("parent_id", "service", "name", "resource", "type", "error"))
+_V04_TAG_FOLDS = (_V04_KEYS.index("meta"), _V04_KEYS.index("metrics"))
+_V04_FOLDS = _V04_SCALAR_FOLDS + _V04_TAG_FOLDS
+_V04_SCALARS = (1 << len(_V04_SCALAR_FOLDS)) - 1  # a layout's scalar bits
 _V04_PACKED_KEYS = [msgpack.packb(key) for key in _V04_KEYS]
 # Folding copies the chunk's values to leave the folded ones out (~9 k
 # instructions for 20 spans) and saves ~400 a span for each field folded;
@@ -142,8 +152,10 @@ _V04_FLAT_KEYED, _V04_OR_EMPTY = _V04_LAYOUTS[0].keyed, _V04_LAYOUTS[0].or_empty
 # (as "": service and type).
 _V04_FOLD_FIELDS = tuple(
     (1 << i, field, int if _V04_KEYS[field] in ("parent_id", "error") else str, field in _V04_OR_EMPTY_FIELDS)
-    for i, field in enumerate(_V04_FOLDS)
+    for i, field in enumerate(_V04_SCALAR_FOLDS)
 )
+# For meta and metrics: the bit and the index in a record.
+_V04_TAG_FOLD_FIELDS = tuple((1 << (len(_V04_SCALAR_FOLDS) + i), field) for i, field in enumerate(_V04_TAG_FOLDS))
 # The folded fields' keys and values, packed, by (layout, the values): what
 # _encode_flat joins without packing them for each chunk (a few services,
 # names and types, error 0 or 1). Emptied when full.
@@ -151,17 +163,23 @@ _V04_FOLDED: dict[tuple[Any, ...], bytes] = {}
 _V04_FOLDED_MAX = 256
 
 
-def _v04_fold(chunk: list[Any], n: int) -> tuple[int, bytes, bool]:
+def _v04_fold(chunk: list[Any], n: int) -> tuple[int, bytes, bool, bool]:
     """The layout (0: none), the packed keys and values of the fields that
-    fold in ``chunk``, and whether its last span is set apart (packed as a
-    span map of its own, the fields folded for the others).
+    fold in ``chunk``, and whether its first and its last span are set
+    apart (each packed as a span map of its own, the fields folded for the
+    others).
 
     A field folds when every span (or every span but the last) has the
     first span's value there, an exact ``str`` (or None for service and
     type) or an exact ``int`` for parent_id and error; equal values of
     another type (``False`` or ``0.0`` for an error of ``0``) go on the wire
     as the first one. The next-to-last span's value is compared first, then
-    the column's without the last span, then the last span's."""
+    the column's without the last span, then the last span's.
+
+    meta and metrics fold when every span but the first and the last has a
+    dict equal to the second span's (an equal value of another type, ``1.0``
+    for ``1``, goes on the wire as the second span's); both ends are then
+    set apart."""
     both = 0  # folds with the last span too
     head = 0  # folds without it
     shared = []
@@ -178,25 +196,43 @@ def _v04_fold(chunk: list[Any], n: int) -> tuple[int, bytes, bool]:
                 both |= bit
         else:
             shared.append(None)
+    tags = 0
+    for bit, field in _V04_TAG_FOLD_FIELDS:
+        second = chunk[RECORD_LEN + field]
+        if (
+            chunk[field - 2 * RECORD_LEN] == second
+            and type(second) is dict
+            and chunk[RECORD_LEN + field : -RECORD_LEN : RECORD_LEN].count(second) == n - 2
+        ):
+            tags |= bit
     pairs = _V04_LAYOUTS[both].pairs
-    if (_V04_LAYOUTS[head].pairs - pairs) * (n - 1) >= _V04_APART_MIN:
-        fold, apart = head, True
+    if tags:
+        fold, first_apart, last_apart = head | tags, True, True
+    elif (_V04_LAYOUTS[head].pairs - pairs) * (n - 1) >= _V04_APART_MIN:
+        fold, first_apart, last_apart = head, False, True
     elif n * pairs >= _V04_FOLD_MIN:
-        fold, apart = both, False
+        fold, first_apart, last_apart = both, False, False
     else:
-        return 0, b"", False
-    key = (fold, *shared)
+        return 0, b"", False, False
+    scalars = fold & _V04_SCALARS
+    key = (scalars, *shared)
     packed = _V04_FOLDED.get(key)
     if packed is None:
         packed = b"".join(
             _V04_PACKED_KEYS[field] + msgpack.packb("" if value is None else value)
             for (bit, field, _, _), value in zip(_V04_FOLD_FIELDS, shared, strict=True)
-            if fold & bit
+            if scalars & bit
         )
         if len(_V04_FOLDED) >= _V04_FOLDED_MAX:
             _V04_FOLDED.clear()
         _V04_FOLDED[key] = packed
-    return fold, packed, apart
+    if tags:  # dicts: packed for each chunk (~1 k instructions), not kept
+        packed += b"".join(
+            _V04_PACKED_KEYS[field] + msgpack.packb(chunk[RECORD_LEN + field])
+            for bit, field in _V04_TAG_FOLD_FIELDS
+            if tags & bit
+        )
+    return fold, packed, first_apart, last_apart
 
 
 def _pack_loose(obj: Any) -> bytes:
@@ -323,15 +359,12 @@ class PayloadV04:
         if n * RECORD_LEN != len(chunk):
             raise ValueError("a chunk is a whole number of span records")
         tid = chunk[0] & _MASK64  # the wire's trace_id: the low 64 bits
-        fold, folded, apart = _v04_fold(chunk, n) if n >= _V04_FOLD_MIN_SPANS else (0, b"", False)
+        fold, folded, first, last = _v04_fold(chunk, n) if n >= _V04_FOLD_MIN_SPANS else (0, b"", False, False)
         spans = n
         if fold:
             keyed, or_empty, drops, _ = _V04_LAYOUTS[fold]
-            if apart:
-                spans = n - 1
-                values = chunk[:-RECORD_LEN]
-            else:
-                values = chunk[:]
+            spans = n - first - last
+            values = chunk[RECORD_LEN if first else 0 : -RECORD_LEN if last else None]
             for start, step in drops:
                 del values[start::step]
         else:
@@ -371,13 +404,14 @@ class PayloadV04:
         # A value past MAX_VALUE_LEN characters makes its span's piece longer
         # than that (a character is a byte or more): one C pass over the
         # pieces' lengths, and only in a chunk that long.
-        if len(body) > MAX_VALUE_LEN and max(map(len, pieces)) > MAX_VALUE_LEN:
+        if len(body) + len(folded) > MAX_VALUE_LEN and max(len(folded), *map(len, pieces)) > MAX_VALUE_LEN:
             cut = _cut_long_values(chunk)
             if cut is not None:
                 return self._encode_flat(cut, n)
-        pieces[0] = _array_header(n)
+        # The ends set apart: span maps (their one-byte array headers cut).
+        pieces[0] = _array_header(n) + self._encode(chunk[:RECORD_LEN], _NEVER)[1:] if first else _array_header(n)
         body = (_V04_FIRST_KEY + self._pack(tid) + folded + _V04_SECOND_KEY).join(pieces)
-        if apart:  # the last span's map, after the others (its one-byte array header cut)
+        if last:
             body += self._encode(chunk[-RECORD_LEN:], _NEVER)[1:]
         return body
 

@@ -98,3 +98,14 @@ def test_set_tag_keeps_the_value_and_the_payload_cuts_it(test_spans: Any) -> Non
             strings = body[0]
             metas = [{strings[k]: strings[v] for k, v in s[9].items()} for s in body[1][0]]
         assert [meta.get("big") for meta in metas] == [LONG[:MAX_VALUE_LEN], None]
+
+
+def test_a_long_value_every_middle_span_shares_is_cut_where_it_is_packed_once() -> None:
+    n = _V04_FOLD_MIN_SPANS + 8
+    chunk = chunk_of(n, {i: {"long": LONG} for i in range(n)})
+    body = PayloadV04()._encode(chunk)
+    keys = [key for key, _ in msgpack.unpackb(body, object_pairs_hook=list)[1]]
+    assert keys.index("meta") < keys.index("span_id")  # folded: packed once, joined after each trace id
+    sent = wire_meta(body)
+    assert len(sent) == n and all(meta == {"a": "x", "long": LONG[:MAX_VALUE_LEN]} for meta in sent.values())
+    assert chunk[META] == {"a": "x", "long": LONG}

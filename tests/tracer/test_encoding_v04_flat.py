@@ -88,7 +88,7 @@ def test_every_array_header_size(spans: int, fold: bool) -> None:
     # The interleaved list's header (array16 up to 2,730 spans, array32 past
     # it, less with folded fields) is replaced by the span count's (fixarray,
     # array16). Fields that differ from span to span fold nothing; the same
-    # in all fold from 32 spans on (test_encoding_v04_fold.py).
+    # in all (and meta) fold from 32 spans on (test_encoding_v04_fold.py).
     tid = (9 << 64) | 0xDEADBEEF
     chunk: list[Any] = []
     for i in range(spans):
@@ -96,7 +96,8 @@ def test_every_array_header_size(spans: int, fold: bool) -> None:
             service, name, resource, span_type, error = "svc", "op", "res", None, 0
         else:
             service, name, resource, span_type, error = f"svc{i}", f"op{i}", f"res{i}", f"t{i % 2}", i % 2
-        chunk += (tid, i + 1, 0 if fold else i, service, name, resource, span_type, 10 + i, 5, error, {"k": "v"}, {"m": i})
+        meta = {"k": "v"} if fold else {"k": f"v{i}"}
+        chunk += (tid, i + 1, 0 if fold else i, service, name, resource, span_type, 10 + i, 5, error, meta, {"m": i})
     fast = flat_encode(PayloadV04(), chunk)
     wire = wire_maps(chunk)
     assert fast[:3] == wire[:3]

@@ -263,3 +263,104 @@ def test_any_chunk_decodes_to_the_span_maps(n: int, specs: dict[str, Any]) -> No
         for span in expected[:-1] if apart else expected:
             span[field] = "" if columns[field][0] is None else columns[field][0]
     assert decoded(body) == expected
+
+
+def tagged(n: int, meta: Any = None, metrics: Any = None, **at: Any) -> list[Any]:
+    """chunk_of(n, parent=5) with every span's meta and metrics equal to
+    ``meta`` and ``metrics`` (each span its own copy), but for "meta_3"
+    (say) in ``at``: span 3's own dict (-1: the last span's)."""
+    chunk = chunk_of(n, parent=5)
+    for i in range(n):
+        for field, shared in (("meta", meta), ("metrics", metrics)):
+            own = at.get(f"{field}_{i}", at.get(f"{field}_{i - n}", shared))
+            chunk[i * RECORD_LEN + _V04_KEYS.index(field)] = dict({"k": "v"} if own is None else own)
+    return chunk
+
+
+def test_tags_every_middle_span_shares_fold_and_both_ends_go_apart() -> None:
+    # bench_spans.py's trace, as the writer hands it over: the first child
+    # holds the sampling tags, the root (last) the process's.
+    chunk = tagged(
+        101,
+        {"a": "x", "b": "y", "c": "z"},
+        {"m": 1},
+        meta_0={"a": "x", "b": "y", "c": "z", "_dd.p.dm": "-0"},
+        metrics_0={"m": 1, "_sampling_priority_v1": 1},
+        meta_100={"language": "python"},
+        metrics_100={"_dd.top_level": 1},
+    )
+    chunk[-RECORD_LEN + 2] = 0  # the root
+    payload = PayloadV04()
+    body = encode(chunk)
+    for span in (0, -1):
+        assert keys_of(body, span) == list(_V04_KEYS)  # the ends: span maps, the standard order
+    assert folded_keys(body, 1) == ["parent_id", "service", "name", "type", "error", "meta", "metrics"]
+    assert folded_keys(body, -2) == folded_keys(body, 1)
+    assert len(decoded(body)) == 101
+    flat_encode(payload, chunk)
+    assert len(payload._flat) == 99 * (2 * len(_V04_KEYS) - 14)  # seven fields a span fewer to pack
+
+
+@pytest.mark.parametrize(
+    ("changes", "folded"),
+    [
+        ({}, ["parent_id", "service", "name", "type", "error", "meta", "metrics"]),
+        ({"meta_20": {"k": "w"}}, ["parent_id", "service", "name", "type", "error", "metrics"]),  # one differs
+        ({"metrics_-2": {}}, ["parent_id", "service", "name", "type", "error", "meta"]),  # the next-to-last
+        ({"meta_1": {"k": "w"}}, ["parent_id", "service", "name", "type", "error", "metrics"]),  # the second
+        ({"meta_1": {"k": "w"}, "metrics_1": {"m": 2}}, ["parent_id", "service", "name", "type", "error"]),
+        ({"metrics_7": {"m": 1.0}}, ["parent_id", "service", "name", "type", "error", "meta", "metrics"]),  # equal: sent as 1
+    ],
+)
+def test_only_tags_the_same_in_every_middle_span_fold(changes: dict[str, Any], folded: list[str]) -> None:
+    chunk = tagged(40, None, {"m": 1}, **changes)
+    body = flat_encode(PayloadV04(), chunk)
+    assert folded_keys(body, 1) == folded
+    apart = "meta" in folded or "metrics" in folded
+    assert folded_keys(body, 0) == ([] if apart else folded)
+    expected = decoded(wire_maps(chunk))
+    assert decoded(body) == expected
+    if "metrics_7" in changes:
+        assert type(decoded(body)[7]["metrics"]["m"]) is int  # the second span's value, 1 not 1.0
+
+
+def test_the_receiver_ingests_folded_tags_as_the_span_maps() -> None:
+    chunk = tagged(40, {"component": "mysql", "db.system": "mysql"}, {"db.row_count": 1}, meta_0={"_dd.p.dm": "-0"})
+    now = time.time_ns()
+    chunk[7::RECORD_LEN] = [now + i for i in range(40)]
+    folded = _array_header(1) + flat_encode(PayloadV04(), chunk)
+    assert "meta" in folded_keys(folded[1:], 1)
+    standard = _array_header(1) + wire_maps(chunk)
+    assert normalize_payload(unpack_v04(folded)) == normalize_payload(unpack_v04(standard))
+
+
+tags_column = st.one_of(
+    st.tuples(st.just("same"), st.sampled_from([{}, {"k": "v"}, {"k": "v", "j": ""}])),
+    st.tuples(st.just("one"), st.integers(min_value=0, max_value=60), st.sampled_from([{}, {"k": "w"}, {"k": "v", "x": "y"}])),
+    st.tuples(st.just("each"), st.integers(min_value=0, max_value=3)),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(min_value=_V04_FOLD_MIN_SPANS, max_value=70), tags_column, tags_column)
+def test_any_tags_decode_to_the_span_maps(n: int, meta_spec: Any, metrics_spec: Any) -> None:
+    columns = {}
+    for field, spec in (("meta", meta_spec), ("metrics", metrics_spec)):
+        as_metrics = (lambda d: {k: len(v) for k, v in d.items()}) if field == "metrics" else (lambda d: d)
+        if spec[0] == "same":
+            columns[field] = [as_metrics(spec[1]) for _ in range(n)]
+        elif spec[0] == "one":
+            columns[field] = [as_metrics({"k": "v"}) for _ in range(n)]
+            columns[field][min(spec[1], n - 1)] = as_metrics(spec[2])
+        else:
+            columns[field] = [as_metrics({"k": f"v{i % (spec[1] + 2)}"}) for i in range(n)]
+    chunk = chunk_of(n)
+    for field, values in columns.items():
+        chunk[_V04_KEYS.index(field) :: RECORD_LEN] = values
+    body = flat_encode(PayloadV04(), chunk)
+    # The rule restated: a dict every span but the first and the last has.
+    tags = [f for f in ("meta", "metrics") if all(v == columns[f][1] for v in columns[f][1:-1])]
+    assert [k for k in folded_keys(body, 1) if k in ("meta", "metrics")] == tags
+    if tags:
+        assert keys_of(body, 0) == keys_of(body, -1) == list(_V04_KEYS)
+    assert decoded(body) == decoded(wire_maps(chunk))
