@@ -125,7 +125,7 @@ _V04_FOLD_MIN_SPANS = 32
 class _Layout(NamedTuple):
     keyed: list[Any]  # one span's stand-ins and keys, None where its values go
     or_empty: tuple[int, ...]  # where service's and type's values go, when not folded ("" for None)
-    drops: tuple[tuple[int, int], ...]  # (start, step): del each from a copy of the chunk, in order
+    columns: tuple[tuple[int, int], ...]  # (place in a span's items, field): each value kept but the trace id
     pairs: int  # fields folded
 
 
@@ -135,9 +135,8 @@ def _v04_layout(fold: int) -> _Layout:
     keyed: list[Any] = [item for field in kept for item in (_V04_KEYS[field], None)]
     keyed[:3] = _V04_STAND_INS
     or_empty = tuple(2 * kept.index(field) + 1 for field in _V04_OR_EMPTY_FIELDS if field in kept)
-    # The last first: the earlier ones keep their place in the record.
-    drops = tuple((field, RECORD_LEN - i) for i, field in enumerate(reversed(folded)))
-    return _Layout(keyed, or_empty, drops, len(folded))
+    columns = tuple((2 * i + 1, field) for i, field in enumerate(kept) if i)
+    return _Layout(keyed, or_empty, columns, len(folded))
 
 
 # service and type: None (or any falsy value) is "" on the wire, and a None
@@ -146,7 +145,7 @@ _V04_OR_EMPTY_FIELDS = (_V04_KEYS.index("service"), _V04_KEYS.index("type"))
 _V04_LAYOUTS = [_v04_layout(fold) for fold in range(1 << len(_V04_FOLDS))]
 # _encode_flat's list when nothing folds: the keys at even places, a record's
 # values at odd ones (the first key, the trace id and the second key as stand-ins).
-_V04_FLAT_KEYED, _V04_OR_EMPTY = _V04_LAYOUTS[0].keyed, _V04_LAYOUTS[0].or_empty
+_V04_FLAT_KEYED = _V04_LAYOUTS[0].keyed
 # For each field that may fold: its bit, its index in a record, the exact
 # type its value must have (ids and error: int), and whether None may fold
 # (as "": service and type).
@@ -361,14 +360,10 @@ class PayloadV04:
         tid = chunk[0] & _MASK64  # the wire's trace_id: the low 64 bits
         fold, folded, first, last = _v04_fold(chunk, n) if n >= _V04_FOLD_MIN_SPANS else (0, b"", False, False)
         spans = n
+        layout = _V04_LAYOUTS[fold]
+        keyed, or_empty = layout.keyed, layout.or_empty
         if fold:
-            keyed, or_empty, drops, _ = _V04_LAYOUTS[fold]
             spans = n - first - last
-            values = chunk[RECORD_LEN if first else 0 : -RECORD_LEN if last else None]
-            for start, step in drops:
-                del values[start::step]
-        else:
-            keyed, or_empty, values = _V04_FLAT_KEYED, _V04_OR_EMPTY, chunk
         width = len(keyed)
         flat = self._flat
         if len(flat) != spans * width or self._flat_fold != fold:
@@ -378,8 +373,16 @@ class PayloadV04:
             # span to fill and free).
             flat = self._flat = keyed * spans
             self._flat_fold = fold
-        flat[1::2] = values
-        flat[1::width] = [_V04_MARK] * spans
+        if fold:
+            # Column by column, the ends left out: the folded ones are not
+            # copied, and the trace id's stand-in stays where keyed put it.
+            lo = RECORD_LEN if first else 0
+            hi = len(chunk) - RECORD_LEN if last else len(chunk)
+            for at, field in layout.columns:
+                flat[at::width] = chunk[lo + field : hi : RECORD_LEN]
+        else:
+            flat[1::2] = chunk
+            flat[1::width] = [_V04_MARK] * spans
         for at in or_empty:  # service, type: None (or any falsy value) is "" on the wire
             column = flat[at::width]
             if not all(column):
