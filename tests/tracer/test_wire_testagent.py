@@ -225,6 +225,34 @@ def test_a_large_trace_of_one_service_arrives_whole(test_agent: DatadogTestAgent
     assert status == 200, body
 
 
+def test_a_trace_of_identically_tagged_queries_arrives_whole(test_agent: DatadogTestAgent, to_test_agent: Any) -> None:
+    # An N+1 query as our integrations tag it: every child's meta and
+    # metrics equal, the first child's sampling tags and the root's process
+    # tags added by the writer. The pure-Python encoder packs the children's
+    # dicts once (test_encoding_v04_fold.py) and sends the first and the last
+    # span as span maps of their own; the test agent must read all 42.
+    to_test_agent("v0.4")
+    query = "SELECT * FROM items WHERE id = %s"
+    with tracer.trace("bulk.root", service="wire-tags", resource="GET /items") as root:
+        for _ in range(41):
+            with tracer.trace("bulk.query", resource=query, span_type="sql") as child:
+                child.set_tag("db.system", "mysql")
+                child.set_tag("component", "pymysql")
+                child.set_metric("db.row_count", 1)
+    assert tracer.flush(10), tracer.writer.stats()
+    got = received_spans(test_agent, root.trace_id)
+    assert len(got) == 42
+    children = [s for s in got if s["parent_id"] == root.span_id]
+    assert len(children) == 41
+    assert all(s["meta"]["db.system"] == "mysql" and s["meta"]["component"] == "pymysql" for s in children)
+    assert all(s["metrics"]["db.row_count"] == 1 for s in children)
+    assert sum("_sampling_priority_v1" in s["metrics"] for s in got) == 1
+    (rooted,) = [s for s in got if s["span_id"] == root.span_id]
+    assert rooted["meta"]["language"] == "python" and "db.system" not in rooted["meta"]
+    status, body = test_agent.get("/test/trace_check/failures")
+    assert status == 200, body
+
+
 def test_checks_are_really_on(test_agent: DatadogTestAgent) -> None:
     """Negative control: a payload whose X-Datadog-Trace-Count lies is refused,
     so the acceptance above means something."""
