@@ -17,8 +17,8 @@ Input: chunks as the buffer hands them over, flat lists of span records
 Speed (see docs/performance.md): ``tracer._cencode`` (C, built at install
 when a compiler is there) encodes a chunk in one call, to the same bytes as
 the Python code here (v0.4: the same maps; the Python code may put the
-fields a large chunk's spans share right after ``trace_id``, and its last
-span after the others); without it, pure Python on msgpack's C packer. Each trace
+fields a large chunk's spans share right after ``trace_id``, and its first
+and last spans apart from the others); without it, pure Python on msgpack's C packer. Each trace
 is packed on its own and its span dicts/lists die right away; building every
 span's dict for a whole payload first and packing once keeps ~100k tracked
 containers alive and lets the cyclic GC's full collections dominate (measured
@@ -105,8 +105,8 @@ _V04_TAG_FOLDS = (_V04_KEYS.index("meta"), _V04_KEYS.index("metrics"))
 _V04_FOLDS = _V04_SCALAR_FOLDS + _V04_TAG_FOLDS
 _V04_SCALARS = (1 << len(_V04_SCALAR_FOLDS)) - 1  # a layout's scalar bits
 _V04_PACKED_KEYS = [msgpack.packb(key) for key in _V04_KEYS]
-# Folding copies the chunk's values to leave the folded ones out (~9 k
-# instructions for 20 spans) and saves ~400 a span for each field folded;
+# Folding stores the kept values column by column (a slice store each)
+# and saves ~400 instructions a span for each field folded;
 # looking costs ~5-10 k a chunk; a last span set apart is packed as one span
 # map (~21 k). So chunks of _V04_FOLD_MIN_SPANS spans or more are looked at;
 # they fold when the spans times the fields folded reach _V04_FOLD_MIN, and
@@ -116,7 +116,10 @@ _V04_PACKED_KEYS = [msgpack.packb(key) for key in _V04_KEYS]
 # queries -22.9 %, 100 different queries -17.6 %; 40 spans -16.2 % and
 # -11.9 %; 31 spans (not looked at) +0.4 %; nothing shared, values
 # alternating (each column counted in full, equal strs of other objects
-# compared) +9.1 % at 32 spans, +1.0 % at 101.
+# compared) +9.1 % at 32 spans, +1.0 % at 101 (the twelfth session's
+# figures; with meta, metrics and the column stores, against 67bfef6:
+# bench_spans.py -33.5 %, 100 queries tagged alike -42.9 %, 100 different
+# -28.1 %, nothing shared +0.1 %, docs/performance.md).
 _V04_FOLD_MIN = 64
 _V04_APART_MIN = 64
 _V04_FOLD_MIN_SPANS = 32
@@ -350,11 +353,14 @@ class PayloadV04:
 
         In a chunk of 32 spans or more, a parent id, service, name,
         resource, type or error that every span has (or every span but the
-        last, which then goes as a span map of its own after the others) is
-        folded (``_v04_fold``): packed once, joined after each span's trace
-        id, and left out of the list. Those maps hold the same keys and values with
-        the folded ones after ``trace_id`` (v0.4 maps are read by key: the
-        agent, the test agent and agent_sim decode them alike)."""
+        last, which then goes as a span map of its own after the others),
+        and meta or metrics that every span but the first and the last has
+        (both then go as span maps of their own, before and after the
+        others), is folded (``_v04_fold``): packed once, joined after each
+        span's trace id, and left out of the list, whose values are then
+        stored column by column. Those maps hold the same keys and values
+        with the folded ones after ``trace_id`` (v0.4 maps are read by key:
+        the agent, the test agent and agent_sim decode them alike)."""
         if n * RECORD_LEN != len(chunk):
             raise ValueError("a chunk is a whole number of span records")
         tid = chunk[0] & _MASK64  # the wire's trace_id: the low 64 bits
