@@ -28,6 +28,8 @@ from tracer.encoding import (
     _V04_FOLDED,
     _V04_FOLDED_MAX,
     _V04_KEYS,
+    _V04_LAYOUTS,
+    _V04_MARK,
     PayloadV04,
     _array_header,
 )
@@ -102,8 +104,9 @@ def test_a_large_chunk_packs_its_shared_fields_once_and_joins_them_after_the_tra
     rest = ["span_id", "parent_id", "resource", "start", "duration", "meta", "metrics"]
     assert keys_of(body) == ["trace_id", "service", "name", "type", "error", *rest]
     assert keys_of(body, -1) == keys_of(body)
-    # Four keys and four values a span fewer to pack.
-    assert len(payload._flat) == 40 * (2 * len(_V04_KEYS) - 8)
+    # Four keys and four values a span fewer to pack, and the trace id's
+    # key and value (the mark alone stands in for them and the next key).
+    assert len(payload._flat) == 40 * (2 * len(_V04_KEYS) - 8 - 2)
 
 
 def test_a_last_span_of_its_own_goes_as_a_span_map_after_the_others() -> None:
@@ -176,6 +179,33 @@ def test_a_field_folds_only_where_it_pays() -> None:
     assert folded_keys(encode(chunk_of(n - 1, error_63=1)), -1) == ["service", "name", "type"]
     assert folded_keys(encode(chunk_of(n, error_64=1)), -1) == []
     assert folded_keys(encode(chunk_of(n, error_64=1))) == ["service", "name", "type", "error"]
+
+
+def test_a_stray_mark_in_a_folded_chunk_falls_back_to_the_span_maps() -> None:
+    # A folded chunk splits on the mark alone: the same float as a metric
+    # (or its bytes inside a bin value: no UTF-8 text holds them) adds a
+    # piece, and the span maps are packed.
+    for value in (_V04_MARK, b"x" + msgpack.packb(_V04_MARK)):
+        chunk = chunk_of(40)
+        chunk[12 * 5 + _V04_KEYS.index("metrics")] = {"m": value} if type(value) is float else {}
+        chunk[12 * 6 + _V04_KEYS.index("meta")] = {"k": value} if type(value) is bytes else {"k": "6"}
+        body = flat_encode(PayloadV04(), chunk)
+        assert body == wire_maps(chunk)  # the span maps' own bytes: the fall back
+        assert decoded(body) == decoded(wire_maps(chunk))
+
+
+def test_a_folded_chunks_stand_in_cannot_overlap_a_spans_start() -> None:
+    # The mark's first byte is nowhere else in its 9 bytes: a bin value
+    # ending in any part of them just before a span's own mark does not
+    # swallow it (the bytes stay right, no fall back needed).
+    searched = _V04_LAYOUTS[1].searched
+    assert searched == msgpack.packb(_V04_MARK) and searched.find(searched[:1], 1) == -1
+    assert {layout.searched for layout in _V04_LAYOUTS[1:]} == {searched}
+    for cut in range(1, len(searched)):
+        chunk = chunk_of(40)
+        chunk[12 * 7 + _V04_KEYS.index("metrics")] = {"k": searched[:cut]}
+        body = flat_encode(PayloadV04(), chunk)
+        assert folded_keys(body) and decoded(body) == decoded(wire_maps(chunk))
 
 
 def test_one_payload_switches_layouts_chunk_after_chunk() -> None:
@@ -298,7 +328,7 @@ def test_tags_every_middle_span_shares_fold_and_both_ends_go_apart() -> None:
     assert folded_keys(body, -2) == folded_keys(body, 1)
     assert len(decoded(body)) == 101
     flat_encode(payload, chunk)
-    assert len(payload._flat) == 99 * (2 * len(_V04_KEYS) - 14)  # seven fields a span fewer to pack
+    assert len(payload._flat) == 99 * (2 * len(_V04_KEYS) - 14 - 2)  # seven fields and the trace id fewer
 
 
 @pytest.mark.parametrize(
