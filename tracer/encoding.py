@@ -28,8 +28,9 @@ containers alive and lets the cyclic GC's full collections dominate (measured
 
 A meta value past ``MAX_VALUE_LEN`` characters (the pure-Python
 ``set_tag`` keeps it whole) is cut to it here, in a copy of its span's
-dict: a chunk whose packed bytes are that long is looked at, and packed
-again if one is (``_cut_long_values``).
+dict: a chunk whose packed bytes (v0.5: whose new strings) are that long
+is looked at, and packed again if one is (``_cut_long_values``). The C
+v0.4 encoder leaves such a value as it is (the C span cut it when set).
 
 Called on the writer thread only (or by benchmarks/tests); not thread-safe.
 """
@@ -601,8 +602,6 @@ class _StringTable:
         if position is not None:
             return position
         text = value if type(value) is str else _safe_str(value)
-        if len(text) > MAX_VALUE_LEN:  # a meta value the pure-Python set_tag kept whole
-            text = text[:MAX_VALUE_LEN]
         try:
             size = len(text.encode("utf-8"))
         except UnicodeEncodeError:  # lone surrogates: msgpack would refuse the whole table
@@ -769,6 +768,18 @@ class PayloadV05:
             body = encode(chunk)
         except _ENCODE_ERRORS:
             body = encode(_sanitized(chunk))
+        if table.nbytes - mark[1] > MAX_VALUE_LEN:
+            # A meta value past MAX_VALUE_LEN characters adds that many bytes
+            # to the table (a cut one is what the table then holds): this
+            # chunk's strings again, its long values cut.
+            cut = _cut_long_values(chunk)
+            if cut is not None:
+                table.rollback(mark)
+                mark = table.mark()
+                try:
+                    body = encode(cut)
+                except _ENCODE_ERRORS:
+                    body = encode(_sanitized(cut))
         if self.size + len(body) > self.limit:
             grown = table.nbytes - mark[1]
             table.rollback(mark)

@@ -12,7 +12,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from tracer.encoding import _V04_FOLD_MIN_SPANS, PayloadV04, PayloadV05, _cut_long_values
+from tracer.encoding import _V04_FOLD_MIN_SPANS, PayloadV04, PayloadV05, _cencode, _cut_long_values
 from tracer.span import MAX_VALUE_LEN, META, RECORD_LEN, _SpanBase
 
 LONG = "v" * (MAX_VALUE_LEN + 7)
@@ -36,9 +36,9 @@ def wire_meta(body: bytes) -> dict[int, dict[str, str]]:
 
 def v05_meta(chunk: list[Any]) -> dict[int, dict[str, str]]:
     payload = PayloadV05()
-    body = payload._encode(chunk)
-    strings = payload._table.strings
-    return {s[4]: {strings[k]: strings[v] for k, v in s[9].items()} for s in msgpack.unpackb(body, strict_map_key=False)}
+    assert payload.put(chunk)
+    strings, (spans,) = msgpack.unpackb(payload.finish(), strict_map_key=False)
+    return {s[4]: {strings[k]: strings[v] for k, v in s[9].items()} for s in spans}
 
 
 @pytest.mark.parametrize(
@@ -109,3 +109,18 @@ def test_a_long_value_every_middle_span_shares_is_cut_where_it_is_packed_once() 
     sent = wire_meta(body)
     assert len(sent) == n and all(meta == {"a": "x", "long": LONG[:MAX_VALUE_LEN]} for meta in sent.values())
     assert chunk[META] == {"a": "x", "long": LONG}
+
+
+@pytest.mark.skipif(_cencode is None, reason="the C encoder is not built or TRACER_PURE_PYTHON is set")
+def test_the_c_v04_encoder_leaves_a_long_value_the_c_span_never_holds() -> None:
+    # The one difference in bytes between the two v0.4 encoders: a C span
+    # cuts the value when it is set, so only a dict written directly holds
+    # one; v0.5 cuts it with either encoder (put() looks at the new strings).
+    chunk = chunk_of(3, {1: {"long": LONG}})
+    payload = PayloadV04()
+    assert payload.put(chunk)
+    assert wire_meta(payload.finish()[1:])[11]["long"] == LONG
+    v05 = PayloadV05()
+    assert v05.put(chunk)
+    strings, traces = msgpack.unpackb(v05.finish(), strict_map_key=False)
+    assert {strings[k]: strings[v] for k, v in traces[0][1][9].items()}["long"] == LONG[:MAX_VALUE_LEN]
