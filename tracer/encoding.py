@@ -159,10 +159,9 @@ def _v04_layout(fold: int) -> _Layout:
 # service and type: None (or any falsy value) is "" on the wire, and a None
 # shared by every span folds as "".
 _V04_OR_EMPTY_FIELDS = (_V04_KEYS.index("service"), _V04_KEYS.index("type"))
+# Layout 0 (nothing folds): the keys at even places, a record's values at
+# odd ones (the first key, the trace id and the second key as stand-ins).
 _V04_LAYOUTS = [_v04_layout(fold) for fold in range(1 << len(_V04_FOLDS))]
-# _encode_flat's list when nothing folds: the keys at even places, a record's
-# values at odd ones (the first key, the trace id and the second key as stand-ins).
-_V04_FLAT_KEYED = _V04_LAYOUTS[0].keyed
 # For each field that may fold: its bit, its index in a record, the exact
 # type its value must have (ids and error: int), and whether None may fold
 # (as "": service and type).
@@ -379,11 +378,9 @@ class PayloadV04:
             raise ValueError("a chunk is a whole number of span records")
         tid = chunk[0] & _MASK64  # the wire's trace_id: the low 64 bits
         fold, folded, first, last = _v04_fold(chunk, n) if n >= _V04_FOLD_MIN_SPANS else (0, b"", False, False)
-        spans = n
+        spans = n - first - last
         layout = _V04_LAYOUTS[fold]
         keyed, or_empty = layout.keyed, layout.or_empty
-        if fold:
-            spans = n - first - last
         width = len(keyed)
         flat = self._flat
         if len(flat) != spans * width or self._flat_fold != fold:
@@ -431,8 +428,10 @@ class PayloadV04:
             cut = _cut_long_values(chunk)
             if cut is not None:
                 return self._encode_flat(cut, n)
+        pieces[0] = _array_header(n)
         # The ends set apart: span maps (their one-byte array headers cut).
-        pieces[0] = _array_header(n) + self._encode(chunk[:RECORD_LEN], _NEVER)[1:] if first else _array_header(n)
+        if first:
+            pieces[0] += self._encode(chunk[:RECORD_LEN], _NEVER)[1:]
         body = (_V04_FIRST_KEY + self._pack(tid) + folded + _V04_SECOND_KEY).join(pieces)
         if last:
             body += self._encode(chunk[-RECORD_LEN:], _NEVER)[1:]

@@ -62,13 +62,30 @@ def test_a_long_meta_value_is_cut_on_the_wire_and_kept_in_the_span(n: int, where
     assert meta == {"a": "x", "long": LONG, "wide": WIDE}  # the span's own dict
 
 
+class Counting(PayloadV04):
+    """Counts the flat packings (a chunk packed again after a cut is two)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flat = 0
+
+    def _encode_flat(self, chunk: list[Any], n: int) -> bytes:
+        self.flat += 1
+        return super()._encode_flat(chunk, n)
+
+
 def test_a_long_chunk_without_a_long_value_is_packed_once() -> None:
     # 40 spans of 3 values of 10,000 characters: every piece past
     # MAX_VALUE_LEN bytes, no value past MAX_VALUE_LEN characters.
     chunk = chunk_of(40, {i: {"p": "p" * 10_000, "q": "q" * 10_000, "r": "é" * 5_000} for i in range(40)})
     assert _cut_long_values(chunk) is None
-    sent = wire_meta(PayloadV04()._encode(chunk))
+    payload = Counting()
+    sent = wire_meta(payload._encode(chunk))
+    assert payload.flat == 1
     assert all(len(meta["p"]) == 10_000 and len(meta["r"]) == 5_000 for meta in sent.values())
+    chunk[2 * RECORD_LEN + META]["p"] = LONG  # one value past it: packed again, cut
+    assert wire_meta(payload._encode(chunk))[12]["p"] == LONG[:MAX_VALUE_LEN]
+    assert payload.flat == 3
 
 
 def test_the_cut_copy_shares_every_other_dict() -> None:

@@ -19,7 +19,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tests.tracer.test_encoding import spans_to_v04
-from tracer.encoding import _V04_FLAT_KEYED, _V04_MARK, _V04_SEARCHED, PayloadV04
+from tracer.encoding import _V04_LAYOUTS, _V04_MARK, _V04_SEARCHED, PayloadV04
 from tracer.span import RECORD_LEN, records
 
 # 0xa8 is the first byte of the packed key "trace_id" (a 8-byte fixstr);
@@ -142,7 +142,7 @@ def test_the_stand_ins_pack_to_searched_bytes_that_cannot_overlap() -> None:
     # Their first byte is nowhere else in them: a stray match can never
     # swallow the start of a span's own (the count of pieces would then be
     # right and the bytes wrong), whatever precedes it.
-    assert msgpack.packb(_V04_FLAT_KEYED[:3])[1:] == _V04_SEARCHED
+    assert msgpack.packb(_V04_LAYOUTS[0].keyed[:3])[1:] == _V04_SEARCHED
     assert _V04_SEARCHED.find(_V04_SEARCHED[:1], 1) == -1
     # A bin value ending in all but the last byte of them, just before the
     # next span's: the bytes stay right (and no fall back is needed).

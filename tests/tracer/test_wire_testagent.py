@@ -201,28 +201,45 @@ def test_test_agent_accepts_and_returns_the_same_spans(test_agent: DatadogTestAg
     assert status == 200, body
 
 
+def send_queries(
+    test_agent: DatadogTestAgent, to_test_agent: Any, service: str, n: int, tag: Any, span_type: str | None = None
+) -> tuple[Any, list[dict[str, Any]], list[dict[str, Any]]]:
+    """A request span with ``n`` children of one query (an N+1), each tagged
+    by ``tag(child, i)``, sent as v0.4 to the test agent, which must accept
+    it whole: the root, every span received, and the children received."""
+    to_test_agent("v0.4")
+    with tracer.trace("bulk.root", service=service, resource="GET /items") as root:
+        for i in range(n):
+            with tracer.trace("bulk.query", resource=QUERY, span_type=span_type) as child:
+                tag(child, i)
+    assert tracer.flush(10), tracer.writer.stats()
+    got = received_spans(test_agent, root.trace_id)
+    assert len(got) == n + 1
+    status, body = test_agent.get("/test/trace_check/failures")
+    assert status == 200, body
+    return root, got, [s for s in got if s["parent_id"] == root.span_id]
+
+
+QUERY = "SELECT * FROM items WHERE id = %s"
+
+
 def test_a_large_trace_of_one_service_arrives_whole(test_agent: DatadogTestAgent, to_test_agent: Any) -> None:
     # 41 spans sharing service, type and error, the 40 children their name
     # and resource too (an N+1 query): the pure-Python encoder packs those
     # once and puts them after each child's trace_id, and sends the root (its
     # own name and resource) as a span map after them; the C encoder writes
     # the standard order. Either way the test agent reads every field.
-    to_test_agent("v0.4")
-    query = "SELECT * FROM items WHERE id = %s"
-    with tracer.trace("bulk.root", service="wire-bulk", resource="GET /items") as root:
-        for i in range(40):
-            with tracer.trace("bulk.query", resource=query) as child:
-                child.set_tag("i", str(i))
-    assert tracer.flush(10), tracer.writer.stats()
-    got = received_spans(test_agent, root.trace_id)
-    assert len(got) == 41
+    root, got, children = send_queries(test_agent, to_test_agent, "wire-bulk", 40, lambda child, i: child.set_tag("i", str(i)))
     assert {(s["service"], s.get("type") or "", s["error"]) for s in got} == {("wire-bulk", "", 0)}
-    children = [s for s in got if s["parent_id"] == root.span_id]
-    assert {(s["name"], s["resource"]) for s in children} == {("bulk.query", query)}
+    assert {(s["name"], s["resource"]) for s in children} == {("bulk.query", QUERY)}
     assert sorted(int(s["meta"]["i"]) for s in children) == list(range(40))
     assert [(s["name"], s["resource"]) for s in got if s["span_id"] == root.span_id] == [("bulk.root", "GET /items")]
-    status, body = test_agent.get("/test/trace_check/failures")
-    assert status == 200, body
+
+
+def tag_as_a_query(child: Any, i: int) -> None:
+    child.set_tag("db.system", "mysql")
+    child.set_tag("component", "pymysql")
+    child.set_metric("db.row_count", 1)
 
 
 def test_a_trace_of_identically_tagged_queries_arrives_whole(test_agent: DatadogTestAgent, to_test_agent: Any) -> None:
@@ -231,26 +248,13 @@ def test_a_trace_of_identically_tagged_queries_arrives_whole(test_agent: Datadog
     # tags added by the writer. The pure-Python encoder packs the children's
     # dicts once (test_encoding_v04_fold.py) and sends the first and the last
     # span as span maps of their own; the test agent must read all 42.
-    to_test_agent("v0.4")
-    query = "SELECT * FROM items WHERE id = %s"
-    with tracer.trace("bulk.root", service="wire-tags", resource="GET /items") as root:
-        for _ in range(41):
-            with tracer.trace("bulk.query", resource=query, span_type="sql") as child:
-                child.set_tag("db.system", "mysql")
-                child.set_tag("component", "pymysql")
-                child.set_metric("db.row_count", 1)
-    assert tracer.flush(10), tracer.writer.stats()
-    got = received_spans(test_agent, root.trace_id)
-    assert len(got) == 42
-    children = [s for s in got if s["parent_id"] == root.span_id]
+    root, got, children = send_queries(test_agent, to_test_agent, "wire-tags", 41, tag_as_a_query, "sql")
     assert len(children) == 41
     assert all(s["meta"]["db.system"] == "mysql" and s["meta"]["component"] == "pymysql" for s in children)
     assert all(s["metrics"]["db.row_count"] == 1 for s in children)
     assert sum("_sampling_priority_v1" in s["metrics"] for s in got) == 1
     (rooted,) = [s for s in got if s["span_id"] == root.span_id]
     assert rooted["meta"]["language"] == "python" and "db.system" not in rooted["meta"]
-    status, body = test_agent.get("/test/trace_check/failures")
-    assert status == 200, body
 
 
 def test_checks_are_really_on(test_agent: DatadogTestAgent) -> None:
